@@ -1,0 +1,178 @@
+"""Models built from the blocks: the paper's encoder-decoder `Transformer`, an `EncoderTagger` (for
+NER) and a decoder-only `LanguageModel`. Token id `config.pad_id` is masked out as a key everywhere."""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from attn import masks
+from attn.blocks import Decoder, Encoder
+from attn.config import ModelConfig
+from attn.positions import sinusoidal_positions
+
+Array = jax.Array
+
+
+class Embedder(nn.Module):
+  """Token embeddings scaled by sqrt(D), plus positions, then dropout; `attend` gives tied logits.
+
+  The table is initialised with std 1/sqrt(D), so that after the sqrt(D) scaling (the paper's) token
+  vectors have unit-variance entries, and tied output logits start with unit variance.
+  """
+
+  config: ModelConfig
+
+  def setup(self):
+    cfg = self.config
+    self.table = nn.Embed(
+        cfg.vocab_size, cfg.d_model, embedding_init=nn.initializers.normal(cfg.d_model**-0.5),
+        name="tokens",
+    )
+    if cfg.positions == "learned":
+      self.position_table = nn.Embed(
+          cfg.max_length, cfg.d_model, embedding_init=nn.initializers.normal(0.02), name="positions"
+      )
+    self.dropout = nn.Dropout(cfg.dropout_rate)
+
+  def __call__(self, tokens_BT: Array, positions_BT: Array | None = None, *, deterministic=True):
+    cfg = self.config
+    x_BTD = self.table(tokens_BT) * jnp.sqrt(cfg.d_model).astype(jnp.float32)
+    if positions_BT is None:
+      positions_BT = jnp.arange(tokens_BT.shape[-1])
+    if cfg.positions == "sinusoidal":
+      x_BTD = x_BTD + sinusoidal_positions(positions_BT, cfg.d_model)
+    elif cfg.positions == "learned":
+      x_BTD = x_BTD + self.position_table(positions_BT)
+    return self.dropout(x_BTD, deterministic=deterministic).astype(cfg.compute_dtype)
+
+  def attend(self, x_BTD: Array) -> Array:
+    return self.table.attend(x_BTD.astype(jnp.float32))
+
+
+class _OutputHead(nn.Module):
+  """Logits over the vocabulary: the embedding transposed (tied) or a separate Dense."""
+
+  config: ModelConfig
+
+  @nn.compact
+  def __call__(self, x_BTD: Array, embedder: Embedder) -> Array:
+    if self.config.tie_output:
+      return embedder.attend(x_BTD)
+    return nn.Dense(self.config.vocab_size, dtype=jnp.float32, name="logits")(x_BTD)
+
+
+class Transformer(nn.Module):
+  """The encoder-decoder of "Attention Is All You Need".
+
+  `__call__(src [B, S], tgt_in [B, T]) -> logits [B, T, V]`, where `tgt_in` is the target shifted
+  right (starting with `bos_id`). `encode` and `decode` are exposed for decoding and inspection.
+  """
+
+  config: ModelConfig
+  decode: bool = False
+
+  def setup(self):
+    cfg = self.config
+    self.embedder = Embedder(cfg)
+    self.encoder = Encoder(cfg)
+    self.decoder = Decoder(cfg, decode=self.decode)
+    self.head = _OutputHead(cfg)
+
+  def encode(self, src_BS: Array, *, deterministic=True, return_weights=False):
+    """src [B, S] -> encoded [B, S, D] (and per-layer encoder weights when asked)."""
+    src_mask = masks.padding_mask(tokens=src_BS, pad_id=self.config.pad_id)
+    x_BSD = self.embedder(src_BS, deterministic=deterministic)
+    return self.encoder(x_BSD, mask=src_mask, deterministic=deterministic, return_weights=return_weights)
+
+  def decode_logits(
+      self, tgt_in_BT: Array, encoded_BSD: Array, src_BS: Array, *, positions_BT=None,
+      deterministic=True, return_weights=False,
+  ):
+    """tgt_in [B, T] and the encoder output -> logits [B, T, V] (and per-layer decoder weights).
+
+    In decode mode `positions_BT` must give each token's position (the cache offset onwards).
+    """
+    cfg = self.config
+    if self.decode:
+      if positions_BT is None:
+        raise ValueError("positions_BT is required in decode mode (the cache offset onwards)")
+      self_mask = None  # The attention layers build the causal mask over their cache.
+    else:
+      T = tgt_in_BT.shape[-1]
+      self_mask = masks.combine_masks(
+          masks.causal_mask(T), masks.padding_mask(tokens=tgt_in_BT, pad_id=cfg.pad_id)
+      )
+    cross_mask = masks.padding_mask(tokens=src_BS, pad_id=cfg.pad_id)
+    y_BTD = self.embedder(tgt_in_BT, positions_BT, deterministic=deterministic)
+    y = self.decoder(
+        y_BTD, encoded_BSD, self_mask=self_mask, cross_mask=cross_mask,
+        deterministic=deterministic, return_weights=return_weights,
+    )
+    if return_weights:
+      y_BTD, weights = y
+      return self.head(y_BTD, self.embedder), weights
+    return self.head(y, self.embedder)
+
+  def __call__(self, src_BS: Array, tgt_in_BT: Array, *, deterministic=True, return_weights=False):
+    """Returns logits [B, T, V], and {"encoder": [...], "decoder": [...]} weights when asked."""
+    encoded = self.encode(src_BS, deterministic=deterministic, return_weights=return_weights)
+    if not return_weights:
+      return self.decode_logits(tgt_in_BT, encoded, src_BS, deterministic=deterministic)
+    encoded, enc_weights = encoded
+    logits, dec_weights = self.decode_logits(
+        tgt_in_BT, encoded, src_BS, deterministic=deterministic, return_weights=True
+    )
+    return logits, {"encoder": enc_weights, "decoder": dec_weights}
+
+
+class EncoderTagger(nn.Module):
+  """An encoder and a per-token classifier: tokens [B, T] -> tag logits [B, T, num_classes]."""
+
+  config: ModelConfig
+
+  @nn.compact
+  def __call__(self, tokens_BT: Array, *, deterministic=True, return_weights=False):
+    cfg = self.config
+    if cfg.num_classes <= 0:
+      raise ValueError(f"num_classes: EncoderTagger needs a positive num_classes, got {cfg.num_classes}")
+    mask = masks.padding_mask(tokens=tokens_BT, pad_id=cfg.pad_id)
+    x_BTD = Embedder(cfg, name="embedder")(tokens_BT, deterministic=deterministic)
+    x = Encoder(cfg, name="encoder")(
+        x_BTD, mask=mask, deterministic=deterministic, return_weights=return_weights
+    )
+    x_BTD, weights = x if return_weights else (x, None)
+    logits_BTC = nn.Dense(cfg.num_classes, dtype=jnp.float32, name="classifier")(x_BTD)
+    return (logits_BTC, weights) if return_weights else logits_BTC
+
+
+class LanguageModel(nn.Module):
+  """A decoder-only language model: tokens [B, T] -> next-token logits [B, T, V].
+
+  Uses `config.num_decoder_layers` blocks of masked self-attention and feed-forward.
+  """
+
+  config: ModelConfig
+  decode: bool = False
+
+  @nn.compact
+  def __call__(self, tokens_BT: Array, *, positions_BT=None, deterministic=True, return_weights=False):
+    cfg = self.config
+    if self.decode:
+      if positions_BT is None:
+        raise ValueError("positions_BT is required in decode mode (the cache offset onwards)")
+      self_mask = None  # The attention layers build the causal mask over their cache.
+    else:
+      T = tokens_BT.shape[-1]
+      self_mask = masks.combine_masks(
+          masks.causal_mask(T), masks.padding_mask(tokens=tokens_BT, pad_id=cfg.pad_id)
+      )
+    embedder = Embedder(cfg, name="embedder")
+    x_BTD = embedder(tokens_BT, positions_BT, deterministic=deterministic)
+    x = Decoder(cfg, decode=self.decode, cross_attention=False, name="decoder")(
+        x_BTD, self_mask=self_mask, deterministic=deterministic, return_weights=return_weights
+    )
+    x_BTD, weights = x if return_weights else (x, None)
+    logits_BTV = _OutputHead(cfg, name="head")(x_BTD, embedder)
+    return (logits_BTV, weights) if return_weights else logits_BTV

@@ -1,0 +1,167 @@
+"""Flax linen attention modules: thin wrappers that project, reshape and call the pure functions."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from attn import attention, masks
+from attn.config import check_module_scale, head_dim_for
+
+Array = jax.Array
+
+
+class SelfAttention(nn.Module):
+  """The notes' first block: weightless self-attention. It has no parameters at all."""
+
+  scale: str | float = "sqrt_d"
+
+  def __call__(self, x: Array, *, mask: Array | None = None, return_weights: bool = False):
+    """x [batch..., T, D] -> [batch..., T, D] (and weights [batch..., T, T] when asked)."""
+    return attention.self_attention(x, mask=mask, scale=self.scale, return_weights=return_weights)
+
+
+def _folded_init(init, multiplier: float):
+  def folded(key, shape, dtype=jnp.float32):
+    return init(key, shape, dtype) * jnp.asarray(multiplier, dtype)
+
+  return folded
+
+
+class MultiHeadAttention(nn.Module):
+  """Multi-head attention: per-head query/key/value projections, attention, concat, output projection.
+
+  Parameters are laid out as in `flax.linen.MultiHeadDotProductAttention` (query/key/value kernels
+  [D, H, K], out kernel [H, K, D]), so weights copy across.
+
+  Attributes:
+    num_heads: H.
+    head_dim_policy: "fixed_model_dim" (K = qkv_features / H) or "fixed_head_dim" (K = head_dim).
+      A heads sweep under "fixed_model_dim" also changes K and so sqrt(K); name the arm you want.
+    head_dim: K under "fixed_head_dim".
+    num_kv_heads: G key/value heads (G divides H); None means G = H.
+    qkv_features: the model dim the heads split under "fixed_model_dim"; defaults to the input dim.
+    out_features: output dim; defaults to the query input's dim.
+    scale: "sqrt_d", "none", "d", a positive float, "learned" (a per-head multiplier learned from
+      1/sqrt(K)) or "init_folded" (1/sqrt(K) folded into the query kernel's initialisation).
+    dropout_rate: dropout on the attention weights when not deterministic (rng stream "dropout").
+    use_bias: biases in the four projections.
+    decode: keep a key/value cache (collection "cache") for incremental decoding. Initialise with
+      inputs of the full length to size the cache; each later call appends its T tokens (any T) and
+      attends causally to everything cached so far.
+  """
+
+  num_heads: int
+  head_dim_policy: str = "fixed_model_dim"
+  head_dim: int | None = None
+  num_kv_heads: int | None = None
+  qkv_features: int | None = None
+  out_features: int | None = None
+  scale: str | float = "sqrt_d"
+  dropout_rate: float = 0.0
+  use_bias: bool = True
+  dtype: Any = None
+  param_dtype: Any = jnp.float32
+  kernel_init: Any = nn.initializers.lecun_normal()
+  bias_init: Any = nn.initializers.zeros_init()
+  decode: bool = False
+
+  @nn.compact
+  def __call__(
+      self,
+      inputs_q: Array,
+      inputs_kv: Array | None = None,
+      *,
+      mask: Array | None = None,
+      deterministic: bool = True,
+      return_weights: bool = False,
+  ):
+    """Attends from `inputs_q` [batch..., T, D] to `inputs_kv` [batch..., S, D] (itself if None).
+
+    Args:
+      mask: bool, broadcastable to [batch..., H, T, S]; True = may attend. In decode mode the causal
+        mask over the cache is built here, so pass only extra (for example padding) masks of S = the
+        cache length.
+      deterministic: disables attention dropout.
+      return_weights: also return the attention weights [batch..., H, T, S].
+
+    Returns:
+      [batch..., T, out_features], and the weights when asked.
+    """
+    inputs_kv = inputs_q if inputs_kv is None else inputs_kv
+    check_module_scale("scale", self.scale)
+    D = self.qkv_features or inputs_q.shape[-1]
+    H = self.num_heads
+    K = head_dim_for("", self.head_dim_policy, H, D, self.head_dim)
+    G = self.num_kv_heads or H
+    if G <= 0 or H % G:
+      raise ValueError(f"num_kv_heads: {G} must be positive and divide num_heads={H}")
+
+    def dense(name, heads, init):
+      return nn.DenseGeneral(
+          (heads, K), use_bias=self.use_bias, dtype=self.dtype, param_dtype=self.param_dtype,
+          kernel_init=init, bias_init=self.bias_init, name=name,
+      )
+
+    q_init = self.kernel_init
+    if self.scale == "init_folded":
+      q_init = _folded_init(self.kernel_init, K**-0.5)
+    q_BTHK = dense("query", H, q_init)(inputs_q)
+    k_BSGK = dense("key", G, self.kernel_init)(inputs_kv)
+    v_BSGK = dense("value", G, self.kernel_init)(inputs_kv)
+
+    runtime_scale = self.scale
+    if self.scale == "learned":
+      log_scale_H = self.param(
+          "log_scale", nn.initializers.constant(-0.5 * jnp.log(K)), (H,), self.param_dtype
+      )
+      q_BTHK = q_BTHK * jnp.exp(log_scale_H)[:, None].astype(q_BTHK.dtype)
+      runtime_scale = "none"
+    elif self.scale == "init_folded":
+      runtime_scale = "none"
+
+    if self.decode:
+      k_BSGK, v_BSGK, mask = self._update_cache(k_BSGK, v_BSGK, mask)
+
+    dropout_rng = None
+    if not deterministic and self.dropout_rate > 0.0:
+      dropout_rng = self.make_rng("dropout")
+    out_BTHK, weights = attention.dot_product_attention(
+        q_BTHK, k_BSGK, v_BSGK, mask=mask, scale=runtime_scale,
+        dropout_rate=self.dropout_rate if dropout_rng is not None else 0.0,
+        dropout_rng=dropout_rng, return_weights=True,
+    )
+    out = nn.DenseGeneral(
+        self.out_features or inputs_q.shape[-1], axis=(-2, -1), use_bias=self.use_bias,
+        dtype=self.dtype, param_dtype=self.param_dtype, kernel_init=self.kernel_init,
+        bias_init=self.bias_init, name="out",
+    )(out_BTHK)
+    return (out, weights) if return_weights else out
+
+  def _update_cache(self, k_BTGK: Array, v_BTGK: Array, mask: Array | None):
+    """Writes this call's keys and values at the cache index; returns the whole cache and its mask."""
+    initialized = self.has_variable("cache", "cached_key")
+    cached_key = self.variable("cache", "cached_key", jnp.zeros, k_BTGK.shape, k_BTGK.dtype)
+    cached_value = self.variable("cache", "cached_value", jnp.zeros, v_BTGK.shape, v_BTGK.dtype)
+    index = self.variable("cache", "cache_index", lambda: jnp.array(0, jnp.int32))
+    if not initialized:  # Initialisation only sizes the cache: attend as in training.
+      T = k_BTGK.shape[-3]
+      return k_BTGK, v_BTGK, masks.combine_masks(mask, masks.causal_mask(T))
+    *batch, S, G, K = cached_key.value.shape
+    T = k_BTGK.shape[-3]
+    if k_BTGK.shape[:-3] != tuple(batch) or T > S:
+      raise ValueError(
+          f"decode: {T} new tokens of batch {k_BTGK.shape[:-3]} do not fit the cache "
+          f"{cached_key.value.shape} ([batch..., S, G, K])"
+      )
+    i = index.value
+    start = (0,) * len(batch) + (i, 0, 0)
+    cached_key.value = jax.lax.dynamic_update_slice(cached_key.value, k_BTGK, start)
+    cached_value.value = jax.lax.dynamic_update_slice(cached_value.value, v_BTGK, start)
+    index.value = i + T
+    # New query t sits at cache position i + t: it sees every earlier position and none after it,
+    # which also hides the unwritten (zero) tail of the cache.
+    return cached_key.value, cached_value.value, masks.combine_masks(mask, masks.causal_mask(T, S, offset=i))
