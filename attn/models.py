@@ -96,7 +96,7 @@ class Transformer(nn.Module):
     """
     cfg = self.config
     if self.decode:
-      if positions_BT is None:
+      if positions_BT is None and not self.is_initializing():
         raise ValueError("positions_BT is required in decode mode (the cache offset onwards)")
       self_mask = None  # The attention layers build the causal mask over their cache.
     else:
@@ -160,7 +160,7 @@ class LanguageModel(nn.Module):
   def __call__(self, tokens_BT: Array, *, positions_BT=None, deterministic=True, return_weights=False):
     cfg = self.config
     if self.decode:
-      if positions_BT is None:
+      if positions_BT is None and not self.is_initializing():
         raise ValueError("positions_BT is required in decode mode (the cache offset onwards)")
       self_mask = None  # The attention layers build the causal mask over their cache.
     else:
