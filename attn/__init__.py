@@ -11,14 +11,14 @@ from attn.positions import sinusoidal_positions
 from attn.scaling import SCALE_CHOICES, resolve_scale
 
 __all__ = [
-    "SCALE_CHOICES",
-    "attention_weights",
-    "causal_mask",
-    "combine_masks",
-    "corrupt_tokens",
-    "dot_product_attention",
-    "padding_mask",
-    "resolve_scale",
-    "self_attention",
-    "sinusoidal_positions",
+  "SCALE_CHOICES",
+  "attention_weights",
+  "causal_mask",
+  "combine_masks",
+  "corrupt_tokens",
+  "dot_product_attention",
+  "padding_mask",
+  "resolve_scale",
+  "self_attention",
+  "sinusoidal_positions",
 ]

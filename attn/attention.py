@@ -22,24 +22,24 @@ def _check_inputs(query, key, value, mask, bias) -> tuple[int, ...]:
       raise ValueError(f"{name} must be [batch..., length, heads, head_dim], got shape {x.shape}")
   if query.shape[-1] != key.shape[-1]:
     raise ValueError(
-        f"query and key head dims differ: query {query.shape} has K={query.shape[-1]}, "
-        f"key {key.shape} has K={key.shape[-1]}"
+      f"query and key head dims differ: query {query.shape} has K={query.shape[-1]}, "
+      f"key {key.shape} has K={key.shape[-1]}"
     )
   if value is not None and key.shape[:-1] != value.shape[:-1]:
     raise ValueError(
-        f"key and value must agree on [batch..., S, heads]: key {key.shape}, value {value.shape}"
+      f"key and value must agree on [batch..., S, heads]: key {key.shape}, value {value.shape}"
     )
   H, G = query.shape[-2], key.shape[-2]
   if H % G:
     raise ValueError(
-        f"query heads must be divisible by key/value heads: query {query.shape} has H={H}, "
-        f"key {key.shape} has {G}"
+      f"query heads must be divisible by key/value heads: query {query.shape} has H={H}, "
+      f"key {key.shape} has {G}"
     )
   try:
     batch = np.broadcast_shapes(query.shape[:-3], key.shape[:-3])
   except ValueError:
     raise ValueError(
-        f"query and key batch dims do not broadcast: query {query.shape}, key {key.shape}"
+      f"query and key batch dims do not broadcast: query {query.shape}, key {key.shape}"
     ) from None
   logits_shape = (*batch, H, query.shape[-3], key.shape[-3])
   for name, x in (("mask", mask), ("bias", bias)):
@@ -51,8 +51,8 @@ def _check_inputs(query, key, value, mask, bias) -> tuple[int, ...]:
       ok = False
     if not ok:
       raise ValueError(
-          f"{name} of shape {x.shape} does not broadcast to [batch..., H, T, S] = {logits_shape} "
-          f"(query {query.shape}, key {key.shape})"
+        f"{name} of shape {x.shape} does not broadcast to [batch..., H, T, S] = {logits_shape} "
+        f"(query {query.shape}, key {key.shape})"
       )
   if mask is not None and mask.dtype != jnp.bool_:
     raise ValueError(f"mask must be boolean (True = may attend), got dtype {mask.dtype}")
@@ -104,7 +104,7 @@ def _weights(query, key, value, mask, bias, scale):
   # and float16 overflows at 65504, which unscaled logits at large K reach easily.
   compute_dtype = jnp.promote_types(query.dtype, jnp.float32)
   logits = jnp.einsum(
-      "...TGRK,...SGK->...GRTS", _group(query, G), key, preferred_element_type=compute_dtype
+    "...TGRK,...SGK->...GRTS", _group(query, G), key, preferred_element_type=compute_dtype
   )
   logits = logits.reshape(logits_shape) * multiplier
   if bias is not None:
@@ -113,12 +113,12 @@ def _weights(query, key, value, mask, bias, scale):
 
 
 def attention_weights(
-    query: jax.Array,
-    key: jax.Array,
-    *,
-    mask: jax.Array | None = None,
-    bias: jax.Array | None = None,
-    scale: Scale = "sqrt_d",
+  query: jax.Array,
+  key: jax.Array,
+  *,
+  mask: jax.Array | None = None,
+  bias: jax.Array | None = None,
+  scale: Scale = "sqrt_d",
 ) -> jax.Array:
   """Softmax-normalised attention weights.
 
@@ -138,16 +138,16 @@ def attention_weights(
 
 
 def dot_product_attention(
-    query: jax.Array,
-    key: jax.Array,
-    value: jax.Array,
-    *,
-    mask: jax.Array | None = None,
-    bias: jax.Array | None = None,
-    scale: Scale = "sqrt_d",
-    dropout_rate: float = 0.0,
-    dropout_rng: jax.Array | None = None,
-    return_weights: bool = False,
+  query: jax.Array,
+  key: jax.Array,
+  value: jax.Array,
+  *,
+  mask: jax.Array | None = None,
+  bias: jax.Array | None = None,
+  scale: Scale = "sqrt_d",
+  dropout_rate: float = 0.0,
+  dropout_rng: jax.Array | None = None,
+  return_weights: bool = False,
 ) -> jax.Array | tuple[jax.Array, jax.Array]:
   """Scaled dot-product attention: softmax(scale * q.k + bias, masked) @ v, per head.
 
@@ -181,21 +181,21 @@ def dot_product_attention(
   *lead, H, T, S = probs.shape
   probs_GRTS = probs.reshape(*lead, G, H // G, T, S).astype(value.dtype)
   out = jnp.einsum(
-      "...GRTS,...SGK->...TGRK",
-      probs_GRTS,
-      value,
-      preferred_element_type=jnp.promote_types(value.dtype, jnp.float32),
+    "...GRTS,...SGK->...TGRK",
+    probs_GRTS,
+    value,
+    preferred_element_type=jnp.promote_types(value.dtype, jnp.float32),
   )
   out = out.reshape(*out.shape[:-3], H, value.shape[-1]).astype(query.dtype)
   return (out, weights) if return_weights else out
 
 
 def self_attention(
-    x: jax.Array,
-    *,
-    mask: jax.Array | None = None,
-    scale: Scale = "sqrt_d",
-    return_weights: bool = False,
+  x: jax.Array,
+  *,
+  mask: jax.Array | None = None,
+  scale: Scale = "sqrt_d",
+  return_weights: bool = False,
 ) -> jax.Array | tuple[jax.Array, jax.Array]:
   """The notes' weightless self-attention: every vector re-weighed by its softmax similarity to all.
 

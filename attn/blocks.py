@@ -16,16 +16,16 @@ Array = jax.Array
 def attention_layer(config: ModelConfig, name: str, decode: bool = False) -> MultiHeadAttention:
   """A MultiHeadAttention set up from the model config."""
   return MultiHeadAttention(
-      num_heads=config.num_heads,
-      head_dim_policy=config.head_dim_policy,
-      head_dim=config.head_dim,
-      num_kv_heads=config.num_kv_heads,
-      scale=config.scale,
-      dropout_rate=config.attention_dropout_rate,
-      use_bias=config.use_bias,
-      dtype=config.compute_dtype,
-      decode=decode,
-      name=name,
+    num_heads=config.num_heads,
+    head_dim_policy=config.head_dim_policy,
+    head_dim=config.head_dim,
+    num_kv_heads=config.num_kv_heads,
+    scale=config.scale,
+    dropout_rate=config.attention_dropout_rate,
+    use_bias=config.use_bias,
+    dtype=config.compute_dtype,
+    decode=decode,
+    name=name,
   )
 
 
@@ -66,13 +66,19 @@ class EncoderBlock(nn.Module):
     """x [B, T, D], mask broadcastable to [B, H, T, T] -> [B, T, D] (and weights [B, H, T, T])."""
     self_attn = attention_layer(self.config, "self_attention")
     x_BTD, weights = _residual(
-        self.config, "self_attention", x_BTD,
-        lambda h: self_attn(h, mask=mask, deterministic=deterministic, return_weights=True),
-        deterministic,
+      self.config,
+      "self_attention",
+      x_BTD,
+      lambda h: self_attn(h, mask=mask, deterministic=deterministic, return_weights=True),
+      deterministic,
     )
     ff = FeedForward(self.config, name="feed_forward")
     x_BTD, _ = _residual(
-        self.config, "feed_forward", x_BTD, lambda h: ff(h, deterministic=deterministic), deterministic
+      self.config,
+      "feed_forward",
+      x_BTD,
+      lambda h: ff(h, deterministic=deterministic),
+      deterministic,
     )
     return (x_BTD, weights) if return_weights else x_BTD
 
@@ -87,32 +93,42 @@ class DecoderBlock(nn.Module):
 
   @nn.compact
   def __call__(
-      self, x_BTD, encoded_BSD=None, *, self_mask=None, cross_mask=None, deterministic=True,
-      return_weights=False,
+    self,
+    x_BTD,
+    encoded_BSD=None,
+    *,
+    self_mask=None,
+    cross_mask=None,
+    deterministic=True,
+    return_weights=False,
   ):
     """x [B, T, D], encoded [B, S, D] -> [B, T, D] (and {"self": [B,H,T,T], "cross": [B,H,T,S]})."""
     cfg = self.config
     weights = {}
     self_attn = attention_layer(cfg, "self_attention", decode=self.decode)
     x_BTD, weights["self"] = _residual(
-        cfg, "self_attention", x_BTD,
-        lambda h: self_attn(h, mask=self_mask, deterministic=deterministic, return_weights=True),
-        deterministic,
+      cfg,
+      "self_attention",
+      x_BTD,
+      lambda h: self_attn(h, mask=self_mask, deterministic=deterministic, return_weights=True),
+      deterministic,
     )
     if self.cross_attention:
       if encoded_BSD is None:
         raise ValueError("DecoderBlock: encoded_BSD is required when cross_attention is on")
       cross_attn = attention_layer(cfg, "cross_attention")
       x_BTD, weights["cross"] = _residual(
-          cfg, "cross_attention", x_BTD,
-          lambda h: cross_attn(
-              h, encoded_BSD, mask=cross_mask, deterministic=deterministic, return_weights=True
-          ),
-          deterministic,
+        cfg,
+        "cross_attention",
+        x_BTD,
+        lambda h: cross_attn(
+          h, encoded_BSD, mask=cross_mask, deterministic=deterministic, return_weights=True
+        ),
+        deterministic,
       )
     ff = FeedForward(cfg, name="feed_forward")
     x_BTD, _ = _residual(
-        cfg, "feed_forward", x_BTD, lambda h: ff(h, deterministic=deterministic), deterministic
+      cfg, "feed_forward", x_BTD, lambda h: ff(h, deterministic=deterministic), deterministic
     )
     return (x_BTD, weights) if return_weights else x_BTD
 
@@ -128,7 +144,7 @@ class Encoder(nn.Module):
     all_weights = []
     for i in range(self.config.num_encoder_layers):
       x_BTD, w = EncoderBlock(self.config, name=f"layer_{i}")(
-          x_BTD, mask=mask, deterministic=deterministic, return_weights=True
+        x_BTD, mask=mask, deterministic=deterministic, return_weights=True
       )
       all_weights.append(w)
     if self.config.norm == "pre":
@@ -145,18 +161,28 @@ class Decoder(nn.Module):
 
   @nn.compact
   def __call__(
-      self, x_BTD, encoded_BSD=None, *, self_mask=None, cross_mask=None, deterministic=True,
-      return_weights=False,
+    self,
+    x_BTD,
+    encoded_BSD=None,
+    *,
+    self_mask=None,
+    cross_mask=None,
+    deterministic=True,
+    return_weights=False,
   ):
     """Returns [B, T, D], and a list of per-layer {"self", "cross"} weights when asked."""
     all_weights = []
     for i in range(self.config.num_decoder_layers):
       block = DecoderBlock(
-          self.config, decode=self.decode, cross_attention=self.cross_attention, name=f"layer_{i}"
+        self.config, decode=self.decode, cross_attention=self.cross_attention, name=f"layer_{i}"
       )
       x_BTD, w = block(
-          x_BTD, encoded_BSD, self_mask=self_mask, cross_mask=cross_mask,
-          deterministic=deterministic, return_weights=True,
+        x_BTD,
+        encoded_BSD,
+        self_mask=self_mask,
+        cross_mask=cross_mask,
+        deterministic=deterministic,
+        return_weights=True,
       )
       all_weights.append(w)
     if self.config.norm == "pre":

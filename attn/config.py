@@ -28,7 +28,9 @@ DTYPES = ("float32", "bfloat16", "float16")
 
 def check_choice(field: str, value, choices) -> None:
   if value not in choices:
-    raise ValueError(f"{field}: unknown choice {value!r}; expected one of {', '.join(map(repr, choices))}")
+    raise ValueError(
+      f"{field}: unknown choice {value!r}; expected one of {', '.join(map(repr, choices))}"
+    )
 
 
 def check_module_scale(field: str, scale) -> None:
@@ -36,8 +38,8 @@ def check_module_scale(field: str, scale) -> None:
     check_choice(field, scale, MODULE_SCALE_CHOICES)
   elif isinstance(scale, bool) or not isinstance(scale, numbers.Real) or not 0 < scale < float("inf"):
     raise ValueError(
-        f"{field}: expected one of {', '.join(map(repr, MODULE_SCALE_CHOICES))} or a positive float, "
-        f"got {scale!r}"
+      f"{field}: expected one of {', '.join(map(repr, MODULE_SCALE_CHOICES))} or a positive float, "
+      f"got {scale!r}"
     )
 
 
@@ -49,13 +51,13 @@ def head_dim_for(field: str, policy: str, num_heads: int, model_dim: int, head_d
   if policy == "fixed_model_dim":
     if model_dim % num_heads:
       raise ValueError(
-          f"{field}num_heads: {num_heads} heads do not divide the model dim {model_dim} "
-          "under head_dim_policy='fixed_model_dim'"
+        f"{field}num_heads: {num_heads} heads do not divide the model dim {model_dim} "
+        "under head_dim_policy='fixed_model_dim'"
       )
     return model_dim // num_heads
   if head_dim is None or head_dim <= 0:
     raise ValueError(
-        f"{field}head_dim: head_dim_policy='fixed_head_dim' needs a positive head_dim, got {head_dim}"
+      f"{field}head_dim: head_dim_policy='fixed_head_dim' needs a positive head_dim, got {head_dim}"
     )
   return head_dim
 
@@ -99,8 +101,8 @@ class ModelConfig:
     K = head_dim_for("", self.head_dim_policy, self.num_heads, self.d_model, self.head_dim)
     if self.head_dim_policy == "fixed_model_dim" and self.head_dim not in (None, K):
       raise ValueError(
-          f"head_dim: {self.head_dim} contradicts head_dim_policy='fixed_model_dim', which gives "
-          f"K = d_model / num_heads = {K}; leave it None or use 'fixed_head_dim'"
+        f"head_dim: {self.head_dim} contradicts head_dim_policy='fixed_model_dim', which gives "
+        f"K = d_model / num_heads = {K}; leave it None or use 'fixed_head_dim'"
       )
     G = self.num_kv_heads
     if G is not None and (G <= 0 or self.num_heads % G):
@@ -117,7 +119,9 @@ class ModelConfig:
       raise ValueError(f"d_model: sinusoidal positions need an even d_model, got {self.d_model}")
     for field in ("pad_id", "bos_id", "eos_id"):
       if not 0 <= getattr(self, field) < self.vocab_size:
-        raise ValueError(f"{field}: {getattr(self, field)} is outside the vocabulary [0, {self.vocab_size})")
+        raise ValueError(
+          f"{field}: {getattr(self, field)} is outside the vocabulary [0, {self.vocab_size})"
+        )
 
   @property
   def resolved_head_dim(self) -> int:

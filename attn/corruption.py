@@ -11,12 +11,12 @@ import jax.numpy as jnp
 
 
 def corrupt_tokens(
-    rng: jax.Array,
-    tokens: jax.Array,
-    rate: float,
-    mask_id: int,
-    *,
-    eligible: jax.Array | None = None,
+  rng: jax.Array,
+  tokens: jax.Array,
+  rate: float,
+  mask_id: int,
+  *,
+  eligible: jax.Array | None = None,
 ) -> tuple[jax.Array, jax.Array]:
   """Replaces each eligible token by `mask_id` with probability `rate`.
 

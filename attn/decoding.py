@@ -21,8 +21,13 @@ StepFn = Callable[[Any, jax.Array, jax.Array], tuple[jax.Array, Any]]
 
 
 def greedy_search(
-    step_fn: StepFn, state, prompt_BP: jax.Array, *, max_new_tokens: int, eos_id: int | None = None,
-    pad_id: int = 0,
+  step_fn: StepFn,
+  state,
+  prompt_BP: jax.Array,
+  *,
+  max_new_tokens: int,
+  eos_id: int | None = None,
+  pad_id: int = 0,
 ) -> jax.Array:
   """Appends the most likely token `max_new_tokens` times; after `eos_id`, a sequence gets `pad_id`.
 
@@ -57,8 +62,15 @@ def length_penalty(lengths: jax.Array, alpha: float) -> jax.Array:
 
 
 def beam_search(
-    step_fn: StepFn, state, prompt_BP: jax.Array, *, beam_size: int, max_new_tokens: int,
-    eos_id: int | None = None, pad_id: int = 0, alpha: float = 0.6,
+  step_fn: StepFn,
+  state,
+  prompt_BP: jax.Array,
+  *,
+  beam_size: int,
+  max_new_tokens: int,
+  eos_id: int | None = None,
+  pad_id: int = 0,
+  alpha: float = 0.6,
 ) -> tuple[jax.Array, jax.Array]:
   """Keeps the `beam_size` best continuations by summed log-probability; a beam that has emitted
   `eos_id` is finished and carries on with `pad_id` at no cost. At the end, beams are ranked by
@@ -110,14 +122,14 @@ def beam_search(
     return (state, log_probs_BWV, beams), None
 
   beams = (
-      scores_BW,
-      jnp.zeros((B, W), bool),
-      jnp.zeros((B, W), jnp.int32),
-      jnp.full((B, W, max_new_tokens), pad_id, prompt_BP.dtype),
-      jnp.asarray(0, jnp.int32),
+    scores_BW,
+    jnp.zeros((B, W), bool),
+    jnp.zeros((B, W), jnp.int32),
+    jnp.full((B, W, max_new_tokens), pad_id, prompt_BP.dtype),
+    jnp.asarray(0, jnp.int32),
   )
   (_, log_probs_BWV, beams), _ = jax.lax.scan(
-      body, (state, log_probs_BWV, beams), None, length=max_new_tokens - 1
+    body, (state, log_probs_BWV, beams), None, length=max_new_tokens - 1
   )
   (scores_BW, _, lengths_BW, seqs_BWN, _), _, _ = select(log_probs_BWV, beams)
   normalized_BW = scores_BW / length_penalty(lengths_BW, alpha)
@@ -133,7 +145,9 @@ def _check_lengths(prompt_BP, max_new_tokens):
     raise ValueError(f"max_new_tokens: must be at least 1, got {max_new_tokens}")
 
 
-def init_cache(model: Transformer | LanguageModel, batch_size: int, max_length: int, src_length: int = 1):
+def init_cache(
+  model: Transformer | LanguageModel, batch_size: int, max_length: int, src_length: int = 1
+):
   """Zeroed key/value caches for `max_length` target positions (computed from shapes only)."""
   decoder = model.clone(decode=True)
   tokens = jnp.zeros((batch_size, max_length), jnp.int32)
@@ -156,15 +170,21 @@ def _model_step(model, params, inputs_BS, prompt_BP, max_new_tokens):
     decoder = model.clone(decode=True)
     encoded = model.apply({"params": params}, inputs_BS, method=Transformer.encode)
     state = {
-        "cache": init_cache(model, B, max_length, inputs_BS.shape[1]), "encoded": encoded,
-        "src": inputs_BS,
+      "cache": init_cache(model, B, max_length, inputs_BS.shape[1]),
+      "encoded": encoded,
+      "src": inputs_BS,
     }
 
     def step_fn(state, tokens_Bt, offset):
       positions = offset + jnp.arange(tokens_Bt.shape[1])
       logits, mutated = decoder.apply(
-          {"params": params, "cache": state["cache"]}, tokens_Bt, state["encoded"], state["src"],
-          positions_BT=positions, method=Transformer.decode_logits, mutable=["cache"],
+        {"params": params, "cache": state["cache"]},
+        tokens_Bt,
+        state["encoded"],
+        state["src"],
+        positions_BT=positions,
+        method=Transformer.decode_logits,
+        mutable=["cache"],
       )
       return logits[:, -1], {**state, "cache": mutated["cache"]}
 
@@ -177,8 +197,10 @@ def _model_step(model, params, inputs_BS, prompt_BP, max_new_tokens):
     def step_fn(state, tokens_Bt, offset):
       positions = offset + jnp.arange(tokens_Bt.shape[1])
       logits, mutated = decoder.apply(
-          {"params": params, "cache": state["cache"]}, tokens_Bt, positions_BT=positions,
-          mutable=["cache"],
+        {"params": params, "cache": state["cache"]},
+        tokens_Bt,
+        positions_BT=positions,
+        mutable=["cache"],
       )
       return logits[:, -1], {"cache": mutated["cache"]}
 
@@ -186,15 +208,20 @@ def _model_step(model, params, inputs_BS, prompt_BP, max_new_tokens):
     raise ValueError(f"model: expected a Transformer or LanguageModel, got {type(model).__name__}")
   if cfg.positions == "learned" and max_length > cfg.max_length:
     raise ValueError(
-        f"max_new_tokens: prompt ({prompt_BP.shape[1]}) + {max_new_tokens} new tokens exceed "
-        f"config.max_length={cfg.max_length} of the learned positions"
+      f"max_new_tokens: prompt ({prompt_BP.shape[1]}) + {max_new_tokens} new tokens exceed "
+      f"config.max_length={cfg.max_length} of the learned positions"
     )
   return step_fn, state, prompt_BP
 
 
 def greedy_decode(
-    model: Transformer | LanguageModel, params, inputs: jax.Array, *, max_new_tokens: int,
-    prompt: jax.Array | None = None, eos_id: int | None = None,
+  model: Transformer | LanguageModel,
+  params,
+  inputs: jax.Array,
+  *,
+  max_new_tokens: int,
+  prompt: jax.Array | None = None,
+  eos_id: int | None = None,
 ) -> jax.Array:
   """Greedy decoding with a key/value cache.
 
@@ -212,14 +239,20 @@ def greedy_decode(
   step_fn, state, prompt = _model_step(model, params, inputs, prompt, max_new_tokens)
   eos_id = model.config.eos_id if eos_id is None else eos_id
   return greedy_search(
-      step_fn, state, prompt, max_new_tokens=max_new_tokens, eos_id=eos_id, pad_id=model.config.pad_id
+    step_fn, state, prompt, max_new_tokens=max_new_tokens, eos_id=eos_id, pad_id=model.config.pad_id
   )
 
 
 def beam_decode(
-    model: Transformer | LanguageModel, params, inputs: jax.Array, *, beam_size: int,
-    max_new_tokens: int, alpha: float = 0.6, prompt: jax.Array | None = None,
-    eos_id: int | None = None,
+  model: Transformer | LanguageModel,
+  params,
+  inputs: jax.Array,
+  *,
+  beam_size: int,
+  max_new_tokens: int,
+  alpha: float = 0.6,
+  prompt: jax.Array | None = None,
+  eos_id: int | None = None,
 ) -> tuple[jax.Array, jax.Array]:
   """Beam search with GNMT's length penalty; arguments as in `greedy_decode`.
 
@@ -229,6 +262,12 @@ def beam_decode(
   step_fn, state, prompt = _model_step(model, params, inputs, prompt, max_new_tokens)
   eos_id = model.config.eos_id if eos_id is None else eos_id
   return beam_search(
-      step_fn, state, prompt, beam_size=beam_size, max_new_tokens=max_new_tokens, eos_id=eos_id,
-      pad_id=model.config.pad_id, alpha=alpha,
+    step_fn,
+    state,
+    prompt,
+    beam_size=beam_size,
+    max_new_tokens=max_new_tokens,
+    eos_id=eos_id,
+    pad_id=model.config.pad_id,
+    alpha=alpha,
   )

@@ -35,11 +35,11 @@ def causal_mask(T: int, S: int | None = None, *, offset: jax.typing.ArrayLike = 
 
 
 def padding_mask(
-    lengths: jax.typing.ArrayLike | None = None,
-    *,
-    max_length: int | None = None,
-    tokens: jax.typing.ArrayLike | None = None,
-    pad_id: int = 0,
+  lengths: jax.typing.ArrayLike | None = None,
+  *,
+  max_length: int | None = None,
+  tokens: jax.typing.ArrayLike | None = None,
+  pad_id: int = 0,
 ) -> jax.Array:
   """Key-padding mask: key j may be attended iff it is a real token.
 

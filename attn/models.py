@@ -27,12 +27,14 @@ class Embedder(nn.Module):
   def setup(self):
     cfg = self.config
     self.table = nn.Embed(
-        cfg.vocab_size, cfg.d_model, embedding_init=nn.initializers.normal(cfg.d_model**-0.5),
-        name="tokens",
+      cfg.vocab_size,
+      cfg.d_model,
+      embedding_init=nn.initializers.normal(cfg.d_model**-0.5),
+      name="tokens",
     )
     if cfg.positions == "learned":
       self.position_table = nn.Embed(
-          cfg.max_length, cfg.d_model, embedding_init=nn.initializers.normal(0.02), name="positions"
+        cfg.max_length, cfg.d_model, embedding_init=nn.initializers.normal(0.02), name="positions"
       )
     self.dropout = nn.Dropout(cfg.dropout_rate)
 
@@ -87,8 +89,14 @@ class Transformer(nn.Module):
     return self.encoder(x_BSD, mask=src_mask, deterministic=deterministic, return_weights=return_weights)
 
   def decode_logits(
-      self, tgt_in_BT: Array, encoded_BSD: Array, src_BS: Array, *, positions_BT=None,
-      deterministic=True, return_weights=False,
+    self,
+    tgt_in_BT: Array,
+    encoded_BSD: Array,
+    src_BS: Array,
+    *,
+    positions_BT=None,
+    deterministic=True,
+    return_weights=False,
   ):
     """tgt_in [B, T] and the encoder output -> logits [B, T, V] (and per-layer decoder weights).
 
@@ -102,13 +110,17 @@ class Transformer(nn.Module):
     else:
       T = tgt_in_BT.shape[-1]
       self_mask = masks.combine_masks(
-          masks.causal_mask(T), masks.padding_mask(tokens=tgt_in_BT, pad_id=cfg.pad_id)
+        masks.causal_mask(T), masks.padding_mask(tokens=tgt_in_BT, pad_id=cfg.pad_id)
       )
     cross_mask = masks.padding_mask(tokens=src_BS, pad_id=cfg.pad_id)
     y_BTD = self.embedder(tgt_in_BT, positions_BT, deterministic=deterministic)
     y = self.decoder(
-        y_BTD, encoded_BSD, self_mask=self_mask, cross_mask=cross_mask,
-        deterministic=deterministic, return_weights=return_weights,
+      y_BTD,
+      encoded_BSD,
+      self_mask=self_mask,
+      cross_mask=cross_mask,
+      deterministic=deterministic,
+      return_weights=return_weights,
     )
     if return_weights:
       y_BTD, weights = y
@@ -122,7 +134,7 @@ class Transformer(nn.Module):
       return self.decode_logits(tgt_in_BT, encoded, src_BS, deterministic=deterministic)
     encoded, enc_weights = encoded
     logits, dec_weights = self.decode_logits(
-        tgt_in_BT, encoded, src_BS, deterministic=deterministic, return_weights=True
+      tgt_in_BT, encoded, src_BS, deterministic=deterministic, return_weights=True
     )
     return logits, {"encoder": enc_weights, "decoder": dec_weights}
 
@@ -140,7 +152,7 @@ class EncoderTagger(nn.Module):
     mask = masks.padding_mask(tokens=tokens_BT, pad_id=cfg.pad_id)
     x_BTD = Embedder(cfg, name="embedder")(tokens_BT, deterministic=deterministic)
     x = Encoder(cfg, name="encoder")(
-        x_BTD, mask=mask, deterministic=deterministic, return_weights=return_weights
+      x_BTD, mask=mask, deterministic=deterministic, return_weights=return_weights
     )
     x_BTD, weights = x if return_weights else (x, None)
     logits_BTC = nn.Dense(cfg.num_classes, dtype=jnp.float32, name="classifier")(x_BTD)
@@ -166,12 +178,12 @@ class LanguageModel(nn.Module):
     else:
       T = tokens_BT.shape[-1]
       self_mask = masks.combine_masks(
-          masks.causal_mask(T), masks.padding_mask(tokens=tokens_BT, pad_id=cfg.pad_id)
+        masks.causal_mask(T), masks.padding_mask(tokens=tokens_BT, pad_id=cfg.pad_id)
       )
     embedder = Embedder(cfg, name="embedder")
     x_BTD = embedder(tokens_BT, positions_BT, deterministic=deterministic)
     x = Decoder(cfg, decode=self.decode, cross_attention=False, name="decoder")(
-        x_BTD, self_mask=self_mask, deterministic=deterministic, return_weights=return_weights
+      x_BTD, self_mask=self_mask, deterministic=deterministic, return_weights=return_weights
     )
     x_BTD, weights = x if return_weights else (x, None)
     logits_BTV = _OutputHead(cfg, name="head")(x_BTD, embedder)

@@ -71,13 +71,13 @@ class MultiHeadAttention(nn.Module):
 
   @nn.compact
   def __call__(
-      self,
-      inputs_q: Array,
-      inputs_kv: Array | None = None,
-      *,
-      mask: Array | None = None,
-      deterministic: bool = True,
-      return_weights: bool = False,
+    self,
+    inputs_q: Array,
+    inputs_kv: Array | None = None,
+    *,
+    mask: Array | None = None,
+    deterministic: bool = True,
+    return_weights: bool = False,
   ):
     """Attends from `inputs_q` [batch..., T, D] to `inputs_kv` [batch..., S, D] (itself if None).
 
@@ -102,8 +102,13 @@ class MultiHeadAttention(nn.Module):
 
     def dense(name, heads, init):
       return nn.DenseGeneral(
-          (heads, K), use_bias=self.use_bias, dtype=self.dtype, param_dtype=self.param_dtype,
-          kernel_init=init, bias_init=self.bias_init, name=name,
+        (heads, K),
+        use_bias=self.use_bias,
+        dtype=self.dtype,
+        param_dtype=self.param_dtype,
+        kernel_init=init,
+        bias_init=self.bias_init,
+        name=name,
       )
 
     q_init = self.kernel_init
@@ -116,7 +121,7 @@ class MultiHeadAttention(nn.Module):
     runtime_scale = self.scale
     if self.scale == "learned":
       log_scale_H = self.param(
-          "log_scale", nn.initializers.constant(-0.5 * jnp.log(K)), (H,), self.param_dtype
+        "log_scale", nn.initializers.constant(-0.5 * jnp.log(K)), (H,), self.param_dtype
       )
       q_BTHK = q_BTHK * jnp.exp(log_scale_H)[:, None].astype(q_BTHK.dtype)
       runtime_scale = "none"
@@ -130,14 +135,24 @@ class MultiHeadAttention(nn.Module):
     if not deterministic and self.dropout_rate > 0.0:
       dropout_rng = self.make_rng("dropout")
     out_BTHK, weights = attention.dot_product_attention(
-        q_BTHK, k_BSGK, v_BSGK, mask=mask, scale=runtime_scale,
-        dropout_rate=self.dropout_rate if dropout_rng is not None else 0.0,
-        dropout_rng=dropout_rng, return_weights=True,
+      q_BTHK,
+      k_BSGK,
+      v_BSGK,
+      mask=mask,
+      scale=runtime_scale,
+      dropout_rate=self.dropout_rate if dropout_rng is not None else 0.0,
+      dropout_rng=dropout_rng,
+      return_weights=True,
     )
     out = nn.DenseGeneral(
-        self.out_features or inputs_q.shape[-1], axis=(-2, -1), use_bias=self.use_bias,
-        dtype=self.dtype, param_dtype=self.param_dtype, kernel_init=self.kernel_init,
-        bias_init=self.bias_init, name="out",
+      self.out_features or inputs_q.shape[-1],
+      axis=(-2, -1),
+      use_bias=self.use_bias,
+      dtype=self.dtype,
+      param_dtype=self.param_dtype,
+      kernel_init=self.kernel_init,
+      bias_init=self.bias_init,
+      name="out",
     )(out_BTHK)
     return (out, weights) if return_weights else out
 
@@ -150,12 +165,12 @@ class MultiHeadAttention(nn.Module):
     if not initialized:  # Initialisation only sizes the cache: attend as in training.
       T = k_BTGK.shape[-3]
       return k_BTGK, v_BTGK, masks.combine_masks(mask, masks.causal_mask(T))
-    *batch, S, G, K = cached_key.value.shape
+    *batch, S, _, _ = cached_key.value.shape
     T = k_BTGK.shape[-3]
     if k_BTGK.shape[:-3] != tuple(batch) or T > S:
       raise ValueError(
-          f"decode: {T} new tokens of batch {k_BTGK.shape[:-3]} do not fit the cache "
-          f"{cached_key.value.shape} ([batch..., S, G, K])"
+        f"decode: {T} new tokens of batch {k_BTGK.shape[:-3]} do not fit the cache "
+        f"{cached_key.value.shape} ([batch..., S, G, K])"
       )
     i = index.value
     start = (0,) * len(batch) + (i, 0, 0)
@@ -164,4 +179,8 @@ class MultiHeadAttention(nn.Module):
     index.value = i + T
     # New query t sits at cache position i + t: it sees every earlier position and none after it,
     # which also hides the unwritten (zero) tail of the cache.
-    return cached_key.value, cached_value.value, masks.combine_masks(mask, masks.causal_mask(T, S, offset=i))
+    return (
+      cached_key.value,
+      cached_value.value,
+      masks.combine_masks(mask, masks.causal_mask(T, S, offset=i)),
+    )

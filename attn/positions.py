@@ -7,7 +7,7 @@ import jax.numpy as jnp
 
 
 def sinusoidal_positions(
-    positions: int | jax.typing.ArrayLike, dim: int, *, max_timescale: float = 10_000.0
+  positions: int | jax.typing.ArrayLike, dim: int, *, max_timescale: float = 10_000.0
 ) -> jax.Array:
   """The paper's encodings: PE[p, 2i] = sin(p / 10000^(2i/D)), PE[p, 2i+1] = cos(p / 10000^(2i/D)).
 

@@ -33,13 +33,13 @@ def resolve_scale(scale: Scale, head_dim: int) -> float:
     if scale == "d":
       return 1.0 / float(head_dim)
     raise ValueError(
-        f"scale: unknown choice {scale!r}; expected one of {', '.join(map(repr, SCALE_CHOICES))} "
-        "or a positive float"
+      f"scale: unknown choice {scale!r}; expected one of {', '.join(map(repr, SCALE_CHOICES))} "
+      "or a positive float"
     )
   if isinstance(scale, bool) or not isinstance(scale, numbers.Real):
     raise ValueError(
-        f"scale: expected one of {', '.join(map(repr, SCALE_CHOICES))} or a positive float, "
-        f"got {scale!r} of type {type(scale).__name__}"
+      f"scale: expected one of {', '.join(map(repr, SCALE_CHOICES))} or a positive float, "
+      f"got {scale!r} of type {type(scale).__name__}"
     )
   if not scale > 0 or scale == float("inf"):
     raise ValueError(f"scale: a numeric scale must be a positive finite float, got {scale!r}")
