@@ -1,0 +1,1 @@
+"""Short absl entry points: `python -m launch.NAME`."""
