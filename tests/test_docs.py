@@ -1,0 +1,40 @@
+"""Docs cannot drift: every shell block of README.md and WORKSPACE.md runs in CI, every Python block
+runs here."""
+
+import pathlib
+import re
+import sys
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+DOCS = ("README.md", "WORKSPACE.md")
+sys.path.insert(0, str(ROOT / ".ci"))
+from doc_commands import shell_blocks  # noqa: E402
+
+
+@pytest.mark.parametrize("doc", DOCS)
+def test_every_shell_block_is_run_by_ci(doc):
+  blocks = shell_blocks((ROOT / doc).read_text(encoding="utf-8"))
+  unmarked = [command for marked, command in blocks if not marked]
+  assert not unmarked, f"{doc}: shell blocks without <!-- ci --> (CI would not run them): {unmarked}"
+
+
+def test_readme_gives_exactly_two_setup_commands_install_and_test():
+  blocks = shell_blocks((ROOT / "README.md").read_text(encoding="utf-8"))
+  assert len(blocks) == 2
+  (_, main_cmd), (_, test_cmd) = blocks
+  assert "pip install" in main_cmd and "python -m launch." in main_cmd
+  assert "pip install -q '.[test]'" in test_cmd and "pytest" in test_cmd
+
+
+def test_ci_runs_the_doc_commands():
+  ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
+  assert "doc_commands.py README.md WORKSPACE.md" in ci
+
+
+@pytest.mark.parametrize("doc", DOCS)
+def test_python_blocks_run(doc):
+  text = (ROOT / doc).read_text(encoding="utf-8")
+  for code in re.findall(r"```python\n(.*?)```", text, re.S):
+    exec(compile(code, f"{doc}:python-block", "exec"), {})
