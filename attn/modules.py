@@ -96,7 +96,7 @@ class MultiHeadAttention(nn.Module):
     D = self.qkv_features or inputs_q.shape[-1]
     H = self.num_heads
     K = head_dim_for("", self.head_dim_policy, H, D, self.head_dim)
-    G = self.num_kv_heads or H
+    G = H if self.num_kv_heads is None else self.num_kv_heads
     if G <= 0 or H % G:
       raise ValueError(f"num_kv_heads: {G} must be positive and divide num_heads={H}")
 
@@ -128,8 +128,9 @@ class MultiHeadAttention(nn.Module):
     elif self.scale == "init_folded":
       runtime_scale = "none"
 
+    fits_cache = True
     if self.decode:
-      k_BSGK, v_BSGK, mask = self._update_cache(k_BSGK, v_BSGK, mask)
+      k_BSGK, v_BSGK, mask, fits_cache = self._update_cache(k_BSGK, v_BSGK, mask)
 
     dropout_rng = None
     if not deterministic and self.dropout_rate > 0.0:
@@ -154,17 +155,24 @@ class MultiHeadAttention(nn.Module):
       bias_init=self.bias_init,
       name="out",
     )(out_BTHK)
+    if fits_cache is not True:
+      # Under jit an overfull cache cannot raise; NaN says so instead of silently overwriting the cache.
+      out = jnp.where(fits_cache, out, jnp.nan)
     return (out, weights) if return_weights else out
 
   def _update_cache(self, k_BTGK: Array, v_BTGK: Array, mask: Array | None):
-    """Writes this call's keys and values at the cache index; returns the whole cache and its mask."""
+    """Writes this call's keys and values at the cache index.
+
+    Returns the whole cache (keys, values), its mask, and whether the new tokens fitted: True, or a
+    traced bool under jit, where an overfull cache cannot raise.
+    """
     initialized = self.has_variable("cache", "cached_key")
     cached_key = self.variable("cache", "cached_key", jnp.zeros, k_BTGK.shape, k_BTGK.dtype)
     cached_value = self.variable("cache", "cached_value", jnp.zeros, v_BTGK.shape, v_BTGK.dtype)
     index = self.variable("cache", "cache_index", lambda: jnp.array(0, jnp.int32))
     if not initialized:  # Initialisation only sizes the cache: attend as in training.
       T = k_BTGK.shape[-3]
-      return k_BTGK, v_BTGK, masks.combine_masks(mask, masks.causal_mask(T))
+      return k_BTGK, v_BTGK, masks.combine_masks(mask, masks.causal_mask(T)), True
     *batch, S, _, _ = cached_key.value.shape
     T = k_BTGK.shape[-3]
     if k_BTGK.shape[:-3] != tuple(batch) or T > S:
@@ -173,6 +181,14 @@ class MultiHeadAttention(nn.Module):
         f"{cached_key.value.shape} ([batch..., S, G, K])"
       )
     i = index.value
+    try:
+      if int(i) + T > S:
+        raise ValueError(
+          f"decode: the cache holds {S} positions, {int(i)} are written; {T} more do not fit"
+        )
+      fits = True
+    except jax.errors.ConcretizationTypeError:
+      fits = i + T <= S
     start = (0,) * len(batch) + (i, 0, 0)
     cached_key.value = jax.lax.dynamic_update_slice(cached_key.value, k_BTGK, start)
     cached_value.value = jax.lax.dynamic_update_slice(cached_value.value, v_BTGK, start)
@@ -183,4 +199,5 @@ class MultiHeadAttention(nn.Module):
       cached_key.value,
       cached_value.value,
       masks.combine_masks(mask, masks.causal_mask(T, S, offset=i)),
+      fits,
     )
