@@ -215,8 +215,15 @@ def self_attention(
     raise ValueError(f"x must be [batch..., T, D], got shape {x.shape}")
   qkv = x[..., None, :]  # one head: [batch..., T, 1, D]
   if mask is not None:
-    if mask.ndim < 2:
-      raise ValueError(f"mask must broadcast to [batch..., T, T], got shape {mask.shape}")
+    target = (*x.shape[:-2], x.shape[-2], x.shape[-2])  # [batch..., T, T]
+    try:
+      ok = mask.ndim >= 2 and np.broadcast_shapes(mask.shape, target) == target
+    except ValueError:
+      ok = False
+    if not ok:
+      raise ValueError(
+        f"mask of shape {mask.shape} does not broadcast to [batch..., T, T] for x {x.shape}"
+      )
     mask = mask[..., None, :, :]  # add the head axis
   result = dot_product_attention(qkv, qkv, qkv, mask=mask, scale=scale, return_weights=return_weights)
   if return_weights:

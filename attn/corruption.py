@@ -34,8 +34,9 @@ def corrupt_tokens(
   """
   if not 0.0 <= rate <= 1.0:
     raise ValueError(f"corrupt_tokens: rate must be in [0, 1], got {rate}")
-  if not jnp.issubdtype(jnp.asarray(tokens).dtype, jnp.integer):
-    raise ValueError(f"corrupt_tokens: tokens must be integer ids, got {jnp.asarray(tokens).dtype}")
+  tokens = jnp.asarray(tokens)
+  if not jnp.issubdtype(tokens.dtype, jnp.integer):
+    raise ValueError(f"corrupt_tokens: tokens must be integer ids, got {tokens.dtype}")
   replaced = jax.random.bernoulli(rng, rate, jnp.shape(tokens))
   if eligible is not None:
     replaced = replaced & eligible

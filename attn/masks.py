@@ -70,11 +70,11 @@ def combine_masks(*masks: jax.Array | None) -> jax.Array | None:
   Raises:
     ValueError: when a mask is not boolean or the masks do not broadcast together.
   """
-  present = [m for m in masks if m is not None]
+  present = [jnp.asarray(m) for m in masks if m is not None]
   if not present:
     return None
   for i, m in enumerate(present):
-    if jnp.asarray(m).dtype != jnp.bool_:
+    if m.dtype != jnp.bool_:
       raise ValueError(f"combine_masks: mask {i} must be boolean (True = may attend), got {m.dtype}")
   try:
     np.broadcast_shapes(*(jnp.shape(m) for m in present))

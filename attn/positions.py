@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 
 def sinusoidal_positions(
@@ -22,7 +23,7 @@ def sinusoidal_positions(
   """
   if dim <= 0 or dim % 2:
     raise ValueError(f"sinusoidal_positions: dim must be positive and even, got {dim}")
-  if isinstance(positions, int):
+  if isinstance(positions, int | np.integer):  # A length, not a single position.
     positions = jnp.arange(positions)
   pos = jnp.asarray(positions, jnp.float32)[..., None]  # [..., T, 1]
   inv_freq = max_timescale ** (-jnp.arange(0, dim, 2, dtype=jnp.float32) / dim)  # [D/2]

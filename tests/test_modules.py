@@ -14,7 +14,8 @@ ATOL = 1e-5
 
 
 def _normal(seed, shape):
-  return jax.random.normal(jax.random.key(seed), shape, jnp.float32)
+  """Standard normal inputs from NumPy, which needs no XLA compilation per shape."""
+  return jnp.asarray(np.random.default_rng(seed).standard_normal(shape), jnp.float32)
 
 
 def _init(module, *args, seed=0, **kwargs):
@@ -38,6 +39,12 @@ def _out_project(params, y_BTHK):
 
 def _shapes(tree):
   return jax.tree_util.tree_map(lambda a: a.shape, tree)
+
+
+def _param_shapes(module, *args, **kwargs):
+  """Parameter shapes from tracing `init` alone: shape checks and errors need no compilation."""
+  variables = jax.eval_shape(lambda: module.init(jax.random.key(0), *args, **kwargs))
+  return _shapes(variables["params"])
 
 
 # SelfAttention.
@@ -80,7 +87,7 @@ def test_self_attention_module_is_permutation_equivariant():
 def test_self_attention_module_works_for_any_length_with_the_same_variables():
   module = SelfAttention()
   variables = _init(module, _normal(3, (B, T, D)))
-  for length in (1, 3, 8):
+  for length in (2, 8):
     x = _normal(length, (B, length, D))
     out = module.apply(variables, x)
     assert out.shape == (B, length, D)
@@ -101,15 +108,14 @@ def test_multi_head_attention_equals_flax_with_copied_params(use_bias, cross, ma
   S_ = S if cross else T
   mask = None
   if masked:
-    # Random mask with the diagonal (or first key) kept, so that no query row is fully masked.
-    mask = jax.random.bernoulli(jax.random.key(12), 0.6, (B, 1, T, S_))
-    mask = mask.at[..., 0].set(True)
+    # A random mask that keeps the first key, so that no query row is fully masked.
+    mask = np.random.default_rng(12).random((B, 1, T, S_)) < 0.6
+    mask[..., 0] = True
+    mask = jnp.asarray(mask)
   ours = MultiHeadAttention(num_heads=H, use_bias=use_bias)
   theirs = nn.MultiHeadDotProductAttention(num_heads=H, use_bias=use_bias)
   params = _init(ours, x, kv)["params"]
-  their_params = _init(theirs, x, kv, kv, seed=5)["params"]
-
-  assert _shapes(params) == _shapes(their_params)
+  assert _shapes(params) == _param_shapes(theirs, x, kv, kv)
   for name in ("query", "key", "value"):
     assert params[name]["kernel"].shape == (D, H, K)
   assert params["out"]["kernel"].shape == (H, K, D)
@@ -128,62 +134,67 @@ def test_multi_head_attention_equals_flax_with_copied_params(use_bias, cross, ma
 
 @pytest.mark.parametrize("H", [1, 2, 4, 8])
 def test_fixed_model_dim_gives_k_equal_d_over_h(H):
-  x = _normal(20, (1, T, D))
-  params = _init(MultiHeadAttention(num_heads=H), x)["params"]
+  x = jnp.zeros((B, T, D))
+  params = _param_shapes(MultiHeadAttention(num_heads=H), x)
   for name in ("query", "key", "value"):
-    assert params[name]["kernel"].shape == (D, H, D // H)
-  assert params["out"]["kernel"].shape == (H, D // H, D)
+    assert params[name]["kernel"] == (D, H, D // H)
+    assert params[name]["bias"] == (H, D // H)
+  assert params["out"]["kernel"] == (H, D // H, D)
 
 
-def test_fixed_model_dim_uses_qkv_features():
-  x = _normal(20, (1, T, D))
-  params = _init(MultiHeadAttention(num_heads=4, qkv_features=32, out_features=8), x)["params"]
-  assert params["query"]["kernel"].shape == (D, 4, 8)
-  assert params["out"]["kernel"].shape == (4, 8, 8)
+def test_fixed_model_dim_splits_qkv_features():
+  x = jnp.zeros((B, T, D))
+  params = _param_shapes(MultiHeadAttention(num_heads=4, qkv_features=32, out_features=8), x)
+  assert params["query"]["kernel"] == (D, 4, 8)
+  assert params["out"]["kernel"] == (4, 8, 8)
 
 
-def test_fixed_model_dim_raises_when_heads_do_not_divide():
-  x = _normal(21, (1, T, D))
+@pytest.mark.parametrize("H", [3, 5, 32])
+def test_fixed_model_dim_raises_when_heads_do_not_divide(H):
+  x = jnp.zeros((B, T, D))
   with pytest.raises(ValueError, match="num_heads"):
-    _init(MultiHeadAttention(num_heads=3), x)
+    _param_shapes(MultiHeadAttention(num_heads=H), x)
 
 
-@pytest.mark.parametrize("H", [1, 2, 4])
+@pytest.mark.parametrize("H", [1, 2, 3, 4])
 def test_fixed_head_dim_keeps_k_whatever_h(H):
-  x = _normal(22, (1, T, D))
+  x = jnp.zeros((B, T, D))
   module = MultiHeadAttention(num_heads=H, head_dim_policy="fixed_head_dim", head_dim=8)
-  variables = _init(module, x)
-  params = variables["params"]
+  params = _param_shapes(module, x)
   for name in ("query", "key", "value"):
-    assert params[name]["kernel"].shape == (D, H, 8)
-  assert params["out"]["kernel"].shape == (H, 8, D)
-  assert module.apply(variables, x).shape == (1, T, D)
+    assert params[name]["kernel"] == (D, H, 8)
+  assert params["out"]["kernel"] == (H, 8, D)
 
 
-def test_fixed_head_dim_allows_heads_not_dividing_d():
-  x = _normal(23, (1, T, D))
-  module = MultiHeadAttention(num_heads=3, head_dim_policy="fixed_head_dim", head_dim=8)
-  params = _init(module, x)["params"]
-  assert params["query"]["kernel"].shape == (D, 3, 8)
+def test_fixed_head_dim_runs():
+  x = _normal(22, (B, T, D))
+  module = MultiHeadAttention(num_heads=4, head_dim_policy="fixed_head_dim", head_dim=8)
+  variables = _init(module, x)
+  assert variables["params"]["query"]["kernel"].shape == (D, 4, 8)
+  out = module.apply(variables, x)
+  assert out.shape == (B, T, D)
+  assert np.all(np.isfinite(out))
 
 
-def test_fixed_head_dim_raises_without_head_dim():
-  x = _normal(24, (1, T, D))
+@pytest.mark.parametrize("head_dim", [None, 0])
+def test_fixed_head_dim_raises_without_head_dim(head_dim):
+  x = jnp.zeros((B, T, D))
   with pytest.raises(ValueError, match="head_dim"):
-    _init(MultiHeadAttention(num_heads=2, head_dim_policy="fixed_head_dim"), x)
+    _param_shapes(
+      MultiHeadAttention(num_heads=2, head_dim_policy="fixed_head_dim", head_dim=head_dim), x
+    )
 
 
 def test_unknown_head_dim_policy_raises():
-  x = _normal(24, (1, T, D))
+  x = jnp.zeros((B, T, D))
   with pytest.raises(ValueError, match="head_dim_policy"):
-    _init(MultiHeadAttention(num_heads=2, head_dim_policy="fixed_everything"), x)
+    _param_shapes(MultiHeadAttention(num_heads=2, head_dim_policy="fixed_everything"), x)
 
 
 # Grouped-query attention.
 
 
-@pytest.mark.parametrize("G", [1, 2, 4])
-@pytest.mark.parametrize("cross", [False, True])
+@pytest.mark.parametrize("G,cross", [(1, True), (2, True), (2, False)])
 def test_num_kv_heads_matches_repeated_kv_heads_by_hand(G, cross):
   H = 4
   K = D // H
@@ -203,27 +214,26 @@ def test_num_kv_heads_matches_repeated_kv_heads_by_hand(G, cross):
   np.testing.assert_allclose(module.apply({"params": params}, x, kv), want, atol=ATOL)
 
   # The same params in a full multi-head module, with each key/value head copied H // G times.
+  repeat = lambda a: jnp.repeat(a, H // G, axis=-2)
   full_params = dict(params)
   for name in ("key", "value"):
-    full_params[name] = jax.tree_util.tree_map(
-        lambda a: jnp.repeat(a, H // G, axis=-2), params[name]
-    )
+    full_params[name] = jax.tree_util.tree_map(repeat, params[name])
   full = MultiHeadAttention(num_heads=H).apply({"params": full_params}, x, kv)
   np.testing.assert_allclose(module.apply({"params": params}, x, kv), full, atol=ATOL)
 
 
-@pytest.mark.parametrize("G", [3, 8])
+@pytest.mark.parametrize("G", [3, 8, -2])
 def test_num_kv_heads_not_dividing_heads_raises(G):
-  x = _normal(32, (1, T, D))
+  x = jnp.zeros((B, T, D))
   with pytest.raises(ValueError, match="num_kv_heads"):
-    _init(MultiHeadAttention(num_heads=4, num_kv_heads=G), x)
+    _param_shapes(MultiHeadAttention(num_heads=4, num_kv_heads=G), x)
 
 
 def test_num_kv_heads_zero_raises():
   """G = 0 is no valid head count (ModelConfig rejects it); it must not silently mean G = H."""
-  x = _normal(32, (1, T, D))
+  x = jnp.zeros((B, T, D))
   with pytest.raises(ValueError, match="num_kv_heads"):
-    _init(MultiHeadAttention(num_heads=4, num_kv_heads=0), x)
+    _param_shapes(MultiHeadAttention(num_heads=4, num_kv_heads=0), x)
 
 
 # Scale choices.
@@ -240,11 +250,10 @@ def _by_hand(params, x, kv, multiplier):
 
 
 @pytest.mark.parametrize(
-    "scale,multiplier",
-    [("sqrt_d", 8**-0.5), ("none", 1.0), ("d", 1 / 8), (0.37, 0.37), (2.0, 2.0)],
+  "scale,multiplier", [("sqrt_d", 0.5), ("none", 1.0), ("d", 0.25), (0.37, 0.37), (2.0, 2.0)]
 )
 def test_scale_choices_match_hand_computation(scale, multiplier):
-  H, K = 2, 8  # K = 8, so sqrt(K) and K are distinguishable from D = 16.
+  H, K = 4, 4
   x = _normal(40, (B, T, D))
   kv = _normal(41, (B, S, D))
   module = MultiHeadAttention(num_heads=H, scale=scale)
@@ -257,16 +266,16 @@ def test_scale_choices_match_hand_computation(scale, multiplier):
 
 def test_scale_choices_differ_from_each_other():
   x = _normal(42, (B, T, D))
-  params = _init(MultiHeadAttention(num_heads=2), x)["params"]
+  params = _init(MultiHeadAttention(num_heads=4), x)["params"]
   outs = [
-      MultiHeadAttention(num_heads=2, scale=s).apply({"params": params}, x)
-      for s in ("sqrt_d", "none", "d")
+    MultiHeadAttention(num_heads=4, scale=s).apply({"params": params}, x)
+    for s in ("sqrt_d", "none", "d")
   ]
   assert not np.allclose(outs[0], outs[1], atol=1e-4)
   assert not np.allclose(outs[0], outs[2], atol=1e-4)
 
 
-@pytest.mark.parametrize("H", [1, 2, 4])
+@pytest.mark.parametrize("H", [1, 4])
 def test_learned_scale_adds_log_scale_and_starts_at_sqrt_d(H):
   K = D // H
   x = _normal(43, (B, T, D))
@@ -293,16 +302,7 @@ def test_learned_scale_adds_log_scale_and_starts_at_sqrt_d(H):
   assert not np.allclose(moved, out, atol=1e-4)
 
 
-def test_learned_scale_gets_a_gradient():
-  x = _normal(45, (B, T, D))
-  learned = MultiHeadAttention(num_heads=2, scale="learned")
-  params = _init(learned, x)["params"]
-  grads = jax.grad(lambda p: jnp.sum(learned.apply({"params": p}, x) ** 2))(params)
-  assert np.all(np.isfinite(grads["log_scale"]))
-  assert np.any(grads["log_scale"] != 0)
-
-
-@pytest.mark.parametrize("H", [1, 2, 4])
+@pytest.mark.parametrize("H", [1, 4])
 def test_init_folded_scales_query_kernel_and_starts_at_sqrt_d(H):
   K = D // H
   x = _normal(46, (B, T, D))
@@ -313,7 +313,7 @@ def test_init_folded_scales_query_kernel_and_starts_at_sqrt_d(H):
   plain_params = _init(plain, x, kv, seed=7)["params"]
   assert set(folded_params) == set(plain_params)
   np.testing.assert_allclose(
-      folded_params["query"]["kernel"], plain_params["query"]["kernel"] / np.sqrt(K), atol=1e-6
+    folded_params["query"]["kernel"], plain_params["query"]["kernel"] / np.sqrt(K), atol=1e-6
   )
   for name in ("key", "value", "out"):
     np.testing.assert_allclose(folded_params[name]["kernel"], plain_params[name]["kernel"])
@@ -327,9 +327,9 @@ def test_init_folded_scales_query_kernel_and_starts_at_sqrt_d(H):
 
 @pytest.mark.parametrize("scale", ["sqrt", "learn", 0.0, -1.0, float("inf"), True])
 def test_invalid_scale_raises(scale):
-  x = _normal(48, (1, T, D))
+  x = jnp.zeros((B, T, D))
   with pytest.raises(ValueError, match="scale"):
-    _init(MultiHeadAttention(num_heads=2, scale=scale), x)
+    _param_shapes(MultiHeadAttention(num_heads=2, scale=scale), x)
 
 
 # Weights and dropout.
@@ -347,12 +347,12 @@ def test_return_weights_gives_rows_summing_to_one():
   assert np.all(weights >= 0)
   np.testing.assert_allclose(out, module.apply(variables, x, kv), atol=ATOL)
   # Returned as an ordinary output: nothing is sown into an "intermediates" collection.
-  _, state = module.apply(variables, x, kv, return_weights=True, mutable=True)
+  _, state = module.apply(variables, x, kv, return_weights=True, mutable=["intermediates"])
   assert jax.tree_util.tree_leaves(state) == []
 
 
 def test_return_weights_respects_mask():
-  H = 2
+  H = 4
   x = _normal(52, (B, T, D))
   module = MultiHeadAttention(num_heads=H)
   variables = _init(module, x)
@@ -391,54 +391,46 @@ def test_attention_dropout_rate_zero_is_a_no_op():
 # Decode cache.
 
 
-def _decode_setup(G=None, use_bias=True):
-  H, L = 4, 6
-  x = _normal(60, (B, L, D))
-  decoder = MultiHeadAttention(num_heads=H, num_kv_heads=G, use_bias=use_bias, decode=True)
+def _decode_setup(G=None):
+  """A decode-mode module sized by a length-T init, and the causal full-sequence output to match."""
+  x = _normal(60, (B, T, D))
+  decoder = MultiHeadAttention(num_heads=4, num_kv_heads=G, decode=True)
   variables = _init(decoder, x)
-  full = MultiHeadAttention(num_heads=H, num_kv_heads=G, use_bias=use_bias)
-  want = full.apply({"params": variables["params"]}, x, mask=attn.causal_mask(L))
+  full = MultiHeadAttention(num_heads=4, num_kv_heads=G)
+  want = full.apply({"params": variables["params"]}, x, mask=attn.causal_mask(T))
   return decoder, variables, x, want
+
+
+def _decode_in_steps(step, cache, x):
+  """Feeds a 3-token prompt, then one token at a time; returns the outputs and the final cache."""
+  outs = []
+  for start, stop in [(0, 3)] + [(t, t + 1) for t in range(3, x.shape[1])]:
+    out, state = step(cache, x[:, start:stop])
+    assert out.shape == (B, stop - start, D)
+    cache = state["cache"]
+    assert int(cache["cache_index"]) == stop
+    outs.append(out)
+  return jnp.concatenate(outs, axis=1), cache
+
+
+def _jitted_step(decoder, params):
+  @jax.jit
+  def step(cache, x_t):
+    return decoder.apply({"params": params, "cache": cache}, x_t, mutable=["cache"])
+
+  return step
 
 
 @pytest.mark.parametrize("G", [None, 2])
 def test_decode_cache_matches_causal_full_sequence(G):
   decoder, variables, x, want = _decode_setup(G)
-  L = x.shape[1]
   cache = variables["cache"]
-  assert cache["cached_key"].shape == (B, L, G or 4, D // 4)
+  assert cache["cached_key"].shape == (B, T, G or 4, D // 4)
+  assert cache["cached_value"].shape == (B, T, G or 4, D // 4)
   assert int(cache["cache_index"]) == 0
-  params = variables["params"]
-  out, state = decoder.apply({"params": params, "cache": cache}, x[:, :3], mutable=["cache"])
-  assert out.shape == (B, 3, D)
-  outs = [out]
-  assert int(state["cache"]["cache_index"]) == 3
-  for t in range(3, L):
-    out, state = decoder.apply(
-        {"params": params, "cache": state["cache"]}, x[:, t:t + 1], mutable=["cache"]
-    )
-    assert out.shape == (B, 1, D)
-    outs.append(out)
-  assert int(state["cache"]["cache_index"]) == L
-  np.testing.assert_allclose(jnp.concatenate(outs, axis=1), want, atol=ATOL)
-
-
-def test_decode_cache_under_jit():
-  decoder, variables, x, want = _decode_setup()
-  L = x.shape[1]
-  params = variables["params"]
-
-  @jax.jit
-  def step(cache, x_t):
-    return decoder.apply({"params": params, "cache": cache}, x_t, mutable=["cache"])
-
-  cache = variables["cache"]
-  outs = []
-  for t in range(L):
-    out, state = step(cache, x[:, t:t + 1])
-    cache = state["cache"]
-    outs.append(out)
-  np.testing.assert_allclose(jnp.concatenate(outs, axis=1), want, atol=ATOL)
+  # Under jit, so that the cache index is traced as it is in `attn.decoding`.
+  out, _ = _decode_in_steps(_jitted_step(decoder, variables["params"]), cache, x)
+  np.testing.assert_allclose(out, want, atol=ATOL)
 
 
 def test_decode_prompt_longer_than_cache_raises():
@@ -446,18 +438,31 @@ def test_decode_prompt_longer_than_cache_raises():
   too_long = jnp.concatenate([x, x[:, :1]], axis=1)
   with pytest.raises(ValueError, match="cache"):
     decoder.apply(
-        {"params": variables["params"], "cache": variables["cache"]}, too_long, mutable=["cache"]
+      {"params": variables["params"], "cache": variables["cache"]}, too_long, mutable=["cache"]
     )
 
 
 def test_decode_more_tokens_than_cache_holds_raises():
   """Tokens fed across calls add up: one token past a full cache must not silently overwrite it."""
-  decoder, variables, x, _ = _decode_setup()
+  decoder, variables, x, want = _decode_setup()
   params = variables["params"]
-  _, state = decoder.apply({"params": params, "cache": variables["cache"]}, x, mutable=["cache"])
+  # Eagerly, the whole sequence in one call fills the cache and attends causally.
+  out, state = decoder.apply({"params": params, "cache": variables["cache"]}, x, mutable=["cache"])
+  np.testing.assert_allclose(out, want, atol=ATOL)
   assert int(state["cache"]["cache_index"]) == x.shape[1]
   with pytest.raises(ValueError, match="cache"):
     decoder.apply({"params": params, "cache": state["cache"]}, x[:, :1], mutable=["cache"])
+
+
+def test_decode_overfull_cache_under_jit_gives_nan():
+  """Under jit the cache index is traced and cannot raise; the output must say so with NaN."""
+  decoder, variables, x, want = _decode_setup()
+  step = _jitted_step(decoder, variables["params"])
+  out, state = step(variables["cache"], x)
+  np.testing.assert_allclose(out, want, atol=ATOL)
+  overfull, _ = step(state["cache"], x[:, :2])
+  assert overfull.shape == (B, 2, D)
+  assert np.all(np.isnan(overfull))
 
 
 # Transformations.
@@ -478,11 +483,11 @@ def test_apply_under_vmap_matches_batched():
   module = MultiHeadAttention(num_heads=4)
   variables = _init(module, x)
   batched = module.apply(variables, x, mask=attn.causal_mask(T))
-  mapped = jax.vmap(lambda a: module.apply(variables, a, mask=attn.causal_mask(T)))(x)
+  mapped = jax.jit(jax.vmap(lambda a: module.apply(variables, a, mask=attn.causal_mask(T))))(x)
   np.testing.assert_allclose(mapped, batched, atol=ATOL)
 
 
-@pytest.mark.parametrize("scale", ["sqrt_d", "learned", "init_folded"])
+@pytest.mark.parametrize("scale", ["sqrt_d", "learned"])
 def test_grad_wrt_params_is_finite_and_nonzero(scale):
   x = _normal(73, (B, T, D))
   module = MultiHeadAttention(num_heads=4, scale=scale)
@@ -499,3 +504,5 @@ def test_grad_wrt_params_is_finite_and_nonzero(scale):
     assert np.all(np.isfinite(leaf))
   for name in ("query", "key", "value", "out"):
     assert np.any(grads[name]["kernel"] != 0), name
+  if scale == "learned":
+    assert np.any(grads["log_scale"] != 0)

@@ -1,0 +1,627 @@
+"""Tests for the pure attention functions: self_attention, dot_product_attention, attention_weights.
+
+References are hand computations in float64 numpy (or plain jnp where gradients are needed), and the
+attention functions of `jax.nn` and `flax.linen`. Layout: query [batch..., T, H, K], key/value
+[batch..., S, G, K(v)], masks and biases broadcastable to [batch..., H, T, S].
+"""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from numpy import testing as npt
+
+import attn
+
+# Jitted entry points: one XLA compilation per shape, not one per primitive, keeps the suite fast on
+# CPU. The eager path runs the same Python, and is exercised by the error tests.
+_DPA_STATIC_ARGS = ("scale", "dropout_rate", "return_weights")
+_dpa = jax.jit(attn.dot_product_attention, static_argnames=_DPA_STATIC_ARGS)
+_weights = jax.jit(attn.attention_weights, static_argnames=("scale",))
+_self_attention = jax.jit(attn.self_attention, static_argnames=("scale", "return_weights"))
+
+
+def _normal(seed, shape, dtype=np.float32):
+  return np.random.default_rng(seed).normal(size=shape).astype(dtype)
+
+
+def _np_softmax(logits, mask=None):
+  """Softmax over the last axis in float64; a row with no allowed key is all zeros."""
+  logits = np.asarray(logits, np.float64)
+  if mask is not None:
+    logits = np.where(mask, logits, -np.inf)
+  row_max = logits.max(axis=-1, keepdims=True)
+  row_max = np.where(np.isfinite(row_max), row_max, 0.0)
+  unnormalized = np.exp(logits - row_max)
+  denom = unnormalized.sum(axis=-1, keepdims=True)
+  return unnormalized / np.where(denom == 0.0, 1.0, denom)
+
+
+def _np_attention(q_TGK, k_SGK, v_SGK, *, multiplier, mask=None, bias=None):
+  """Multi-head attention by hand in float64; key/value heads are repeated when fewer than H."""
+  q, k, v = (np.asarray(a, np.float64) for a in (q_TGK, k_SGK, v_SGK))
+  reps = q.shape[-2] // k.shape[-2]
+  k, v = np.repeat(k, reps, axis=-2), np.repeat(v, reps, axis=-2)
+  logits_HTS = np.einsum("...thk,...shk->...hts", q, k) * multiplier
+  if bias is not None:
+    logits_HTS = logits_HTS + np.asarray(bias, np.float64)
+  weights_HTS = _np_softmax(logits_HTS, mask)
+  return np.einsum("...hts,...shk->...thk", weights_HTS, v), weights_HTS
+
+
+def _np_self_attention(x_TD):
+  """The notes' formula by hand: softmax(x x^T / sqrt(D)) x, in float64."""
+  x = np.asarray(x_TD, np.float64)
+  weights_TT = _np_softmax(x @ np.swapaxes(x, -1, -2) / np.sqrt(x.shape[-1]))
+  return weights_TT @ x, weights_TT
+
+
+def _jnp_attention(q, k, v, *, mask=None, bias=None, multiplier):
+  """Textbook attention in plain jnp (differentiable reference): repeat heads, mask with -1e9."""
+  reps = q.shape[-2] // k.shape[-2]
+  k, v = jnp.repeat(k, reps, axis=-2), jnp.repeat(v, reps, axis=-2)
+  logits = jnp.einsum("...thk,...shk->...hts", q, k) * multiplier
+  if bias is not None:
+    logits = logits + bias
+  if mask is not None:
+    logits = jnp.where(mask, logits, -1e9)
+  weights = jax.nn.softmax(logits, axis=-1)
+  return jnp.einsum("...hts,...shk->...thk", weights, v), weights
+
+
+def _random_mask_without_empty_rows(seed, shape, p=0.6):
+  """Random boolean mask in which every row (last axis) has at least one True."""
+  rng = np.random.default_rng(seed)
+  mask = rng.random(shape) < p
+  cols = rng.integers(0, shape[-1], size=(*shape[:-1], 1))
+  np.put_along_axis(mask, cols, True, axis=-1)
+  assert not mask.all()
+  return mask
+
+
+def _example_inputs(lead=(), seed=0):
+  """Grouped-query example (H=4, G=2, Kv=3) with a causal+padding mask and a shared bias."""
+  B, T, S, H, G, K, Kv = 2, 5, 6, 4, 2, 8, 3
+  q = _normal(seed, (*lead, B, T, H, K))
+  k = _normal(seed + 1, (*lead, B, S, G, K))
+  v = _normal(seed + 2, (*lead, B, S, G, Kv))
+  lengths = np.random.default_rng(seed + 3).integers(1, S + 1, size=(*lead, B))
+  mask = attn.combine_masks(attn.causal_mask(T, S), attn.padding_mask(lengths, max_length=S))
+  bias = _normal(seed + 4, (H, T, S))
+  return q, k, v, np.asarray(mask), bias
+
+
+# 1. The notes' weightless self-attention.
+
+
+@pytest.mark.parametrize("shape", [(3, 4), (11, 4), (2, 3, 4), (2, 3, 11, 4)])
+def test_self_attention_equals_hand_computation_for_any_length_and_batch(shape):
+  # One function, no parameters, no length fixed in advance: any T and any batch dims.
+  x = _normal(0, shape)
+  out, weights = _self_attention(jnp.asarray(x), return_weights=True)
+  expected, expected_weights = _np_self_attention(x)
+  assert out.shape == shape
+  assert weights.shape == (*shape[:-1], shape[-2])
+  npt.assert_allclose(out, expected, atol=1e-5, rtol=1e-5)
+  npt.assert_allclose(weights, expected_weights, atol=1e-6)
+
+
+def test_self_attention_is_permutation_equivariant():
+  x_BTD = _normal(1, (2, 7, 5))
+  perm = np.random.default_rng(2).permutation(7)
+  assert (perm != np.arange(7)).any()
+  out_BTD = _self_attention(jnp.asarray(x_BTD))
+  out_of_permuted_BTD = _self_attention(jnp.asarray(x_BTD[:, perm]))
+  npt.assert_allclose(out_of_permuted_BTD, np.asarray(out_BTD)[:, perm], atol=1e-6)
+
+
+def test_self_attention_gives_bank_a_different_vector_in_each_context():
+  river, money = np.array([2.0, 0, 0, 0]), np.array([0, 2.0, 0, 0])
+  bank, the = np.array([1.0, 1, 0, 0]), np.array([0, 0, 1.0, 0])
+  x_BTD = np.stack([[the, river, bank], [the, money, bank]]).astype(np.float32)
+  npt.assert_array_equal(x_BTD[0, 2], x_BTD[1, 2])  # the same "bank" going in
+  out_BTD = np.asarray(_self_attention(jnp.asarray(x_BTD)))
+  bank_by_river, bank_by_money = out_BTD[0, 2], out_BTD[1, 2]
+  assert np.linalg.norm(bank_by_river - bank_by_money) > 0.5
+  # Each context pulls "bank" towards its own neighbour.
+  assert bank_by_river @ river > bank_by_money @ river
+  assert bank_by_money @ money > bank_by_river @ money
+  npt.assert_allclose(out_BTD, _np_self_attention(x_BTD)[0], atol=1e-6)
+
+
+def test_attention_weights_rows_sum_to_one():
+  q = _normal(0, (2, 5, 4, 8))
+  k = _normal(1, (2, 7, 2, 8))
+  bias = _normal(2, (4, 5, 7))
+  mask = attn.padding_mask(lengths=np.array([7, 3]), max_length=7)
+  weights = np.asarray(_weights(q, k, mask=mask, bias=bias))
+  assert weights.shape == (2, 4, 5, 7)
+  assert weights.dtype == np.float32
+  npt.assert_allclose(weights.sum(-1), 1.0, atol=1e-6)
+  assert (weights >= 0).all()
+  assert (weights[1, ..., 3:] == 0).all()  # padded keys get nothing
+  _, self_weights = _self_attention(jnp.asarray(_normal(3, (3, 6, 4))), return_weights=True)
+  npt.assert_allclose(np.asarray(self_weights).sum(-1), 1.0, atol=1e-6)
+
+
+# 2. Equivalence with jax.nn and flax.linen, and the scale choices (see also test_scaling.py).
+
+
+def test_dot_product_attention_matches_jax_nn_and_flax():
+  q = _normal(0, (2, 5, 4, 8))
+  k = _normal(1, (2, 7, 4, 8))
+  v = _normal(2, (2, 7, 4, 8))
+  mask = _random_mask_without_empty_rows(3, (2, 4, 5, 7))  # jax.nn spreads empty rows uniformly
+  bias = _normal(4, (2, 4, 5, 7))
+  out = _dpa(q, k, v, mask=mask, bias=bias)
+  weights = _weights(q, k, mask=mask, bias=bias)
+  jax_nn, flax_nn = jax.jit(jax.nn.dot_product_attention), jax.jit(nn.dot_product_attention)
+  npt.assert_allclose(out, jax_nn(q, k, v, bias=bias, mask=mask), atol=1e-5)
+  npt.assert_allclose(out, flax_nn(q, k, v, bias=bias, mask=mask), atol=1e-5)
+  flax_weights = jax.jit(nn.dot_product_attention_weights)(q, k, bias=bias, mask=mask)
+  npt.assert_allclose(weights, flax_weights, atol=1e-6)
+
+
+def test_causal_mask_matches_jax_nn_is_causal_for_rectangular_attention():
+  q = _normal(0, (2, 4, 2, 8))
+  k = _normal(1, (2, 6, 2, 8))
+  v = _normal(2, (2, 6, 2, 8))
+  out = _dpa(q, k, v, mask=attn.causal_mask(4, 6))
+  npt.assert_allclose(out, jax.nn.dot_product_attention(q, k, v, is_causal=True), atol=1e-5)
+
+
+_HAND_MULTIPLIERS = {"sqrt_d": 1.0 / np.sqrt(16.0), "none": 1.0, "d": 1.0 / 16.0, 0.37: 0.37}
+
+
+@pytest.mark.parametrize("scale", list(_HAND_MULTIPLIERS))
+def test_each_scale_choice_matches_hand_computation(scale):
+  q = _normal(0, (2, 5, 2, 16))
+  k = _normal(1, (2, 6, 2, 16))
+  v = _normal(2, (2, 6, 2, 3))
+  expected, expected_weights = _np_attention(q, k, v, multiplier=_HAND_MULTIPLIERS[scale])
+  out, weights = _dpa(q, k, v, scale=scale, return_weights=True)
+  npt.assert_allclose(out, expected, atol=1e-5, rtol=1e-5)
+  npt.assert_allclose(weights, expected_weights, atol=1e-6)
+
+
+def test_default_scale_is_sqrt_d():
+  q = _normal(0, (5, 2, 16))
+  k = _normal(1, (6, 2, 16))
+  v = _normal(2, (6, 2, 16))
+  expected, _ = _np_attention(q, k, v, multiplier=0.25)
+  npt.assert_allclose(_dpa(q, k, v), expected, atol=1e-5, rtol=1e-5)
+
+
+# 3. Grouped-query and multi-query attention.
+
+
+@pytest.mark.parametrize("G", [1, 2])
+def test_grouped_query_equals_multi_head_with_repeated_key_value(G):
+  H = 4
+  q = _normal(0, (2, 5, H, 8))
+  k = _normal(1, (2, 6, G, 8))
+  v = _normal(2, (2, 6, G, 3))
+  padding = attn.padding_mask(np.array([6, 4]), max_length=6)
+  mask = attn.combine_masks(attn.causal_mask(5, 6), padding)
+  bias = _normal(3, (H, 5, 6))
+  out, weights = _dpa(q, k, v, mask=mask, bias=bias, return_weights=True)
+  k_rep, v_rep = jnp.repeat(k, H // G, axis=-2), jnp.repeat(v, H // G, axis=-2)
+  out_rep, weights_rep = _dpa(q, k_rep, v_rep, mask=mask, bias=bias, return_weights=True)
+  assert out.shape == (2, 5, H, 3)
+  assert weights.shape == (2, H, 5, 6)
+  npt.assert_allclose(out, out_rep, atol=1e-6)
+  npt.assert_allclose(weights, weights_rep, atol=1e-6)
+  expected, _ = _np_attention(q, k, v, multiplier=8**-0.5, mask=np.asarray(mask), bias=bias)
+  npt.assert_allclose(out, expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("batch", [(), (3, 2)])
+def test_return_weights_shapes(batch):
+  q = _normal(0, (*batch, 5, 4, 8))
+  k = _normal(1, (*batch, 6, 2, 8))
+  v = _normal(2, (*batch, 6, 2, 3))
+  out, weights = _dpa(q, k, v, return_weights=True)
+  assert out.shape == (*batch, 5, 4, 3)
+  assert weights.shape == (*batch, 4, 5, 6)
+  assert weights.dtype == jnp.float32
+  out_self, weights_self = _self_attention(jnp.asarray(q[..., 0, :]), return_weights=True)
+  assert out_self.shape == (*batch, 5, 8)
+  assert weights_self.shape == (*batch, 5, 5)
+
+
+# 4. Causality, checked by gradients.
+
+
+def test_causal_mask_blocks_every_gradient_from_the_future():
+  T, H, K = 5, 2, 3
+  q, k, v = _normal(0, (T, H, K)), _normal(1, (T, H, K)), _normal(2, (T, H, K))
+  f = lambda q, k, v: _dpa(q, k, v, mask=attn.causal_mask(T))
+  jacobians = jax.jit(jax.jacrev(f, argnums=(0, 1, 2)))(q, k, v)  # each [T, H, K, S, H, K]
+  future_TS = np.triu(np.ones((T, T), bool), k=1)
+  for name, jacobian in zip(("query", "key", "value"), jacobians, strict=True):
+    jacobian_TS = np.moveaxis(np.asarray(jacobian), 3, 1)  # [T, S, H, K, H, K]
+    assert np.all(jacobian_TS[future_TS] == 0.0), f"output depends on future {name}"
+  # The past does flow: every output reads every value at or before it.
+  jacobian_v_TS = np.moveaxis(np.asarray(jacobians[2]), 3, 1)
+  assert np.all(np.abs(jacobian_v_TS[~future_TS]).reshape(-1, H * K * H * K).max(-1) > 0)
+
+
+def test_causal_self_attention_blocks_every_gradient_from_the_future():
+  T, D = 5, 4
+  x_TD = _normal(0, (T, D))
+  jacobian = jax.jit(jax.jacrev(lambda x: _self_attention(x, mask=attn.causal_mask(T))))(x_TD)
+  jacobian_TS = np.moveaxis(np.asarray(jacobian), 2, 1)  # [T, S, D, D]
+  future_TS = np.triu(np.ones((T, T), bool), k=1)
+  assert np.all(jacobian_TS[future_TS] == 0.0)
+  assert np.all(np.abs(jacobian_TS[~future_TS]).reshape(-1, D * D).max(-1) > 0)
+
+
+# 5. Padded keys holding NaN or inf.
+
+
+@pytest.mark.parametrize("poison", [np.nan, np.inf])
+def test_padded_keys_holding_nan_or_inf_have_no_effect(poison):
+  B, T, S, H, K = 2, 4, 6, 2, 4
+  mask = attn.padding_mask(lengths=np.array([4, 6]), max_length=S)  # sequence 0: keys 4, 5 padded
+  q, k, v = _normal(0, (B, T, H, K)), _normal(1, (B, S, H, K)), _normal(2, (B, S, H, K))
+  k_bad, v_bad, k_finite, v_finite = k.copy(), v.copy(), k.copy(), v.copy()
+  k_bad[0, 4:], v_bad[0, 4:] = poison, -poison
+  k_finite[0, 4:], v_finite[0, 4:] = 123.0, -45.0
+  f = lambda q, k, v: _dpa(q, k, v, mask=mask)
+
+  out_bad, out_finite = np.asarray(f(q, k_bad, v_bad)), np.asarray(f(q, k_finite, v_finite))
+  assert np.isfinite(out_bad).all()
+  npt.assert_allclose(out_bad, out_finite, atol=1e-6)
+  npt.assert_allclose(out_bad[0], _dpa(q[0], k[0, :4], v[0, :4]), atol=1e-6)
+  weights_bad = np.asarray(_weights(q, k_bad, mask=mask))
+  assert np.isfinite(weights_bad).all()
+  assert (weights_bad[0, ..., 4:] == 0).all()
+
+  cotangent = _normal(3, (B, T, H, K))
+  loss = lambda q, k, v: jnp.sum(f(q, k, v) * cotangent)
+  grad_fn = jax.jit(jax.grad(loss, argnums=(0, 1, 2)))
+  grads_bad, grads_finite = grad_fn(q, k_bad, v_bad), grad_fn(q, k_finite, v_finite)
+  for name, g_bad, g_finite in zip(("query", "key", "value"), grads_bad, grads_finite, strict=True):
+    assert np.isfinite(np.asarray(g_bad)).all(), f"non-finite gradient for {name}"
+    npt.assert_allclose(g_bad, g_finite, atol=1e-6, err_msg=name)
+  npt.assert_array_equal(np.asarray(grads_bad[1])[0, 4:], 0.0)
+  npt.assert_array_equal(np.asarray(grads_bad[2])[0, 4:], 0.0)
+
+
+# 6. Fully masked query rows.
+
+
+def test_fully_masked_query_rows_give_zeros_and_zero_gradients():
+  T, S, H, K = 4, 5, 2, 4
+  mask_TS = _random_mask_without_empty_rows(0, (T, S))
+  mask_TS[2] = False
+  q, k, v = _normal(1, (1, T, H, K)), _normal(2, (1, S, H, K)), _normal(3, (1, S, H, K))
+  f = lambda q, k, v: _dpa(q, k, v, mask=mask_TS, return_weights=True)
+
+  out, weights = (np.asarray(a) for a in f(q, k, v))
+  npt.assert_array_equal(out[:, 2], 0.0)
+  npt.assert_array_equal(weights[..., 2, :], 0.0)
+  npt.assert_array_equal(np.asarray(_weights(q, k, mask=mask_TS))[..., 2, :], 0.0)
+  npt.assert_allclose(np.delete(weights.sum(-1), 2, axis=-1), 1.0, atol=1e-6)
+  expected, _ = _np_attention(q, k, v, multiplier=K**-0.5, mask=mask_TS)
+  npt.assert_allclose(out, expected, atol=1e-6)
+
+  cotangent = _normal(4, (1, T, H, K))
+  row_loss = lambda q, k, v: jnp.sum(f(q, k, v)[0][:, 2] * cotangent[:, 2])
+  for g in jax.jit(jax.grad(row_loss, argnums=(0, 1, 2)))(q, k, v):
+    npt.assert_array_equal(g, 0.0)
+  full_loss = lambda q, k, v: jnp.sum(f(q, k, v)[0] * cotangent)
+  grads = jax.jit(jax.grad(full_loss, argnums=(0, 1, 2)))(q, k, v)
+  for g in grads:
+    assert np.isfinite(np.asarray(g)).all()
+  npt.assert_array_equal(np.asarray(grads[0])[:, 2], 0.0)
+  assert np.abs(np.asarray(grads[0])).max() > 0
+
+
+def test_zero_length_sequence_gives_zeros():
+  q, k, v = _normal(0, (2, 3, 2, 4)), _normal(1, (2, 5, 2, 4)), _normal(2, (2, 5, 2, 4))
+  mask = attn.padding_mask(lengths=np.array([0, 3]), max_length=5)
+  out = np.asarray(_dpa(q, k, v, mask=mask))
+  npt.assert_array_equal(out[0], 0.0)
+  npt.assert_allclose(out[1], _dpa(q[1], k[1, :3], v[1, :3]), atol=1e-6)
+
+
+# 7. Low precision and large logits.
+
+
+@pytest.mark.parametrize(("dtype", "atol"), [(jnp.bfloat16, 6e-2), (jnp.float16, 1e-2)])
+def test_low_precision_inputs_stay_in_dtype_and_close_to_float32(dtype, atol):
+  q, k, v = _normal(0, (2, 5, 4, 16)), _normal(1, (2, 6, 4, 16)), _normal(2, (2, 6, 4, 16))
+  mask = _random_mask_without_empty_rows(3, (2, 4, 5, 6))
+  q_lp, k_lp, v_lp = (jnp.asarray(a, dtype) for a in (q, k, v))
+  out, weights = _dpa(q_lp, k_lp, v_lp, mask=mask, return_weights=True)
+  assert out.dtype == dtype
+  assert weights.dtype == jnp.float32
+  out_f32 = np.asarray(out, np.float32)
+  assert np.isfinite(out_f32).all()
+  # Against float32 on the same (rounded) inputs, and against the original float32 inputs.
+  reference = _dpa(*(a.astype(jnp.float32) for a in (q_lp, k_lp, v_lp)), mask=mask)
+  npt.assert_allclose(out_f32, reference, atol=atol)
+  npt.assert_allclose(out_f32, _dpa(q, k, v, mask=mask), atol=2 * atol)
+  out_self = _self_attention(q_lp[:, :, 0])
+  assert out_self.dtype == dtype
+  npt.assert_allclose(np.asarray(out_self, np.float32), _self_attention(q[:, :, 0]), atol=3 * atol)
+
+
+@pytest.mark.parametrize(
+  ("dtype", "low", "high"), [(jnp.float16, 25.0, 30.0), (jnp.float32, 900.0, 1e3)]
+)
+def test_unscaled_logits_at_large_head_dim_do_not_overflow(dtype, low, high):
+  K = 1024
+  rng = np.random.default_rng(0)
+  q = jnp.asarray(rng.uniform(low, high, (1, 3, 2, K)), dtype)
+  k = jnp.asarray(rng.uniform(low, high, (1, 4, 2, K)), dtype)
+  v = jnp.asarray(rng.uniform(-high, high, (1, 4, 2, 8)), dtype)
+  q64, k64, v64 = (np.asarray(a, np.float64) for a in (q, k, v))
+  assert q64[0, 0, 0] @ k64[0, 0, 0] > 10 * float(np.finfo(np.float16).max)  # the logits are huge
+  out = _dpa(q, k, v, scale="none")
+  assert out.dtype == dtype
+  out64 = np.asarray(out, np.float64)
+  assert np.isfinite(out64).all()
+  expected, _ = _np_attention(q64, k64, v64, multiplier=1.0)
+  npt.assert_allclose(out64, expected, rtol=2e-3, atol=2e-3 * high)
+  out_self = np.asarray(_self_attention(q[0, :, 0], scale="none"), np.float64)
+  assert np.isfinite(out_self).all()
+  npt.assert_allclose(out_self, _np_attention(q64, q64, q64, multiplier=1.0)[0][0, :, 0], rtol=2e-3)
+
+
+# 8. jax.jit, jax.vmap and jax.grad.
+
+
+def _calls(lead=()):
+  """Each public attention function as a function of arrays, its arguments, its vmap in_axes, and a
+  plain-jnp reference with the same signature."""
+  q, k, v, mask, bias = _example_inputs(lead)
+  x_BTD, causal_TT = q[..., 0, :], np.asarray(attn.causal_mask(5))
+  r = 8**-0.5
+  return {
+    "dot_product_attention": (
+      lambda q, k, v, m, b: attn.dot_product_attention(q, k, v, mask=m, bias=b),
+      (q, k, v, mask, bias),
+      (0, 0, 0, 0, None),
+      lambda q, k, v, m, b: _jnp_attention(q, k, v, mask=m, bias=b, multiplier=r)[0],
+    ),
+    "attention_weights": (
+      lambda q, k, m, b: attn.attention_weights(q, k, mask=m, bias=b),
+      (q, k, mask, bias),
+      (0, 0, 0, None),
+      lambda q, k, m, b: _jnp_attention(q, k, k, mask=m, bias=b, multiplier=r)[1],
+    ),
+    "self_attention": (
+      lambda x, m: attn.self_attention(x, mask=m),
+      (x_BTD, causal_TT),
+      (0, None),
+      lambda x, m: _jnp_attention(
+        x[..., None, :], x[..., None, :], x[..., None, :], mask=m, multiplier=r
+      )[0][..., 0, :],
+    ),
+  }
+
+
+_CALL_NAMES = ["dot_product_attention", "attention_weights", "self_attention"]
+
+
+@pytest.mark.parametrize("name", _CALL_NAMES)
+def test_under_jit_matches_reference(name):
+  fn, args, _, reference = _calls()[name]
+  npt.assert_allclose(jax.jit(fn)(*args), jax.jit(reference)(*args), atol=1e-5)
+
+
+@pytest.mark.parametrize("name", _CALL_NAMES)
+def test_vmap_over_extra_batch_axis_matches_batched_call(name):
+  fn, args, in_axes, _ = _calls(lead=(3,))[name]
+  out = jax.jit(jax.vmap(fn, in_axes=in_axes))(*args)
+  batched = jax.jit(fn)(*args)
+  assert out.shape == batched.shape
+  assert out.shape[0] == 3
+  npt.assert_allclose(out, batched, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", _CALL_NAMES)
+def test_grad_is_finite_and_matches_reference(name):
+  fn, args, _, reference = _calls()[name]
+  float_args = [i for i, a in enumerate(args) if a.dtype == np.float32]
+  cotangent = _normal(9, jax.eval_shape(fn, *args).shape)
+  loss = lambda f: lambda *a: jnp.sum(f(*a) * cotangent)
+  grads = jax.jit(jax.grad(loss(fn), argnums=float_args))(*args)
+  expected = jax.jit(jax.grad(loss(reference), argnums=float_args))(*args)
+  for g, e in zip(grads, expected, strict=True):
+    assert np.isfinite(np.asarray(g)).all()
+    assert np.abs(np.asarray(g)).max() > 0
+    npt.assert_allclose(g, e, atol=1e-5)
+
+
+# 9. Bad input raises ValueError naming the argument and the shapes, eagerly and under jit.
+
+
+def _z(*shape, dtype=np.float32):
+  return np.zeros(shape, dtype)
+
+
+# name -> (array arguments, static arguments, message pattern).
+_ERROR_CASES = {
+  "head_dims_differ": (
+    dict(query=_z(2, 5, 4, 8), key=_z(2, 6, 4, 7), value=_z(2, 6, 4, 7)),
+    {},
+    r"query and key head dims differ: query \(2, 5, 4, 8\).*key \(2, 6, 4, 7\)",
+  ),
+  "key_value_lengths_differ": (
+    dict(query=_z(2, 5, 4, 8), key=_z(2, 6, 4, 8), value=_z(2, 7, 4, 8)),
+    {},
+    r"key and value must agree.*key \(2, 6, 4, 8\), value \(2, 7, 4, 8\)",
+  ),
+  "key_value_heads_differ": (
+    dict(query=_z(2, 5, 4, 8), key=_z(2, 6, 4, 8), value=_z(2, 6, 2, 8)),
+    {},
+    r"key and value must agree.*key \(2, 6, 4, 8\), value \(2, 6, 2, 8\)",
+  ),
+  "heads_not_divisible": (
+    dict(query=_z(2, 5, 3, 8), key=_z(2, 6, 2, 8), value=_z(2, 6, 2, 8)),
+    {},
+    r"query heads must be divisible by key/value heads: query \(2, 5, 3, 8\).*key \(2, 6, 2, 8\)",
+  ),
+  "batch_dims_do_not_broadcast": (
+    dict(query=_z(2, 5, 4, 8), key=_z(3, 6, 4, 8), value=_z(3, 6, 4, 8)),
+    {},
+    r"batch dims do not broadcast: query \(2, 5, 4, 8\), key \(3, 6, 4, 8\)",
+  ),
+  "mask_wrong_heads": (
+    dict(
+      query=_z(2, 5, 4, 8),
+      key=_z(2, 6, 4, 8),
+      value=_z(2, 6, 4, 8),
+      mask=_z(2, 3, 5, 6, dtype=bool),
+    ),
+    {},
+    r"mask of shape \(2, 3, 5, 6\) does not broadcast to .*\(2, 4, 5, 6\)",
+  ),
+  "mask_transposed": (
+    dict(query=_z(2, 5, 4, 8), key=_z(2, 6, 4, 8), value=_z(2, 6, 4, 8), mask=_z(6, 5, dtype=bool)),
+    {},
+    r"mask of shape \(6, 5\) does not broadcast to .*\(2, 4, 5, 6\)",
+  ),
+  "mask_too_many_dims": (
+    dict(
+      query=_z(2, 5, 4, 8),
+      key=_z(2, 6, 4, 8),
+      value=_z(2, 6, 4, 8),
+      mask=_z(3, 2, 4, 5, 6, dtype=bool),
+    ),
+    {},
+    r"mask of shape \(3, 2, 4, 5, 6\) does not broadcast to .*\(2, 4, 5, 6\)",
+  ),
+  "mask_not_boolean": (
+    dict(query=_z(2, 5, 4, 8), key=_z(2, 6, 4, 8), value=_z(2, 6, 4, 8), mask=_z(2, 4, 5, 6)),
+    {},
+    r"mask must be boolean.*float32",
+  ),
+  "bias_does_not_broadcast": (
+    dict(query=_z(2, 5, 4, 8), key=_z(2, 6, 4, 8), value=_z(2, 6, 4, 8), bias=_z(5, 7)),
+    {},
+    r"bias of shape \(5, 7\) does not broadcast to .*\(2, 4, 5, 6\)",
+  ),
+  "query_too_few_dims": (
+    dict(query=_z(5, 8), key=_z(6, 1, 8), value=_z(6, 1, 8)),
+    {},
+    r"query must be \[batch\.\.\., length, heads, head_dim\], got shape \(5, 8\)",
+  ),
+  "key_too_few_dims": (
+    dict(query=_z(5, 1, 8), key=_z(6, 8), value=_z(6, 8)),
+    {},
+    r"key must be \[batch\.\.\., length, heads, head_dim\], got shape \(6, 8\)",
+  ),
+  "dropout_without_rng": (
+    dict(query=_z(5, 2, 8), key=_z(6, 2, 8), value=_z(6, 2, 8)),
+    dict(dropout_rate=0.1),
+    r"dropout_rng is required",
+  ),
+  "dropout_rate_one": (
+    dict(query=_z(5, 2, 8), key=_z(6, 2, 8), value=_z(6, 2, 8), dropout_rng=jax.random.key(0)),
+    dict(dropout_rate=1.0),
+    r"dropout_rate must be in \[0, 1\), got 1\.0",
+  ),
+  "dropout_rate_negative": (
+    dict(query=_z(5, 2, 8), key=_z(6, 2, 8), value=_z(6, 2, 8), dropout_rng=jax.random.key(0)),
+    dict(dropout_rate=-0.1),
+    r"dropout_rate must be in \[0, 1\), got -0\.1",
+  ),
+}
+
+
+def _maybe_jit(fn, use_jit):
+  return jax.jit(fn) if use_jit else fn
+
+
+@pytest.mark.parametrize("use_jit", [False, True], ids=["eager", "jit"])
+@pytest.mark.parametrize("case", list(_ERROR_CASES))
+def test_dot_product_attention_bad_input_raises(case, use_jit):
+  arrays, static, pattern = _ERROR_CASES[case]
+  fn = _maybe_jit(lambda arrays: attn.dot_product_attention(**arrays, **static), use_jit)
+  with pytest.raises(ValueError, match=pattern):
+    fn(arrays)
+
+
+_WEIGHTS_ERROR_CASES = [
+  "head_dims_differ",
+  "heads_not_divisible",
+  "mask_wrong_heads",
+  "mask_not_boolean",
+  "bias_does_not_broadcast",
+  "query_too_few_dims",
+]
+
+
+@pytest.mark.parametrize("use_jit", [False, True], ids=["eager", "jit"])
+@pytest.mark.parametrize("case", _WEIGHTS_ERROR_CASES)
+def test_attention_weights_bad_input_raises(case, use_jit):
+  arrays, _, pattern = _ERROR_CASES[case]
+  arrays = {name: a for name, a in arrays.items() if name != "value"}
+  fn = _maybe_jit(lambda arrays: attn.attention_weights(**arrays), use_jit)
+  with pytest.raises(ValueError, match=pattern):
+    fn(arrays)
+
+
+@pytest.mark.parametrize("use_jit", [False, True], ids=["eager", "jit"])
+@pytest.mark.parametrize(
+  ("x_shape", "mask_shape", "pattern"),
+  [
+    ((5,), None, r"x must be \[batch\.\.\., T, D\], got shape \(5,\)"),
+    ((5, 4), (5,), r"mask of shape \(5,\) does not broadcast to \[batch\.\.\., T, T\]"),
+    ((2, 5, 4), (4, 4), r"mask of shape \(.*4, 4\) does not broadcast"),
+  ],
+  ids=["x_1d", "mask_1d", "mask_wrong_length"],
+)
+def test_self_attention_bad_input_raises(x_shape, mask_shape, pattern, use_jit):
+  mask = None if mask_shape is None else _z(*mask_shape, dtype=bool)
+  fn = _maybe_jit(lambda x, mask: attn.self_attention(x, mask=mask), use_jit)
+  with pytest.raises(ValueError, match=pattern):
+    fn(_z(*x_shape), mask)
+
+
+# 10. Attention dropout.
+
+
+def test_dropout_is_random_deterministic_per_rng_and_rescales_kept_weights():
+  T, S = 4, 8
+  q, k = _normal(0, (T, 1, 6)), _normal(1, (S, 1, 6))
+  v_S1S = np.eye(S, dtype=np.float32)[:, None, :]  # value s is the one-hot e_s: out[t] = probs[t]
+  f = jax.jit(
+    lambda rng, rate: attn.dot_product_attention(
+      q, k, v_S1S, dropout_rate=rate, dropout_rng=rng, return_weights=True
+    ),
+    static_argnums=1,
+  )
+  rng, other_rng = jax.random.key(0), jax.random.key(1)
+  out, weights = (np.asarray(a) for a in f(rng, 0.5))
+  out_again, _ = f(rng, 0.5)
+  out_other, _ = f(other_rng, 0.5)
+  out_no_dropout, weights_no_dropout = _dpa(q, k, v_S1S, return_weights=True)
+
+  npt.assert_array_equal(out, out_again)
+  assert not np.allclose(out, out_other)
+  assert not np.allclose(out, out_no_dropout)
+  npt.assert_allclose(weights, weights_no_dropout, atol=1e-7)  # weights are returned before dropout
+  # Each weight is either dropped or kept and scaled by 1 / (1 - rate).
+  probs_TS, weights_TS = out[:, 0, :], weights[0]
+  dropped = probs_TS == 0.0
+  assert dropped.any() and (~dropped).any()
+  npt.assert_allclose(probs_TS[~dropped], 2.0 * weights_TS[~dropped], rtol=1e-5)
+
+
+def test_dropout_is_unbiased_on_average():
+  # Equal logits give each of S keys weight 1/S; with dropout each output is 2/S times the sum of
+  # about half the values: an estimate of the plain average with standard deviation ~ 1/sqrt(S).
+  S = 4096
+  q, k = jnp.zeros((4, 1, 2)), jnp.zeros((S, 1, 2))
+  v = 1.0 + _normal(0, (S, 1, 4))  # a mean away from 0, so that a missing 1 / (1 - rate) shows
+  out = np.asarray(_dpa(q, k, v, dropout_rate=0.5, dropout_rng=jax.random.key(0)))
+  no_dropout = np.asarray(_dpa(q, k, v))
+  npt.assert_allclose(no_dropout, np.broadcast_to(v.mean(0), no_dropout.shape), atol=1e-5)
+  assert np.abs(out - no_dropout).max() > 1e-3  # each query drew its own keep pattern...
+  npt.assert_allclose(out, no_dropout, atol=0.08)  # ...and is right on average

@@ -1,0 +1,211 @@
+"""Tests for the attention masks: causal_mask, padding_mask, combine_masks (True = may attend)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from numpy import testing as npt
+
+import attn
+
+
+def _rule(T, S, offset):
+  """Query i may attend key j iff j <= i + offset, spelled out element by element."""
+  return np.array([[j <= i + offset for j in range(S)] for i in range(T)], dtype=bool)
+
+
+# causal_mask
+
+
+def test_causal_mask_square_exact_values():
+  mask = attn.causal_mask(3)
+  assert mask.shape == (3, 3)
+  assert mask.dtype == jnp.bool_
+  npt.assert_array_equal(mask, [[True, False, False], [True, True, False], [True, True, True]])
+
+
+def test_causal_mask_rectangular_exact_values():
+  mask = attn.causal_mask(2, 4)
+  assert mask.shape == (2, 4)
+  npt.assert_array_equal(mask, [[True, False, False, False], [True, True, False, False]])
+
+
+def test_causal_mask_with_offset_exact_values():
+  mask = attn.causal_mask(2, 4, offset=2)
+  assert mask.shape == (2, 4)
+  npt.assert_array_equal(mask, [[True, True, True, False], [True, True, True, True]])
+
+
+@pytest.mark.parametrize(("T", "S", "offset"), [(4, 4, 0), (3, 6, 0), (6, 3, 0), (4, 5, -1)])
+def test_causal_mask_follows_the_rule(T, S, offset):
+  mask = attn.causal_mask(T, S, offset=offset)
+  npt.assert_array_equal(mask, _rule(T, S, offset))
+  npt.assert_array_equal(mask, np.tril(np.ones((T, S), bool), k=offset))
+
+
+def test_causal_mask_with_traced_offset_under_jit():
+  mask_fn = jax.jit(lambda offset: attn.causal_mask(2, 4, offset=offset))
+  for offset in (-1, 0, 2, 5):
+    npt.assert_array_equal(mask_fn(jnp.asarray(offset)), _rule(2, 4, offset), err_msg=str(offset))
+
+
+def test_causal_mask_vmap_over_offsets():
+  offsets = jnp.array([0, 1, 3])
+  masks = jax.vmap(lambda offset: attn.causal_mask(3, 5, offset=offset))(offsets)
+  assert masks.shape == (3, 3, 5)
+  for i, offset in enumerate((0, 1, 3)):
+    npt.assert_array_equal(masks[i], _rule(3, 5, offset))
+
+
+def test_causal_mask_negative_length_raises():
+  with pytest.raises(ValueError, match="non-negative"):
+    attn.causal_mask(-1)
+  with pytest.raises(ValueError, match="non-negative"):
+    attn.causal_mask(3, -2)
+
+
+# padding_mask
+
+
+def test_padding_mask_from_lengths_exact_values():
+  mask = attn.padding_mask(lengths=jnp.array([1, 3, 0, 4]), max_length=4)
+  assert mask.shape == (4, 1, 1, 4)
+  assert mask.dtype == jnp.bool_
+  expected = [
+    [True, False, False, False],
+    [True, True, True, False],
+    [False, False, False, False],
+    [True, True, True, True],
+  ]
+  npt.assert_array_equal(mask[:, 0, 0], expected)
+
+
+def test_padding_mask_from_lengths_keeps_extra_batch_dims():
+  mask = attn.padding_mask(np.array([[1, 2], [3, 0]]), max_length=3)
+  assert mask.shape == (2, 2, 1, 1, 3)
+  npt.assert_array_equal(
+    mask[..., 0, 0, :],
+    [[[True, False, False], [True, True, False]], [[True, True, True], [False, False, False]]],
+  )
+
+
+def test_padding_mask_from_tokens_exact_values():
+  tokens = jnp.array([[5, 6, 0, 0], [7, 0, 8, 0]])
+  mask = attn.padding_mask(tokens=tokens)
+  assert mask.shape == (2, 1, 1, 4)
+  assert mask.dtype == jnp.bool_
+  npt.assert_array_equal(mask[:, 0, 0], [[True, True, False, False], [True, False, True, False]])
+
+
+def test_padding_mask_from_tokens_with_pad_id():
+  tokens = jnp.array([[5, 0, -1, -1]])
+  mask = attn.padding_mask(tokens=tokens, pad_id=-1)
+  npt.assert_array_equal(mask[:, 0, 0], [[True, True, False, False]])
+
+
+def test_padding_mask_from_lengths_and_from_tokens_agree_on_right_padding():
+  lengths = np.array([2, 5, 3])
+  tokens = np.where(np.arange(5) < lengths[:, None], 7, 0)
+  npt.assert_array_equal(
+    attn.padding_mask(lengths, max_length=5), attn.padding_mask(tokens=tokens, pad_id=0)
+  )
+
+
+def test_padding_mask_broadcasts_against_attention_logits():
+  mask = attn.padding_mask(lengths=np.array([2, 4]), max_length=4)  # [B, 1, 1, S]
+  B, H, T, S = 2, 3, 5, 4
+  assert np.broadcast_shapes(mask.shape, (B, H, T, S)) == (B, H, T, S)
+
+
+def test_padding_mask_traced_lengths_under_jit():
+  mask_fn = jax.jit(lambda lengths: attn.padding_mask(lengths, max_length=4))
+  npt.assert_array_equal(
+    mask_fn(jnp.array([3, 1]))[:, 0, 0], [[True, True, True, False], [True, False, False, False]]
+  )
+  tokens_fn = jax.jit(lambda tokens: attn.padding_mask(tokens=tokens, pad_id=9))
+  npt.assert_array_equal(tokens_fn(jnp.array([[9, 1, 9]]))[:, 0, 0], [[False, True, False]])
+
+
+def test_padding_mask_vmap_over_batch_matches_batched_call():
+  lengths = jnp.array([3, 1, 4])
+  per_example = jax.vmap(lambda length: attn.padding_mask(length, max_length=4))(lengths)
+  npt.assert_array_equal(per_example, attn.padding_mask(lengths, max_length=4))
+  tokens = jnp.array([[1, 0, 2], [0, 0, 3]])
+  per_example = jax.vmap(lambda row: attn.padding_mask(tokens=row))(tokens)
+  npt.assert_array_equal(per_example, attn.padding_mask(tokens=tokens))
+
+
+def test_padding_mask_needs_exactly_one_of_lengths_and_tokens():
+  with pytest.raises(ValueError, match="exactly one"):
+    attn.padding_mask(jnp.array([1]), max_length=2, tokens=jnp.array([[1, 0]]))
+  with pytest.raises(ValueError, match="exactly one"):
+    attn.padding_mask()
+  with pytest.raises(ValueError, match="exactly one"):
+    attn.padding_mask(max_length=3)
+
+
+def test_padding_mask_lengths_need_max_length():
+  with pytest.raises(ValueError, match="max_length"):
+    attn.padding_mask(jnp.array([1, 2]))
+
+
+# combine_masks
+
+
+def test_combine_masks_skips_none():
+  causal = attn.causal_mask(3)
+  npt.assert_array_equal(attn.combine_masks(None, causal, None), causal)
+  npt.assert_array_equal(attn.combine_masks(causal), causal)
+
+
+def test_combine_masks_all_none_is_none():
+  assert attn.combine_masks(None, None) is None
+  assert attn.combine_masks(None) is None
+  assert attn.combine_masks() is None
+
+
+def test_combine_masks_is_a_broadcasting_logical_and():
+  causal_TS = attn.causal_mask(3, 4)
+  padding_B11S = attn.padding_mask(lengths=jnp.array([2, 4]), max_length=4)
+  combined = attn.combine_masks(causal_TS, None, padding_B11S)
+  assert combined.shape == (2, 1, 3, 4)
+  assert combined.dtype == jnp.bool_
+  expected = np.asarray(causal_TS)[None, None] & np.asarray(padding_B11S)
+  npt.assert_array_equal(combined, expected)
+  npt.assert_array_equal(
+    combined[0, 0],
+    [[True, False, False, False], [True, True, False, False], [True, True, False, False]],
+  )
+  # Order does not matter, and three masks combine as well as two.
+  npt.assert_array_equal(attn.combine_masks(padding_B11S, causal_TS), combined)
+  heads_H11 = jnp.array([True, False])[:, None, None]
+  npt.assert_array_equal(
+    attn.combine_masks(causal_TS, padding_B11S, heads_H11),
+    expected & np.array([True, False])[:, None, None],
+  )
+
+
+def test_combine_masks_under_jit():
+  combine = jax.jit(lambda a, b: attn.combine_masks(a, None, b))
+  a, b = attn.causal_mask(3), attn.padding_mask(lengths=jnp.array([2]), max_length=3)
+  npt.assert_array_equal(combine(a, b), np.asarray(a) & np.asarray(b))
+
+
+def test_combine_masks_under_vmap():
+  padding_B11S = attn.padding_mask(lengths=jnp.array([1, 3]), max_length=3)
+  causal = attn.causal_mask(3)
+  combined = jax.vmap(lambda padding: attn.combine_masks(causal, padding))(padding_B11S)
+  npt.assert_array_equal(combined, attn.combine_masks(causal, padding_B11S))
+
+
+@pytest.mark.parametrize("dtype", [jnp.int32, jnp.float32])
+def test_combine_masks_rejects_non_boolean(dtype):
+  with pytest.raises(ValueError, match="boolean"):
+    attn.combine_masks(attn.causal_mask(3), jnp.ones((3, 3), dtype))
+  with pytest.raises(ValueError, match="boolean"):
+    attn.combine_masks(None, jnp.ones((3, 3), dtype))
+
+
+def test_combine_masks_rejects_masks_that_do_not_broadcast():
+  with pytest.raises(ValueError, match=r"do not broadcast.*\(3, 4\).*\(2, 4\)"):
+    attn.combine_masks(attn.causal_mask(3, 4), jnp.ones((2, 4), bool))
