@@ -4,7 +4,12 @@ Layer 1, pure functions (no Flax, no state) are importable from here. The Flax m
 importable from here too, and live in `attn.modules`, `attn.blocks`, `attn.models`, `attn.decoding`.
 """
 
-from attn.attention import attention_weights, dot_product_attention, self_attention
+from attn.attention import (
+  attention_logits,
+  attention_weights,
+  dot_product_attention,
+  self_attention,
+)
 from attn.corruption import corrupt_tokens
 from attn.masks import causal_mask, combine_masks, padding_mask
 from attn.positions import sinusoidal_positions
@@ -12,6 +17,7 @@ from attn.scaling import SCALE_CHOICES, resolve_scale
 
 __all__ = [
   "SCALE_CHOICES",
+  "attention_logits",
   "attention_weights",
   "causal_mask",
   "combine_masks",

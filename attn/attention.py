@@ -93,23 +93,48 @@ def _zero_unattended_keys(key, value, mask, logits_shape):
   return key, value
 
 
+def _logits(query, key, bias, multiplier, logits_shape):
+  # Logits and softmax in float32 (at least) whatever the input dtype: bfloat16 has 8 bits of mantissa
+  # and float16 overflows at 65504, which unscaled logits at large K reach easily.
+  compute_dtype = jnp.promote_types(query.dtype, jnp.float32)
+  logits = jnp.einsum(
+    "...TGRK,...SGK->...GRTS", _group(query, key.shape[-2]), key, preferred_element_type=compute_dtype
+  )
+  logits = logits.reshape(logits_shape) * multiplier
+  if bias is not None:
+    logits = logits + bias.astype(compute_dtype)
+  return logits
+
+
 def _weights(query, key, value, mask, bias, scale):
   """Shared core: returns (weights f32 [batch..., H, T, S], key, value with unattended keys zeroed)."""
   logits_shape = _check_inputs(query, key, value, mask, bias)
   multiplier = resolve_scale(scale, query.shape[-1])
   if mask is not None:
     key, value = _zero_unattended_keys(key, value, mask, logits_shape)
-  G = key.shape[-2]
-  # Logits and softmax in float32 (at least) whatever the input dtype: bfloat16 has 8 bits of mantissa
-  # and float16 overflows at 65504, which unscaled logits at large K reach easily.
-  compute_dtype = jnp.promote_types(query.dtype, jnp.float32)
-  logits = jnp.einsum(
-    "...TGRK,...SGK->...GRTS", _group(query, G), key, preferred_element_type=compute_dtype
-  )
-  logits = logits.reshape(logits_shape) * multiplier
-  if bias is not None:
-    logits = logits + bias.astype(compute_dtype)
-  return _softmax(logits, mask), key, value
+  return _softmax(_logits(query, key, bias, multiplier, logits_shape), mask), key, value
+
+
+def attention_logits(
+  query: jax.Array,
+  key: jax.Array,
+  *,
+  bias: jax.Array | None = None,
+  scale: Scale = "sqrt_d",
+) -> jax.Array:
+  """The scaled logits scale * q.k + bias, before masking and softmax.
+
+  Args:
+    query: [batch..., T, H, K].
+    key: [batch..., S, G, K], G dividing H.
+    bias: broadcastable to [batch..., H, T, S].
+    scale: "sqrt_d", "none", "d" or a positive float multiplier (see `attn.resolve_scale`).
+
+  Returns:
+    float32 (or wider) [batch..., H, T, S].
+  """
+  logits_shape = _check_inputs(query, key, None, None, bias)
+  return _logits(query, key, bias, resolve_scale(scale, query.shape[-1]), logits_shape)
 
 
 def attention_weights(

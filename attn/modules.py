@@ -145,6 +145,8 @@ class MultiHeadAttention(nn.Module):
       dropout_rng=dropout_rng,
       return_weights=True,
     )
+    if self.is_mutable_collection("diagnostics"):
+      self._sow_diagnostics(q_BTHK, k_BSGK, mask, runtime_scale, weights)
     out = nn.DenseGeneral(
       self.out_features or inputs_q.shape[-1],
       axis=(-2, -1),
@@ -159,6 +161,25 @@ class MultiHeadAttention(nn.Module):
       # Under jit an overfull cache cannot raise; NaN says so instead of silently overwriting the cache.
       out = jnp.where(fits_cache, out, jnp.nan)
     return (out, weights) if return_weights else out
+
+  def _sow_diagnostics(self, q_BTHK, k_BSGK, mask, scale, weights_BHTS):
+    """Records the statistics the scale and heads ablations read, only when the caller makes the
+    "diagnostics" collection mutable: the std of the scaled logits over the allowed entries, and the
+    mean entropy (nats) and mean maximum of the attention rows that have a key to attend."""
+    logits = attention.attention_logits(q_BTHK, k_BSGK, scale=scale)
+    allowed = jnp.ones(logits.shape, bool) if mask is None else jnp.broadcast_to(mask, logits.shape)
+    count = jnp.maximum(allowed.sum(), 1)
+    mean = jnp.sum(jnp.where(allowed, logits, 0.0)) / count
+    logit_std = jnp.sqrt(jnp.sum(jnp.where(allowed, (logits - mean) ** 2, 0.0)) / count)
+    live_rows = weights_BHTS.sum(-1) > 0
+    rows = jnp.maximum(live_rows.sum(), 1)
+    safe = jnp.where(weights_BHTS > 0, weights_BHTS, 1.0)
+    entropy = -jnp.sum(weights_BHTS * jnp.log(safe), axis=-1)
+    self.sow("diagnostics", "logit_std", logit_std)
+    self.sow("diagnostics", "entropy", jnp.sum(jnp.where(live_rows, entropy, 0.0)) / rows)
+    self.sow(
+      "diagnostics", "max_weight", jnp.sum(jnp.where(live_rows, weights_BHTS.max(-1), 0.0)) / rows
+    )
 
   def _update_cache(self, k_BTGK: Array, v_BTGK: Array, mask: Array | None):
     """Writes this call's keys and values at the cache index.
