@@ -98,6 +98,7 @@ class DecoderBlock(nn.Module):
     encoded_BSD=None,
     *,
     self_mask=None,
+    self_key_valid=None,
     cross_mask=None,
     deterministic=True,
     return_weights=False,
@@ -110,7 +111,9 @@ class DecoderBlock(nn.Module):
       cfg,
       "self_attention",
       x_BTD,
-      lambda h: self_attn(h, mask=self_mask, deterministic=deterministic, return_weights=True),
+      lambda h: self_attn(
+        h, mask=self_mask, key_valid=self_key_valid, deterministic=deterministic, return_weights=True
+      ),
       deterministic,
     )
     if self.cross_attention:
@@ -166,6 +169,7 @@ class Decoder(nn.Module):
     encoded_BSD=None,
     *,
     self_mask=None,
+    self_key_valid=None,
     cross_mask=None,
     deterministic=True,
     return_weights=False,
@@ -180,6 +184,7 @@ class Decoder(nn.Module):
         x_BTD,
         encoded_BSD,
         self_mask=self_mask,
+        self_key_valid=self_key_valid,
         cross_mask=cross_mask,
         deterministic=deterministic,
         return_weights=True,

@@ -161,6 +161,12 @@ def init_cache(
 
 def _model_step(model, params, inputs_BS, prompt_BP, max_new_tokens):
   """The step function and initial state for a model; also returns the prompt to feed."""
+  if not isinstance(model, Transformer | LanguageModel):
+    raise ValueError(f"model: expected a Transformer or LanguageModel, got {type(model).__name__}")
+  inputs_name = "inputs (the source)" if isinstance(model, Transformer) else "inputs (the prompt)"
+  for name, x in ((inputs_name, inputs_BS), ("prompt", prompt_BP)):
+    if x is not None and jnp.ndim(x) != 2:
+      raise ValueError(f"{name} must be [B, length], got shape {jnp.shape(x)}")
   cfg = model.config
   B = inputs_BS.shape[0]
   if isinstance(model, Transformer):
@@ -188,7 +194,7 @@ def _model_step(model, params, inputs_BS, prompt_BP, max_new_tokens):
       )
       return logits[:, -1], {**state, "cache": mutated["cache"]}
 
-  elif isinstance(model, LanguageModel):
+  else:
     prompt_BP = inputs_BS if prompt_BP is None else prompt_BP
     max_length = prompt_BP.shape[1] + max_new_tokens
     decoder = model.clone(decode=True)
@@ -204,8 +210,6 @@ def _model_step(model, params, inputs_BS, prompt_BP, max_new_tokens):
       )
       return logits[:, -1], {"cache": mutated["cache"]}
 
-  else:
-    raise ValueError(f"model: expected a Transformer or LanguageModel, got {type(model).__name__}")
   if cfg.positions == "learned" and max_length > cfg.max_length:
     raise ValueError(
       f"max_new_tokens: prompt ({prompt_BP.shape[1]}) + {max_new_tokens} new tokens exceed "

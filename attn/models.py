@@ -108,16 +108,15 @@ class Transformer(nn.Module):
         raise ValueError("positions_BT is required in decode mode (the cache offset onwards)")
       self_mask = None  # The attention layers build the causal mask over their cache.
     else:
-      T = tgt_in_BT.shape[-1]
-      self_mask = masks.combine_masks(
-        masks.causal_mask(T), masks.padding_mask(tokens=tgt_in_BT, pad_id=cfg.pad_id)
-      )
+      self_mask = masks.causal_mask(tgt_in_BT.shape[-1])
+    key_valid_BT = tgt_in_BT != cfg.pad_id  # Cached with the keys in decode mode.
     cross_mask = masks.padding_mask(tokens=src_BS, pad_id=cfg.pad_id)
     y_BTD = self.embedder(tgt_in_BT, positions_BT, deterministic=deterministic)
     y = self.decoder(
       y_BTD,
       encoded_BSD,
       self_mask=self_mask,
+      self_key_valid=key_valid_BT,
       cross_mask=cross_mask,
       deterministic=deterministic,
       return_weights=return_weights,
@@ -176,14 +175,16 @@ class LanguageModel(nn.Module):
         raise ValueError("positions_BT is required in decode mode (the cache offset onwards)")
       self_mask = None  # The attention layers build the causal mask over their cache.
     else:
-      T = tokens_BT.shape[-1]
-      self_mask = masks.combine_masks(
-        masks.causal_mask(T), masks.padding_mask(tokens=tokens_BT, pad_id=cfg.pad_id)
-      )
+      self_mask = masks.causal_mask(tokens_BT.shape[-1])
+    key_valid_BT = tokens_BT != cfg.pad_id  # Cached with the keys in decode mode.
     embedder = Embedder(cfg, name="embedder")
     x_BTD = embedder(tokens_BT, positions_BT, deterministic=deterministic)
     x = Decoder(cfg, decode=self.decode, cross_attention=False, name="decoder")(
-      x_BTD, self_mask=self_mask, deterministic=deterministic, return_weights=return_weights
+      x_BTD,
+      self_mask=self_mask,
+      self_key_valid=key_valid_BT,
+      deterministic=deterministic,
+      return_weights=return_weights,
     )
     x_BTD, weights = x if return_weights else (x, None)
     logits_BTV = _OutputHead(cfg, name="head")(x_BTD, embedder)

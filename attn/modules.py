@@ -76,6 +76,7 @@ class MultiHeadAttention(nn.Module):
     inputs_kv: Array | None = None,
     *,
     mask: Array | None = None,
+    key_valid: Array | None = None,
     deterministic: bool = True,
     return_weights: bool = False,
   ):
@@ -83,8 +84,9 @@ class MultiHeadAttention(nn.Module):
 
     Args:
       mask: bool, broadcastable to [batch..., H, T, S]; True = may attend. In decode mode the causal
-        mask over the cache is built here, so pass only extra (for example padding) masks of S = the
-        cache length.
+        mask over the cache is built here, so pass only extra masks of S = the cache length.
+      key_valid: bool [batch..., S], False for keys that are padding. In decode mode it covers only
+        this call's tokens and is cached with their keys, so padding in a prompt stays masked.
       deterministic: disables attention dropout.
       return_weights: also return the attention weights [batch..., H, T, S].
 
@@ -129,8 +131,12 @@ class MultiHeadAttention(nn.Module):
       runtime_scale = "none"
 
     fits_cache = True
+    if key_valid is not None and key_valid.shape != k_BSGK.shape[:-2]:
+      raise ValueError(f"key_valid must be [batch..., S] = {k_BSGK.shape[:-2]}, got {key_valid.shape}")
     if self.decode:
-      k_BSGK, v_BSGK, mask, fits_cache = self._update_cache(k_BSGK, v_BSGK, mask)
+      k_BSGK, v_BSGK, mask, fits_cache = self._update_cache(k_BSGK, v_BSGK, mask, key_valid)
+    elif key_valid is not None:
+      mask = masks.combine_masks(mask, key_valid[..., None, None, :])
 
     dropout_rng = None
     if not deterministic and self.dropout_rate > 0.0:
@@ -181,7 +187,7 @@ class MultiHeadAttention(nn.Module):
       "diagnostics", "max_weight", jnp.sum(jnp.where(live_rows, weights_BHTS.max(-1), 0.0)) / rows
     )
 
-  def _update_cache(self, k_BTGK: Array, v_BTGK: Array, mask: Array | None):
+  def _update_cache(self, k_BTGK: Array, v_BTGK: Array, mask: Array | None, valid_BT: Array | None):
     """Writes this call's keys and values at the cache index.
 
     Returns the whole cache (keys, values), its mask, and whether the new tokens fitted: True, or a
@@ -190,12 +196,14 @@ class MultiHeadAttention(nn.Module):
     initialized = self.has_variable("cache", "cached_key")
     cached_key = self.variable("cache", "cached_key", jnp.zeros, k_BTGK.shape, k_BTGK.dtype)
     cached_value = self.variable("cache", "cached_value", jnp.zeros, v_BTGK.shape, v_BTGK.dtype)
+    cached_valid = self.variable("cache", "cached_key_valid", jnp.zeros, k_BTGK.shape[:-2], bool)
     index = self.variable("cache", "cache_index", lambda: jnp.array(0, jnp.int32))
-    if not initialized:  # Initialisation only sizes the cache: attend as in training.
-      T = k_BTGK.shape[-3]
-      return k_BTGK, v_BTGK, masks.combine_masks(mask, masks.causal_mask(T)), True
-    *batch, S, _, _ = cached_key.value.shape
     T = k_BTGK.shape[-3]
+    valid_BT = jnp.ones(k_BTGK.shape[:-2], bool) if valid_BT is None else valid_BT
+    if not initialized:  # Initialisation only sizes the cache: attend as in training.
+      mask = masks.combine_masks(mask, masks.causal_mask(T), valid_BT[..., None, None, :])
+      return k_BTGK, v_BTGK, mask, True
+    *batch, S, _, _ = cached_key.value.shape
     if k_BTGK.shape[:-3] != tuple(batch) or T > S:
       raise ValueError(
         f"decode: {T} new tokens of batch {k_BTGK.shape[:-3]} do not fit the cache "
@@ -213,12 +221,15 @@ class MultiHeadAttention(nn.Module):
     start = (0,) * len(batch) + (i, 0, 0)
     cached_key.value = jax.lax.dynamic_update_slice(cached_key.value, k_BTGK, start)
     cached_value.value = jax.lax.dynamic_update_slice(cached_value.value, v_BTGK, start)
+    cached_valid.value = jax.lax.dynamic_update_slice(cached_valid.value, valid_BT, start[:-2])
     index.value = i + T
     # New query t sits at cache position i + t: it sees every earlier position and none after it,
     # which also hides the unwritten (zero) tail of the cache.
     return (
       cached_key.value,
       cached_value.value,
-      masks.combine_masks(mask, masks.causal_mask(T, S, offset=i)),
+      masks.combine_masks(
+        mask, masks.causal_mask(T, S, offset=i), cached_valid.value[..., None, None, :]
+      ),
       fits,
     )
