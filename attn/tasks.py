@@ -158,9 +158,9 @@ SYNTHETIC_TRANSFORMS = {
 }
 
 
-def make_task(task_config, data_config=None):
+def make_task(task_config, data_config=None, *, seed: int = 0):
   """Builds the task a config names. `task_config` has `name` and that task's fields; `data_config`
-  (with `path`) is for tasks that read files.
+  (with `path`) is for tasks that read files; `seed` fixes the data stream.
 
   Raises:
     ValueError: naming the field, for an unknown task or a bad task field.
@@ -177,7 +177,7 @@ def make_task(task_config, data_config=None):
       raise ValueError(
         f"config.task.min_length: {values['min_length']} exceeds max_length {values['max_length']}"
       )
-    return SyntheticSeq2Seq(name, SYNTHETIC_TRANSFORMS[name], seed=int(task_config.seed), **values)
+    return SyntheticSeq2Seq(name, SYNTHETIC_TRANSFORMS[name], seed=seed, **values)
   choices = ", ".join(map(repr, TASK_NAMES))
   raise ValueError(f"config.task.name: unknown task {name!r}; expected one of {choices}")
 

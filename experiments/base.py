@@ -1,0 +1,81 @@
+"""The defaults every experiment starts from: a small encoder-decoder on the reverse task.
+
+Not an experiment itself; `python -m launch.train --config=experiments/base.py --workdir=DIR` trains
+it. Presets: "" (the default) and "smoke" (a few steps of a tiny model, for tests).
+"""
+
+import ml_collections
+from ml_collections import config_dict
+
+
+def get_config(preset: str = "") -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+
+  config.task = ml_collections.ConfigDict()
+  config.task.name = "reverse"  # copy | reverse | sort (generated in code, no download).
+  config.task.num_symbols = 10  # Distinct symbols in the sequences.
+  config.task.min_length = 2  # Shortest sequence.
+  config.task.max_length = 10  # Longest sequence (inputs are padded to it).
+  config.task.eval_examples = 256  # Size of the fixed evaluation set.
+
+  config.data = ml_collections.ConfigDict()
+  config.data.path = ""  # Folder of a file-based task's data; unused by the generated tasks.
+
+  config.model = ml_collections.ConfigDict()
+  config.model.d_model = 64  # D, the residual width.
+  config.model.num_heads = 4  # H.
+  config.model.head_dim_policy = "fixed_model_dim"  # K = D/H, or "fixed_head_dim" (K = head_dim).
+  config.model.head_dim = config_dict.placeholder(int)  # K under "fixed_head_dim".
+  config.model.num_kv_heads = config_dict.placeholder(int)  # G key/value heads; None = H.
+  config.model.d_ff = 128  # Feed-forward hidden width.
+  config.model.num_encoder_layers = 2  # Encoder blocks.
+  config.model.num_decoder_layers = 2  # Decoder blocks.
+  config.model.dropout_rate = 0.1  # Residual and embedding dropout.
+  config.model.attention_dropout_rate = 0.0  # Dropout on attention weights.
+  config.model.scale = "sqrt_d"  # sqrt_d | none | d | learned | init_folded.
+  config.model.norm = "post"  # post (the paper) | pre.
+  config.model.positions = "sinusoidal"  # sinusoidal | learned | none.
+  config.model.max_length = 64  # Longest sequence for learned positions.
+  config.model.tie_output = True  # Output projection shares the embedding table.
+  config.model.activation = "relu"  # relu | gelu.
+  config.model.use_bias = True  # Biases in the attention projections.
+  config.model.dtype = "float32"  # Computation dtype: float32 | bfloat16 | float16.
+
+  config.optimizer = ml_collections.ConfigDict()
+  config.optimizer.learning_rate = 3e-3  # Peak learning rate, reached at the end of warmup.
+  config.optimizer.schedule = "rsqrt"  # rsqrt (the paper's) | cosine | constant.
+  config.optimizer.warmup_steps = 100  # Linear warmup steps.
+  config.optimizer.b1 = 0.9  # Adam beta1 (the paper's).
+  config.optimizer.b2 = 0.98  # Adam beta2 (the paper's).
+  config.optimizer.eps = 1e-9  # Adam epsilon (the paper's).
+  config.optimizer.grad_clip_norm = 0.0  # Clip gradients to this global norm; 0 turns it off.
+
+  config.label_smoothing = 0.1  # The paper's 0.1.
+  config.batch_size = 32  # Training batch (split over devices).
+  config.eval_batch_size = 64  # Evaluation batch (split over devices).
+  config.num_train_steps = 600  # Optimizer steps.
+  config.log_every_steps = 50  # Train metrics, progress line and the non-finite check.
+  config.eval_every_steps = 200  # Evaluation, diagnostics and the scale probe.
+  config.checkpoint_every_steps = 200  # Checkpoints; a multiple of log_every_steps.
+  config.checkpoints_to_keep = 2  # Older checkpoints are deleted.
+  config.seed = 0  # Seed of the first model; seed i of num_seeds uses seed + i.
+  config.num_seeds = 3  # Seeds trained together in one program (vmapped).
+  config.data_seed = 0  # Seed of the data stream (shared by all seeds).
+
+  if preset == "smoke":
+    config.task.max_length = 6
+    config.task.eval_examples = 32
+    config.model.d_model = 32
+    config.model.d_ff = 64
+    config.model.num_encoder_layers = 1
+    config.model.num_decoder_layers = 1
+    config.batch_size = 8
+    config.eval_batch_size = 16
+    config.num_train_steps = 10
+    config.log_every_steps = 5
+    config.eval_every_steps = 10
+    config.checkpoint_every_steps = 5
+    config.num_seeds = 2
+  elif preset:
+    raise ValueError(f"config preset: unknown {preset!r}; expected '' or 'smoke'")
+  return config

@@ -1,0 +1,39 @@
+"""Compares the runs of a sweep: `python -m launch.compare DIR [--metric=NAME]`.
+
+DIR is a sweep directory (sweep.json and one subdirectory per point) or a single run directory. Prints
+a markdown table of final and best eval metrics (mean ± std over seeds) per point, and writes
+DIR/compare.md, DIR/compare.csv, DIR/learning_curves.png and DIR/final_vs_swept.png. See
+attn/compare.py for the formats it reads.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from absl import app, flags
+
+from attn import compare
+
+_METRIC = flags.DEFINE_string(
+  "metric",
+  None,
+  "Eval metric to compare (e.g. accuracy, sequence_accuracy, loss). Default: the runs' main_metric "
+  "from summary.json, else accuracy if logged, else loss.",
+)
+
+
+def main(argv: list[str]) -> None:
+  if len(argv) != 2:
+    sys.exit(f"error: expected one directory, got {len(argv) - 1}; usage: python -m launch.compare DIR")
+  directory = argv[1]
+  try:
+    markdown, written = compare.write_report(directory, metric=_METRIC.value)
+  except (OSError, ValueError) as e:
+    sys.exit(f"error: {' '.join(str(e).split())}")
+  print(markdown)
+  for path in written:
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,32 @@
+"""Runs a config's sweep: `python -m launch.sweep --config=experiments/NAME.py[:preset] --workdir=DIR
+[--dry_run]`. One subdirectory per point; rerun to resume; ends by printing the comparison."""
+
+import sys
+
+from absl import app, flags
+
+from attn import compare, sweep
+
+_CONFIG = flags.DEFINE_string("config", None, "Experiment config file[:preset] defining get_sweep.")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Sweep directory (one subdirectory per point).")
+_DRY_RUN = flags.DEFINE_bool("dry_run", False, "List the points and their flags; run nothing.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  try:
+    results = sweep.run_sweep(_CONFIG.value, _WORKDIR.value, dry_run=_DRY_RUN.value)
+  except (OSError, ValueError) as e:
+    sys.exit(f"error: {e}")
+  if _DRY_RUN.value:
+    return
+  print(compare.compare(_WORKDIR.value))
+  failed = [r.name for r in results if r.status == "failed"]
+  if failed:
+    sys.exit(f"error: {len(failed)} of {len(results)} points failed: {', '.join(failed)}")
+
+
+if __name__ == "__main__":
+  app.run(main)
