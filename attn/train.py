@@ -148,6 +148,9 @@ def validate(config: ml_collections.ConfigDict):
   for field in ("batch_size", "eval_batch_size"):
     if config[field] % n:
       raise ConfigError(f"config.{field}: {config[field]} is not divisible by the {n} devices")
+  data_path = config.get("data", {}).get("path", "")
+  if data_path and not os.path.isdir(data_path):
+    raise ConfigError(f"config.data.path: {data_path!r} is not a folder")
   try:
     task = tasks.make_task(config.task, config.get("data"), seed=int(config.data_seed))
   except ValueError as e:
