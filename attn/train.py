@@ -494,3 +494,38 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 def _duration(seconds: float) -> str:
   seconds = round(seconds)
   return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
+
+
+def restore_run(workdir: str, seed_index: int = 0):
+  """Loads a run directory for inspection: returns (config, task, model, params of one seed).
+
+  Raises:
+    ConfigError: when `workdir` holds no config.json or no checkpoint, or the seed does not exist.
+  """
+  path = os.path.join(workdir, "config.json")
+  if not os.path.exists(path):
+    raise ConfigError(f"--workdir: {workdir!r} holds no run (no config.json)")
+  with open(path, encoding="utf-8") as f:
+    resolved = json.load(f)
+  resolved.pop("resolved_model", None)
+  config = ml_collections.ConfigDict(resolved)
+  task, model_config = validate(config)
+  if not 0 <= seed_index < config.num_seeds:
+    raise ConfigError(f"--seed_index: {seed_index} is not in [0, {config.num_seeds})")
+  model = build_model(model_config, task.kind)
+  optimizer = make_optimizer(config)
+  example_inputs, _ = _inputs_and_targets(jax.tree.map(jnp.asarray, task.train_batch(0, 1)), task.kind)
+
+  def init_state(rng):
+    params = model.init(rng, *example_inputs)["params"]
+    return TrainState(jnp.asarray(0, jnp.int32), params, optimizer.init(params), rng)
+
+  rngs = jnp.stack([jax.random.PRNGKey(0)] * int(config.num_seeds))
+  abstract_state = jax.eval_shape(jax.vmap(init_state), rngs)
+  checkpoints = ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, "checkpoints")))
+  latest = checkpoints.latest_step()
+  if latest is None:
+    raise ConfigError(f"--workdir: {workdir!r} holds no checkpoint yet")
+  state = checkpoints.restore(latest, args=ocp.args.StandardRestore(abstract_state))
+  checkpoints.close()
+  return config, task, model, jax.tree.map(lambda x: x[seed_index], state.params)
