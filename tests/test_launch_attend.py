@@ -1,0 +1,55 @@
+"""Tests for launch/attend.py: heatmaps of a trained smoke run, through the command line.
+
+The launch modules define overlapping absl flags (--workdir), so they run as subprocesses here.
+"""
+
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+from attn import train
+from experiments import base
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+  config = base.get_config("smoke")
+  config.num_train_steps = 4
+  config.log_every_steps = 2
+  config.checkpoint_every_steps = 2
+  config.eval_every_steps = 4
+  config.num_seeds = 1
+  workdir = str(tmp_path_factory.mktemp("run"))
+  train.train_and_evaluate(config, workdir)
+  return workdir
+
+
+def _attend(*args):
+  return subprocess.run(
+    [sys.executable, "-m", "launch.attend", *args], cwd=ROOT, capture_output=True, text=True, timeout=300
+  )
+
+
+def test_attend_writes_heatmaps_and_prints_top_keys(run_dir, tmp_path):
+  out = tmp_path / "out"
+  result = _attend(f"--workdir={run_dir}", "--text=3 1 4 1", "--query=4", f"--out={out}")
+  assert result.returncode == 0, result.stderr
+  assert "input:  3 1 4 1" in result.stdout and "output:" in result.stdout
+  assert "'4' (position 2) looks at" in result.stdout
+  for name in ("encoder_self_attention", "decoder_self_attention", "decoder_cross_attention"):
+    assert (out / f"{name}.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_attend_bad_query_and_missing_run_exit_with_one_line(run_dir, tmp_path):
+  result = _attend(f"--workdir={run_dir}", "--text=3 1", "--query=7")
+  assert result.returncode != 0
+  assert result.stderr.strip().splitlines()[-1].startswith("error: --query")
+  assert "Traceback" not in result.stderr
+  result = _attend(f"--workdir={tmp_path}", "--text=3 1")
+  assert result.returncode != 0
+  assert "error: --workdir" in result.stderr and "holds no run" in result.stderr
+  assert "Traceback" not in result.stderr
