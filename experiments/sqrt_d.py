@@ -9,6 +9,8 @@ log, at initialisation and at each evaluation, every attention layer's logit std
 on unit-variance inputs over T=64 keys.
 
 Command: python -m launch.sweep --config=experiments/sqrt_d.py --workdir=runs/sqrt_d
+Presets: "" (the full grid above), "quick" ("sqrt_d" vs "none" at K = 16 and 256, 400 steps: the
+README's main job, a few minutes), "smoke" (two tiny points, for tests).
 Time on a 2-core CPU: see WORKSPACE.md (measured with the command above).
 Findings: see WORKSPACE.md, "What the sweeps found".
 """
@@ -20,17 +22,21 @@ HEAD_DIMS = (16, 64, 256)
 
 
 def get_config(preset: str = ""):
+  if preset not in ("", "quick", "smoke"):
+    raise ValueError(f"config preset: unknown {preset!r}; expected '', 'quick' or 'smoke'")
   config = base.get_config("smoke" if preset == "smoke" else "")
   config.task.name = "reverse"
   config.model.num_heads = 2
   config.model.head_dim_policy = "fixed_head_dim"
   config.model.head_dim = 64
-  if preset not in ("", "smoke"):
-    raise ValueError(f"config preset: unknown {preset!r}; expected '' or 'smoke'")
+  if preset == "quick":
+    config.num_train_steps = 400
   return config
 
 
 def get_sweep(preset: str = ""):
   if preset == "smoke":
     return [{"model.scale": s, "model.head_dim": 16} for s in ("sqrt_d", "none")]
+  if preset == "quick":
+    return [{"model.scale": s, "model.head_dim": k} for k in (16, 256) for s in ("sqrt_d", "none")]
   return [{"model.scale": s, "model.head_dim": k} for k in HEAD_DIMS for s in SCALES]

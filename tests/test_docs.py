@@ -38,3 +38,30 @@ def test_python_blocks_run(doc):
   text = (ROOT / doc).read_text(encoding="utf-8")
   for code in re.findall(r"```python\n(.*?)```", text, re.S):
     exec(compile(code, f"{doc}:python-block", "exec"), {})
+
+
+def _inline_commands(text: str) -> list[str]:
+  return re.findall(r"python -m (launch\.\w+[^`\n]*)", text)
+
+
+@pytest.mark.parametrize(
+  "path",
+  [
+    "README.md",
+    "WORKSPACE.md",
+    *sorted(str(p.relative_to(ROOT)) for p in ROOT.glob("experiments/*.py")),
+  ],
+)
+def test_documented_launch_commands_name_real_configs_and_sweeps(path, monkeypatch):
+  """Commands quoted in prose or docstrings (the full sweeps take minutes, so CI runs their smoke
+  presets instead) must at least name an entry point that exists and a config whose sweep loads."""
+  from attn import sweep
+
+  monkeypatch.chdir(ROOT)
+  commands = _inline_commands((ROOT / path).read_text(encoding="utf-8"))
+  for command in commands:
+    module = command.split()[0]
+    assert (ROOT / (module.replace(".", "/") + ".py")).exists(), f"{path}: no entry point {module}"
+    config = re.search(r"--config=(\S+)", command)
+    if module == "launch.sweep" and config:
+      assert sweep.sweep_points(config.group(1)), f"{path}: {command}"
