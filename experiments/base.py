@@ -1,7 +1,8 @@
 """The defaults every experiment starts from: a small encoder-decoder on the reverse task.
 
-Not an experiment itself; `python -m launch.train --config=experiments/base.py --workdir=DIR` trains
-it. Presets: "" (the default) and "smoke" (a few steps of a tiny model, for tests).
+Not an experiment itself: the other configs start from it.
+Command: python -m launch.train --config=experiments/base.py --workdir=runs/base
+Presets: "" (the default) and "smoke" (a few steps of a tiny model, for tests).
 """
 
 import ml_collections

@@ -22,5 +22,7 @@ def get_config(preset: str = ""):
 
 
 def get_sweep(preset: str = ""):
+  if preset not in ("", "smoke"):
+    raise ValueError(f"config preset: unknown {preset!r}; expected '' or 'smoke'")
   depths = (1, 2) if preset == "smoke" else DEPTHS
   return [{"model.num_encoder_layers": n, "model.num_decoder_layers": n} for n in depths]

@@ -19,13 +19,21 @@ POLICIES = ("fixed_model_dim", "fixed_head_dim")
 def get_config(preset: str = ""):
   config = base.get_config("smoke" if preset == "smoke" else "")
   config.task.name = "sort"
-  config.model.head_dim = 16  # Used by the "fixed_head_dim" arm only.
   if preset not in ("", "smoke"):
     raise ValueError(f"config preset: unknown {preset!r}; expected '' or 'smoke'")
   return config
 
 
+def _point(heads: int, policy: str) -> dict:
+  point = {"model.num_heads": heads, "model.head_dim_policy": policy}
+  if policy == "fixed_head_dim":
+    point["model.head_dim"] = 16  # K = 16 for every H; under "fixed_model_dim" K = 64 / H.
+  return point
+
+
 def get_sweep(preset: str = ""):
+  if preset not in ("", "smoke"):
+    raise ValueError(f"config preset: unknown {preset!r}; expected '' or 'smoke'")
   if preset == "smoke":
-    return [{"model.num_heads": h, "model.head_dim_policy": "fixed_model_dim"} for h in (1, 2)]
-  return [{"model.num_heads": h, "model.head_dim_policy": p} for p in POLICIES for h in HEADS]
+    return [_point(1, "fixed_model_dim"), _point(2, "fixed_head_dim")]
+  return [_point(h, p) for p in POLICIES for h in HEADS]

@@ -35,6 +35,8 @@ def get_config(preset: str = ""):
 
 
 def get_sweep(preset: str = ""):
+  if preset not in ("", "quick", "smoke"):
+    raise ValueError(f"config preset: unknown {preset!r}; expected '', 'quick' or 'smoke'")
   if preset == "smoke":
     return [{"model.scale": s, "model.head_dim": 16} for s in ("sqrt_d", "none")]
   if preset == "quick":

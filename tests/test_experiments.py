@@ -1,0 +1,232 @@
+"""Tests for experiments/: every config loads for its presets, is lockable and valid, documents its
+command; every sweep has the grid its docstring promises and every point is a valid config (checked
+without training); and each sweep's smoke preset runs end to end, once.
+
+The smoke sweeps train in child processes (`python -m launch.train`, from the repository root) compiled
+at XLA's lowest backend optimisation level: half the CPU time of a smoke point, the same computation.
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib
+import itertools
+import json
+import os
+import pathlib
+
+import ml_collections
+import pytest
+
+from attn import compare, sweep, train
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+CONFIGS = ("base", "sqrt_d", "heads", "depth")
+SWEEPS = ("sqrt_d", "heads", "depth")
+PRESETS = ("", "smoke")
+
+
+def load(name: str):
+  return importlib.import_module(f"experiments.{name}")
+
+
+def with_overrides(config: ml_collections.ConfigDict, overrides: dict) -> ml_collections.ConfigDict:
+  """The config with a sweep point's dotted overrides, set on the locked config as
+  `--config.KEY=VALUE` flags would be: a key the config lacks raises."""
+  config.lock()
+  for key, value in overrides.items():
+    *parents, leaf = key.split(".")
+    node = config
+    for parent in parents:
+      node = node[parent]
+    assert leaf in node, f"{key}: no such config field"
+    node[leaf] = value
+  return config
+
+
+# Configs
+
+
+def test_all_experiment_files_are_covered():
+  files = sorted(p.stem for p in (REPO / "experiments").glob("*.py") if p.stem != "__init__")
+  assert files == sorted(CONFIGS)
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+@pytest.mark.parametrize("name", CONFIGS)
+def test_config_loads_locks_and_validates(name, preset):
+  config = load(name).get_config(preset)
+  assert isinstance(config, ml_collections.ConfigDict)
+  config.lock()
+  with pytest.raises(AttributeError):
+    config.model.num_head = 8  # Misspelt: locked configs refuse new fields.
+  with pytest.raises(AttributeError):
+    config.num_train_step = 5
+  with pytest.raises(KeyError):
+    config.optimizer["learning_rat"] = 0.1
+  with pytest.raises(TypeError):
+    config.model.d_model = "wide"  # Fields keep their types.
+  config.num_train_steps = 7  # Existing fields stay settable.
+  task, model_config = train.validate(config)
+  assert len(task.vocab) == model_config.vocab_size
+  assert task.name == config.task.name
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_default_preset_is_the_empty_string(name):
+  module = load(name)
+  assert module.get_config().to_dict() == module.get_config("").to_dict()
+  smoke, full = module.get_config("smoke"), module.get_config("")
+  assert smoke.num_train_steps < full.num_train_steps
+  assert smoke.model.d_model <= full.model.d_model
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+@pytest.mark.parametrize("preset", ["large", "Smoke", "smoke:"])
+def test_unknown_preset_raises(name, preset):
+  with pytest.raises(ValueError, match="preset"):
+    load(name).get_config(preset)
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_docstring_gives_the_command(name):
+  doc = load(name).__doc__
+  assert doc and "Command:" in doc
+  launcher = "launch.train" if name == "base" else "launch.sweep"
+  assert f"python -m {launcher} --config=experiments/{name}.py" in doc
+
+
+# Sweeps, without training
+
+
+def test_sqrt_d_grid():
+  module = load("sqrt_d")
+  points = module.get_sweep("")
+  assert len(points) == 15
+  scales = ("sqrt_d", "none", "d", "learned", "init_folded")
+  assert scales == module.SCALES and module.HEAD_DIMS == (16, 64, 256)
+  assert {(p["model.scale"], p["model.head_dim"]) for p in points} == set(
+    itertools.product(scales, (16, 64, 256))
+  )
+  config = module.get_config("")
+  assert (config.task.name, config.model.num_heads, config.model.head_dim_policy) == (
+    "reverse",
+    2,
+    "fixed_head_dim",
+  )
+
+
+def test_heads_grid():
+  module = load("heads")
+  points = module.get_sweep("")
+  assert len(points) == 10
+  assert {(p["model.num_heads"], p["model.head_dim_policy"]) for p in points} == set(
+    itertools.product((1, 2, 4, 8, 16), ("fixed_model_dim", "fixed_head_dim"))
+  )
+  config = module.get_config("")
+  assert (config.task.name, config.model.d_model) == ("sort", 64)
+  fixed_model_dim = [
+    p["model.num_heads"] for p in points if p["model.head_dim_policy"] == "fixed_model_dim"
+  ]
+  assert all(config.model.d_model % h == 0 for h in fixed_model_dim)
+
+
+def test_depth_grid():
+  module = load("depth")
+  points = module.get_sweep("")
+  assert points == [{"model.num_encoder_layers": n, "model.num_decoder_layers": n} for n in (1, 2, 4, 6)]
+  assert module.get_config("").task.name == "sort"
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+@pytest.mark.parametrize("name", SWEEPS)
+def test_every_sweep_point_is_a_valid_config(name, preset):
+  module = load(name)
+  points = module.get_sweep(preset)
+  assert len(points) == (2 if preset == "smoke" else {"sqrt_d": 15, "heads": 10, "depth": 4}[name])
+  names = [sweep.point_name(p) for p in points]
+  assert len(set(names)) == len(names)
+  failures = []
+  for point in points:
+    config = with_overrides(module.get_config(preset), point)
+    try:
+      _, model_config = train.validate(config)
+    except train.ConfigError as e:
+      failures.append(f"{sweep.point_name(point)}: {e}")
+      continue
+    K = model_config.resolved_head_dim
+    if point.get("model.head_dim") is not None:
+      assert point["model.head_dim"] == K
+    if model_config.head_dim_policy == "fixed_model_dim":
+      assert config.model.d_model // model_config.num_heads == K
+    else:
+      assert config.model.head_dim == K
+      if name == "heads":
+        assert K == 16  # The docstring's fixed head dim.
+    for key, value in point.items():
+      assert getattr(model_config, key.split(".")[-1]) == value
+  assert not failures, "\n".join(failures)
+
+
+# Smoke sweeps, end to end: one test per sweep, so each trains once even when tests are spread over
+# several pytest-xdist workers.
+
+
+def read_lines(path: pathlib.Path) -> list[dict]:
+  return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+@pytest.mark.parametrize("name", SWEEPS)
+def test_smoke_sweep_runs_end_to_end(name, tmp_path, monkeypatch):
+  monkeypatch.chdir(REPO)  # Children run `python -m launch.train` from here.
+  config_arg = f"experiments/{name}.py:smoke"
+  workdir = tmp_path / name
+  module = load(name)
+  points = module.get_sweep("smoke")
+  names = [sweep.point_name(p) for p in points]
+  smoke = module.get_config("smoke")
+
+  with pytest.MonkeyPatch.context() as patch:  # This process compiles nothing meanwhile.
+    flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_backend_optimization_level=0".strip()
+    patch.setenv("XLA_FLAGS", flags)
+    log = []
+    results = sweep.run_sweep(config_arg, str(workdir), echo=log.append)
+  failed = {r.name: r.error for r in results if r.status != "done"}
+  assert not failed, failed
+  assert [r.name for r in results] == names
+  assert [line.split(":")[0] for line in log] == [
+    f"[{i + 1}/{len(names)}] {n}" for i, n in enumerate(names) for _ in range(2)
+  ]
+
+  manifest = json.loads((workdir / "sweep.json").read_text())
+  assert manifest == {
+    "config": config_arg,
+    "points": [{"name": n, "overrides": p} for n, p in zip(names, points, strict=True)],
+  }
+  for point_name, overrides in zip(names, points, strict=True):
+    run = workdir / point_name
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "done"
+    assert summary["num_seeds"] == smoke.num_seeds == 2
+    assert summary["main_metric"] == "sequence_accuracy"
+    resolved = json.loads((run / "config.json").read_text())
+    for key, value in overrides.items():
+      section, field = key.split(".")
+      assert resolved[section][field] == value
+      assert resolved["resolved_model"][field] == value
+    lines = read_lines(run / "metrics.jsonl")
+    evals = [line for line in lines if line["split"] == "eval"]
+    assert [line["step"] for line in evals] == [0, smoke.num_train_steps]
+    assert all(len(line["loss"]) == 2 for line in evals)
+    assert {line["split"] for line in lines} == {"train", "eval", "diagnostics", "probe"}
+    assert list(run.glob("events.out.tfevents.*"))
+
+  markdown = compare.compare(workdir)
+  assert (workdir / "compare.md").read_text(encoding="utf-8") == markdown
+  assert "Points: 2 (2 done, 0 failed, 0 incomplete)" in markdown
+  rows = [line for line in markdown.splitlines() if line.startswith("| ")][1:]  # After the header.
+  assert len(rows) == len(points)
+  for row, point_name in zip(rows, names, strict=True):
+    assert row.startswith(f"| {point_name} |") and "| done |" in row
+  with open(workdir / "compare.csv", newline="", encoding="utf-8") as f:
+    assert [row["name"] for row in csv.DictReader(f)] == names
