@@ -29,7 +29,7 @@ from jax.sharding import PartitionSpec as P
 
 from attn import blocks, tasks
 from attn.config import ModelConfig
-from attn.metrics import MetricsWriter
+from attn.metrics import MetricsWriter, read_metrics
 from attn.models import EncoderTagger, Transformer
 
 SCHEDULES = ("rsqrt", "cosine", "constant")
@@ -198,7 +198,7 @@ def train_step(state: TrainState, batch: dict, *, model, optimizer, kind: str, l
     "loss": loss,
     "nll": nll,
     "accuracy": correct.sum() / jnp.maximum(weights.sum(), 1.0),
-    "grad_norm": optax.global_norm(grads),
+    "grad_norm": optax.tree.norm(grads),
   }
   return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
@@ -229,7 +229,8 @@ def diagnostics_step(params, batch: dict, *, model, kind: str) -> dict:
   def loss_fn(params):
     logits, state = model.apply({"params": params}, *inputs, mutable=["diagnostics"])
     _, plain = _token_losses(logits, targets, 0.0)
-    return jnp.sum(plain * weights) / jnp.maximum(weights.sum(), 1.0), state["diagnostics"]
+    # A model without attention layers records nothing.
+    return jnp.sum(plain * weights) / jnp.maximum(weights.sum(), 1.0), state.get("diagnostics", {})
 
   grads, diagnostics = jax.grad(loss_fn, has_aux=True)(params)
   out = {}
@@ -449,9 +450,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       bad = [i for i, x in enumerate(losses) if not math.isfinite(x)]
       kept = checkpoints.latest_step()
       writer.close()
+      where = (
+        "no checkpoint was saved yet" if kept is None else f"the last good checkpoint is step {kept}"
+      )
       raise NonFiniteLossError(
-        f"training loss is {losses[bad[0]]} at step {step} (seed {seeds[bad[0]]}); stopped. "
-        f"The last good checkpoint is step {kept} in {workdir}/checkpoints."
+        f"training loss is {losses[bad[0]]} at step {step} (seed {seeds[bad[0]]}); stopped, and "
+        f"{where} in {workdir}/checkpoints."
       )
     train_metrics = {k: _per_seed(v) for k, v in stacked.items()}
     train_metrics.update(learning_rate=float(schedule(step - 1)), steps_per_sec=steps_per_sec)
@@ -472,8 +476,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       checkpoints.wait_until_finished()
     writer.flush()
     interval_start, interval_steps = time.time(), 0
-  if final is None:  # Resumed at the very end: evaluate the restored state.
-    final = evaluate_and_log(step)
+  if final is None:  # Resumed at the very end: the final evaluation is on record already.
+    logged = [r for r in read_metrics(workdir) if r["split"] == "eval" and r["step"] == step]
+    final = (
+      {k: v for k, v in logged[-1].items() if k not in ("step", "split", "time")} if logged else None
+    )
+    final = final or evaluate_and_log(step)
   writer.close()
   checkpoints.close()
   summary = {

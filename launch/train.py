@@ -1,6 +1,7 @@
 """Trains one config: `python -m launch.train --config=experiments/NAME.py[:preset] --workdir=DIR
 [--config.FIELD=VALUE ...]`. Rerunning the same command resumes from the latest checkpoint."""
 
+import os
 import sys
 
 from absl import app, flags, logging
@@ -11,6 +12,23 @@ from attn import train
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file[:preset].")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (created; resumed if it holds a run).")
 flags.mark_flags_as_required(["config", "workdir"])
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """Parses flags; a mistyped config field or a bad flag value ends in one line, not a traceback."""
+  for arg in argv[1:]:
+    if arg.startswith("--config="):
+      path = arg.removeprefix("--config=").partition(":")[0]
+      if not os.path.isfile(path):
+        sys.exit(f"error: --config: no such config file {path!r}")
+  try:
+    return flags.FLAGS(argv)
+  except (AttributeError, KeyError, ValueError, flags.Error) as e:
+    message = str(e)
+    if len(message) > 1 and message[0] == message[-1] == "'":  # ml_collections gives a repr.
+      message = message[1:-1].replace("\\'", "'").replace("\\n", " ")
+    message = " ".join(message.split())
+    sys.exit(f"error: bad flag: {message}")
 
 
 def main(argv):
@@ -26,4 +44,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)
