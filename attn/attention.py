@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from attn import flash, masks
 from attn.scaling import Scale, resolve_scale
 
 
@@ -162,6 +163,92 @@ def attention_weights(
   return weights
 
 
+IMPLEMENTATIONS = ("naive", "flash", "jax")
+
+# Below this many logits per (batch, head) the naive path's single fused pass beats tiling.
+FLASH_MIN_LOGITS = 512 * 512
+
+
+def choose_implementation(
+  implementation: str | None,
+  *,
+  T: int,
+  S: int,
+  dropout: bool = False,
+  return_weights: bool = False,
+  same_head_dims: bool = True,
+) -> str:
+  """Resolves `implementation=None` and checks an explicit choice.
+
+  None picks "naive" when dropout or the weights are asked for (only it has them). Otherwise it picks
+  "jax" on a GPU (cuDNN's fused kernel) when query, key and value share one head dim; elsewhere
+  "flash" for long sequences (T * S >= FLASH_MIN_LOGITS, where memory and the skipped causal tiles pay
+  off) and "naive" for short ones.
+  """
+  if implementation is None:
+    if dropout or return_weights:
+      return "naive"
+    if jax.default_backend() == "gpu" and same_head_dims:
+      return "jax"
+    return "flash" if T * S >= FLASH_MIN_LOGITS else "naive"
+  if implementation not in IMPLEMENTATIONS:
+    choices = ", ".join(map(repr, IMPLEMENTATIONS))
+    raise ValueError(
+      f"implementation: unknown choice {implementation!r}; expected one of {choices} or None"
+    )
+  if implementation != "naive" and (dropout or return_weights):
+    what = "dropout_rate > 0" if dropout else "return_weights=True"
+    raise ValueError(f"implementation={implementation!r} does not support {what}; use 'naive' or None")
+  if implementation == "jax" and not same_head_dims:
+    raise ValueError("implementation='jax' needs the value head dim to equal the key head dim")
+  return implementation
+
+
+def _fused(query, key, value, mask, bias, scale, is_causal, implementation, logits_shape):
+  """The "flash" and "jax" paths: batch axes flattened to one, masks and bias made 4-D."""
+  multiplier = resolve_scale(scale, query.shape[-1])
+  if mask is not None:
+    key, value = _zero_unattended_keys(key, value, mask, logits_shape)
+  batch = logits_shape[:-3]
+  B = int(np.prod(batch, dtype=np.int64))
+
+  def flat(x):  # [batch..., L, heads, K] -> [B, L, heads, K]
+    return jnp.broadcast_to(x, (*batch, *x.shape[-3:])).reshape(B, *x.shape[-3:])
+
+  def four_d(x):  # broadcastable to [batch..., H, T, S] -> [B or 1, H or 1, T or 1, S or 1]
+    if x is None:
+      return None
+    x = x.reshape((1,) * (len(logits_shape) - x.ndim) + x.shape)
+    if all(d == 1 for d in x.shape[:-3]):
+      return x.reshape(1, *x.shape[-3:])
+    return jnp.broadcast_to(x, (*batch, *x.shape[-3:])).reshape(B, *x.shape[-3:])
+
+  q, k, v = flat(query), flat(key), flat(value)
+  mask4, bias4 = four_d(mask), four_d(bias)
+  if implementation == "flash":
+    out = flash.flash_attention(
+      q, k, v, mask=mask4, bias=bias4, multiplier=multiplier, is_causal=is_causal
+    )
+  else:
+    out = _jax_nn(q, k, v, mask4, bias4, multiplier, is_causal)
+  return out.reshape(*batch, *out.shape[1:])
+
+
+def _jax_nn(q, k, v, mask, bias, multiplier, is_causal):
+  """jax.nn.dot_product_attention, with a fully masked row set to 0 (jax.nn averages its values)."""
+  if mask is not None and mask.shape[1] not in (1, q.shape[2]):
+    mask = jnp.broadcast_to(mask, (mask.shape[0], q.shape[2], *mask.shape[2:]))
+  out = jax.nn.dot_product_attention(
+    q, k, v, bias=bias, mask=mask, scale=multiplier, is_causal=is_causal, implementation=None
+  )
+  if mask is None:
+    return out
+  if is_causal:
+    mask = mask & masks.causal_mask(q.shape[1], k.shape[1])
+  live_BHT = jnp.any(mask, axis=-1)  # [B or 1, H or 1, T]
+  return jnp.where(jnp.swapaxes(live_BHT, -1, -2)[..., None], out, jnp.zeros((), out.dtype))
+
+
 def dot_product_attention(
   query: jax.Array,
   key: jax.Array,
@@ -170,9 +257,11 @@ def dot_product_attention(
   mask: jax.Array | None = None,
   bias: jax.Array | None = None,
   scale: Scale = "sqrt_d",
+  is_causal: bool = False,
   dropout_rate: float = 0.0,
   dropout_rng: jax.Array | None = None,
   return_weights: bool = False,
+  implementation: str | None = None,
 ) -> jax.Array | tuple[jax.Array, jax.Array]:
   """Scaled dot-product attention: softmax(scale * q.k + bias, masked) @ v, per head.
 
@@ -185,9 +274,15 @@ def dot_product_attention(
       even when they hold NaN or inf.
     bias: broadcastable to [batch..., H, T, S], added to the scaled logits.
     scale: "sqrt_d", "none", "d" or a positive float multiplier (see `attn.resolve_scale`).
+    is_causal: also apply `attn.causal_mask(T, S)` (query i sees key j iff j <= i), without
+      materialising it on the "flash" path, which then skips the tiles above the diagonal.
     dropout_rate: probability of dropping an attention weight (training only).
     dropout_rng: PRNG key, required when dropout_rate > 0.
     return_weights: also return the attention weights (before dropout).
+    implementation: "naive" (materialises the [T, S] weights), "flash" (blocked online softmax,
+      O(T + S) memory, custom backward), "jax" (`jax.nn.dot_product_attention`: cuDNN on a GPU) or
+      None to choose: see `choose_implementation`. All give the same results, fully masked rows
+      included; dropout and return_weights need "naive".
 
   Returns:
     [batch..., T, H, Kv] in the query's dtype, and the float32 weights [batch..., H, T, S] when
@@ -197,6 +292,15 @@ def dot_product_attention(
     raise ValueError(f"dropout_rate must be in [0, 1), got {dropout_rate}")
   if dropout_rate > 0.0 and dropout_rng is None:
     raise ValueError("dropout_rng is required when dropout_rate > 0")
+  logits_shape = _check_inputs(query, key, value, mask, bias)
+  implementation = choose_implementation(
+    implementation, T=query.shape[-3], S=key.shape[-3], dropout=dropout_rate > 0.0,
+    return_weights=return_weights,
+  )  # fmt: skip
+  if implementation != "naive":
+    return _fused(query, key, value, mask, bias, scale, is_causal, implementation, logits_shape)
+  if is_causal:
+    mask = masks.combine_masks(mask, masks.causal_mask(query.shape[-3], key.shape[-3]))
   weights, key, value = _weights(query, key, value, mask, bias, scale)
   probs = weights
   if dropout_rate > 0.0:
