@@ -25,6 +25,7 @@ def attention_layer(config: ModelConfig, name: str, decode: bool = False) -> Mul
     use_bias=config.use_bias,
     dtype=config.compute_dtype,
     decode=decode,
+    implementation=config.attention_implementation,
     name=name,
   )
 
@@ -69,7 +70,7 @@ class EncoderBlock(nn.Module):
       self.config,
       "self_attention",
       x_BTD,
-      lambda h: self_attn(h, mask=mask, deterministic=deterministic, return_weights=True),
+      lambda h: self_attn(h, mask=mask, deterministic=deterministic, return_weights=return_weights),
       deterministic,
     )
     ff = FeedForward(self.config, name="feed_forward")
@@ -112,7 +113,12 @@ class DecoderBlock(nn.Module):
       "self_attention",
       x_BTD,
       lambda h: self_attn(
-        h, mask=self_mask, key_valid=self_key_valid, deterministic=deterministic, return_weights=True
+        h,
+        mask=self_mask,
+        key_valid=self_key_valid,
+        is_causal=True,
+        deterministic=deterministic,
+        return_weights=return_weights,
       ),
       deterministic,
     )
@@ -125,7 +131,7 @@ class DecoderBlock(nn.Module):
         "cross_attention",
         x_BTD,
         lambda h: cross_attn(
-          h, encoded_BSD, mask=cross_mask, deterministic=deterministic, return_weights=True
+          h, encoded_BSD, mask=cross_mask, deterministic=deterministic, return_weights=return_weights
         ),
         deterministic,
       )
@@ -146,9 +152,10 @@ class Encoder(nn.Module):
     """Returns [B, T, D], and a list of per-layer weights [B, H, T, T] when asked."""
     all_weights = []
     for i in range(self.config.num_encoder_layers):
-      x_BTD, w = EncoderBlock(self.config, name=f"layer_{i}")(
-        x_BTD, mask=mask, deterministic=deterministic, return_weights=True
+      out = EncoderBlock(self.config, name=f"layer_{i}")(
+        x_BTD, mask=mask, deterministic=deterministic, return_weights=return_weights
       )
+      x_BTD, w = out if return_weights else (out, None)
       all_weights.append(w)
     if self.config.norm == "pre":
       x_BTD = nn.LayerNorm(dtype=self.config.compute_dtype, name="final_norm")(x_BTD)
@@ -180,15 +187,16 @@ class Decoder(nn.Module):
       block = DecoderBlock(
         self.config, decode=self.decode, cross_attention=self.cross_attention, name=f"layer_{i}"
       )
-      x_BTD, w = block(
+      out = block(
         x_BTD,
         encoded_BSD,
         self_mask=self_mask,
         self_key_valid=self_key_valid,
         cross_mask=cross_mask,
         deterministic=deterministic,
-        return_weights=True,
+        return_weights=return_weights,
       )
+      x_BTD, w = out if return_weights else (out, None)
       all_weights.append(w)
     if self.config.norm == "pre":
       x_BTD = nn.LayerNorm(dtype=self.config.compute_dtype, name="final_norm")(x_BTD)

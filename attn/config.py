@@ -7,6 +7,7 @@ import numbers
 
 import jax.numpy as jnp
 
+from attn.attention import IMPLEMENTATIONS
 from attn.scaling import SCALE_CHOICES
 
 # Scale choices of the Flax modules: the pure functions' choices, plus two that need parameters.
@@ -86,6 +87,7 @@ class ModelConfig:
   activation: str = "relu"  # Feed-forward nonlinearity: "relu" (paper) or "gelu".
   use_bias: bool = True  # Biases in the attention projections.
   dtype: str = "float32"  # Computation dtype; parameters stay float32.
+  attention_implementation: str | None = None  # "naive", "flash", "jax"; None chooses per call.
   pad_id: int = 0  # Padding token: masked as a key, ignored by losses.
   bos_id: int = 1  # Start token the decoder is fed first.
   eos_id: int = 2  # End token; decoding stops a sequence there.
@@ -115,6 +117,8 @@ class ModelConfig:
     check_choice("positions", self.positions, POSITION_KINDS)
     check_choice("activation", self.activation, ACTIVATIONS)
     check_choice("dtype", self.dtype, DTYPES)
+    if self.attention_implementation is not None:
+      check_choice("attention_implementation", self.attention_implementation, IMPLEMENTATIONS)
     if self.positions == "sinusoidal" and self.d_model % 2:
       raise ValueError(f"d_model: sinusoidal positions need an even d_model, got {self.d_model}")
     for field in ("pad_id", "bos_id", "eos_id"):

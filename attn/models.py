@@ -103,19 +103,14 @@ class Transformer(nn.Module):
     In decode mode `positions_BT` must give each token's position (the cache offset onwards).
     """
     cfg = self.config
-    if self.decode:
-      if positions_BT is None and not self.is_initializing():
-        raise ValueError("positions_BT is required in decode mode (the cache offset onwards)")
-      self_mask = None  # The attention layers build the causal mask over their cache.
-    else:
-      self_mask = masks.causal_mask(tgt_in_BT.shape[-1])
+    if self.decode and positions_BT is None and not self.is_initializing():
+      raise ValueError("positions_BT is required in decode mode (the cache offset onwards)")
     key_valid_BT = tgt_in_BT != cfg.pad_id  # Cached with the keys in decode mode.
     cross_mask = masks.padding_mask(tokens=src_BS, pad_id=cfg.pad_id)
     y_BTD = self.embedder(tgt_in_BT, positions_BT, deterministic=deterministic)
     y = self.decoder(
       y_BTD,
       encoded_BSD,
-      self_mask=self_mask,
       self_key_valid=key_valid_BT,
       cross_mask=cross_mask,
       deterministic=deterministic,
@@ -170,18 +165,13 @@ class LanguageModel(nn.Module):
   @nn.compact
   def __call__(self, tokens_BT: Array, *, positions_BT=None, deterministic=True, return_weights=False):
     cfg = self.config
-    if self.decode:
-      if positions_BT is None and not self.is_initializing():
-        raise ValueError("positions_BT is required in decode mode (the cache offset onwards)")
-      self_mask = None  # The attention layers build the causal mask over their cache.
-    else:
-      self_mask = masks.causal_mask(tokens_BT.shape[-1])
+    if self.decode and positions_BT is None and not self.is_initializing():
+      raise ValueError("positions_BT is required in decode mode (the cache offset onwards)")
     key_valid_BT = tokens_BT != cfg.pad_id  # Cached with the keys in decode mode.
     embedder = Embedder(cfg, name="embedder")
     x_BTD = embedder(tokens_BT, positions_BT, deterministic=deterministic)
     x = Decoder(cfg, decode=self.decode, cross_attention=False, name="decoder")(
       x_BTD,
-      self_mask=self_mask,
       self_key_valid=key_valid_BT,
       deterministic=deterministic,
       return_weights=return_weights,

@@ -52,6 +52,7 @@ class MultiHeadAttention(nn.Module):
     decode: keep a key/value cache (collection "cache") for incremental decoding. Initialise with
       inputs of the full length to size the cache; each later call appends its T tokens (any T) and
       attends causally to everything cached so far.
+    implementation: of `attn.dot_product_attention`: "naive", "flash", "jax" or None (automatic).
   """
 
   num_heads: int
@@ -68,6 +69,7 @@ class MultiHeadAttention(nn.Module):
   kernel_init: Any = nn.initializers.lecun_normal()
   bias_init: Any = nn.initializers.zeros_init()
   decode: bool = False
+  implementation: str | None = None
 
   @nn.compact
   def __call__(
@@ -77,6 +79,7 @@ class MultiHeadAttention(nn.Module):
     *,
     mask: Array | None = None,
     key_valid: Array | None = None,
+    is_causal: bool = False,
     deterministic: bool = True,
     return_weights: bool = False,
   ):
@@ -87,6 +90,8 @@ class MultiHeadAttention(nn.Module):
         mask over the cache is built here, so pass only extra masks of S = the cache length.
       key_valid: bool [batch..., S], False for keys that are padding. In decode mode it covers only
         this call's tokens and is cached with their keys, so padding in a prompt stays masked.
+      is_causal: query i sees key j iff j <= i, without a mask array (the fast path then skips the
+        masked tiles). Decode mode is always causal over its cache.
       deterministic: disables attention dropout.
       return_weights: also return the attention weights [batch..., H, T, S].
 
@@ -141,17 +146,24 @@ class MultiHeadAttention(nn.Module):
     dropout_rng = None
     if not deterministic and self.dropout_rate > 0.0:
       dropout_rng = self.make_rng("dropout")
-    out_BTHK, weights = attention.dot_product_attention(
+    # Ask for the weights only when they are wanted: only the naive path can give them.
+    need_weights = return_weights or self.is_mutable_collection("diagnostics")
+    result = attention.dot_product_attention(
       q_BTHK,
       k_BSGK,
       v_BSGK,
       mask=mask,
       scale=runtime_scale,
+      is_causal=is_causal and not self.decode,
       dropout_rate=self.dropout_rate if dropout_rng is not None else 0.0,
       dropout_rng=dropout_rng,
-      return_weights=True,
+      return_weights=need_weights,
+      implementation=self.implementation,
     )
+    out_BTHK, weights = result if need_weights else (result, None)
     if self.is_mutable_collection("diagnostics"):
+      if is_causal and not self.decode:
+        mask = masks.combine_masks(mask, masks.causal_mask(q_BTHK.shape[-3], k_BSGK.shape[-3]))
       self._sow_diagnostics(q_BTHK, k_BSGK, mask, runtime_scale, weights)
     out = nn.DenseGeneral(
       self.out_features or inputs_q.shape[-1],

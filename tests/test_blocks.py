@@ -306,12 +306,14 @@ def test_decoder_is_causal_by_gradient(norm):
   assert np.all(jac[~future] > 0)
 
 
-def test_decoder_without_mask_sees_the_future():
-  """The gradient check above can fail: without a causal mask, later tokens reach earlier ones."""
+def test_decoder_is_causal_without_a_mask_while_the_encoder_sees_the_future():
+  """A decoder block's self-attention is masked self-attention by definition (is_causal), so no mask
+  is needed; the encoder, with no mask, lets later tokens reach earlier ones (the check can fail)."""
   future = np.triu(np.ones((T, T), bool), k=1)
   decoder = Decoder(CFG, cross_attention=False)
   variables = _init(decoder, X)
-  assert np.all(_position_jacobian(decoder, variables)[future] > 0)
-  lm_jac = _position_jacobian(decoder, variables, self_mask=CAUSAL)
-  assert np.all(lm_jac[future] == 0)
-  assert np.all(lm_jac[~future] > 0)
+  jac = _position_jacobian(decoder, variables)
+  assert np.all(jac[future] == 0)
+  assert np.all(jac[~future] > 0)
+  encoder = Encoder(CFG)
+  assert np.all(_position_jacobian(encoder, _init(encoder, X))[future] > 0)
