@@ -301,7 +301,6 @@ def _evaluate(eval_fn, params, eval_batches, kind: str) -> dict[str, list[float]
   for batch in eval_batches:
     sums = eval_fn(params, batch)
     totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
-    del batch
   totals = jax.tree.map(np.asarray, totals)
   out = {
     "loss": _per_seed(totals["loss_sum"] / np.maximum(totals["weight_sum"], 1)),
