@@ -6,8 +6,16 @@ fixed (K = 16) more heads means more attention parameters. This sweep trains the
 1, 2, 4, 8 and 16 heads under both policies, D = 64, three seeds each.
 
 Command: python -m launch.sweep --config=experiments/heads.py --workdir=runs/heads
-Time on a 2-core CPU: see WORKSPACE.md (measured with the command above).
-Findings: see WORKSPACE.md, "What the sweeps found".
+Time on a 2-core CPU: 20.6 min (1237 s, measured while other jobs shared the CPU).
+
+Found (sort task, 600 steps, sequence accuracy, mean ± std over 3 seeds):
+  heads                 1             2             4             8             16
+  fixed_model_dim  0.72 ± 0.06   0.73 ± 0.09   0.78 ± 0.03   0.88 ± 0.02   0.91 ± 0.02   (K = 64/H)
+  fixed_head_dim   0.85 ± 0.03   0.85 ± 0.04   0.78 ± 0.03   0.85 ± 0.02   0.85 ± 0.02   (K = 16)
+  With the attention parameters fixed (168,320 per model), splitting D = 64 into more, smaller heads
+  helps steadily, even down to K = 4. With K fixed at 16, adding heads adds parameters (93,728 to
+  466,688) but not accuracy: the differences are within about two standard deviations. The 4-head
+  points of both arms are the same model and agree exactly, a check on the sweep itself.
 """
 
 from experiments import base
