@@ -4,8 +4,16 @@ Question: the notes stack attention blocks. This sweep trains the sort task with
 in both the encoder and the decoder (D = 64, 4 heads, post-LN as in the paper), three seeds each.
 
 Command: python -m launch.sweep --config=experiments/depth.py --workdir=runs/depth
-Time on a 2-core CPU: see WORKSPACE.md (measured with the command above).
-Findings: see WORKSPACE.md, "What the sweeps found".
+Time on a 2-core CPU: 5.7 min (341 s, measured while other jobs shared the CPU).
+
+Found (sort task, 600 steps, sequence accuracy, mean ± std over 3 seeds):
+  layers (encoder = decoder)   1             2             4             6
+  sequence accuracy            0.79 ± 0.04   0.78 ± 0.03   0.74 ± 0.05   0.44 ± 0.12
+  parameters                   84,608        168,320       335,744       503,168
+  Sorting ten symbols needs no depth within this budget: one layer is as good as two, and deeper
+  post-LN stacks train worse and less reliably (6 layers: half the accuracy, three times the spread)
+  at the same learning rate and warmup. Whether pre-LN (`--config.model.norm=pre`) or a longer warmup
+  closes that gap is the next question; this sweep does not answer it.
 """
 
 from experiments import base
