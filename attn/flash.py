@@ -19,7 +19,8 @@ import jax
 import jax.numpy as jnp
 
 # Tile sizes. Large enough that each tile's matmuls run near the machine's matmul rate, small enough
-# that a tile of logits stays in cache. Measured by `python -m launch.bench` (see WORKSPACE.md).
+# that a tile of logits stays in cache. On the 2-core CPU, 256 x 256 was the best or near the best of
+# 128, 256 and 512 at the benchmark's shapes (timed by hand, 2026-11-25); a new machine may want others.
 BLOCK_Q = 256
 BLOCK_K = 256
 

@@ -1,0 +1,105 @@
+"""Benchmarks, every figure measured in this run:
+`python -m launch.bench [--suite=NAMES] [--out=FILE.json] [--repeats=N] [--no-memory]`.
+
+--suite: a comma-separated list of attention, memory, train, seeds, decode; or all (the default); or
+smoke (every suite at tiny shapes, in well under a minute: the tests run it). Prints the machine's
+matmul rate and versions, then one table per suite; --out also writes everything as JSON (rewritten
+after each suite). See `attn.benchmark` for what each suite measures.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+from absl import app, flags
+
+from attn import benchmark
+from experiments import base
+
+_SUITE = flags.DEFINE_string(
+  "suite", "all", "Comma-separated suites (attention, memory, train, seeds, decode), all, or smoke."
+)
+_OUT = flags.DEFINE_string("out", None, "Also write the results to this JSON file.")
+_REPEATS = flags.DEFINE_integer("repeats", 5, "Timed calls per measurement (fewer for slow cases).")
+_MEMORY = flags.DEFINE_boolean(
+  "memory",
+  True,
+  "Measure the attention suite's peak memory, one child process per case (slow); --no-memory skips it. "
+  "The memory suite runs whenever it is named.",
+)
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """Parses flags (--no-memory spelling absl's --nomemory); a bad flag or value ends in one line."""
+  argv = [{"--no-memory": "--nomemory", "--no_memory": "--nomemory"}.get(arg, arg) for arg in argv]
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    sys.exit(f"error: bad flag: {' '.join(str(e).split())}")
+
+
+def seeds_config(smoke: bool):
+  """The seeds suite's config: experiments/base.py's smoke model, 8 seeds, batch 16, 50 steps; for the
+  smoke suite, 2 seeds, 3 steps and no decoder layers (a decoder layer triples the compile time)."""
+  config = base.get_config("smoke")
+  if smoke:
+    config.num_seeds, config.batch_size, config.num_train_steps = 2, 8, 3
+    config.model.num_decoder_layers = 0
+  else:
+    config.num_seeds, config.batch_size, config.num_train_steps = 8, 16, 50
+  return config
+
+
+def write_json(path: str, results: dict) -> None:
+  tmp = path + ".tmp"
+  with open(tmp, "w", encoding="utf-8") as f:
+    json.dump(results, f, indent=2)
+  os.replace(tmp, path)
+
+
+def main(argv):
+  if len(argv) > 1:
+    sys.exit(f"error: unexpected arguments: {' '.join(argv[1:])}")
+  try:
+    names, smoke = benchmark.parse_suites(_SUITE.value)
+  except ValueError as e:
+    sys.exit(f"error: --suite: {e}")
+  if _REPEATS.value < 1:
+    sys.exit(f"error: --repeats: must be at least 1, got {_REPEATS.value}")
+  out = _OUT.value
+  if out is not None and os.path.isdir(out):
+    sys.exit(f"error: --out: {out!r} is a folder; give a file name")
+  if out is not None and not os.path.isdir(os.path.dirname(out) or "."):
+    sys.exit(f"error: --out: no such folder {os.path.dirname(out)!r}")
+
+  settings = benchmark.Settings(
+    smoke=smoke,
+    repeats=1 if smoke else _REPEATS.value,
+    memory=_MEMORY.value and not smoke,
+    seeds_config=seeds_config(smoke),
+  )
+  machine = benchmark.machine_info(repeats=settings.repeats)
+  print(benchmark.format_machine(machine), flush=True)
+  results = {
+    "machine": machine,
+    "settings": {
+      "suites": list(names),
+      "smoke": smoke,
+      "repeats": settings.repeats,
+      "memory": settings.memory,
+    },
+    "suites": {},
+  }
+  for name in names:
+    results["suites"][name] = benchmark.run_suite(name, settings, machine)
+    print("\n" + benchmark.format_table(results["suites"][name]), flush=True)
+    if out is not None:
+      write_json(out, results)
+  if out is not None:
+    print(f"\nwrote {out}")
+
+
+if __name__ == "__main__":
+  app.run(main, flags_parser=parse_flags)
