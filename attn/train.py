@@ -270,6 +270,17 @@ def probe_step(params, rng, *, model_config: ModelConfig, length: int = 64, batc
 # The loop.
 
 
+def _state_initializer(model, optimizer, example_inputs):
+  """rng -> a fresh TrainState for one seed (parameters from init_rng, dropout from the other half)."""
+
+  def init_state(rng):
+    init_rng, dropout_rng = jax.random.split(rng)
+    params = model.init(init_rng, *example_inputs)["params"]
+    return TrainState(jnp.asarray(0, jnp.int32), params, optimizer.init(params), dropout_rng)
+
+  return init_state
+
+
 def _write_config(config: ml_collections.ConfigDict, workdir: str, model_config: ModelConfig) -> None:
   """Writes config.json; refuses to resume a run of a different config."""
   resolved = json.loads(config.to_json_best_effort())
@@ -345,13 +356,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   example = task.train_batch(0, int(config.batch_size))
   example_inputs, _ = _inputs_and_targets(jax.tree.map(jnp.asarray, example), kind)
 
-  def init_state(rng):
-    init_rng, dropout_rng = jax.random.split(rng)
-    params = model.init(init_rng, *example_inputs)["params"]
-    return TrainState(jnp.asarray(0, jnp.int32), params, optimizer.init(params), dropout_rng)
-
   seed_rngs = jnp.stack([jax.random.PRNGKey(s) for s in seeds])
-  init_fn = jax.jit(jax.vmap(init_state), out_shardings=replicated)
+  init_fn = jax.jit(
+    jax.vmap(_state_initializer(model, optimizer, example_inputs)), out_shardings=replicated
+  )
   abstract_state = jax.eval_shape(init_fn, seed_rngs)
 
   checkpoints = ocp.CheckpointManager(
@@ -523,12 +531,8 @@ def restore_run(workdir: str, seed_index: int = 0):
   optimizer = make_optimizer(config)
   example_inputs, _ = _inputs_and_targets(jax.tree.map(jnp.asarray, task.train_batch(0, 1)), task.kind)
 
-  def init_state(rng):
-    params = model.init(rng, *example_inputs)["params"]
-    return TrainState(jnp.asarray(0, jnp.int32), params, optimizer.init(params), rng)
-
   rngs = jnp.stack([jax.random.PRNGKey(0)] * int(config.num_seeds))
-  abstract_state = jax.eval_shape(jax.vmap(init_state), rngs)
+  abstract_state = jax.eval_shape(jax.vmap(_state_initializer(model, optimizer, example_inputs)), rngs)
   checkpoints = ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, "checkpoints")))
   latest = checkpoints.latest_step()
   if latest is None:
