@@ -25,10 +25,12 @@ BLOCK_Q = 256
 BLOCK_K = 256
 
 
-def _pad_axis(x, axis, multiple, value=0):
+def _pad_axis(x, axis, multiple, value=0, *, broadcasts=False):
+  """Pads `axis` to a multiple of `multiple`. With `broadcasts` (masks, bias), a size-1 axis is left
+  alone: it broadcasts over every tile."""
   size = x.shape[axis]
   pad = (-size) % multiple
-  if pad == 0 or size == 1:  # Size-1 axes broadcast; they need no padding.
+  if pad == 0 or (broadcasts and size == 1):
     return x
   widths = [(0, 0)] * x.ndim
   widths[axis] = (0, pad)
@@ -349,9 +351,13 @@ def flash_attention(
   q = _pad_axis(q, 2, block_q)
   k, v = _pad_axis(k, 2, block_k), _pad_axis(v, 2, block_k)
   if mask is not None:
-    mask = _pad_axis(_pad_axis(mask, 2, block_q, True), 3, block_k, False)
+    mask = _pad_axis(
+      _pad_axis(mask, 2, block_q, True, broadcasts=True), 3, block_k, False, broadcasts=True
+    )
   if bias is not None:
-    bias = _pad_axis(_pad_axis(bias.astype(jnp.float32), 2, block_q), 3, block_k)
+    bias = _pad_axis(
+      _pad_axis(bias.astype(jnp.float32), 2, block_q, broadcasts=True), 3, block_k, broadcasts=True
+    )
   config = (
     ("block_q", block_q), ("block_k", block_k), ("num_keys", S), ("causal_offset", 0),
     ("is_causal", bool(is_causal)),

@@ -140,3 +140,12 @@ def test_is_causal_equals_an_explicit_causal_mask_on_every_path():
   for implementation in attention.IMPLEMENTATIONS:
     out = attn.dot_product_attention(q, k, v, is_causal=True, implementation=implementation)
     np.testing.assert_allclose(out, ref, atol=2e-6, err_msg=implementation)
+
+
+def test_flash_single_query_and_single_key():
+  """Length 1 is padded to a whole tile like any other length (a single decoding step)."""
+  q, k, v = _inputs()
+  for q_len, k_len in ((1, S), (T, 1), (1, 1)):
+    args = (q[:, :q_len], k[:, :k_len], v[:, :k_len])
+    ref = attn.dot_product_attention(*args, implementation="naive")
+    np.testing.assert_allclose(attn.dot_product_attention(*args, implementation="flash"), ref, atol=2e-6)
