@@ -12,6 +12,15 @@ of `attn.data` implement them):
     with rows whose weights are 0.
   encode_text(text) -> int32 [S]; decode_ids(ids) -> str.
 
+Optional members, used by `attn.train` when present:
+  main_metric: the eval metric that sweeps and compare tables rank by (default "sequence_accuracy"
+    for seq2seq, "accuracy" for tagging).
+  score(model, params, batch_size, *, final) -> dict[str, float]: metrics the task computes from the
+    model's output itself (entity F1 from predicted tags, BLEU from decoded text), for one seed's
+    params; called at every evaluation, with `final` True at the last one (the place for a test split).
+  save(workdir): writes what a run needs to read its outputs later (a vocabulary built from the
+    training split), once per run, before training.
+
 Batches, with static shapes ([B, S] / [B, T], padded with pad_id):
   seq2seq: src [B, S], tgt_in [B, T] (bos + target), tgt_out [B, T] (target + eos), weights [B, T].
   tagging: tokens [B, T], tags [B, T], weights [B, T] (0 where no tag is scored).

@@ -324,8 +324,22 @@ def _evaluate(eval_fn, params, eval_batches, kind: str) -> dict[str, list[float]
   return out
 
 
-def _main_metric(kind: str) -> str:
-  return "sequence_accuracy" if kind == "seq2seq" else "accuracy"
+def _main_metric(task) -> str:
+  default = "sequence_accuracy" if task.kind == "seq2seq" else "accuracy"
+  return getattr(task, "main_metric", default)
+
+
+def _task_scores(task, model, params, batch_size: int, final: bool) -> dict[str, list[float]]:
+  """The task's own metrics (`task.score`, e.g. entity F1 or BLEU from decoded output), per seed;
+  `final` marks the last evaluation (where a task may also score its test split)."""
+  if not hasattr(task, "score"):
+    return {}
+  num_seeds = jax.tree.leaves(params)[0].shape[0]
+  per_seed = [
+    task.score(model, jax.tree.map(lambda x, i=i: x[i], params), batch_size, final=final)
+    for i in range(num_seeds)
+  ]
+  return {k: [float(s[k]) for s in per_seed] for k in per_seed[0]}
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, list[float]]:
@@ -345,6 +359,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   optimizer = make_optimizer(config)
   os.makedirs(workdir, exist_ok=True)
   _write_config(config, workdir, model_config)
+  if hasattr(task, "save"):  # E.g. a vocabulary built from the training split, kept with the run.
+    task.save(workdir)
 
   mesh = jax.make_mesh((jax.device_count(),), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
   replicated = NamedSharding(mesh, P())
@@ -413,6 +429,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   def evaluate_and_log(step: int) -> dict[str, list[float]]:
     metrics = _evaluate(p_eval_step, state.params, eval_batches, kind)
+    metrics.update(
+      _task_scores(task, model, state.params, int(config.eval_batch_size), final=step == total)
+    )
     writer.write(step, "eval", metrics)
     diagnostics = p_diagnostics(state.params, eval_batches[0])
     writer.write(step, "diagnostics", {k: _per_seed(v) for k, v in diagnostics.items()})
@@ -494,7 +513,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     "num_params": num_params,
     "num_seeds": num_seeds,
     "seeds": seeds,
-    "main_metric": _main_metric(kind),
+    "main_metric": _main_metric(task),
     "final": final,
     "steps_per_sec": float(np.median(rates)) if rates else None,
     "wall_time_s": time.time() - start_time,

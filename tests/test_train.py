@@ -319,6 +319,39 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypa
   assert not (workdir / "summary.json").exists()
 
 
+def test_task_hooks_score_save_and_main_metric(tmp_path, monkeypatch):
+  """A task's own `score` joins the eval metrics per seed (with `final` at the last evaluation),
+  `save` writes into the run directory, and `main_metric` names the summary's metric."""
+  real_make_task = train.tasks.make_task
+  calls = []
+
+  class Scored:
+    def __init__(self, task):
+      self._task = task
+
+    def __getattr__(self, name):
+      return getattr(self._task, name)
+
+    main_metric = "seed_param_norm"
+
+    def score(self, model, params, batch_size, *, final):
+      calls.append(final)
+      norm = sum(float(jnp.sum(x * x)) for x in jax.tree.leaves(params))
+      return {"seed_param_norm": norm}
+
+    def save(self, workdir):
+      pathlib.Path(workdir, "vocab.txt").write_text("\n".join(self._task.vocab.tokens))
+
+  monkeypatch.setattr(train.tasks, "make_task", lambda *a, **k: Scored(real_make_task(*a, **k)))
+  workdir = tmp_path / "run"
+  final = train.train_and_evaluate(_config(num_train_steps=10, eval_every_steps=5), str(workdir))
+  assert calls == [False] * 2 + [False] * 2 + [True] * 2  # steps 0, 5, 10; two seeds each
+  norms = final["seed_param_norm"]
+  assert len(norms) == 2 and norms[0] != norms[1]  # one value per seed, from that seed's params
+  assert _summary(workdir)["main_metric"] == "seed_param_norm"
+  assert (workdir / "vocab.txt").read_text().startswith("<pad>")
+
+
 # ----------------------------------------------------------------------------------------------------
 # Seeds and devices.
 
