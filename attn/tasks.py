@@ -1,7 +1,7 @@
 """Tasks: where batches come from.
 
-A task is any object with these members (duck-typed; the synthetic tasks below and the data tasks
-of `attn.data` implement them):
+A task is any object with these members (duck-typed; the synthetic tasks below and those of
+MODULE_TASKS implement them):
 
   kind: "seq2seq" (trained with `Transformer`) or "tagging" (trained with `EncoderTagger`).
   vocab: a `Vocabulary` (token strings <-> ids; pad_id, bos_id, eos_id).
@@ -29,6 +29,7 @@ Batches, with static shapes ([B, S] / [B, T], padded with pad_id):
 from __future__ import annotations
 
 import dataclasses
+import importlib
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -167,6 +168,16 @@ SYNTHETIC_TRANSFORMS = {
 }
 
 
+# Tasks defined in their own modules, each with a `make_task(task_config, data_config, *, seed)`.
+MODULE_TASKS = {
+  "cue": "attn.seed_tasks",
+  "two_cue": "attn.seed_tasks",
+  "word_sense": "attn.seed_tasks",
+  "ner": "attn.ner",
+  "translate": "attn.translation",
+}
+
+
 def make_task(task_config, data_config=None, *, seed: int = 0):
   """Builds the task a config names. `task_config` has `name` and that task's fields; `data_config`
   (with `path`) is for tasks that read files; `seed` fixes the data stream.
@@ -174,8 +185,10 @@ def make_task(task_config, data_config=None, *, seed: int = 0):
   Raises:
     ValueError: naming the field, for an unknown task or a bad task field.
   """
-  del data_config  # The synthetic tasks read no files.
   name = task_config.name
+  if name in MODULE_TASKS:
+    module = importlib.import_module(MODULE_TASKS[name])
+    return module.make_task(task_config, data_config, seed=seed)
   if name in SYNTHETIC_TRANSFORMS:
     fields = ("num_symbols", "min_length", "max_length", "eval_examples")
     values = {f: int(task_config[f]) for f in fields}
@@ -191,4 +204,4 @@ def make_task(task_config, data_config=None, *, seed: int = 0):
   raise ValueError(f"config.task.name: unknown task {name!r}; expected one of {choices}")
 
 
-TASK_NAMES = tuple(SYNTHETIC_TRANSFORMS)
+TASK_NAMES = (*SYNTHETIC_TRANSFORMS, *MODULE_TASKS)
