@@ -11,7 +11,7 @@ from attn.attention import (
   self_attention,
 )
 from attn.corruption import corrupt_tokens
-from attn.masks import causal_mask, combine_masks, padding_mask
+from attn.masks import causal_mask, combine_masks, local_window_mask, padding_mask
 from attn.positions import sinusoidal_positions
 from attn.scaling import SCALE_CHOICES, resolve_scale
 
@@ -23,6 +23,7 @@ __all__ = [
   "combine_masks",
   "corrupt_tokens",
   "dot_product_attention",
+  "local_window_mask",
   "padding_mask",
   "resolve_scale",
   "self_attention",

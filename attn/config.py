@@ -88,6 +88,7 @@ class ModelConfig:
   use_bias: bool = True  # Biases in the attention projections.
   dtype: str = "float32"  # Computation dtype; parameters stay float32.
   attention_implementation: str | None = None  # "naive", "flash", "jax"; None chooses per call.
+  attention_window: int | None = None  # Encoder self-attention sees |i - j| <= w only; None = all.
   pad_id: int = 0  # Padding token: masked as a key, ignored by losses.
   bos_id: int = 1  # Start token the decoder is fed first.
   eos_id: int = 2  # End token; decoding stops a sequence there.
@@ -119,6 +120,9 @@ class ModelConfig:
     check_choice("dtype", self.dtype, DTYPES)
     if self.attention_implementation is not None:
       check_choice("attention_implementation", self.attention_implementation, IMPLEMENTATIONS)
+    w = self.attention_window
+    if w is not None and (isinstance(w, bool) or not isinstance(w, numbers.Integral) or w < 0):
+      raise ValueError(f"attention_window: must be None (full attention) or an int >= 0, got {w!r}")
     if self.positions == "sinusoidal" and self.d_model % 2:
       raise ValueError(f"d_model: sinusoidal positions need an even d_model, got {self.d_model}")
     for field in ("pad_id", "bos_id", "eos_id"):

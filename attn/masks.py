@@ -34,6 +34,30 @@ def causal_mask(T: int, S: int | None = None, *, offset: jax.typing.ArrayLike = 
   return k_pos_1S <= q_pos_T1
 
 
+def local_window_mask(T: int, S: int | None = None, *, window: int) -> jax.Array:
+  """Band mask in which query i may attend key j iff |i - j| <= window (a local-window baseline).
+
+  Top-left aligned, as `causal_mask` is. Stacked over L layers, position i can see no further than
+  L * window tokens away, so a word decided by a cue farther off than that cannot be tagged.
+
+  Args:
+    T: number of queries.
+    S: number of keys; defaults to T.
+    window: the half-width w >= 0; 0 lets each query see only its own position.
+
+  Returns:
+    bool [T, S].
+  """
+  S = T if S is None else S
+  if T < 0 or S < 0:
+    raise ValueError(f"local_window_mask: lengths must be non-negative, got T={T}, S={S}")
+  if isinstance(window, bool) or not isinstance(window, int | np.integer) or window < 0:
+    raise ValueError(f"local_window_mask: window must be a non-negative int, got {window!r}")
+  q_pos_T1 = jnp.arange(T)[:, None]
+  k_pos_1S = jnp.arange(S)[None, :]
+  return jnp.abs(k_pos_1S - q_pos_T1) <= window
+
+
 def padding_mask(
   lengths: jax.typing.ArrayLike | None = None,
   *,

@@ -15,6 +15,16 @@ from attn.positions import sinusoidal_positions
 Array = jax.Array
 
 
+def encoder_self_mask(tokens_BS: Array, config: ModelConfig) -> Array:
+  """The encoder self-attention mask: real keys only and, when `config.attention_window` is set, only
+  keys within that many positions of the query (the local-window baseline). bool [B, 1, 1 or S, S]."""
+  mask = masks.padding_mask(tokens=tokens_BS, pad_id=config.pad_id)
+  if config.attention_window is None:
+    return mask
+  S = tokens_BS.shape[-1]
+  return masks.combine_masks(mask, masks.local_window_mask(S, S, window=config.attention_window))
+
+
 class Embedder(nn.Module):
   """Token embeddings scaled by sqrt(D), plus positions, then dropout; `attend` gives tied logits.
 
@@ -84,7 +94,7 @@ class Transformer(nn.Module):
 
   def encode(self, src_BS: Array, *, deterministic=True, return_weights=False):
     """src [B, S] -> encoded [B, S, D] (and per-layer encoder weights when asked)."""
-    src_mask = masks.padding_mask(tokens=src_BS, pad_id=self.config.pad_id)
+    src_mask = encoder_self_mask(src_BS, self.config)
     x_BSD = self.embedder(src_BS, deterministic=deterministic)
     return self.encoder(x_BSD, mask=src_mask, deterministic=deterministic, return_weights=return_weights)
 
@@ -143,7 +153,7 @@ class EncoderTagger(nn.Module):
     cfg = self.config
     if cfg.num_classes <= 0:
       raise ValueError(f"num_classes: EncoderTagger needs a positive num_classes, got {cfg.num_classes}")
-    mask = masks.padding_mask(tokens=tokens_BT, pad_id=cfg.pad_id)
+    mask = encoder_self_mask(tokens_BT, cfg)
     x_BTD = Embedder(cfg, name="embedder")(tokens_BT, deterministic=deterministic)
     x = Encoder(cfg, name="encoder")(
       x_BTD, mask=mask, deterministic=deterministic, return_weights=return_weights

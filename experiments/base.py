@@ -42,6 +42,7 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
   config.model.use_bias = True  # Biases in the attention projections.
   config.model.dtype = "float32"  # Computation dtype: float32 | bfloat16 | float16.
   config.model.attention_implementation = config_dict.placeholder(str)  # naive | flash | jax | None.
+  config.model.attention_window = config_dict.placeholder(int)  # Encoder sees |i-j| <= w; None = all.
 
   config.optimizer = ml_collections.ConfigDict()
   config.optimizer.learning_rate = 3e-3  # Peak learning rate, reached at the end of warmup.

@@ -272,3 +272,18 @@ def test_replace_can_switch_policy_with_head_dim():
   cfg = ModelConfig(d_model=16, num_heads=4)
   fixed = cfg.replace(head_dim_policy="fixed_head_dim", head_dim=8, num_heads=3)
   assert fixed.resolved_head_dim == 8
+
+
+# Local attention window.
+
+
+def test_attention_window_defaults_to_full_attention():
+  assert ModelConfig().attention_window is None
+  assert ModelConfig(attention_window=0).attention_window == 0
+  assert ModelConfig(attention_window=5).attention_window == 5
+
+
+@pytest.mark.parametrize("window", [-1, 2.0, True, "3"])
+def test_attention_window_must_be_a_non_negative_int(window):
+  message = _raises_on("attention_window", attention_window=window)
+  assert repr(window) in message

@@ -1,4 +1,5 @@
-"""Tests for the attention masks: causal_mask, padding_mask, combine_masks (True = may attend)."""
+"""Tests for the attention masks: causal_mask, local_window_mask, padding_mask, combine_masks (True = may
+attend)."""
 
 import jax
 import jax.numpy as jnp
@@ -209,3 +210,61 @@ def test_combine_masks_rejects_non_boolean(dtype):
 def test_combine_masks_rejects_masks_that_do_not_broadcast():
   with pytest.raises(ValueError, match=r"do not broadcast.*\(3, 4\).*\(2, 4\)"):
     attn.combine_masks(attn.causal_mask(3, 4), jnp.ones((2, 4), bool))
+
+
+# local_window_mask
+
+
+def test_local_window_mask_exact_values():
+  expected = np.array(
+    [
+      [1, 1, 0, 0, 0],
+      [1, 1, 1, 0, 0],
+      [0, 1, 1, 1, 0],
+      [0, 0, 1, 1, 1],
+    ],
+    dtype=bool,
+  )
+  npt.assert_array_equal(attn.local_window_mask(4, 5, window=1), expected)
+
+
+@pytest.mark.parametrize("T,S,window", [(1, 1, 0), (5, 5, 0), (6, 4, 2), (3, 7, 3), (5, 5, 10)])
+def test_local_window_mask_follows_the_rule(T, S, window):
+  rule = np.array([[abs(i - j) <= window for j in range(S)] for i in range(T)], dtype=bool)
+  mask = attn.local_window_mask(T, S, window=window)
+  assert mask.dtype == jnp.bool_ and mask.shape == (T, S)
+  npt.assert_array_equal(mask, rule)
+
+
+def test_local_window_mask_wide_window_is_full_attention_and_zero_is_the_diagonal():
+  npt.assert_array_equal(attn.local_window_mask(6, window=5), np.ones((6, 6), bool))
+  npt.assert_array_equal(attn.local_window_mask(6, window=0), np.eye(6, dtype=bool))
+
+
+def test_local_window_mask_combines_with_causal_and_padding():
+  padding_B11S = attn.padding_mask(lengths=jnp.array([4, 2]), max_length=4)
+  combined = attn.combine_masks(attn.causal_mask(4), attn.local_window_mask(4, window=1), padding_B11S)
+  assert combined.shape == (2, 1, 4, 4)
+  npt.assert_array_equal(combined[1, 0, 3], [False, False, False, False])  # Only padding in reach.
+  npt.assert_array_equal(combined[0, 0, 3], [False, False, True, True])
+
+
+def test_local_window_mask_limits_attention_to_the_band():
+  # Attention with the band: the output at query i does not change when a key outside the band does.
+  x = jax.random.normal(jax.random.PRNGKey(0), (7, 4))
+  mask = attn.local_window_mask(7, window=2)
+  out = attn.self_attention(x, mask=mask)
+  changed = attn.self_attention(x.at[6].set(100.0), mask=mask)
+  npt.assert_allclose(changed[:4], out[:4], atol=1e-6)
+  assert np.max(np.abs(changed[4:] - out[4:])) > 1e-3
+
+
+@pytest.mark.parametrize("window", [-1, 1.5, True, None])
+def test_local_window_mask_rejects_bad_windows(window):
+  with pytest.raises(ValueError, match="window"):
+    attn.local_window_mask(3, window=window)
+
+
+def test_local_window_mask_negative_length_raises():
+  with pytest.raises(ValueError, match="non-negative"):
+    attn.local_window_mask(-1, 3, window=1)

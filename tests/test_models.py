@@ -382,6 +382,37 @@ def test_tagger_ignores_appended_padding(tagger):
   assert np.max(np.abs(changed[0, :4] - logits[0, :4])) > 1e-4
 
 
+def test_tagger_with_attention_window_sees_only_window_times_layers():
+  # Through L layers of |i - j| <= w, position i reads tokens at most L * w away, and no farther: the
+  # local-window baseline of the cue task, which therefore cannot see a cue that stands farther off.
+  w, L = 1, 2
+  model = EncoderTagger(make_config(attention_window=w, num_encoder_layers=L))
+  tokens = jnp.arange(3, 12, dtype=jnp.int32)[None]  # [1, 9]
+  params = jax.jit(model.init)(jax.random.PRNGKey(7), tokens)["params"]
+  forward = jax.jit(lambda p, x: model.apply({"params": p}, x))
+  logits = np.asarray(forward(params, tokens))
+  changed = np.asarray(forward(params, tokens.at[0, 8].set(20)))
+  reach = 8 - L * w
+  np.testing.assert_array_equal(changed[0, :reach], logits[0, :reach])
+  assert np.all(np.max(np.abs(changed[0, reach:] - logits[0, reach:]), axis=-1) > 1e-5)
+  # A window as wide as the sentence is full attention: same parameters, same logits.
+  full = EncoderTagger(make_config(num_encoder_layers=L)).apply({"params": params}, tokens)
+  wide = EncoderTagger(make_config(attention_window=8, num_encoder_layers=L)).apply(
+    {"params": params}, tokens
+  )
+  np.testing.assert_allclose(wide, full, atol=1e-6)
+  assert np.max(np.abs(np.asarray(full) - logits)) > 1e-4
+
+
+def test_transformer_encoder_honours_attention_window(transformer):
+  model, params = transformer[0], transformer[1]
+  windowed = Transformer(model.config.replace(attention_window=0))
+  encode = jax.jit(lambda p, x: windowed.apply({"params": p}, x, method=Transformer.encode))
+  encoded = np.asarray(encode(params, SRC))
+  changed = np.asarray(encode(params, SRC.at[0, 5].set(20)))
+  np.testing.assert_array_equal(changed[0, :5], encoded[0, :5])  # Window 0: each token sees itself.
+
+
 # --------------------------------------------------------------------------------------------------
 # LanguageModel
 # --------------------------------------------------------------------------------------------------
