@@ -2,13 +2,25 @@
 
 The naive path materialises the [T, S] logits, their softmax and, under autodiff, what the backward
 pass needs of them: O(T * S) memory and several passes over it. This path never holds more than one
-[block_q, block_k] tile of logits per (batch, head): the forward keeps a running row maximum, row sum
-and output per query block (Milakov & Gimelshein 2018; Dao et al. 2022), and saves only the output and
-each row's log-sum-exp. The backward pass recomputes each tile from those. Under `is_causal`, tiles that
-lie wholly above the diagonal are skipped in both passes, which roughly halves the work.
+[chunk, block_q, block_k] tile of logits: the forward keeps a running row maximum, row sum and output
+per query block (Milakov & Gimelshein 2018; Dao et al. 2022), and saves only the output and each
+row's log-sum-exp. The backward pass recomputes each tile from those. Under `is_causal`, tiles that lie
+wholly above the diagonal are skipped in both passes, which roughly halves the work.
+
+Where the time goes (measured on the 2-core CPU, XLA's CPU backend, (8, 8, 512, 64) float32):
+- Memory traffic, not arithmetic. A [64, 512, 512] tile of logits is 64 MiB; writing it and reading it
+  back for the exponential cost more than the matmuls (the q @ k^T einsum alone took 34 ms, of which
+  the matmul's share at the machine's rate is 12 ms). The (batch x head) axis is therefore cut into
+  chunks whose tile fits the cache (`TILE_BYTES`), one chunk at a time (`lax.map`): the forward went
+  from about 97 ms to about 31 ms, torch's fused kernel's time.
+- Matmul layouts. XLA's CPU dot was about 3x slower for a product that contracts the leading axis of
+  its left operand (p^T @ dO, dS^T @ Q in the backward) than for the plain forms. The backward therefore
+  transposes p and dS explicitly (an optimization barrier stops XLA from folding the transpose back
+  into the dot): about 127 ms -> 70 ms for the backward of one 512 x 512 chunk sweep.
 
 Works on any backend (it is plain jax.lax); on a GPU, `jax.nn.dot_product_attention` (cuDNN) is
 usually the faster choice, and `attn.dot_product_attention(implementation=None)` picks it there.
+Inside this module arrays are [N, L, K], N = batch x heads flattened.
 """
 
 from __future__ import annotations
@@ -18,11 +30,14 @@ import functools
 import jax
 import jax.numpy as jnp
 
-# Tile sizes. Large enough that each tile's matmuls run near the machine's matmul rate, small enough
-# that a tile of logits stays in cache. On the 2-core CPU, 256 x 256 was the best or near the best of
-# 128, 256 and 512 at the benchmark's shapes (timed by hand, 2026-11-25); a new machine may want others.
-BLOCK_Q = 256
-BLOCK_K = 256
+# Tile sizes: a tile is [chunk, block_q, block_k] float32 logits. block_q x block_k sets how much of
+# each row one step sees; `chunk` (how many (batch, head) pairs share a step) is the largest divisor
+# of N whose tile stays within TILE_BYTES, so the tile and its exponential stay in cache.
+# On the 2-core CPU (2 MiB L2, 32 MiB L3) 512 x 512 tiles of 4 MiB were the fastest of the sizes tried
+# at the benchmark's shapes (2026-11-25); a new machine may want others.
+BLOCK_Q = 512
+BLOCK_K = 512
+TILE_BYTES = 4 * 2**20
 
 
 def _pad_axis(x, axis, multiple, value=0, *, broadcasts=False):
@@ -39,7 +54,7 @@ def _pad_axis(x, axis, multiple, value=0, *, broadcasts=False):
 
 def _tile(x, i, block_q, j, block_k):
   """The [.., block_q, block_k] tile (i, j) of a mask or bias whose last two axes are T (or 1) and
-  S (or 1); broadcast axes are kept at size 1."""
+  S (or 1); broadcast axes are kept at size 1. i and j may be Python ints or traced."""
   if x is None:
     return None
   if x.shape[-2] != 1:
@@ -50,142 +65,175 @@ def _tile(x, i, block_q, j, block_k):
 
 
 def _tile_logits(
-  q_i, k_j, bias, mask, i, j, *, block_q, block_k, num_keys, causal_offset, is_causal,
-  pad_mask=True, causal_mask=True,
+  q_i, k_j, bias, mask, i, j, *, block_q, block_k, num_keys, is_causal, pad_mask=True,
+  causal_mask=True, transposed=False,
 ):  # fmt: skip
-  """Scaled logits of tile (i, j), -inf where masked: [B, H, block_q, block_k] float32.
+  """Scaled logits of tile (i, j), -inf where masked: [N, block_q, block_k] float32, or with
+  `transposed` [N, block_k, block_q] (keys first, as the backward pass wants them).
 
   `pad_mask` and `causal_mask` may be turned off (statically) for tiles that need them not: every
   elementwise op between the matmul and the softmax costs (on the CPU, the masks' `where` made an
   unmasked 512 x 512 forward about 2.5x slower).
   """
-  s = jnp.einsum("bhqk,bhsk->bhqs", q_i, k_j, preferred_element_type=jnp.float32)
+  swap = (lambda x: jnp.swapaxes(x, -1, -2)) if transposed else (lambda x: x)
+  if transposed:
+    s = jnp.einsum("nsk,nqk->nsq", k_j, q_i, preferred_element_type=jnp.float32)
+  else:
+    s = jnp.einsum("nqk,nsk->nqs", q_i, k_j, preferred_element_type=jnp.float32)
   if bias is not None:
-    s = s + _tile(bias, i, block_q, j, block_k)
+    s = s + swap(_tile(bias, i, block_q, j, block_k))
   allowed = None
   k_pos = j * block_k + jnp.arange(block_k)
   if pad_mask:
     allowed = (k_pos < num_keys)[None, :]  # Padding added to reach a whole number of tiles.
   if is_causal and causal_mask:
-    q_pos = i * block_q + jnp.arange(block_q) + causal_offset
+    q_pos = i * block_q + jnp.arange(block_q)
     causal = k_pos[None, :] <= q_pos[:, None]
     allowed = causal if allowed is None else allowed & causal
   if mask is not None:
     tile = _tile(mask, i, block_q, j, block_k)
     allowed = tile if allowed is None else allowed & tile
-  return s if allowed is None else jnp.where(allowed, s, -jnp.inf)
+  return s if allowed is None else jnp.where(swap(allowed), s, -jnp.inf)
 
 
-def _key_blocks_for(i, *, block_q, block_k, num_key_blocks, causal_offset, is_causal):
-  """Key blocks [0, end) that query block i can see: all, or up to the diagonal under is_causal."""
-  if not is_causal:
-    return num_key_blocks
-  last_q = (i + 1) * block_q - 1 + causal_offset
-  return jnp.clip(last_q // block_k + 1, 0, num_key_blocks)
+def _transposed(x):
+  """x with its last two axes swapped, materialised: the barrier keeps XLA from folding the transpose
+  into the consuming dot, whose transposed-operand form was about 3x slower on the CPU."""
+  return jax.lax.optimization_barrier(jnp.swapaxes(x, -1, -2))
 
 
-def _first_query_block_for(j, *, block_q, block_k, num_query_blocks, causal_offset, is_causal):
-  """The first query block that can see key block j."""
-  if not is_causal:
-    return 0
-  first_q = j * block_k - causal_offset  # The first query position that sees key j * block_k.
-  return jnp.clip(first_q // block_q, 0, num_query_blocks)
+# The running maximum starts at this finite floor rather than -inf, so no -inf test is needed between
+# the reduction and the exponential (such a test costs as much as the masks above): a row that has
+# seen only masked keys keeps the floor, exp(-inf - floor) is 0, and its sum stays 0.
+_MAX_FLOOR = -1e30
+
+_TILE_ARGS = ("block_q", "block_k", "num_keys", "is_causal")
 
 
-def _forward(q, k, v, bias, mask, config):
-  """q [B, H, Tp, K] (pre-scaled), k [B, H, Sp, K], v [B, H, Sp, Kv] -> out, lse [B, H, Tp]."""
-  block_q, block_k = config["block_q"], config["block_k"]
-  B, H, Tp, _ = q.shape
-  Kv = v.shape[-1]
-  n_q, n_k = Tp // block_q, k.shape[2] // block_k
-  tile_args = {k_: config[k_] for k_ in ("block_q", "block_k", "num_keys", "causal_offset", "is_causal")}
-  blocks = {k_: config[k_] for k_ in ("block_q", "block_k", "causal_offset", "is_causal")}
+def _online_step(carry, s, v_j):
+  """One key tile of the online softmax: carry (row max, row sum, output accumulator)."""
+  m, row_sum, acc = carry
+  m_new = jnp.maximum(m, s.max(-1))
+  p = jnp.exp(s - m_new[..., None])
+  correction = jnp.exp(m - m_new)
+  row_sum = row_sum * correction + p.sum(-1)
+  acc = acc * correction[..., None] + jnp.einsum(
+    "nqs,nsk->nqk", p, v_j, preferred_element_type=jnp.float32
+  )
+  return m_new, row_sum, acc
 
-  def query_block(i):
-    q_i = jax.lax.dynamic_slice_in_dim(q, i * block_q, block_q, axis=2)
 
-    def step(j, carry):
-      m, row_sum, acc = carry
-      k_j = jax.lax.dynamic_slice_in_dim(k, j * block_k, block_k, axis=2)
-      v_j = jax.lax.dynamic_slice_in_dim(v, j * block_k, block_k, axis=2)
-      s = _tile_logits(q_i, k_j, bias, mask, i, j, **tile_args)
-      m_new = jnp.maximum(m, s.max(-1))
-      m_safe = jnp.where(jnp.isneginf(m_new), 0.0, m_new)  # A row with nothing seen yet.
-      p = jnp.exp(s - m_safe[..., None])
-      correction = jnp.exp(m - m_safe)
-      row_sum = row_sum * correction + p.sum(-1)
-      acc = acc * correction[..., None] + jnp.einsum(
-        "bhqs,bhsk->bhqk", p.astype(v.dtype), v_j, preferred_element_type=jnp.float32
-      )
-      return m_new, row_sum, acc
-
-    init = (
-      jnp.full((B, H, block_q), -jnp.inf, jnp.float32),
-      jnp.zeros((B, H, block_q), jnp.float32),
-      jnp.zeros((B, H, block_q, Kv), jnp.float32),
-    )
-    end = _key_blocks_for(i, num_key_blocks=n_k, **blocks)
-    m, row_sum, acc = jax.lax.fori_loop(0, end, step, init)
-    empty = row_sum == 0.0  # No key to attend: the output is exactly 0.
-    out = acc / jnp.where(empty, 1.0, row_sum)[..., None]
-    # +inf makes exp(s - lse) exactly 0 for such rows in the backward pass.
-    lse = jnp.where(
-      empty, jnp.inf, jnp.where(jnp.isneginf(m), 0.0, m) + jnp.log(jnp.where(empty, 1.0, row_sum))
-    )
-    return out, lse
-
-  out, lse = jax.lax.map(query_block, jnp.arange(n_q))  # [n_q, B, H, block_q, ...]
-  out = jnp.moveaxis(out, 0, 2).reshape(B, H, Tp, Kv)
-  lse = jnp.moveaxis(lse, 0, 2).reshape(B, H, Tp)
+def _finish(m, row_sum, acc):
+  """Output and log-sum-exp of a query block; a row that saw no key gets output 0 and lse +inf (so
+  exp(s - lse) is exactly 0 for it in the backward pass)."""
+  empty = row_sum == 0.0
+  out = acc / jnp.where(empty, 1.0, row_sum)[..., None]
+  lse = jnp.where(empty, jnp.inf, m + jnp.log(jnp.where(empty, 1.0, row_sum)))
   return out, lse
 
 
-def _backward(q, k, v, bias, mask, out, lse, d_out, config):
+def _init_carry(n, block_q, kv):
+  return (
+    jnp.full((n, block_q), _MAX_FLOOR, jnp.float32),
+    jnp.zeros((n, block_q), jnp.float32),
+    jnp.zeros((n, block_q, kv), jnp.float32),
+  )
+
+
+def _backward_tile(s_T, lse_i, delta_i, q_i, k_j, v_j, do_i):
+  """Gradient contributions of one tile, (dq_i, dk_j, dv_j, d_logits), from the recomputed logits
+  `s_T` [N, block_k, block_q] (keys first: three of the four products then take their operands in
+  the fast layout, and one transpose serves the fourth and d_logits)."""
+  p_T = jnp.exp(s_T - lse_i[:, None, :])  # The forward's probabilities, recomputed.
+  dv_j = jnp.einsum("nsq,nqk->nsk", p_T, do_i, preferred_element_type=jnp.float32)
+  dp_T = jnp.einsum("nsk,nqk->nsq", v_j, do_i, preferred_element_type=jnp.float32)
+  ds_T = p_T * (dp_T - delta_i[:, None, :])
+  dk_j = jnp.einsum("nsq,nqk->nsk", ds_T, q_i, preferred_element_type=jnp.float32)
+  ds = _transposed(ds_T)
+  dq_i = jnp.einsum("nqs,nsk->nqk", ds, k_j, preferred_element_type=jnp.float32)
+  return dq_i, dk_j, dv_j, ds
+
+
+# ----------------------------------------------------------------------------------------------------
+# Long sequences: loops over tiles (bounded program size and compile time).
+
+
+def _key_blocks_for(i, *, block_q, block_k, num_key_blocks, is_causal):
+  """Key blocks [0, end) that query block i can see: all, or up to the diagonal under is_causal."""
+  if not is_causal:
+    return num_key_blocks
+  last_q = (i + 1) * block_q - 1
+  return jnp.clip(last_q // block_k + 1, 0, num_key_blocks)
+
+
+def _first_query_block_for(j, *, block_q, block_k, num_query_blocks, is_causal):
+  """The first query block that can see key block j."""
+  if not is_causal:
+    return 0
+  return jnp.clip(j * block_k // block_q, 0, num_query_blocks)
+
+
+def _forward_looped(q, k, v, bias, mask, config):
+  """q [N, Tp, K] (pre-scaled), k [N, Sp, K], v [N, Sp, Kv] -> out [N, Tp, Kv], lse [N, Tp]."""
+  block_q, block_k = config["block_q"], config["block_k"]
+  N, Tp, _ = q.shape
+  n_q, n_k = Tp // block_q, k.shape[1] // block_k
+  tile_args = {name: config[name] for name in _TILE_ARGS}
+
+  def query_block(i):
+    q_i = jax.lax.dynamic_slice_in_dim(q, i * block_q, block_q, axis=1)
+
+    def step(j, carry):
+      k_j = jax.lax.dynamic_slice_in_dim(k, j * block_k, block_k, axis=1)
+      v_j = jax.lax.dynamic_slice_in_dim(v, j * block_k, block_k, axis=1)
+      return _online_step(carry, _tile_logits(q_i, k_j, bias, mask, i, j, **tile_args), v_j)
+
+    end = _key_blocks_for(
+      i, block_q=block_q, block_k=block_k, num_key_blocks=n_k, is_causal=config["is_causal"]
+    )
+    return _finish(*jax.lax.fori_loop(0, end, step, _init_carry(N, block_q, v.shape[-1])))
+
+  out, lse = jax.lax.map(query_block, jnp.arange(n_q))  # [n_q, N, block_q, ...]
+  return jnp.moveaxis(out, 0, 1).reshape(N, Tp, -1), jnp.moveaxis(lse, 0, 1).reshape(N, Tp)
+
+
+def _backward_looped(q, k, v, bias, mask, out, lse, d_out, config):
   """Gradients of q, k, v (and bias) from the saved output and log-sum-exp, tile by tile."""
   block_q, block_k = config["block_q"], config["block_k"]
-  Tp, Sp = q.shape[2], k.shape[2]
-  n_q, n_k = Tp // block_q, Sp // block_k
-  tile_args = {k_: config[k_] for k_ in ("block_q", "block_k", "num_keys", "causal_offset", "is_causal")}
-  blocks = {k_: config[k_] for k_ in ("block_q", "block_k", "causal_offset", "is_causal")}
-  delta = jnp.sum(d_out.astype(jnp.float32) * out, axis=-1)  # [B, H, Tp]: rowsum(dO * O).
+  Tp = q.shape[1]
+  n_q, n_k = Tp // block_q, k.shape[1] // block_k
+  tile_args = {name: config[name] for name in _TILE_ARGS}
+  delta = jnp.sum(d_out * out, axis=-1)  # [N, Tp]: rowsum(dO * O).
   d_bias = None if bias is None else jnp.zeros(bias.shape, jnp.float32)
 
-  def key_block(j, carry):
+  def key_block(carry, j):
     dq, d_bias = carry
-    k_j = jax.lax.dynamic_slice_in_dim(k, j * block_k, block_k, axis=2)
-    v_j = jax.lax.dynamic_slice_in_dim(v, j * block_k, block_k, axis=2)
+    k_j = jax.lax.dynamic_slice_in_dim(k, j * block_k, block_k, axis=1)
+    v_j = jax.lax.dynamic_slice_in_dim(v, j * block_k, block_k, axis=1)
 
     def step(i, inner):
       dq, d_bias, dk_j, dv_j = inner
-      q_i = jax.lax.dynamic_slice_in_dim(q, i * block_q, block_q, axis=2)
-      do_i = jax.lax.dynamic_slice_in_dim(d_out, i * block_q, block_q, axis=2)
-      lse_i = jax.lax.dynamic_slice_in_dim(lse, i * block_q, block_q, axis=2)
-      delta_i = jax.lax.dynamic_slice_in_dim(delta, i * block_q, block_q, axis=2)
-      s = _tile_logits(q_i, k_j, bias, mask, i, j, **tile_args)
-      p = jnp.exp(s - lse_i[..., None])  # The forward's probabilities, recomputed.
-      dv_j = dv_j + jnp.einsum("bhqs,bhqk->bhsk", p, do_i, preferred_element_type=jnp.float32)
-      dp = jnp.einsum("bhqk,bhsk->bhqs", do_i, v_j, preferred_element_type=jnp.float32)
-      ds = p * (dp - delta_i[..., None])
-      dq_i = jnp.einsum("bhqs,bhsk->bhqk", ds, k_j, preferred_element_type=jnp.float32)
-      dq = jax.lax.dynamic_update_slice_in_dim(
-        dq, jax.lax.dynamic_slice_in_dim(dq, i * block_q, block_q, axis=2) + dq_i, i * block_q, axis=2
-      )
-      dk_j = dk_j + jnp.einsum("bhqs,bhqk->bhsk", ds, q_i, preferred_element_type=jnp.float32)
+      rows = lambda x: jax.lax.dynamic_slice_in_dim(x, i * block_q, block_q, axis=1)
+      q_i, do_i = rows(q), rows(d_out)
+      s = _tile_logits(q_i, k_j, bias, mask, i, j, **tile_args, transposed=True)
+      dq_i, dk, dv, ds = _backward_tile(s, rows(lse), rows(delta), q_i, k_j, v_j, do_i)
+      dq = jax.lax.dynamic_update_slice_in_dim(dq, rows(dq) + dq_i, i * block_q, axis=1)
       if d_bias is not None:
         d_bias = _add_tile(d_bias, ds, i, block_q, j, block_k)
-      return dq, d_bias, dk_j, dv_j
+      return dq, d_bias, dk_j + dk, dv_j + dv
 
     init = (dq, d_bias, jnp.zeros(k_j.shape, jnp.float32), jnp.zeros(v_j.shape, jnp.float32))
-    start = _first_query_block_for(j, num_query_blocks=n_q, **blocks)
+    start = _first_query_block_for(
+      j, block_q=block_q, block_k=block_k, num_query_blocks=n_q, is_causal=config["is_causal"]
+    )
     dq, d_bias, dk_j, dv_j = jax.lax.fori_loop(start, n_q, step, init)
     return (dq, d_bias), (dk_j, dv_j)
 
   (dq, d_bias), (dk, dv) = jax.lax.scan(
-    lambda carry, j: key_block(j, carry), (jnp.zeros(q.shape, jnp.float32), d_bias), jnp.arange(n_k)
+    key_block, (jnp.zeros(q.shape, jnp.float32), d_bias), jnp.arange(n_k)
   )
-  B, H = q.shape[:2]
-  dk = jnp.moveaxis(dk, 0, 2).reshape(B, H, Sp, k.shape[-1])
-  dv = jnp.moveaxis(dv, 0, 2).reshape(B, H, Sp, v.shape[-1])
+  dk = jnp.moveaxis(dk, 0, 1).reshape(k.shape)
+  dv = jnp.moveaxis(dv, 0, 1).reshape(v.shape)
   return dq, dk, dv, d_bias
 
 
@@ -202,8 +250,9 @@ def _add_tile(d_bias, ds, i, block_q, j, block_k):
   return jax.lax.dynamic_update_slice(d_bias, current + ds, start)
 
 
-# Up to this many tiles the loops are unrolled in Python: XLA then sees static slices, fuses each
-# tile's softmax with its matmuls and schedules across tiles, and causal tiles are skipped at trace
+# ----------------------------------------------------------------------------------------------------
+# Up to UNROLL_MAX_TILES tiles: loops unrolled in Python. XLA then sees static slices, fuses each
+# tile's softmax with its neighbours and schedules across tiles, and causal tiles are skipped at trace
 # time. On the 2-core CPU the unrolled forward ran about 3x faster than the looped one at T = 512.
 # Beyond it (long sequences) the loops stay loops, keeping compile time and program size bounded.
 UNROLL_MAX_TILES = 64
@@ -211,90 +260,104 @@ UNROLL_MAX_TILES = 64
 
 def _visible(i, j, config) -> bool:
   """Whether tile (i, j) has any key that a query may see under the causal rule (static i, j)."""
-  if not config["is_causal"]:
-    return True
-  last_q = (i + 1) * config["block_q"] - 1 + config["causal_offset"]
-  return j * config["block_k"] <= last_q
-
-
-# The running maximum starts at this finite floor rather than -inf, so no -inf test is needed between
-# the reduction and the exponential (such a test costs as much as the masks above): a row that has
-# seen only masked keys keeps the floor, exp(-inf - floor) is 0, and its sum stays 0.
-_MAX_FLOOR = -1e30
+  return not config["is_causal"] or j * config["block_k"] <= (i + 1) * config["block_q"] - 1
 
 
 def _tile_masks(i, j, config, n_k):
   """Static: does tile (i, j) need the padding mask (the last key tile, if padded) and the causal mask
   (a tile crossing the diagonal)?"""
   pad = j == n_k - 1 and config["num_keys"] % config["block_k"] != 0
-  first_q = i * config["block_q"] + config["causal_offset"]
-  causal = config["is_causal"] and (j + 1) * config["block_k"] - 1 > first_q
+  causal = config["is_causal"] and (j + 1) * config["block_k"] - 1 > i * config["block_q"]
   return {"pad_mask": pad, "causal_mask": causal}
 
 
 def _forward_unrolled(q, k, v, bias, mask, config):
   block_q, block_k = config["block_q"], config["block_k"]
-  n_q, n_k = q.shape[2] // block_q, k.shape[2] // block_k
-  tile_args = {k_: config[k_] for k_ in ("block_q", "block_k", "num_keys", "causal_offset", "is_causal")}
-  B, H = q.shape[:2]
+  n_q, n_k = q.shape[1] // block_q, k.shape[1] // block_k
+  tile_args = {name: config[name] for name in _TILE_ARGS}
   outs, lses = [], []
   for i in range(n_q):
-    q_i = q[:, :, i * block_q : (i + 1) * block_q]
-    m = jnp.full((B, H, block_q), _MAX_FLOOR, jnp.float32)
-    row_sum = jnp.zeros((B, H, block_q), jnp.float32)
-    acc = jnp.zeros((B, H, block_q, v.shape[-1]), jnp.float32)
+    q_i = q[:, i * block_q : (i + 1) * block_q]
+    carry = _init_carry(q.shape[0], block_q, v.shape[-1])
     for j in range(n_k):
       if not _visible(i, j, config):
         continue
-      k_j, v_j = k[:, :, j * block_k : (j + 1) * block_k], v[:, :, j * block_k : (j + 1) * block_k]
-      s = _tile_logits(q_i, k_j, bias, mask, i, j, **tile_args, **_tile_masks(i, j, config, n_k))
-      m_new = jnp.maximum(m, s.max(-1))
-      p = jnp.exp(s - m_new[..., None])
-      correction = jnp.exp(m - m_new)
-      row_sum = row_sum * correction + p.sum(-1)
-      acc = acc * correction[..., None] + jnp.einsum(
-        "bhqs,bhsk->bhqk", p, v_j, preferred_element_type=jnp.float32
-      )
-      m = m_new
-    empty = row_sum == 0.0
-    outs.append(acc / jnp.where(empty, 1.0, row_sum)[..., None])
-    lses.append(jnp.where(empty, jnp.inf, m + jnp.log(jnp.where(empty, 1.0, row_sum))))
-  return jnp.concatenate(outs, axis=2), jnp.concatenate(lses, axis=2)
+      keys = slice(j * block_k, (j + 1) * block_k)
+      s = _tile_logits(q_i, k[:, keys], bias, mask, i, j, **tile_args, **_tile_masks(i, j, config, n_k))
+      carry = _online_step(carry, s, v[:, keys])
+    out, lse = _finish(*carry)
+    outs.append(out)
+    lses.append(lse)
+  return jnp.concatenate(outs, axis=1), jnp.concatenate(lses, axis=1)
 
 
 def _backward_unrolled(q, k, v, bias, mask, out, lse, d_out, config):
   block_q, block_k = config["block_q"], config["block_k"]
-  n_q, n_k = q.shape[2] // block_q, k.shape[2] // block_k
-  tile_args = {k_: config[k_] for k_ in ("block_q", "block_k", "num_keys", "causal_offset", "is_causal")}
-  delta = jnp.sum(d_out.astype(jnp.float32) * out, axis=-1)
+  n_q, n_k = q.shape[1] // block_q, k.shape[1] // block_k
+  tile_args = {name: config[name] for name in _TILE_ARGS}
+  delta = jnp.sum(d_out * out, axis=-1)
   d_bias = None if bias is None else jnp.zeros(bias.shape, jnp.float32)
-  dq = [jnp.zeros(q[:, :, :block_q].shape, jnp.float32) for _ in range(n_q)]
+  dq = [jnp.zeros(q[:, :block_q].shape, jnp.float32) for _ in range(n_q)]
   dks, dvs = [], []
   for j in range(n_k):
-    k_j, v_j = k[:, :, j * block_k : (j + 1) * block_k], v[:, :, j * block_k : (j + 1) * block_k]
+    keys = slice(j * block_k, (j + 1) * block_k)
+    k_j, v_j = k[:, keys], v[:, keys]
     dk_j = jnp.zeros(k_j.shape, jnp.float32)
     dv_j = jnp.zeros(v_j.shape, jnp.float32)
     for i in range(n_q):
       if not _visible(i, j, config):
         continue
       rows = slice(i * block_q, (i + 1) * block_q)
-      q_i, do_i = q[:, :, rows], d_out[:, :, rows]
-      s = _tile_logits(q_i, k_j, bias, mask, i, j, **tile_args, **_tile_masks(i, j, config, n_k))
-      p = jnp.exp(s - lse[:, :, rows, None])
-      dv_j = dv_j + jnp.einsum("bhqs,bhqk->bhsk", p, do_i, preferred_element_type=jnp.float32)
-      dp = jnp.einsum("bhqk,bhsk->bhqs", do_i, v_j, preferred_element_type=jnp.float32)
-      ds = p * (dp - delta[:, :, rows, None])
-      dq[i] = dq[i] + jnp.einsum("bhqs,bhsk->bhqk", ds, k_j, preferred_element_type=jnp.float32)
-      dk_j = dk_j + jnp.einsum("bhqs,bhqk->bhsk", ds, q_i, preferred_element_type=jnp.float32)
+      q_i, do_i = q[:, rows], d_out[:, rows]
+      masks = _tile_masks(i, j, config, n_k)
+      s = _tile_logits(q_i, k_j, bias, mask, i, j, **tile_args, **masks, transposed=True)
+      dq_i, dk, dv, ds = _backward_tile(s, lse[:, rows], delta[:, rows], q_i, k_j, v_j, do_i)
+      dq[i] = dq[i] + dq_i
+      dk_j, dv_j = dk_j + dk, dv_j + dv
       if d_bias is not None:
         d_bias = _add_tile(d_bias, ds, i, block_q, j, block_k)
     dks.append(dk_j)
     dvs.append(dv_j)
-  return jnp.concatenate(dq, axis=2), jnp.concatenate(dks, axis=2), jnp.concatenate(dvs, axis=2), d_bias
+  return jnp.concatenate(dq, axis=1), jnp.concatenate(dks, axis=1), jnp.concatenate(dvs, axis=1), d_bias
 
 
 def _unrolled(q, k, config) -> bool:
-  return (q.shape[2] // config["block_q"]) * (k.shape[2] // config["block_k"]) <= UNROLL_MAX_TILES
+  return (q.shape[1] // config["block_q"]) * (k.shape[1] // config["block_k"]) <= UNROLL_MAX_TILES
+
+
+# ----------------------------------------------------------------------------------------------------
+# Chunks of the (batch x head) axis, one at a time.
+
+
+def _over_chunks(fn, mapped, shared, chunk, summed=()):
+  """Runs fn(*mapped_chunk, *shared_chunk) on chunks of `chunk` rows of the leading axis N.
+
+  `mapped` arrays are [N, ...]. A `shared` array (mask, bias) is [N, ...] (chunked with the rest) or
+  [1, ...] (handed whole to every chunk) or None. Each output of fn is [chunk, ...] and comes back
+  [N, ...], except those whose index is in `summed` (the gradient of a shared bias): summed over the
+  chunks.
+  """
+  N = mapped[0].shape[0]
+  if chunk >= N:
+    return fn(*mapped, *shared)
+  n = N // chunk
+  split = lambda x: x.reshape(n, chunk, *x.shape[1:])
+  chunked = [x is not None and x.shape[0] != 1 for x in shared]
+
+  def body(xs):
+    xs_mapped, xs_shared = xs
+    shared_chunk = [x if c else s for x, s, c in zip(xs_shared, shared, chunked, strict=True)]
+    return fn(*xs_mapped, *shared_chunk)
+
+  xs = (
+    tuple(split(x) for x in mapped),
+    tuple(split(s) if c else None for s, c in zip(shared, chunked, strict=True)),
+  )
+  outs = jax.lax.map(body, xs)
+  return tuple(
+    None if o is None else (o.sum(0) if n in summed else o.reshape(N, *o.shape[2:]))
+    for n, o in enumerate(outs)
+  )
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
@@ -304,16 +367,25 @@ def _flash(q, k, v, bias, mask, config):
 
 def _flash_fwd(q, k, v, bias, mask, config):
   config = dict(config)
-  forward = _forward_unrolled if _unrolled(q, k, config) else _forward
-  out, lse = forward(q, k, v, bias, mask, config)
+  forward = _forward_unrolled if _unrolled(q, k, config) else _forward_looped
+  per_chunk = lambda q, k, v, bias, mask: forward(q, k, v, bias, mask, config)
+  out, lse = _over_chunks(per_chunk, (q, k, v), (bias, mask), config["chunk"])
   return out, (q, k, v, bias, mask, out, lse)
 
 
 def _flash_bwd(config, residuals, d_out):
   q, k, v, bias, mask, out, lse = residuals
   config = dict(config)
-  backward = _backward_unrolled if _unrolled(q, k, config) else _backward
-  dq, dk, dv, d_bias = backward(q, k, v, bias, mask, out, lse, d_out, config)
+  backward = _backward_unrolled if _unrolled(q, k, config) else _backward_looped
+
+  def per_chunk(q, k, v, out, lse, d_out, bias, mask):
+    return backward(q, k, v, bias, mask, out, lse, d_out, config)
+
+  d_out = d_out.astype(jnp.float32)
+  summed = (3,) if bias is not None and bias.shape[0] == 1 else ()
+  dq, dk, dv, d_bias = _over_chunks(
+    per_chunk, (q, k, v, out, lse, d_out), (bias, mask), config["chunk"], summed
+  )
   return (
     dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype),
     None if bias is None else d_bias.astype(bias.dtype), None,
@@ -323,9 +395,15 @@ def _flash_bwd(config, residuals, d_out):
 _flash.defvjp(_flash_fwd, _flash_bwd)
 
 
+def chunk_for(N: int, block_q: int, block_k: int, tile_bytes: int = TILE_BYTES) -> int:
+  """The largest divisor of N whose [chunk, block_q, block_k] float32 tile fits `tile_bytes` (>= 1)."""
+  limit = max(1, tile_bytes // (4 * block_q * block_k))
+  return max(d for d in range(1, min(N, limit) + 1) if N % d == 0)
+
+
 def flash_attention(
   query, key, value, *, mask=None, bias=None, multiplier: float, is_causal: bool = False,
-  block_q: int | None = None, block_k: int | None = None,
+  block_q: int | None = None, block_k: int | None = None, chunk: int | None = None,
 ):  # fmt: skip
   """Blocked attention on validated inputs (see `attn.dot_product_attention`).
 
@@ -336,34 +414,48 @@ def flash_attention(
     multiplier: the logit scale.
     is_causal: query i sees key j iff j <= i (top-left aligned); tiles above the diagonal are skipped.
     block_q, block_k: tile sizes (default BLOCK_Q, BLOCK_K, shrunk to the lengths).
+    chunk: (batch, head) pairs per step, a divisor of B * H (default `chunk_for`: the tile fits
+      TILE_BYTES).
 
   Returns:
     [B, T, H, Kv] in the query's dtype.
   """
-  T, H = query.shape[1], query.shape[2]
+  B, T, H, _ = query.shape
   S, G = key.shape[1], key.shape[2]
+  N = B * H
   block_q = min(block_q or BLOCK_Q, _round_up(T, 8))
   block_k = min(block_k or BLOCK_K, _round_up(S, 8))
-  # [B, L, heads, K] -> [B, heads, L, K]; key/value heads repeated to H (O(S * H * K) memory, like q).
-  q = jnp.swapaxes(query, 1, 2).astype(jnp.float32) * multiplier
-  k = jnp.repeat(jnp.swapaxes(key, 1, 2), H // G, axis=1).astype(jnp.float32)
-  v = jnp.repeat(jnp.swapaxes(value, 1, 2), H // G, axis=1).astype(jnp.float32)
-  q = _pad_axis(q, 2, block_q)
-  k, v = _pad_axis(k, 2, block_k), _pad_axis(v, 2, block_k)
-  if mask is not None:
-    mask = _pad_axis(
-      _pad_axis(mask, 2, block_q, True, broadcasts=True), 3, block_k, False, broadcasts=True
-    )
-  if bias is not None:
-    bias = _pad_axis(
-      _pad_axis(bias.astype(jnp.float32), 2, block_q, broadcasts=True), 3, block_k, broadcasts=True
-    )
+  chunk = chunk or chunk_for(N, block_q, block_k)
+  if N % chunk:
+    raise ValueError(f"chunk: {chunk} does not divide batch x heads = {N}")
+
+  # [B, L, heads, K] -> [B * H, L, K]; key/value heads repeated to H (O(S * H * K) memory, like q).
+  def rows(x, repeat=1):
+    x = jnp.repeat(jnp.swapaxes(x, 1, 2), repeat, axis=1).astype(jnp.float32)
+    return x.reshape(N, *x.shape[2:])
+
+  q = _pad_axis(rows(query) * multiplier, 1, block_q)
+  k = _pad_axis(rows(key, H // G), 1, block_k)
+  v = _pad_axis(rows(value, H // G), 1, block_k)
+
+  def per_row(x, fill):  # [B or 1, H or 1, T or 1, S or 1] -> [N or 1, T or 1, S or 1], padded.
+    if x is None:
+      return None
+    if x.shape[0] == 1 and x.shape[1] == 1:
+      x = x.reshape(1, *x.shape[2:])
+    else:
+      x = jnp.broadcast_to(x, (B, H, *x.shape[2:])).reshape(N, *x.shape[2:])
+    x = _pad_axis(x, 1, block_q, fill, broadcasts=True)
+    return _pad_axis(x, 2, block_k, False if x.dtype == jnp.bool_ else 0, broadcasts=True)
+
+  mask = per_row(mask, True)
+  bias = None if bias is None else per_row(bias.astype(jnp.float32), 0)
   config = (
-    ("block_q", block_q), ("block_k", block_k), ("num_keys", S), ("causal_offset", 0),
-    ("is_causal", bool(is_causal)),
+    ("block_q", block_q), ("block_k", block_k), ("num_keys", S), ("is_causal", bool(is_causal)),
+    ("chunk", chunk),
   )  # fmt: skip
-  out = _flash(q, k, v, bias, mask, config)[:, :, :T]
-  return jnp.swapaxes(out, 1, 2).astype(query.dtype)
+  out = _flash(q, k, v, bias, mask, config)[:, :T]
+  return jnp.swapaxes(out.reshape(B, H, T, -1), 1, 2).astype(query.dtype)
 
 
 def _round_up(n: int, multiple: int) -> int:

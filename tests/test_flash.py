@@ -120,10 +120,12 @@ def test_choose_implementation():
   assert choose("flash", T=4, S=4) == "flash"
   assert choose(None, T=8, S=8, dropout=True) == "naive"
   assert choose(None, T=8, S=8, return_weights=True) == "naive"
-  long = choose(None, T=4096, S=4096)
-  assert long == ("jax" if jax.default_backend() == "gpu" else "flash")
-  if jax.default_backend() != "gpu":
-    assert choose(None, T=8, S=8) == "naive"
+  if attention.DEFAULT_IMPLEMENTATION is None:  # Not forced by pytest --attention-default.
+    long = choose(None, T=4096, S=4096)
+    assert long == ("jax" if jax.default_backend() == "gpu" else "flash")
+    if jax.default_backend() != "gpu":
+      assert choose(None, T=8, S=8) == "naive"
+      assert choose(None, T=128, S=128) == "flash"
   with pytest.raises(ValueError, match="implementation: unknown choice 'fast'"):
     choose("fast", T=4, S=4)
   with pytest.raises(ValueError, match="does not support return_weights"):
@@ -132,6 +134,15 @@ def test_choose_implementation():
     choose("jax", T=4, S=4, dropout=True)
   with pytest.raises(ValueError, match="value head dim"):
     choose("jax", T=4, S=4, same_head_dims=False)
+
+
+def test_default_implementation_forces_the_automatic_choice(monkeypatch):
+  monkeypatch.setattr(attention, "DEFAULT_IMPLEMENTATION", "flash")
+  choose = attention.choose_implementation
+  assert choose(None, T=8, S=8) == "flash"
+  assert choose(None, T=8, S=8, return_weights=True) == "naive"  # Only naive has the weights.
+  monkeypatch.setattr(attention, "DEFAULT_IMPLEMENTATION", "jax")
+  assert choose(None, T=8, S=8, same_head_dims=False) == "flash"
 
 
 def test_is_causal_equals_an_explicit_causal_mask_on_every_path():
