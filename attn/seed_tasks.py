@@ -244,8 +244,8 @@ def make_task(task_config, data_config=None, *, seed: int = 0) -> SeedTask:
 
 
 def sense_shift(
-  sentence_a: str = "the bank of the river",
-  sentence_b: str = "the state bank of india",
+  sentence_a: str = "bank of the river",
+  sentence_b: str = "state bank of india",
   *,
   word: str = "bank",
   dim: int = 16,

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 from absl import app, flags
 
 import attn
-from attn import decoding
+from attn import decoding, seed_tasks
 from attn.config import ModelConfig
 from attn.models import Transformer
 from attn.modules import MultiHeadAttention
@@ -72,6 +72,9 @@ def main(argv):
   for sentence in ("river", "india"):
     weights = ", ".join(f"{w} {p:.2f}" for w, p in bank[f"{sentence}_weights"].items())
     print(f'   "bank" attends ({sentence} sentence): {weights}')
+  shift = seed_tasks.sense_shift()  # The word-sense task's function: 16-dim vectors, the same sentences.
+  before, after = shift["before"], shift["after"]
+  print(f"   attn.seed_tasks.sense_shift, the same distance: before {before:.3f}, after {after:.3f}")
 
   print("2. Scaled dot-product attention at initialisation, T=64 keys, unit-variance q and k")
   print(f"   {'K':>4}  {'logit std sqrt_d':>16}  {'none':>6}  {'entropy sqrt_d':>14}  {'none':>6}")

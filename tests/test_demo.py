@@ -40,3 +40,4 @@ def test_main_prints_every_rung(capsys):
     assert heading in out
   assert "logits (2, 5, 100)" in out
   assert "logits finite: True" in out
+  assert "attn.seed_tasks.sense_shift, the same distance: before 0.000, after 0." in out
