@@ -69,6 +69,7 @@ class ModelConfig:
 
   vocab_size: int = 1000  # V, shared by source and target (one embedding table).
   num_classes: int = 0  # Tags predicted per token by EncoderTagger; unused elsewhere.
+  feature_buckets: int = 0  # Rows of the hashed token-feature table (EncoderTagger); 0 = none.
   d_model: int = 256  # D, the width of the residual stream.
   num_heads: int = 4  # H, query heads per attention layer.
   head_dim_policy: str = "fixed_model_dim"  # "fixed_model_dim" (K = D/H) or "fixed_head_dim".
@@ -101,6 +102,10 @@ class ModelConfig:
     for field in ("num_classes", "num_encoder_layers", "num_decoder_layers"):
       if getattr(self, field) < 0:
         raise ValueError(f"{field}: must be non-negative, got {getattr(self, field)}")
+    if self.feature_buckets == 1 or self.feature_buckets < 0:
+      raise ValueError(
+        f"feature_buckets: must be 0 (no features) or at least 2, got {self.feature_buckets}"
+      )
     K = head_dim_for("", self.head_dim_policy, self.num_heads, self.d_model, self.head_dim)
     if self.head_dim_policy == "fixed_model_dim" and self.head_dim not in (None, K):
       raise ValueError(

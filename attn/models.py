@@ -46,11 +46,29 @@ class Embedder(nn.Module):
       self.position_table = nn.Embed(
         cfg.max_length, cfg.d_model, embedding_init=nn.initializers.normal(0.02), name="positions"
       )
+    if cfg.feature_buckets:
+      self.feature_table = nn.Embed(
+        cfg.feature_buckets,
+        cfg.d_model,
+        embedding_init=nn.initializers.normal(cfg.d_model**-0.5),
+        name="features",
+      )
     self.dropout = nn.Dropout(cfg.dropout_rate)
 
-  def __call__(self, tokens_BT: Array, positions_BT: Array | None = None, *, deterministic=True):
+  def __call__(
+    self,
+    tokens_BT: Array,
+    positions_BT: Array | None = None,
+    *,
+    features_BTF: Array | None = None,
+    deterministic=True,
+  ):
+    """tokens [B, T] (and optional hashed features [B, T, F], used when config.feature_buckets > 0)
+    -> [B, T, D]."""
     cfg = self.config
     x_BTD = self.table(tokens_BT) * jnp.sqrt(cfg.d_model).astype(jnp.float32)
+    if features_BTF is not None and cfg.feature_buckets:
+      x_BTD = x_BTD + self.embed_features(features_BTF)
     if positions_BT is None:
       positions_BT = jnp.arange(tokens_BT.shape[-1])
     if cfg.positions == "sinusoidal":
@@ -61,6 +79,20 @@ class Embedder(nn.Module):
 
   def attend(self, x_BTD: Array) -> Array:
     return self.table.attend(x_BTD.astype(jnp.float32))
+
+  def embed_features(self, features_BTF: Array) -> Array:
+    """Hashed features [B, T, F] (non-negative ints, 0 = empty slot) -> [B, T, D].
+
+    Each hash picks row 1 + hash mod (feature_buckets - 1), so a task hashes into any range and the
+    table size stays a model choice. The rows of a token's non-empty slots are summed and divided by
+    sqrt(their count), then scaled by sqrt(D) like the tokens: unit-variance entries at initialisation
+    whatever the number of features.
+    """
+    valid_BTF = features_BTF > 0
+    ids_BTF = jnp.where(valid_BTF, features_BTF % (self.config.feature_buckets - 1) + 1, 0)
+    rows_BTFD = self.feature_table(ids_BTF) * valid_BTF[..., None]
+    count_BT1 = jnp.maximum(valid_BTF.sum(-1, keepdims=True), 1).astype(jnp.float32)
+    return rows_BTFD.sum(-2) * jnp.sqrt(self.config.d_model / count_BT1)
 
 
 class _OutputHead(nn.Module):
@@ -144,17 +176,30 @@ class Transformer(nn.Module):
 
 
 class EncoderTagger(nn.Module):
-  """An encoder and a per-token classifier: tokens [B, T] -> tag logits [B, T, num_classes]."""
+  """An encoder and a per-token classifier: tokens [B, T] -> tag logits [B, T, num_classes].
+
+  Optional `features_BTF` [B, T, F]: hashed per-token features (word shape, character n-grams, ...)
+  whose embeddings are added to the tokens' when config.feature_buckets > 0 (ignored when it is 0).
+  """
 
   config: ModelConfig
 
   @nn.compact
-  def __call__(self, tokens_BT: Array, *, deterministic=True, return_weights=False):
+  def __call__(
+    self,
+    tokens_BT: Array,
+    features_BTF: Array | None = None,
+    *,
+    deterministic=True,
+    return_weights=False,
+  ):
     cfg = self.config
     if cfg.num_classes <= 0:
       raise ValueError(f"num_classes: EncoderTagger needs a positive num_classes, got {cfg.num_classes}")
     mask = encoder_self_mask(tokens_BT, cfg)
-    x_BTD = Embedder(cfg, name="embedder")(tokens_BT, deterministic=deterministic)
+    x_BTD = Embedder(cfg, name="embedder")(
+      tokens_BT, features_BTF=features_BTF, deterministic=deterministic
+    )
     x = Encoder(cfg, name="encoder")(
       x_BTD, mask=mask, deterministic=deterministic, return_weights=return_weights
     )

@@ -165,6 +165,8 @@ def validate(config: ml_collections.ConfigDict):
 def _inputs_and_targets(batch: dict, kind: str):
   if kind == "seq2seq":
     return (batch["src"], batch["tgt_in"]), batch["tgt_out"]
+  if "features" in batch:  # Optional hashed per-token features [B, T, F] (attn.ner).
+    return (batch["tokens"], batch["features"]), batch["tags"]
   return (batch["tokens"],), batch["tags"]
 
 

@@ -287,3 +287,17 @@ def test_attention_window_defaults_to_full_attention():
 def test_attention_window_must_be_a_non_negative_int(window):
   message = _raises_on("attention_window", attention_window=window)
   assert repr(window) in message
+
+
+# Hashed token features.
+
+
+@pytest.mark.parametrize("buckets", [0, 2, 2**15])
+def test_feature_buckets_zero_or_at_least_two(buckets):
+  assert ModelConfig(feature_buckets=buckets).feature_buckets == buckets
+
+
+@pytest.mark.parametrize("buckets", [1, -1])
+def test_feature_buckets_one_or_negative_is_an_error(buckets):
+  message = _raises_on("feature_buckets", feature_buckets=buckets)
+  assert str(buckets) in message

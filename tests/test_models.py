@@ -475,3 +475,46 @@ def test_language_model_has_no_cross_attention(language_model, transformer):
   assert not any(p.startswith("encoder/") for p in paths)
   # The check can fail: the encoder-decoder's decoder layers do have cross-attention.
   assert any("cross_attention" in p for p in param_paths(transformer[1]))
+
+
+# --------------------------------------------------------------------------------------------------
+# Hashed token features (EncoderTagger's optional input, attn.ner's word shapes and n-grams)
+# --------------------------------------------------------------------------------------------------
+
+
+def test_embedder_adds_feature_rows_over_non_empty_slots():
+  # Hash h picks row 1 + h mod (buckets - 1); slots holding 0 are empty. Rows are summed, divided by
+  # sqrt(their count) and scaled by sqrt(D) like the token rows.
+  embedder = Embedder(make_config(feature_buckets=11, positions="none"))
+  tokens = jnp.array([[5, 6]], jnp.int32)
+  features = jnp.array([[[1, 12, 0], [0, 0, 0]]], jnp.int32)
+  variables = embedder.init(jax.random.PRNGKey(0), tokens, features_BTF=features)
+  out = np.asarray(embedder.apply(variables, tokens, features_BTF=features))
+  rows, words = variables["params"]["features"]["embedding"], variables["params"]["tokens"]["embedding"]
+  assert rows.shape == (11, D)
+  want0 = (words[5] + (rows[2] + rows[3]) / np.sqrt(2)) * np.sqrt(D)
+  np.testing.assert_allclose(out[0, 0], want0, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(out[0, 1], words[6] * np.sqrt(D), rtol=1e-5, atol=1e-6)  # No features.
+
+
+def test_tagger_uses_features_only_when_the_config_has_buckets():
+  features = jnp.asarray(np.random.default_rng(0).integers(1, 2**30, (2, 5, 3)), jnp.int32)
+  model = EncoderTagger(make_config(feature_buckets=17))
+  params = jax.jit(model.init)(jax.random.PRNGKey(5), TAG_TOKENS, features)["params"]
+  forward = jax.jit(lambda p, x, f: model.apply({"params": p}, x, f))
+  logits = np.asarray(forward(params, TAG_TOKENS, features))
+  assert logits.shape == (2, 5, C) and np.all(np.isfinite(logits))
+  assert np.max(np.abs(logits - np.asarray(model.apply({"params": params}, TAG_TOKENS)))) > 1e-4
+  # An empty slot changes nothing; a hash 16 apart picks the same row (16 = buckets - 1).
+  padded = jnp.concatenate([features, jnp.zeros((2, 5, 1), jnp.int32)], axis=-1)
+  np.testing.assert_allclose(forward(params, TAG_TOKENS, padded), logits, atol=1e-5)
+  np.testing.assert_allclose(forward(params, TAG_TOKENS, features + 16), logits, atol=1e-5)
+  # feature_buckets = 0 (the default): no table, and features are ignored.
+  plain = EncoderTagger(make_config())
+  plain_params = plain.init(jax.random.PRNGKey(5), TAG_TOKENS, features)["params"]
+  assert "features" not in plain_params["embedder"]
+  np.testing.assert_allclose(
+    plain.apply({"params": plain_params}, TAG_TOKENS, features),
+    plain.apply({"params": plain_params}, TAG_TOKENS),
+    atol=1e-6,
+  )

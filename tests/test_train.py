@@ -577,3 +577,14 @@ def test_diagnostics_have_query_and_key_grad_norms_per_layer(reference):
         values = record[f"{layer}/{name}"]
         assert len(values) == 2 and all(math.isfinite(v) for v in values), (layer, name)
       assert all(v > 0 for v in record[f"{layer}/query_grad_norm"] + record[f"{layer}/key_grad_norm"])
+
+
+def test_tagging_inputs_carry_optional_features():
+  # A tagging task's batch may hold hashed per-token features [B, T, F] (attn.ner): they go to the
+  # tagger as its second input; without them the tagger gets the tokens alone.
+  batch = {"tokens": np.ones((2, 3), np.int32), "tags": np.zeros((2, 3), np.int32)}
+  inputs, targets = train._inputs_and_targets(batch, "tagging")
+  assert len(inputs) == 1 and inputs[0] is batch["tokens"] and targets is batch["tags"]
+  batch["features"] = np.ones((2, 3, 4), np.int32)
+  inputs, _ = train._inputs_and_targets(batch, "tagging")
+  assert len(inputs) == 2 and inputs[1] is batch["features"]
