@@ -557,6 +557,7 @@ def attention_cases(smoke: bool) -> list[AttentionCase]:
   return [
     AttentionCase(8, 8, 512, 512, 64, False),
     AttentionCase(8, 8, 512, 512, 64, True),
+    AttentionCase(1, 8, 4096, 4096, 64, False),  # The non-causal twin, for the causal speed-up.
     AttentionCase(1, 8, 4096, 4096, 64, True),
   ]
 
@@ -645,7 +646,27 @@ def attention_suite(settings: Settings, machine: dict[str, Any]) -> dict[str, An
   else:
     notes.append("peak memory not measured (--no-memory, or the smoke suite).")
   notes.append(f"cases estimated to need more than {SKIP_BYTES / 1e9:.0f} GB are skipped.")
+  notes += causal_speedups(rows)
   return _result("attention", columns, rows, notes)
+
+
+def causal_speedups(rows: list[dict], impl: str = "ours/flash") -> list[str]:
+  """For each case timed both with and without the causal mask: `impl`'s non-causal time / its causal
+  time (the skipped tiles' gain; 2 would be all of the halved work)."""
+  times = {
+    (r["case"], r["mode"]): r["median_ms"] for r in rows if r["impl"] == impl and "median_ms" in r
+  }
+  notes = []
+  for (case, mode), causal_ms in times.items():
+    if not case.endswith(" causal"):
+      continue
+    plain_ms = times.get((case.removesuffix(" causal"), mode))
+    if plain_ms is not None:
+      notes.append(
+        f"causal speed-up, {impl} at {case.removesuffix(' causal')}, {mode}: non-causal / causal time "
+        f"= {plain_ms / causal_ms:.2f}"
+      )
+  return notes
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -927,13 +948,17 @@ def seeds_suite(settings: Settings) -> dict[str, Any]:
     jax.block_until_ready(state)
     return time.perf_counter() - start, np.asarray(metrics["loss"])
 
-  def run_sequential():
+  def run_sequential(separate_programs=False):
     states = jax.block_until_ready([s_init(rng) for rng in seed_rngs])
     start = time.perf_counter()
     losses = []
     for state in states:
+      step = single_step
+      if separate_programs:  # As separate runs would: each compiles its own step.
+        jax.clear_caches()
+        step = jax.jit(one_step, donate_argnums=(0,))
       for batch in batches:
-        state, metrics = single_step(state, batch)
+        state, metrics = step(state, batch)
       jax.block_until_ready(state)
       losses.append(metrics["loss"])
     return time.perf_counter() - start, np.asarray(losses)
@@ -941,7 +966,8 @@ def seeds_suite(settings: Settings) -> dict[str, Any]:
   rows = []
   final_losses = {}
   for name, run in (("vmapped", run_vmapped), ("sequential", run_sequential)):
-    with_compile, _ = run()  # The first run compiles the step.
+    # The first run compiles: once for the vmapped program, once per seed for separate runs.
+    with_compile, _ = run(separate_programs=True) if name == "sequential" else run()
     times = []
     while len(times) < settings.repeats:
       elapsed, final_losses[name] = run()
@@ -979,10 +1005,11 @@ def seeds_suite(settings: Settings) -> dict[str, Any]:
   notes = [
     f"{num_seeds} seeds x {steps} steps of train.train_step: task {config.task.name}, D={m.d_model}, "
     f"{m.num_encoder_layers}+{m.num_decoder_layers} layers, d_ff {m.d_ff}, batch {config.batch_size}.",
-    "vmapped: one jitted vmapped step over a stacked state (as train_and_evaluate); sequential: one "
-    "jitted step, compiled once, reused across the seeds.",
-    "with compile: the first run (which compiles); without: median of n later runs; speedup = "
-    "sequential time / vmapped time.",
+    "vmapped: one jitted vmapped step over a stacked state (as train_and_evaluate); sequential: the "
+    "seeds one after the other with an unvmapped jitted step.",
+    "with compile: the first run, compiling once (vmapped) or once per seed (sequential, as "
+    f"{num_seeds} separate runs would); without: median of n later runs, the sequential step compiled "
+    "once and reused; speedup = sequential time / vmapped time.",
     f"check: max |final loss vmapped - sequential| over seeds = {max_diff:.1e}.",
   ]
   result = _result("seeds", columns, rows, notes)

@@ -69,6 +69,7 @@ def test_smoke_suite_writes_every_suite_and_prints_the_tables(tmp_path):
     if row["mode"] == "forward":
       assert row["max_err"] < 1e-4, row  # Every implementation computes the same attention.
   assert "FLOPs: forward 4*B*H*T*S*K" in result.stdout
+  assert "causal speed-up, ours/flash at B=1 H=2 T=64 S=64 K=16, forward+backward" in result.stdout
 
   (memory,) = results["suites"]["memory"]["rows"]
   assert memory["peak_mib"] >= memory["baseline_mib"] > 0 and _positive(memory["time_s"])
@@ -94,6 +95,18 @@ def test_smoke_suite_writes_every_suite_and_prints_the_tables(tmp_path):
   # The cache changes the cost, not the tokens (a wrong recompute baseline would agree ~1% of the time;
   # a near-tie flipped by rounding may change the tokens after it).
   assert cached["agreement"] >= 0.5
+
+
+def test_causal_speedups_pair_each_causal_case_with_its_twin():
+  rows = [
+    {"case": "B=1 T=8", "mode": "forward", "impl": "ours/flash", "median_ms": 6.0},
+    {"case": "B=1 T=8 causal", "mode": "forward", "impl": "ours/flash", "median_ms": 2.0},
+    {"case": "B=1 T=8 causal", "mode": "forward", "impl": "ours/naive", "median_ms": 1.0},
+    {"case": "B=2 T=8 causal", "mode": "forward", "impl": "ours/flash", "median_ms": 1.0},  # No twin.
+  ]
+  assert benchmark.causal_speedups(rows) == [
+    "causal speed-up, ours/flash at B=1 T=8, forward: non-causal / causal time = 3.00"
+  ]
 
 
 def test_flop_conventions():
