@@ -146,8 +146,11 @@ class MultiHeadAttention(nn.Module):
     dropout_rng = None
     if not deterministic and self.dropout_rate > 0.0:
       dropout_rng = self.make_rng("dropout")
-    # Ask for the weights only when they are wanted: only the naive path can give them.
+    # Ask for the weights only when they are wanted: only the naive path can give them. The
+    # diagnostics (a mutable "diagnostics" collection, as under init) take them from the naive path
+    # whatever path was chosen; an explicit return_weights with "flash" or "jax" is refused.
     need_weights = return_weights or self.is_mutable_collection("diagnostics")
+    implementation = "naive" if need_weights and not return_weights else self.implementation
     result = attention.dot_product_attention(
       q_BTHK,
       k_BSGK,
@@ -158,7 +161,7 @@ class MultiHeadAttention(nn.Module):
       dropout_rate=self.dropout_rate if dropout_rng is not None else 0.0,
       dropout_rng=dropout_rng,
       return_weights=need_weights,
-      implementation=self.implementation,
+      implementation=implementation,
     )
     out_BTHK, weights = result if need_weights else (result, None)
     if self.is_mutable_collection("diagnostics"):

@@ -506,3 +506,17 @@ def test_grad_wrt_params_is_finite_and_nonzero(scale):
     assert np.any(grads[name]["kernel"] != 0), name
   if scale == "learned":
     assert np.any(grads["log_scale"] != 0)
+
+
+@pytest.mark.parametrize("implementation", ["flash", "jax"])
+def test_explicit_fast_path_initialises_and_matches_naive(implementation):
+  """init (where every collection, the diagnostics too, is mutable) works with a fast path chosen, and
+  the output equals the naive one's; asking that path for the weights is refused."""
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 5, 16))
+  make = lambda impl: MultiHeadAttention(num_heads=2, implementation=impl)
+  variables = make(implementation).init(jax.random.PRNGKey(1), x)
+  out = make(implementation).apply(variables, x, is_causal=True)
+  ref = make("naive").apply(variables, x, is_causal=True)
+  np.testing.assert_allclose(out, ref, atol=1e-5)
+  with pytest.raises(ValueError, match="does not support return_weights"):
+    make(implementation).apply(variables, x, return_weights=True)
