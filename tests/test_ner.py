@@ -267,23 +267,44 @@ class _TableTagger:
     return variables["params"][tokens_BT]
 
 
-def test_score_with_a_perfect_and_a_silent_tagger(data_dir):
-  task = make(data_dir)
+def _table(task: ner.NerTask) -> np.ndarray:
+  """[V, C]: one-hot of each training word's tag (the fixture gives every word one tag)."""
   table = np.zeros((len(task.vocab), task.num_classes), np.float32)
   for s in task.splits["train"]:
     for token, tag in zip(s.tokens, s.tags, strict=True):
       table[task.vocab.encode([ner.normalize(token)])[0], task.class_names.index(tag)] = 1.0
-  model = _TableTagger()
+  return table
+
+
+def test_score_with_a_perfect_and_a_silent_tagger(data_dir):
+  task = make(data_dir)
+  model, table = _TableTagger(), _table(task)
   assert task.score(model, jnp.asarray(table), 2, final=False) == {
     "precision": 100.0,
     "recall": 100.0,
     "f1": 100.0,
+    "tuned_f1": 100.0,
+    "o_margin": 0.0,  # Ties go to the smallest margin.
   }
   final = task.score(model, jnp.asarray(table), 2, final=True)
-  assert final["f1"] == final["test_f1"] == final["test_f1_person"] == 100.0
+  assert final["f1"] == final["test_f1"] == final["test_f1_person"] == final["test_tuned_f1"] == 100.0
   silent = np.zeros_like(table)
   silent[:, 0] = 1.0  # "O" everywhere.
   assert task.score(model, jnp.asarray(silent), 2, final=True)["test_recall"] == 0.0
+
+
+def test_o_margin_is_chosen_on_dev_and_applied_to_test(data_dir):
+  # A timid tagger: every word's right tag scores 1, but O scores 1.7 on entity words (O's own words
+  # keep O). Plain argmax finds nothing; lowering O by 1.0 (the smallest margin > 0.7) finds all.
+  task = make(data_dir)
+  table = _table(task)
+  table[:, 0] = np.where(table[:, 0] == 1.0, 1.0, 1.7)
+  scores = task.score(_TableTagger(), jnp.asarray(table), 2, final=True)
+  assert scores["f1"] == scores["test_f1"] == 0.0
+  assert scores["o_margin"] == 1.0
+  assert scores["tuned_f1"] == scores["test_tuned_f1"] == 100.0
+  logits = [np.array([[2.0, 1.5, 0.0]])]
+  assert task.decode_tags(logits) == [["O"]] and task.decode_tags(logits, 1.0) == [["B-corporation"]]
 
 
 def test_save_writes_vocabulary_and_tags(data_dir, tmp_path):
