@@ -27,6 +27,9 @@ CONFIGS = ("base", "sqrt_d", "heads", "depth", "ner", "translate")
 FILE_DATA_CONFIGS = ("ner", "translate")
 TRAIN_CONFIGS = ("base", "ner", "translate")  # Run by launch.train; the others by launch.sweep.
 SWEEPS = ("sqrt_d", "heads", "depth")
+SEED_TASK_SWEEPS = ("cue", "word_sense")  # Tagging sweeps on attn.seed_tasks (main metric: accuracy).
+CONFIGS += SEED_TASK_SWEEPS
+SWEEPS += SEED_TASK_SWEEPS
 PRESETS = ("", "smoke")
 
 
@@ -130,11 +133,25 @@ def test_heads_grid():
     itertools.product((1, 2, 4, 8, 16), ("fixed_model_dim", "fixed_head_dim"))
   )
   config = module.get_config("")
-  assert (config.task.name, config.model.d_model) == ("sort", 64)
+  assert (config.task.name, config.model.d_model) == ("two_cue", 64)
   fixed_model_dim = [
     p["model.num_heads"] for p in points if p["model.head_dim_policy"] == "fixed_model_dim"
   ]
   assert all(config.model.d_model % h == 0 for h in fixed_model_dim)
+
+
+@pytest.mark.parametrize("name", SEED_TASK_SWEEPS)
+def test_seed_task_grids_compare_full_attention_with_local_windows(name):
+  module = load(name)
+  config = module.get_config("")
+  assert config.task.name == name and config.model.num_encoder_layers == 2
+  points = module.get_sweep("")
+  windows = [p["model.attention_window"] for p in points]
+  assert windows == [64, 4, 2]
+  # 64 covers every sentence: full attention. Two layers of w = 2 reach 4 < min_distance tokens: the
+  # cue is out of sight. w = 4 reaches 8, past min_distance but not across every sentence.
+  assert windows[0] >= config.task.max_length - 1
+  assert 2 * 2 < config.task.min_distance <= 2 * 4 < config.task.max_length - 1
 
 
 def test_depth_grid():
@@ -149,7 +166,8 @@ def test_depth_grid():
 def test_every_sweep_point_is_a_valid_config(name, preset):
   module = load(name)
   points = module.get_sweep(preset)
-  assert len(points) == (2 if preset == "smoke" else {"sqrt_d": 15, "heads": 10, "depth": 4}[name])
+  counts = {"sqrt_d": 15, "heads": 10, "depth": 4, "cue": 3, "word_sense": 3}
+  assert len(points) == (2 if preset == "smoke" else counts[name])
   names = [sweep.point_name(p) for p in points]
   assert len(set(names)) == len(names)
   failures = []
@@ -214,7 +232,8 @@ def test_smoke_sweep_runs_end_to_end(name, tmp_path, monkeypatch):
     summary = json.loads((run / "summary.json").read_text())
     assert summary["status"] == "done"
     assert summary["num_seeds"] == smoke.num_seeds == 2
-    assert summary["main_metric"] == "sequence_accuracy"
+    tagging = name in (*SEED_TASK_SWEEPS, "heads")  # heads runs the two_cue tagging task.
+    assert summary["main_metric"] == ("accuracy" if tagging else "sequence_accuracy")
     resolved = json.loads((run / "config.json").read_text())
     for key, value in overrides.items():
       section, field = key.split(".")
