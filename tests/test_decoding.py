@@ -356,7 +356,8 @@ def test_wider_beam_equals_uncached_beam_search(lm, lm_reference):
   seqs, scores = decode(lm.params, PROMPT)
   np.testing.assert_array_equal(seqs, expected_seqs)
   np.testing.assert_allclose(scores, expected_scores, atol=1e-4)
-  assert np.all(expected_scores >= greedy_score(greedy, log_probs, eos_id, alpha) - 1e-6)
+  # Float32 sums of the same log-probs taken in other batch shapes may differ in the last bits.
+  assert np.all(expected_scores >= greedy_score(greedy, log_probs, eos_id, alpha) - 1e-4)
 
 
 # --------------------------------------------------------------------------------------------------
