@@ -10,6 +10,16 @@ the end ("test_bleu_greedy", "test_bleu_beam").
 Command: nice -n 10 python -m launch.train --config=experiments/translate.py --workdir=runs/translate
 Any other parallel text: --config.data.path=DIR (a folder with train.tsv, dev.tsv and test.tsv).
 Presets: "" (the run above) and "smoke" (a tiny model for a few steps, for tests; seconds).
+Time on a 2-core CPU: 24 min (1448 s wall: 3000 steps at 1.4-3.9 steps/s as other jobs came and went,
+four evaluations, the final greedy and beam decoding of the test split in under a minute; the run was
+stopped once at step 1200 and resumed by rerunning the command).
+
+Found (one seed; 1.9M parameters: D = 128, 4 heads, 3 + 3 layers, 4000 joint BPE pieces; 3000 steps
+of 64 pairs, about 1.2 epochs of the 160,345 training pairs that fit 32 tokens):
+  test BLEU (all 3211 test lines, one reference each): greedy 19.7, beam (4, alpha 0.6) 21.6.
+  dev greedy BLEU on 300 sampled lines: 3.8 / 14.5 / 18.8 at steps 1000 / 2000 / 3000, still rising:
+  the run is compute-bound, not converged (dev teacher-forced token accuracy 0.41 / 0.52 / 0.58).
+  The numbers come from runs/translate/summary.json and metrics.jsonl.
 """
 
 import ml_collections
@@ -43,7 +53,7 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
   config.optimizer.warmup_steps = 400
   config.batch_size = 64
   config.eval_batch_size = 128
-  config.num_train_steps = 4000
+  config.num_train_steps = 3000
   config.log_every_steps = 100
   config.eval_every_steps = 1000
   config.checkpoint_every_steps = 200
