@@ -8,9 +8,30 @@ the token embedding: `--config.model.feature_buckets=0` turns them off (words on
 Metrics: entity precision, recall and F1 in percent, as conlleval computes them; "f1" on dev at every
 evaluation, "test_f1" (and per type, "test_f1_person", ...) at the last.
 
+"tuned_f1" lowers the O logit by the margin that maximises dev F1 ("o_margin"); "test_tuned_f1" applies
+dev's margin to test.
+
 Command: python -m launch.train --config=experiments/ner.py --workdir=runs/ner
 Another CoNLL folder (files train, dev, test): add --config.data.path=DIR.
 Presets: "" (the full run) and "smoke" (a few steps of a tiny model, for tests).
+Time on a 2-core CPU: 5.8 min (349 s wall, 3 seeds vmapped, 500 steps; shared with other jobs).
+
+Found (WNUT 2017, 3 seeds, mean ± std; conlleval entity scores in percent):
+  test F1 16.1 ± 0.7 (precision 23.6 ± 1.5, recall 12.2 ± 0.5); with dev's O margin (3.0): 17.7 ± 0.5.
+  dev F1 25.0 ± 2.2 (precision 38.8, recall 18.5); with the O margin: 29.7 ± 1.3.
+  test F1 per type: person 26.4, location 18.6, product 2.3, group 1.7, corporation 0.9,
+  creative-work 0.0.
+  The target of 35 test F1 is NOT reached: from scratch, this tagger finds person and location names
+  but almost none of the rarer types, and test (unseen surface forms) is far below dev.
+  The hyperparameters were chosen on dev F1 from short single-seed runs: 2 layers at lr 1e-3 peaked at
+  dev F1 25 near step 1000 of 2000 and then overfit (train loss 0.04); without the exact-case word
+  feature and with word dropout 0.2, 24.4 at step 400 (tuned 29.3); 1 layer at lr 2e-3, 27.8 at step
+  400 (tuned 31.3), then down to 22.4 by step 800, hence 500 steps; 48 features per token instead of
+  32 gave 25.0 (vs 24.4); dropout 0.5 with word dropout 0.5 learned slower (21.8 at 800).
+  Without the hashed features (--config.model.feature_buckets=0, words only), in the short run with 2
+  layers, lr 1e-3, word dropout 0.2, 800 steps, one seed: dev F1 1.2 (tuned 6.2) against 23.8 (tuned
+  27.0) with them at the same step: the features carry nearly everything. (The 3-seed ablation on this
+  config was not run: new processes stalled on this machine from 11:45 UTC.)
 """
 
 import ml_collections
@@ -27,28 +48,28 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
   config.task.max_length = 64  # Training sentences are cut to this many tokens (WNUT's longest: 41).
   config.task.min_count = 2  # Words seen fewer times in train are <unk> (their features remain).
   config.task.max_features = 32  # Hashed features per token (F); the rest of a long word's are dropped.
-  config.task.word_dropout = 0.1  # Fraction of training tokens replaced by <unk>.
+  config.task.word_dropout = 0.2  # Fraction of training tokens replaced by <unk>.
   config.data.path = "../shared/data/wnut17"  # Folder holding train, dev, test (or *.conll) files.
 
   config.model.feature_buckets = 2**15  # Rows of the hashed-feature table; 0 = words only.
   config.model.d_model = 128
   config.model.num_heads = 4
   config.model.d_ff = 256
-  config.model.num_encoder_layers = 2
+  config.model.num_encoder_layers = 1
   config.model.num_decoder_layers = 0  # Unused by the tagger.
   config.model.dropout_rate = 0.3
   config.model.max_length = 128
   config.label_smoothing = 0.0
-  config.optimizer.learning_rate = 1e-3
+  config.optimizer.learning_rate = 2e-3
   config.optimizer.schedule = "cosine"
-  config.optimizer.warmup_steps = 200
+  config.optimizer.warmup_steps = 100
   config.batch_size = 32
   config.eval_batch_size = 128
-  config.num_train_steps = 2000
+  config.num_train_steps = 500
   config.log_every_steps = 100
-  config.eval_every_steps = 500
+  config.eval_every_steps = 100
   config.checkpoint_every_steps = 500
-  config.num_seeds = 1
+  config.num_seeds = 3
   if preset == "smoke":
     config.task.max_length = 16
     config.task.max_features = 8
@@ -63,4 +84,5 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
     config.log_every_steps = 2
     config.eval_every_steps = 4
     config.checkpoint_every_steps = 4
+    config.num_seeds = 1
   return config
