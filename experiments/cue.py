@@ -13,7 +13,8 @@ The full-attention point is `attention_window=64`: a band as wide as the longest
 takes (`model.max_length`), which is exactly full attention (a config flag cannot carry None).
 Time on a 2-core CPU: 18 min (1074 s) on a heavily shared CPU (load about 5, this run at nice 10); 12
 of those minutes went to one point's XLA compile while it was starved of CPU. The other two points
-took 2.5 min each, and the same sweep of word_sense.py took 1.5 min in all on a quieter CPU.
+took 2.5 min each; a rerun into a fresh directory took 65 s and 59 s for its first two points, and
+the same sweep of word_sense.py took 1.5 min in all: about 3 min on a quieter CPU.
 
 Found (600 steps, D = 64, 2 layers, 4 heads, 71,812 parameters at every point; eval accuracy on the
 512 names of the fixed eval set, mean ± std over 3 seeds, from runs/cue/compare.md):
