@@ -11,9 +11,9 @@ ended, `summary.json` (finished) or `status.json` with {"status": "failed", "err
 neither is incomplete. Unparseable lines (a writer killed mid-line) and unreadable files are skipped.
 
 Final = the eval value at the last eval step; best = per seed, the max over eval steps for metrics that
-grow ("accuracy", "f1", "bleu" in the name), else the min; both then as mean and population std (ddof=0)
-over seeds. Plots are drawn with matplotlib's object-oriented API (no pyplot, so no global backend or
-figure registry is touched) and saved as PNG through the Agg renderer.
+grow ("accuracy", "f1", "bleu", "precision", "recall" in the name), else the min; both then as mean
+and population std (ddof=0) over seeds. Plots are drawn with matplotlib's object-oriented API (no
+pyplot, so no global backend or figure registry is touched) and saved as PNG through the Agg renderer.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ PathLike = str | os.PathLike
 # Files whose presence makes a subdirectory a run when there is no sweep.json.
 _RUN_FILES = ("config.json", "metrics.jsonl", "summary.json", "status.json")
 # Metric names containing one of these are better when higher; every other metric when lower.
-_HIGHER_IS_BETTER = ("accuracy", "f1", "bleu")
+_HIGHER_IS_BETTER = ("accuracy", "f1", "bleu", "precision", "recall")
 # Row keys other than the swept override values, in table and CSV order.
 _ROW_KEYS = (
   "name",
@@ -230,7 +230,7 @@ def sweep_config(directory: PathLike) -> str | None:
 
 
 def higher_is_better(metric: str) -> bool:
-  """Whether larger values of `metric` are better ("accuracy", "f1", "bleu" in its name)."""
+  """Whether larger values of `metric` are better (one of _HIGHER_IS_BETTER in its name)."""
   return any(word in metric.lower() for word in _HIGHER_IS_BETTER)
 
 

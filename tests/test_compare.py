@@ -196,7 +196,16 @@ def test_compare_table_metric_override_uses_min_for_loss(heads_sweep):
 
 @pytest.mark.parametrize(
   ("metric", "higher"),
-  [("accuracy", True), ("sequence_accuracy", True), ("token_f1", True), ("bleu", True), ("loss", False)],
+  [
+    ("accuracy", True),
+    ("sequence_accuracy", True),
+    ("token_f1", True),
+    ("bleu", True),
+    ("test_precision", True),
+    ("recall", True),
+    ("loss", False),
+    ("o_margin", False),
+  ],
 )
 def test_higher_is_better(metric, higher):
   assert compare.higher_is_better(metric) is higher
