@@ -33,8 +33,8 @@ import jax.numpy as jnp
 # Tile sizes: a tile is [chunk, block_q, block_k] float32 logits. block_q x block_k sets how much of
 # each row one step sees; `chunk` (how many (batch, head) pairs share a step) is the largest divisor
 # of N whose tile stays within TILE_BYTES, so the tile and its exponential stay in cache.
-# On the 2-core CPU (2 MiB L2, 32 MiB L3) 512 x 512 tiles of 4 MiB were the fastest of the sizes tried
-# at the benchmark's shapes (2026-11-25); a new machine may want others.
+# On the 2-core CPU (2 MiB L2, 32 MiB L3), 512 x 512 tiles within 4 MiB were the fastest tried at
+# T = 512 and among the fastest at T = 4096 (noisy timings, 2026-11-25); a new machine may want others.
 BLOCK_Q = 512
 BLOCK_K = 512
 TILE_BYTES = 4 * 2**20

@@ -85,6 +85,19 @@ def pad_rows(rows: Sequence[np.ndarray], length: int, pad_id: int = 0) -> np.nda
   return out
 
 
+def seq2seq_examples(
+  srcs: Sequence[np.ndarray], tgts: Sequence[np.ndarray], source_length: int, target_length: int
+) -> dict[str, np.ndarray]:
+  """Source and target id rows -> src [N, source_length], tgt_in (bos + target) and tgt_out
+  (target + eos) [N, target_length], right-padded with pad_id."""
+  bos, eos = [Vocabulary.bos_id], [Vocabulary.eos_id]
+  return {
+    "src": pad_rows(srcs, source_length),
+    "tgt_in": pad_rows([np.concatenate([bos, t]) for t in tgts], target_length),
+    "tgt_out": pad_rows([np.concatenate([t, eos]) for t in tgts], target_length),
+  }
+
+
 @dataclasses.dataclass(frozen=True)
 class SyntheticSeq2Seq:
   """Sequences of random symbols and a target made from them by `transform` (copy, reverse, sort).
@@ -121,11 +134,7 @@ class SyntheticSeq2Seq:
     lengths = rng.integers(self.min_length, self.max_length + 1, size=n)
     srcs = [rng.integers(0, self.num_symbols, size=L) + offset for L in lengths]
     tgts = [np.asarray(self.transform(s), np.int32) for s in srcs]
-    return {
-      "src": pad_rows(srcs, self.source_length),
-      "tgt_in": pad_rows([np.concatenate([[Vocabulary.bos_id], t]) for t in tgts], self.target_length),
-      "tgt_out": pad_rows([np.concatenate([t, [Vocabulary.eos_id]]) for t in tgts], self.target_length),
-    }
+    return seq2seq_examples(srcs, tgts, self.source_length, self.target_length)
 
   def train_batch(self, step: int, batch_size: int) -> dict[str, np.ndarray]:
     batch = self._examples(_rng(self.seed, _TRAIN_STREAM, step), batch_size)

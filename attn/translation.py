@@ -33,7 +33,7 @@ import sacrebleu
 import sentencepiece as spm
 
 from attn import decoding
-from attn.tasks import SPECIALS, Vocabulary, pad_rows, split_batches
+from attn.tasks import SPECIALS, Vocabulary, pad_rows, seq2seq_examples, split_batches
 
 SPLITS = ("train", "dev", "test")
 MODEL_FILE = "subwords.model"  # The SentencePiece model, in the run directory.
@@ -287,14 +287,6 @@ class Translation:
 
   # Batches.
 
-  def _examples(self, srcs, tgts, source_length: int, target_length: int) -> dict[str, np.ndarray]:
-    bos, eos = [Vocabulary.bos_id], [Vocabulary.eos_id]
-    return {
-      "src": pad_rows(srcs, source_length),
-      "tgt_in": pad_rows([np.concatenate([bos, t]) for t in tgts], target_length),
-      "tgt_out": pad_rows([np.concatenate([t, eos]) for t in tgts], target_length),
-    }
-
   def _chunk(self, chunk: int, batch_size: int) -> np.ndarray:
     """Training example indices [CHUNK_BATCHES, batch_size] of one chunk of batches."""
     key = (chunk, batch_size)
@@ -318,7 +310,7 @@ class Translation:
     rows = self._chunk(step // CHUNK_BATCHES, batch_size)[step % CHUNK_BATCHES]
     longest = int(self._lengths[rows].max())
     length = -(-longest // LENGTH_MULTIPLE) * LENGTH_MULTIPLE
-    batch = self._examples(
+    batch = seq2seq_examples(
       [self.train_src[i] for i in rows],
       [self.train_tgt[i] for i in rows],
       min(length, self.source_length),
@@ -330,7 +322,7 @@ class Translation:
   def eval_batches(self, batch_size: int) -> list[dict[str, np.ndarray]]:
     """The dev pairs that fit, teacher-forced, at the full lengths [B, max_source_length] and
     [B, max_target_length]."""
-    examples = self._examples(self.dev_src, self.dev_tgt, self.source_length, self.target_length)
+    examples = seq2seq_examples(self.dev_src, self.dev_tgt, self.source_length, self.target_length)
     return split_batches(examples, batch_size)
 
   def encode_text(self, text: str) -> np.ndarray:
