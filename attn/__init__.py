@@ -1,19 +1,29 @@
 """attn: attention from weightless self-attention to the full Transformer, as pure JAX and Flax.
 
-Layer 1, pure functions (no Flax, no state) are importable from here. The Flax modules and models are
-importable from here too, and live in `attn.modules`, `attn.blocks`, `attn.models`, `attn.decoding`.
+The floors, each importing only those below it (WORKSPACE.md draws the tree):
+  attn.core   pure functions: scaling, masks, attention and flash, positions, corruption (no Flax)
+  attn.nn     Flax modules and models: ModelConfig, MultiHeadAttention, blocks, Transformer, decoding
+  attn.tasks  where batches come from: the Task protocol and its tasks, an explicit registry
+  attn.train  one run: setup, the pure jitted steps, the loop with checkpoints
+  attn.runs   run directories, the metrics writer, sweeps, comparison tables, plots (imports no attn)
+
+The pure functions of `attn.core` are importable from here.
 """
 
-from attn.attention import (
+from attn.core import (
+  SCALE_CHOICES,
   attention_logits,
   attention_weights,
+  causal_mask,
+  combine_masks,
+  corrupt_tokens,
   dot_product_attention,
+  local_window_mask,
+  padding_mask,
+  resolve_scale,
   self_attention,
+  sinusoidal_positions,
 )
-from attn.corruption import corrupt_tokens
-from attn.masks import causal_mask, combine_masks, local_window_mask, padding_mask
-from attn.positions import sinusoidal_positions
-from attn.scaling import SCALE_CHOICES, resolve_scale
 
 __all__ = [
   "SCALE_CHOICES",

@@ -7,7 +7,7 @@ plant) has one vector whatever it means, and only the words around it can say wh
 the word is known). An EncoderTagger with full attention is compared with the same model whose encoder
 self-attention sees only |i - j| <= w (`model.attention_window`): through 2 layers it reaches 2w
 tokens, so w = 2 never sees the context and w = 4 sometimes does. Three seeds each (vmapped).
-`attn.seed_tasks.sense_shift` (a line of `python -m launch.demo`) shows the same with no parameters.
+`attn.tasks.seed.sense_shift` (a line of `python -m launch.demo`) shows the same with no parameters.
 
 Command: python -m launch.sweep --config=experiments/word_sense.py --workdir=runs/word_sense
 Presets: "" (the sweep above) and "smoke" (two tiny points, for tests).

@@ -13,7 +13,9 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
-from attn import decoding, plots, train
+from attn import train
+from attn.nn import decoding
+from attn.runs import plots
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A run directory (of launch.train).")
 _TEXT = flags.DEFINE_string("text", None, "Input text, tokenised as the run's task does.")

@@ -15,7 +15,7 @@ import sys
 
 from absl import app, flags
 
-from attn import benchmark
+from benchmarks import suites, tables, timing
 from experiments import base
 
 _SUITE = flags.DEFINE_string(
@@ -63,7 +63,7 @@ def main(argv):
   if len(argv) > 1:
     sys.exit(f"error: unexpected arguments: {' '.join(argv[1:])}")
   try:
-    names, smoke = benchmark.parse_suites(_SUITE.value)
+    names, smoke = suites.parse_suites(_SUITE.value)
   except ValueError as e:
     sys.exit(f"error: --suite: {e}")
   if _REPEATS.value < 1:
@@ -74,14 +74,14 @@ def main(argv):
   if out is not None and not os.path.isdir(os.path.dirname(out) or "."):
     sys.exit(f"error: --out: no such folder {os.path.dirname(out)!r}")
 
-  settings = benchmark.Settings(
+  settings = suites.Settings(
     smoke=smoke,
     repeats=1 if smoke else _REPEATS.value,
     memory=_MEMORY.value and not smoke,
     seeds_config=seeds_config(smoke),
   )
-  machine = benchmark.machine_info(repeats=settings.repeats)
-  print(benchmark.format_machine(machine), flush=True)
+  machine = timing.machine_info(repeats=settings.repeats)
+  print(timing.format_machine(machine), flush=True)
   results = {
     "machine": machine,
     "settings": {
@@ -93,8 +93,8 @@ def main(argv):
     "suites": {},
   }
   for name in names:
-    results["suites"][name] = benchmark.run_suite(name, settings, machine)
-    print("\n" + benchmark.format_table(results["suites"][name]), flush=True)
+    results["suites"][name] = suites.run_suite(name, settings, machine)
+    print("\n" + tables.format_table(results["suites"][name]), flush=True)
     if out is not None:
       write_json(out, results)
   if out is not None:

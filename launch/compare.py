@@ -12,7 +12,7 @@ import sys
 
 from absl import app, flags
 
-from attn import compare
+from attn.runs import compare
 
 _METRIC = flags.DEFINE_string(
   "metric",

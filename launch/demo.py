@@ -15,10 +15,11 @@ import jax.numpy as jnp
 from absl import app, flags
 
 import attn
-from attn import decoding, seed_tasks
-from attn.config import ModelConfig
-from attn.models import Transformer
-from attn.modules import MultiHeadAttention
+from attn.nn import decoding
+from attn.nn.attention import MultiHeadAttention
+from attn.nn.config import ModelConfig
+from attn.nn.models import Transformer
+from attn.tasks import seed as seed_tasks
 
 _SEED = flags.DEFINE_integer("seed", 0, "PRNG seed for the random word vectors and parameters.")
 
@@ -74,7 +75,7 @@ def main(argv):
     print(f'   "bank" attends ({sentence} sentence): {weights}')
   shift = seed_tasks.sense_shift()  # The word-sense task's function: 16-dim vectors, the same sentences.
   before, after = shift["before"], shift["after"]
-  print(f"   attn.seed_tasks.sense_shift, the same distance: before {before:.3f}, after {after:.3f}")
+  print(f"   attn.tasks.seed.sense_shift, the same distance: before {before:.3f}, after {after:.3f}")
 
   print("2. Scaled dot-product attention at initialisation, T=64 keys, unit-variance q and k")
   print(f"   {'K':>4}  {'logit std sqrt_d':>16}  {'none':>6}  {'entropy sqrt_d':>14}  {'none':>6}")

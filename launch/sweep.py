@@ -5,7 +5,7 @@ import sys
 
 from absl import app, flags
 
-from attn import compare, sweep
+from attn.runs import compare, sweep
 
 _CONFIG = flags.DEFINE_string("config", None, "Experiment config file[:preset] defining get_sweep.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Sweep directory (one subdirectory per point).")

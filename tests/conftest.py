@@ -1,6 +1,6 @@
 """pytest options shared by the test files.
 
---attention-default=NAME sets attn.attention.DEFAULT_IMPLEMENTATION, the path `implementation=None`
+--attention-default=NAME sets attn.core.attention.DEFAULT_IMPLEMENTATION, the path `implementation=None`
 resolves to, for the whole run, and the environment variable ATTN_DEFAULT_IMPLEMENTATION for the
 subprocesses that tests start: `pytest --attention-default=flash` runs every test with the fast path
 as the default.
@@ -10,7 +10,7 @@ import os
 
 import pytest
 
-from attn import attention
+from attn.core import attention
 
 
 def pytest_addoption(parser):

@@ -55,7 +55,7 @@ def _inline_commands(text: str) -> list[str]:
 def test_documented_launch_commands_name_real_configs_and_sweeps(path, monkeypatch):
   """Commands quoted in prose or docstrings (the full sweeps take minutes, so CI runs their smoke
   presets instead) must at least name an entry point that exists and a config whose sweep loads."""
-  from attn import sweep
+  from attn.runs import sweep
 
   monkeypatch.chdir(ROOT)
   commands = _inline_commands((ROOT / path).read_text(encoding="utf-8"))

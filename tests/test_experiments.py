@@ -18,7 +18,8 @@ import pathlib
 import ml_collections
 import pytest
 
-from attn import compare, sweep, train
+from attn import train
+from attn.runs import compare, sweep
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 CONFIGS = ("base", "sqrt_d", "heads", "depth", "ner", "translate")

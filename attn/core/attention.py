@@ -1,0 +1,378 @@
+"""Pure attention functions: no Flax, no state; safe under jax.jit, jax.vmap and jax.grad.
+
+Layout: query [batch..., T, H, K], key [batch..., S, G, K], value [batch..., S, G, Kv], where G (the
+key/value heads) divides H: G == H is multi-head attention, 1 < G < H grouped-query, G == 1 multi-query.
+Query head h reads key/value head h // (H // G), as `jnp.repeat(key, H // G, axis=-2)` would.
+Masks are boolean, True = may attend, broadcastable to [batch..., H, T, S]; bias is added to the logits.
+"""
+
+from __future__ import annotations
+
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from attn.core import flash, masks
+from attn.core.scaling import Scale, resolve_scale
+
+
+def _check_inputs(query, key, value, mask, bias) -> tuple[int, ...]:
+  """Validates shapes at trace time; returns the logits shape [batch..., H, T, S]."""
+  for name, x in (("query", query), ("key", key), ("value", value)):
+    if x is not None and x.ndim < 3:
+      raise ValueError(f"{name} must be [batch..., length, heads, head_dim], got shape {x.shape}")
+  if query.shape[-1] != key.shape[-1]:
+    raise ValueError(
+      f"query and key head dims differ: query {query.shape} has K={query.shape[-1]}, "
+      f"key {key.shape} has K={key.shape[-1]}"
+    )
+  if value is not None and key.shape[:-1] != value.shape[:-1]:
+    raise ValueError(
+      f"key and value must agree on [batch..., S, heads]: key {key.shape}, value {value.shape}"
+    )
+  H, G = query.shape[-2], key.shape[-2]
+  if H % G:
+    raise ValueError(
+      f"query heads must be divisible by key/value heads: query {query.shape} has H={H}, "
+      f"key {key.shape} has {G}"
+    )
+  try:
+    batch = np.broadcast_shapes(query.shape[:-3], key.shape[:-3])
+  except ValueError:
+    raise ValueError(
+      f"query and key batch dims do not broadcast: query {query.shape}, key {key.shape}"
+    ) from None
+  logits_shape = (*batch, H, query.shape[-3], key.shape[-3])
+  for name, x in (("mask", mask), ("bias", bias)):
+    if x is None:
+      continue
+    try:
+      ok = np.broadcast_shapes(x.shape, logits_shape) == logits_shape
+    except ValueError:
+      ok = False
+    if not ok:
+      raise ValueError(
+        f"{name} of shape {x.shape} does not broadcast to [batch..., H, T, S] = {logits_shape} "
+        f"(query {query.shape}, key {key.shape})"
+      )
+  if mask is not None and mask.dtype != jnp.bool_:
+    raise ValueError(f"mask must be boolean (True = may attend), got dtype {mask.dtype}")
+  return logits_shape
+
+
+def _group(query: jax.Array, G: int) -> jax.Array:
+  """[..., T, H, K] -> [..., T, G, H // G, K]: query heads grouped by the key/value head they read."""
+  *lead, T, H, K = query.shape
+  return query.reshape(*lead, T, G, H // G, K)
+
+
+def _softmax(logits: jax.Array, mask: jax.Array | None) -> jax.Array:
+  """Softmax over the last axis that gives exact zeros on rows with no key to attend.
+
+  Masked logits become -inf rather than a large negative number: exp(-inf) is exactly 0, so a masked
+  key gets weight 0 however large the other logits are, and a fully masked row sums to 0. Dividing by
+  1 instead of 0 there leaves that row at 0 with zero (finite) gradients, where a plain softmax would
+  spread the row uniformly over keys the caller said it may not see.
+  """
+  if mask is not None:
+    logits = jnp.where(mask, logits, -jnp.inf)
+  row_max = jnp.max(logits, axis=-1, keepdims=True)
+  row_max = jax.lax.stop_gradient(jnp.where(jnp.isneginf(row_max), 0.0, row_max))
+  unnormalized = jnp.exp(logits - row_max)
+  denom = jnp.sum(unnormalized, axis=-1, keepdims=True)
+  return unnormalized / jnp.where(denom == 0.0, 1.0, denom)
+
+
+def _zero_unattended_keys(key, value, mask, logits_shape):
+  """Zeros keys and values that no query may attend, so that NaN or inf stored there (padding often
+  holds garbage) cannot leak through 0 * NaN in the products or their gradients."""
+  attended = jnp.any(jnp.broadcast_to(mask, logits_shape), axis=(-3, -2))  # [batch..., S]
+  attended = attended[..., :, None, None]  # [batch..., S, 1, 1]
+  key = jnp.where(attended, key, jnp.zeros((), key.dtype))
+  if value is not None:
+    value = jnp.where(attended, value, jnp.zeros((), value.dtype))
+  return key, value
+
+
+def _logits(query, key, bias, multiplier, logits_shape):
+  # Logits and softmax in float32 (at least) whatever the input dtype: bfloat16 has 8 bits of mantissa
+  # and float16 overflows at 65504, which unscaled logits at large K reach easily.
+  compute_dtype = jnp.promote_types(query.dtype, jnp.float32)
+  logits = jnp.einsum(
+    "...TGRK,...SGK->...GRTS", _group(query, key.shape[-2]), key, preferred_element_type=compute_dtype
+  )
+  logits = logits.reshape(logits_shape) * multiplier
+  if bias is not None:
+    logits = logits + bias.astype(compute_dtype)
+  return logits
+
+
+def _weights(query, key, value, mask, bias, scale):
+  """Shared core: returns (weights f32 [batch..., H, T, S], key, value with unattended keys zeroed)."""
+  logits_shape = _check_inputs(query, key, value, mask, bias)
+  multiplier = resolve_scale(scale, query.shape[-1])
+  if mask is not None:
+    key, value = _zero_unattended_keys(key, value, mask, logits_shape)
+  return _softmax(_logits(query, key, bias, multiplier, logits_shape), mask), key, value
+
+
+def attention_logits(
+  query: jax.Array,
+  key: jax.Array,
+  *,
+  bias: jax.Array | None = None,
+  scale: Scale = "sqrt_d",
+) -> jax.Array:
+  """The scaled logits scale * q.k + bias, before masking and softmax.
+
+  Args:
+    query: [batch..., T, H, K].
+    key: [batch..., S, G, K], G dividing H.
+    bias: broadcastable to [batch..., H, T, S].
+    scale: "sqrt_d", "none", "d" or a positive float multiplier (see `attn.resolve_scale`).
+
+  Returns:
+    float32 (or wider) [batch..., H, T, S].
+  """
+  logits_shape = _check_inputs(query, key, None, None, bias)
+  return _logits(query, key, bias, resolve_scale(scale, query.shape[-1]), logits_shape)
+
+
+def attention_weights(
+  query: jax.Array,
+  key: jax.Array,
+  *,
+  mask: jax.Array | None = None,
+  bias: jax.Array | None = None,
+  scale: Scale = "sqrt_d",
+) -> jax.Array:
+  """Softmax-normalised attention weights.
+
+  Args:
+    query: [batch..., T, H, K].
+    key: [batch..., S, G, K], G dividing H.
+    mask: bool, broadcastable to [batch..., H, T, S]; True = may attend.
+    bias: broadcastable to [batch..., H, T, S], added to the scaled logits.
+    scale: "sqrt_d", "none", "d" or a positive float multiplier (see `attn.resolve_scale`).
+
+  Returns:
+    float32 (or wider) [batch..., H, T, S]; each row sums to 1, or is all zeros when the mask leaves
+    the query no key.
+  """
+  weights, _, _ = _weights(query, key, None, mask, bias, scale)
+  return weights
+
+
+IMPLEMENTATIONS = ("naive", "flash", "jax")
+
+# Below this many logits per (batch, head) the naive path is as fast or faster (on the 2-core CPU,
+# forward+backward: equal at 64 x 64, naive 1.4x faster at 11 x 11, flash faster from 128 x 128 on).
+FLASH_MIN_LOGITS = 128 * 128
+
+# What `implementation=None` resolves to where the weights and dropout are not needed: None decides
+# by backend and size (see choose_implementation); a name forces that path everywhere it applies.
+# Set from the environment variable ATTN_DEFAULT_IMPLEMENTATION at import, so child processes follow
+# too; the test suite runs whole with the fast path as the default by `pytest --attention-default=flash`.
+DEFAULT_IMPLEMENTATION: str | None = os.environ.get("ATTN_DEFAULT_IMPLEMENTATION") or None
+if DEFAULT_IMPLEMENTATION not in (None, *IMPLEMENTATIONS):
+  raise ValueError(
+    f"ATTN_DEFAULT_IMPLEMENTATION: unknown choice {DEFAULT_IMPLEMENTATION!r}; expected one of "
+    f"{IMPLEMENTATIONS} or unset"
+  )
+
+
+def choose_implementation(
+  implementation: str | None,
+  *,
+  T: int,
+  S: int,
+  dropout: bool = False,
+  return_weights: bool = False,
+  same_head_dims: bool = True,
+) -> str:
+  """Resolves `implementation=None` and checks an explicit choice.
+
+  None picks "naive" when dropout or the weights are asked for (only it has them). Otherwise it picks
+  "jax" on a GPU (cuDNN's fused kernel) when query, key and value share one head dim; elsewhere
+  "flash" for long sequences (T * S >= FLASH_MIN_LOGITS, where memory and the skipped causal tiles pay
+  off) and "naive" for short ones.
+  """
+  if implementation is None:
+    if dropout or return_weights:
+      return "naive"
+    if DEFAULT_IMPLEMENTATION is not None:
+      forced = DEFAULT_IMPLEMENTATION
+      return "flash" if forced == "jax" and not same_head_dims else forced
+    if jax.default_backend() == "gpu" and same_head_dims:
+      return "jax"
+    return "flash" if T * S >= FLASH_MIN_LOGITS else "naive"
+  if implementation not in IMPLEMENTATIONS:
+    choices = ", ".join(map(repr, IMPLEMENTATIONS))
+    raise ValueError(
+      f"implementation: unknown choice {implementation!r}; expected one of {choices} or None"
+    )
+  if implementation != "naive" and (dropout or return_weights):
+    what = "dropout_rate > 0" if dropout else "return_weights=True"
+    raise ValueError(f"implementation={implementation!r} does not support {what}; use 'naive' or None")
+  if implementation == "jax" and not same_head_dims:
+    raise ValueError("implementation='jax' needs the value head dim to equal the key head dim")
+  return implementation
+
+
+def _fused(query, key, value, mask, bias, scale, is_causal, implementation, logits_shape):
+  """The "flash" and "jax" paths: batch axes flattened to one, masks and bias made 4-D."""
+  multiplier = resolve_scale(scale, query.shape[-1])
+  if mask is not None:
+    key, value = _zero_unattended_keys(key, value, mask, logits_shape)
+  batch = logits_shape[:-3]
+  B = int(np.prod(batch, dtype=np.int64))
+
+  def flat(x):  # [batch..., L, heads, K] -> [B, L, heads, K]
+    return jnp.broadcast_to(x, (*batch, *x.shape[-3:])).reshape(B, *x.shape[-3:])
+
+  def four_d(x):  # broadcastable to [batch..., H, T, S] -> [B or 1, H or 1, T or 1, S or 1]
+    if x is None:
+      return None
+    x = x.reshape((1,) * (len(logits_shape) - x.ndim) + x.shape)
+    if all(d == 1 for d in x.shape[:-3]):
+      return x.reshape(1, *x.shape[-3:])
+    return jnp.broadcast_to(x, (*batch, *x.shape[-3:])).reshape(B, *x.shape[-3:])
+
+  q, k, v = flat(query), flat(key), flat(value)
+  mask4, bias4 = four_d(mask), four_d(bias)
+  if implementation == "flash":
+    out = flash.flash_attention(
+      q, k, v, mask=mask4, bias=bias4, multiplier=multiplier, is_causal=is_causal
+    )
+  else:
+    out = _jax_nn(q, k, v, mask4, bias4, multiplier, is_causal)
+  return out.reshape(*batch, *out.shape[1:])
+
+
+def _jax_nn(q, k, v, mask, bias, multiplier, is_causal):
+  """jax.nn.dot_product_attention, with a fully masked row set to 0 (jax.nn averages its values)."""
+  if mask is not None and mask.shape[1] not in (1, q.shape[2]):
+    mask = jnp.broadcast_to(mask, (mask.shape[0], q.shape[2], *mask.shape[2:]))
+  out = jax.nn.dot_product_attention(
+    q, k, v, bias=bias, mask=mask, scale=multiplier, is_causal=is_causal, implementation=None
+  )
+  if mask is None:
+    return out
+  if is_causal:
+    mask = mask & masks.causal_mask(q.shape[1], k.shape[1])
+  live_BHT = jnp.any(mask, axis=-1)  # [B or 1, H or 1, T]
+  return jnp.where(jnp.swapaxes(live_BHT, -1, -2)[..., None], out, jnp.zeros((), out.dtype))
+
+
+def dot_product_attention(
+  query: jax.Array,
+  key: jax.Array,
+  value: jax.Array,
+  *,
+  mask: jax.Array | None = None,
+  bias: jax.Array | None = None,
+  scale: Scale = "sqrt_d",
+  is_causal: bool = False,
+  dropout_rate: float = 0.0,
+  dropout_rng: jax.Array | None = None,
+  return_weights: bool = False,
+  implementation: str | None = None,
+) -> jax.Array | tuple[jax.Array, jax.Array]:
+  """Scaled dot-product attention: softmax(scale * q.k + bias, masked) @ v, per head.
+
+  Args:
+    query: [batch..., T, H, K].
+    key: [batch..., S, G, K], G dividing H (grouped-query and multi-query attention when G < H).
+    value: [batch..., S, G, Kv].
+    mask: bool, broadcastable to [batch..., H, T, S]; True = may attend. A query with no key to
+      attend gets exactly zeros (and zero gradients). Keys that no query may attend have no influence,
+      even when they hold NaN or inf.
+    bias: broadcastable to [batch..., H, T, S], added to the scaled logits.
+    scale: "sqrt_d", "none", "d" or a positive float multiplier (see `attn.resolve_scale`).
+    is_causal: also apply `attn.causal_mask(T, S)` (query i sees key j iff j <= i), without
+      materialising it on the "flash" path, which then skips the tiles above the diagonal.
+    dropout_rate: probability of dropping an attention weight (training only).
+    dropout_rng: PRNG key, required when dropout_rate > 0.
+    return_weights: also return the attention weights (before dropout).
+    implementation: "naive" (materialises the [T, S] weights), "flash" (blocked online softmax,
+      O(T + S) memory, custom backward), "jax" (`jax.nn.dot_product_attention`: cuDNN on a GPU) or
+      None to choose: see `choose_implementation`. All give the same results, fully masked rows
+      included; dropout and return_weights need "naive".
+
+  Returns:
+    [batch..., T, H, Kv] in the query's dtype, and the float32 weights [batch..., H, T, S] when
+    `return_weights`.
+  """
+  if not 0.0 <= dropout_rate < 1.0:
+    raise ValueError(f"dropout_rate must be in [0, 1), got {dropout_rate}")
+  if dropout_rate > 0.0 and dropout_rng is None:
+    raise ValueError("dropout_rng is required when dropout_rate > 0")
+  logits_shape = _check_inputs(query, key, value, mask, bias)
+  implementation = choose_implementation(
+    implementation, T=query.shape[-3], S=key.shape[-3], dropout=dropout_rate > 0.0,
+    return_weights=return_weights,
+  )  # fmt: skip
+  if implementation != "naive":
+    return _fused(query, key, value, mask, bias, scale, is_causal, implementation, logits_shape)
+  if is_causal:
+    mask = masks.combine_masks(mask, masks.causal_mask(query.shape[-3], key.shape[-3]))
+  weights, key, value = _weights(query, key, value, mask, bias, scale)
+  probs = weights
+  if dropout_rate > 0.0:
+    keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, probs.shape)
+    probs = jnp.where(keep, probs / (1.0 - dropout_rate), 0.0)
+  G = key.shape[-2]
+  *lead, H, T, S = probs.shape
+  probs_GRTS = probs.reshape(*lead, G, H // G, T, S).astype(value.dtype)
+  out = jnp.einsum(
+    "...GRTS,...SGK->...TGRK",
+    probs_GRTS,
+    value,
+    preferred_element_type=jnp.promote_types(value.dtype, jnp.float32),
+  )
+  out = out.reshape(*out.shape[:-3], H, value.shape[-1]).astype(query.dtype)
+  return (out, weights) if return_weights else out
+
+
+def self_attention(
+  x: jax.Array,
+  *,
+  mask: jax.Array | None = None,
+  scale: Scale = "sqrt_d",
+  return_weights: bool = False,
+) -> jax.Array | tuple[jax.Array, jax.Array]:
+  """The notes' weightless self-attention: every vector re-weighed by its softmax similarity to all.
+
+  out[t] = sum_s softmax_s(scale * x[t].x[s]) x[s]. There are no parameters; order and distance play
+  no part (permuting the tokens permutes the output), and any length works.
+
+  Args:
+    x: [batch..., T, D].
+    mask: bool, broadcastable to [batch..., T, T]; True = may attend.
+    scale: "sqrt_d" (divide by sqrt(D)), "none", "d" or a positive float multiplier.
+    return_weights: also return the weights [batch..., T, T].
+
+  Returns:
+    [batch..., T, D], and the weights when asked.
+  """
+  if x.ndim < 2:
+    raise ValueError(f"x must be [batch..., T, D], got shape {x.shape}")
+  qkv = x[..., None, :]  # one head: [batch..., T, 1, D]
+  if mask is not None:
+    target = (*x.shape[:-2], x.shape[-2], x.shape[-2])  # [batch..., T, T]
+    try:
+      ok = mask.ndim >= 2 and np.broadcast_shapes(mask.shape, target) == target
+    except ValueError:
+      ok = False
+    if not ok:
+      raise ValueError(
+        f"mask of shape {mask.shape} does not broadcast to [batch..., T, T] for x {x.shape}"
+      )
+    mask = mask[..., None, :, :]  # add the head axis
+  result = dot_product_attention(qkv, qkv, qkv, mask=mask, scale=scale, return_weights=return_weights)
+  if return_weights:
+    out, weights = result
+    return out[..., 0, :], weights[..., 0, :, :]
+  return result[..., 0, :]

@@ -1,0 +1,43 @@
+"""Corrupting input tokens for denoising training (the notes' other "masking").
+
+This is not an attention mask: it changes the tokens a model sees, so that it learns to fill the gaps.
+Attention masks live in `attn.core.masks`.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+
+def corrupt_tokens(
+  rng: jax.Array,
+  tokens: jax.Array,
+  rate: float,
+  mask_id: int,
+  *,
+  eligible: jax.Array | None = None,
+) -> tuple[jax.Array, jax.Array]:
+  """Replaces each eligible token by `mask_id` with probability `rate`.
+
+  Args:
+    rng: PRNG key.
+    tokens: int [batch..., T].
+    rate: probability in [0, 1] that an eligible token is replaced.
+    mask_id: the id written in place of a corrupted token.
+    eligible: bool, broadcastable to `tokens`; only these positions may be corrupted (pass
+      `tokens != pad_id` to leave padding alone). Defaults to all positions.
+
+  Returns:
+    (corrupted tokens, bool array of the positions that were replaced), both shaped like `tokens`;
+    a denoising loss is usually taken on the replaced positions only.
+  """
+  if not 0.0 <= rate <= 1.0:
+    raise ValueError(f"corrupt_tokens: rate must be in [0, 1], got {rate}")
+  tokens = jnp.asarray(tokens)
+  if not jnp.issubdtype(tokens.dtype, jnp.integer):
+    raise ValueError(f"corrupt_tokens: tokens must be integer ids, got {tokens.dtype}")
+  replaced = jax.random.bernoulli(rng, rate, jnp.shape(tokens))
+  if eligible is not None:
+    replaced = replaced & eligible
+  return jnp.where(replaced, jnp.asarray(mask_id, tokens.dtype), tokens), replaced

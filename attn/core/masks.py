@@ -1,0 +1,108 @@
+"""Attention masks: boolean arrays, True = may attend, broadcastable to [batch..., H, T, S].
+
+These decide which keys a query may look at. They have nothing to do with corrupting input tokens for
+denoising training, which lives in `attn.core.corruption` under the name `corrupt_tokens`.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def causal_mask(T: int, S: int | None = None, *, offset: jax.typing.ArrayLike = 0) -> jax.Array:
+  """Mask in which query i may attend key j iff j <= i + offset.
+
+  Args:
+    T: number of queries.
+    S: number of keys; defaults to T.
+    offset: position of query 0 among the keys. 0 aligns the top-left corners, as
+      `jax.nn.dot_product_attention(is_causal=True)` does; during cached decoding it is the number of
+      tokens already in the cache. May be a traced integer.
+
+  Returns:
+    bool [T, S].
+  """
+  S = T if S is None else S
+  if T < 0 or S < 0:
+    raise ValueError(f"causal_mask: lengths must be non-negative, got T={T}, S={S}")
+  q_pos_T1 = jnp.arange(T)[:, None] + offset
+  k_pos_1S = jnp.arange(S)[None, :]
+  return k_pos_1S <= q_pos_T1
+
+
+def local_window_mask(T: int, S: int | None = None, *, window: int) -> jax.Array:
+  """Band mask in which query i may attend key j iff |i - j| <= window (a local-window baseline).
+
+  Top-left aligned, as `causal_mask` is. Stacked over L layers, position i can see no further than
+  L * window tokens away, so a word decided by a cue farther off than that cannot be tagged.
+
+  Args:
+    T: number of queries.
+    S: number of keys; defaults to T.
+    window: the half-width w >= 0; 0 lets each query see only its own position.
+
+  Returns:
+    bool [T, S].
+  """
+  S = T if S is None else S
+  if T < 0 or S < 0:
+    raise ValueError(f"local_window_mask: lengths must be non-negative, got T={T}, S={S}")
+  if isinstance(window, bool) or not isinstance(window, int | np.integer) or window < 0:
+    raise ValueError(f"local_window_mask: window must be a non-negative int, got {window!r}")
+  q_pos_T1 = jnp.arange(T)[:, None]
+  k_pos_1S = jnp.arange(S)[None, :]
+  return jnp.abs(k_pos_1S - q_pos_T1) <= window
+
+
+def padding_mask(
+  lengths: jax.typing.ArrayLike | None = None,
+  *,
+  max_length: int | None = None,
+  tokens: jax.typing.ArrayLike | None = None,
+  pad_id: int = 0,
+) -> jax.Array:
+  """Key-padding mask: key j may be attended iff it is a real token.
+
+  Give either `lengths` [batch...] with `max_length` (the first `lengths` keys are real), or
+  `tokens` [batch..., S] with `pad_id` (keys equal to `pad_id` are padding).
+
+  Returns:
+    bool [batch..., 1, 1, S], which broadcasts against [batch..., H, T, S].
+  """
+  if (lengths is None) == (tokens is None):
+    raise ValueError("padding_mask: give exactly one of `lengths` (with `max_length`) or `tokens`")
+  if tokens is not None:
+    tokens = jnp.asarray(tokens)
+    if tokens.ndim < 1:
+      raise ValueError(f"padding_mask: tokens must be [batch..., S], got shape {tokens.shape}")
+    valid_S = tokens != pad_id
+  else:
+    if max_length is None:
+      raise ValueError("padding_mask: `max_length` is required with `lengths`")
+    lengths = jnp.asarray(lengths)
+    valid_S = jnp.arange(max_length) < lengths[..., None]
+  return valid_S[..., None, None, :]
+
+
+def combine_masks(*masks: jax.Array | None) -> jax.Array | None:
+  """Logical AND of the given masks, skipping None; None when all are None.
+
+  Raises:
+    ValueError: when a mask is not boolean or the masks do not broadcast together.
+  """
+  present = [jnp.asarray(m) for m in masks if m is not None]
+  if not present:
+    return None
+  for i, m in enumerate(present):
+    if m.dtype != jnp.bool_:
+      raise ValueError(f"combine_masks: mask {i} must be boolean (True = may attend), got {m.dtype}")
+  try:
+    np.broadcast_shapes(*(jnp.shape(m) for m in present))
+  except ValueError:
+    shapes = ", ".join(str(jnp.shape(m)) for m in present)
+    raise ValueError(f"combine_masks: masks do not broadcast together: {shapes}") from None
+  return functools.reduce(jnp.logical_and, present)

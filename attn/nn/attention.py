@@ -1,0 +1,279 @@
+"""Flax linen attention modules: thin wrappers that project, reshape and call the pure functions."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from attn.core import attention, masks
+from attn.nn.config import check_module_scale, head_dim_for
+
+Array = jax.Array
+
+
+class SelfAttention(nn.Module):
+  """The notes' first block: weightless self-attention. It has no parameters at all."""
+
+  scale: str | float = "sqrt_d"
+
+  def __call__(self, x: Array, *, mask: Array | None = None, return_weights: bool = False):
+    """x [batch..., T, D] -> [batch..., T, D] (and weights [batch..., T, T] when asked)."""
+    return attention.self_attention(x, mask=mask, scale=self.scale, return_weights=return_weights)
+
+
+def _folded_init(init, multiplier: float):
+  def folded(key, shape, dtype=jnp.float32):
+    return init(key, shape, dtype) * jnp.asarray(multiplier, dtype)
+
+  return folded
+
+
+class MultiHeadAttention(nn.Module):
+  """Multi-head attention: per-head query/key/value projections, attention, concat, output projection.
+
+  Parameters are laid out as in `flax.linen.MultiHeadDotProductAttention` (query/key/value kernels
+  [D, H, K], out kernel [H, K, D]), so weights copy across.
+
+  Attributes:
+    num_heads: H.
+    head_dim_policy: "fixed_model_dim" (K = qkv_features / H) or "fixed_head_dim" (K = head_dim).
+      A heads sweep under "fixed_model_dim" also changes K and so sqrt(K); name the arm you want.
+    head_dim: K under "fixed_head_dim".
+    num_kv_heads: G key/value heads (G divides H); None means G = H.
+    qkv_features: the model dim the heads split under "fixed_model_dim"; defaults to the input dim.
+    out_features: output dim; defaults to the query input's dim.
+    scale: "sqrt_d", "none", "d", a positive float, "learned" (a per-head multiplier learned from
+      1/sqrt(K)) or "init_folded" (1/sqrt(K) folded into the query kernel's initialisation).
+    dropout_rate: dropout on the attention weights when not deterministic (rng stream "dropout").
+    use_bias: biases in the four projections.
+    decode: keep a key/value cache (collection "cache") for incremental decoding. Initialise with
+      inputs of the full length to size the cache; each later call appends its T tokens (any T) and
+      attends causally to everything cached so far.
+    implementation: of `attn.dot_product_attention`: "naive", "flash", "jax" or None (automatic).
+  """
+
+  num_heads: int
+  head_dim_policy: str = "fixed_model_dim"
+  head_dim: int | None = None
+  num_kv_heads: int | None = None
+  qkv_features: int | None = None
+  out_features: int | None = None
+  scale: str | float = "sqrt_d"
+  dropout_rate: float = 0.0
+  use_bias: bool = True
+  dtype: Any = None
+  param_dtype: Any = jnp.float32
+  kernel_init: Any = nn.initializers.lecun_normal()
+  bias_init: Any = nn.initializers.zeros_init()
+  decode: bool = False
+  implementation: str | None = None
+
+  @nn.compact
+  def __call__(
+    self,
+    inputs_q: Array,
+    inputs_kv: Array | None = None,
+    *,
+    mask: Array | None = None,
+    key_valid: Array | None = None,
+    is_causal: bool = False,
+    deterministic: bool = True,
+    return_weights: bool = False,
+  ):
+    """Attends from `inputs_q` [batch..., T, D] to `inputs_kv` [batch..., S, D] (itself if None).
+
+    Args:
+      mask: bool, broadcastable to [batch..., H, T, S]; True = may attend. In decode mode the causal
+        mask over the cache is built here, so pass only extra masks of S = the cache length.
+      key_valid: bool [batch..., S], False for keys that are padding. In decode mode it covers only
+        this call's tokens and is cached with their keys, so padding in a prompt stays masked.
+      is_causal: query i sees key j iff j <= i, without a mask array (the fast path then skips the
+        masked tiles). Decode mode is always causal over its cache.
+      deterministic: disables attention dropout.
+      return_weights: also return the attention weights [batch..., H, T, S].
+
+    Returns:
+      [batch..., T, out_features], and the weights when asked.
+    """
+    inputs_kv = inputs_q if inputs_kv is None else inputs_kv
+    check_module_scale("scale", self.scale)
+    q_BTHK, k_BSGK, v_BSGK = self._project(inputs_q, inputs_kv)
+    q_BTHK, runtime_scale = self._scale_queries(q_BTHK)
+    k_BSGK, v_BSGK, mask, fits_cache = self._keys_and_mask(k_BSGK, v_BSGK, mask, key_valid)
+    is_causal = is_causal and not self.decode  # Decode mode's mask is causal over the cache already.
+    out_BTHK, weights = self._attend(
+      q_BTHK, k_BSGK, v_BSGK, mask, runtime_scale, is_causal, deterministic, return_weights
+    )
+    if self.is_mutable_collection("diagnostics"):
+      self._sow_diagnostics(q_BTHK, k_BSGK, mask, runtime_scale, is_causal)
+    out = self._dense_out(out_BTHK, self.out_features or inputs_q.shape[-1])
+    if fits_cache is not True:
+      # Under jit an overfull cache cannot raise; NaN says so instead of silently overwriting the cache.
+      out = jnp.where(fits_cache, out, jnp.nan)
+    return (out, weights) if return_weights else out
+
+  def _project(self, inputs_q: Array, inputs_kv: Array) -> tuple[Array, Array, Array]:
+    """The query [batch..., T, H, K], key and value [batch..., S, G, K] projections."""
+    D = self.qkv_features or inputs_q.shape[-1]
+    H = self.num_heads
+    K = head_dim_for("", self.head_dim_policy, H, D, self.head_dim)
+    G = H if self.num_kv_heads is None else self.num_kv_heads
+    if G <= 0 or H % G:
+      raise ValueError(f"num_kv_heads: {G} must be positive and divide num_heads={H}")
+
+    def dense(name, heads, init):
+      return nn.DenseGeneral(
+        (heads, K),
+        use_bias=self.use_bias,
+        dtype=self.dtype,
+        param_dtype=self.param_dtype,
+        kernel_init=init,
+        bias_init=self.bias_init,
+        name=name,
+      )
+
+    q_init = self.kernel_init
+    if self.scale == "init_folded":
+      q_init = _folded_init(self.kernel_init, K**-0.5)
+    return (
+      dense("query", H, q_init)(inputs_q),
+      dense("key", G, self.kernel_init)(inputs_kv),
+      dense("value", G, self.kernel_init)(inputs_kv),
+    )
+
+  def _scale_queries(self, q_BTHK: Array) -> tuple[Array, str | float]:
+    """Applies the scale choices that need parameters to the queries; returns them and the scale
+    left for the pure function ("none" once the queries carry it)."""
+    H, K = q_BTHK.shape[-2:]
+    if self.scale == "learned":
+      log_scale_H = self.param(
+        "log_scale", nn.initializers.constant(-0.5 * jnp.log(K)), (H,), self.param_dtype
+      )
+      return q_BTHK * jnp.exp(log_scale_H)[:, None].astype(q_BTHK.dtype), "none"
+    if self.scale == "init_folded":
+      return q_BTHK, "none"
+    return q_BTHK, self.scale
+
+  def _keys_and_mask(self, k_BSGK: Array, v_BSGK: Array, mask: Array | None, key_valid: Array | None):
+    """The keys and values to attend (the whole cache in decode mode), the mask with the padding of
+    `key_valid` folded in, and whether the new tokens fitted the cache (True, or a traced bool)."""
+    if key_valid is not None and key_valid.shape != k_BSGK.shape[:-2]:
+      raise ValueError(f"key_valid must be [batch..., S] = {k_BSGK.shape[:-2]}, got {key_valid.shape}")
+    if self.decode:
+      return self._update_cache(k_BSGK, v_BSGK, mask, key_valid)
+    if key_valid is not None:
+      mask = masks.combine_masks(mask, key_valid[..., None, None, :])
+    return k_BSGK, v_BSGK, mask, True
+
+  def _attend(
+    self, q_BTHK, k_BSGK, v_BSGK, mask, scale, is_causal: bool, deterministic: bool, return_weights: bool
+  ):
+    """The pure function with the implementation asked for; (output [batch..., T, H, K], weights or
+    None). Only the naive path returns weights, so `return_weights` with "flash" or "jax" is refused
+    there (the diagnostics never ask: they take their statistics from a pass of their own)."""
+    dropout_rng = None
+    if not deterministic and self.dropout_rate > 0.0:
+      dropout_rng = self.make_rng("dropout")
+    result = attention.dot_product_attention(
+      q_BTHK,
+      k_BSGK,
+      v_BSGK,
+      mask=mask,
+      scale=scale,
+      is_causal=is_causal,
+      dropout_rate=self.dropout_rate if dropout_rng is not None else 0.0,
+      dropout_rng=dropout_rng,
+      return_weights=return_weights,
+      implementation=self.implementation,
+    )
+    return result if return_weights else (result, None)
+
+  def _dense_out(self, out_BTHK: Array, features: int) -> Array:
+    return nn.DenseGeneral(
+      features,
+      axis=(-2, -1),
+      use_bias=self.use_bias,
+      dtype=self.dtype,
+      param_dtype=self.param_dtype,
+      kernel_init=self.kernel_init,
+      bias_init=self.bias_init,
+      name="out",
+    )(out_BTHK)
+
+  def _sow_diagnostics(self, q_BTHK, k_BSGK, mask, scale, is_causal: bool):
+    """Records the statistics the scale and heads ablations read, only when the caller makes the
+    "diagnostics" collection mutable: the std of the scaled logits over the allowed entries, and the
+    mean entropy (nats) and mean maximum of the attention rows that have a key to attend.
+
+    They come from a separate naive pass over the same queries and keys (`attention_weights`, [T, S]
+    in memory), which does not feed the output: the output, and so every gradient, comes from the
+    implementation asked for. The pass runs only where the collection is mutable (at `init` and in
+    the training loop's diagnostics step, once per evaluation), never in a training step.
+    """
+    if is_causal:
+      mask = masks.combine_masks(mask, masks.causal_mask(q_BTHK.shape[-3], k_BSGK.shape[-3]))
+    logits = attention.attention_logits(q_BTHK, k_BSGK, scale=scale)
+    weights_BHTS = attention.attention_weights(q_BTHK, k_BSGK, mask=mask, scale=scale)
+    allowed = jnp.ones(logits.shape, bool) if mask is None else jnp.broadcast_to(mask, logits.shape)
+    count = jnp.maximum(allowed.sum(), 1)
+    mean = jnp.sum(jnp.where(allowed, logits, 0.0)) / count
+    logit_std = jnp.sqrt(jnp.sum(jnp.where(allowed, (logits - mean) ** 2, 0.0)) / count)
+    live_rows = weights_BHTS.sum(-1) > 0
+    rows = jnp.maximum(live_rows.sum(), 1)
+    safe = jnp.where(weights_BHTS > 0, weights_BHTS, 1.0)
+    entropy = -jnp.sum(weights_BHTS * jnp.log(safe), axis=-1)
+    self.sow("diagnostics", "logit_std", logit_std)
+    self.sow("diagnostics", "entropy", jnp.sum(jnp.where(live_rows, entropy, 0.0)) / rows)
+    self.sow(
+      "diagnostics", "max_weight", jnp.sum(jnp.where(live_rows, weights_BHTS.max(-1), 0.0)) / rows
+    )
+
+  def _update_cache(self, k_BTGK: Array, v_BTGK: Array, mask: Array | None, valid_BT: Array | None):
+    """Writes this call's keys and values at the cache index.
+
+    Returns the whole cache (keys, values), its mask, and whether the new tokens fitted: True, or a
+    traced bool under jit, where an overfull cache cannot raise.
+    """
+    initialized = self.has_variable("cache", "cached_key")
+    cached_key = self.variable("cache", "cached_key", jnp.zeros, k_BTGK.shape, k_BTGK.dtype)
+    cached_value = self.variable("cache", "cached_value", jnp.zeros, v_BTGK.shape, v_BTGK.dtype)
+    cached_valid = self.variable("cache", "cached_key_valid", jnp.zeros, k_BTGK.shape[:-2], bool)
+    index = self.variable("cache", "cache_index", lambda: jnp.array(0, jnp.int32))
+    T = k_BTGK.shape[-3]
+    valid_BT = jnp.ones(k_BTGK.shape[:-2], bool) if valid_BT is None else valid_BT
+    if not initialized:  # Initialisation only sizes the cache: attend as in training.
+      mask = masks.combine_masks(mask, masks.causal_mask(T), valid_BT[..., None, None, :])
+      return k_BTGK, v_BTGK, mask, True
+    *batch, S, _, _ = cached_key.value.shape
+    if k_BTGK.shape[:-3] != tuple(batch) or T > S:
+      raise ValueError(
+        f"decode: {T} new tokens of batch {k_BTGK.shape[:-3]} do not fit the cache "
+        f"{cached_key.value.shape} ([batch..., S, G, K])"
+      )
+    i = index.value
+    try:
+      if int(i) + T > S:
+        raise ValueError(
+          f"decode: the cache holds {S} positions, {int(i)} are written; {T} more do not fit"
+        )
+      fits = True
+    except jax.errors.ConcretizationTypeError:
+      fits = i + T <= S
+    start = (0,) * len(batch) + (i, 0, 0)
+    cached_key.value = jax.lax.dynamic_update_slice(cached_key.value, k_BTGK, start)
+    cached_value.value = jax.lax.dynamic_update_slice(cached_value.value, v_BTGK, start)
+    cached_valid.value = jax.lax.dynamic_update_slice(cached_valid.value, valid_BT, start[:-2])
+    index.value = i + T
+    # New query t sits at cache position i + t: it sees every earlier position and none after it,
+    # which also hides the unwritten (zero) tail of the cache.
+    return (
+      cached_key.value,
+      cached_value.value,
+      masks.combine_masks(
+        mask, masks.causal_mask(T, S, offset=i), cached_valid.value[..., None, None, :]
+      ),
+      fits,
+    )

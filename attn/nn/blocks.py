@@ -1,0 +1,203 @@
+"""Transformer blocks and stacks: attention and feed-forward sublayers with residuals and layer norm."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import flax.linen as nn
+import jax
+
+from attn.nn.attention import MultiHeadAttention
+from attn.nn.config import ModelConfig
+
+Array = jax.Array
+
+
+def attention_layer(config: ModelConfig, name: str, decode: bool = False) -> MultiHeadAttention:
+  """A MultiHeadAttention set up from the model config."""
+  return MultiHeadAttention(
+    num_heads=config.num_heads,
+    head_dim_policy=config.head_dim_policy,
+    head_dim=config.head_dim,
+    num_kv_heads=config.num_kv_heads,
+    scale=config.scale,
+    dropout_rate=config.attention_dropout_rate,
+    use_bias=config.use_bias,
+    dtype=config.compute_dtype,
+    decode=decode,
+    implementation=config.attention_implementation,
+    name=name,
+  )
+
+
+class FeedForward(nn.Module):
+  """Position-wise feed-forward: Dense(d_ff), nonlinearity, dropout, Dense(D)."""
+
+  config: ModelConfig
+
+  @nn.compact
+  def __call__(self, x_BTD: Array, *, deterministic: bool = True) -> Array:
+    cfg = self.config
+    h_BTF = nn.Dense(cfg.d_ff, dtype=cfg.compute_dtype, name="wi")(x_BTD)
+    h_BTF = nn.relu(h_BTF) if cfg.activation == "relu" else nn.gelu(h_BTF)
+    h_BTF = nn.Dropout(cfg.dropout_rate)(h_BTF, deterministic=deterministic)
+    return nn.Dense(x_BTD.shape[-1], dtype=cfg.compute_dtype, name="wo")(h_BTF)
+
+
+def _residual(config: ModelConfig, name: str, x: Array, sublayer: Callable, deterministic: bool):
+  """x + Dropout(sublayer(x)) with layer norm after the sum (post-LN, the paper) or on the sublayer's
+  input (pre-LN). Called inside a compact method, so the norm "{name}_norm" belongs to the caller.
+
+  Returns the new x and whatever extra the sublayer returned (its attention weights) or None.
+  """
+  norm = nn.LayerNorm(dtype=config.compute_dtype, name=f"{name}_norm")
+  y = sublayer(norm(x) if config.norm == "pre" else x)
+  y, extra = y if isinstance(y, tuple) else (y, None)
+  x = x + nn.Dropout(config.dropout_rate)(y, deterministic=deterministic)
+  return (x if config.norm == "pre" else norm(x)), extra
+
+
+class EncoderBlock(nn.Module):
+  """Self-attention then feed-forward, each in a residual."""
+
+  config: ModelConfig
+
+  @nn.compact
+  def __call__(self, x_BTD, *, mask=None, deterministic=True, return_weights=False):
+    """x [B, T, D], mask broadcastable to [B, H, T, T] -> [B, T, D] (and weights [B, H, T, T])."""
+    self_attn = attention_layer(self.config, "self_attention")
+    x_BTD, weights = _residual(
+      self.config,
+      "self_attention",
+      x_BTD,
+      lambda h: self_attn(h, mask=mask, deterministic=deterministic, return_weights=return_weights),
+      deterministic,
+    )
+    ff = FeedForward(self.config, name="feed_forward")
+    x_BTD, _ = _residual(
+      self.config,
+      "feed_forward",
+      x_BTD,
+      lambda h: ff(h, deterministic=deterministic),
+      deterministic,
+    )
+    return (x_BTD, weights) if return_weights else x_BTD
+
+
+class DecoderBlock(nn.Module):
+  """Masked self-attention, cross-attention to the encoder (unless `cross_attention` is False, as in
+  a decoder-only language model), then feed-forward, each in a residual."""
+
+  config: ModelConfig
+  decode: bool = False
+  cross_attention: bool = True
+
+  @nn.compact
+  def __call__(
+    self,
+    x_BTD,
+    encoded_BSD=None,
+    *,
+    self_mask=None,
+    self_key_valid=None,
+    cross_mask=None,
+    deterministic=True,
+    return_weights=False,
+  ):
+    """x [B, T, D], encoded [B, S, D] -> [B, T, D] (and {"self": [B,H,T,T], "cross": [B,H,T,S]})."""
+    cfg = self.config
+    weights = {}
+    self_attn = attention_layer(cfg, "self_attention", decode=self.decode)
+    x_BTD, weights["self"] = _residual(
+      cfg,
+      "self_attention",
+      x_BTD,
+      lambda h: self_attn(
+        h,
+        mask=self_mask,
+        key_valid=self_key_valid,
+        is_causal=True,
+        deterministic=deterministic,
+        return_weights=return_weights,
+      ),
+      deterministic,
+    )
+    if self.cross_attention:
+      if encoded_BSD is None:
+        raise ValueError("DecoderBlock: encoded_BSD is required when cross_attention is on")
+      cross_attn = attention_layer(cfg, "cross_attention")
+      x_BTD, weights["cross"] = _residual(
+        cfg,
+        "cross_attention",
+        x_BTD,
+        lambda h: cross_attn(
+          h, encoded_BSD, mask=cross_mask, deterministic=deterministic, return_weights=return_weights
+        ),
+        deterministic,
+      )
+    ff = FeedForward(cfg, name="feed_forward")
+    x_BTD, _ = _residual(
+      cfg, "feed_forward", x_BTD, lambda h: ff(h, deterministic=deterministic), deterministic
+    )
+    return (x_BTD, weights) if return_weights else x_BTD
+
+
+class Encoder(nn.Module):
+  """A stack of `config.num_encoder_layers` EncoderBlocks (and a final layer norm under pre-LN)."""
+
+  config: ModelConfig
+
+  @nn.compact
+  def __call__(self, x_BTD, *, mask=None, deterministic=True, return_weights=False):
+    """Returns [B, T, D], and a list of per-layer weights [B, H, T, T] when asked."""
+    all_weights = []
+    for i in range(self.config.num_encoder_layers):
+      out = EncoderBlock(self.config, name=f"layer_{i}")(
+        x_BTD, mask=mask, deterministic=deterministic, return_weights=return_weights
+      )
+      x_BTD, w = out if return_weights else (out, None)
+      all_weights.append(w)
+    if self.config.norm == "pre":
+      x_BTD = nn.LayerNorm(dtype=self.config.compute_dtype, name="final_norm")(x_BTD)
+    return (x_BTD, all_weights) if return_weights else x_BTD
+
+
+class Decoder(nn.Module):
+  """A stack of `config.num_decoder_layers` DecoderBlocks (and a final layer norm under pre-LN)."""
+
+  config: ModelConfig
+  decode: bool = False
+  cross_attention: bool = True
+
+  @nn.compact
+  def __call__(
+    self,
+    x_BTD,
+    encoded_BSD=None,
+    *,
+    self_mask=None,
+    self_key_valid=None,
+    cross_mask=None,
+    deterministic=True,
+    return_weights=False,
+  ):
+    """Returns [B, T, D], and a list of per-layer {"self", "cross"} weights when asked."""
+    all_weights = []
+    for i in range(self.config.num_decoder_layers):
+      block = DecoderBlock(
+        self.config, decode=self.decode, cross_attention=self.cross_attention, name=f"layer_{i}"
+      )
+      out = block(
+        x_BTD,
+        encoded_BSD,
+        self_mask=self_mask,
+        self_key_valid=self_key_valid,
+        cross_mask=cross_mask,
+        deterministic=deterministic,
+        return_weights=return_weights,
+      )
+      x_BTD, w = out if return_weights else (out, None)
+      all_weights.append(w)
+    if self.config.norm == "pre":
+      x_BTD = nn.LayerNorm(dtype=self.config.compute_dtype, name="final_norm")(x_BTD)
+    return (x_BTD, all_weights) if return_weights else x_BTD

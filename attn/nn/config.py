@@ -1,0 +1,148 @@
+"""One dataclass of model hyperparameters, so models take `config` rather than long keyword lists."""
+
+from __future__ import annotations
+
+import dataclasses
+import numbers
+
+import jax.numpy as jnp
+
+from attn.core.attention import IMPLEMENTATIONS
+from attn.core.scaling import SCALE_CHOICES
+
+# Scale choices of the Flax modules: the pure functions' choices, plus two that need parameters.
+# "learned": a learned per-head multiplier on the logits, initialised to 1/sqrt(K).
+# "init_folded": 1/sqrt(K) folded into the query projection's initialisation (as T5 does), and no
+#   multiplier at run time. It starts where "sqrt_d" starts, but training can move it away.
+MODULE_SCALE_CHOICES = (*SCALE_CHOICES, "learned", "init_folded")
+
+# How the per-head dim K follows from the number of heads H.
+# "fixed_model_dim": K = D / H, the paper's choice; a heads sweep then also changes K, and so sqrt(K).
+# "fixed_head_dim": K is `head_dim` whatever H is; the heads then project to H * K features.
+HEAD_DIM_POLICIES = ("fixed_model_dim", "fixed_head_dim")
+
+NORM_POSITIONS = ("post", "pre")  # post-LN as in the paper; pre-LN trains more stably when deep.
+POSITION_KINDS = ("sinusoidal", "learned", "none")
+ACTIVATIONS = ("relu", "gelu")
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+def check_choice(field: str, value, choices) -> None:
+  if value not in choices:
+    raise ValueError(
+      f"{field}: unknown choice {value!r}; expected one of {', '.join(map(repr, choices))}"
+    )
+
+
+def check_module_scale(field: str, scale) -> None:
+  if isinstance(scale, str):
+    check_choice(field, scale, MODULE_SCALE_CHOICES)
+  elif isinstance(scale, bool) or not isinstance(scale, numbers.Real) or not 0 < scale < float("inf"):
+    raise ValueError(
+      f"{field}: expected one of {', '.join(map(repr, MODULE_SCALE_CHOICES))} or a positive float, "
+      f"got {scale!r}"
+    )
+
+
+def head_dim_for(field: str, policy: str, num_heads: int, model_dim: int, head_dim: int | None) -> int:
+  """Resolves K from the head-dim policy; raises ValueError naming `field` when it cannot."""
+  check_choice(f"{field}head_dim_policy", policy, HEAD_DIM_POLICIES)
+  if num_heads <= 0:
+    raise ValueError(f"{field}num_heads: must be positive, got {num_heads}")
+  if policy == "fixed_model_dim":
+    if model_dim % num_heads:
+      raise ValueError(
+        f"{field}num_heads: {num_heads} heads do not divide the model dim {model_dim} "
+        "under head_dim_policy='fixed_model_dim'"
+      )
+    return model_dim // num_heads
+  if head_dim is None or head_dim <= 0:
+    raise ValueError(
+      f"{field}head_dim: head_dim_policy='fixed_head_dim' needs a positive head_dim, got {head_dim}"
+    )
+  return head_dim
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  """Hyperparameters of `Transformer`, `EncoderTagger` and `LanguageModel`. Checked on construction."""
+
+  vocab_size: int = 1000  # V, shared by source and target (one embedding table).
+  num_classes: int = 0  # Tags predicted per token by EncoderTagger; unused elsewhere.
+  feature_buckets: int = 0  # Rows of the hashed token-feature table (EncoderTagger); 0 = none.
+  d_model: int = 256  # D, the width of the residual stream.
+  num_heads: int = 4  # H, query heads per attention layer.
+  head_dim_policy: str = "fixed_model_dim"  # "fixed_model_dim" (K = D/H) or "fixed_head_dim".
+  head_dim: int | None = None  # K under "fixed_head_dim"; must be None or equal D/H otherwise.
+  num_kv_heads: int | None = None  # G key/value heads (G divides H); None means G = H.
+  d_ff: int = 1024  # Hidden width of the feed-forward sublayer.
+  num_encoder_layers: int = 2  # Encoder blocks (Transformer, EncoderTagger).
+  num_decoder_layers: int = 2  # Decoder blocks (Transformer, LanguageModel).
+  dropout_rate: float = 0.1  # Dropout on embeddings and sublayer outputs (training only).
+  attention_dropout_rate: float = 0.0  # Dropout on attention weights (training only).
+  scale: str | float = "sqrt_d"  # Logit scale: one of MODULE_SCALE_CHOICES or a positive float.
+  norm: str = "post"  # "post" (paper) or "pre" layer norm.
+  positions: str = "sinusoidal"  # "sinusoidal" (paper), "learned" or "none".
+  max_length: int = 512  # Longest sequence for learned positions.
+  tie_output: bool = True  # Output projection shares the embedding table (as in the paper).
+  activation: str = "relu"  # Feed-forward nonlinearity: "relu" (paper) or "gelu".
+  use_bias: bool = True  # Biases in the attention projections.
+  dtype: str = "float32"  # Computation dtype; parameters stay float32.
+  attention_implementation: str | None = None  # "naive", "flash", "jax"; None chooses per call.
+  attention_window: int | None = None  # Encoder self-attention sees |i - j| <= w only; None = all.
+  pad_id: int = 0  # Padding token: masked as a key, ignored by losses.
+  bos_id: int = 1  # Start token the decoder is fed first.
+  eos_id: int = 2  # End token; decoding stops a sequence there.
+
+  def __post_init__(self):
+    positive = ("vocab_size", "d_model", "d_ff", "max_length")
+    for field in positive:
+      if getattr(self, field) <= 0:
+        raise ValueError(f"{field}: must be positive, got {getattr(self, field)}")
+    for field in ("num_classes", "num_encoder_layers", "num_decoder_layers"):
+      if getattr(self, field) < 0:
+        raise ValueError(f"{field}: must be non-negative, got {getattr(self, field)}")
+    if self.feature_buckets == 1 or self.feature_buckets < 0:
+      raise ValueError(
+        f"feature_buckets: must be 0 (no features) or at least 2, got {self.feature_buckets}"
+      )
+    K = head_dim_for("", self.head_dim_policy, self.num_heads, self.d_model, self.head_dim)
+    if self.head_dim_policy == "fixed_model_dim" and self.head_dim not in (None, K):
+      raise ValueError(
+        f"head_dim: {self.head_dim} contradicts head_dim_policy='fixed_model_dim', which gives "
+        f"K = d_model / num_heads = {K}; leave it None or use 'fixed_head_dim'"
+      )
+    G = self.num_kv_heads
+    if G is not None and (G <= 0 or self.num_heads % G):
+      raise ValueError(f"num_kv_heads: {G} must be positive and divide num_heads={self.num_heads}")
+    for field in ("dropout_rate", "attention_dropout_rate"):
+      if not 0.0 <= getattr(self, field) < 1.0:
+        raise ValueError(f"{field}: must be in [0, 1), got {getattr(self, field)}")
+    check_module_scale("scale", self.scale)
+    check_choice("norm", self.norm, NORM_POSITIONS)
+    check_choice("positions", self.positions, POSITION_KINDS)
+    check_choice("activation", self.activation, ACTIVATIONS)
+    check_choice("dtype", self.dtype, DTYPES)
+    if self.attention_implementation is not None:
+      check_choice("attention_implementation", self.attention_implementation, IMPLEMENTATIONS)
+    w = self.attention_window
+    if w is not None and (isinstance(w, bool) or not isinstance(w, numbers.Integral) or w < 0):
+      raise ValueError(f"attention_window: must be None (full attention) or an int >= 0, got {w!r}")
+    if self.positions == "sinusoidal" and self.d_model % 2:
+      raise ValueError(f"d_model: sinusoidal positions need an even d_model, got {self.d_model}")
+    for field in ("pad_id", "bos_id", "eos_id"):
+      if not 0 <= getattr(self, field) < self.vocab_size:
+        raise ValueError(
+          f"{field}: {getattr(self, field)} is outside the vocabulary [0, {self.vocab_size})"
+        )
+
+  @property
+  def resolved_head_dim(self) -> int:
+    return head_dim_for("", self.head_dim_policy, self.num_heads, self.d_model, self.head_dim)
+
+  @property
+  def compute_dtype(self):
+    return jnp.dtype(self.dtype)
+
+  def replace(self, **changes) -> ModelConfig:
+    return dataclasses.replace(self, **changes)

@@ -1,0 +1,236 @@
+"""Models built from the blocks: the paper's encoder-decoder `Transformer`, an `EncoderTagger` (for
+NER) and a decoder-only `LanguageModel`. Token id `config.pad_id` is masked out as a key everywhere."""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from attn.core import masks
+from attn.core.positions import sinusoidal_positions
+from attn.nn.blocks import Decoder, Encoder
+from attn.nn.config import ModelConfig
+
+Array = jax.Array
+
+
+def encoder_self_mask(tokens_BS: Array, config: ModelConfig) -> Array:
+  """The encoder self-attention mask: real keys only and, when `config.attention_window` is set, only
+  keys within that many positions of the query (the local-window baseline). bool [B, 1, 1 or S, S]."""
+  mask = masks.padding_mask(tokens=tokens_BS, pad_id=config.pad_id)
+  if config.attention_window is None:
+    return mask
+  S = tokens_BS.shape[-1]
+  return masks.combine_masks(mask, masks.local_window_mask(S, S, window=config.attention_window))
+
+
+class Embedder(nn.Module):
+  """Token embeddings scaled by sqrt(D), plus positions, then dropout; `attend` gives tied logits.
+
+  The table is initialised with std 1/sqrt(D), so that after the sqrt(D) scaling (the paper's) token
+  vectors have unit-variance entries, and tied output logits start with unit variance.
+  """
+
+  config: ModelConfig
+
+  def setup(self):
+    cfg = self.config
+    self.table = nn.Embed(
+      cfg.vocab_size,
+      cfg.d_model,
+      embedding_init=nn.initializers.normal(cfg.d_model**-0.5),
+      name="tokens",
+    )
+    if cfg.positions == "learned":
+      self.position_table = nn.Embed(
+        cfg.max_length, cfg.d_model, embedding_init=nn.initializers.normal(0.02), name="positions"
+      )
+    if cfg.feature_buckets:
+      self.feature_table = nn.Embed(
+        cfg.feature_buckets,
+        cfg.d_model,
+        embedding_init=nn.initializers.normal(cfg.d_model**-0.5),
+        name="features",
+      )
+    self.dropout = nn.Dropout(cfg.dropout_rate)
+
+  def __call__(
+    self,
+    tokens_BT: Array,
+    positions_BT: Array | None = None,
+    *,
+    features_BTF: Array | None = None,
+    deterministic=True,
+  ):
+    """tokens [B, T] (and optional hashed features [B, T, F], used when config.feature_buckets > 0)
+    -> [B, T, D]."""
+    cfg = self.config
+    x_BTD = self.table(tokens_BT) * jnp.sqrt(cfg.d_model).astype(jnp.float32)
+    if features_BTF is not None and cfg.feature_buckets:
+      x_BTD = x_BTD + self.embed_features(features_BTF)
+    if positions_BT is None:
+      positions_BT = jnp.arange(tokens_BT.shape[-1])
+    if cfg.positions == "sinusoidal":
+      x_BTD = x_BTD + sinusoidal_positions(positions_BT, cfg.d_model)
+    elif cfg.positions == "learned":
+      x_BTD = x_BTD + self.position_table(positions_BT)
+    return self.dropout(x_BTD, deterministic=deterministic).astype(cfg.compute_dtype)
+
+  def attend(self, x_BTD: Array) -> Array:
+    return self.table.attend(x_BTD.astype(jnp.float32))
+
+  def embed_features(self, features_BTF: Array) -> Array:
+    """Hashed features [B, T, F] (non-negative ints, 0 = empty slot) -> [B, T, D].
+
+    Each hash picks row 1 + hash mod (feature_buckets - 1), so a task hashes into any range and the
+    table size stays a model choice. The rows of a token's non-empty slots are summed and divided by
+    sqrt(their count), then scaled by sqrt(D) like the tokens: unit-variance entries at initialisation
+    whatever the number of features.
+    """
+    valid_BTF = features_BTF > 0
+    ids_BTF = jnp.where(valid_BTF, features_BTF % (self.config.feature_buckets - 1) + 1, 0)
+    rows_BTFD = self.feature_table(ids_BTF) * valid_BTF[..., None]
+    count_BT1 = jnp.maximum(valid_BTF.sum(-1, keepdims=True), 1).astype(jnp.float32)
+    return rows_BTFD.sum(-2) * jnp.sqrt(self.config.d_model / count_BT1)
+
+
+class _OutputHead(nn.Module):
+  """Logits over the vocabulary: the embedding transposed (tied) or a separate Dense."""
+
+  config: ModelConfig
+
+  @nn.compact
+  def __call__(self, x_BTD: Array, embedder: Embedder) -> Array:
+    if self.config.tie_output:
+      return embedder.attend(x_BTD)
+    return nn.Dense(self.config.vocab_size, dtype=jnp.float32, name="logits")(x_BTD)
+
+
+class Transformer(nn.Module):
+  """The encoder-decoder of "Attention Is All You Need".
+
+  `__call__(src [B, S], tgt_in [B, T]) -> logits [B, T, V]`, where `tgt_in` is the target shifted
+  right (starting with `bos_id`). `encode` and `decode` are exposed for decoding and inspection.
+  """
+
+  config: ModelConfig
+  decode: bool = False
+
+  def setup(self):
+    cfg = self.config
+    self.embedder = Embedder(cfg)
+    self.encoder = Encoder(cfg)
+    self.decoder = Decoder(cfg, decode=self.decode)
+    self.head = _OutputHead(cfg)
+
+  def encode(self, src_BS: Array, *, deterministic=True, return_weights=False):
+    """src [B, S] -> encoded [B, S, D] (and per-layer encoder weights when asked)."""
+    src_mask = encoder_self_mask(src_BS, self.config)
+    x_BSD = self.embedder(src_BS, deterministic=deterministic)
+    return self.encoder(x_BSD, mask=src_mask, deterministic=deterministic, return_weights=return_weights)
+
+  def decode_logits(
+    self,
+    tgt_in_BT: Array,
+    encoded_BSD: Array,
+    src_BS: Array,
+    *,
+    positions_BT=None,
+    deterministic=True,
+    return_weights=False,
+  ):
+    """tgt_in [B, T] and the encoder output -> logits [B, T, V] (and per-layer decoder weights).
+
+    In decode mode `positions_BT` must give each token's position (the cache offset onwards).
+    """
+    cfg = self.config
+    if self.decode and positions_BT is None and not self.is_initializing():
+      raise ValueError("positions_BT is required in decode mode (the cache offset onwards)")
+    key_valid_BT = tgt_in_BT != cfg.pad_id  # Cached with the keys in decode mode.
+    cross_mask = masks.padding_mask(tokens=src_BS, pad_id=cfg.pad_id)
+    y_BTD = self.embedder(tgt_in_BT, positions_BT, deterministic=deterministic)
+    y = self.decoder(
+      y_BTD,
+      encoded_BSD,
+      self_key_valid=key_valid_BT,
+      cross_mask=cross_mask,
+      deterministic=deterministic,
+      return_weights=return_weights,
+    )
+    if return_weights:
+      y_BTD, weights = y
+      return self.head(y_BTD, self.embedder), weights
+    return self.head(y, self.embedder)
+
+  def __call__(self, src_BS: Array, tgt_in_BT: Array, *, deterministic=True, return_weights=False):
+    """Returns logits [B, T, V], and {"encoder": [...], "decoder": [...]} weights when asked."""
+    encoded = self.encode(src_BS, deterministic=deterministic, return_weights=return_weights)
+    if not return_weights:
+      return self.decode_logits(tgt_in_BT, encoded, src_BS, deterministic=deterministic)
+    encoded, enc_weights = encoded
+    logits, dec_weights = self.decode_logits(
+      tgt_in_BT, encoded, src_BS, deterministic=deterministic, return_weights=True
+    )
+    return logits, {"encoder": enc_weights, "decoder": dec_weights}
+
+
+class EncoderTagger(nn.Module):
+  """An encoder and a per-token classifier: tokens [B, T] -> tag logits [B, T, num_classes].
+
+  Optional `features_BTF` [B, T, F]: hashed per-token features (word shape, character n-grams, ...)
+  whose embeddings are added to the tokens' when config.feature_buckets > 0 (ignored when it is 0).
+  """
+
+  config: ModelConfig
+
+  @nn.compact
+  def __call__(
+    self,
+    tokens_BT: Array,
+    features_BTF: Array | None = None,
+    *,
+    deterministic=True,
+    return_weights=False,
+  ):
+    cfg = self.config
+    if cfg.num_classes <= 0:
+      raise ValueError(f"num_classes: EncoderTagger needs a positive num_classes, got {cfg.num_classes}")
+    mask = encoder_self_mask(tokens_BT, cfg)
+    x_BTD = Embedder(cfg, name="embedder")(
+      tokens_BT, features_BTF=features_BTF, deterministic=deterministic
+    )
+    x = Encoder(cfg, name="encoder")(
+      x_BTD, mask=mask, deterministic=deterministic, return_weights=return_weights
+    )
+    x_BTD, weights = x if return_weights else (x, None)
+    logits_BTC = nn.Dense(cfg.num_classes, dtype=jnp.float32, name="classifier")(x_BTD)
+    return (logits_BTC, weights) if return_weights else logits_BTC
+
+
+class LanguageModel(nn.Module):
+  """A decoder-only language model: tokens [B, T] -> next-token logits [B, T, V].
+
+  Uses `config.num_decoder_layers` blocks of masked self-attention and feed-forward.
+  """
+
+  config: ModelConfig
+  decode: bool = False
+
+  @nn.compact
+  def __call__(self, tokens_BT: Array, *, positions_BT=None, deterministic=True, return_weights=False):
+    cfg = self.config
+    if self.decode and positions_BT is None and not self.is_initializing():
+      raise ValueError("positions_BT is required in decode mode (the cache offset onwards)")
+    key_valid_BT = tokens_BT != cfg.pad_id  # Cached with the keys in decode mode.
+    embedder = Embedder(cfg, name="embedder")
+    x_BTD = embedder(tokens_BT, positions_BT, deterministic=deterministic)
+    x = Decoder(cfg, decode=self.decode, cross_attention=False, name="decoder")(
+      x_BTD,
+      self_key_valid=key_valid_BT,
+      deterministic=deterministic,
+      return_weights=return_weights,
+    )
+    x_BTD, weights = x if return_weights else (x, None)
+    logits_BTV = _OutputHead(cfg, name="head")(x_BTD, embedder)
+    return (logits_BTV, weights) if return_weights else logits_BTV

@@ -1,0 +1,670 @@
+"""Compares the runs of a sweep: a table of final and best metrics (mean ± std over seeds) and two plots.
+
+A sweep directory holds `sweep.json` ({"config": ..., "points": [{"name", "overrides"}, ...]}) and one
+subdirectory per point, named by the point. Without `sweep.json`, every subdirectory holding a run file
+is a point (overrides from its `overrides.json`, else none). A single run directory (with
+`metrics.jsonl` directly inside) is also accepted: it is then the one point.
+
+A run directory holds `config.json` (the resolved config), `metrics.jsonl` (one JSON object per line:
+"step", "split", "time" and metrics; per-seed metrics are lists with one float per seed), and, when it
+ended, `summary.json` (finished) or `status.json` with {"status": "failed", "error": ...}. A run with
+neither is incomplete. Unparseable lines (a writer killed mid-line) and unreadable files are skipped.
+
+Final = the eval value at the last eval step; best = per seed, the max over eval steps for metrics that
+grow ("accuracy", "f1", "bleu", "precision", "recall" in the name), else the min; both then as mean
+and population std (ddof=0) over seeds. Plots are drawn with matplotlib's object-oriented API (no
+pyplot, so no global backend or figure registry is touched) and saved as PNG through the Agg renderer.
+"""
+
+from __future__ import annotations
+
+import collections
+import csv
+import dataclasses
+import json
+import math
+import os
+import pathlib
+import re
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from attn.runs import files
+
+PathLike = files.PathLike
+
+# Metric names containing one of these are better when higher; every other metric when lower.
+_HIGHER_IS_BETTER = ("accuracy", "f1", "bleu", "precision", "recall")
+# Row keys other than the swept override values, in table and CSV order.
+_ROW_KEYS = (
+  "name",
+  "status",
+  "metric",
+  "num_seeds",
+  "step",
+  "final_mean",
+  "final_std",
+  "best_mean",
+  "best_std",
+  "final_loss_mean",
+  "final_loss_std",
+  "best_loss_mean",
+  "best_loss_std",
+  "steps_per_sec",
+  "num_params",
+  "error",
+)
+# Output files of `compare`, in DIR.
+MARKDOWN_FILE = "compare.md"
+CSV_FILE = "compare.csv"
+CURVES_FILE = "learning_curves.png"
+SWEPT_FILE = "final_vs_swept.png"
+
+
+@dataclasses.dataclass
+class Run:
+  """One sweep point as read from its directory.
+
+  Attributes:
+    name: the point's name ("num_heads=4"), or the directory name.
+    path: the run directory (it may not exist yet for a point sweep.json lists).
+    overrides: the swept config values, dotted key to value ({"model.num_heads": 4}).
+    config: the resolved config as nested dicts ({} when config.json is absent or unreadable).
+    metrics: the parsed lines of metrics.jsonl, in file order.
+    summary: summary.json, or None when the run did not finish.
+    status: "done" (summary.json present), "failed" (status.json says so) or "incomplete".
+    error: the failure message of a failed run, else None.
+  """
+
+  name: str
+  path: pathlib.Path
+  overrides: dict[str, Any] = dataclasses.field(default_factory=dict)
+  config: dict[str, Any] = dataclasses.field(default_factory=dict)
+  metrics: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+  summary: dict[str, Any] | None = None
+  status: str = "incomplete"
+  error: str | None = None
+
+
+@dataclasses.dataclass
+class SweptLine:
+  """One line of the metric-vs-swept plot: the points sharing the values of the non-x swept keys.
+
+  Attributes:
+    label: "key=value, ..." for the non-x keys that vary ("" when x is the only one).
+    x: plot positions, increasing (the values themselves, or 0, 1, ... for non-numeric x).
+    mean: the final metric's mean over seeds at each x.
+    std: its population std over seeds.
+    names: the point names, for reference.
+  """
+
+  label: str
+  x: list[float]
+  mean: list[float]
+  std: list[float]
+  names: list[str]
+
+
+@dataclasses.dataclass
+class SweptPlot:
+  """What `plot_metric_vs_swept` draws.
+
+  Attributes:
+    x_key: the override key on x, or None when points have no overrides (x is then the point name).
+    categorical: whether x values are names placed at 0, 1, ... rather than numbers.
+    ticks: for categorical x, the tick labels at 0, 1, ...; for numeric x, the distinct values.
+    lines: one line per combination of the other swept keys' values.
+  """
+
+  x_key: str | None
+  categorical: bool
+  ticks: list[Any]
+  lines: list[SweptLine]
+
+
+# Loading
+
+
+def _load_run(path: pathlib.Path, name: str, overrides: dict[str, Any] | None) -> Run:
+  """Reads one run directory; `overrides` None means read them from its overrides.json."""
+  if overrides is None:
+    overrides = files.read_json(path / files.OVERRIDES_FILE)
+  config = files.read_json(path / files.CONFIG_FILE)
+  summary = files.read_json(path / files.SUMMARY_FILE)
+  status_file = files.read_json(path / files.STATUS_FILE)
+  run = Run(
+    name=name,
+    path=path,
+    overrides=dict(overrides) if isinstance(overrides, dict) else {},
+    config=config if isinstance(config, dict) else {},
+    metrics=files.read_lines(path / files.METRICS_FILE),
+    summary=summary if isinstance(summary, dict) else None,
+  )
+  if run.summary is not None and run.summary.get("status", "done") != "failed":
+    run.status = "done"
+  elif isinstance(status_file, dict) and status_file.get("status") == "failed":
+    run.status = "failed"
+    run.error = " ".join(str(status_file.get("error", "unknown error")).split())
+  elif run.summary is not None:  # A summary that itself says "failed".
+    run.status = "failed"
+    run.error = " ".join(str(run.summary.get("error", "unknown error")).split())
+  return run
+
+
+def _natural_key(name: str) -> list[Any]:
+  """Sorts "num_heads=2" before "num_heads=16"."""
+  return [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", name)]
+
+
+def load_runs(directory: PathLike) -> list[Run]:
+  """Loads every point of a sweep directory, or the one run of a run directory.
+
+  Args:
+    directory: a sweep directory (with sweep.json, or with one subdirectory per run) or a run directory
+      (with metrics.jsonl).
+
+  Returns:
+    The runs, in sweep.json's order, else in natural order of the subdirectory names; [] when the
+    directory holds none. A point listed in sweep.json whose directory does not exist yet is an
+    incomplete run with no metrics.
+
+  Raises:
+    FileNotFoundError: when `directory` is not a directory.
+  """
+  root = pathlib.Path(directory)
+  if not root.is_dir():
+    raise FileNotFoundError(f"{directory}: no such directory")
+  if (root / files.METRICS_FILE).is_file():
+    return [_load_run(root, root.resolve().name, None)]
+  sweep = files.read_json(root / files.SWEEP_FILE)
+  if isinstance(sweep, dict) and isinstance(sweep.get("points"), list):
+    runs = []
+    for point in sweep["points"]:
+      if not isinstance(point, dict) or "name" not in point:
+        continue
+      name = str(point["name"])
+      overrides = point.get("overrides")
+      runs.append(_load_run(root / name, name, overrides if isinstance(overrides, dict) else None))
+    return runs
+  subdirs = [p for p in root.iterdir() if p.is_dir() and any((p / f).is_file() for f in files.RUN_FILES)]
+  return [_load_run(p, p.name, None) for p in sorted(subdirs, key=lambda p: _natural_key(p.name))]
+
+
+def sweep_config(directory: PathLike) -> str | None:
+  """The "config" entry of DIR/sweep.json ("experiments/heads.py:smoke"), or None."""
+  sweep = files.read_json(pathlib.Path(directory) / files.SWEEP_FILE)
+  config = sweep.get("config") if isinstance(sweep, dict) else None
+  return str(config) if config is not None else None
+
+
+# Metrics
+
+
+def higher_is_better(metric: str) -> bool:
+  """Whether larger values of `metric` are better (one of _HIGHER_IS_BETTER in its name)."""
+  return any(word in metric.lower() for word in _HIGHER_IS_BETTER)
+
+
+def eval_curve(run: Run, metric: str, split: str = "eval") -> tuple[np.ndarray, np.ndarray]:
+  """The values of `metric` on the `split` lines of a run, by step.
+
+  A step logged twice (a run resumed from a checkpoint) keeps its last value; lines whose number of
+  seeds differs from the last line's are dropped. A plain float counts as one seed.
+
+  Args:
+    run: the run.
+    metric: the metric name ("accuracy").
+    split: the "split" of the lines to read.
+
+  Returns:
+    steps_N (int) and values_NS (float, NaN for nulls), sorted by step; shapes (0,) and (0, 0) when no
+    line has the metric.
+  """
+  by_step: dict[int, np.ndarray] = {}
+  for line in run.metrics:
+    if line.get("split") != split or metric not in line or not isinstance(line.get("step"), int | float):
+      continue
+    value = line[metric]
+    values = value if isinstance(value, list) else [value]
+    try:
+      by_step[int(line["step"])] = np.asarray(values, dtype=float).reshape(-1)
+    except (TypeError, ValueError):
+      continue
+  if not by_step:
+    return np.zeros((0,), dtype=int), np.zeros((0, 0))
+  num_seeds = by_step[max(by_step)].size
+  steps = sorted(step for step, values in by_step.items() if values.size == num_seeds)
+  return np.asarray(steps, dtype=int), np.stack([by_step[step] for step in steps])
+
+
+def _mean_std(values: np.ndarray) -> tuple[float | None, float | None]:
+  """Mean and population std (ddof=0) of a 1-D array, or (None, None) when empty."""
+  if values.size == 0:
+    return None, None
+  return float(np.mean(values)), float(np.std(values))
+
+
+def _final_and_best(run: Run, metric: str) -> dict[str, Any]:
+  """Final and best (per seed over steps) eval values of a metric, as mean and std over seeds."""
+  steps, values_NS = eval_curve(run, metric)
+  if steps.size == 0:
+    return {"step": None, "num_seeds": None, "final": (None, None), "best": (None, None)}
+  with warnings.catch_warnings():  # All-NaN seeds (a diverged run) give NaN, which is what we want.
+    warnings.simplefilter("ignore", RuntimeWarning)
+    best_S = np.nanmax(values_NS, axis=0) if higher_is_better(metric) else np.nanmin(values_NS, axis=0)
+  return {
+    "step": int(steps[-1]),
+    "num_seeds": int(values_NS.shape[1]),
+    "final": _mean_std(values_NS[-1]),
+    "best": _mean_std(best_S),
+  }
+
+
+def _eval_metric_names(runs: Sequence[Run]) -> set[str]:
+  """Every key of every eval line, less the bookkeeping ones."""
+  names = set()
+  for run in runs:
+    for line in run.metrics:
+      if line.get("split") == "eval":
+        names.update(line)
+  return names - {"step", "split", "time"}
+
+
+def resolve_metric(runs: Sequence[Run], metric: str | None = None) -> str:
+  """The metric a comparison reports: `metric` if given, else the runs' summary main_metric (the most
+  common one), else "accuracy" if an eval line has it, else "loss"."""
+  if metric:
+    return metric
+  main_metrics = [
+    str(run.summary["main_metric"]) for run in runs if run.summary and run.summary.get("main_metric")
+  ]
+  if main_metrics:
+    return collections.Counter(main_metrics).most_common(1)[0][0]
+  return "accuracy" if "accuracy" in _eval_metric_names(runs) else "loss"
+
+
+def _steps_per_sec(run: Run) -> float | None:
+  """From summary.json, else the mean over train lines of their steps_per_sec."""
+  if run.summary and isinstance(run.summary.get("steps_per_sec"), int | float):
+    return float(run.summary["steps_per_sec"])
+  values = []
+  for line in run.metrics:
+    value = line.get("steps_per_sec")
+    if line.get("split") == "train" and value is not None:
+      values.extend(value if isinstance(value, list) else [value])
+  try:
+    return float(np.mean(np.asarray(values, dtype=float))) if values else None
+  except (TypeError, ValueError):
+    return None
+
+
+def _get_dotted(config: dict[str, Any], key: str) -> Any:
+  """config["model"]["num_heads"] for "model.num_heads"; None when absent."""
+  node: Any = config
+  for part in key.split("."):
+    if not isinstance(node, dict) or part not in node:
+      return None
+    node = node[part]
+  return node
+
+
+def swept_keys(runs: Sequence[Run]) -> list[str]:
+  """The override keys of all runs, in order of first appearance."""
+  return list(dict.fromkeys(key for run in runs for key in run.overrides))
+
+
+def _swept_value(run: Run, key: str) -> Any:
+  """The run's override for `key`, else the resolved config's value there."""
+  return run.overrides[key] if key in run.overrides else _get_dotted(run.config, key)
+
+
+def compare_table(runs: Sequence[Run], metric: str | None = None) -> list[dict[str, Any]]:
+  """One row per run: swept values, status, final and best eval metric and loss, speed, size.
+
+  Args:
+    runs: the runs, from `load_runs`.
+    metric: the eval metric to report; None resolves it with `resolve_metric`.
+
+  Returns:
+    Dicts with "name", one key per swept override ("model.num_heads"), "status", "metric",
+    "num_seeds", "step" (the last eval step), "final_mean"/"final_std" and "best_mean"/"best_std" (the
+    metric), "final_loss_mean"/... and "best_loss_mean"/... (eval loss), "steps_per_sec",
+    "num_params" and "error" (failed runs). Missing values are None.
+  """
+  metric = resolve_metric(runs, metric)
+  keys = swept_keys(runs)
+  rows = []
+  for run in runs:
+    main = _final_and_best(run, metric)
+    loss = _final_and_best(run, "loss")
+    num_seeds = main["num_seeds"] or loss["num_seeds"]
+    if num_seeds is None:
+      num_seeds = (run.summary or {}).get("num_seeds") or run.config.get("num_seeds")
+    row: dict[str, Any] = {"name": run.name}
+    row.update({key: _swept_value(run, key) for key in keys})
+    row.update(
+      status=run.status,
+      metric=metric,
+      num_seeds=int(num_seeds) if isinstance(num_seeds, int | float) else None,
+      step=main["step"] if main["step"] is not None else loss["step"],
+      final_mean=main["final"][0],
+      final_std=main["final"][1],
+      best_mean=main["best"][0],
+      best_std=main["best"][1],
+      final_loss_mean=loss["final"][0],
+      final_loss_std=loss["final"][1],
+      best_loss_mean=loss["best"][0],
+      best_loss_std=loss["best"][1],
+      steps_per_sec=_steps_per_sec(run),
+      num_params=(run.summary or {}).get("num_params"),
+      error=run.error,
+    )
+    rows.append(row)
+  return rows
+
+
+# Table output
+
+
+def _override_columns(rows: Sequence[dict[str, Any]]) -> list[str]:
+  """The swept keys of the rows: every key that is not one of the fixed ones."""
+  return list(dict.fromkeys(key for row in rows for key in row if key not in _ROW_KEYS))
+
+
+def _cell(value: Any) -> str:
+  """A markdown cell: None is empty, pipes are escaped, everything fits on one line."""
+  if value is None:
+    return ""
+  text = json.dumps(value) if isinstance(value, list | dict) else str(value)
+  return " ".join(text.split()).replace("|", "\\|")
+
+
+def _mean_std_cell(mean: float | None, std: float | None) -> str:
+  """ "0.8123 ± 0.0121", or "" when there is no value."""
+  if mean is None:
+    return ""
+  return f"{mean:.4f} ± {std:.4f}"
+
+
+def _status_cell(row: dict[str, Any]) -> str:
+  """ "done", "incomplete", or "failed: <error>"."""
+  if row["status"] == "failed":
+    return _cell(f"failed: {row.get('error') or 'unknown error'}")
+  return _cell(row["status"])
+
+
+def format_markdown(rows: Sequence[dict[str, Any]]) -> str:
+  """A markdown table of `compare_table` rows; a failed run's status cell reads "failed: <error>".
+
+  Cells are "mean ± std" over seeds with 4 decimals; the loss columns are left out when the metric is
+  the loss itself.
+  """
+  metric = next((row["metric"] for row in rows if row.get("metric")), "metric")
+  overrides = _override_columns(rows)
+  columns: list[tuple[str, Any]] = [("point", lambda r: _cell(r["name"]))]
+  columns += [(key, lambda r, key=key: _cell(r.get(key))) for key in overrides]
+  columns += [
+    ("status", _status_cell),
+    ("seeds", lambda r: _cell(r.get("num_seeds"))),
+    ("step", lambda r: _cell(r.get("step"))),
+    (f"final {metric}", lambda r: _mean_std_cell(r.get("final_mean"), r.get("final_std"))),
+    (f"best {metric}", lambda r: _mean_std_cell(r.get("best_mean"), r.get("best_std"))),
+  ]
+  if metric != "loss":
+    columns += [
+      ("final loss", lambda r: _mean_std_cell(r.get("final_loss_mean"), r.get("final_loss_std"))),
+      ("best loss", lambda r: _mean_std_cell(r.get("best_loss_mean"), r.get("best_loss_std"))),
+    ]
+  columns += [
+    ("steps/s", lambda r: "" if r.get("steps_per_sec") is None else f"{r['steps_per_sec']:.2f}"),
+    ("params", lambda r: "" if r.get("num_params") is None else f"{int(r['num_params']):,}"),
+  ]
+  lines = [
+    "| " + " | ".join(_cell(title) for title, _ in columns) + " |",
+    "|" + "|".join("---" for _ in columns) + "|",
+  ]
+  lines += ["| " + " | ".join(cell(row) for _, cell in columns) + " |" for row in rows]
+  return "\n".join(lines) + "\n"
+
+
+def _csv_value(value: Any) -> Any:
+  """None as an empty field, lists and dicts as JSON, the rest as is (floats in full precision)."""
+  if value is None:
+    return ""
+  if isinstance(value, list | dict):
+    return json.dumps(value)
+  return value
+
+
+def write_csv(rows: Sequence[dict[str, Any]], path: PathLike) -> None:
+  """Writes `compare_table` rows as CSV: name, the swept keys, then the fixed columns of the rows
+  (separate mean and std columns; empty fields for missing values)."""
+  fieldnames = ["name", *_override_columns(rows), *(key for key in _ROW_KEYS if key != "name")]
+  with open(path, "w", newline="", encoding="utf-8") as f:
+    writer = csv.DictWriter(f, fieldnames=fieldnames)
+    writer.writeheader()
+    for row in rows:
+      writer.writerow({key: _csv_value(row.get(key)) for key in fieldnames})
+
+
+# Plots
+
+
+def _label(run: Run) -> str:
+  """The legend label of a run: its name, with its status when it did not finish."""
+  return run.name if run.status == "done" else f"{run.name} ({run.status})"
+
+
+def plot_learning_curves(runs: Sequence[Run], path: PathLike, metric: str) -> pathlib.Path | None:
+  """Plots the eval `metric` against step, one line per run (mean over seeds, ±std band).
+
+  Failed and incomplete runs are drawn dashed, with their status in the legend.
+
+  Returns:
+    The PNG's path, or None (nothing written) when no run has the metric.
+  """
+  curves = [(run, *eval_curve(run, metric)) for run in runs]
+  curves = [(run, steps, values) for run, steps, values in curves if steps.size]
+  if not curves:
+    return None
+  fig = Figure(figsize=(8 if len(curves) <= 6 else 11, 5), layout="constrained")
+  ax = fig.add_subplot()
+  for run, steps_N, values_NS in curves:
+    mean_N, std_N = values_NS.mean(axis=1), values_NS.std(axis=1)
+    (line,) = ax.plot(
+      steps_N,
+      mean_N,
+      label=_label(run),
+      linestyle="-" if run.status == "done" else "--",
+      marker="o" if steps_N.size <= 3 else None,
+    )
+    ax.fill_between(
+      steps_N, mean_N - std_N, mean_N + std_N, color=line.get_color(), alpha=0.2, linewidth=0
+    )
+  ax.set_xlabel("step")
+  ax.set_ylabel(f"eval {metric}")
+  ax.set_title(f"eval {metric} (mean ± std over seeds)")
+  ax.grid(True, alpha=0.3)
+  if len(curves) > 6:  # Many curves: keep the legend off them.
+    ax.legend(
+      fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0), ncols=1 + len(curves) // 25
+    )
+  else:
+    ax.legend(fontsize="small")
+  fig.savefig(path, format="png", dpi=100)
+  return pathlib.Path(path)
+
+
+def _is_number(value: Any) -> bool:
+  return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def swept_plot(runs: Sequence[Run], metric: str) -> SweptPlot | None:
+  """Lays out the final `metric` against the swept values, for `plot_metric_vs_swept`.
+
+  x is the override key with the most distinct values among runs with data (the first such key on a
+  tie); there is one line per combination of the other keys' values. Non-numeric x values are placed at
+  0, 1, ... in order of first appearance. Failed runs are skipped.
+
+  Returns:
+    The layout, or None when no run that did not fail has the metric.
+  """
+  points = []
+  for run in runs:
+    if run.status == "failed":
+      continue
+    result = _final_and_best(run, metric)
+    if result["final"][0] is not None:
+      points.append((run, *result["final"]))
+  if not points:
+    return None
+  keys = swept_keys([run for run, _, _ in points])
+  values = {key: [_swept_value(run, key) for run, _, _ in points] for key in keys}
+  distinct = {
+    key: list(dict.fromkeys(json.dumps(v, sort_keys=True) for v in values[key])) for key in keys
+  }
+  if keys:
+    x_key: str | None = max(keys, key=lambda key: len(distinct[key]))  # max keeps the first on ties.
+    xs = values[x_key]
+  else:
+    x_key, xs = None, [run.name for run, _, _ in points]
+  categorical = not all(_is_number(x) for x in xs)
+  if categorical:
+    names = list(dict.fromkeys(_cell(x) for x in xs))
+    positions = [float(names.index(_cell(x))) for x in xs]
+    ticks: list[Any] = names
+  else:
+    positions = [float(x) for x in xs]
+    ticks = sorted(set(xs))
+  other_keys = [key for key in keys if key != x_key and len(distinct[key]) > 1]
+  groups: dict[str, list[int]] = {}
+  for i in range(len(points)):
+    label = ", ".join(f"{key}={_cell(values[key][i])}" for key in other_keys)
+    groups.setdefault(label, []).append(i)
+  lines = []
+  for label, indices in groups.items():
+    indices = sorted(indices, key=lambda i: positions[i])
+    lines.append(
+      SweptLine(
+        label=label,
+        x=[positions[i] for i in indices],
+        mean=[points[i][1] for i in indices],
+        std=[points[i][2] for i in indices],
+        names=[points[i][0].name for i in indices],
+      )
+    )
+  return SweptPlot(x_key=x_key, categorical=categorical, ticks=ticks, lines=lines)
+
+
+def plot_metric_vs_swept(runs: Sequence[Run], path: PathLike, metric: str) -> pathlib.Path | None:
+  """Plots the final eval `metric` (mean, std error bars) against the swept value (see `swept_plot`).
+
+  A numeric x spanning a factor of 10 or more, all positive, is drawn on a log axis (base 2 for
+  integers, as head counts are).
+
+  Returns:
+    The PNG's path, or None (nothing written) when no run that did not fail has the metric.
+  """
+  layout = swept_plot(runs, metric)
+  if layout is None:
+    return None
+  fig = Figure(figsize=(7, 5), layout="constrained")
+  ax = fig.add_subplot()
+  for line in layout.lines:
+    ax.errorbar(line.x, line.mean, yerr=line.std, marker="o", capsize=4, label=line.label or None)
+  if layout.categorical:
+    ax.set_xticks(range(len(layout.ticks)), [str(t) for t in layout.ticks])
+    ax.set_xlim(-0.5, len(layout.ticks) - 0.5)
+  else:
+    low, high = min(layout.ticks), max(layout.ticks)
+    if low > 0 and high / low >= 10:
+      ax.set_xscale("log", base=2 if all(float(t).is_integer() for t in layout.ticks) else 10)
+    if len(layout.ticks) <= 12:
+      ax.set_xticks([float(t) for t in layout.ticks], [_cell(t) for t in layout.ticks])
+      ax.minorticks_off()
+  ax.set_xlabel(layout.x_key or "point")
+  ax.set_ylabel(f"final eval {metric}")
+  ax.set_title(f"final eval {metric} (mean ± std over seeds)")
+  ax.grid(True, alpha=0.3)
+  if any(line.label for line in layout.lines):
+    ax.legend(fontsize="small")
+  fig.savefig(path, format="png", dpi=100)
+  return pathlib.Path(path)
+
+
+# The whole comparison
+
+
+def write_report(directory: PathLike, metric: str | None = None) -> tuple[str, list[pathlib.Path]]:
+  """Like `compare`, and also returns the paths it wrote (a plot without data is not written).
+
+  Raises:
+    FileNotFoundError: when `directory` is not a directory.
+    ValueError: when it holds no runs, or when `metric` was given but no eval line of any run has it
+      while some eval lines exist (a misspelt name).
+  """
+  root = pathlib.Path(directory)
+  runs = load_runs(root)
+  if not runs:
+    raise ValueError(
+      f"{directory}: no runs (no sweep.json, no metrics.jsonl, no subdirectory with config.json or "
+      "metrics.jsonl)"
+    )
+  available = _eval_metric_names(runs)
+  if metric and available and metric not in available:
+    raise ValueError(
+      f"{directory}: no eval line has metric {metric!r}; eval metrics: {', '.join(sorted(available))}"
+    )
+  metric = resolve_metric(runs, metric)
+  rows = compare_table(runs, metric)
+  counts = collections.Counter(run.status for run in runs)
+  parts = [f"# Run comparison: {root}", ""]
+  config = sweep_config(root)
+  if config:
+    parts.append(f"Sweep config: `{config}`  ")
+  parts += [
+    f"Points: {len(runs)} ({counts['done']} done, {counts['failed']} failed, "
+    f"{counts['incomplete']} incomplete)  ",
+    f"Metric: eval {metric}; final = last eval step, best = "
+    f"{'max' if higher_is_better(metric) else 'min'} over eval steps per seed; mean ± std over seeds",
+    "",
+    format_markdown(rows),
+  ]
+  failed = [run for run in runs if run.status == "failed"]
+  if failed:
+    parts.append("Failed points:\n")
+    parts += [f"- {run.name}: failed: {run.error or 'unknown error'}" for run in failed]
+    parts.append("")
+  markdown = "\n".join(parts)
+  written = []
+  (root / MARKDOWN_FILE).write_text(markdown, encoding="utf-8")
+  written.append(root / MARKDOWN_FILE)
+  write_csv(rows, root / CSV_FILE)
+  written.append(root / CSV_FILE)
+  for plot, name in ((plot_learning_curves, CURVES_FILE), (plot_metric_vs_swept, SWEPT_FILE)):
+    out = plot(runs, root / name, metric)
+    if out is not None:
+      written.append(out)
+  return markdown, written
+
+
+def compare(directory: PathLike, metric: str | None = None) -> str:
+  """Compares the runs of `directory` and writes compare.md, compare.csv, learning_curves.png and
+  final_vs_swept.png there (a plot only when some run has data for it).
+
+  Args:
+    directory: a sweep or run directory (see `load_runs`).
+    metric: the eval metric; None for the runs' main_metric, else "accuracy", else "loss".
+
+  Returns:
+    The markdown: a header, the table, and a line per failed point.
+
+  Raises:
+    FileNotFoundError: when `directory` is not a directory.
+    ValueError: when it holds no runs, or `metric` is in no eval line.
+  """
+  return write_report(directory, metric)[0]

@@ -1,0 +1,156 @@
+"""What every task shares: the `Task` protocol, the `Vocabulary`, data streams and batch helpers.
+
+Batches are dicts of numpy arrays with static shapes ([B, S] / [B, T], padded with pad_id):
+  seq2seq: src [B, S], tgt_in [B, T] (bos + target), tgt_out [B, T] (target + eos), weights [B, T].
+  tagging: tokens [B, T], tags [B, T], weights [B, T] (0 where no tag is scored), and optionally
+    features [B, T, F] (hashed per-token features, `attn.tasks.ner`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any, ClassVar, Protocol, runtime_checkable
+
+import numpy as np
+
+Batch = dict[str, np.ndarray]
+KINDS = ("seq2seq", "tagging")  # Trained with `attn.nn.Transformer` / `attn.nn.EncoderTagger`.
+
+PAD, BOS, EOS, UNK = "<pad>", "<bos>", "<eos>", "<unk>"
+SPECIALS = (PAD, BOS, EOS, UNK)
+
+
+@dataclasses.dataclass(frozen=True)
+class Vocabulary:
+  """Token strings and their ids; ids 0-3 are <pad>, <bos>, <eos>, <unk>."""
+
+  tokens: tuple[str, ...]
+
+  def __post_init__(self):
+    if tuple(self.tokens[: len(SPECIALS)]) != SPECIALS:
+      raise ValueError(f"Vocabulary: the first tokens must be {SPECIALS}, got {self.tokens[:4]}")
+    object.__setattr__(self, "_ids", {t: i for i, t in enumerate(self.tokens)})
+
+  pad_id, bos_id, eos_id, unk_id = 0, 1, 2, 3
+
+  def __len__(self) -> int:
+    return len(self.tokens)
+
+  def encode(self, words: Sequence[str]) -> np.ndarray:
+    return np.array([self._ids.get(w, self.unk_id) for w in words], np.int32)
+
+  def decode(self, ids: Sequence[int], *, strip: bool = True) -> list[str]:
+    """Ids -> tokens; with `strip`, stops at eos and drops pad and bos."""
+    words = []
+    for i in np.asarray(ids).tolist():
+      if strip and i == self.eos_id:
+        break
+      if strip and i in (self.pad_id, self.bos_id):
+        continue
+      words.append(self.tokens[i] if 0 <= i < len(self.tokens) else UNK)
+    return words
+
+
+@runtime_checkable
+class Task(Protocol):
+  """Where a run's batches come from; `attn.train` needs nothing else of a task.
+
+  A task class subclasses `Task` (to inherit the defaults of `main_metric`, `score` and `save`) or
+  merely has every member; `attn.tasks.registry` names the tasks a config can ask for.
+
+  Attributes:
+    kind: "seq2seq" (trained with `Transformer`) or "tagging" (trained with `EncoderTagger`).
+    vocab: the `Vocabulary` (token strings <-> ids; pad_id, bos_id, eos_id).
+    num_classes: tag classes for "tagging" (0 for "seq2seq"); `class_names` names them.
+    main_metric: the eval metric that sweeps and compare tables rank by.
+  """
+
+  kind: ClassVar[str]
+  vocab: Vocabulary
+  num_classes: int
+  class_names: tuple[str, ...]
+
+  @property
+  def main_metric(self) -> str:
+    return "sequence_accuracy" if self.kind == "seq2seq" else "accuracy"
+
+  def train_batch(self, step: int, batch_size: int) -> Batch:
+    """The batch of `step`: a pure function of (task, step), so a resumed run sees exactly the data
+    an uninterrupted one would."""
+    ...
+
+  def eval_batches(self, batch_size: int) -> list[Batch]:
+    """The fixed evaluation set, the last batch padded with rows whose weights are 0."""
+    ...
+
+  def encode_text(self, text: str) -> np.ndarray:
+    """Text -> int32 ids [S], tokenised as the task's data is."""
+    ...
+
+  def decode_ids(self, ids: Sequence[int]) -> str:
+    """Ids -> text (stops at eos, drops pad and bos)."""
+    ...
+
+  def score(self, model: Any, params: Any, batch_size: int, *, final: bool) -> dict[str, float]:
+    """Metrics the task computes from the model's output (entity F1 from predicted tags, BLEU from
+    decoded text) for one seed's params; called at every evaluation, with `final` True at the last
+    one (the place for a test split). None by default."""
+    del model, params, batch_size, final
+    return {}
+
+  def save(self, workdir: str) -> None:
+    """Writes what a run needs to read its outputs later (a vocabulary built from the training
+    split) into the run directory, once per run before training. Nothing by default."""
+    del workdir
+
+
+# Stream ids: `stream_rng(seed, TRAIN_STREAM, step)` draws step's training batch, and
+# `stream_rng(seed, EVAL_STREAM)` the fixed evaluation set, so the two never share examples' draws.
+TRAIN_STREAM, EVAL_STREAM = 0, 1
+
+
+def stream_rng(seed: int, *stream: int) -> np.random.Generator:
+  """numpy's generator for a data stream: a pure function of the seed and the stream ids (and the
+  step, for training batches), which is what makes a resumed run see the same data."""
+  return np.random.default_rng([seed, *stream])
+
+
+def pad_rows(rows: Sequence[np.ndarray], length: int, pad_id: int = 0) -> np.ndarray:
+  """Stacks 1-D int rows into int32 [len(rows), length], right-padded with pad_id."""
+  out = np.full((len(rows), length), pad_id, np.int32)
+  for i, row in enumerate(rows):
+    out[i, : len(row)] = row
+  return out
+
+
+def seq2seq_examples(
+  srcs: Sequence[np.ndarray], tgts: Sequence[np.ndarray], source_length: int, target_length: int
+) -> dict[str, np.ndarray]:
+  """Source and target id rows -> src [N, source_length], tgt_in (bos + target) and tgt_out
+  (target + eos) [N, target_length], right-padded with pad_id."""
+  bos, eos = [Vocabulary.bos_id], [Vocabulary.eos_id]
+  return {
+    "src": pad_rows(srcs, source_length),
+    "tgt_in": pad_rows([np.concatenate([bos, t]) for t in tgts], target_length),
+    "tgt_out": pad_rows([np.concatenate([t, eos]) for t in tgts], target_length),
+  }
+
+
+def split_batches(examples: dict[str, np.ndarray], batch_size: int) -> list[dict[str, np.ndarray]]:
+  """Cuts stacked examples into batches of `batch_size`, padding the last with all-pad rows, and adds
+  `weights` if absent: 1 where a target (seq2seq) or a token (tagging) is real, 0 on padding."""
+  if "weights" not in examples:
+    real = examples["tgt_out"] if "tgt_out" in examples else examples["tokens"]
+    examples = {**examples, "weights": (real != Vocabulary.pad_id).astype(np.float32)}
+  n = len(examples["weights"])
+  out = []
+  for start in range(0, n, batch_size):
+    batch = {k: v[start : start + batch_size] for k, v in examples.items()}
+    short = batch_size - len(batch["weights"])
+    if short:
+      batch = {
+        k: np.concatenate([v, np.zeros((short, *v.shape[1:]), v.dtype)]) for k, v in batch.items()
+      }
+    out.append(batch)
+  return out

@@ -1,0 +1,359 @@
+"""Named-entity recognition on CoNLL-style files: the reader, the hashed features and the task.
+
+Files: one `token tag` per line (columns split by tabs or spaces; the token is the first column, the
+tag the last, so CoNLL-2003's `token POS chunk tag` reads too), a blank line after each sentence,
+optional `-DOCSTART-` lines (skipped). Tags are `O`, `B-TYPE` or `I-TYPE`, in IOB1 or IOB2: entity
+scoring follows conlleval's chunk rules, which read both.
+
+Entity scores are conlleval's (`attn.tasks.conlleval.entity_scores`, in percent).
+
+The task (`make_task`, kind "tagging"): tokens are lower-cased words with digits mapped to 0, from a
+vocabulary of the training split (words seen `min_count` times; others are <unk>). Each token also gets
+up to `max_features` hashed features, `features [B, T, F]` in its batches (0 = empty slot): word shape,
+capitalisation, length, prefixes, suffixes and character n-grams. `EncoderTagger` sums
+their embeddings into the token's when `ModelConfig.feature_buckets` > 0 and ignores them otherwise, so
+`--config.model.feature_buckets=0` is the words-only ablation. Test entities are mostly unseen surface
+forms (WNUT 2017), and these features are what a model can know about a word it has never seen.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import functools
+import os
+import re
+import zlib
+
+import jax
+import numpy as np
+
+from attn.tasks.base import SPECIALS, Task, Vocabulary, pad_rows, split_batches
+from attn.tasks.conlleval import entity_scores, split_tag
+
+SPLITS = ("train", "dev", "test")
+# Accepted file names of a split in the data folder, first match wins: "train", "train.conll", ...
+FILE_SUFFIXES = ("", ".conll", ".txt", ".iob", ".bio")
+DOCSTART = "-DOCSTART-"
+_TAG = re.compile(r"^(O|[BI]-\S+)$")
+# Margins by which `NerTask.score` may lower the O logit, chosen on dev (0 = plain argmax).
+O_MARGINS = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0)
+
+
+@dataclasses.dataclass(frozen=True)
+class Sentence:
+  tokens: tuple[str, ...]
+  tags: tuple[str, ...]
+
+
+# ----------------------------------------------------------------------------------------------------
+# Reading.
+
+
+def read_conll(path: str) -> list[Sentence]:
+  """The sentences of a CoNLL-style file (see the module docstring).
+
+  Raises:
+    ValueError: `path:line: ...` for a line without a token and a tag, or with a tag that is not O,
+      B-TYPE or I-TYPE.
+  """
+  sentences, tokens, tags = [], [], []
+
+  def close():
+    if tokens:
+      sentences.append(Sentence(tuple(tokens), tuple(tags)))
+      tokens.clear()
+      tags.clear()
+
+  with open(path, encoding="utf-8") as f:
+    for number, line in enumerate(f, start=1):
+      fields = line.split()
+      if not fields:
+        close()
+        continue
+      if fields[0] == DOCSTART:
+        close()
+        continue
+      if len(fields) < 2:
+        raise ValueError(f"{path}:{number}: expected 'token tag', got {line.rstrip(chr(10))!r}")
+      if not _TAG.match(fields[-1]):
+        raise ValueError(
+          f"{path}:{number}: expected a tag O, B-TYPE or I-TYPE in the last column, got {fields[-1]!r}"
+        )
+      tokens.append(fields[0])
+      tags.append(fields[-1])
+  close()
+  return sentences
+
+
+def split_path(folder: str, split: str) -> str:
+  """The file of `split` in `folder`: `split` itself or with one of FILE_SUFFIXES.
+
+  Raises:
+    ValueError: one line naming the folder, the split and config.data.path, when none exists.
+  """
+  for suffix in FILE_SUFFIXES:
+    path = os.path.join(folder, split + suffix)
+    if os.path.isfile(path):
+      return path
+  names = ", ".join(split + s for s in FILE_SUFFIXES)
+  raise ValueError(f"config.data.path: {folder!r} has no {split} file (looked for {names})")
+
+
+# ----------------------------------------------------------------------------------------------------
+# Token normalisation and hashed features.
+
+
+def normalize(token: str) -> str:
+  """The vocabulary's form of a token: lower case, every digit 0."""
+  return re.sub(r"\d", "0", token.lower())
+
+
+def word_shape(token: str, *, compress: bool) -> str:
+  """X for upper case, x for lower, d for digits, other characters kept ("McDonald's" -> "XxXx'x" when
+  compressed: runs of one class collapse; uncompressed, the first 8 characters' classes)."""
+  classes = []
+  for ch in token:
+    c = "X" if ch.isupper() else "x" if ch.islower() else "d" if ch.isdigit() else ch
+    if not compress or not classes or classes[-1] != c:
+      classes.append(c)
+  return "".join(classes if compress else classes[:8])
+
+
+def _capitalisation(token: str) -> str:
+  letters = [c for c in token if c.isalpha()]
+  if not letters:
+    return "none"
+  if all(c.isupper() for c in letters):
+    return "upper" if len(letters) > 1 else "title"
+  if all(c.islower() for c in letters):
+    return "lower"
+  return "title" if token[0].isupper() and all(c.islower() for c in letters[1:]) else "mixed"
+
+
+def _hash(kind: str, value: str) -> int:
+  """A stable hash in [1, 2**31): crc32 (Python's hash() differs between processes). 0 is no feature."""
+  return zlib.crc32(f"{kind}\x00{value}".encode()) % (2**31 - 1) + 1
+
+
+def token_features(token: str, *, first: bool, max_features: int) -> list[int]:
+  """Up to `max_features` hashed features of one token (see the module docstring); `first` marks the
+  sentence's first token, where capitals say less."""
+  lower = token.lower()
+  feats = [
+    ("shape", word_shape(token, compress=True)),
+    ("long_shape", word_shape(token, compress=False)),
+    ("caps", _capitalisation(token) + (":first" if first else "")),
+    ("length", str(min(len(token), 10))),
+  ]
+  if token[0] in "@#":
+    feats.append(("sigil", token[0]))
+  for n in range(1, 4):
+    if len(lower) > n:
+      feats.append((f"prefix{n}", lower[:n]))
+  for n in range(1, 5):
+    if len(lower) > n:
+      feats.append((f"suffix{n}", lower[-n:]))
+  marked = f"<{lower}>"
+  for n in (3, 4, 5):
+    feats.extend(("ngram", marked[i : i + n]) for i in range(len(marked) - n + 1))
+  return [_hash(kind, value) for kind, value in feats[:max_features]]
+
+
+# ----------------------------------------------------------------------------------------------------
+# The task.
+
+
+def _class_names(splits: dict[str, list[Sentence]]) -> tuple[str, ...]:
+  """O, then B- and I- of every type seen in any split (labels only), sorted by type."""
+  types = {split_tag(t)[1] for sents in splits.values() for s in sents for t in s.tags} - {""}
+  return ("O", *(f"{p}-{t}" for t in sorted(types) for p in "BI"))
+
+
+@dataclasses.dataclass(eq=False)
+class NerTask(Task):
+  """NER on a folder of CoNLL files; built by `make_task`. Batches: tokens [B, T], features [B, T, F],
+  tags [B, T], weights [B, T]. Training batches are as long as the longest training sentence (rounded up
+  to a multiple of 8) but at most `max_length`, which cuts longer sentences; evaluation batches are as
+  long as the split's longest sentence, so every tag is scored."""
+
+  splits: dict[str, list[Sentence]]
+  vocab: Vocabulary
+  class_names: tuple[str, ...]
+  max_length: int
+  max_features: int
+  word_dropout: float
+  seed: int
+  name: str = "ner"
+
+  kind = "tagging"
+  main_metric = "f1"
+
+  def __post_init__(self):
+    self._class_ids = {c: i for i, c in enumerate(self.class_names)}
+    self._encoded = {split: self._encode(sents) for split, sents in self.splits.items()}
+    self._apply_fns = {}
+    # No longer than needed: WNUT's longest training sentence is 41 tokens, so 48, not max_length.
+    longest = max(len(s.tokens) for s in self.splits["train"])
+    self._train_length = min(self.max_length, -(-longest // 8) * 8)
+
+  @property
+  def num_classes(self) -> int:
+    return len(self.class_names)
+
+  def _encode(self, sentences: list[Sentence]) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    out = []
+    for s in sentences:
+      tokens = self.vocab.encode([normalize(t) for t in s.tokens])
+      feats = np.zeros((len(s.tokens), self.max_features), np.int32)
+      for i, t in enumerate(s.tokens):
+        row = token_features(t, first=i == 0, max_features=self.max_features)
+        feats[i, : len(row)] = row
+      tags = np.array([self._class_ids[t] for t in s.tags], np.int32)
+      out.append((tokens, feats, tags))
+    return out
+
+  def _batch(self, rows, length: int) -> dict[str, np.ndarray]:
+    """Stacks encoded sentences, cut to `length`, into one batch."""
+    features = np.zeros((len(rows), length, self.max_features), np.int32)
+    for i, (_, f, _) in enumerate(rows):
+      features[i, : min(len(f), length)] = f[:length]
+    tokens = pad_rows([t[:length] for t, _, _ in rows], length, self.vocab.pad_id)
+    return {
+      "tokens": tokens,
+      "features": features,
+      "tags": pad_rows([g[:length] for _, _, g in rows], length, 0),
+      "weights": (tokens != self.vocab.pad_id).astype(np.float32),
+    }
+
+  @functools.lru_cache(maxsize=4)  # noqa: B019 (a few epochs' orders, kept with the task)
+  def _epoch_order(self, epoch: int) -> np.ndarray:
+    return np.random.default_rng([self.seed, 0, epoch]).permutation(len(self._encoded["train"]))
+
+  def train_batch(self, step: int, batch_size: int) -> dict[str, np.ndarray]:
+    """Sentences in a fresh shuffled order each epoch, a pure function of (seed, step); with
+    `word_dropout`, that fraction of tokens becomes <unk> (their features stay), so the <unk> vector
+    is trained in the contexts where unseen words occur."""
+    train = self._encoded["train"]
+    rows = []
+    for i in range(step * batch_size, (step + 1) * batch_size):
+      epoch, index = divmod(i, len(train))
+      rows.append(train[self._epoch_order(epoch)[index]])
+    batch = self._batch(rows, self._train_length)
+    if self.word_dropout > 0:
+      drop = (
+        np.random.default_rng([self.seed, 2, step]).random(batch["tokens"].shape) < self.word_dropout
+      )
+      batch["tokens"] = np.where(drop & (batch["weights"] > 0), self.vocab.unk_id, batch["tokens"])
+    return batch
+
+  def split_batches(self, split: str, batch_size: int) -> list[dict[str, np.ndarray]]:
+    """All sentences of `split` in file order, padded to its longest sentence (a multiple of 8)."""
+    rows = self._encoded[split]
+    length = -(-max(len(t) for t, _, _ in rows) // 8) * 8
+    return split_batches(self._batch(rows, length), batch_size)
+
+  def eval_batches(self, batch_size: int) -> list[dict[str, np.ndarray]]:
+    return self.split_batches("dev", batch_size)
+
+  def logits(self, model, params, split: str, batch_size: int) -> list[np.ndarray]:
+    """The model's tag logits for `split`, one float32 [length, C] array per sentence."""
+    key = id(model)
+    if key not in self._apply_fns:
+      self._apply_fns[key] = (model, jax.jit(lambda p, t, f: model.apply({"params": p}, t, f)))
+    apply = self._apply_fns[key][1]
+    batches = self.split_batches(split, batch_size)
+    out = np.concatenate([np.asarray(apply(params, b["tokens"], b["features"])) for b in batches])
+    return [out[i, : len(s.tags)] for i, s in enumerate(self.splits[split])]
+
+  def decode_tags(self, logits: list[np.ndarray], o_margin: float = 0.0) -> list[list[str]]:
+    """Argmax tags per token after lowering the O logit by `o_margin` (0: plain argmax)."""
+    o = self.class_names.index("O")
+    out = []
+    for x in logits:
+      x = x.copy()
+      x[:, o] -= o_margin
+      out.append([self.class_names[c] for c in x.argmax(-1)])
+    return out
+
+  def predict(self, model, params, split: str, batch_size: int) -> list[list[str]]:
+    """The model's tag (argmax per token) for every token of `split`, one list per sentence."""
+    return self.decode_tags(self.logits(model, params, split, batch_size))
+
+  def score(self, model, params, batch_size: int, *, final: bool) -> dict[str, float]:
+    """Entity scores (percent) on dev, and at the final evaluation on test too.
+
+    "precision", "recall", "f1": dev, argmax tags. "tuned_f1": dev with the O logit lowered by the
+    margin of O_MARGINS that maximises dev F1 ("o_margin"; a per-token tagger trained on mostly-O data
+    finds too few entities, and this trades precision for recall). At the final evaluation, "test_f1",
+    "test_precision", "test_recall" and per type "test_f1_TYPE" (argmax), and "test_tuned_f1" with
+    dev's margin: test never chooses anything.
+    """
+    dev_gold = [s.tags for s in self.splits["dev"]]
+    dev_logits = self.logits(model, params, "dev", batch_size)
+    scores = entity_scores(dev_gold, self.decode_tags(dev_logits))
+    out = {k: scores[k] for k in ("precision", "recall", "f1")}
+    tuned = {m: entity_scores(dev_gold, self.decode_tags(dev_logits, m))["f1"] for m in O_MARGINS}
+    margin = max(O_MARGINS, key=lambda m: (tuned[m], -m))
+    out.update(tuned_f1=tuned[margin], o_margin=margin)
+    if final:
+      test_gold = [s.tags for s in self.splits["test"]]
+      test_logits = self.logits(model, params, "test", batch_size)
+      scores = entity_scores(test_gold, self.decode_tags(test_logits))
+      out.update({f"test_{k}": v for k, v in scores.items() if not k.startswith("num_")})
+      out["test_tuned_f1"] = entity_scores(test_gold, self.decode_tags(test_logits, margin))["f1"]
+    return out
+
+  def save(self, workdir: str) -> None:
+    """Writes vocab.txt (one token per line, line i = id i) and tags.txt (class i on line i)."""
+    for name, items in (("vocab.txt", self.vocab.tokens), ("tags.txt", self.class_names)):
+      with open(os.path.join(workdir, name), "w", encoding="utf-8") as f:
+        f.write("".join(f"{item}\n" for item in items))
+
+  def encode_text(self, text: str) -> np.ndarray:
+    return self.vocab.encode([normalize(t) for t in text.split()])
+
+  def decode_ids(self, ids) -> str:
+    return " ".join(self.vocab.decode(ids))
+
+
+def build_vocabulary(sentences: list[Sentence], min_count: int) -> Vocabulary:
+  """Normalised words seen at least `min_count` times in `sentences`, most frequent first."""
+  counts = collections.Counter(normalize(t) for s in sentences for t in s.tokens)
+  words = sorted(
+    (w for w, c in counts.items() if c >= min_count and w not in SPECIALS), key=lambda w: (-counts[w], w)
+  )
+  return Vocabulary((*SPECIALS, *words))
+
+
+def make_task(task_config, data_config, *, seed: int) -> NerTask:
+  """The NER task of `task_config` (fields max_length, min_count, max_features, word_dropout) on the
+  folder `data_config.path` holding train, dev and test files.
+
+  Raises:
+    ValueError: naming the config field (a bad value, no data.path, a missing file) or, for a
+      malformed line, the file and line number.
+  """
+  path = data_config.get("path", "") if data_config is not None else ""
+  if not path:
+    raise ValueError("config.data.path: the ner task needs a folder holding train, dev and test files")
+  if not os.path.isdir(path):
+    raise ValueError(f"config.data.path: {path!r} is not a folder")
+  for field in ("max_length", "min_count", "max_features"):
+    if int(task_config[field]) <= 0:
+      raise ValueError(f"config.task.{field}: must be positive, got {task_config[field]}")
+  if not 0.0 <= float(task_config.word_dropout) < 1.0:
+    raise ValueError(f"config.task.word_dropout: must be in [0, 1), got {task_config.word_dropout}")
+  splits = {split: read_conll(split_path(path, split)) for split in SPLITS}
+  for split, sentences in splits.items():
+    if not sentences:
+      raise ValueError(f"config.data.path: the {split} file in {path!r} holds no sentences")
+  return NerTask(
+    splits=splits,
+    vocab=build_vocabulary(splits["train"], int(task_config.min_count)),
+    class_names=_class_names(splits),
+    max_length=int(task_config.max_length),
+    max_features=int(task_config.max_features),
+    word_dropout=float(task_config.word_dropout),
+    seed=seed,
+  )

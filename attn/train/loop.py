@@ -1,0 +1,310 @@
+"""The training loop: `train_and_evaluate(config, workdir)`, with checkpoints, metrics and resumption.
+
+Determinism: the batch of step s is a pure function of (data seed, s) and the dropout key of step s is
+fold_in(seed key, s), so a run killed at any moment and rerun from its last checkpoint ends with the
+same metrics as an uninterrupted run. Several seeds of one config train in one compiled program: the
+state carries a leading seed axis and the steps are vmapped over it (the seeds share the data stream).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import math
+import os
+import time
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+from absl import logging
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from attn.nn.config import ModelConfig
+from attn.runs import files
+from attn.runs.writer import MetricsWriter
+from attn.tasks import Task
+from attn.train import setup, steps
+
+# Fields that may change between a run and its resumption (they do not change what is computed).
+RESUMABLE_CHANGES = ("num_train_steps", "log_every_steps", "eval_every_steps", "checkpoint_every_steps")
+PROBE_SEED_OFFSET = 12345  # The probe's inputs come from PRNGKey(data_seed + this).
+
+
+class NonFiniteLossError(RuntimeError):
+  """The loss became NaN or inf; the last good checkpoint is kept."""
+
+
+@dataclasses.dataclass(frozen=True)
+class CompiledSteps:
+  """The steps vmapped over the seed axis and jitted with their shardings: the state (with its seed
+  axis) replicated, batches split over the devices along B (data parallel)."""
+
+  train: Callable  # (state, batch) -> (state, metrics); donates the state.
+  eval: Callable  # (params, batch) -> sums over the batch.
+  diagnostics: Callable  # (params, batch) -> per-layer statistics.
+  probe: Callable  # (params, rng) -> per-layer statistics on unit-variance inputs.
+  data_sharding: NamedSharding
+  replicated: NamedSharding
+
+
+def compile_steps(
+  config: ml_collections.ConfigDict, model, optimizer, model_config: ModelConfig, kind: str
+) -> CompiledSteps:
+  """Jits the vmapped steps once, over a mesh of every local device."""
+  mesh = jax.make_mesh((jax.device_count(),), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+  replicated = NamedSharding(mesh, P())
+  data_sharding = NamedSharding(mesh, P("data"))
+  static = dict(model=model, kind=kind)
+  train = functools.partial(
+    steps.train_step, optimizer=optimizer, label_smoothing=float(config.label_smoothing), **static
+  )
+  return CompiledSteps(
+    train=jax.jit(
+      jax.vmap(train, in_axes=(0, None)),
+      in_shardings=(replicated, data_sharding),
+      out_shardings=(replicated, replicated),
+      donate_argnums=(0,),
+    ),
+    eval=jax.jit(
+      jax.vmap(functools.partial(steps.eval_step, **static), in_axes=(0, None)),
+      in_shardings=(replicated, data_sharding),
+      out_shardings=replicated,
+    ),
+    diagnostics=jax.jit(
+      jax.vmap(functools.partial(steps.diagnostics_step, **static), in_axes=(0, None)),
+      in_shardings=(replicated, data_sharding),
+      out_shardings=replicated,
+    ),
+    probe=jax.jit(
+      jax.vmap(functools.partial(steps.probe_step, model_config=model_config), in_axes=(0, None)),
+      out_shardings=replicated,
+    ),
+    data_sharding=data_sharding,
+    replicated=replicated,
+  )
+
+
+def write_config(config: ml_collections.ConfigDict, workdir: str, model_config: ModelConfig) -> None:
+  """Writes config.json; refuses to resume a run of a different config."""
+  resolved = json_config(config)
+  resolved["resolved_model"] = dataclasses.asdict(model_config)
+  path = files.path(workdir, files.CONFIG_FILE)
+  old = files.read_json(path) if os.path.exists(path) else None
+  if isinstance(old, dict):
+    changed = sorted(
+      k for k in set(old) | set(resolved) if old.get(k) != resolved.get(k) and k not in RESUMABLE_CHANGES
+    )
+    if changed:
+      raise setup.ConfigError(
+        f"--workdir {workdir} holds a run of a different config (fields {', '.join(changed)} differ); "
+        "use a new --workdir"
+      )
+  files.write_json(path, resolved, sort_keys=True)
+
+
+def json_config(config: ml_collections.ConfigDict) -> dict:
+  """The config as plain JSON values (what config.json holds, without `resolved_model`)."""
+  return json.loads(config.to_json_best_effort())
+
+
+def _per_seed(x) -> list[float]:
+  return [float(v) for v in np.asarray(x).reshape(-1)]
+
+
+def evaluate(eval_fn, params, eval_batches, kind: str) -> dict[str, list[float]]:
+  """Loss, token accuracy and (seq2seq) sequence accuracy over the eval set, one value per seed."""
+  totals = None
+  for batch in eval_batches:
+    sums = eval_fn(params, batch)
+    totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+  totals = jax.tree.map(np.asarray, totals)
+  out = {
+    "loss": _per_seed(totals["loss_sum"] / np.maximum(totals["weight_sum"], 1)),
+    "accuracy": _per_seed(totals["correct_sum"] / np.maximum(totals["weight_sum"], 1)),
+  }
+  if kind == "seq2seq":
+    out["sequence_accuracy"] = _per_seed(
+      totals["sequence_correct_sum"] / np.maximum(totals["sequence_count"], 1)
+    )
+  return out
+
+
+def task_scores(task: Task, model, params, batch_size: int, final: bool) -> dict[str, list[float]]:
+  """The task's own metrics (`task.score`, e.g. entity F1 or BLEU from decoded output), per seed;
+  `final` marks the last evaluation (where a task may also score its test split)."""
+  num_seeds = jax.tree.leaves(params)[0].shape[0]
+  per_seed = [
+    task.score(model, jax.tree.map(lambda x, i=i: x[i], params), batch_size, final=final)
+    for i in range(num_seeds)
+  ]
+  if not per_seed[0]:
+    return {}
+  return {k: [float(s[k]) for s in per_seed] for k in per_seed[0]}
+
+
+def check_finite(losses: list[float], step: int, seeds: list[int], kept: int | None, workdir: str):
+  """Raises NonFiniteLossError naming the step, the seed and the last good checkpoint."""
+  bad = [i for i, x in enumerate(losses) if not math.isfinite(x)]
+  if not bad:
+    return
+  where = "no checkpoint was saved yet" if kept is None else f"the last good checkpoint is step {kept}"
+  raise NonFiniteLossError(
+    f"training loss is {losses[bad[0]]} at step {step} (seed {seeds[bad[0]]}); stopped, and "
+    f"{where} in {workdir}/{files.CHECKPOINTS_DIR}."
+  )
+
+
+def write_summary(workdir: str, **fields) -> None:
+  """summary.json: the run is done; its final metrics, size and speed."""
+  files.write_json(files.path(workdir, files.SUMMARY_FILE), {"status": "done", **fields})
+
+
+def _logged_eval(workdir: str, step: int) -> dict | None:
+  """The eval metrics already on record for `step` (a run resumed at its very end), or None."""
+  logged = [r for r in files.read_metrics(workdir) if r["split"] == "eval" and r["step"] == step]
+  if not logged:
+    return None
+  return {k: v for k, v in logged[-1].items() if k not in ("step", "split", "time")} or None
+
+
+def _duration(seconds: float) -> str:
+  seconds = round(seconds)
+  return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, list[float]]:
+  """Trains `config` in `workdir`, resuming from its latest checkpoint; returns the final eval metrics
+  (a list per metric, one value per seed).
+
+  Writes config.json, metrics.jsonl, TensorBoard events, checkpoints/ and, when done, summary.json.
+
+  Raises:
+    ConfigError: for a bad config, before anything compiles.
+    NonFiniteLossError: when the training loss becomes NaN or inf.
+  """
+  start_time = time.time()
+  task, model_config = setup.validate(config)
+  kind = task.kind
+  model = setup.build_model(model_config, kind)
+  optimizer = setup.make_optimizer(config)
+  os.makedirs(workdir, exist_ok=True)
+  write_config(config, workdir, model_config)
+  task.save(workdir)  # E.g. a vocabulary built from the training split, kept with the run.
+
+  compiled = compile_steps(config, model, optimizer, model_config, kind)
+  num_seeds = int(config.num_seeds)
+  seeds = [int(config.seed) + i for i in range(num_seeds)]
+  example = jax.tree.map(jnp.asarray, task.train_batch(0, int(config.batch_size)))
+  example_inputs, _ = steps.inputs_and_targets(example, kind)
+  seed_rngs = jnp.stack([jax.random.PRNGKey(s) for s in seeds])
+  init_fn = jax.jit(
+    jax.vmap(steps.state_initializer(model, optimizer, example_inputs)),
+    out_shardings=compiled.replicated,
+  )
+  abstract_state = jax.eval_shape(init_fn, seed_rngs)
+
+  checkpoints = ocp.CheckpointManager(
+    files.checkpoints_dir(workdir),
+    options=ocp.CheckpointManagerOptions(
+      max_to_keep=int(config.get("checkpoints_to_keep", 2)), enable_async_checkpointing=False
+    ),
+  )
+  latest = checkpoints.latest_step()
+  if latest is None:
+    state = init_fn(seed_rngs)
+  else:
+    state = checkpoints.restore(latest, args=ocp.args.StandardRestore(abstract_state))
+    state = jax.device_put(state, compiled.replicated)
+    logging.info("Resuming %s from the checkpoint of step %d.", workdir, latest)
+  step = int(np.asarray(state.step)[0])
+  writer = MetricsWriter(workdir, keep_through_step=-1 if latest is None else step)
+  num_params = sum(int(np.prod(x.shape[1:])) for x in jax.tree.leaves(abstract_state.params))
+  schedule = setup.make_schedule(config)
+  eval_batches = [
+    jax.device_put(b, compiled.data_sharding) for b in task.eval_batches(int(config.eval_batch_size))
+  ]
+  probe_rng = jax.random.PRNGKey(int(config.data_seed) + PROBE_SEED_OFFSET)
+  total = int(config.num_train_steps)
+
+  def evaluate_and_log(step: int) -> dict[str, list[float]]:
+    metrics = evaluate(compiled.eval, state.params, eval_batches, kind)
+    batch_size = int(config.eval_batch_size)
+    metrics.update(task_scores(task, model, state.params, batch_size, final=step == total))
+    writer.write(step, "eval", metrics)
+    diagnostics = compiled.diagnostics(state.params, eval_batches[0])
+    writer.write(step, "diagnostics", {k: _per_seed(v) for k, v in diagnostics.items()})
+    probe = compiled.probe(state.params, probe_rng)
+    writer.write(step, "probe", {k: _per_seed(v) for k, v in probe.items()})
+    return metrics
+
+  final = evaluate_and_log(0) if latest is None else None
+  logging.info(
+    "Training %s: %d steps, %d seed(s), %d parameters per seed, %d device(s).",
+    workdir,
+    total,
+    num_seeds,
+    num_params,
+    jax.device_count(),
+  )
+  pending: list[dict] = []
+  interval_start, interval_steps = time.time(), 0
+  rates: list[float] = []
+  while step < total:
+    # Host numpy straight to its shards: one transfer, not a copy to device 0 and a reshard.
+    batch = jax.device_put(task.train_batch(step, int(config.batch_size)), compiled.data_sharding)
+    state, metrics = compiled.train(state, batch)
+    pending.append(metrics)
+    step += 1
+    interval_steps += 1
+    if step % int(config.log_every_steps) and step != total:
+      continue
+    # Host sync once per log interval: mean of the interval's metrics, per seed.
+    stacked = jax.tree.map(lambda *xs: np.mean(np.stack([np.asarray(x) for x in xs]), axis=0), *pending)
+    pending = []
+    steps_per_sec = interval_steps / max(time.time() - interval_start, 1e-9)
+    rates.append(steps_per_sec)
+    losses = _per_seed(stacked["loss"])
+    try:
+      check_finite(losses, step, seeds, checkpoints.latest_step(), workdir)
+    except NonFiniteLossError:
+      writer.close()
+      raise
+    train_metrics = {k: _per_seed(v) for k, v in stacked.items()}
+    train_metrics.update(learning_rate=float(schedule(step - 1)), steps_per_sec=steps_per_sec)
+    writer.write(step, "train", train_metrics)
+    logging.info(
+      "step %d/%d  loss %s  %.1f steps/s  %s left",
+      step,
+      total,
+      " ".join(f"{x:.4f}" for x in losses),
+      steps_per_sec,
+      _duration((total - step) / max(steps_per_sec, 1e-9)),
+    )
+    if step % int(config.eval_every_steps) == 0 or step == total:
+      final = evaluate_and_log(step)
+    if step % int(config.checkpoint_every_steps) == 0 or step == total:
+      checkpoints.save(step, args=ocp.args.StandardSave(state))
+      checkpoints.wait_until_finished()
+    writer.flush()
+    interval_start, interval_steps = time.time(), 0
+  if final is None:  # Resumed at the very end: the final evaluation is on record already.
+    final = _logged_eval(workdir, step) or evaluate_and_log(step)
+  writer.close()
+  checkpoints.close()
+  write_summary(
+    workdir,
+    num_params=num_params,
+    num_seeds=num_seeds,
+    seeds=seeds,
+    main_metric=task.main_metric,
+    final=final,
+    steps_per_sec=float(np.median(rates)) if rates else None,
+    wall_time_s=time.time() - start_time,
+  )
+  return final

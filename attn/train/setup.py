@@ -1,0 +1,163 @@
+"""Setting up a run: the config checked and turned into a task, a model and an optimizer; and
+`restore_run`, which loads a finished (or running) run directory for inspection.
+"""
+
+from __future__ import annotations
+
+import os
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+import orbax.checkpoint as ocp
+
+from attn import tasks
+from attn.nn.config import ModelConfig
+from attn.nn.models import EncoderTagger, Transformer
+from attn.runs import files
+from attn.train.steps import TrainState, inputs_and_targets, state_initializer
+
+SCHEDULES = ("rsqrt", "cosine", "constant")
+
+
+class ConfigError(ValueError):
+  """A configuration mistake; the message is one line naming the field."""
+
+
+def model_config_from(config: ml_collections.ConfigDict, task) -> ModelConfig:
+  """The ModelConfig of `config.model` completed by the task's vocabulary and classes."""
+  fields = dict(config.model)
+  fields.update(
+    vocab_size=len(task.vocab),
+    num_classes=task.num_classes,
+    pad_id=task.vocab.pad_id,
+    bos_id=task.vocab.bos_id,
+    eos_id=task.vocab.eos_id,
+  )
+  try:
+    return ModelConfig(**fields)
+  except TypeError as e:
+    raise ConfigError(f"config.model: {e}") from None
+  except ValueError as e:
+    raise ConfigError(f"config.model.{e}") from None
+
+
+def build_model(model_config: ModelConfig, kind: str):
+  if kind == "seq2seq":
+    return Transformer(model_config)
+  if kind == "tagging":
+    return EncoderTagger(model_config)
+  raise ConfigError(f"config.task: task kind {kind!r} has no model")
+
+
+def make_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
+  """Learning rate by step. "rsqrt" is the paper's: linear warmup to `learning_rate`, then decay as
+  1/sqrt(step); "cosine" warms up then decays to 0 at num_train_steps; "constant" warms up and stays."""
+  opt = config.optimizer
+  peak, warmup = float(opt.learning_rate), max(int(opt.warmup_steps), 1)
+  if opt.schedule == "rsqrt":
+
+    def rsqrt(step):
+      step = jnp.asarray(step, jnp.float32) + 1.0
+      return peak * jnp.minimum(step / warmup, jnp.sqrt(warmup / step))
+
+    return rsqrt
+  if opt.schedule == "cosine":
+    return optax.warmup_cosine_decay_schedule(
+      0.0, peak, warmup, max(int(config.num_train_steps), warmup + 1)
+    )
+  if opt.schedule == "constant":
+    return optax.join_schedules(
+      [optax.linear_schedule(0.0, peak, warmup), optax.constant_schedule(peak)], [warmup]
+    )
+  raise ConfigError(
+    f"config.optimizer.schedule: unknown choice {opt.schedule!r}; expected one of {SCHEDULES}"
+  )
+
+
+def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+  """Adam with the paper's (0.9, 0.98, 1e-9) defaults, the schedule, and optional clipping."""
+  opt = config.optimizer
+  adam = optax.adam(make_schedule(config), b1=opt.b1, b2=opt.b2, eps=opt.eps)
+  if opt.grad_clip_norm > 0:
+    return optax.chain(optax.clip_by_global_norm(opt.grad_clip_norm), adam)
+  return adam
+
+
+def validate(config: ml_collections.ConfigDict, *, workdir: str | None = None):
+  """Checks a config before anything compiles; returns (task, model_config). `workdir`: a run
+  directory whose saved task files the task may load instead of building them (see `make_task`).
+
+  Raises:
+    ConfigError: one line naming the field and the problem.
+  """
+  positive = ("batch_size", "eval_batch_size", "num_train_steps", "num_seeds", "log_every_steps")
+  for field in (*positive, "eval_every_steps", "checkpoint_every_steps"):
+    value = config[field]
+    if value <= 0 and (field in positive or value < 0):
+      raise ConfigError(f"config.{field}: must be positive, got {value}")
+  if config.checkpoint_every_steps % config.log_every_steps:
+    raise ConfigError(
+      f"config.checkpoint_every_steps: {config.checkpoint_every_steps} must be a multiple of "
+      f"log_every_steps={config.log_every_steps} (checkpoints are taken where the loss is checked)"
+    )
+  if not 0.0 <= config.label_smoothing < 1.0:
+    raise ConfigError(f"config.label_smoothing: must be in [0, 1), got {config.label_smoothing}")
+  if config.optimizer.learning_rate <= 0:
+    raise ConfigError(
+      f"config.optimizer.learning_rate: must be positive, got {config.optimizer.learning_rate}"
+    )
+  if config.optimizer.schedule not in SCHEDULES:
+    choice = config.optimizer.schedule
+    raise ConfigError(
+      f"config.optimizer.schedule: unknown choice {choice!r}; expected one of {SCHEDULES}"
+    )
+  n = jax.device_count()
+  for field in ("batch_size", "eval_batch_size"):
+    if config[field] % n:
+      raise ConfigError(f"config.{field}: {config[field]} is not divisible by the {n} devices")
+  data_path = config.get("data", {}).get("path", "")
+  if data_path and not os.path.isdir(data_path):
+    raise ConfigError(f"config.data.path: {data_path!r} is not a folder")
+  try:
+    task = tasks.make_task(config.task, config.get("data"), seed=int(config.data_seed), workdir=workdir)
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
+  return task, model_config_from(config, task)
+
+
+def abstract_train_state(config, task, model, optimizer) -> TrainState:
+  """The shapes and dtypes of a run's state (with its leading seed axis), without computing it: what
+  orbax restores into."""
+  example_inputs, _ = inputs_and_targets(jax.tree.map(jnp.asarray, task.train_batch(0, 1)), task.kind)
+  rngs = jnp.stack([jax.random.PRNGKey(0)] * int(config.num_seeds))
+  return jax.eval_shape(jax.vmap(state_initializer(model, optimizer, example_inputs)), rngs)
+
+
+def restore_run(workdir: str, seed_index: int = 0):
+  """Loads a run directory for inspection: returns (config, task, model, params of one seed).
+
+  A task's files saved in the run directory (a translation run's subword model) are loaded, not
+  built again from the training data.
+
+  Raises:
+    ConfigError: when `workdir` holds no config.json or no checkpoint, or the seed does not exist.
+  """
+  resolved = files.read_json(files.path(workdir, files.CONFIG_FILE))
+  if not isinstance(resolved, dict):
+    raise ConfigError(f"--workdir: {workdir!r} holds no run (no readable {files.CONFIG_FILE})")
+  resolved.pop("resolved_model", None)
+  config = ml_collections.ConfigDict(resolved)
+  task, model_config = validate(config, workdir=workdir)
+  if not 0 <= seed_index < config.num_seeds:
+    raise ConfigError(f"--seed_index: {seed_index} is not in [0, {config.num_seeds})")
+  model = build_model(model_config, task.kind)
+  abstract_state = abstract_train_state(config, task, model, make_optimizer(config))
+  checkpoints = ocp.CheckpointManager(files.checkpoints_dir(workdir))
+  latest = checkpoints.latest_step()
+  if latest is None:
+    raise ConfigError(f"--workdir: {workdir!r} holds no checkpoint yet")
+  state = checkpoints.restore(latest, args=ocp.args.StandardRestore(abstract_state))
+  checkpoints.close()
+  return config, task, model, jax.tree.map(lambda x: x[seed_index], state.params)

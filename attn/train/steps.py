@@ -1,0 +1,143 @@
+"""The pure steps of training, each on one seed's state (`attn.train.loop` vmaps them over seeds and
+jits them once): `train_step`, `eval_step`, `diagnostics_step` and `probe_step`, and the `TrainState`
+they carry.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import struct
+
+from attn.nn import blocks
+from attn.nn.config import ModelConfig
+
+
+@struct.dataclass
+class TrainState:
+  step: jax.Array  # Steps taken: the next batch is the task's batch of this step.
+  params: Any
+  opt_state: Any
+  rng: jax.Array  # Dropout key; step s uses fold_in(rng, s).
+
+
+def state_initializer(model, optimizer, example_inputs):
+  """rng -> a fresh TrainState for one seed (parameters from init_rng, dropout from the other half)."""
+
+  def init_state(rng):
+    init_rng, dropout_rng = jax.random.split(rng)
+    params = model.init(init_rng, *example_inputs)["params"]
+    return TrainState(jnp.asarray(0, jnp.int32), params, optimizer.init(params), dropout_rng)
+
+  return init_state
+
+
+def inputs_and_targets(batch: dict, kind: str):
+  """The model's inputs and the targets of a batch: (src, tgt_in), tgt_out for seq2seq; (tokens,) or
+  (tokens, features), tags for tagging."""
+  if kind == "seq2seq":
+    return (batch["src"], batch["tgt_in"]), batch["tgt_out"]
+  if "features" in batch:  # Optional hashed per-token features [B, T, F] (attn.tasks.ner).
+    return (batch["tokens"], batch["features"]), batch["tags"]
+  return (batch["tokens"],), batch["tags"]
+
+
+def token_losses(logits, targets, label_smoothing: float):
+  """(smoothed cross-entropy, plain cross-entropy) per token, in float32."""
+  logits = logits.astype(jnp.float32)
+  plain = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
+  if label_smoothing == 0.0:
+    return plain, plain
+  labels = optax.smooth_labels(jax.nn.one_hot(targets, logits.shape[-1]), label_smoothing)
+  return optax.softmax_cross_entropy(logits, labels), plain
+
+
+def train_step(state: TrainState, batch: dict, *, model, optimizer, kind: str, label_smoothing: float):
+  """One optimizer step on one seed's state; returns (new state, metrics)."""
+  inputs, targets = inputs_and_targets(batch, kind)
+  weights = batch["weights"]
+  dropout_rng = jax.random.fold_in(state.rng, state.step)
+
+  def loss_fn(params):
+    logits = model.apply({"params": params}, *inputs, deterministic=False, rngs={"dropout": dropout_rng})
+    smoothed, plain = token_losses(logits, targets, label_smoothing)
+    denom = jnp.maximum(weights.sum(), 1.0)
+    return jnp.sum(smoothed * weights) / denom, (logits, jnp.sum(plain * weights) / denom)
+
+  (loss, (logits, nll)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  correct = (jnp.argmax(logits, -1) == targets) * weights
+  metrics = {
+    "loss": loss,
+    "nll": nll,
+    "accuracy": correct.sum() / jnp.maximum(weights.sum(), 1.0),
+    "grad_norm": optax.tree.norm(grads),
+  }
+  return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+
+def eval_step(params, batch: dict, *, model, kind: str) -> dict:
+  """Sums over one eval batch (rows with zero weight count for nothing); the caller divides."""
+  inputs, targets = inputs_and_targets(batch, kind)
+  weights = batch["weights"]
+  logits = model.apply({"params": params}, *inputs)
+  _, plain = token_losses(logits, targets, 0.0)
+  correct = (jnp.argmax(logits, -1) == targets) | (weights == 0)
+  real_row = weights.sum(-1) > 0
+  return {
+    "loss_sum": jnp.sum(plain * weights),
+    "weight_sum": weights.sum(),
+    "correct_sum": jnp.sum(correct * weights),
+    "sequence_correct_sum": jnp.sum(jnp.all(correct, -1) & real_row),
+    "sequence_count": jnp.sum(real_row),
+  }
+
+
+def diagnostics_step(params, batch: dict, *, model, kind: str) -> dict:
+  """Per attention layer: logit std, attention entropy and maximum weight on an eval batch, and the
+  gradient norms of its query and key projections (dropout off)."""
+  inputs, targets = inputs_and_targets(batch, kind)
+  weights = batch["weights"]
+
+  def loss_fn(params):
+    logits, state = model.apply({"params": params}, *inputs, mutable=["diagnostics"])
+    _, plain = token_losses(logits, targets, 0.0)
+    # A model without attention layers records nothing.
+    return jnp.sum(plain * weights) / jnp.maximum(weights.sum(), 1.0), state.get("diagnostics", {})
+
+  grads, diagnostics = jax.grad(loss_fn, has_aux=True)(params)
+  out = {}
+  for path, value in jax.tree_util.tree_leaves_with_path(diagnostics):
+    names = [k.key for k in path if isinstance(k, jax.tree_util.DictKey)]
+    out["/".join(names)] = value  # e.g. encoder/layer_0/self_attention/entropy
+  for path, g in jax.tree_util.tree_leaves_with_path(grads):
+    names = [k.key for k in path if isinstance(k, jax.tree_util.DictKey)]
+    if len(names) >= 2 and names[-2] in ("query", "key") and names[-1] == "kernel":
+      out["/".join(names[:-2]) + f"/{names[-2]}_grad_norm"] = jnp.linalg.norm(g)
+  return out
+
+
+def probe_step(params, rng, *, model_config: ModelConfig, length: int = 64, batch: int = 8) -> dict:
+  """Each attention layer applied with its own parameters to unit-variance inputs over `length`
+  tokens: the logit std and entropy the scale ablation predicts (about 1 and 3.7 nats under
+  "sqrt_d" at T=64 whatever K; about sqrt(K) and falling with K under "none")."""
+  out = {}
+  x_BTD = jax.random.normal(rng, (batch, length, model_config.d_model))
+  layer = blocks.attention_layer(model_config, "probe")
+
+  def visit(tree, path):
+    if isinstance(tree, dict) and "query" in tree and "key" in tree:
+      _, state = layer.apply({"params": tree}, x_BTD, mutable=["diagnostics"])
+      for name, value in state["diagnostics"].items():
+        out["/".join((*path, name))] = value[0]
+      return
+    if isinstance(tree, dict):
+      for k, v in tree.items():
+        visit(v, (*path, k))
+
+  visit(params, ())
+  return out

@@ -1,0 +1,164 @@
+"""Tests for the benchmarks package and launch/bench.py: the smoke suite run as the command it is (one
+process: every suite, the JSON and the printed tables), the FLOP conventions, and the child-process
+memory measurement on a tiny case."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import os
+import pathlib
+import resource
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from benchmarks import cases, memory, suites, timing
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+HAS_TORCH = importlib.util.find_spec("torch") is not None
+
+
+def _positive(x) -> bool:
+  return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x) and x > 0
+
+
+def _launch(*args: str) -> subprocess.CompletedProcess:
+  return subprocess.run(
+    [sys.executable, "-m", "launch.bench", *args],
+    cwd=REPO,
+    # Unoptimised XLA compiles about twice as fast; these tests check the tool, not the speed.
+    env={**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_backend_optimization_level=0"},
+    capture_output=True,
+    text=True,
+    check=False,
+  )
+
+
+def test_smoke_suite_writes_every_suite_and_prints_the_tables(tmp_path):
+  out = tmp_path / "b.json"
+  result = _launch("--suite=smoke", f"--out={out}")
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "Traceback" not in result.stderr
+  results = json.loads(out.read_text())
+
+  machine = results["machine"]
+  assert _positive(machine["matmul_gflops"]) and _positive(machine["cpus"])
+  assert machine["jax"] and machine["jaxlib"]
+  assert "matmul peak" in result.stdout and f"{machine['matmul_gflops']:.1f} GFLOP/s" in result.stdout
+  assert results["settings"]["smoke"] and results["settings"]["repeats"] == 1
+  assert set(results["suites"]) == set(suites.SUITES)
+  for name, suite in results["suites"].items():
+    assert f"== {name}\n" in result.stdout  # Each table, with its header and footer.
+    assert suite["rows"] and suite["notes"][0] in result.stdout
+    for row in suite["rows"]:
+      assert not row.get("skipped") or (row["impl"].startswith("torch") and not HAS_TORCH), row
+
+  attention = results["suites"]["attention"]["rows"]
+  impls = {row["impl"].split(" ")[0] for row in attention}
+  assert impls == set(cases.ATTENTION_IMPLS)
+  assert {row["mode"] for row in attention} == set(cases.MODES)
+  for row in attention:
+    if row.get("skipped"):
+      continue
+    assert all(_positive(row[k]) for k in ("median_ms", "gflops", "pct_peak", "ratio_vs_ours")), row
+    assert all(_positive(t) for t in row["times_s"])
+    if row["mode"] == "forward":
+      assert row["max_err"] < 1e-4, row  # Every implementation computes the same attention.
+  assert "FLOPs: forward 4*B*H*T*S*K" in result.stdout
+  assert "causal speed-up, ours/flash at B=1 H=2 T=64 S=64 K=16, forward+backward" in result.stdout
+
+  (memory,) = results["suites"]["memory"]["rows"]
+  assert memory["peak_mib"] >= memory["baseline_mib"] > 0 and _positive(memory["time_s"])
+
+  ours, torch_row = results["suites"]["train"]["rows"]
+  assert _positive(ours["tokens_per_s"]) and _positive(ours["median_ms"])
+  assert ours["compile_s"] >= 0
+  if HAS_TORCH:
+    assert _positive(torch_row["tokens_per_s"]) and _positive(ours["ratio_vs_torch"])
+    assert ours["ratio_vs_torch"] == pytest.approx(torch_row["median_ms"] / ours["median_ms"])
+    assert all(_positive(row["ratio_vs_ours"]) for row in attention if row["impl"] == "torch/sdpa")
+
+  seeds = results["suites"]["seeds"]
+  vmapped, sequential = seeds["rows"]
+  for row in (vmapped, sequential):
+    assert all(_positive(row[k]) for k in ("with_compile_s", "without_compile_s", "steps_per_s"))
+  assert _positive(vmapped["speedup_with_compile"]) and _positive(vmapped["speedup_without_compile"])
+  assert seeds["max_final_loss_diff"] < 1e-3  # Vmapped and sequential train the same models.
+
+  cached, recompute = results["suites"]["decode"]["rows"]
+  assert _positive(cached["median_ms"]) and _positive(recompute["median_ms"])
+  assert _positive(cached["speedup"])
+  # The cache changes the cost, not the tokens (a wrong recompute baseline would agree ~1% of the time;
+  # a near-tie flipped by rounding may change the tokens after it).
+  assert cached["agreement"] >= 0.5
+
+
+def test_causal_speedups_pair_each_causal_case_with_its_twin():
+  rows = [
+    {"case": "B=1 T=8", "mode": "forward", "impl": "ours/flash", "median_ms": 6.0},
+    {"case": "B=1 T=8 causal", "mode": "forward", "impl": "ours/flash", "median_ms": 2.0},
+    {"case": "B=1 T=8 causal", "mode": "forward", "impl": "ours/naive", "median_ms": 1.0},
+    {"case": "B=2 T=8 causal", "mode": "forward", "impl": "ours/flash", "median_ms": 1.0},  # No twin.
+  ]
+  assert suites.causal_speedups(rows) == [
+    "causal speed-up, ours/flash at B=1 T=8, forward: non-causal / causal time = 3.00"
+  ]
+
+
+def test_flop_conventions():
+  # 4 * B * H * T * S * K forward, half of it causal, 3.5x forward for forward+backward.
+  assert cases.attention_flops(2, 3, 5, 7, 11, causal=False, backward=False) == 4 * 2 * 3 * 5 * 7 * 11
+  assert cases.attention_flops(2, 3, 5, 7, 11, causal=True, backward=False) == 2 * 2 * 3 * 5 * 7 * 11
+  assert cases.attention_flops(1, 1, 4, 4, 2, causal=True, backward=True) == 3.5 * 64
+  case = cases.AttentionCase(8, 8, 512, 512, 64, causal=True)
+  assert case.flops("forward+backward") == pytest.approx(3.5 * 4 * 8 * 8 * 512 * 512 * 64 / 2)
+  assert timing.matmul_flops(2048) == 2 * 2048**3
+
+
+def test_bytes_estimate_skips_only_materialising_paths_at_long_lengths():
+  long = cases.AttentionCase(1, 8, 32768, 32768, 64, causal=True)
+  assert cases.attention_bytes_estimate("ours/naive", long, "forward") > cases.SKIP_BYTES
+  assert cases.attention_bytes_estimate("ours/flash", long, "forward+backward") < 1e9
+  short = cases.AttentionCase(1, 8, 4096, 4096, 64, causal=True)
+  for impl in cases.ATTENTION_IMPLS:
+    assert cases.attention_bytes_estimate(impl, short, "forward+backward") < cases.SKIP_BYTES
+
+
+def test_parse_suites():
+  assert suites.parse_suites("all") == (suites.SUITES, False)
+  assert suites.parse_suites("smoke") == (suites.SUITES, True)
+  assert suites.parse_suites("train,attention,train") == (("train", "attention"), False)
+  for bad in ("atention", "smoke,train", "train,", ""):
+    with pytest.raises(ValueError):
+      suites.parse_suites(bad)
+
+
+def test_memory_is_measured_in_a_child_process():
+  # This process holds ~500 MB more than the child will: a child spawned straight from it would
+  # report at least that much as its ru_maxrss (Linux keeps the peak of the image exec replaces).
+  ballast = np.ones(64_000_000)
+  parent_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+  case = cases.AttentionCase(1, 1, 16, 16, 8, causal=True)
+  result = memory.measure_memory("ours/naive", case, "forward", timeout_s=120)
+  del ballast
+  assert "error" not in result, result
+  assert result["peak_kib"] >= result["after_compile_kib"] >= result["baseline_kib"] > 0
+  assert result["peak_mib"] >= result["baseline_mib"] > 0 and result["delta_mib"] >= 0
+  assert _positive(result["time_s"]) and _positive(result["compile_s"])
+  # The child's own peak, not inherited from this (larger) process: Linux's VmHWM agrees.
+  assert result["peak_kib"] < parent_kib - 256 * 1024
+  if result["vmhwm_kib"] is not None:
+    assert result["peak_kib"] == pytest.approx(result["vmhwm_kib"], rel=0.05)
+
+
+def test_a_bad_suite_ends_in_one_line():
+  result = _launch("--suite=atention")
+  assert result.returncode != 0
+  assert result.stderr.strip().splitlines() == [
+    "error: --suite: unknown suite 'atention'; expected all, smoke or some of "
+    "attention, memory, train, seeds, decode"
+  ]

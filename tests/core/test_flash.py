@@ -1,0 +1,162 @@
+"""Tests for attn/flash.py and the `implementation=` choice of attn.dot_product_attention: every
+implementation equals the naive one in value and gradient."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import attn
+from attn.core import attention, flash
+
+B, T, S, H, K = 2, 13, 19, 4, 8
+
+
+def _inputs(G=H, Kv=K, seed=0, dtype=jnp.float32):
+  r = jax.random.split(jax.random.PRNGKey(seed), 3)
+  q = jax.random.normal(r[0], (B, T, H, K), dtype)
+  k = jax.random.normal(r[1], (B, S, G, K), dtype)
+  v = jax.random.normal(r[2], (B, S, G, Kv), dtype)
+  return q, k, v
+
+
+MASK = jax.random.bernoulli(jax.random.PRNGKey(7), 0.6, (B, 1, T, S)).at[:, :, 3, :].set(False)
+BIAS = jax.random.normal(jax.random.PRNGKey(8), (H, T, S))
+
+
+@functools.partial(jax.jit, static_argnames=("implementation", "is_causal", "use_mask", "use_bias"))
+def _value_and_grads(q, k, v, *, implementation, is_causal, use_mask, use_bias):
+  def loss(q, k, v, bias):
+    out = attn.dot_product_attention(
+      q, k, v, mask=MASK if use_mask else None, bias=bias, is_causal=is_causal,
+      implementation=implementation,
+    )  # fmt: skip
+    return jnp.sum(jnp.sin(out) * out), out
+
+  bias = BIAS if use_bias else None
+  argnums = (0, 1, 2, 3) if use_bias else (0, 1, 2)
+  (_, out), grads = jax.value_and_grad(loss, argnums=argnums, has_aux=True)(q, k, v, bias)
+  return out, grads
+
+
+@pytest.mark.parametrize(
+  ("implementation", "is_causal", "use_mask", "use_bias"),
+  [
+    ("flash", False, False, False),
+    ("flash", True, True, False),
+    ("flash", False, True, True),
+    ("flash", True, False, True),
+    ("jax", False, True, True),
+    ("jax", True, True, False),
+  ],
+)
+def test_implementation_equals_naive_in_value_and_gradient(
+  implementation, is_causal, use_mask, use_bias
+):
+  q, k, v = _inputs(G=2)  # Grouped-query: 4 query heads read 2 key/value heads.
+  flags = dict(is_causal=is_causal, use_mask=use_mask, use_bias=use_bias)
+  out, grads = _value_and_grads(q, k, v, implementation=implementation, **flags)
+  ref_out, ref_grads = _value_and_grads(q, k, v, implementation="naive", **flags)
+  np.testing.assert_allclose(out, ref_out, atol=2e-6)
+  for g, ref in zip(grads, ref_grads, strict=True):
+    assert np.all(np.isfinite(g))
+    np.testing.assert_allclose(g, ref, atol=2e-5)
+
+
+def test_flash_fully_masked_rows_are_zero_with_zero_gradient():
+  q, k, v = _inputs()
+  out, (dq, _, _) = _value_and_grads(
+    q, k, v, implementation="flash", is_causal=False, use_mask=True, use_bias=False
+  )
+  assert np.all(np.asarray(out)[:, 3] == 0.0)  # Row 3 of MASK has no key.
+  assert np.all(np.asarray(dq)[:, 3] == 0.0)
+
+
+def test_flash_masked_keys_holding_nan_have_no_influence():
+  q, k, v = _inputs()
+  lengths = jnp.array([11, 19])
+  mask = attn.padding_mask(lengths=lengths, max_length=S)
+  poison = jnp.arange(S)[None, :, None, None] >= lengths[:, None, None, None]
+  k_nan, v_nan = jnp.where(poison, jnp.nan, k), jnp.where(poison, jnp.inf, v)
+  run = lambda k, v: attn.dot_product_attention(q, k, v, mask=mask, implementation="flash")
+  np.testing.assert_allclose(run(k_nan, v_nan), run(k, v), atol=1e-6)
+  grads = jax.grad(lambda q, k, v: jnp.sum(run(k, v) * q[..., :1]), argnums=(0, 1, 2))(q, k_nan, v_nan)
+  assert all(np.all(np.isfinite(g)) for g in grads)
+
+
+@pytest.mark.parametrize(("block_q", "block_k"), [(4, 8), (8, 4), (16, 32)])
+def test_flash_tile_sizes_do_not_change_results(block_q, block_k):
+  q, k, v = _inputs(Kv=K + 3)  # The value head dim may differ from K.
+  ref = attn.dot_product_attention(q, k, v, is_causal=True, implementation="naive")
+  out = flash.flash_attention(
+    q, k, v, multiplier=K**-0.5, is_causal=True, block_q=block_q, block_k=block_k
+  )
+  np.testing.assert_allclose(out, ref, atol=2e-6)
+
+
+def test_flash_multi_query_and_batch_axes():
+  r = jax.random.split(jax.random.PRNGKey(3), 3)
+  q = jax.random.normal(r[0], (3, 2, T, H, K))
+  k = jax.random.normal(r[1], (3, 2, S, 1, K))
+  v = jax.random.normal(r[2], (3, 2, S, 1, K))
+  ref = attn.dot_product_attention(q, k, v, implementation="naive", scale="none")
+  np.testing.assert_allclose(
+    attn.dot_product_attention(q, k, v, implementation="flash", scale="none"), ref, atol=1e-5
+  )
+
+
+def test_flash_bfloat16_is_finite_and_close():
+  q, k, v = _inputs(dtype=jnp.bfloat16)
+  out = attn.dot_product_attention(q, k, v, is_causal=True, implementation="flash")
+  assert out.dtype == jnp.bfloat16 and np.all(np.isfinite(np.asarray(out, np.float32)))
+  ref = attn.dot_product_attention(q, k, v, is_causal=True, implementation="naive")
+  np.testing.assert_allclose(np.asarray(out, np.float32), np.asarray(ref, np.float32), atol=3e-2)
+
+
+def test_choose_implementation():
+  choose = attention.choose_implementation
+  assert choose("flash", T=4, S=4) == "flash"
+  assert choose(None, T=8, S=8, dropout=True) == "naive"
+  assert choose(None, T=8, S=8, return_weights=True) == "naive"
+  if attention.DEFAULT_IMPLEMENTATION is None:  # Not forced by pytest --attention-default.
+    long = choose(None, T=4096, S=4096)
+    assert long == ("jax" if jax.default_backend() == "gpu" else "flash")
+    if jax.default_backend() != "gpu":
+      assert choose(None, T=8, S=8) == "naive"
+      assert choose(None, T=128, S=128) == "flash"
+  with pytest.raises(ValueError, match="implementation: unknown choice 'fast'"):
+    choose("fast", T=4, S=4)
+  with pytest.raises(ValueError, match="does not support return_weights"):
+    choose("flash", T=4, S=4, return_weights=True)
+  with pytest.raises(ValueError, match="does not support dropout"):
+    choose("jax", T=4, S=4, dropout=True)
+  with pytest.raises(ValueError, match="value head dim"):
+    choose("jax", T=4, S=4, same_head_dims=False)
+
+
+def test_default_implementation_forces_the_automatic_choice(monkeypatch):
+  monkeypatch.setattr(attention, "DEFAULT_IMPLEMENTATION", "flash")
+  choose = attention.choose_implementation
+  assert choose(None, T=8, S=8) == "flash"
+  assert choose(None, T=8, S=8, return_weights=True) == "naive"  # Only naive has the weights.
+  monkeypatch.setattr(attention, "DEFAULT_IMPLEMENTATION", "jax")
+  assert choose(None, T=8, S=8, same_head_dims=False) == "flash"
+
+
+def test_is_causal_equals_an_explicit_causal_mask_on_every_path():
+  q, k, v = _inputs()
+  ref = attn.dot_product_attention(q, k, v, mask=attn.causal_mask(T, S), implementation="naive")
+  for implementation in attention.IMPLEMENTATIONS:
+    out = attn.dot_product_attention(q, k, v, is_causal=True, implementation=implementation)
+    np.testing.assert_allclose(out, ref, atol=2e-6, err_msg=implementation)
+
+
+def test_flash_single_query_and_single_key():
+  """Length 1 is padded to a whole tile like any other length (a single decoding step)."""
+  q, k, v = _inputs()
+  for q_len, k_len in ((1, S), (T, 1), (1, 1)):
+    args = (q[:, :q_len], k[:, :k_len], v[:, :k_len])
+    ref = attn.dot_product_attention(*args, implementation="naive")
+    np.testing.assert_allclose(attn.dot_product_attention(*args, implementation="flash"), ref, atol=2e-6)

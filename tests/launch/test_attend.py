@@ -1,0 +1,60 @@
+"""Tests for launch/attend.py: heatmaps of a trained smoke run, through the command line.
+
+The launch modules define overlapping absl flags (--workdir), so they run as subprocesses here.
+"""
+
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+
+
+# Unoptimised XLA compiles about twice as fast; these tests check what is written, not the speed.
+ENV = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_backend_optimization_level=0"}
+
+
+def _run(module, *args):
+  return subprocess.run(
+    [sys.executable, "-m", module, *args], cwd=ROOT, capture_output=True, text=True, timeout=300, env=ENV
+  )
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp("run"))
+  result = _run(
+    "launch.train", "--config=experiments/base.py:smoke", f"--workdir={workdir}",
+    "--config.num_train_steps=2", "--config.log_every_steps=2", "--config.checkpoint_every_steps=2",
+    "--config.eval_every_steps=2", "--config.num_seeds=1",
+  )  # fmt: skip
+  assert result.returncode == 0, result.stderr[-2000:]
+  return workdir
+
+
+def _attend(*args):
+  return _run("launch.attend", *args)
+
+
+def test_attend_writes_heatmaps_and_prints_top_keys(run_dir, tmp_path):
+  out = tmp_path / "out"
+  result = _attend(f"--workdir={run_dir}", "--text=3 1 4 1", "--query=4", f"--out={out}")
+  assert result.returncode == 0, result.stderr
+  assert "input:  3 1 4 1" in result.stdout and "output:" in result.stdout
+  assert "'4' (position 2) looks at" in result.stdout
+  for name in ("encoder_self_attention", "decoder_self_attention", "decoder_cross_attention"):
+    assert (out / f"{name}.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_attend_bad_query_and_missing_run_exit_with_one_line(run_dir, tmp_path):
+  result = _attend(f"--workdir={run_dir}", "--text=3 1", "--query=7")
+  assert result.returncode != 0
+  assert result.stderr.strip().splitlines()[-1].startswith("error: --query")
+  assert "Traceback" not in result.stderr
+  result = _attend(f"--workdir={tmp_path}", "--text=3 1")
+  assert result.returncode != 0
+  assert "error: --workdir" in result.stderr and "holds no run" in result.stderr
+  assert "Traceback" not in result.stderr

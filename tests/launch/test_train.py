@@ -1,0 +1,83 @@
+"""Tests for launch/train.py, the absl entry point, run as the command it is: a short run writes the run
+directory; a mistyped field, a bad value or a missing --workdir exits non-zero with a message and no
+Python traceback."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+CONFIG = "--config=experiments/base.py:smoke"
+
+
+def _launch(*args: str) -> subprocess.CompletedProcess:
+  return subprocess.run(
+    [sys.executable, "-m", "launch.train", *args],
+    cwd=REPO,
+    env={**os.environ, "JAX_PLATFORMS": "cpu"},
+    capture_output=True,
+    text=True,
+    check=False,
+  )
+
+
+def test_short_run_writes_the_run_directory(tmp_path):
+  workdir = tmp_path / "run"
+  result = _launch(
+    CONFIG,
+    f"--workdir={workdir}",
+    "--config.num_train_steps=4",
+    "--config.log_every_steps=2",
+    "--config.checkpoint_every_steps=2",
+    "--config.eval_every_steps=4",
+    # The smallest smoke model (one encoder layer) and one seed: this tests the command, not the model.
+    "--config.model.num_decoder_layers=0",
+    "--config.num_seeds=1",
+  )
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "step 4/4" in result.stderr
+  assert "Saving checkpoint" not in result.stderr  # Orbax's chatter is filtered out.
+  config = json.loads((workdir / "config.json").read_text())
+  assert config["num_train_steps"] == 4 and config["model"]["num_decoder_layers"] == 0
+  assert config["resolved_model"]["num_decoder_layers"] == 0
+  summary = json.loads((workdir / "summary.json").read_text())
+  assert summary["status"] == "done" and summary["seeds"] == [0]
+  records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+  assert [(r["step"], r["split"]) for r in records if r["split"] in ("train", "eval")] == [
+    (0, "eval"),
+    (2, "train"),
+    (4, "train"),
+    (4, "eval"),
+  ]
+  assert summary["final"]["loss"] == records[-3]["loss"]  # The last eval (then diagnostics, probe).
+  assert (workdir / "checkpoints" / "4").is_dir()
+  assert list(workdir.glob("events.out.tfevents.*"))
+
+
+def test_mistyped_field_is_an_error_without_traceback(tmp_path):
+  result = _launch(CONFIG, f"--workdir={tmp_path / 'run'}", "--config.model.num_headz=3")
+  assert result.returncode != 0
+  assert "num_headz" in result.stderr
+  assert "Traceback" not in result.stderr, result.stderr[-3000:]
+  assert not (tmp_path / "run").exists()
+
+
+def test_bad_value_is_one_error_line(tmp_path):
+  result = _launch(CONFIG, f"--workdir={tmp_path / 'run'}", "--config.model.num_heads=3")
+  assert result.returncode == 1
+  assert result.stdout == ""
+  lines = result.stderr.splitlines()
+  assert len(lines) == 1, result.stderr[-3000:]
+  assert lines[0].startswith("error: config.model.num_heads: 3 heads do not divide the model dim 32")
+  assert not (tmp_path / "run").exists()
+
+
+def test_missing_workdir_is_an_error(tmp_path):
+  result = _launch(CONFIG)
+  assert result.returncode != 0
+  assert "--workdir" in result.stderr
+  assert "Traceback" not in result.stderr

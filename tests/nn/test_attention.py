@@ -1,0 +1,522 @@
+"""Tests for the Flax attention modules in `attn.modules`: SelfAttention and MultiHeadAttention."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import attn
+from attn.nn.attention import MultiHeadAttention, SelfAttention
+
+B, T, S, D = 2, 5, 7, 16
+ATOL = 1e-5
+
+
+def _normal(seed, shape):
+  """Standard normal inputs from NumPy, which needs no XLA compilation per shape."""
+  return jnp.asarray(np.random.default_rng(seed).standard_normal(shape), jnp.float32)
+
+
+def _init(module, *args, seed=0, **kwargs):
+  return module.init(jax.random.key(seed), *args, **kwargs)
+
+
+def _project(params, name, x):
+  """x [B, T, D] through the DenseGeneral `name` of a MultiHeadAttention -> [B, T, heads, K]."""
+  out = jnp.einsum("btd,dhk->bthk", x, params[name]["kernel"])
+  if "bias" in params[name]:
+    out = out + params[name]["bias"]
+  return out
+
+
+def _out_project(params, y_BTHK):
+  out = jnp.einsum("bthk,hkd->btd", y_BTHK, params["out"]["kernel"])
+  if "bias" in params["out"]:
+    out = out + params["out"]["bias"]
+  return out
+
+
+def _shapes(tree):
+  return jax.tree_util.tree_map(lambda a: a.shape, tree)
+
+
+def _param_shapes(module, *args, **kwargs):
+  """Parameter shapes from tracing `init` alone: shape checks and errors need no compilation."""
+  variables = jax.eval_shape(lambda: module.init(jax.random.key(0), *args, **kwargs))
+  return _shapes(variables["params"])
+
+
+# SelfAttention.
+
+
+def test_self_attention_module_has_no_parameters():
+  x = _normal(0, (B, T, D))
+  variables = _init(SelfAttention(), x)
+  assert "params" not in variables
+  assert jax.tree_util.tree_leaves(variables) == []
+
+
+@pytest.mark.parametrize("scale", ["sqrt_d", "none", 0.3])
+def test_self_attention_module_equals_pure_function(scale):
+  x = _normal(1, (B, T, D))
+  mask = attn.causal_mask(T)
+  module = SelfAttention(scale=scale)
+  variables = _init(module, x)
+  out = module.apply(variables, x, mask=mask)
+  np.testing.assert_allclose(out, attn.self_attention(x, mask=mask, scale=scale), atol=ATOL)
+  out, weights = module.apply(variables, x, return_weights=True)
+  want_out, want_weights = attn.self_attention(x, scale=scale, return_weights=True)
+  np.testing.assert_allclose(out, want_out, atol=ATOL)
+  np.testing.assert_allclose(weights, want_weights, atol=ATOL)
+  assert weights.shape == (B, T, T)
+
+
+def test_self_attention_module_is_permutation_equivariant():
+  x = _normal(2, (B, T, D))
+  module = SelfAttention()
+  variables = _init(module, x)
+  perm = np.array([3, 0, 4, 1, 2])
+  out = module.apply(variables, x)
+  out_permuted = module.apply(variables, x[:, perm])
+  np.testing.assert_allclose(out_permuted, out[:, perm], atol=ATOL)
+  # Not trivially equal to its input, so the check above means something.
+  assert not np.allclose(out, x, atol=1e-3)
+
+
+def test_self_attention_module_works_for_any_length_with_the_same_variables():
+  module = SelfAttention()
+  variables = _init(module, _normal(3, (B, T, D)))
+  for length in (2, 8):
+    x = _normal(length, (B, length, D))
+    out = module.apply(variables, x)
+    assert out.shape == (B, length, D)
+    np.testing.assert_allclose(out, attn.self_attention(x), atol=ATOL)
+
+
+# MultiHeadAttention against flax.linen.MultiHeadDotProductAttention.
+
+
+@pytest.mark.parametrize("use_bias", [True, False])
+@pytest.mark.parametrize("cross", [False, True])
+@pytest.mark.parametrize("masked", [False, True])
+def test_multi_head_attention_equals_flax_with_copied_params(use_bias, cross, masked):
+  H = 4
+  K = D // H
+  x = _normal(10, (B, T, D))
+  kv = _normal(11, (B, S, D)) if cross else None
+  S_ = S if cross else T
+  mask = None
+  if masked:
+    # A random mask that keeps the first key, so that no query row is fully masked.
+    mask = np.random.default_rng(12).random((B, 1, T, S_)) < 0.6
+    mask[..., 0] = True
+    mask = jnp.asarray(mask)
+  ours = MultiHeadAttention(num_heads=H, use_bias=use_bias)
+  theirs = nn.MultiHeadDotProductAttention(num_heads=H, use_bias=use_bias)
+  params = _init(ours, x, kv)["params"]
+  assert _shapes(params) == _param_shapes(theirs, x, kv, kv)
+  for name in ("query", "key", "value"):
+    assert params[name]["kernel"].shape == (D, H, K)
+  assert params["out"]["kernel"].shape == (H, K, D)
+  assert ("bias" in params["query"]) == use_bias
+
+  out = ours.apply({"params": params}, x, kv, mask=mask)
+  want = theirs.apply({"params": params}, x, kv, kv, mask=mask, deterministic=True)
+  assert out.shape == (B, T, D)
+  np.testing.assert_allclose(out, want, atol=ATOL)
+  if masked:  # The mask must matter, or the masked case would not test anything.
+    assert not np.allclose(out, ours.apply({"params": params}, x, kv), atol=1e-4)
+
+
+# Head-dim policy.
+
+
+@pytest.mark.parametrize("H", [1, 2, 4, 8])
+def test_fixed_model_dim_gives_k_equal_d_over_h(H):
+  x = jnp.zeros((B, T, D))
+  params = _param_shapes(MultiHeadAttention(num_heads=H), x)
+  for name in ("query", "key", "value"):
+    assert params[name]["kernel"] == (D, H, D // H)
+    assert params[name]["bias"] == (H, D // H)
+  assert params["out"]["kernel"] == (H, D // H, D)
+
+
+def test_fixed_model_dim_splits_qkv_features():
+  x = jnp.zeros((B, T, D))
+  params = _param_shapes(MultiHeadAttention(num_heads=4, qkv_features=32, out_features=8), x)
+  assert params["query"]["kernel"] == (D, 4, 8)
+  assert params["out"]["kernel"] == (4, 8, 8)
+
+
+@pytest.mark.parametrize("H", [3, 5, 32])
+def test_fixed_model_dim_raises_when_heads_do_not_divide(H):
+  x = jnp.zeros((B, T, D))
+  with pytest.raises(ValueError, match="num_heads"):
+    _param_shapes(MultiHeadAttention(num_heads=H), x)
+
+
+@pytest.mark.parametrize("H", [1, 2, 3, 4])
+def test_fixed_head_dim_keeps_k_whatever_h(H):
+  x = jnp.zeros((B, T, D))
+  module = MultiHeadAttention(num_heads=H, head_dim_policy="fixed_head_dim", head_dim=8)
+  params = _param_shapes(module, x)
+  for name in ("query", "key", "value"):
+    assert params[name]["kernel"] == (D, H, 8)
+  assert params["out"]["kernel"] == (H, 8, D)
+
+
+def test_fixed_head_dim_runs():
+  x = _normal(22, (B, T, D))
+  module = MultiHeadAttention(num_heads=4, head_dim_policy="fixed_head_dim", head_dim=8)
+  variables = _init(module, x)
+  assert variables["params"]["query"]["kernel"].shape == (D, 4, 8)
+  out = module.apply(variables, x)
+  assert out.shape == (B, T, D)
+  assert np.all(np.isfinite(out))
+
+
+@pytest.mark.parametrize("head_dim", [None, 0])
+def test_fixed_head_dim_raises_without_head_dim(head_dim):
+  x = jnp.zeros((B, T, D))
+  with pytest.raises(ValueError, match="head_dim"):
+    _param_shapes(
+      MultiHeadAttention(num_heads=2, head_dim_policy="fixed_head_dim", head_dim=head_dim), x
+    )
+
+
+def test_unknown_head_dim_policy_raises():
+  x = jnp.zeros((B, T, D))
+  with pytest.raises(ValueError, match="head_dim_policy"):
+    _param_shapes(MultiHeadAttention(num_heads=2, head_dim_policy="fixed_everything"), x)
+
+
+# Grouped-query attention.
+
+
+@pytest.mark.parametrize("G,cross", [(1, True), (2, True), (2, False)])
+def test_num_kv_heads_matches_repeated_kv_heads_by_hand(G, cross):
+  H = 4
+  K = D // H
+  x = _normal(30, (B, T, D))
+  kv = _normal(31, (B, S, D)) if cross else x
+  module = MultiHeadAttention(num_heads=H, num_kv_heads=G)
+  params = _init(module, x, kv)["params"]
+  assert params["query"]["kernel"].shape == (D, H, K)
+  assert params["key"]["kernel"].shape == (D, G, K)
+  assert params["value"]["kernel"].shape == (D, G, K)
+  assert params["key"]["bias"].shape == (G, K)
+
+  q = _project(params, "query", x)
+  k = jnp.repeat(_project(params, "key", kv), H // G, axis=-2)
+  v = jnp.repeat(_project(params, "value", kv), H // G, axis=-2)
+  want = _out_project(params, attn.dot_product_attention(q, k, v))
+  np.testing.assert_allclose(module.apply({"params": params}, x, kv), want, atol=ATOL)
+
+  # The same params in a full multi-head module, with each key/value head copied H // G times.
+  repeat = lambda a: jnp.repeat(a, H // G, axis=-2)
+  full_params = dict(params)
+  for name in ("key", "value"):
+    full_params[name] = jax.tree_util.tree_map(repeat, params[name])
+  full = MultiHeadAttention(num_heads=H).apply({"params": full_params}, x, kv)
+  np.testing.assert_allclose(module.apply({"params": params}, x, kv), full, atol=ATOL)
+
+
+@pytest.mark.parametrize("G", [3, 8, -2])
+def test_num_kv_heads_not_dividing_heads_raises(G):
+  x = jnp.zeros((B, T, D))
+  with pytest.raises(ValueError, match="num_kv_heads"):
+    _param_shapes(MultiHeadAttention(num_heads=4, num_kv_heads=G), x)
+
+
+def test_num_kv_heads_zero_raises():
+  """G = 0 is no valid head count (ModelConfig rejects it); it must not silently mean G = H."""
+  x = jnp.zeros((B, T, D))
+  with pytest.raises(ValueError, match="num_kv_heads"):
+    _param_shapes(MultiHeadAttention(num_heads=4, num_kv_heads=0), x)
+
+
+# Scale choices.
+
+
+def _by_hand(params, x, kv, multiplier):
+  """softmax(multiplier * q.k) v through the out projection, all written out."""
+  q = _project(params, "query", x)
+  k = _project(params, "key", kv)
+  v = _project(params, "value", kv)
+  logits = jnp.einsum("bthk,bshk->bhts", q, k) * multiplier
+  weights = jax.nn.softmax(logits, axis=-1)
+  return _out_project(params, jnp.einsum("bhts,bshk->bthk", weights, v))
+
+
+@pytest.mark.parametrize(
+  "scale,multiplier", [("sqrt_d", 0.5), ("none", 1.0), ("d", 0.25), (0.37, 0.37), (2.0, 2.0)]
+)
+def test_scale_choices_match_hand_computation(scale, multiplier):
+  H, K = 4, 4
+  x = _normal(40, (B, T, D))
+  kv = _normal(41, (B, S, D))
+  module = MultiHeadAttention(num_heads=H, scale=scale)
+  params = _init(module, x, kv)["params"]
+  assert params["query"]["kernel"].shape == (D, H, K)
+  assert set(params) == {"query", "key", "value", "out"}
+  out = module.apply({"params": params}, x, kv)
+  np.testing.assert_allclose(out, _by_hand(params, x, kv, multiplier), atol=ATOL)
+
+
+def test_scale_choices_differ_from_each_other():
+  x = _normal(42, (B, T, D))
+  params = _init(MultiHeadAttention(num_heads=4), x)["params"]
+  outs = [
+    MultiHeadAttention(num_heads=4, scale=s).apply({"params": params}, x)
+    for s in ("sqrt_d", "none", "d")
+  ]
+  assert not np.allclose(outs[0], outs[1], atol=1e-4)
+  assert not np.allclose(outs[0], outs[2], atol=1e-4)
+
+
+@pytest.mark.parametrize("H", [1, 4])
+def test_learned_scale_adds_log_scale_and_starts_at_sqrt_d(H):
+  K = D // H
+  x = _normal(43, (B, T, D))
+  kv = _normal(44, (B, S, D))
+  learned = MultiHeadAttention(num_heads=H, scale="learned")
+  params = _init(learned, x, kv)["params"]
+  assert set(params) == {"query", "key", "value", "out", "log_scale"}
+  assert params["log_scale"].shape == (H,)
+  np.testing.assert_allclose(params["log_scale"], np.full((H,), np.log(1 / np.sqrt(K))), atol=1e-6)
+
+  others = {k: v for k, v in params.items() if k != "log_scale"}
+  want = MultiHeadAttention(num_heads=H, scale="sqrt_d").apply({"params": others}, x, kv)
+  out = learned.apply({"params": params}, x, kv)
+  np.testing.assert_allclose(out, want, atol=ATOL)
+
+  # The parameter is used: per head, exp(log_scale) multiplies the logits.
+  new_log_scale = jnp.log(jnp.linspace(0.5, 2.0, H))
+  moved = learned.apply({"params": {**params, "log_scale": new_log_scale}}, x, kv)
+  q = _project(params, "query", x) * jnp.exp(new_log_scale)[:, None]
+  k = _project(params, "key", kv)
+  v = _project(params, "value", kv)
+  by_hand = _out_project(params, attn.dot_product_attention(q, k, v, scale="none"))
+  np.testing.assert_allclose(moved, by_hand, atol=ATOL)
+  assert not np.allclose(moved, out, atol=1e-4)
+
+
+@pytest.mark.parametrize("H", [1, 4])
+def test_init_folded_scales_query_kernel_and_starts_at_sqrt_d(H):
+  K = D // H
+  x = _normal(46, (B, T, D))
+  kv = _normal(47, (B, S, D))
+  folded = MultiHeadAttention(num_heads=H, scale="init_folded")
+  plain = MultiHeadAttention(num_heads=H, scale="sqrt_d")
+  folded_params = _init(folded, x, kv, seed=7)["params"]
+  plain_params = _init(plain, x, kv, seed=7)["params"]
+  assert set(folded_params) == set(plain_params)
+  np.testing.assert_allclose(
+    folded_params["query"]["kernel"], plain_params["query"]["kernel"] / np.sqrt(K), atol=1e-6
+  )
+  for name in ("key", "value", "out"):
+    np.testing.assert_allclose(folded_params[name]["kernel"], plain_params[name]["kernel"])
+  out = folded.apply({"params": folded_params}, x, kv)
+  want = plain.apply({"params": plain_params}, x, kv)
+  np.testing.assert_allclose(out, want, atol=ATOL)
+  # No multiplier at run time: with the plain kernel it attends with scale "none".
+  unscaled = folded.apply({"params": plain_params}, x, kv)
+  np.testing.assert_allclose(unscaled, _by_hand(plain_params, x, kv, 1.0), atol=ATOL)
+
+
+@pytest.mark.parametrize("scale", ["sqrt", "learn", 0.0, -1.0, float("inf"), True])
+def test_invalid_scale_raises(scale):
+  x = jnp.zeros((B, T, D))
+  with pytest.raises(ValueError, match="scale"):
+    _param_shapes(MultiHeadAttention(num_heads=2, scale=scale), x)
+
+
+# Weights and dropout.
+
+
+def test_return_weights_gives_rows_summing_to_one():
+  H = 4
+  x = _normal(50, (B, T, D))
+  kv = _normal(51, (B, S, D))
+  module = MultiHeadAttention(num_heads=H)
+  variables = _init(module, x, kv)
+  out, weights = module.apply(variables, x, kv, return_weights=True)
+  assert weights.shape == (B, H, T, S)
+  np.testing.assert_allclose(weights.sum(-1), np.ones((B, H, T)), atol=1e-5)
+  assert np.all(weights >= 0)
+  np.testing.assert_allclose(out, module.apply(variables, x, kv), atol=ATOL)
+  # Returned as an ordinary output: nothing is sown into an "intermediates" collection.
+  _, state = module.apply(variables, x, kv, return_weights=True, mutable=["intermediates"])
+  assert jax.tree_util.tree_leaves(state) == []
+
+
+def test_return_weights_respects_mask():
+  H = 4
+  x = _normal(52, (B, T, D))
+  module = MultiHeadAttention(num_heads=H)
+  variables = _init(module, x)
+  _, weights = module.apply(variables, x, mask=attn.causal_mask(T), return_weights=True)
+  upper = np.triu(np.ones((T, T), bool), k=1)
+  assert np.all(np.asarray(weights)[..., upper] == 0)
+  np.testing.assert_allclose(weights.sum(-1), np.ones((B, H, T)), atol=1e-5)
+
+
+def test_attention_dropout_only_when_not_deterministic():
+  x = _normal(53, (B, T, D))
+  module = MultiHeadAttention(num_heads=4, dropout_rate=0.5)
+  variables = _init(module, x)
+  clean = module.apply(variables, x)
+  rngs = {"dropout": jax.random.key(9)}
+  same = module.apply(variables, x, deterministic=True, rngs=rngs)
+  np.testing.assert_allclose(same, clean, atol=ATOL)
+  dropped = module.apply(variables, x, deterministic=False, rngs=rngs)
+  assert dropped.shape == clean.shape
+  assert not np.allclose(dropped, clean, atol=1e-4)
+  # Same rng, same mask; another rng, another mask.
+  again = module.apply(variables, x, deterministic=False, rngs=rngs)
+  np.testing.assert_allclose(again, dropped, atol=ATOL)
+  other = module.apply(variables, x, deterministic=False, rngs={"dropout": jax.random.key(10)})
+  assert not np.allclose(other, dropped, atol=1e-4)
+
+
+def test_attention_dropout_rate_zero_is_a_no_op():
+  x = _normal(54, (B, T, D))
+  module = MultiHeadAttention(num_heads=4, dropout_rate=0.0)
+  variables = _init(module, x)
+  out = module.apply(variables, x, deterministic=False, rngs={"dropout": jax.random.key(1)})
+  np.testing.assert_allclose(out, module.apply(variables, x), atol=ATOL)
+
+
+# Decode cache.
+
+
+def _decode_setup(G=None):
+  """A decode-mode module sized by a length-T init, and the causal full-sequence output to match."""
+  x = _normal(60, (B, T, D))
+  decoder = MultiHeadAttention(num_heads=4, num_kv_heads=G, decode=True)
+  variables = _init(decoder, x)
+  full = MultiHeadAttention(num_heads=4, num_kv_heads=G)
+  want = full.apply({"params": variables["params"]}, x, mask=attn.causal_mask(T))
+  return decoder, variables, x, want
+
+
+def _decode_in_steps(step, cache, x):
+  """Feeds a 3-token prompt, then one token at a time; returns the outputs and the final cache."""
+  outs = []
+  for start, stop in [(0, 3)] + [(t, t + 1) for t in range(3, x.shape[1])]:
+    out, state = step(cache, x[:, start:stop])
+    assert out.shape == (B, stop - start, D)
+    cache = state["cache"]
+    assert int(cache["cache_index"]) == stop
+    outs.append(out)
+  return jnp.concatenate(outs, axis=1), cache
+
+
+def _jitted_step(decoder, params):
+  @jax.jit
+  def step(cache, x_t):
+    return decoder.apply({"params": params, "cache": cache}, x_t, mutable=["cache"])
+
+  return step
+
+
+@pytest.mark.parametrize("G", [None, 2])
+def test_decode_cache_matches_causal_full_sequence(G):
+  decoder, variables, x, want = _decode_setup(G)
+  cache = variables["cache"]
+  assert cache["cached_key"].shape == (B, T, G or 4, D // 4)
+  assert cache["cached_value"].shape == (B, T, G or 4, D // 4)
+  assert int(cache["cache_index"]) == 0
+  # Under jit, so that the cache index is traced as it is in `attn.decoding`.
+  out, _ = _decode_in_steps(_jitted_step(decoder, variables["params"]), cache, x)
+  np.testing.assert_allclose(out, want, atol=ATOL)
+
+
+def test_decode_prompt_longer_than_cache_raises():
+  decoder, variables, x, _ = _decode_setup()
+  too_long = jnp.concatenate([x, x[:, :1]], axis=1)
+  with pytest.raises(ValueError, match="cache"):
+    decoder.apply(
+      {"params": variables["params"], "cache": variables["cache"]}, too_long, mutable=["cache"]
+    )
+
+
+def test_decode_more_tokens_than_cache_holds_raises():
+  """Tokens fed across calls add up: one token past a full cache must not silently overwrite it."""
+  decoder, variables, x, want = _decode_setup()
+  params = variables["params"]
+  # Eagerly, the whole sequence in one call fills the cache and attends causally.
+  out, state = decoder.apply({"params": params, "cache": variables["cache"]}, x, mutable=["cache"])
+  np.testing.assert_allclose(out, want, atol=ATOL)
+  assert int(state["cache"]["cache_index"]) == x.shape[1]
+  with pytest.raises(ValueError, match="cache"):
+    decoder.apply({"params": params, "cache": state["cache"]}, x[:, :1], mutable=["cache"])
+
+
+def test_decode_overfull_cache_under_jit_gives_nan():
+  """Under jit the cache index is traced and cannot raise; the output must say so with NaN."""
+  decoder, variables, x, want = _decode_setup()
+  step = _jitted_step(decoder, variables["params"])
+  out, state = step(variables["cache"], x)
+  np.testing.assert_allclose(out, want, atol=ATOL)
+  overfull, _ = step(state["cache"], x[:, :2])
+  assert overfull.shape == (B, 2, D)
+  assert np.all(np.isnan(overfull))
+
+
+# Transformations.
+
+
+def test_apply_under_jit_matches_eager():
+  x = _normal(70, (B, T, D))
+  kv = _normal(71, (B, S, D))
+  module = MultiHeadAttention(num_heads=4, num_kv_heads=2)
+  variables = _init(module, x, kv)
+  eager = module.apply(variables, x, kv)
+  jitted = jax.jit(lambda v, a, b: module.apply(v, a, b))(variables, x, kv)
+  np.testing.assert_allclose(jitted, eager, atol=ATOL)
+
+
+def test_apply_under_vmap_matches_batched():
+  x = _normal(72, (B, T, D))
+  module = MultiHeadAttention(num_heads=4)
+  variables = _init(module, x)
+  batched = module.apply(variables, x, mask=attn.causal_mask(T))
+  mapped = jax.jit(jax.vmap(lambda a: module.apply(variables, a, mask=attn.causal_mask(T))))(x)
+  np.testing.assert_allclose(mapped, batched, atol=ATOL)
+
+
+@pytest.mark.parametrize("scale", ["sqrt_d", "learned"])
+def test_grad_wrt_params_is_finite_and_nonzero(scale):
+  x = _normal(73, (B, T, D))
+  module = MultiHeadAttention(num_heads=4, scale=scale)
+  params = _init(module, x)["params"]
+  mask = attn.causal_mask(T)
+
+  @jax.jit
+  def loss(p):
+    return jnp.mean(module.apply({"params": p}, x, mask=mask) ** 2)
+
+  grads = jax.grad(loss)(params)
+  assert _shapes(grads) == _shapes(params)
+  for leaf in jax.tree_util.tree_leaves(grads):
+    assert np.all(np.isfinite(leaf))
+  for name in ("query", "key", "value", "out"):
+    assert np.any(grads[name]["kernel"] != 0), name
+  if scale == "learned":
+    assert np.any(grads["log_scale"] != 0)
+
+
+@pytest.mark.parametrize("implementation", ["flash", "jax"])
+def test_explicit_fast_path_initialises_and_matches_naive(implementation):
+  """init (where every collection, the diagnostics too, is mutable) works with a fast path chosen, and
+  the output equals the naive one's; asking that path for the weights is refused."""
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 5, 16))
+  make = lambda impl: MultiHeadAttention(num_heads=2, implementation=impl)
+  variables = make(implementation).init(jax.random.PRNGKey(1), x)
+  out = make(implementation).apply(variables, x, is_causal=True)
+  ref = make("naive").apply(variables, x, is_causal=True)
+  np.testing.assert_allclose(out, ref, atol=1e-5)
+  with pytest.raises(ValueError, match="does not support return_weights"):
+    make(implementation).apply(variables, x, return_weights=True)

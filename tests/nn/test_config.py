@@ -1,0 +1,303 @@
+"""Tests for `attn.nn.config.ModelConfig`: defaults, validation of every field, head dim, replace."""
+
+import dataclasses
+import re
+
+import jax.numpy as jnp
+import pytest
+
+from attn.nn.config import (
+  ACTIVATIONS,
+  DTYPES,
+  HEAD_DIM_POLICIES,
+  MODULE_SCALE_CHOICES,
+  NORM_POSITIONS,
+  POSITION_KINDS,
+  ModelConfig,
+)
+
+
+def _raises_on(field, **changes):
+  """Asserts ModelConfig(**changes) raises ValueError whose message starts with `field`."""
+  with pytest.raises(ValueError) as info:
+    ModelConfig(**changes)
+  message = str(info.value)
+  assert message.startswith(f"{field}:"), message
+  return message
+
+
+def test_defaults_construct():
+  cfg = ModelConfig()
+  assert cfg.d_model == 256 and cfg.num_heads == 4
+  assert cfg.head_dim_policy == "fixed_model_dim"
+  assert cfg.head_dim is None and cfg.num_kv_heads is None
+  assert cfg.scale == "sqrt_d"
+  assert cfg.norm == "post"
+  assert cfg.positions == "sinusoidal"
+  assert cfg.resolved_head_dim == 64
+  assert cfg.compute_dtype == jnp.float32
+
+
+def test_config_is_frozen():
+  cfg = ModelConfig()
+  with pytest.raises(dataclasses.FrozenInstanceError):
+    cfg.d_model = 128
+
+
+def test_valid_non_default_config_constructs():
+  cfg = ModelConfig(
+    vocab_size=11,
+    d_model=16,
+    num_heads=4,
+    num_kv_heads=2,
+    d_ff=32,
+    num_encoder_layers=0,
+    dropout_rate=0.0,
+    attention_dropout_rate=0.5,
+    scale=0.25,
+    norm="pre",
+    positions="learned",
+    activation="gelu",
+    dtype="bfloat16",
+    pad_id=10,
+    bos_id=0,
+    eos_id=5,
+  )
+  assert cfg.num_kv_heads == 2
+  assert cfg.compute_dtype == jnp.bfloat16
+
+
+# Head dim.
+
+
+@pytest.mark.parametrize("d_model,num_heads", [(16, 3), (256, 3), (16, 32), (30, 4)])
+def test_num_heads_must_divide_d_model_under_fixed_model_dim(d_model, num_heads):
+  message = _raises_on("num_heads", d_model=d_model, num_heads=num_heads)
+  assert str(num_heads) in message and str(d_model) in message
+
+
+@pytest.mark.parametrize("num_heads", [0, -4])
+def test_num_heads_must_be_positive(num_heads):
+  _raises_on("num_heads", num_heads=num_heads)
+
+
+@pytest.mark.parametrize("head_dim", [None, 0, -8])
+def test_fixed_head_dim_needs_a_positive_head_dim(head_dim):
+  _raises_on("head_dim", head_dim_policy="fixed_head_dim", head_dim=head_dim)
+
+
+def test_head_dim_contradicting_fixed_model_dim():
+  message = _raises_on("head_dim", d_model=16, num_heads=4, head_dim=8)
+  assert "4" in message  # The K that fixed_model_dim gives.
+  # Agreeing with D / H is allowed.
+  assert ModelConfig(d_model=16, num_heads=4, head_dim=4).resolved_head_dim == 4
+
+
+def test_unknown_head_dim_policy():
+  message = _raises_on("head_dim_policy", head_dim_policy="fixed_k")
+  for choice in HEAD_DIM_POLICIES:
+    assert repr(choice) in message
+
+
+@pytest.mark.parametrize("d_model,num_heads,want", [(256, 4, 64), (16, 1, 16), (16, 8, 2)])
+def test_resolved_head_dim_fixed_model_dim(d_model, num_heads, want):
+  assert ModelConfig(d_model=d_model, num_heads=num_heads).resolved_head_dim == want
+
+
+@pytest.mark.parametrize("num_heads", [1, 2, 3, 4, 16])
+def test_resolved_head_dim_fixed_head_dim(num_heads):
+  # K stays at head_dim whatever H is, even where H does not divide D.
+  cfg = ModelConfig(d_model=16, num_heads=num_heads, head_dim_policy="fixed_head_dim", head_dim=8)
+  assert cfg.resolved_head_dim == 8
+
+
+@pytest.mark.parametrize("num_kv_heads", [3, 8, 0, -2])
+def test_num_kv_heads_must_divide_num_heads(num_kv_heads):
+  _raises_on("num_kv_heads", num_heads=4, num_kv_heads=num_kv_heads)
+
+
+@pytest.mark.parametrize("num_kv_heads", [1, 2, 4])
+def test_num_kv_heads_dividing_num_heads(num_kv_heads):
+  assert ModelConfig(num_heads=4, num_kv_heads=num_kv_heads).num_kv_heads == num_kv_heads
+
+
+# Sizes and rates.
+
+
+@pytest.mark.parametrize(
+  "field,value",
+  [
+    ("d_model", 0),
+    ("d_model", -16),
+    ("d_ff", 0),
+    ("d_ff", -1),
+    ("vocab_size", 0),
+    ("vocab_size", -5),
+    ("max_length", 0),
+    ("num_encoder_layers", -1),
+    ("num_decoder_layers", -2),
+    ("num_classes", -1),
+  ],
+)
+def test_negative_sizes(field, value):
+  message = _raises_on(field, **{field: value})
+  assert str(value) in message
+
+
+@pytest.mark.parametrize("field", ["num_encoder_layers", "num_decoder_layers", "num_classes"])
+def test_zero_counts_are_allowed(field):
+  assert getattr(ModelConfig(**{field: 0}), field) == 0
+
+
+@pytest.mark.parametrize("field", ["dropout_rate", "attention_dropout_rate"])
+@pytest.mark.parametrize("value", [-0.1, 1.0, 1.5, float("nan")])
+def test_dropout_out_of_range(field, value):
+  _raises_on(field, **{field: value})
+
+
+@pytest.mark.parametrize("field", ["dropout_rate", "attention_dropout_rate"])
+@pytest.mark.parametrize("value", [0.0, 0.5, 0.99])
+def test_dropout_in_range(field, value):
+  assert getattr(ModelConfig(**{field: value}), field) == value
+
+
+# Named choices.
+
+
+@pytest.mark.parametrize(
+  "field,value,choices",
+  [
+    ("scale", "sqrt", MODULE_SCALE_CHOICES),
+    ("scale", "SQRT_D", MODULE_SCALE_CHOICES),
+    ("norm", "sandwich", NORM_POSITIONS),
+    ("positions", "rope", POSITION_KINDS),
+    ("activation", "swish", ACTIVATIONS),
+    ("dtype", "float64", DTYPES),
+    ("dtype", "int32", DTYPES),
+  ],
+)
+def test_unknown_choice_lists_the_choices(field, value, choices):
+  message = _raises_on(field, **{field: value})
+  assert repr(value) in message
+  for choice in choices:
+    assert repr(choice) in message
+
+
+def test_choice_lists():
+  assert set(MODULE_SCALE_CHOICES) == {"sqrt_d", "none", "d", "learned", "init_folded"}
+  assert set(NORM_POSITIONS) == {"post", "pre"}
+  assert set(POSITION_KINDS) == {"sinusoidal", "learned", "none"}
+  assert set(ACTIVATIONS) == {"relu", "gelu"}
+  assert set(DTYPES) == {"float32", "bfloat16", "float16"}
+
+
+@pytest.mark.parametrize("scale", [*MODULE_SCALE_CHOICES, 0.5, 1, 2.0])
+def test_valid_scales(scale):
+  assert ModelConfig(scale=scale).scale == scale
+
+
+@pytest.mark.parametrize("scale", [0.0, -1.0, float("inf"), float("nan"), True, None, [0.5]])
+def test_invalid_numeric_scale(scale):
+  message = _raises_on("scale", scale=scale)
+  for choice in MODULE_SCALE_CHOICES:
+    assert repr(choice) in message
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_compute_dtype(dtype):
+  assert ModelConfig(dtype=dtype).compute_dtype == jnp.dtype(dtype)
+
+
+# Token ids.
+
+
+@pytest.mark.parametrize("field", ["pad_id", "bos_id", "eos_id"])
+@pytest.mark.parametrize("value", [-1, 11, 100])
+def test_token_ids_outside_vocabulary(field, value):
+  message = _raises_on(field, vocab_size=11, **{field: value})
+  assert "11" in message
+
+
+def test_token_ids_at_vocabulary_edges():
+  cfg = ModelConfig(vocab_size=11, pad_id=10, bos_id=0, eos_id=10)
+  assert (cfg.pad_id, cfg.bos_id, cfg.eos_id) == (10, 0, 10)
+
+
+# Positions.
+
+
+def test_odd_d_model_with_sinusoidal_positions():
+  message = _raises_on("d_model", d_model=15, num_heads=3, positions="sinusoidal")
+  assert "15" in message and "sinusoidal" in message
+
+
+@pytest.mark.parametrize("positions", ["learned", "none"])
+def test_odd_d_model_without_sinusoidal_positions(positions):
+  assert ModelConfig(d_model=15, num_heads=3, positions=positions).d_model == 15
+
+
+# replace.
+
+
+def test_replace_returns_a_new_config():
+  cfg = ModelConfig(d_model=16, num_heads=4)
+  wider = cfg.replace(num_heads=8)
+  assert isinstance(wider, ModelConfig)
+  assert wider.num_heads == 8 and wider.resolved_head_dim == 2
+  assert wider.d_model == 16
+  assert cfg.num_heads == 4 and cfg.resolved_head_dim == 4
+  assert cfg.replace() == cfg
+
+
+@pytest.mark.parametrize(
+  "field,changes",
+  [
+    ("num_heads", {"num_heads": 3}),
+    ("head_dim", {"head_dim_policy": "fixed_head_dim"}),
+    ("num_kv_heads", {"num_kv_heads": 3}),
+    ("dropout_rate", {"dropout_rate": 1.0}),
+    ("norm", {"norm": "middle"}),
+    ("pad_id", {"pad_id": 1000}),
+    ("eos_id", {"vocab_size": 2}),
+    ("d_model", {"d_model": 13, "num_heads": 1}),
+  ],
+)
+def test_replace_revalidates(field, changes):
+  cfg = ModelConfig(d_model=16, num_heads=4)
+  with pytest.raises(ValueError, match=f"^{re.escape(field)}:"):
+    cfg.replace(**changes)
+
+
+def test_replace_can_switch_policy_with_head_dim():
+  cfg = ModelConfig(d_model=16, num_heads=4)
+  fixed = cfg.replace(head_dim_policy="fixed_head_dim", head_dim=8, num_heads=3)
+  assert fixed.resolved_head_dim == 8
+
+
+# Local attention window.
+
+
+def test_attention_window_defaults_to_full_attention():
+  assert ModelConfig().attention_window is None
+  assert ModelConfig(attention_window=0).attention_window == 0
+  assert ModelConfig(attention_window=5).attention_window == 5
+
+
+@pytest.mark.parametrize("window", [-1, 2.0, True, "3"])
+def test_attention_window_must_be_a_non_negative_int(window):
+  message = _raises_on("attention_window", attention_window=window)
+  assert repr(window) in message
+
+
+# Hashed token features.
+
+
+@pytest.mark.parametrize("buckets", [0, 2, 2**15])
+def test_feature_buckets_zero_or_at_least_two(buckets):
+  assert ModelConfig(feature_buckets=buckets).feature_buckets == buckets
+
+
+@pytest.mark.parametrize("buckets", [1, -1])
+def test_feature_buckets_one_or_negative_is_an_error(buckets):
+  message = _raises_on("feature_buckets", feature_buckets=buckets)
+  assert str(buckets) in message

@@ -1,0 +1,520 @@
+"""Tests for attn.decoding: cached decoding against the full forward pass, greedy and beam search.
+
+The models are small and random. Their parameters are multiplied by a constant ("sharpened") so that
+greedy decoding does not just repeat one token: the comparisons with the uncached model then see a
+different token at almost every step. Every search is jitted once per test, so that each decode
+compiles one program.
+"""
+
+import functools
+import math
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from attn.nn.config import ModelConfig
+from attn.nn.decoding import (
+  beam_decode,
+  beam_search,
+  greedy_decode,
+  greedy_search,
+  init_cache,
+  length_penalty,
+)
+from attn.nn.models import EncoderTagger, LanguageModel, Transformer
+
+V = 30
+PAD, BOS = 0, 1
+N = 4  # New tokens per decode.
+PROMPT = jnp.array([[1, 5, 6], [1, 7, 8], [1, 9, 10]], jnp.int32)  # LanguageModel prompts [B, P].
+SRC = jnp.array([[11, 12, 13, 14, 15], [16, 17, 18, 0, 0], [19, 20, 21, 22, 0]], jnp.int32)
+B, P = PROMPT.shape
+BOS_PROMPT = jnp.full((B, 1), BOS, jnp.int32)  # The Transformer's default decoder prompt.
+
+
+def make_config(**changes) -> ModelConfig:
+  fields = dict(
+    vocab_size=V,
+    d_model=16,
+    num_heads=2,
+    d_ff=32,
+    num_encoder_layers=1,
+    num_decoder_layers=2,
+    dropout_rate=0.0,
+    max_length=16,
+    pad_id=PAD,
+    bos_id=BOS,
+  )
+  fields.update(changes)
+  return ModelConfig(**fields)
+
+
+class Setup(NamedTuple):
+  model: Any
+  params: Any
+  inputs: jax.Array  # What greedy_decode takes: the LanguageModel prompt or the Transformer source.
+  logits_fn: Any  # Jitted (params, decoder tokens [B, L]) -> logits [B, L, V], without a cache.
+
+
+def _setup(model, seed: int, sharpen: float, inputs) -> Setup:
+  if isinstance(model, Transformer):
+    init_args = (inputs, BOS_PROMPT)
+    logits_fn = jax.jit(lambda p, tgt: model.apply({"params": p}, inputs, tgt))
+  else:
+    init_args = (inputs,)
+    logits_fn = jax.jit(lambda p, tokens: model.apply({"params": p}, tokens))
+  params = jax.jit(model.init)(jax.random.PRNGKey(seed), *init_args)["params"]
+  params = jax.tree.map(lambda x: x * sharpen, params)
+  return Setup(model, params, inputs, logits_fn)
+
+
+@pytest.fixture(scope="module")
+def lm():
+  """A pre-LN LanguageModel with sinusoidal positions."""
+  return _setup(LanguageModel(make_config(norm="pre")), seed=1, sharpen=3.0, inputs=PROMPT)
+
+
+@pytest.fixture(scope="module")
+def transformer():
+  """A post-LN Transformer with sinusoidal positions; source rows 1 and 2 end in padding."""
+  return _setup(Transformer(make_config()), seed=3, sharpen=2.0, inputs=SRC)
+
+
+@pytest.fixture(scope="module")
+def learned_lm():
+  """A post-LN LanguageModel with learned positions for exactly P + N tokens."""
+  config = make_config(positions="learned", max_length=P + N)
+  return _setup(LanguageModel(config), seed=3, sharpen=3.0, inputs=PROMPT)
+
+
+def reference_greedy(setup: Setup, prefix, n: int):
+  """Greedy decoding without a cache or an end token: each step runs the plain model over the whole
+  sequence so far and takes the argmax at its last position.
+
+  The sequence lives in a fixed-length buffer filled on the right with pad_id, so that one
+  compilation serves every step; those slots come after the position read, and are padding too.
+
+  Returns:
+    int [B, n] tokens and float [B, n, V] the log-probabilities each token was chosen from.
+  """
+  prefix = np.asarray(prefix)
+  batch, length = prefix.shape
+  seq = np.concatenate([prefix, np.full((batch, n), PAD, prefix.dtype)], axis=1)
+  log_probs = []
+  for i in range(n):
+    logits = setup.logits_fn(setup.params, jnp.asarray(seq))[:, length + i - 1]
+    seq[:, length + i] = np.asarray(jnp.argmax(logits, axis=-1))
+    log_probs.append(np.asarray(jax.nn.log_softmax(logits)))
+  return seq[:, length:], np.stack(log_probs, axis=1)
+
+
+def truncate_at_eos(tokens, eos_id: int, pad_id: int = PAD):
+  """pad_id after the first eos_id of each row."""
+  tokens = np.array(tokens)
+  after_eos = np.cumsum(tokens == eos_id, axis=1) - (tokens == eos_id) > 0
+  tokens[after_eos] = pad_id
+  return tokens
+
+
+def pick_eos(tokens) -> int:
+  """A token the model emits: row 0's token at step 2 if it is new there, else row 0's first new
+  token after step 0. Sequences then finish part way through, and some (those that never emit it)
+  run to the end."""
+  row = [int(t) for t in np.asarray(tokens)[0]]
+  for step in (2, 1, 3):
+    if row[step] not in row[:step]:
+      return row[step]
+  return row[0]
+
+
+@pytest.fixture(scope="module")
+def lm_reference(lm):
+  return reference_greedy(lm, PROMPT, N)
+
+
+@pytest.fixture(scope="module")
+def transformer_reference(transformer):
+  return reference_greedy(transformer, BOS_PROMPT, N)
+
+
+def check_reference(tokens, eos_id):
+  """Guards the tests' own construction: a nontrivial eos case, and no pad_id among the model's
+  choices (pad is masked as a key in the plain model, so the comparison would not be like for like).
+  """
+  assert not np.any(np.asarray(tokens) == PAD), "setup: the random model emits pad_id"
+  expected = truncate_at_eos(tokens, eos_id)
+  assert np.any(expected != tokens), "setup: no row is cut by eos"
+  assert np.any(np.all(expected == tokens, axis=1)), "setup: every row is cut by eos"
+  return expected
+
+
+# --------------------------------------------------------------------------------------------------
+# Cached forward passes against the full forward pass.
+# --------------------------------------------------------------------------------------------------
+
+
+def test_language_model_cache_matches_full_forward(lm):
+  """A 3-token prompt through the cache, then 4 single tokens: every step's logits are the full
+  (uncached) forward pass's logits at the same positions."""
+  model, params = lm.model, lm.params
+  seq = jnp.concatenate([PROMPT, jnp.array([[20, 21, 22, 23], [24, 3, 4, 25], [3, 3, 26, 27]])], 1)
+  length = seq.shape[1]
+  full = np.asarray(lm.logits_fn(params, seq))
+  decoder = model.clone(decode=True)
+
+  @jax.jit
+  def step(cache, tokens, positions):
+    return decoder.apply(
+      {"params": params, "cache": cache}, tokens, positions_BT=positions, mutable=["cache"]
+    )
+
+  cache = init_cache(model, B, length)
+  logits, variables = step(cache, seq[:, :P], jnp.arange(P))
+  assert logits.shape == (B, P, V)
+  np.testing.assert_allclose(logits, full[:, :P], rtol=0, atol=1e-4)
+  for t in range(P, length):
+    logits, variables = step(variables["cache"], seq[:, t : t + 1], jnp.array([t]))
+    assert logits.shape == (B, 1, V)
+    np.testing.assert_allclose(logits[:, 0], full[:, t], rtol=0, atol=1e-4, err_msg=f"step {t}")
+  indices = [
+    int(x)
+    for path, x in jax.tree_util.tree_leaves_with_path(variables["cache"])
+    if str(path[-1].key) == "cache_index"
+  ]
+  assert indices == [length] * make_config().num_decoder_layers
+
+
+def test_transformer_cache_matches_full_forward(transformer):
+  """A 2-token decoder prompt through the cache via decode_logits, then 3 single tokens."""
+  model, params = transformer.model, transformer.params
+  tgt = jnp.array([[1, 5, 20, 21, 22], [1, 7, 3, 4, 25], [1, 9, 26, 3, 27]], jnp.int32)
+  length, prompt_length = tgt.shape[1], 2
+  full = np.asarray(transformer.logits_fn(params, tgt))
+  encoded = jax.jit(lambda p: model.apply({"params": p}, SRC, method=Transformer.encode))(params)
+  decoder = model.clone(decode=True)
+
+  @jax.jit
+  def step(cache, tokens, positions):
+    return decoder.apply(
+      {"params": params, "cache": cache},
+      tokens,
+      encoded,
+      SRC,
+      positions_BT=positions,
+      method=Transformer.decode_logits,
+      mutable=["cache"],
+    )
+
+  cache = init_cache(model, B, length, src_length=SRC.shape[1])
+  logits, variables = step(cache, tgt[:, :prompt_length], jnp.arange(prompt_length))
+  np.testing.assert_allclose(logits, full[:, :prompt_length], rtol=0, atol=1e-4)
+  for t in range(prompt_length, length):
+    logits, variables = step(variables["cache"], tgt[:, t : t + 1], jnp.array([t]))
+    np.testing.assert_allclose(logits[:, 0], full[:, t], rtol=0, atol=1e-4, err_msg=f"step {t}")
+
+
+def test_cache_masks_pad_in_prompt_like_full_forward(lm):
+  """`pad_id` is masked as a key everywhere (attn/models.py, WORKSPACE.md), so a prompt holding pad
+  tokens must give, through the cache, the full forward pass's logits at its real tokens."""
+  model, params = lm.model, lm.params
+  seq = jnp.array([[0, 1, 5, 6], [1, 7, 8, 9], [0, 0, 1, 10]], jnp.int32)
+  full = np.asarray(jax.jit(lambda p, x: model.apply({"params": p}, x))(params, seq))
+  cached, _ = jax.jit(
+    lambda p, c, x: model.clone(decode=True).apply(
+      {"params": p, "cache": c}, x, positions_BT=jnp.arange(x.shape[1]), mutable=["cache"]
+    )
+  )(params, init_cache(model, B, seq.shape[1]), seq)
+  real = np.asarray(seq) != PAD
+  np.testing.assert_allclose(np.asarray(cached)[real], full[real], rtol=0, atol=1e-4)
+
+
+# --------------------------------------------------------------------------------------------------
+# greedy_decode and beam_decode against greedy decoding without a cache.
+# --------------------------------------------------------------------------------------------------
+
+
+def test_language_model_greedy_decode_matches_uncached_greedy(lm, lm_reference):
+  tokens, _ = lm_reference
+  eos_id = pick_eos(tokens)
+  expected = check_reference(tokens, eos_id)
+  decode = jax.jit(functools.partial(greedy_decode, lm.model, max_new_tokens=N, eos_id=eos_id))
+  np.testing.assert_array_equal(decode(lm.params, PROMPT), expected)
+
+
+def test_transformer_greedy_decode_matches_uncached_greedy(transformer, transformer_reference):
+  tokens, _ = transformer_reference
+  eos_id = pick_eos(tokens)
+  expected = check_reference(tokens, eos_id)
+  model = transformer.model
+  decode = jax.jit(functools.partial(greedy_decode, model, max_new_tokens=N, eos_id=eos_id))
+  np.testing.assert_array_equal(decode(transformer.params, SRC), expected)
+
+
+def test_learned_positions_greedy_decode_matches_uncached_greedy(learned_lm):
+  tokens, _ = reference_greedy(learned_lm, PROMPT, N)
+  eos_id = pick_eos(tokens)
+  expected = check_reference(tokens, eos_id)
+  # eos_id left out: greedy_decode then takes the config's.
+  model = learned_lm.model.clone(config=learned_lm.model.config.replace(eos_id=eos_id))
+  decode = jax.jit(functools.partial(greedy_decode, model, max_new_tokens=N))
+  np.testing.assert_array_equal(decode(learned_lm.params, PROMPT), expected)
+
+
+def greedy_score(tokens, log_probs, eos_id, alpha):
+  """Length-normalised summed log-probability of each row of `tokens` up to and including eos."""
+  tokens = np.asarray(tokens)
+  chosen = np.take_along_axis(log_probs, tokens[..., None], axis=-1)[..., 0]
+  is_eos = tokens == eos_id
+  lengths = np.where(is_eos.any(1), is_eos.argmax(1) + 1, tokens.shape[1])
+  sums = np.array([chosen[b, : lengths[b]].sum() for b in range(tokens.shape[0])])
+  return sums / ((5.0 + lengths) / 6.0) ** alpha
+
+
+@pytest.mark.parametrize("which", ["lm", "transformer"])
+def test_beam_size_one_equals_greedy(which, request):
+  setup = request.getfixturevalue(which)
+  tokens, log_probs = request.getfixturevalue(f"{which}_reference")
+  eos_id = pick_eos(tokens)
+  expected = check_reference(tokens, eos_id)
+  decode = jax.jit(
+    functools.partial(
+      beam_decode,
+      setup.model,
+      beam_size=1,
+      max_new_tokens=N,
+      alpha=0.6,
+      eos_id=eos_id,
+    )
+  )
+  seqs, scores = decode(setup.params, setup.inputs)
+  np.testing.assert_array_equal(seqs, expected)
+  np.testing.assert_allclose(scores, greedy_score(expected, log_probs, eos_id, 0.6), atol=1e-4)
+
+
+def reference_beam(setup: Setup, prefix, n: int, beam_size: int, eos_id: int, alpha: float):
+  """Beam search without a cache, by the rules beam_search documents: each beam's next-token
+  log-probabilities come from the plain model over its whole sequence; finished beams carry on with
+  pad at no cost; the best `beam_size` continuations survive; the winner has the best score /
+  length_penalty(length including eos, alpha).
+
+  Returns:
+    int [B, n] sequences and float [B] their length-normalised scores.
+  """
+  prefix = np.asarray(prefix)
+  batch, length = prefix.shape
+  # Per row, beams of (score, tokens, finished). Every beam is scored each step, in one fixed-shape
+  # [batch * beam_size, length + n] forward pass (missing beams are filled with copies).
+  beams = [[(0.0, [], False)] for _ in range(batch)]
+  for i in range(n):
+    seq = np.full((batch, beam_size, length + n), PAD, prefix.dtype)
+    for b in range(batch):
+      for w in range(beam_size):
+        _, tokens, _ = beams[b][min(w, len(beams[b]) - 1)]
+        seq[b, w, :length] = prefix[b]
+        seq[b, w, length : length + i] = tokens
+    logits = setup.logits_fn(setup.params, jnp.asarray(seq.reshape(batch * beam_size, -1)))
+    log_probs = np.asarray(jax.nn.log_softmax(logits[:, length + i - 1]), np.float64)
+    log_probs = log_probs.reshape(batch, beam_size, -1)
+    for b in range(batch):
+      candidates = []
+      for w, (score, tokens, finished) in enumerate(beams[b]):
+        if finished:
+          candidates.append((score, [*tokens, PAD], True))
+          continue
+        for v, lp in enumerate(log_probs[b, w]):
+          candidates.append((score + lp, [*tokens, v], v == eos_id))
+      beams[b] = sorted(candidates, key=lambda c: -c[0])[:beam_size]
+  best_seqs, best_scores = [], []
+  for b in range(batch):
+    normalized = []
+    for score, tokens, _ in beams[b]:
+      ends = [t for t, token in enumerate(tokens) if token == eos_id]
+      beam_length = ends[0] + 1 if ends else n
+      normalized.append(score / ((5.0 + beam_length) / 6.0) ** alpha)
+    best = int(np.argmax(normalized))
+    best_seqs.append(beams[b][best][1])
+    best_scores.append(normalized[best])
+  return np.array(best_seqs), np.array(best_scores)
+
+
+def test_wider_beam_equals_uncached_beam_search(lm, lm_reference):
+  """Beam 3 reorders the cache between steps; its sequences and scores must be those of the same
+  search run on the plain model. Here it also beats greedy on some row, so reordering matters."""
+  tokens, log_probs = lm_reference
+  eos_id, alpha, beam_size = pick_eos(tokens), 0.6, 3
+  expected_seqs, expected_scores = reference_beam(lm, PROMPT, N, beam_size, eos_id, alpha)
+  greedy = truncate_at_eos(tokens, eos_id)
+  assert np.any(expected_seqs != greedy), "setup: beam search finds nothing greedy misses"
+  decode = jax.jit(
+    functools.partial(
+      beam_decode, lm.model, beam_size=beam_size, max_new_tokens=N, alpha=alpha, eos_id=eos_id
+    )
+  )
+  seqs, scores = decode(lm.params, PROMPT)
+  np.testing.assert_array_equal(seqs, expected_seqs)
+  np.testing.assert_allclose(scores, expected_scores, atol=1e-4)
+  # Float32 sums of the same log-probs taken in other batch shapes may differ in the last bits.
+  assert np.all(expected_scores >= greedy_score(greedy, log_probs, eos_id, alpha) - 1e-4)
+
+
+# --------------------------------------------------------------------------------------------------
+# Searches over a hand-made table of next-token probabilities.
+# --------------------------------------------------------------------------------------------------
+
+EOS, A, B_TOK = 2, 3, 4
+
+
+def table_step_fn(probs):
+  """A step function whose next-token distribution depends only on the last token fed:
+  log probs[last token]. The state records that token (batch-leading, as the searches require)."""
+  log_table = jnp.log(jnp.asarray(probs, jnp.float32))
+  np.testing.assert_allclose(np.asarray(probs).sum(-1), 1.0, atol=1e-6)
+
+  def step_fn(state, tokens_Bt, offset):
+    del state, offset
+    last_B = tokens_Bt[:, -1]
+    return log_table[last_B], {"last": last_B}
+
+  return step_fn
+
+
+# Rows: the last token (pad, bos, eos, A, B); columns: the next token.
+MARKOV = [
+  [0.2, 0.2, 0.2, 0.2, 0.2],
+  [0.01, 0.01, 0.02, 0.56, 0.40],  # bos: A is likelier than B,
+  [0.2, 0.2, 0.2, 0.2, 0.2],
+  [0.01, 0.01, 0.30, 0.38, 0.30],  # but nothing after A is likely,
+  [0.01, 0.01, 0.03, 0.05, 0.90],  # while B is followed by B.
+]
+
+
+def test_beam_search_finds_the_sequence_greedy_misses():
+  step_fn = table_step_fn(MARKOV)
+  prompt = jnp.array([[BOS], [B_TOK]], jnp.int32)
+  state = {"last": jnp.zeros((2,), jnp.int32)}
+  kwargs = dict(max_new_tokens=2, eos_id=EOS, pad_id=PAD)
+  greedy = jax.jit(functools.partial(greedy_search, step_fn, **kwargs))(state, prompt)
+  np.testing.assert_array_equal(greedy, [[A, A], [B_TOK, B_TOK]])  # 0.56 * 0.38 = 0.213.
+  alpha = 0.6
+  beam = jax.jit(
+    functools.partial(beam_search, step_fn, alpha=alpha, **kwargs), static_argnames="beam_size"
+  )
+  one, _ = beam(state, prompt, beam_size=1)
+  np.testing.assert_array_equal(one, greedy)
+  seqs, scores = beam(state, prompt, beam_size=2)
+  np.testing.assert_array_equal(seqs, [[B_TOK, B_TOK], [B_TOK, B_TOK]])  # 0.40 * 0.90 = 0.36.
+  expected = np.log([0.40 * 0.90, 0.90 * 0.90]) / ((5 + 2) / 6) ** alpha
+  np.testing.assert_allclose(scores, expected, rtol=1e-5)
+
+
+# After bos, ending at once (0.55) beats every longer sequence, of which A A A A (0.43 * 0.9 ** 3 =
+# 0.31) is the best; the length penalty can turn that round.
+SHORT_OR_LONG = [
+  [0.25, 0.25, 0.25, 0.25],
+  [0.01, 0.01, 0.55, 0.43],  # bos
+  [0.25, 0.25, 0.25, 0.25],
+  [0.01, 0.01, 0.08, 0.90],  # A
+]
+
+
+@pytest.mark.parametrize(
+  "alpha, expected_seq, expected_prob, expected_length",
+  [
+    (0.0, [EOS, PAD, PAD, PAD], 0.55, 1),
+    (2.0, [A, A, A, A], 0.43 * 0.9**3, 4),
+  ],
+)
+def test_length_penalty_decides_between_short_and_long(
+  alpha, expected_seq, expected_prob, expected_length
+):
+  step_fn = table_step_fn(SHORT_OR_LONG)
+  prompt = jnp.array([[BOS]], jnp.int32)
+  state = {"last": jnp.zeros((1,), jnp.int32)}
+  seqs, scores = jax.jit(
+    functools.partial(
+      beam_search, step_fn, beam_size=2, max_new_tokens=4, eos_id=EOS, pad_id=PAD, alpha=alpha
+    )
+  )(state, prompt)
+  np.testing.assert_array_equal(seqs, [expected_seq])
+  expected = math.log(expected_prob) / ((5 + expected_length) / 6) ** alpha
+  np.testing.assert_allclose(scores, [expected], rtol=1e-5)
+  # Greedy ends at once whatever alpha is.
+  search = functools.partial(greedy_search, step_fn, max_new_tokens=4, eos_id=EOS, pad_id=PAD)
+  greedy = jax.jit(search)(state, prompt)
+  np.testing.assert_array_equal(greedy, [[EOS, PAD, PAD, PAD]])
+
+
+# --------------------------------------------------------------------------------------------------
+# length_penalty and argument checks.
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.6, 1.0, 2.0])
+def test_length_penalty_values(alpha):
+  lengths = jnp.array([0, 1, 2, 7, 20])
+  expected = ((5.0 + np.array([0, 1, 2, 7, 20])) / 6.0) ** alpha
+  np.testing.assert_allclose(length_penalty(lengths, alpha), expected, rtol=1e-6)
+  assert float(length_penalty(jnp.array(1), alpha)) == pytest.approx(1.0)
+
+
+def test_searches_reject_bad_arguments():
+  step_fn = table_step_fn(MARKOV)
+  state = {"last": jnp.zeros((1,), jnp.int32)}
+  prompt = jnp.array([[BOS]], jnp.int32)
+  with pytest.raises(ValueError, match="beam_size"):
+    beam_search(step_fn, state, prompt, beam_size=0, max_new_tokens=2)
+  with pytest.raises(ValueError, match="max_new_tokens"):
+    beam_search(step_fn, state, prompt, beam_size=2, max_new_tokens=0)
+  with pytest.raises(ValueError, match="max_new_tokens"):
+    greedy_search(step_fn, state, prompt, max_new_tokens=0)
+  for bad_prompt in (jnp.array([BOS], jnp.int32), jnp.ones((1, 1, 1), jnp.int32)):
+    with pytest.raises(ValueError, match="prompt"):
+      greedy_search(step_fn, state, bad_prompt, max_new_tokens=2)
+    with pytest.raises(ValueError, match="prompt"):
+      beam_search(step_fn, state, bad_prompt, beam_size=2, max_new_tokens=2)
+
+
+def test_decode_rejects_bad_arguments(lm):
+  with pytest.raises(ValueError, match="beam_size"):
+    beam_decode(lm.model, lm.params, PROMPT, beam_size=0, max_new_tokens=2)
+  with pytest.raises(ValueError, match="max_new_tokens"):
+    greedy_decode(lm.model, lm.params, PROMPT, max_new_tokens=0)
+  with pytest.raises(ValueError, match="max_new_tokens"):
+    beam_decode(lm.model, lm.params, PROMPT, beam_size=2, max_new_tokens=0)
+
+
+def test_decode_rejects_a_prompt_of_the_wrong_rank(lm, transformer):
+  with pytest.raises(ValueError, match="prompt"):
+    greedy_decode(lm.model, lm.params, PROMPT[0], max_new_tokens=2)
+  with pytest.raises(ValueError, match="prompt"):
+    beam_decode(lm.model, lm.params, PROMPT[0], beam_size=2, max_new_tokens=2)
+  with pytest.raises(ValueError, match="prompt"):
+    greedy_decode(
+      transformer.model,
+      transformer.params,
+      SRC,
+      prompt=BOS_PROMPT[:, 0],
+      max_new_tokens=2,
+    )
+
+
+def test_learned_positions_reject_decoding_past_max_length(learned_lm):
+  model, params = learned_lm.model, learned_lm.params
+  too_many = model.config.max_length - P + 1
+  with pytest.raises(ValueError, match="max_length"):
+    greedy_decode(model, params, PROMPT, max_new_tokens=too_many)
+  with pytest.raises(ValueError, match="max_length"):
+    beam_decode(model, params, PROMPT, beam_size=2, max_new_tokens=too_many)
+
+
+def test_decode_rejects_models_it_cannot_drive(lm):
+  tagger = EncoderTagger(make_config(num_classes=3))
+  with pytest.raises(ValueError, match="model"):
+    greedy_decode(tagger, lm.params, PROMPT, max_new_tokens=2)
+  with pytest.raises(ValueError, match="model"):
+    beam_decode(tagger, lm.params, PROMPT, beam_size=2, max_new_tokens=2)
+  with pytest.raises(ValueError, match="model"):
+    greedy_decode(lambda x: x, lm.params, PROMPT, max_new_tokens=2)

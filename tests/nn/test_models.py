@@ -1,0 +1,520 @@
+"""Tests for attn.models: Embedder, Transformer, EncoderTagger and LanguageModel.
+
+Small configs only. Forward passes go through module-scoped jitted functions so that each shape and
+config compiles once; tests that share a fixture reuse its compiled forward pass.
+"""
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from attn.core.positions import sinusoidal_positions
+from attn.nn.blocks import Decoder
+from attn.nn.config import ModelConfig
+from attn.nn.models import Embedder, EncoderTagger, LanguageModel, Transformer
+
+V, D, H, C = 30, 16, 2, 5
+NUM_ENCODER_LAYERS, NUM_DECODER_LAYERS = 1, 1
+
+# Source and target use disjoint token sets, so changing a table row shows which side reads it.
+# The second source row ends in padding (pad_id = 0).
+SRC = jnp.array([[11, 12, 13, 14, 15, 16], [17, 18, 19, 0, 0, 0]], jnp.int32)
+TGT = jnp.array([[1, 3, 4, 5, 6], [1, 7, 8, 3, 4]], jnp.int32)
+SRC_VALID = np.asarray(SRC) != 0
+B, S = SRC.shape
+T = TGT.shape[1]
+
+
+def make_config(**changes) -> ModelConfig:
+  fields = dict(
+    vocab_size=V,
+    num_classes=C,
+    d_model=D,
+    num_heads=H,
+    d_ff=32,
+    num_encoder_layers=NUM_ENCODER_LAYERS,
+    num_decoder_layers=NUM_DECODER_LAYERS,
+    dropout_rate=0.0,
+    max_length=16,
+  )
+  fields.update(changes)
+  return ModelConfig(**fields)
+
+
+def param_paths(params) -> set[str]:
+  """'a/b/c' for every parameter leaf."""
+  leaves = jax.tree_util.tree_leaves_with_path(params)
+  return {"/".join(str(k.key) for k in path) for path, _ in leaves}
+
+
+def param_shapes(model, *args) -> dict:
+  """The parameter tree as ShapeDtypeStructs (traced only, nothing compiled)."""
+  return jax.eval_shape(model.init, jax.random.PRNGKey(0), *args)["params"]
+
+
+def _is_decoder_call(module, method_name) -> bool:
+  return isinstance(module, Decoder) and method_name == "__call__"
+
+
+def make_forward(model: Transformer):
+  """A jitted (params, src, tgt) -> (logits, weights, decoder output before the output head)."""
+
+  @jax.jit
+  def forward(params, src, tgt):
+    (logits, weights), state = model.apply(
+      {"params": params},
+      src,
+      tgt,
+      return_weights=True,
+      capture_intermediates=_is_decoder_call,
+      mutable=["intermediates"],
+    )
+    # The Decoder returned (x, weights).
+    decoder_out, _ = state["intermediates"]["decoder"]["__call__"][0]
+    return logits, weights, decoder_out
+
+  return forward
+
+
+@pytest.fixture(scope="module")
+def transformer():
+  """The tied, sinusoidal, post-LN Transformer: (model, params, forward)."""
+  model = Transformer(make_config())
+  params = jax.jit(model.init)(jax.random.PRNGKey(0), SRC, TGT)["params"]
+  return model, params, make_forward(model)
+
+
+@pytest.fixture(scope="module")
+def untied_transformer():
+  model = Transformer(make_config(tie_output=False))
+  params = jax.jit(model.init)(jax.random.PRNGKey(1), SRC, TGT)["params"]
+  return model, params, make_forward(model)
+
+
+@pytest.fixture(scope="module")
+def base_outputs(transformer):
+  _, params, forward = transformer
+  return forward(params, SRC, TGT)
+
+
+# --------------------------------------------------------------------------------------------------
+# Embedder
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("positions", ["none", "sinusoidal", "learned"])
+def test_embedder_scales_tokens_by_sqrt_d_and_adds_positions(positions):
+  d_model = 32
+  config = make_config(d_model=d_model, positions=positions, max_length=8, dropout_rate=0.0)
+  tokens = jnp.array([[3, 7, 7, 29], [0, 5, 3, 3]], jnp.int32)
+  embedder = Embedder(config)
+  variables = embedder.init(jax.random.PRNGKey(2), tokens)
+  out = np.asarray(embedder.apply(variables, tokens))
+  table = np.asarray(variables["params"]["tokens"]["embedding"])
+  assert table.shape == (V, d_model)
+  expected = table[np.asarray(tokens)] * np.sqrt(d_model)
+  if positions == "sinusoidal":
+    expected = expected + np.asarray(sinusoidal_positions(tokens.shape[1], d_model))
+  elif positions == "learned":
+    position_table = np.asarray(variables["params"]["positions"]["embedding"])
+    assert position_table.shape == (8, d_model)
+    expected = expected + position_table[: tokens.shape[1]]
+  else:
+    assert set(variables["params"]) == {"tokens"}
+    # Without positions the same token gets the same vector wherever it stands.
+    np.testing.assert_array_equal(out[0, 1], out[0, 2])
+  np.testing.assert_allclose(out, expected, rtol=1e-6, atol=1e-6)
+
+
+# --------------------------------------------------------------------------------------------------
+# Transformer
+# --------------------------------------------------------------------------------------------------
+
+
+def test_transformer_logits_shape(base_outputs):
+  logits, _, decoder_out = base_outputs
+  assert logits.shape == (B, T, V)
+  assert logits.dtype == jnp.float32
+  assert decoder_out.shape == (B, T, D)
+  assert np.all(np.isfinite(logits))
+
+
+def test_transformer_has_one_embedding_table(transformer):
+  _, params, _ = transformer
+  embeddings = {p for p in param_paths(params) if p.endswith("embedding")}
+  assert embeddings == {"embedder/tokens/embedding"}
+  assert set(params["embedder"]) == {"tokens"}
+  assert params["embedder"]["tokens"]["embedding"].shape == (V, D)
+
+
+def test_shared_table_feeds_both_encoder_and_decoder(untied_transformer):
+  """With an untied output, the table reaches the logits only through the encoder's and the
+  decoder's inputs: changing rows of source-only or of target-only tokens changes the logits;
+  changing unused rows, or the pad row (source padding is masked), does not."""
+  _, params, forward = untied_transformer
+  table = params["embedder"]["tokens"]["embedding"]
+  logits, _, _ = forward(params, SRC, TGT)
+
+  def logits_with_rows_changed(rows):
+    new_table = table.at[np.asarray(rows)].add(0.5)
+    return forward({**params, "embedder": {"tokens": {"embedding": new_table}}}, SRC, TGT)[0]
+
+  src_tokens, tgt_tokens = set(np.asarray(SRC).ravel()), set(np.asarray(TGT).ravel())
+  src_only = sorted(src_tokens - tgt_tokens - {0})
+  tgt_only = sorted(tgt_tokens - src_tokens)
+  unused = sorted(set(range(V)) - src_tokens - tgt_tokens)
+  assert src_only and tgt_only and unused
+  assert np.all(np.max(np.abs(logits_with_rows_changed(src_only) - logits), axis=(1, 2)) > 1e-4)
+  assert np.all(np.max(np.abs(logits_with_rows_changed(tgt_only) - logits), axis=(1, 2)) > 1e-4)
+  np.testing.assert_array_equal(logits_with_rows_changed(unused), logits)
+  np.testing.assert_allclose(logits_with_rows_changed([0]), logits, rtol=0, atol=1e-6)
+
+
+def test_tied_output_reuses_the_embedding_table(transformer, base_outputs):
+  _, params, _ = transformer
+  assert "head" not in params
+  assert not any("logits" in p for p in param_paths(params))
+  logits, _, decoder_out = base_outputs
+  table = params["embedder"]["tokens"]["embedding"]
+  expected = np.einsum("btd,vd->btv", np.asarray(decoder_out), np.asarray(table))
+  np.testing.assert_allclose(logits, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_untied_output_adds_a_logits_dense(untied_transformer):
+  _, params, forward = untied_transformer
+  assert {p for p in param_paths(params) if p.startswith("head/")} == {
+    "head/logits/kernel",
+    "head/logits/bias",
+  }
+  kernel = np.asarray(params["head"]["logits"]["kernel"])
+  bias = np.asarray(params["head"]["logits"]["bias"])
+  assert kernel.shape == (D, V) and bias.shape == (V,)
+  logits, _, decoder_out = forward(params, SRC, TGT)
+  decoder_out = np.asarray(decoder_out)
+  np.testing.assert_allclose(logits, decoder_out @ kernel + bias, rtol=1e-5, atol=1e-5)
+  table = np.asarray(params["embedder"]["tokens"]["embedding"])
+  assert not np.allclose(logits, decoder_out @ table.T, atol=1e-3)
+
+
+def test_position_kinds_change_params_and_logits(transformer, base_outputs):
+  shapes = {
+    kind: param_shapes(Transformer(make_config(positions=kind)), SRC, TGT)
+    for kind in ("sinusoidal", "learned", "none")
+  }
+  paths = {kind: param_paths(tree) for kind, tree in shapes.items()}
+  assert paths["learned"] - paths["sinusoidal"] == {"embedder/positions/embedding"}
+  assert paths["sinusoidal"] == paths["none"]
+  assert shapes["learned"]["embedder"]["positions"]["embedding"].shape == (16, D)  # max_length.
+  # The same parameters without positions give other logits: the sinusoids were doing something.
+  _, params, _ = transformer
+  none_logits, _, _ = make_forward(Transformer(make_config(positions="none")))(params, SRC, TGT)
+  assert np.max(np.abs(none_logits - base_outputs[0])) > 1e-3
+
+
+@pytest.mark.parametrize("cut", [1, 3])
+def test_transformer_decoder_is_causal(transformer, base_outputs, cut):
+  _, params, forward = transformer
+  changed = TGT.at[:, cut:].set(jnp.array([20, 21, 22, 23, 24])[: T - cut])
+  logits, _, _ = forward(params, SRC, changed)
+  np.testing.assert_allclose(logits[:, :cut], base_outputs[0][:, :cut], rtol=0, atol=1e-6)
+  assert np.max(np.abs(logits[:, cut:] - base_outputs[0][:, cut:])) > 1e-3
+
+
+def test_transformer_ignores_appended_source_padding(transformer, base_outputs):
+  _, params, forward = transformer
+  longer = jnp.concatenate([SRC, jnp.zeros((B, 3), jnp.int32)], axis=1)
+  logits, _, _ = forward(params, longer, TGT)
+  np.testing.assert_allclose(logits, base_outputs[0], rtol=0, atol=1e-5)
+  # The source does matter: changing a real token changes every row's logits.
+  logits, _, _ = forward(params, SRC.at[:, 0].set(25), TGT)
+  assert np.all(np.max(np.abs(logits - base_outputs[0]), axis=(1, 2)) > 1e-4)
+
+
+def src_keys(shape) -> np.ndarray:
+  """SRC's real (non-pad) tokens as keys, broadcast to weights of `shape` [B, H, T, S]."""
+  return np.broadcast_to(SRC_VALID[:, None, None], shape)
+
+
+def test_transformer_return_weights(base_outputs):
+  _, weights, _ = base_outputs
+  assert set(weights) == {"encoder", "decoder"}
+  assert len(weights["encoder"]) == NUM_ENCODER_LAYERS
+  assert len(weights["decoder"]) == NUM_DECODER_LAYERS
+  for w in weights["encoder"]:
+    assert w.shape == (B, H, S, S)
+    np.testing.assert_allclose(np.sum(w, axis=-1), 1.0, atol=1e-5)
+    np.testing.assert_array_equal(np.asarray(w)[~src_keys(w.shape)], 0)  # Pad keys get no weight.
+  lower = np.tril(np.ones((T, T), bool))
+  for layer in weights["decoder"]:
+    assert set(layer) == {"self", "cross"}
+    self_w, cross_w = np.asarray(layer["self"]), np.asarray(layer["cross"])
+    assert self_w.shape == (B, H, T, T)
+    assert cross_w.shape == (B, H, T, S)
+    np.testing.assert_allclose(np.sum(self_w, axis=-1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(np.sum(cross_w, axis=-1), 1.0, atol=1e-5)
+    np.testing.assert_array_equal(self_w[..., ~lower], 0)  # No query sees a later target token.
+    np.testing.assert_array_equal(cross_w[~src_keys(cross_w.shape)], 0)
+
+
+def test_return_weights_has_one_entry_per_layer():
+  model = Transformer(make_config(num_encoder_layers=2, num_decoder_layers=3))
+  key = jax.random.PRNGKey(0)
+  out = jax.eval_shape(
+    lambda src, tgt: model.init_with_output(key, src, tgt, return_weights=True)[0],
+    SRC,
+    TGT,
+  )
+  logits, weights = out
+  assert logits.shape == (B, T, V)
+  assert [w.shape for w in weights["encoder"]] == [(B, H, S, S)] * 2
+  assert [{k: w.shape for k, w in layer.items()} for layer in weights["decoder"]] == [
+    {"self": (B, H, T, T), "cross": (B, H, T, S)}
+  ] * 3
+
+
+def dropout_key(seed: int) -> jax.Array:
+  """A dropout key. RBG rather than the default threefry: threefry's dropout masks take seconds to
+  compile on CPU, and which bits drop does not matter here."""
+  return jax.random.key(seed, impl="rbg")
+
+
+@pytest.fixture(scope="module")
+def dropout_model():
+  return Transformer(make_config(dropout_rate=0.3, attention_dropout_rate=0.2))
+
+
+def test_dropout_only_with_deterministic_false_and_rng(transformer, base_outputs, dropout_model):
+  _, params, _ = transformer  # Dropout has no parameters: the trees agree.
+  model = dropout_model
+  eval_logits = jax.jit(lambda p: model.apply({"params": p}, SRC, TGT))(params)
+  np.testing.assert_allclose(eval_logits, base_outputs[0], rtol=0, atol=1e-6)
+
+  @jax.jit
+  def train_logits(p, key):
+    return model.apply({"params": p}, SRC, TGT, deterministic=False, rngs={"dropout": key})
+
+  a = train_logits(params, dropout_key(10))
+  again = train_logits(params, dropout_key(10))
+  other = train_logits(params, dropout_key(11))
+  np.testing.assert_array_equal(a, again)
+  assert np.max(np.abs(a - eval_logits)) > 1e-3
+  assert np.max(np.abs(a - other)) > 1e-3
+  with pytest.raises(flax.errors.InvalidRngError):
+    jax.eval_shape(lambda p: model.apply({"params": p}, SRC, TGT, deterministic=False), params)
+
+
+def test_bfloat16_logits_are_finite(transformer, base_outputs):
+  _, params, _ = transformer
+  model = Transformer(make_config(dtype="bfloat16"))
+  shapes = param_shapes(model, SRC, TGT)
+  assert jax.tree.structure(shapes) == jax.tree.structure(params)
+  assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(shapes))  # Params stay float32.
+  logits = jax.jit(lambda p: model.apply({"params": p}, SRC, TGT))(params)
+  assert logits.shape == (B, T, V)
+  assert np.all(np.isfinite(logits))
+  # Lower precision, same model: close to the float32 logits, but not computed in float32.
+  diff = np.max(np.abs(np.asarray(logits, np.float32) - base_outputs[0]))
+  assert 0 < diff < 0.25, diff
+
+
+def test_training_gradient_is_finite(transformer, dropout_model):
+  _, params, _ = transformer
+  model = dropout_model
+  tgt_out = jnp.concatenate([TGT[:, 1:], jnp.array([[2], [0]], jnp.int32)], axis=1)  # eos / pad.
+  weights = (tgt_out != 0).astype(jnp.float32)
+
+  @jax.jit
+  def loss_and_grad(p, key):
+    def loss(p):
+      logits = model.apply({"params": p}, SRC, TGT, deterministic=False, rngs={"dropout": key})
+      nll = -jnp.take_along_axis(jax.nn.log_softmax(logits), tgt_out[..., None], axis=-1)[..., 0]
+      return jnp.sum(nll * weights) / jnp.sum(weights)
+
+    return jax.value_and_grad(loss)(p)
+
+  value, grads = loss_and_grad(params, dropout_key(4))
+  assert np.isfinite(value) and value > 0
+  assert jax.tree.structure(grads) == jax.tree.structure(params)
+  for path, g in jax.tree_util.tree_leaves_with_path(grads):
+    assert np.all(np.isfinite(g)), path
+    assert np.any(g != 0), path  # Every parameter, encoder included, reaches the loss.
+
+
+# --------------------------------------------------------------------------------------------------
+# EncoderTagger
+# --------------------------------------------------------------------------------------------------
+
+TAG_TOKENS = jnp.array([[3, 4, 5, 6, 7], [8, 9, 10, 0, 0]], jnp.int32)
+
+
+@pytest.fixture(scope="module")
+def tagger():
+  model = EncoderTagger(make_config())
+  params = jax.jit(model.init)(jax.random.PRNGKey(5), TAG_TOKENS)["params"]
+  return model, params, jax.jit(lambda p, x: model.apply({"params": p}, x))
+
+
+def test_tagger_logits_shape(tagger):
+  _, params, forward = tagger
+  logits = forward(params, TAG_TOKENS)
+  assert logits.shape == (2, 5, C)
+  assert np.all(np.isfinite(logits))
+  assert params["classifier"]["kernel"].shape == (D, C)
+
+
+def test_tagger_needs_num_classes():
+  model = EncoderTagger(make_config(num_classes=0))
+  with pytest.raises(ValueError, match="num_classes"):
+    param_shapes(model, TAG_TOKENS)
+
+
+def test_tagger_ignores_appended_padding(tagger):
+  _, params, forward = tagger
+  logits = forward(params, TAG_TOKENS)
+  longer = forward(params, jnp.concatenate([TAG_TOKENS, jnp.zeros((2, 3), jnp.int32)], axis=1))
+  assert longer.shape == (2, 8, C)
+  valid = np.asarray(TAG_TOKENS) != 0
+  np.testing.assert_allclose(np.asarray(longer)[:, :5][valid], np.asarray(logits)[valid], atol=1e-5)
+  # Real tokens do matter: changing the last token of row 0 changes row 0's other outputs.
+  changed = forward(params, TAG_TOKENS.at[0, 4].set(20))
+  assert np.max(np.abs(changed[0, :4] - logits[0, :4])) > 1e-4
+
+
+def test_tagger_with_attention_window_sees_only_window_times_layers():
+  # Through L layers of |i - j| <= w, position i reads tokens at most L * w away, and no farther: the
+  # local-window baseline of the cue task, which therefore cannot see a cue that stands farther off.
+  w, L = 1, 2
+  model = EncoderTagger(make_config(attention_window=w, num_encoder_layers=L))
+  tokens = jnp.arange(3, 12, dtype=jnp.int32)[None]  # [1, 9]
+  params = jax.jit(model.init)(jax.random.PRNGKey(7), tokens)["params"]
+  forward = jax.jit(lambda p, x: model.apply({"params": p}, x))
+  logits = np.asarray(forward(params, tokens))
+  changed = np.asarray(forward(params, tokens.at[0, 8].set(20)))
+  reach = 8 - L * w
+  np.testing.assert_array_equal(changed[0, :reach], logits[0, :reach])
+  assert np.all(np.max(np.abs(changed[0, reach:] - logits[0, reach:]), axis=-1) > 1e-5)
+  # A window as wide as the sentence is full attention: same parameters, same logits.
+  full = EncoderTagger(make_config(num_encoder_layers=L)).apply({"params": params}, tokens)
+  wide = EncoderTagger(make_config(attention_window=8, num_encoder_layers=L)).apply(
+    {"params": params}, tokens
+  )
+  np.testing.assert_allclose(wide, full, atol=1e-6)
+  assert np.max(np.abs(np.asarray(full) - logits)) > 1e-4
+
+
+def test_transformer_encoder_honours_attention_window(transformer):
+  model, params = transformer[0], transformer[1]
+  windowed = Transformer(model.config.replace(attention_window=0))
+  encode = jax.jit(lambda p, x: windowed.apply({"params": p}, x, method=Transformer.encode))
+  encoded = np.asarray(encode(params, SRC))
+  changed = np.asarray(encode(params, SRC.at[0, 5].set(20)))
+  np.testing.assert_array_equal(changed[0, :5], encoded[0, :5])  # Window 0: each token sees itself.
+
+
+# --------------------------------------------------------------------------------------------------
+# LanguageModel
+# --------------------------------------------------------------------------------------------------
+
+LM_TOKENS = jnp.array([[1, 3, 4, 5, 6, 7], [1, 8, 9, 10, 11, 12]], jnp.int32)
+
+
+@pytest.fixture(scope="module")
+def language_model():
+  model = LanguageModel(make_config())
+  params = jax.jit(model.init)(jax.random.PRNGKey(6), LM_TOKENS)["params"]
+  return model, params, jax.jit(lambda p, x: model.apply({"params": p}, x))
+
+
+def test_language_model_logits_shape(language_model):
+  _, params, forward = language_model
+  logits = forward(params, LM_TOKENS)
+  assert logits.shape == (2, 6, V)
+  assert np.all(np.isfinite(logits))
+
+
+@pytest.mark.parametrize("cut", [1, 4])
+def test_language_model_is_causal(language_model, cut):
+  _, params, forward = language_model
+  logits = forward(params, LM_TOKENS)
+  changed = forward(params, LM_TOKENS.at[:, cut:].set(25))
+  np.testing.assert_allclose(changed[:, :cut], logits[:, :cut], rtol=0, atol=1e-6)
+  assert np.max(np.abs(changed[:, cut:] - logits[:, cut:])) > 1e-3
+
+
+def test_language_model_is_causal_by_gradient(language_model):
+  """d logits[:, t] / d (input embedding at s) is zero for every s > t, and nonzero for s <= t."""
+  model, params, _ = language_model
+  n = LM_TOKENS.shape[1]
+
+  def logits_given_shift(shift_BTD):
+    def add_shift(next_fun, args, kwargs, context):
+      out = next_fun(*args, **kwargs)
+      if isinstance(context.module, Embedder) and context.method_name == "__call__":
+        out = out + shift_BTD
+      return out
+
+    with flax.linen.intercept_methods(add_shift):
+      return model.apply({"params": params}, LM_TOKENS)
+
+  shift = jnp.zeros((*LM_TOKENS.shape, D))
+  row_0_logits = lambda x: jnp.sum(logits_given_shift(x)[0], axis=-1)
+  jac = jax.jit(jax.jacrev(row_0_logits))(shift)  # [t, B, s, D]
+  influence = np.abs(np.asarray(jac)[:, 0]).sum(-1)  # [t, s]: row 0's logits at t, input at s.
+  assert influence.shape == (n, n)
+  np.testing.assert_array_equal(influence[np.triu_indices(n, 1)], 0.0)
+  assert np.all(influence[np.tril_indices(n)] > 0)
+
+
+def test_language_model_has_no_cross_attention(language_model, transformer):
+  _, params, _ = language_model
+  paths = param_paths(params)
+  assert "decoder/layer_0/self_attention/query/kernel" in paths
+  assert not any("cross_attention" in p for p in paths)
+  assert not any(p.startswith("encoder/") for p in paths)
+  # The check can fail: the encoder-decoder's decoder layers do have cross-attention.
+  assert any("cross_attention" in p for p in param_paths(transformer[1]))
+
+
+# --------------------------------------------------------------------------------------------------
+# Hashed token features (EncoderTagger's optional input, attn.ner's word shapes and n-grams)
+# --------------------------------------------------------------------------------------------------
+
+
+def test_embedder_adds_feature_rows_over_non_empty_slots():
+  # Hash h picks row 1 + h mod (buckets - 1); slots holding 0 are empty. Rows are summed, divided by
+  # sqrt(their count) and scaled by sqrt(D) like the token rows.
+  embedder = Embedder(make_config(feature_buckets=11, positions="none"))
+  tokens = jnp.array([[5, 6]], jnp.int32)
+  features = jnp.array([[[1, 12, 0], [0, 0, 0]]], jnp.int32)
+  variables = embedder.init(jax.random.PRNGKey(0), tokens, features_BTF=features)
+  out = np.asarray(embedder.apply(variables, tokens, features_BTF=features))
+  rows, words = variables["params"]["features"]["embedding"], variables["params"]["tokens"]["embedding"]
+  assert rows.shape == (11, D)
+  want0 = (words[5] + (rows[2] + rows[3]) / np.sqrt(2)) * np.sqrt(D)
+  np.testing.assert_allclose(out[0, 0], want0, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(out[0, 1], words[6] * np.sqrt(D), rtol=1e-5, atol=1e-6)  # No features.
+
+
+def test_tagger_uses_features_only_when_the_config_has_buckets():
+  features = jnp.asarray(np.random.default_rng(0).integers(1, 2**30, (2, 5, 3)), jnp.int32)
+  model = EncoderTagger(make_config(feature_buckets=17))
+  params = jax.jit(model.init)(jax.random.PRNGKey(5), TAG_TOKENS, features)["params"]
+  forward = jax.jit(lambda p, x, f: model.apply({"params": p}, x, f))
+  logits = np.asarray(forward(params, TAG_TOKENS, features))
+  assert logits.shape == (2, 5, C) and np.all(np.isfinite(logits))
+  assert np.max(np.abs(logits - np.asarray(model.apply({"params": params}, TAG_TOKENS)))) > 1e-4
+  # An empty slot changes nothing; a hash 16 apart picks the same row (16 = buckets - 1).
+  padded = jnp.concatenate([features, jnp.zeros((2, 5, 1), jnp.int32)], axis=-1)
+  np.testing.assert_allclose(forward(params, TAG_TOKENS, padded), logits, atol=1e-5)
+  np.testing.assert_allclose(forward(params, TAG_TOKENS, features + 16), logits, atol=1e-5)
+  # feature_buckets = 0 (the default): no table, and features are ignored.
+  plain = EncoderTagger(make_config())
+  plain_params = plain.init(jax.random.PRNGKey(5), TAG_TOKENS, features)["params"]
+  assert "features" not in plain_params["embedder"]
+  np.testing.assert_allclose(
+    plain.apply({"params": plain_params}, TAG_TOKENS, features),
+    plain.apply({"params": plain_params}, TAG_TOKENS),
+    atol=1e-6,
+  )

@@ -1,0 +1,397 @@
+"""Tests for attn/compare.py: loading sweep and run directories, the table's statistics, CSV, markdown
+and the two plots, on fake sweeps written with exactly known values."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import pathlib
+
+import pytest
+
+from attn.runs import compare
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _write_run(
+  path: pathlib.Path,
+  evals: dict[int, dict[str, list[float]]],
+  *,
+  summary: dict | None = None,
+  failed: str | None = None,
+  train_steps_per_sec: tuple[float, ...] = (),
+  config: dict | None = None,
+  overrides: dict | None = None,
+  truncated: bool = False,
+) -> None:
+  """Writes a run directory: config.json, metrics.jsonl (train, eval, diagnostics and probe lines) and
+  summary.json or status.json as asked."""
+  path.mkdir(parents=True)
+  (path / "config.json").write_text(json.dumps(config or {"model": {"num_heads": 1}, "num_seeds": 2}))
+  if overrides is not None:
+    (path / "overrides.json").write_text(json.dumps(overrides))
+  lines = [
+    {"step": 10 * (i + 1), "split": "train", "time": 1.0, "loss": [9.0, 9.0], "steps_per_sec": sps}
+    for i, sps in enumerate(train_steps_per_sec)
+  ]
+  for step, metrics in sorted(evals.items()):
+    lines.append({"step": step, "split": "eval", "time": 2.0, **metrics})
+    lines.append({"step": step, "split": "diagnostics", "time": 2.0, "encoder/layer_0/entropy": [1.0]})
+    lines.append({"step": step, "split": "probe", "time": 2.0, "accuracy": [-5.0], "loss": [99.0]})
+  text = "".join(json.dumps(line) + "\n" for line in lines)
+  if truncated:
+    text += '{"step": 999, "split": "eval", "accuracy": [1.0, 1.'
+  (path / "metrics.jsonl").write_text(text)
+  if summary is not None:
+    (path / "summary.json").write_text(json.dumps({"status": "done", **summary}))
+  if failed is not None:
+    (path / "status.json").write_text(json.dumps({"status": "failed", "error": failed}))
+
+
+def _write_sweep(
+  root: pathlib.Path, points: list[tuple[str, dict]], config: str = "experiments/x.py:smoke"
+):
+  root.mkdir(parents=True, exist_ok=True)
+  sweep = {"config": config, "points": [{"name": name, "overrides": ov} for name, ov in points]}
+  (root / "sweep.json").write_text(json.dumps(sweep))
+
+
+@pytest.fixture
+def heads_sweep(tmp_path):
+  """num_heads=1: done, 2 seeds. num_heads=2: done, 3 seeds. num_heads=4: failed. num_heads=8:
+  incomplete, with a truncated last line. num_heads=16: listed, never started."""
+  root = tmp_path / "sweep"
+  _write_sweep(root, [(f"num_heads={h}", {"model.num_heads": h}) for h in (1, 2, 4, 8, 16)])
+  summary = {"num_seeds": 2, "main_metric": "accuracy", "wall_time_s": 3.0}
+  _write_run(
+    root / "num_heads=1",
+    {
+      100: {"loss": [2.0, 1.0], "accuracy": [0.5, 0.7]},
+      200: {"loss": [1.5, 1.2], "accuracy": [0.6, 0.65]},
+    },
+    summary={**summary, "num_params": 1000, "steps_per_sec": 12.5},
+    train_steps_per_sec=(1.0, 2.0),  # Ignored: summary.json has steps_per_sec.
+  )
+  _write_run(
+    root / "num_heads=2",
+    {
+      300: {"loss": [2.0, 1.0, 2.0], "accuracy": [0.3, 0.9, 0.6]},  # Out of order on purpose.
+      100: {"loss": [3.0, 3.0, 3.0], "accuracy": [0.1, 0.2, 0.3]},
+      200: {"loss": [1.0, 2.0, 3.0], "accuracy": [0.4, 0.5, 0.6]},
+    },
+    summary={**summary, "num_seeds": 3, "num_params": 2000, "steps_per_sec": 10.0},
+  )
+  _write_run(
+    root / "num_heads=4",
+    {
+      100: {"loss": [3.0, 5.0], "accuracy": [0.0, 0.1]},
+      150: {"loss": ["nan", 4.0]},  # attn.metrics writes NaN as "nan".
+    },
+    failed="FloatingPointError: NaN loss at step 150 | seed 0",
+  )
+  _write_run(
+    root / "num_heads=8",
+    {100: {"loss": [4.0, 2.0], "accuracy": [0.2, 0.4]}},
+    train_steps_per_sec=(8.0, 10.0),
+    truncated=True,
+  )
+  return root
+
+
+# Loading
+
+
+def test_load_runs_follows_sweep_json_order_and_reads_status(heads_sweep):
+  runs = compare.load_runs(heads_sweep)
+  assert [r.name for r in runs] == [f"num_heads={h}" for h in (1, 2, 4, 8, 16)]
+  assert [r.status for r in runs] == ["done", "done", "failed", "incomplete", "incomplete"]
+  assert [r.overrides for r in runs] == [{"model.num_heads": h} for h in (1, 2, 4, 8, 16)]
+  assert runs[2].error == "FloatingPointError: NaN loss at step 150 | seed 0"
+  assert runs[0].error is None and runs[0].summary["num_params"] == 1000
+  assert runs[0].config == {"model": {"num_heads": 1}, "num_seeds": 2}
+  assert len(runs[3].metrics) == 2 + 3  # The truncated last line is skipped.
+  assert runs[4].metrics == [] and runs[4].config == {} and runs[4].summary is None
+
+
+def test_load_runs_missing_directory_raises(tmp_path):
+  with pytest.raises(FileNotFoundError, match="no such directory"):
+    compare.load_runs(tmp_path / "nope")
+  assert compare.load_runs(tmp_path) == []
+
+
+def test_load_runs_single_run_directory(tmp_path):
+  run_dir = tmp_path / "my_run"
+  _write_run(run_dir, {50: {"loss": [1.0], "accuracy": [0.25]}}, summary={"num_params": 7})
+  (runs,) = compare.load_runs(run_dir)
+  assert (runs.name, runs.path, runs.status, runs.overrides) == ("my_run", run_dir, "done", {})
+  markdown = compare.compare(run_dir)
+  (row,) = compare.compare_table([runs])
+  assert (row["final_mean"], row["final_std"], row["num_seeds"], row["num_params"]) == (0.25, 0.0, 1, 7)
+  assert "| my_run | done | 1 | 50 | 0.2500 ± 0.0000 |" in markdown
+  assert (run_dir / "compare.csv").is_file()
+  assert (run_dir / "final_vs_swept.png").read_bytes().startswith(PNG_MAGIC)
+
+
+def test_load_runs_without_sweep_json_discovers_subdirectories(tmp_path):
+  for n in (10, 2):
+    _write_run(tmp_path / f"n={n}", {1: {"loss": [float(n)]}}, overrides={"n": n})
+  _write_run(tmp_path / "no_overrides", {1: {"loss": [0.5]}})
+  (tmp_path / "logs").mkdir()  # No run file: not a point.
+  runs = compare.load_runs(tmp_path)
+  assert [(r.name, r.overrides) for r in runs] == [
+    ("n=2", {"n": 2}),
+    ("n=10", {"n": 10}),
+    ("no_overrides", {}),
+  ]
+  rows = compare.compare_table(runs)
+  assert rows[0]["metric"] == "loss"  # No main_metric and no accuracy.
+  assert [row["n"] for row in rows] == [2, 10, None]
+
+
+# The table
+
+
+def test_compare_table_exact_final_and_best(heads_sweep):
+  rows = compare.compare_table(compare.load_runs(heads_sweep))
+  one, two, four, eight, sixteen = rows
+  assert one["metric"] == "accuracy" and one["model.num_heads"] == 1
+  # num_heads=1, accuracy per seed over steps: [0.5, 0.6] and [0.7, 0.65].
+  assert one["final_mean"] == pytest.approx(0.625) and one["final_std"] == pytest.approx(0.025)
+  assert one["best_mean"] == pytest.approx(0.65) and one["best_std"] == pytest.approx(0.05)  # Max.
+  # Loss per seed: [2.0, 1.5] and [1.0, 1.2]; best is the min per seed.
+  assert one["final_loss_mean"] == pytest.approx(1.35) and one["final_loss_std"] == pytest.approx(0.15)
+  assert one["best_loss_mean"] == pytest.approx(1.25) and one["best_loss_std"] == pytest.approx(0.25)
+  assert (one["num_seeds"], one["step"], one["steps_per_sec"], one["num_params"]) == (2, 200, 12.5, 1000)
+  # num_heads=2, three seeds; the final step is the largest one, not the last line written.
+  assert two["step"] == 300 and two["num_seeds"] == 3
+  assert two["final_mean"] == pytest.approx(0.6) and two["final_std"] == pytest.approx(math.sqrt(0.06))
+  assert two["best_mean"] == pytest.approx(1.9 / 3)
+  assert two["final_loss_mean"] == pytest.approx(5 / 3)
+  assert two["final_loss_std"] == pytest.approx(math.sqrt(2 / 9))  # Population std (ddof=0).
+  assert two["best_loss_mean"] == pytest.approx(4 / 3) and two["best_loss_std"] == pytest.approx(
+    math.sqrt(2 / 9)
+  )
+  assert four["status"] == "failed" and four["error"].startswith("FloatingPointError")
+  # A NaN seed makes the final mean NaN; the best per seed skips it: min([3, nan]), min([5, 4]).
+  assert math.isnan(four["final_loss_mean"]) and four["best_loss_mean"] == pytest.approx(3.5)
+  assert four["num_params"] is None and four["steps_per_sec"] is None
+  # Incomplete: the latest eval so far, and steps/s from the train lines.
+  assert eight["status"] == "incomplete" and eight["error"] is None
+  assert (eight["final_mean"], eight["final_std"], eight["step"]) == (
+    pytest.approx(0.3),
+    pytest.approx(0.1),
+    100,
+  )
+  assert eight["steps_per_sec"] == pytest.approx(9.0)
+  assert sixteen["final_mean"] is None and sixteen["num_seeds"] is None and sixteen["step"] is None
+
+
+def test_compare_table_metric_override_uses_min_for_loss(heads_sweep):
+  rows = compare.compare_table(compare.load_runs(heads_sweep), metric="loss")
+  assert rows[0]["metric"] == "loss"
+  assert rows[0]["final_mean"] == pytest.approx(1.35) and rows[0]["best_mean"] == pytest.approx(1.25)
+
+
+@pytest.mark.parametrize(
+  ("metric", "higher"),
+  [
+    ("accuracy", True),
+    ("sequence_accuracy", True),
+    ("token_f1", True),
+    ("bleu", True),
+    ("test_precision", True),
+    ("recall", True),
+    ("loss", False),
+    ("o_margin", False),
+  ],
+)
+def test_higher_is_better(metric, higher):
+  assert compare.higher_is_better(metric) is higher
+
+
+def test_resolve_metric_prefers_summary_main_metric(tmp_path):
+  _write_run(
+    tmp_path / "a",
+    {1: {"loss": [1.0], "accuracy": [0.1], "sequence_accuracy": [0.0]}, 2: {"sequence_accuracy": [0.4]}},
+    summary={"main_metric": "sequence_accuracy"},
+  )
+  _write_run(tmp_path / "b", {1: {"loss": [1.0], "accuracy": [0.3]}})
+  runs = compare.load_runs(tmp_path)
+  assert compare.resolve_metric(runs) == "sequence_accuracy"
+  assert compare.resolve_metric(runs[1:]) == "accuracy"
+  assert compare.resolve_metric(runs, "loss") == "loss"
+  row = compare.compare_table(runs)[0]
+  assert (row["final_mean"], row["step"]) == (pytest.approx(0.4), 2)
+  assert (row["final_loss_mean"], row["step"]) == (pytest.approx(1.0), 2)  # Loss only logged at step 1.
+
+
+def test_resumed_run_keeps_the_last_value_of_a_repeated_step(tmp_path):
+  _write_run(tmp_path / "r", {})
+  lines = [
+    {"step": s, "split": "eval", "accuracy": [a]} for s, a in ((1, 0.1), (2, 0.9), (2, 0.2), (3, 0.3))
+  ]
+  (tmp_path / "r" / "metrics.jsonl").write_text("\n".join(json.dumps(line) for line in lines))
+  steps, values = compare.eval_curve(compare.load_runs(tmp_path / "r")[0], "accuracy")
+  assert steps.tolist() == [1, 2, 3] and values[:, 0].tolist() == [0.1, 0.2, 0.3]
+
+
+# Markdown and CSV
+
+
+def test_format_markdown_cells_and_failed_points(heads_sweep):
+  markdown = compare.format_markdown(compare.compare_table(compare.load_runs(heads_sweep)))
+  lines = markdown.splitlines()
+  assert lines[0] == (
+    "| point | model.num_heads | status | seeds | step | final accuracy | best accuracy | final loss "
+    "| best loss | steps/s | params |"
+  )
+  assert len(lines) == 2 + 5
+  assert lines[2] == (
+    "| num_heads=1 | 1 | done | 2 | 200 | 0.6250 ± 0.0250 | 0.6500 ± 0.0500 | 1.3500 ± 0.1500 "
+    "| 1.2500 ± 0.2500 | 12.50 | 1,000 |"
+  )
+  assert "| failed: FloatingPointError: NaN loss at step 150 \\| seed 0 |" in lines[4]
+  assert lines[5].startswith("| num_heads=8 | 8 | incomplete | 2 | 100 | 0.3000 ± 0.1000 |")
+
+
+def test_write_csv_columns_and_values(heads_sweep, tmp_path):
+  rows = compare.compare_table(compare.load_runs(heads_sweep))
+  compare.write_csv(rows, tmp_path / "out.csv")
+  with open(tmp_path / "out.csv", newline="") as f:
+    reader = csv.DictReader(f)
+    table = list(reader)
+  assert reader.fieldnames == [
+    "name",
+    "model.num_heads",
+    "status",
+    "metric",
+    "num_seeds",
+    "step",
+    "final_mean",
+    "final_std",
+    "best_mean",
+    "best_std",
+    "final_loss_mean",
+    "final_loss_std",
+    "best_loss_mean",
+    "best_loss_std",
+    "steps_per_sec",
+    "num_params",
+    "error",
+  ]
+  assert [r["model.num_heads"] for r in table] == ["1", "2", "4", "8", "16"]
+  one = table[0]
+  assert (one["name"], one["status"], one["metric"], one["num_seeds"]) == (
+    "num_heads=1",
+    "done",
+    "accuracy",
+    "2",
+  )
+  assert float(one["final_mean"]) == pytest.approx(0.625) and float(one["final_std"]) == pytest.approx(
+    0.025
+  )
+  assert float(one["best_loss_mean"]) == pytest.approx(1.25) and float(one["steps_per_sec"]) == 12.5
+  assert one["error"] == "" and table[4]["final_mean"] == ""
+  assert table[2]["error"] == "FloatingPointError: NaN loss at step 150 | seed 0"
+
+
+def test_compare_writes_every_file(heads_sweep):
+  markdown = compare.compare(heads_sweep)
+  assert (heads_sweep / "compare.md").read_text() == markdown
+  assert "Sweep config: `experiments/x.py:smoke`" in markdown
+  assert "Points: 5 (2 done, 1 failed, 2 incomplete)" in markdown
+  assert (
+    "- num_heads=4: failed: FloatingPointError: NaN loss at step 150 | seed 0" in markdown.splitlines()
+  )
+  assert "| num_heads=1 | 1 | done | 2 | 200 | 0.6250 ± 0.0250 |" in markdown
+  for name in ("learning_curves.png", "final_vs_swept.png"):
+    assert (heads_sweep / name).read_bytes().startswith(PNG_MAGIC)
+  with open(heads_sweep / "compare.csv", newline="") as f:
+    assert len(list(csv.DictReader(f))) == 5
+
+
+def test_compare_errors(tmp_path, heads_sweep):
+  with pytest.raises(FileNotFoundError):
+    compare.compare(tmp_path / "missing")
+  (tmp_path / "empty").mkdir()
+  with pytest.raises(ValueError, match="no runs"):
+    compare.compare(tmp_path / "empty")
+  with pytest.raises(
+    ValueError, match="no eval line has metric 'acuracy'; eval metrics: accuracy, loss"
+  ):
+    compare.compare(heads_sweep, metric="acuracy")
+
+
+# Plots
+
+
+def test_plots_skip_failed_points_and_lay_out_numeric_x(heads_sweep, tmp_path):
+  runs = compare.load_runs(heads_sweep)
+  layout = compare.swept_plot(runs, "accuracy")
+  assert (layout.x_key, layout.categorical, layout.ticks) == ("model.num_heads", False, [1, 2, 8])
+  (line,) = layout.lines
+  assert (line.label, line.x, line.names) == (
+    "",
+    [1.0, 2.0, 8.0],
+    ["num_heads=1", "num_heads=2", "num_heads=8"],
+  )
+  assert line.mean == pytest.approx([0.625, 0.6, 0.3]) and line.std[0] == pytest.approx(0.025)
+  assert compare.plot_learning_curves(runs, tmp_path / "c.png", "loss") == tmp_path / "c.png"
+  assert (tmp_path / "c.png").read_bytes().startswith(PNG_MAGIC)
+
+
+def test_plots_without_data_write_nothing(tmp_path):
+  _write_run(tmp_path / "a", {}, failed="boom")
+  _write_run(tmp_path / "b", {1: {"loss": [1.0]}}, failed="boom")  # Failed: skipped by the swept plot.
+  runs = compare.load_runs(tmp_path)
+  assert compare.plot_metric_vs_swept(runs, tmp_path / "s.png", "loss") is None
+  assert compare.plot_learning_curves(runs[:1], tmp_path / "c.png", "loss") is None
+  assert not (tmp_path / "s.png").exists() and not (tmp_path / "c.png").exists()
+  markdown = compare.compare(tmp_path)  # Still writes the table.
+  assert "- a: failed: boom" in markdown and not (tmp_path / "final_vs_swept.png").exists()
+  assert (tmp_path / "learning_curves.png").is_file()  # b's partial curve.
+
+
+def test_string_valued_sweep_key_is_categorical(tmp_path):
+  scales = ["sqrt_d", "none", "d"]
+  _write_sweep(tmp_path, [(f"scale={s}", {"model.attention_scale": s}) for s in scales])
+  for i, s in enumerate(scales):
+    _write_run(
+      tmp_path / f"scale={s}", {10: {"loss": [1.0], "accuracy": [0.1 * (i + 1), 0.1 * (i + 1)]}}
+    )
+  runs = compare.load_runs(tmp_path)
+  layout = compare.swept_plot(runs, "accuracy")
+  assert (layout.x_key, layout.categorical, layout.ticks) == ("model.attention_scale", True, scales)
+  assert layout.lines[0].x == [0.0, 1.0, 2.0] and layout.lines[0].mean == pytest.approx([0.1, 0.2, 0.3])
+  markdown = compare.compare(tmp_path)
+  assert "| scale=none | none | incomplete | 2 | 10 | 0.2000 ± 0.0000 |" in markdown
+  assert (tmp_path / "final_vs_swept.png").read_bytes().startswith(PNG_MAGIC)
+
+
+def test_two_key_sweep_draws_one_line_per_other_value(tmp_path):
+  policies = ["fixed_model_dim", "fixed_head_dim"]
+  points = []
+  for policy in policies:
+    for h in (1, 2, 4):
+      points.append((f"h={h},p={policy}", {"model.num_heads": h, "model.head_dim_policy": policy}))
+  _write_sweep(tmp_path, points)
+  for name, overrides in points:
+    acc = overrides["model.num_heads"] / 10 + (
+      0.5 if overrides["model.head_dim_policy"] == "fixed_head_dim" else 0
+    )
+    _write_run(tmp_path / name, {5: {"loss": [1.0], "accuracy": [acc]}}, summary={})
+  runs = compare.load_runs(tmp_path)
+  layout = compare.swept_plot(runs, "accuracy")
+  assert (layout.x_key, layout.categorical, layout.ticks) == ("model.num_heads", False, [1, 2, 4])
+  assert [line.label for line in layout.lines] == [f"model.head_dim_policy={p}" for p in policies]
+  assert layout.lines[1].x == [1.0, 2.0, 4.0] and layout.lines[1].mean == pytest.approx([0.6, 0.7, 0.9])
+  rows = compare.compare_table(runs)
+  assert [(r["model.num_heads"], r["model.head_dim_policy"]) for r in rows[:2]] == [
+    (1, policies[0]),
+    (2, policies[0]),
+  ]
+  compare.compare(tmp_path)
+  assert (tmp_path / "final_vs_swept.png").read_bytes().startswith(PNG_MAGIC)
+  assert (tmp_path / "learning_curves.png").read_bytes().startswith(PNG_MAGIC)

@@ -1,0 +1,322 @@
+"""Tests for attn.tasks.ner: the CoNLL reader (tabs, spaces, -DOCSTART-, IOB1, a malformed line named
+by file and line, a missing file), the features, the task's
+batches and scores, and the smoke preset of experiments/ner.py run as `launch.train` on a fixture."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from attn import train
+from attn.tasks import ner
+from experiments import ner as ner_experiment
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+
+# A tiny data set in which every word always has the same tag (so a word -> tag table is a perfect
+# tagger) and every dev and test word occurs in train.
+TRAIN = """\
+-DOCSTART- -X- -X- O
+
+Alice\tB-person
+Smith\tI-person
+visited\tO
+Paris\tB-location
+.\tO
+
+Bob\tB-person
+visited\tO
+Acme\tB-corporation
+.\tO
+
+Alice\tB-person
+Smith\tI-person
+.\tO
+"""
+DEV = "Bob\tB-person\nvisited\tO\nParis\tB-location\n\nAcme\tB-corporation\n.\tO\n"
+TEST = "Alice\tB-person\nSmith\tI-person\nvisited\tO\nAcme\tB-corporation\n"
+
+
+def write(folder: pathlib.Path, files: dict[str, str]) -> pathlib.Path:
+  folder.mkdir(parents=True, exist_ok=True)
+  for name, text in files.items():
+    (folder / name).write_text(text, encoding="utf-8")
+  return folder
+
+
+@pytest.fixture
+def data_dir(tmp_path):
+  return write(tmp_path / "data", {"train": TRAIN, "dev": DEV, "test": TEST})
+
+
+def task_config(**overrides) -> ml_collections.ConfigDict:
+  fields = dict(name="ner", max_length=64, min_count=1, max_features=32, word_dropout=0.0)
+  return ml_collections.ConfigDict({**fields, **overrides})
+
+
+def make(path, **overrides) -> ner.NerTask:
+  return ner.make_task(task_config(**overrides), ml_collections.ConfigDict({"path": str(path)}), seed=0)
+
+
+# Reading.
+
+
+def test_read_tabs_blank_lines_and_docstart(data_dir):
+  sentences = ner.read_conll(str(data_dir / "train"))
+  assert [s.tokens for s in sentences] == [
+    ("Alice", "Smith", "visited", "Paris", "."),
+    ("Bob", "visited", "Acme", "."),
+    ("Alice", "Smith", "."),
+  ]
+  assert sentences[1].tags == ("B-person", "O", "B-corporation", "O")
+
+
+def test_read_spaces_extra_columns_and_no_final_blank_line(tmp_path):
+  # CoNLL-2003's layout, token POS chunk tag: the tag is the last column. Blank lines make one break.
+  path = tmp_path / "f"
+  path.write_text(
+    "-DOCSTART- -X- -X- O\n\nEU NNP B-NP I-ORG\nrejects VBZ B-VP O\n\n\n  \nPeter NNP B-NP I-PER"
+  )
+  sentences = ner.read_conll(str(path))
+  assert sentences == [
+    ner.Sentence(("EU", "rejects"), ("I-ORG", "O")),
+    ner.Sentence(("Peter",), ("I-PER",)),
+  ]
+
+
+def test_malformed_line_names_file_and_line(tmp_path):
+  path = tmp_path / "train.conll"
+  path.write_text("EU\tB-ORG\nrejects\tO\n\nlonely\n")
+  with pytest.raises(ValueError, match=rf"^{path}:4: expected 'token tag', got 'lonely'$"):
+    ner.read_conll(str(path))
+
+
+@pytest.mark.parametrize("tag", ["PER", "B-", "X-PER", "b-PER"])
+def test_bad_tag_names_file_and_line(tmp_path, tag):
+  path = tmp_path / "dev"
+  path.write_text(f"EU\tB-ORG\nrejects\t{tag}\n")
+  with pytest.raises(ValueError, match=rf"^{path}:2: expected a tag O, B-TYPE or I-TYPE"):
+    ner.read_conll(str(path))
+
+
+def test_missing_file_names_the_split_and_the_config_field(tmp_path):
+  folder = write(tmp_path / "d", {"train": TRAIN, "dev.conll": DEV})
+  with pytest.raises(ValueError, match=r"^config.data.path: '.*' has no test file \(looked for test, "):
+    make(folder)
+
+
+def test_missing_or_empty_path_names_the_config_field(tmp_path):
+  with pytest.raises(ValueError, match=r"^config.data.path: .* is not a folder"):
+    make(tmp_path / "nowhere")
+  with pytest.raises(ValueError, match=r"^config.data.path: the ner task needs a folder"):
+    make("")
+
+
+def test_split_files_with_suffixes_are_found(tmp_path):
+  folder = write(tmp_path / "d", {"train.conll": TRAIN, "dev.conll": DEV, "test.txt": TEST})
+  assert len(make(folder).splits["test"]) == 1
+
+
+def test_empty_split_is_an_error(tmp_path):
+  folder = write(tmp_path / "d", {"train": TRAIN, "dev": DEV, "test": "\n\n"})
+  with pytest.raises(ValueError, match=r"the test file .* holds no sentences"):
+    make(folder)
+
+
+# Features.
+
+
+def test_normalize_and_shapes():
+  assert ner.normalize("McDonald's 2017") == "mcdonald's 0000"
+  assert ner.word_shape("McDonald's", compress=True) == "XxXx'x"
+  assert ner.word_shape("iPhone7", compress=False) == "xXxxxxd"
+
+
+def test_token_features_are_stable_positive_and_capped():
+  a = ner.token_features("Paris", first=False, max_features=32)
+  assert a == ner.token_features("Paris", first=False, max_features=32)  # Not Python's salted hash().
+  assert all(0 < h < 2**31 for h in a) and len(set(a)) == len(a)
+  assert a != ner.token_features("paris", first=False, max_features=32)  # Case is a feature.
+  assert len(ner.token_features("internationalisation", first=False, max_features=8)) == 8
+
+
+# The task.
+
+
+def test_task_vocabulary_classes_and_batches(data_dir):
+  task = make(data_dir)
+  assert task.kind == "tagging" and task.main_metric == "f1" and task.name == "ner"
+  assert task.class_names == ("O", "B-corporation", "I-corporation", "B-location", "I-location",
+                              "B-person", "I-person")  # fmt: skip
+  assert task.num_classes == 7
+  assert {"alice", "smith", "visited", "."} <= set(task.vocab.tokens)
+  assert len(make(data_dir, min_count=2).vocab) == 4 + 4  # alice, smith, visited and "." occur twice.
+  batch = task.train_batch(0, 2)
+  assert batch["tokens"].shape == (2, 8) and batch["features"].shape == (2, 8, 32)
+  assert batch["tags"].shape == batch["weights"].shape == (2, 8)
+  for k, v in task.train_batch(5, 2).items():
+    np.testing.assert_array_equal(v, make(data_dir).train_batch(5, 2)[k])  # A pure function of step.
+  # Three sentences, batches of 2: step 0 and 1 cover the first epoch's order (with one of the next).
+  epoch = np.concatenate(
+    [task.train_batch(0, 2)["weights"].sum(1), task.train_batch(1, 2)["weights"][:1].sum(1)]
+  )
+  assert sorted(epoch.tolist()) == [3, 4, 5]
+  assert (
+    task.encode_text("Alice SMITH zebra").tolist()
+    == task.vocab.encode(["alice", "smith", "<unk>"]).tolist()
+  )
+  assert task.decode_ids(task.encode_text("Alice visited")) == "alice visited"
+
+
+def test_word_dropout_replaces_tokens_with_unk_only(data_dir):
+  plain, dropped = make(data_dir).train_batch(0, 64), make(data_dir, word_dropout=0.5).train_batch(0, 64)
+  changed = plain["tokens"] != dropped["tokens"]
+  assert 0.3 < changed.sum() / plain["weights"].sum() < 0.7
+  assert (dropped["tokens"][changed] == 3).all() and (plain["weights"][changed] == 1).all()
+  np.testing.assert_array_equal(plain["features"], dropped["features"])
+
+
+def test_eval_batches_cover_dev_with_zero_weight_padding(data_dir):
+  batches = make(data_dir).eval_batches(4)
+  assert len(batches) == 1 and batches[0]["tokens"].shape == (4, 8)
+  assert batches[0]["weights"].sum() == 5 and batches[0]["weights"][2:].sum() == 0
+
+
+def test_bad_task_field_names_it(data_dir):
+  with pytest.raises(ValueError, match=r"^config.task.max_features: must be positive"):
+    make(data_dir, max_features=0)
+  with pytest.raises(ValueError, match=r"^config.task.word_dropout: must be in \[0, 1\)"):
+    make(data_dir, word_dropout=1.0)
+
+
+class _TableTagger:
+  """A stand-in model: logits = params[token id], a word -> tag table."""
+
+  def apply(self, variables, tokens_BT, features_BTF):
+    del features_BTF
+    return variables["params"][tokens_BT]
+
+
+def _table(task: ner.NerTask) -> np.ndarray:
+  """[V, C]: one-hot of each training word's tag (the fixture gives every word one tag)."""
+  table = np.zeros((len(task.vocab), task.num_classes), np.float32)
+  for s in task.splits["train"]:
+    for token, tag in zip(s.tokens, s.tags, strict=True):
+      table[task.vocab.encode([ner.normalize(token)])[0], task.class_names.index(tag)] = 1.0
+  return table
+
+
+def test_score_with_a_perfect_and_a_silent_tagger(data_dir):
+  task = make(data_dir)
+  model, table = _TableTagger(), _table(task)
+  assert task.score(model, jnp.asarray(table), 2, final=False) == {
+    "precision": 100.0,
+    "recall": 100.0,
+    "f1": 100.0,
+    "tuned_f1": 100.0,
+    "o_margin": 0.0,  # Ties go to the smallest margin.
+  }
+  final = task.score(model, jnp.asarray(table), 2, final=True)
+  assert final["f1"] == final["test_f1"] == final["test_f1_person"] == final["test_tuned_f1"] == 100.0
+  silent = np.zeros_like(table)
+  silent[:, 0] = 1.0  # "O" everywhere.
+  assert task.score(model, jnp.asarray(silent), 2, final=True)["test_recall"] == 0.0
+
+
+def test_o_margin_is_chosen_on_dev_and_applied_to_test(data_dir):
+  # A timid tagger: every word's right tag scores 1, but O scores 1.7 on entity words (O's own words
+  # keep O). Plain argmax finds nothing; lowering O by 1.0 (the smallest margin > 0.7) finds all.
+  task = make(data_dir)
+  table = _table(task)
+  table[:, 0] = np.where(table[:, 0] == 1.0, 1.0, 1.7)
+  scores = task.score(_TableTagger(), jnp.asarray(table), 2, final=True)
+  assert scores["f1"] == scores["test_f1"] == 0.0
+  assert scores["o_margin"] == 1.0
+  assert scores["tuned_f1"] == scores["test_tuned_f1"] == 100.0
+  logits = [np.array([[2.0, 1.5, 0.0]])]
+  assert task.decode_tags(logits) == [["O"]] and task.decode_tags(logits, 1.0) == [["B-corporation"]]
+
+
+def test_save_writes_vocabulary_and_tags(data_dir, tmp_path):
+  task = make(data_dir)
+  task.save(str(tmp_path))
+  assert (tmp_path / "vocab.txt").read_text().splitlines() == list(task.vocab.tokens)
+  assert (tmp_path / "tags.txt").read_text().splitlines() == list(task.class_names)
+
+
+# The experiment config and the launch command (how CI runs the smoke preset).
+
+
+def test_experiment_presets():
+  full, smoke = ner_experiment.get_config(), ner_experiment.get_config("smoke")
+  assert full.task.name == smoke.task.name == "ner"
+  assert full.data.path == "../shared/data/wnut17"
+  assert smoke.num_train_steps < full.num_train_steps
+  with pytest.raises(ValueError, match="unknown 'big'"):
+    ner_experiment.get_config("big")
+
+
+def test_launch_train_smoke_on_a_fixture(data_dir, tmp_path):
+  workdir = tmp_path / "run"
+  result = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "launch.train",
+      "--config=experiments/ner.py:smoke",
+      f"--config.data.path={data_dir}",
+      f"--workdir={workdir}",
+    ],
+    cwd=REPO,
+    env={**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_backend_optimization_level=0"},
+    capture_output=True,
+    text=True,
+    check=False,
+  )
+  assert result.returncode == 0, result.stderr[-3000:]
+  summary = json.loads((workdir / "summary.json").read_text())
+  assert summary["main_metric"] == "f1"
+  final = summary["final"]
+  assert {"f1", "precision", "recall", "test_f1", "loss", "accuracy"} <= set(final)
+  assert all(0.0 <= v <= 100.0 for k in ("f1", "test_f1") for v in final[k])
+  assert (workdir / "vocab.txt").is_file() and (workdir / "tags.txt").is_file()
+
+
+def test_launch_train_missing_file_is_one_line(tmp_path):
+  folder = write(tmp_path / "d", {"train": TRAIN, "dev": DEV})
+  result = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "launch.train",
+      "--config=experiments/ner.py:smoke",
+      f"--config.data.path={folder}",
+      f"--workdir={tmp_path / 'run'}",
+    ],
+    cwd=REPO,
+    env={**os.environ, "JAX_PLATFORMS": "cpu"},
+    capture_output=True,
+    text=True,
+    check=False,
+  )
+  assert result.returncode != 0
+  assert result.stderr.strip().splitlines()[-1].startswith("error: config.data.path: ")
+  assert "has no test file" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("preset", ["", "smoke"])
+def test_experiment_config_locks_and_validates_on_a_fixture(data_dir, preset):
+  config = ner_experiment.get_config(preset)
+  config.lock()
+  config.data.path = str(data_dir)
+  task, model_config = train.validate(config)
+  assert task.name == "ner" and model_config.vocab_size == len(task.vocab)
+  assert model_config.num_classes == 7 and model_config.feature_buckets == config.model.feature_buckets

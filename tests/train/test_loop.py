@@ -1,0 +1,598 @@
+"""Tests for attn.train (setup, steps, loop): the run directory a training run writes, resuming
+(after a finished run and
+after a SIGKILL), the non-finite loss stop, seeds vmapped versus separate runs, data parallelism over
+two forced host devices, config validation, the schedules, the loss, and the attention diagnostics.
+
+Training runs are expensive (each compiles several programs), so one reference run of a 40-step smoke
+config is shared: by the tests of this module (module scope) and by the pytest-xdist workers (a file
+lock, the first worker trains and the others read its directory). A persistent compilation cache,
+shared in the same way and handed to the subprocesses, lets later runs of the same programs skip XLA.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import functools
+import json
+import math
+import os
+import pathlib
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.experimental.compilation_cache import compilation_cache
+
+from attn import tasks, train
+from attn.runs.files import read_metrics
+from attn.train import loop, setup, steps
+from experiments import base
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+STEPS = 40
+# The reference config as launch.train flags; _config() applies the same overrides in process.
+OVERRIDES = {
+  "num_train_steps": STEPS,
+  "log_every_steps": 5,
+  "eval_every_steps": STEPS,
+  "checkpoint_every_steps": 10,
+}
+ATTENTION_LAYERS = (
+  "encoder/layer_0/self_attention",
+  "decoder/layer_0/self_attention",
+  "decoder/layer_0/cross_attention",
+)
+
+
+def _config(**overrides):
+  """The smoke preset with OVERRIDES and then `overrides` ("model.scale" style keys) applied."""
+  config = base.get_config("smoke")
+  for name, value in {**OVERRIDES, **overrides}.items():
+    *parents, field = name.split(".")
+    holder = config
+    for parent in parents:
+      holder = holder[parent]
+    holder[field] = value
+  return config
+
+
+def _flags(workdir) -> list[str]:
+  return [
+    "--config=experiments/base.py:smoke",
+    f"--workdir={workdir}",
+    *(f"--config.{k}={v}" for k, v in OVERRIDES.items()),
+  ]
+
+
+def _shared_dir(tmp_path_factory) -> pathlib.Path:
+  """A folder shared by all pytest-xdist workers of this session (the session's folder without xdist)."""
+  root = tmp_path_factory.getbasetemp()
+  if os.environ.get("PYTEST_XDIST_WORKER"):
+    root = root.parent
+  path = root / "train_shared"
+  path.mkdir(exist_ok=True)
+  return path
+
+
+@contextlib.contextmanager
+def _locked(path: pathlib.Path):
+  with open(path, "w") as f:
+    fcntl.flock(f, fcntl.LOCK_EX)
+    try:
+      yield
+    finally:
+      fcntl.flock(f, fcntl.LOCK_UN)
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory) -> pathlib.Path:
+  return _shared_dir(tmp_path_factory)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def cache_env(shared) -> dict[str, str]:
+  """Turns on JAX's persistent compilation cache for this module (restored afterwards); returns the
+  environment that gives subprocesses the same cache."""
+  options = {
+    "jax_compilation_cache_dir": str(shared / "jax_cache"),
+    "jax_persistent_cache_min_compile_time_secs": 0,
+    "jax_persistent_cache_min_entry_size_bytes": 0,
+  }
+  saved = {name: getattr(jax.config, name) for name in options}
+  for name, value in options.items():
+    jax.config.update(name, value)
+  compilation_cache.reset_cache()  # The cache's on/off state is decided once; decide it again.
+  yield {**os.environ, "JAX_PLATFORMS": "cpu", **{k.upper(): str(v) for k, v in options.items()}}
+  for name, value in saved.items():
+    jax.config.update(name, value)
+  compilation_cache.reset_cache()
+
+
+@pytest.fixture(scope="module")
+def reference(shared) -> tuple[pathlib.Path, dict]:
+  """The uninterrupted run of _config() (2 seeds, 40 steps): its workdir (read only: copy it to change
+  it) and what train_and_evaluate returned."""
+  workdir = shared / "reference"
+  returned = shared / "reference_returned.json"
+  with _locked(shared / "reference.lock"):
+    if not returned.exists():
+      shutil.rmtree(workdir, ignore_errors=True)  # Left by a worker that died mid-run.
+      final = train.train_and_evaluate(_config(), str(workdir))
+      returned.write_text(json.dumps(final))
+  return workdir, json.loads(returned.read_text())
+
+
+def _scalar_events(path) -> list[tuple[int, dict[str, float]]]:
+  """(step, {tag: value}) of each scalar event of a TensorBoard event file, read by tensorboard."""
+  loader = pytest.importorskip("tensorboard.backend.event_processing.event_file_loader")
+  events = list(loader.LegacyEventFileLoader(str(path)).Load())[1:]  # The first holds the version.
+  return [(e.step, {v.tag: v.simple_value for v in e.summary.value}) for e in events]
+
+
+def _summary(workdir) -> dict:
+  return json.loads((pathlib.Path(workdir) / "summary.json").read_text())
+
+
+def _checkpoint_steps(workdir) -> list[int]:
+  folder = pathlib.Path(workdir) / "checkpoints"
+  return sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit()) if folder.exists() else []
+
+
+def _records(workdir, split: str) -> list[dict]:
+  return [r for r in read_metrics(str(workdir)) if r["split"] == split]
+
+
+def _assert_close(actual: dict, expected: dict, *, rtol: float = 0.0, atol: float = 1e-6) -> None:
+  assert sorted(actual) == sorted(expected)
+  for name in expected:
+    np.testing.assert_allclose(actual[name], expected[name], rtol=rtol, atol=atol, err_msg=name)
+
+
+# ----------------------------------------------------------------------------------------------------
+# The run directory and resuming.
+
+
+def test_run_directory_contents(reference):
+  workdir, returned = reference
+  config = json.loads((workdir / "config.json").read_text())
+  assert {"model", "task", "resolved_model"} <= set(config)
+  assert config["num_train_steps"] == STEPS and config["model"]["d_model"] == 32
+  assert config["resolved_model"]["vocab_size"] == 14  # 10 symbols and 4 special tokens.
+
+  records = read_metrics(str(workdir))
+  assert {r["split"] for r in records} == {"train", "eval", "diagnostics", "probe"}
+  steps_in_file_order = [r["step"] for r in records]
+  assert steps_in_file_order == sorted(steps_in_file_order)
+  for record in records:
+    per_seed = [v for k, v in record.items() if isinstance(v, list)]
+    assert per_seed, record
+    assert all(len(v) == 2 for v in per_seed), record
+  train_records = _records(workdir, "train")
+  assert [r["step"] for r in train_records] == list(range(5, STEPS + 1, 5))
+  assert {"loss", "nll", "accuracy", "grad_norm", "learning_rate", "steps_per_sec"} <= set(
+    train_records[0]
+  )
+  for split in ("eval", "diagnostics", "probe"):
+    assert [r["step"] for r in _records(workdir, split)] == [0, STEPS], split
+  eval_records = _records(workdir, "eval")
+  assert {"loss", "accuracy", "sequence_accuracy"} <= set(eval_records[0])
+  assert all(math.isfinite(x) for r in eval_records for x in r["loss"])
+
+  event_files = sorted(workdir.glob("events.out.tfevents.*"))
+  assert len(event_files) == 1
+  events = _scalar_events(event_files[0])
+  tags = {tag for _, values in events for tag in values}
+  assert {"train/loss/seed_0", "train/loss/seed_1", "eval/sequence_accuracy/seed_1"} <= tags
+  assert "train/learning_rate" in tags
+  loss_steps = [step for step, values in events if "train/loss/seed_0" in values]
+  assert loss_steps == list(range(5, STEPS + 1, 5))
+
+  assert _checkpoint_steps(workdir) == [30, STEPS]  # checkpoints_to_keep=2.
+  summary = _summary(workdir)
+  assert summary["status"] == "done"
+  assert summary["num_params"] > 0
+  assert summary["num_seeds"] == 2 and summary["seeds"] == [0, 1]
+  assert summary["main_metric"] == "sequence_accuracy"
+  assert summary["final"] == returned
+  assert summary["final"]["loss"] == eval_records[-1]["loss"]
+
+
+def test_rerun_after_finishing_does_not_retrain(reference, tmp_path):
+  workdir = tmp_path / "run"
+  shutil.copytree(reference[0], workdir)
+  before = read_metrics(str(workdir))
+  checkpoints_before = _checkpoint_steps(workdir)
+
+  final = train.train_and_evaluate(_config(), str(workdir))
+
+  assert final == reference[1]
+  assert _summary(workdir)["final"] == reference[1]
+  after = read_metrics(str(workdir))
+  assert after[: len(before)] == before
+  assert all(
+    r["step"] == STEPS and r["split"] in ("eval", "diagnostics", "probe") for r in after[len(before) :]
+  )
+  assert _checkpoint_steps(workdir) == checkpoints_before
+
+
+def test_rerun_with_a_different_config_is_refused(reference, tmp_path, monkeypatch):
+  workdir = tmp_path / "run"
+  workdir.mkdir()
+  shutil.copy(reference[0] / "config.json", workdir / "config.json")
+
+  def fail(*args, **kwargs):
+    raise AssertionError("compiled before checking the workdir")
+
+  monkeypatch.setattr(loop.jax, "jit", fail)
+  with pytest.raises(
+    train.ConfigError, match=r"different config \(fields model, resolved_model differ\)"
+  ):
+    train.train_and_evaluate(_config(**{"model.num_heads": 2}), str(workdir))
+
+
+# What `python -m launch.train` does, with every training batch 50 ms late, so that the run can be
+# killed while it trains. The data (and so every number) stays that of the plain command.
+_SLOW_LAUNCH = """
+import runpy, time
+from attn import tasks
+real = tasks.SyntheticSeq2Seq.train_batch
+def slow(self, step, batch_size):
+  time.sleep(0.05)
+  return real(self, step, batch_size)
+tasks.SyntheticSeq2Seq.train_batch = slow
+runpy.run_module("launch.train", run_name="__main__", alter_sys=True)
+"""
+
+
+def test_resume_after_sigkill_matches_uninterrupted_run(reference, cache_env, tmp_path):
+  workdir = tmp_path / "run"
+  log = tmp_path / "killed.log"
+  with open(log, "w") as stderr:
+    process = subprocess.Popen(
+      [sys.executable, "-c", _SLOW_LAUNCH, *_flags(workdir)],
+      cwd=REPO,
+      env=cache_env,
+      stdout=subprocess.DEVNULL,
+      stderr=stderr,
+    )
+    try:
+      deadline = time.monotonic() + 240
+      while not _checkpoint_steps(workdir):
+        assert process.poll() is None, (
+          f"exited with {process.returncode} before a checkpoint:\n{log.read_text()}"
+        )
+        assert time.monotonic() < deadline, "no checkpoint in time"
+        time.sleep(0.02)
+      os.kill(process.pid, signal.SIGKILL)
+    finally:
+      process.kill()
+      process.wait()
+  assert process.returncode == -signal.SIGKILL
+  assert not (workdir / "summary.json").exists()  # It was killed mid-run.
+  assert 0 < _checkpoint_steps(workdir)[-1] < STEPS
+
+  result = subprocess.run(
+    [sys.executable, "-m", "launch.train", *_flags(workdir)],
+    cwd=REPO,
+    env=cache_env,
+    capture_output=True,
+    text=True,
+    check=False,
+  )
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "Resuming" in result.stderr
+
+  _assert_close(_summary(workdir)["final"], reference[1], atol=1e-6)
+  for split in ("train", "eval"):
+    keys = [(r["step"], r["split"]) for r in _records(workdir, split)]
+    assert len(keys) == len(set(keys)), keys
+  train_records = _records(workdir, "train")
+  assert [r["step"] for r in train_records] == list(range(5, STEPS + 1, 5))
+  assert [r["step"] for r in _records(workdir, "eval")] == [0, STEPS]
+  reference_losses = [r["loss"] for r in _records(reference[0], "train")]
+  np.testing.assert_allclose([r["loss"] for r in train_records], reference_losses, rtol=0, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Stopping on a non-finite loss.
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
+  real_train_step = train.train_step
+
+  def nan_from_step_5(state, batch, **kwargs):
+    new_state, metrics = real_train_step(state, batch, **kwargs)
+    return new_state, {**metrics, "loss": jnp.where(state.step >= 5, jnp.nan, metrics["loss"])}
+
+  # train_and_evaluate reads attn.train.steps.train_step when it builds its jitted step.
+  monkeypatch.setattr(steps, "train_step", nan_from_step_5)
+  config = _config(num_train_steps=10, log_every_steps=2, checkpoint_every_steps=2, eval_every_steps=10)
+  workdir = tmp_path / "run"
+  # The 6th step (state.step 5) is the first NaN; the loss is checked after steps 2, 4, 6.
+  with pytest.raises(train.NonFiniteLossError) as error:
+    train.train_and_evaluate(config, str(workdir))
+  message = str(error.value)
+  assert "at step 6" in message
+  assert f"last good checkpoint is step 4 in {workdir}/checkpoints" in message
+  assert "\n" not in message
+  assert _checkpoint_steps(workdir) == [2, 4]
+  assert [r["step"] for r in _records(workdir, "train")] == [2, 4]
+  assert not (workdir / "summary.json").exists()
+
+
+def test_task_hooks_score_save_and_main_metric(tmp_path, monkeypatch):
+  """A task's own `score` joins the eval metrics per seed (with `final` at the last evaluation),
+  `save` writes into the run directory, and `main_metric` names the summary's metric."""
+  real_make_task = tasks.make_task
+  calls = []
+
+  class Scored:
+    def __init__(self, task):
+      self._task = task
+
+    def __getattr__(self, name):
+      return getattr(self._task, name)
+
+    main_metric = "seed_param_norm"
+
+    def score(self, model, params, batch_size, *, final):
+      calls.append(final)
+      norm = sum(float(jnp.sum(x * x)) for x in jax.tree.leaves(params))
+      return {"seed_param_norm": norm}
+
+    def save(self, workdir):
+      pathlib.Path(workdir, "vocab.txt").write_text("\n".join(self._task.vocab.tokens))
+
+  monkeypatch.setattr(tasks, "make_task", lambda *a, **k: Scored(real_make_task(*a, **k)))
+  workdir = tmp_path / "run"
+  final = train.train_and_evaluate(_config(num_train_steps=10, eval_every_steps=5), str(workdir))
+  assert calls == [False] * 2 + [False] * 2 + [True] * 2  # steps 0, 5, 10; two seeds each
+  norms = final["seed_param_norm"]
+  assert len(norms) == 2 and norms[0] != norms[1]  # one value per seed, from that seed's params
+  assert _summary(workdir)["main_metric"] == "seed_param_norm"
+  assert (workdir / "vocab.txt").read_text().startswith("<pad>")
+
+
+# ----------------------------------------------------------------------------------------------------
+# Seeds and devices.
+
+
+def test_vmapped_seeds_equal_separate_runs(reference, tmp_path):
+  for seed in (0, 1):
+    final = train.train_and_evaluate(_config(num_seeds=1, seed=seed), str(tmp_path / f"seed_{seed}"))
+    assert _summary(tmp_path / f"seed_{seed}")["seeds"] == [seed]
+    expected = {name: [values[seed]] for name, values in reference[1].items()}
+    _assert_close(final, expected, atol=1e-5)
+
+
+def test_two_host_devices_match_one(reference, tmp_path):
+  workdir = tmp_path / "run"
+  env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_COMPILATION_CACHE")}
+  env["JAX_PLATFORMS"] = "cpu"
+  env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=2".strip()
+  result = subprocess.run(
+    [sys.executable, "-m", "launch.train", *_flags(workdir)],
+    cwd=REPO,
+    env=env,
+    capture_output=True,
+    text=True,
+    check=False,
+  )
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "2 device(s)" in result.stderr
+  _assert_close(_summary(workdir)["final"], reference[1], rtol=1e-4, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Validation.
+
+
+@pytest.mark.parametrize(
+  ("overrides", "message"),
+  [
+    ({"model.num_heads": 3}, "config.model.num_heads: 3 heads do not divide the model dim 32"),
+    ({"batch_size": 0}, "config.batch_size: must be positive, got 0"),
+    ({"batch_size": -8}, "config.batch_size: must be positive, got -8"),
+    ({"num_train_steps": 0}, "config.num_train_steps: must be positive, got 0"),
+    ({"model.d_model": -32}, "config.model.d_model: must be positive, got -32"),
+    ({"model.d_model": 0}, "config.model.d_model: must be positive, got 0"),
+    ({"task.name": "revrese"}, "config.task.name: unknown task 'revrese'; expected one of 'copy', "),
+    (
+      {"model.scale": "sqrt"},
+      "config.model.scale: unknown choice 'sqrt'; expected one of 'sqrt_d', 'none', 'd', 'learned', "
+      "'init_folded'",
+    ),
+    ({"optimizer.schedule": "linear"}, "config.optimizer.schedule: unknown choice 'linear'"),
+    ({"data.path": "/no/such/folder"}, "config.data.path: '/no/such/folder' is not a folder"),
+    (
+      {"checkpoint_every_steps": 7},
+      "config.checkpoint_every_steps: 7 must be a multiple of log_every_steps=5",
+    ),
+    ({"label_smoothing": 1.0}, "config.label_smoothing: must be in [0, 1), got 1.0"),
+    ({"optimizer.learning_rate": 0.0}, "config.optimizer.learning_rate: must be positive"),
+  ],
+)
+def test_validate_names_the_field(overrides, message):
+  with pytest.raises(train.ConfigError) as error:
+    train.validate(_config(**overrides))
+  assert str(error.value).startswith(message)
+  assert "\n" not in str(error.value)
+
+
+def test_scale_error_lists_every_choice():
+  from attn.nn.config import MODULE_SCALE_CHOICES
+
+  with pytest.raises(train.ConfigError) as error:
+    train.validate(_config(**{"model.scale": "sqrt"}))
+  assert all(repr(choice) in str(error.value) for choice in MODULE_SCALE_CHOICES)
+
+
+def test_validate_batch_not_divisible_by_devices(monkeypatch):
+  monkeypatch.setattr(jax, "device_count", lambda *args: 2)
+  with pytest.raises(
+    train.ConfigError, match=r"^config\.batch_size: 9 is not divisible by the 2 devices$"
+  ):
+    train.validate(_config(batch_size=9))
+  with pytest.raises(train.ConfigError, match=r"^config\.eval_batch_size: 15 is not divisible by the 2"):
+    train.validate(_config(eval_batch_size=15))
+  train.validate(_config())  # 8 and 16 split evenly.
+
+
+def test_bad_config_raises_before_anything_is_built(tmp_path, monkeypatch):
+  def fail(*args, **kwargs):
+    raise AssertionError("got past validation")
+
+  monkeypatch.setattr(setup, "build_model", fail)
+  with pytest.raises(train.ConfigError, match=r"^config\.model\.num_heads: "):
+    train.train_and_evaluate(_config(**{"model.num_heads": 3}), str(tmp_path / "run"))
+  assert not (tmp_path / "run").exists()
+
+
+# ----------------------------------------------------------------------------------------------------
+# Schedules and the loss.
+
+
+def _schedule_values(schedule: str, num_steps: int = 200) -> np.ndarray:
+  config = _config(num_train_steps=100)
+  config.optimizer.update(schedule=schedule, learning_rate=1e-3, warmup_steps=10)
+  return np.asarray(jax.jit(jax.vmap(train.make_schedule(config)))(jnp.arange(num_steps)), np.float64)
+
+
+def test_rsqrt_schedule_warms_up_linearly_then_decays_as_rsqrt():
+  lr = _schedule_values("rsqrt")
+  # optax counts updates from 0: count 9 is the 10th (= warmup_steps-th) update, which gets the peak.
+  np.testing.assert_allclose(lr[9], 1e-3, rtol=1e-6)
+  np.testing.assert_allclose(lr[:10], 1e-3 * np.arange(1, 11) / 10, rtol=1e-6)
+  assert lr.max() == pytest.approx(1e-3, rel=1e-6)
+  updates = np.arange(10, 201)  # 1-based update numbers from the peak on.
+  np.testing.assert_allclose(lr[9:], 1e-3 * np.sqrt(10 / updates), rtol=1e-5)
+  np.testing.assert_allclose(lr[39], 0.5e-3, rtol=1e-6)  # 4x warmup: half the peak.
+
+
+def test_cosine_schedule_ends_near_zero():
+  lr = _schedule_values("cosine", 101)
+  assert lr[0] == 0.0
+  np.testing.assert_allclose(lr[10], 1e-3, rtol=1e-6)
+  assert np.all(np.diff(lr[10:]) <= 0)
+  assert lr[99] < 1e-6 and lr[100] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_constant_schedule_stays_at_peak():
+  lr = _schedule_values("constant")
+  np.testing.assert_allclose(lr[:11], 1e-3 * np.arange(11) / 10, rtol=1e-6, atol=1e-12)
+  np.testing.assert_allclose(lr[10:], 1e-3, rtol=1e-6)
+
+
+def test_make_schedule_rejects_unknown():
+  config = _config()
+  config.optimizer.schedule = "linear"
+  with pytest.raises(train.ConfigError, match=r"^config\.optimizer\.schedule: unknown choice 'linear'"):
+    train.make_schedule(config)
+
+
+def test_train_step_loss_is_cross_entropy_and_label_smoothing_changes_it():
+  # No dropout (the step's loss is then the deterministic one), no layers (quick to compile): the
+  # loss only sees the logits.
+  config = _config(
+    **{"model.dropout_rate": 0.0, "model.num_encoder_layers": 0, "model.num_decoder_layers": 0}
+  )
+  task, model_config = train.validate(config)
+  model = train.build_model(model_config, task.kind)
+  optimizer = train.make_optimizer(config)
+  batch = jax.tree.map(jnp.asarray, task.train_batch(3, 8))
+  params = jax.jit(model.init)(jax.random.PRNGKey(0), batch["src"], batch["tgt_in"])["params"]
+  state = train.TrainState(
+    jnp.asarray(0, jnp.int32), params, optimizer.init(params), jax.random.PRNGKey(1)
+  )
+
+  # The loss by hand, in float64, from the logits of the parameters before the step.
+  logits = np.asarray(
+    jax.jit(model.apply)({"params": params}, batch["src"], batch["tgt_in"]), np.float64
+  )
+  logits -= logits.max(-1, keepdims=True)
+  log_probs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+  targets, weights = np.asarray(batch["tgt_out"]), np.asarray(batch["weights"])
+  assert 0 < weights.sum() < weights.size  # Some padding, which must not count.
+  target_log_probs = np.take_along_axis(log_probs, targets[..., None], -1)[..., 0]
+  cross_entropy = -(target_log_probs * weights).sum() / weights.sum()
+  alpha, V = 0.1, log_probs.shape[-1]
+  smoothed_tokens = -((1 - alpha) * target_log_probs + alpha / V * log_probs.sum(-1))
+  smoothed = (smoothed_tokens * weights).sum() / weights.sum()
+
+  def step(label_smoothing):
+    fn = functools.partial(
+      train.train_step, model=model, optimizer=optimizer, kind=task.kind, label_smoothing=label_smoothing
+    )
+    new_state, metrics = jax.jit(fn)(state, batch)
+    assert int(new_state.step) == 1
+    return {k: float(v) for k, v in metrics.items()}
+
+  plain = step(0.0)
+  np.testing.assert_allclose(plain["loss"], cross_entropy, rtol=1e-5)
+  np.testing.assert_allclose(plain["nll"], cross_entropy, rtol=1e-5)
+  with_smoothing = step(alpha)
+  np.testing.assert_allclose(with_smoothing["loss"], smoothed, rtol=1e-5)
+  np.testing.assert_allclose(with_smoothing["nll"], cross_entropy, rtol=1e-5)  # nll stays unsmoothed.
+  assert abs(with_smoothing["loss"] - plain["loss"]) > 1e-3
+
+
+# ----------------------------------------------------------------------------------------------------
+# Diagnostics and the scale probe.
+
+
+def test_probe_at_step_0_under_sqrt_d(reference):
+  (probe,) = [r for r in _records(reference[0], "probe") if r["step"] == 0]
+  for layer in ATTENTION_LAYERS:
+    for value in probe[f"{layer}/logit_std"]:
+      assert 0.8 <= value <= 1.2, (layer, value)
+    for value in probe[f"{layer}/entropy"]:
+      assert 3.4 <= value <= 4.0, (layer, value)  # ln 64 = 4.16 is the uniform maximum.
+  assert len([k for k in probe if k.endswith("/logit_std")]) == len(ATTENTION_LAYERS)
+
+
+def test_probe_without_scale_has_large_logits():
+  config = _config(
+    **{"model.scale": "none", "model.head_dim_policy": "fixed_head_dim", "model.head_dim": 64}
+  )
+  task, model_config = train.validate(config)
+  model = train.build_model(model_config, task.kind)
+  batch = task.train_batch(0, 2)
+  params = jax.jit(model.init)(jax.random.PRNGKey(0), batch["src"], batch["tgt_in"])["params"]
+  probe = jax.jit(functools.partial(train.probe_step, model_config=model_config))(
+    params, jax.random.PRNGKey(1)
+  )
+  assert sorted(probe) == sorted(
+    f"{layer}/{name}" for layer in ATTENTION_LAYERS for name in ("entropy", "logit_std", "max_weight")
+  )
+  for layer in ATTENTION_LAYERS:
+    assert float(probe[f"{layer}/logit_std"]) > 4, layer
+    assert float(probe[f"{layer}/entropy"]) < 3.4, layer
+
+
+def test_diagnostics_have_query_and_key_grad_norms_per_layer(reference):
+  records = _records(reference[0], "diagnostics")
+  assert [r["step"] for r in records] == [0, STEPS]
+  for record in records:
+    for layer in ATTENTION_LAYERS:
+      for name in ("query_grad_norm", "key_grad_norm", "logit_std", "entropy", "max_weight"):
+        values = record[f"{layer}/{name}"]
+        assert len(values) == 2 and all(math.isfinite(v) for v in values), (layer, name)
+      assert all(v > 0 for v in record[f"{layer}/query_grad_norm"] + record[f"{layer}/key_grad_norm"])
+
+
+def test_tagging_inputs_carry_optional_features():
+  # A tagging task's batch may hold hashed per-token features [B, T, F] (attn.ner): they go to the
+  # tagger as its second input; without them the tagger gets the tokens alone.
+  batch = {"tokens": np.ones((2, 3), np.int32), "tags": np.zeros((2, 3), np.int32)}
+  inputs, targets = train.inputs_and_targets(batch, "tagging")
+  assert len(inputs) == 1 and inputs[0] is batch["tokens"] and targets is batch["tags"]
+  batch["features"] = np.ones((2, 3, 4), np.int32)
+  inputs, _ = train.inputs_and_targets(batch, "tagging")
+  assert len(inputs) == 2 and inputs[1] is batch["features"]
