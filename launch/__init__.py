@@ -1,1 +1,24 @@
-"""Short absl entry points: `python -m launch.NAME`."""
+"""Short absl entry points: `python -m launch.NAME`. Each `main` first calls `start_quietly()`."""
+
+import logging
+
+from absl import logging as absl_logging
+
+# Libraries whose INFO lines would come before a program's own output: JAX's "Unable to initialize
+# backend 'tpu'" on every machine without one, and orbax's checkpoint-manager set-up on each save.
+_QUIET_LOGGERS = ("jax._src.xla_bridge",)
+_QUIET_PATHS = ("/orbax/",)
+
+
+def _not_library_info(record: logging.LogRecord) -> bool:
+  return record.levelno >= logging.WARNING or not any(p in record.pathname for p in _QUIET_PATHS)
+
+
+def start_quietly() -> None:
+  """Hides the INFO lines of JAX's backend set-up and of orbax, so that a program's first screen is
+  its own output; their warnings and errors still show."""
+  for name in _QUIET_LOGGERS:
+    logging.getLogger(name).setLevel(logging.WARNING)
+  handler = absl_logging.get_absl_handler()
+  if _not_library_info not in handler.filters:
+    handler.addFilter(_not_library_info)

@@ -16,6 +16,7 @@ from absl import app, flags
 from attn import train
 from attn.nn import decoding
 from attn.runs import plots
+from launch import start_quietly
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A run directory (of launch.train).")
 _TEXT = flags.DEFINE_string("text", None, "Input text, tokenised as the run's task does.")
@@ -38,6 +39,7 @@ def _top_keys(name, weights_LHTS, query_tokens, key_tokens, query, k=3):
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  start_quietly()
   try:
     _, task, model, params = train.restore_run(_WORKDIR.value, _SEED_INDEX.value)
   except train.ConfigError as e:

@@ -17,6 +17,7 @@ from absl import app, flags
 
 from benchmarks import suites, tables, timing
 from experiments import base
+from launch import start_quietly
 
 _SUITE = flags.DEFINE_string(
   "suite", "all", "Comma-separated suites (attention, memory, train, seeds, decode), all, or smoke."
@@ -60,6 +61,7 @@ def write_json(path: str, results: dict) -> None:
 
 
 def main(argv):
+  start_quietly()
   if len(argv) > 1:
     sys.exit(f"error: unexpected arguments: {' '.join(argv[1:])}")
   try:

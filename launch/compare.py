@@ -13,6 +13,7 @@ import sys
 from absl import app, flags
 
 from attn.runs import compare
+from launch import start_quietly
 
 _METRIC = flags.DEFINE_string(
   "metric",
@@ -23,6 +24,7 @@ _METRIC = flags.DEFINE_string(
 
 
 def main(argv: list[str]) -> None:
+  start_quietly()
   if len(argv) != 2:
     sys.exit(f"error: expected one directory, got {len(argv) - 1}; usage: python -m launch.compare DIR")
   directory = argv[1]

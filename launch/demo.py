@@ -20,6 +20,7 @@ from attn.nn.attention import MultiHeadAttention
 from attn.nn.config import ModelConfig
 from attn.nn.models import Transformer
 from attn.tasks import seed as seed_tasks
+from launch import start_quietly
 
 _SEED = flags.DEFINE_integer("seed", 0, "PRNG seed for the random word vectors and parameters.")
 
@@ -62,6 +63,7 @@ def scale_at_init(rng: jax.Array, head_dims=(16, 64, 256), T: int = 64) -> list[
 
 
 def main(argv):
+  start_quietly()
   del argv
   rng = jax.random.PRNGKey(_SEED.value)
   bank_rng, scale_rng, mha_rng, model_rng = jax.random.split(rng, 4)

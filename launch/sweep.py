@@ -6,6 +6,7 @@ import sys
 from absl import app, flags
 
 from attn.runs import compare, sweep
+from launch import start_quietly
 
 _CONFIG = flags.DEFINE_string("config", None, "Experiment config file[:preset] defining get_sweep.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Sweep directory (one subdirectory per point).")
@@ -16,6 +17,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  start_quietly()
   try:
     results = sweep.run_sweep(_CONFIG.value, _WORKDIR.value, dry_run=_DRY_RUN.value)
   except (OSError, ValueError) as e:

@@ -8,6 +8,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from attn import train
+from launch import start_quietly
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file[:preset].")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (created; resumed if it holds a run).")
@@ -34,9 +35,8 @@ def parse_flags(argv: list[str]) -> list[str]:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  start_quietly()
   logging.set_verbosity(logging.INFO)
-  # Progress lines are ours; orbax's per-save INFO chatter would bury them.
-  logging.get_absl_handler().addFilter(lambda record: "/orbax/" not in record.pathname)
   try:
     train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   except (train.ConfigError, train.NonFiniteLossError) as e:

@@ -1,0 +1,53 @@
+"""Tests for launch/__init__.py: every entry point starts quietly (its first screen is its own output,
+not JAX's "Unable to initialize backend" INFO line or orbax's set-up chatter)."""
+
+import logging
+import os
+import pathlib
+import subprocess
+import sys
+
+from absl import logging as absl_logging
+
+import launch
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+ENTRY_POINTS = ("attend", "bench", "compare", "demo", "sweep", "train")
+
+
+def test_every_entry_point_calls_start_quietly_first_in_main():
+  for name in ENTRY_POINTS:
+    source = (ROOT / "launch" / f"{name}.py").read_text(encoding="utf-8")
+    main = source[source.index("def main(") :]
+    body = [line.strip() for line in main.splitlines()[1:] if line.strip()]
+    # Only the arguments check may come before it.
+    first = next(
+      line for line in body if not line.startswith(("if len(argv)", "raise app.", "sys.exit"))
+    )
+    assert first == "start_quietly()", (name, first)
+
+
+def test_start_quietly_drops_library_info_and_keeps_warnings():
+  launch.start_quietly()
+  launch.start_quietly()  # Idempotent: one filter.
+  handler = absl_logging.get_absl_handler()
+  assert handler.filters.count(launch._not_library_info) == 1
+  assert logging.getLogger("jax._src.xla_bridge").getEffectiveLevel() == logging.WARNING
+
+  def record(level, path):
+    return logging.LogRecord("absl", level, path, 1, "message", None, None)
+
+  orbax = "/site-packages/orbax/checkpoint/checkpoint_manager.py"
+  assert not launch._not_library_info(record(logging.INFO, orbax))
+  assert launch._not_library_info(record(logging.WARNING, orbax))
+  assert launch._not_library_info(record(logging.INFO, "/work/attn/train/loop.py"))
+
+
+def test_demo_first_line_is_its_own():
+  env = {k: v for k, v in os.environ.items() if k != "JAX_PLATFORMS"}  # Let JAX probe for a TPU.
+  result = subprocess.run(
+    [sys.executable, "-m", "launch.demo"], cwd=ROOT, capture_output=True, text=True, timeout=300, env=env
+  )
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert "Unable to initialize backend" not in result.stderr
+  assert result.stdout.splitlines()[0].startswith("1. Weightless self-attention")
