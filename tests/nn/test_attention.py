@@ -520,3 +520,30 @@ def test_explicit_fast_path_initialises_and_matches_naive(implementation):
   np.testing.assert_allclose(out, ref, atol=1e-5)
   with pytest.raises(ValueError, match="does not support return_weights"):
     make(implementation).apply(variables, x, return_weights=True)
+
+
+@pytest.mark.parametrize("implementation", ["flash", "jax"])
+def test_diagnostics_keep_the_kernel_asked_for(implementation, monkeypatch):
+  """With the diagnostics collection mutable, the output still comes from the implementation asked for
+  (the statistics come from a separate naive weights pass), and the statistics equal the naive path's."""
+  from attn.core import attention
+
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 6, 16))
+  make = lambda impl: MultiHeadAttention(num_heads=2, implementation=impl)
+  variables = make("naive").init(jax.random.PRNGKey(1), x)
+  calls = []
+  real = attention.dot_product_attention
+
+  def spy(*args, **kwargs):
+    calls.append(kwargs.get("implementation"))
+    return real(*args, **kwargs)
+
+  monkeypatch.setattr(attention, "dot_product_attention", spy)
+  out, state = make(implementation).apply(variables, x, is_causal=True, mutable=["diagnostics"])
+  assert calls == [implementation]
+  ref, ref_state = make("naive").apply(variables, x, is_causal=True, mutable=["diagnostics"])
+  np.testing.assert_allclose(out, ref, atol=1e-5)
+  for name in ("logit_std", "entropy", "max_weight"):
+    np.testing.assert_allclose(
+      state["diagnostics"][name][0], ref_state["diagnostics"][name][0], rtol=1e-6, err_msg=name
+    )

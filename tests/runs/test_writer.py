@@ -9,7 +9,6 @@ import math
 import time
 
 import numpy as np
-
 import pytest
 
 from attn.runs import files

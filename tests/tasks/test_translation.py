@@ -11,12 +11,13 @@ import pathlib
 import subprocess
 import sys
 
+import jax
 import ml_collections
 import numpy as np
 import pytest
 import sacrebleu
 
-from attn import tasks
+from attn import tasks, train
 from attn.tasks import translation
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
@@ -216,7 +217,7 @@ def test_task_batches_and_splits(tmp_path):
   assert source_of_line[-1] == source_of_line[0]
 
 
-def test_smoke_preset_trains_and_reports_bleu(tmp_path):
+def test_smoke_preset_trains_reports_bleu_and_restores_without_retraining(tmp_path, monkeypatch):
   folder = write_folder(tmp_path / "data")
   workdir = tmp_path / "run"
   flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_backend_optimization_level=0".strip()
@@ -246,3 +247,13 @@ def test_smoke_preset_trains_and_reports_bleu(tmp_path):
   assert translation.Subwords.load(str(workdir / translation.MODEL_FILE)).vocab.tokens[:4] == (
     tasks.SPECIALS
   )
+
+  # Inspecting the run loads its saved subword model: SentencePiece is not trained again.
+  def no_training(*args, **kwargs):
+    raise AssertionError("restore_run retrained the subword model")
+
+  monkeypatch.setattr(translation, "train_subwords", no_training)
+  _, task, _, params = train.restore_run(str(workdir))
+  saved = (workdir / translation.MODEL_FILE).read_bytes()
+  assert task.subwords.model_proto == saved
+  assert jax.tree.leaves(params)
