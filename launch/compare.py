@@ -3,7 +3,7 @@
 DIR is a sweep directory (sweep.json and one subdirectory per point) or a single run directory. Prints
 a markdown table of final and best eval metrics (mean ± std over seeds) per point, and writes
 DIR/compare.md, DIR/compare.csv, DIR/learning_curves.png and DIR/final_vs_swept.png. See
-attn/compare.py for the formats it reads.
+attn/runs/compare.py for the formats it reads.
 """
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ from attn.runs import compare, sweep
 REPO = pathlib.Path(__file__).resolve().parents[1]
 CONFIGS = ("base", "sqrt_d", "heads", "depth", "ner", "translate")
 # Configs whose task reads config.data.path: validated on fixtures in their own tests (never on the
-# shared data), e.g. tests/test_ner.py.
+# shared data), e.g. tests/tasks/test_ner.py.
 FILE_DATA_CONFIGS = ("ner", "translate")
 TRAIN_CONFIGS = ("base", "ner", "translate")  # Run by launch.train; the others by launch.sweep.
 SWEEPS = ("sqrt_d", "heads", "depth")

@@ -23,7 +23,6 @@ import csv
 import dataclasses
 import json
 import math
-import os
 import pathlib
 import re
 import warnings
@@ -221,8 +220,8 @@ def eval_curve(run: Run, metric: str, split: str = "eval") -> tuple[np.ndarray, 
     split: the "split" of the lines to read.
 
   Returns:
-    steps_N (int) and values_NS (float, NaN for nulls), sorted by step; shapes (0,) and (0, 0) when no
-    line has the metric.
+    steps [eval steps] (int) and values [eval steps, seeds] (float, NaN for nulls), sorted by step;
+    shapes (0,) and (0, 0) when no line has the metric.
   """
   by_step: dict[int, np.ndarray] = {}
   for line in run.metrics:
@@ -250,17 +249,17 @@ def _mean_std(values: np.ndarray) -> tuple[float | None, float | None]:
 
 def _final_and_best(run: Run, metric: str) -> dict[str, Any]:
   """Final and best (per seed over steps) eval values of a metric, as mean and std over seeds."""
-  steps, values_NS = eval_curve(run, metric)
+  steps, values = eval_curve(run, metric)
   if steps.size == 0:
     return {"step": None, "num_seeds": None, "final": (None, None), "best": (None, None)}
   with warnings.catch_warnings():  # All-NaN seeds (a diverged run) give NaN, which is what we want.
     warnings.simplefilter("ignore", RuntimeWarning)
-    best_S = np.nanmax(values_NS, axis=0) if higher_is_better(metric) else np.nanmin(values_NS, axis=0)
+    best = np.nanmax(values, axis=0) if higher_is_better(metric) else np.nanmin(values, axis=0)
   return {
     "step": int(steps[-1]),
-    "num_seeds": int(values_NS.shape[1]),
-    "final": _mean_std(values_NS[-1]),
-    "best": _mean_std(best_S),
+    "num_seeds": int(values.shape[1]),
+    "final": _mean_std(values[-1]),
+    "best": _mean_std(best),
   }
 
 
@@ -473,18 +472,16 @@ def plot_learning_curves(runs: Sequence[Run], path: PathLike, metric: str) -> pa
     return None
   fig = Figure(figsize=(8 if len(curves) <= 6 else 11, 5), layout="constrained")
   ax = fig.add_subplot()
-  for run, steps_N, values_NS in curves:
-    mean_N, std_N = values_NS.mean(axis=1), values_NS.std(axis=1)
+  for run, steps, values in curves:
+    mean, std = values.mean(axis=1), values.std(axis=1)
     (line,) = ax.plot(
-      steps_N,
-      mean_N,
+      steps,
+      mean,
       label=_label(run),
       linestyle="-" if run.status == "done" else "--",
-      marker="o" if steps_N.size <= 3 else None,
+      marker="o" if steps.size <= 3 else None,
     )
-    ax.fill_between(
-      steps_N, mean_N - std_N, mean_N + std_N, color=line.get_color(), alpha=0.2, linewidth=0
-    )
+    ax.fill_between(steps, mean - std, mean + std, color=line.get_color(), alpha=0.2, linewidth=0)
   ax.set_xlabel("step")
   ax.set_ylabel(f"eval {metric}")
   ax.set_title(f"eval {metric} (mean ± std over seeds)")

@@ -1,4 +1,4 @@
-"""Tests for attn/flash.py and the `implementation=` choice of attn.dot_product_attention: every
+"""Tests for attn/core/flash.py and the `implementation=` choice of attn.dot_product_attention: every
 implementation equals the naive one in value and gradient."""
 
 import functools

@@ -85,7 +85,7 @@ def test_dot_product_depends_only_on_the_offset():
   inv_freq = 10_000.0 ** (-np.arange(0, D, 2) / D)
   dots_by_offset = []
   for k in (0, 1, 3, 10):
-    dots = np.einsum("pd,pd->p", pe[: T - k], pe[k:])  # PE[p] . PE[p + k] for every p
+    dots = np.einsum("td,td->t", pe[: T - k], pe[k:])  # PE[t] . PE[t + k] for every t
     # sin(a)sin(b) + cos(a)cos(b) = cos(a - b): the sum over frequencies of cos(k w_i), whatever p.
     npt.assert_allclose(dots, np.sum(np.cos(k * inv_freq)), atol=2e-4, err_msg=f"offset {k}")
     dots_by_offset.append(dots[0])

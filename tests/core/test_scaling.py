@@ -44,7 +44,7 @@ def test_sqrt_d_keeps_unit_variance_logits_whatever_the_head_dim():
   rng = np.random.default_rng(0)
   for head_dim in (16, 256):
     q, k = rng.normal(size=(2, 20_000, head_dim))
-    dots = np.einsum("nk,nk->n", q, k)
+    dots = np.einsum("bk,bk->b", q, k)
     std = {name: np.std(dots * attn.resolve_scale(name, head_dim)) for name in attn.SCALE_CHOICES}
     assert std["sqrt_d"] == pytest.approx(1.0, rel=0.05)
     assert std["none"] == pytest.approx(np.sqrt(head_dim), rel=0.05)

@@ -217,7 +217,7 @@ def test_transformer_cache_matches_full_forward(transformer):
 
 
 def test_cache_masks_pad_in_prompt_like_full_forward(lm):
-  """`pad_id` is masked as a key everywhere (attn/models.py, WORKSPACE.md), so a prompt holding pad
+  """`pad_id` is masked as a key everywhere (attn/nn/models.py, WORKSPACE.md), so a prompt holding pad
   tokens must give, through the cache, the full forward pass's logits at its real tokens."""
   model, params = lm.model, lm.params
   seq = jnp.array([[0, 1, 5, 6], [1, 7, 8, 9], [0, 0, 1, 10]], jnp.int32)

@@ -1,4 +1,4 @@
-"""Tests for attn/plots.py."""
+"""Tests for attn/runs/plots.py."""
 
 import numpy as np
 

@@ -1,4 +1,4 @@
-"""Tests for attn/sweep.py: point names, dry runs, config-file errors, and a real two-point sweep where
+"""Tests for attn/runs/sweep.py: point names, dry runs, config-file errors, and a real two-point sweep where
 one point fails: the other finishes, a rerun skips it and retries the failure, and an interrupted point
 resumes from its checkpoint.
 

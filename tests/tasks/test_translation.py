@@ -1,4 +1,4 @@
-"""Tests for attn/translation.py on small parallel-text fixtures the tests write (never the shared data):
+"""Tests for attn/tasks/translation.py on small parallel-text fixtures the tests write (never the shared data):
 the reader's errors, the subword model (round trip, ids 0-3, determinism, the saved file), BLEU against
 sacrebleu and a hand-worked value, the training stream, and one end-to-end run of the smoke preset
 through `python -m launch.train`."""
