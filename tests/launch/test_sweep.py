@@ -89,8 +89,8 @@ def test_config_without_get_sweep_is_one_error_line(tmp_path):
 
 
 def test_failed_point_prints_comparison_and_exits_non_zero(tmp_path):
-  """The good point is already done (as a rerun finds it: tests/runs/test_sweep.py trains it for real), so
-  this run only launches the failing one."""
+  """The good point is already done (as a rerun finds it: tests/runs/test_sweep.py trains it for
+  real), so this run only launches the failing one."""
   config_arg = f"{write_config(tmp_path)}:smoke"
   workdir = tmp_path / "sweep"
   done = workdir / "num_heads=2"

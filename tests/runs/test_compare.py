@@ -1,5 +1,5 @@
-"""Tests for attn/runs/compare.py: loading sweep and run directories, the table's statistics, CSV, markdown
-and the two plots, on fake sweeps written with exactly known values."""
+"""Tests for attn/runs/compare.py: loading sweep and run directories, the table's statistics, CSV,
+markdown and the two plots, on fake sweeps written with exactly known values."""
 
 from __future__ import annotations
 

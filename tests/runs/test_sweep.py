@@ -1,6 +1,6 @@
-"""Tests for attn/runs/sweep.py: point names, dry runs, config-file errors, and a real two-point sweep where
-one point fails: the other finishes, a rerun skips it and retries the failure, and an interrupted point
-resumes from its checkpoint.
+"""Tests for attn/runs/sweep.py: point names, dry runs, config-file errors, and a real two-point sweep
+where one point fails: the other finishes, a rerun skips it and retries the failure, and an
+interrupted point resumes from its checkpoint.
 
 Points train in child processes (`python -m launch.train`, resolved from the working directory, so the
 tests run from the repository root). The children compile at XLA's lowest backend optimisation level,

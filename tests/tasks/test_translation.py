@@ -1,7 +1,7 @@
-"""Tests for attn/tasks/translation.py on small parallel-text fixtures the tests write (never the shared data):
-the reader's errors, the subword model (round trip, ids 0-3, determinism, the saved file), BLEU against
-sacrebleu and a hand-worked value, the training stream, and one end-to-end run of the smoke preset
-through `python -m launch.train`."""
+"""Tests for attn/tasks/translation.py on small parallel-text fixtures the tests write (never the shared
+data): the reader's errors, the subword model (round trip, ids 0-3, determinism, the saved file), BLEU
+against sacrebleu and a hand-worked value, the training stream, and one end-to-end run of the smoke
+preset through `python -m launch.train`."""
 
 from __future__ import annotations
 
