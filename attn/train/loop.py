@@ -178,6 +178,28 @@ def _duration(seconds: float) -> str:
   return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
 
 
+def checkpoint_manager(config: ml_collections.ConfigDict, workdir: str) -> ocp.CheckpointManager:
+  """orbax's manager of `workdir/checkpoints`, keeping `config.checkpoints_to_keep` (default 2)."""
+  return ocp.CheckpointManager(
+    files.checkpoints_dir(workdir),
+    options=ocp.CheckpointManagerOptions(
+      max_to_keep=int(config.get("checkpoints_to_keep", 2)), enable_async_checkpointing=False
+    ),
+  )
+
+
+def init_or_restore(checkpoints, init_fn, seed_rngs, sharding, workdir: str):
+  """The state of the latest checkpoint (put on `sharding`), or a fresh one from `init_fn(seed_rngs)`
+  when there is none; returns (state, the checkpoint's step or None)."""
+  latest = checkpoints.latest_step()
+  if latest is None:
+    return init_fn(seed_rngs), None
+  abstract_state = jax.eval_shape(init_fn, seed_rngs)
+  state = checkpoints.restore(latest, args=ocp.args.StandardRestore(abstract_state))
+  logging.info("Resuming %s from the checkpoint of step %d.", workdir, latest)
+  return jax.device_put(state, sharding), latest
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, list[float]]:
   """Trains `config` in `workdir`, resuming from its latest checkpoint; returns the final eval metrics
   (a list per metric, one value per seed).
@@ -208,20 +230,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     out_shardings=compiled.replicated,
   )
   abstract_state = jax.eval_shape(init_fn, seed_rngs)
-
-  checkpoints = ocp.CheckpointManager(
-    files.checkpoints_dir(workdir),
-    options=ocp.CheckpointManagerOptions(
-      max_to_keep=int(config.get("checkpoints_to_keep", 2)), enable_async_checkpointing=False
-    ),
-  )
-  latest = checkpoints.latest_step()
-  if latest is None:
-    state = init_fn(seed_rngs)
-  else:
-    state = checkpoints.restore(latest, args=ocp.args.StandardRestore(abstract_state))
-    state = jax.device_put(state, compiled.replicated)
-    logging.info("Resuming %s from the checkpoint of step %d.", workdir, latest)
+  checkpoints = checkpoint_manager(config, workdir)
+  state, latest = init_or_restore(checkpoints, init_fn, seed_rngs, compiled.replicated, workdir)
   step = int(np.asarray(state.step)[0])
   writer = MetricsWriter(workdir, keep_through_step=-1 if latest is None else step)
   num_params = sum(int(np.prod(x.shape[1:])) for x in jax.tree.leaves(abstract_state.params))

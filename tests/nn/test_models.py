@@ -518,3 +518,39 @@ def test_tagger_uses_features_only_when_the_config_has_buckets():
     plain.apply({"params": plain_params}, TAG_TOKENS),
     atol=1e-6,
   )
+
+
+def test_parameter_tree_is_what_saved_checkpoints_hold():
+  """The names and shapes of the smoke preset's Transformer parameters, as runs saved before the
+  layout change hold them (read off such a run): renaming a module here would make every saved
+  checkpoint unreadable."""
+  from experiments import base
+
+  config = ModelConfig(**base.get_config("smoke").model, vocab_size=14)
+  src = jnp.ones((2, 10), jnp.int32)
+  params = jax.eval_shape(Transformer(config).init, jax.random.PRNGKey(0), src, src)["params"]
+  shapes = {
+    "/".join(k.key for k in path): tuple(v.shape)
+    for path, v in jax.tree_util.tree_leaves_with_path(params)
+  }
+  attention = {f"{p}/kernel": (32, 4, 8) for p in ("query", "key", "value")}
+  attention |= {f"{p}/bias": (4, 8) for p in ("query", "key", "value")}
+  attention |= {"out/kernel": (4, 8, 32), "out/bias": (32,)}
+  feed_forward = {"wi/kernel": (32, 64), "wi/bias": (64,), "wo/kernel": (64, 32), "wo/bias": (32,)}
+  norm = {"bias": (32,), "scale": (32,)}
+
+  def layer(prefix, sublayers):
+    out = {}
+    for name, params in sublayers.items():
+      out |= {f"{prefix}/{name}/{k}": v for k, v in params.items()}
+      out |= {f"{prefix}/{name}_norm/{k}": v for k, v in norm.items()}
+    return out
+
+  expected = {"embedder/tokens/embedding": (14, 32)}
+  expected |= layer("encoder/layer_0", {"self_attention": attention, "feed_forward": feed_forward})
+  expected |= layer(
+    "decoder/layer_0",
+    {"self_attention": attention, "cross_attention": attention, "feed_forward": feed_forward},
+  )
+  assert len(expected) == 43
+  assert shapes == expected

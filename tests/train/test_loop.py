@@ -1,7 +1,6 @@
-"""Tests for attn.train (setup, steps, loop): the run directory a training run writes, resuming
-(after a finished run and
-after a SIGKILL), the non-finite loss stop, seeds vmapped versus separate runs, data parallelism over
-two forced host devices, config validation, the schedules, the loss, and the attention diagnostics.
+"""Tests for attn/train/loop.py: the run directory a training run writes, resuming (after a finished
+run and after a SIGKILL), the non-finite loss stop, the task hooks, seeds vmapped versus separate runs,
+data parallelism over two forced host devices, and the attention diagnostics it logs.
 
 Training runs are expensive (each compiles several programs), so one reference run of a 40-step smoke
 config is shared: by the tests of this module (module scope) and by the pytest-xdist workers (a file
@@ -13,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import functools
 import json
 import math
 import os
@@ -32,35 +30,11 @@ from jax.experimental.compilation_cache import compilation_cache
 
 from attn import tasks, train
 from attn.runs.files import read_metrics
-from attn.train import loop, setup, steps
-from experiments import base
+from attn.train import loop, steps
+from tests.train.common import ATTENTION_LAYERS, OVERRIDES, STEPS
+from tests.train.common import smoke_config as _config
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
-STEPS = 40
-# The reference config as launch.train flags; _config() applies the same overrides in process.
-OVERRIDES = {
-  "num_train_steps": STEPS,
-  "log_every_steps": 5,
-  "eval_every_steps": STEPS,
-  "checkpoint_every_steps": 10,
-}
-ATTENTION_LAYERS = (
-  "encoder/layer_0/self_attention",
-  "decoder/layer_0/self_attention",
-  "decoder/layer_0/cross_attention",
-)
-
-
-def _config(**overrides):
-  """The smoke preset with OVERRIDES and then `overrides` ("model.scale" style keys) applied."""
-  config = base.get_config("smoke")
-  for name, value in {**OVERRIDES, **overrides}.items():
-    *parents, field = name.split(".")
-    holder = config
-    for parent in parents:
-      holder = holder[parent]
-    holder[field] = value
-  return config
 
 
 def _flags(workdir) -> list[str]:
@@ -391,159 +365,6 @@ def test_two_host_devices_match_one(reference, tmp_path):
 
 
 # ----------------------------------------------------------------------------------------------------
-# Validation.
-
-
-@pytest.mark.parametrize(
-  ("overrides", "message"),
-  [
-    ({"model.num_heads": 3}, "config.model.num_heads: 3 heads do not divide the model dim 32"),
-    ({"batch_size": 0}, "config.batch_size: must be positive, got 0"),
-    ({"batch_size": -8}, "config.batch_size: must be positive, got -8"),
-    ({"num_train_steps": 0}, "config.num_train_steps: must be positive, got 0"),
-    ({"model.d_model": -32}, "config.model.d_model: must be positive, got -32"),
-    ({"model.d_model": 0}, "config.model.d_model: must be positive, got 0"),
-    ({"task.name": "revrese"}, "config.task.name: unknown task 'revrese'; expected one of 'copy', "),
-    (
-      {"model.scale": "sqrt"},
-      "config.model.scale: unknown choice 'sqrt'; expected one of 'sqrt_d', 'none', 'd', 'learned', "
-      "'init_folded'",
-    ),
-    ({"optimizer.schedule": "linear"}, "config.optimizer.schedule: unknown choice 'linear'"),
-    ({"data.path": "/no/such/folder"}, "config.data.path: '/no/such/folder' is not a folder"),
-    (
-      {"checkpoint_every_steps": 7},
-      "config.checkpoint_every_steps: 7 must be a multiple of log_every_steps=5",
-    ),
-    ({"label_smoothing": 1.0}, "config.label_smoothing: must be in [0, 1), got 1.0"),
-    ({"optimizer.learning_rate": 0.0}, "config.optimizer.learning_rate: must be positive"),
-  ],
-)
-def test_validate_names_the_field(overrides, message):
-  with pytest.raises(train.ConfigError) as error:
-    train.validate(_config(**overrides))
-  assert str(error.value).startswith(message)
-  assert "\n" not in str(error.value)
-
-
-def test_scale_error_lists_every_choice():
-  from attn.nn.config import MODULE_SCALE_CHOICES
-
-  with pytest.raises(train.ConfigError) as error:
-    train.validate(_config(**{"model.scale": "sqrt"}))
-  assert all(repr(choice) in str(error.value) for choice in MODULE_SCALE_CHOICES)
-
-
-def test_validate_batch_not_divisible_by_devices(monkeypatch):
-  monkeypatch.setattr(jax, "device_count", lambda *args: 2)
-  with pytest.raises(
-    train.ConfigError, match=r"^config\.batch_size: 9 is not divisible by the 2 devices$"
-  ):
-    train.validate(_config(batch_size=9))
-  with pytest.raises(train.ConfigError, match=r"^config\.eval_batch_size: 15 is not divisible by the 2"):
-    train.validate(_config(eval_batch_size=15))
-  train.validate(_config())  # 8 and 16 split evenly.
-
-
-def test_bad_config_raises_before_anything_is_built(tmp_path, monkeypatch):
-  def fail(*args, **kwargs):
-    raise AssertionError("got past validation")
-
-  monkeypatch.setattr(setup, "build_model", fail)
-  with pytest.raises(train.ConfigError, match=r"^config\.model\.num_heads: "):
-    train.train_and_evaluate(_config(**{"model.num_heads": 3}), str(tmp_path / "run"))
-  assert not (tmp_path / "run").exists()
-
-
-# ----------------------------------------------------------------------------------------------------
-# Schedules and the loss.
-
-
-def _schedule_values(schedule: str, num_steps: int = 200) -> np.ndarray:
-  config = _config(num_train_steps=100)
-  config.optimizer.update(schedule=schedule, learning_rate=1e-3, warmup_steps=10)
-  return np.asarray(jax.jit(jax.vmap(train.make_schedule(config)))(jnp.arange(num_steps)), np.float64)
-
-
-def test_rsqrt_schedule_warms_up_linearly_then_decays_as_rsqrt():
-  lr = _schedule_values("rsqrt")
-  # optax counts updates from 0: count 9 is the 10th (= warmup_steps-th) update, which gets the peak.
-  np.testing.assert_allclose(lr[9], 1e-3, rtol=1e-6)
-  np.testing.assert_allclose(lr[:10], 1e-3 * np.arange(1, 11) / 10, rtol=1e-6)
-  assert lr.max() == pytest.approx(1e-3, rel=1e-6)
-  updates = np.arange(10, 201)  # 1-based update numbers from the peak on.
-  np.testing.assert_allclose(lr[9:], 1e-3 * np.sqrt(10 / updates), rtol=1e-5)
-  np.testing.assert_allclose(lr[39], 0.5e-3, rtol=1e-6)  # 4x warmup: half the peak.
-
-
-def test_cosine_schedule_ends_near_zero():
-  lr = _schedule_values("cosine", 101)
-  assert lr[0] == 0.0
-  np.testing.assert_allclose(lr[10], 1e-3, rtol=1e-6)
-  assert np.all(np.diff(lr[10:]) <= 0)
-  assert lr[99] < 1e-6 and lr[100] == pytest.approx(0.0, abs=1e-12)
-
-
-def test_constant_schedule_stays_at_peak():
-  lr = _schedule_values("constant")
-  np.testing.assert_allclose(lr[:11], 1e-3 * np.arange(11) / 10, rtol=1e-6, atol=1e-12)
-  np.testing.assert_allclose(lr[10:], 1e-3, rtol=1e-6)
-
-
-def test_make_schedule_rejects_unknown():
-  config = _config()
-  config.optimizer.schedule = "linear"
-  with pytest.raises(train.ConfigError, match=r"^config\.optimizer\.schedule: unknown choice 'linear'"):
-    train.make_schedule(config)
-
-
-def test_train_step_loss_is_cross_entropy_and_label_smoothing_changes_it():
-  # No dropout (the step's loss is then the deterministic one), no layers (quick to compile): the
-  # loss only sees the logits.
-  config = _config(
-    **{"model.dropout_rate": 0.0, "model.num_encoder_layers": 0, "model.num_decoder_layers": 0}
-  )
-  task, model_config = train.validate(config)
-  model = train.build_model(model_config, task.kind)
-  optimizer = train.make_optimizer(config)
-  batch = jax.tree.map(jnp.asarray, task.train_batch(3, 8))
-  params = jax.jit(model.init)(jax.random.PRNGKey(0), batch["src"], batch["tgt_in"])["params"]
-  state = train.TrainState(
-    jnp.asarray(0, jnp.int32), params, optimizer.init(params), jax.random.PRNGKey(1)
-  )
-
-  # The loss by hand, in float64, from the logits of the parameters before the step.
-  logits = np.asarray(
-    jax.jit(model.apply)({"params": params}, batch["src"], batch["tgt_in"]), np.float64
-  )
-  logits -= logits.max(-1, keepdims=True)
-  log_probs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
-  targets, weights = np.asarray(batch["tgt_out"]), np.asarray(batch["weights"])
-  assert 0 < weights.sum() < weights.size  # Some padding, which must not count.
-  target_log_probs = np.take_along_axis(log_probs, targets[..., None], -1)[..., 0]
-  cross_entropy = -(target_log_probs * weights).sum() / weights.sum()
-  alpha, V = 0.1, log_probs.shape[-1]
-  smoothed_tokens = -((1 - alpha) * target_log_probs + alpha / V * log_probs.sum(-1))
-  smoothed = (smoothed_tokens * weights).sum() / weights.sum()
-
-  def step(label_smoothing):
-    fn = functools.partial(
-      train.train_step, model=model, optimizer=optimizer, kind=task.kind, label_smoothing=label_smoothing
-    )
-    new_state, metrics = jax.jit(fn)(state, batch)
-    assert int(new_state.step) == 1
-    return {k: float(v) for k, v in metrics.items()}
-
-  plain = step(0.0)
-  np.testing.assert_allclose(plain["loss"], cross_entropy, rtol=1e-5)
-  np.testing.assert_allclose(plain["nll"], cross_entropy, rtol=1e-5)
-  with_smoothing = step(alpha)
-  np.testing.assert_allclose(with_smoothing["loss"], smoothed, rtol=1e-5)
-  np.testing.assert_allclose(with_smoothing["nll"], cross_entropy, rtol=1e-5)  # nll stays unsmoothed.
-  assert abs(with_smoothing["loss"] - plain["loss"]) > 1e-3
-
-
-# ----------------------------------------------------------------------------------------------------
 # Diagnostics and the scale probe.
 
 
@@ -557,25 +378,6 @@ def test_probe_at_step_0_under_sqrt_d(reference):
   assert len([k for k in probe if k.endswith("/logit_std")]) == len(ATTENTION_LAYERS)
 
 
-def test_probe_without_scale_has_large_logits():
-  config = _config(
-    **{"model.scale": "none", "model.head_dim_policy": "fixed_head_dim", "model.head_dim": 64}
-  )
-  task, model_config = train.validate(config)
-  model = train.build_model(model_config, task.kind)
-  batch = task.train_batch(0, 2)
-  params = jax.jit(model.init)(jax.random.PRNGKey(0), batch["src"], batch["tgt_in"])["params"]
-  probe = jax.jit(functools.partial(train.probe_step, model_config=model_config))(
-    params, jax.random.PRNGKey(1)
-  )
-  assert sorted(probe) == sorted(
-    f"{layer}/{name}" for layer in ATTENTION_LAYERS for name in ("entropy", "logit_std", "max_weight")
-  )
-  for layer in ATTENTION_LAYERS:
-    assert float(probe[f"{layer}/logit_std"]) > 4, layer
-    assert float(probe[f"{layer}/entropy"]) < 3.4, layer
-
-
 def test_diagnostics_have_query_and_key_grad_norms_per_layer(reference):
   records = _records(reference[0], "diagnostics")
   assert [r["step"] for r in records] == [0, STEPS]
@@ -585,14 +387,3 @@ def test_diagnostics_have_query_and_key_grad_norms_per_layer(reference):
         values = record[f"{layer}/{name}"]
         assert len(values) == 2 and all(math.isfinite(v) for v in values), (layer, name)
       assert all(v > 0 for v in record[f"{layer}/query_grad_norm"] + record[f"{layer}/key_grad_norm"])
-
-
-def test_tagging_inputs_carry_optional_features():
-  # A tagging task's batch may hold hashed per-token features [B, T, F] (attn.ner): they go to the
-  # tagger as its second input; without them the tagger gets the tokens alone.
-  batch = {"tokens": np.ones((2, 3), np.int32), "tags": np.zeros((2, 3), np.int32)}
-  inputs, targets = train.inputs_and_targets(batch, "tagging")
-  assert len(inputs) == 1 and inputs[0] is batch["tokens"] and targets is batch["tags"]
-  batch["features"] = np.ones((2, 3, 4), np.int32)
-  inputs, _ = train.inputs_and_targets(batch, "tagging")
-  assert len(inputs) == 2 and inputs[1] is batch["features"]

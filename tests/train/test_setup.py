@@ -1,0 +1,119 @@
+"""Tests for attn/train/setup.py: config validation (each error names its field, before anything is
+built) and the learning-rate schedules."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from attn import train
+from attn.train import setup
+from tests.train.common import smoke_config as _config
+
+# ----------------------------------------------------------------------------------------------------
+# Validation.
+
+
+@pytest.mark.parametrize(
+  ("overrides", "message"),
+  [
+    ({"model.num_heads": 3}, "config.model.num_heads: 3 heads do not divide the model dim 32"),
+    ({"batch_size": 0}, "config.batch_size: must be positive, got 0"),
+    ({"batch_size": -8}, "config.batch_size: must be positive, got -8"),
+    ({"num_train_steps": 0}, "config.num_train_steps: must be positive, got 0"),
+    ({"model.d_model": -32}, "config.model.d_model: must be positive, got -32"),
+    ({"model.d_model": 0}, "config.model.d_model: must be positive, got 0"),
+    ({"task.name": "revrese"}, "config.task.name: unknown task 'revrese'; expected one of 'copy', "),
+    (
+      {"model.scale": "sqrt"},
+      "config.model.scale: unknown choice 'sqrt'; expected one of 'sqrt_d', 'none', 'd', 'learned', "
+      "'init_folded'",
+    ),
+    ({"optimizer.schedule": "linear"}, "config.optimizer.schedule: unknown choice 'linear'"),
+    ({"data.path": "/no/such/folder"}, "config.data.path: '/no/such/folder' is not a folder"),
+    (
+      {"checkpoint_every_steps": 7},
+      "config.checkpoint_every_steps: 7 must be a multiple of log_every_steps=5",
+    ),
+    ({"label_smoothing": 1.0}, "config.label_smoothing: must be in [0, 1), got 1.0"),
+    ({"optimizer.learning_rate": 0.0}, "config.optimizer.learning_rate: must be positive"),
+  ],
+)
+def test_validate_names_the_field(overrides, message):
+  with pytest.raises(train.ConfigError) as error:
+    train.validate(_config(**overrides))
+  assert str(error.value).startswith(message)
+  assert "\n" not in str(error.value)
+
+
+def test_scale_error_lists_every_choice():
+  from attn.nn.config import MODULE_SCALE_CHOICES
+
+  with pytest.raises(train.ConfigError) as error:
+    train.validate(_config(**{"model.scale": "sqrt"}))
+  assert all(repr(choice) in str(error.value) for choice in MODULE_SCALE_CHOICES)
+
+
+def test_validate_batch_not_divisible_by_devices(monkeypatch):
+  monkeypatch.setattr(jax, "device_count", lambda *args: 2)
+  with pytest.raises(
+    train.ConfigError, match=r"^config\.batch_size: 9 is not divisible by the 2 devices$"
+  ):
+    train.validate(_config(batch_size=9))
+  with pytest.raises(train.ConfigError, match=r"^config\.eval_batch_size: 15 is not divisible by the 2"):
+    train.validate(_config(eval_batch_size=15))
+  train.validate(_config())  # 8 and 16 split evenly.
+
+
+def test_bad_config_raises_before_anything_is_built(tmp_path, monkeypatch):
+  def fail(*args, **kwargs):
+    raise AssertionError("got past validation")
+
+  monkeypatch.setattr(setup, "build_model", fail)
+  with pytest.raises(train.ConfigError, match=r"^config\.model\.num_heads: "):
+    train.train_and_evaluate(_config(**{"model.num_heads": 3}), str(tmp_path / "run"))
+  assert not (tmp_path / "run").exists()
+
+
+# ----------------------------------------------------------------------------------------------------
+# Schedules and the loss.
+
+
+def _schedule_values(schedule: str, num_steps: int = 200) -> np.ndarray:
+  config = _config(num_train_steps=100)
+  config.optimizer.update(schedule=schedule, learning_rate=1e-3, warmup_steps=10)
+  return np.asarray(jax.jit(jax.vmap(train.make_schedule(config)))(jnp.arange(num_steps)), np.float64)
+
+
+def test_rsqrt_schedule_warms_up_linearly_then_decays_as_rsqrt():
+  lr = _schedule_values("rsqrt")
+  # optax counts updates from 0: count 9 is the 10th (= warmup_steps-th) update, which gets the peak.
+  np.testing.assert_allclose(lr[9], 1e-3, rtol=1e-6)
+  np.testing.assert_allclose(lr[:10], 1e-3 * np.arange(1, 11) / 10, rtol=1e-6)
+  assert lr.max() == pytest.approx(1e-3, rel=1e-6)
+  updates = np.arange(10, 201)  # 1-based update numbers from the peak on.
+  np.testing.assert_allclose(lr[9:], 1e-3 * np.sqrt(10 / updates), rtol=1e-5)
+  np.testing.assert_allclose(lr[39], 0.5e-3, rtol=1e-6)  # 4x warmup: half the peak.
+
+
+def test_cosine_schedule_ends_near_zero():
+  lr = _schedule_values("cosine", 101)
+  assert lr[0] == 0.0
+  np.testing.assert_allclose(lr[10], 1e-3, rtol=1e-6)
+  assert np.all(np.diff(lr[10:]) <= 0)
+  assert lr[99] < 1e-6 and lr[100] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_constant_schedule_stays_at_peak():
+  lr = _schedule_values("constant")
+  np.testing.assert_allclose(lr[:11], 1e-3 * np.arange(11) / 10, rtol=1e-6, atol=1e-12)
+  np.testing.assert_allclose(lr[10:], 1e-3, rtol=1e-6)
+
+
+def test_make_schedule_rejects_unknown():
+  config = _config()
+  config.optimizer.schedule = "linear"
+  with pytest.raises(train.ConfigError, match=r"^config\.optimizer\.schedule: unknown choice 'linear'"):
+    train.make_schedule(config)

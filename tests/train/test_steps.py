@@ -1,0 +1,90 @@
+"""Tests for attn/train/steps.py: the train step's loss against a hand computation, the scale probe
+without the scale, and the optional tagging features."""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from attn import train
+from tests.train.common import ATTENTION_LAYERS
+from tests.train.common import smoke_config as _config
+
+
+def test_train_step_loss_is_cross_entropy_and_label_smoothing_changes_it():
+  # No dropout (the step's loss is then the deterministic one), no layers (quick to compile): the
+  # loss only sees the logits.
+  config = _config(
+    **{"model.dropout_rate": 0.0, "model.num_encoder_layers": 0, "model.num_decoder_layers": 0}
+  )
+  task, model_config = train.validate(config)
+  model = train.build_model(model_config, task.kind)
+  optimizer = train.make_optimizer(config)
+  batch = jax.tree.map(jnp.asarray, task.train_batch(3, 8))
+  params = jax.jit(model.init)(jax.random.PRNGKey(0), batch["src"], batch["tgt_in"])["params"]
+  state = train.TrainState(
+    jnp.asarray(0, jnp.int32), params, optimizer.init(params), jax.random.PRNGKey(1)
+  )
+
+  # The loss by hand, in float64, from the logits of the parameters before the step.
+  logits = np.asarray(
+    jax.jit(model.apply)({"params": params}, batch["src"], batch["tgt_in"]), np.float64
+  )
+  logits -= logits.max(-1, keepdims=True)
+  log_probs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+  targets, weights = np.asarray(batch["tgt_out"]), np.asarray(batch["weights"])
+  assert 0 < weights.sum() < weights.size  # Some padding, which must not count.
+  target_log_probs = np.take_along_axis(log_probs, targets[..., None], -1)[..., 0]
+  cross_entropy = -(target_log_probs * weights).sum() / weights.sum()
+  alpha, V = 0.1, log_probs.shape[-1]
+  smoothed_tokens = -((1 - alpha) * target_log_probs + alpha / V * log_probs.sum(-1))
+  smoothed = (smoothed_tokens * weights).sum() / weights.sum()
+
+  def step(label_smoothing):
+    fn = functools.partial(
+      train.train_step, model=model, optimizer=optimizer, kind=task.kind, label_smoothing=label_smoothing
+    )
+    new_state, metrics = jax.jit(fn)(state, batch)
+    assert int(new_state.step) == 1
+    return {k: float(v) for k, v in metrics.items()}
+
+  plain = step(0.0)
+  np.testing.assert_allclose(plain["loss"], cross_entropy, rtol=1e-5)
+  np.testing.assert_allclose(plain["nll"], cross_entropy, rtol=1e-5)
+  with_smoothing = step(alpha)
+  np.testing.assert_allclose(with_smoothing["loss"], smoothed, rtol=1e-5)
+  np.testing.assert_allclose(with_smoothing["nll"], cross_entropy, rtol=1e-5)  # nll stays unsmoothed.
+  assert abs(with_smoothing["loss"] - plain["loss"]) > 1e-3
+
+
+def test_probe_without_scale_has_large_logits():
+  config = _config(
+    **{"model.scale": "none", "model.head_dim_policy": "fixed_head_dim", "model.head_dim": 64}
+  )
+  task, model_config = train.validate(config)
+  model = train.build_model(model_config, task.kind)
+  batch = task.train_batch(0, 2)
+  params = jax.jit(model.init)(jax.random.PRNGKey(0), batch["src"], batch["tgt_in"])["params"]
+  probe = jax.jit(functools.partial(train.probe_step, model_config=model_config))(
+    params, jax.random.PRNGKey(1)
+  )
+  assert sorted(probe) == sorted(
+    f"{layer}/{name}" for layer in ATTENTION_LAYERS for name in ("entropy", "logit_std", "max_weight")
+  )
+  for layer in ATTENTION_LAYERS:
+    assert float(probe[f"{layer}/logit_std"]) > 4, layer
+    assert float(probe[f"{layer}/entropy"]) < 3.4, layer
+
+
+def test_tagging_inputs_carry_optional_features():
+  # A tagging task's batch may hold hashed per-token features [B, T, F] (attn.ner): they go to the
+  # tagger as its second input; without them the tagger gets the tokens alone.
+  batch = {"tokens": np.ones((2, 3), np.int32), "tags": np.zeros((2, 3), np.int32)}
+  inputs, targets = train.inputs_and_targets(batch, "tagging")
+  assert len(inputs) == 1 and inputs[0] is batch["tokens"] and targets is batch["tags"]
+  batch["features"] = np.ones((2, 3, 4), np.int32)
+  inputs, _ = train.inputs_and_targets(batch, "tagging")
+  assert len(inputs) == 2 and inputs[1] is batch["features"]
