@@ -65,3 +65,33 @@ def test_documented_launch_commands_name_real_configs_and_sweeps(path, monkeypat
     config = re.search(r"--config=(\S+)", command)
     if module == "launch.sweep" and config:
       assert sweep.sweep_points(config.group(1)), f"{path}: {command}"
+
+
+def _layout_tree() -> list[str]:
+  """The file paths WORKSPACE.md's layout tree draws (two-space indents, folders end with '/')."""
+  text = (ROOT / "WORKSPACE.md").read_text(encoding="utf-8")
+  section = text[text.index("## Layout") : text.index("## Shape legend")]
+  (tree,) = re.findall(r"```text\n(.*?)```", section, re.S)
+  paths, folders = [], []
+  for line in tree.splitlines():
+    name = line.split()[0]
+    depth = (len(line) - len(line.lstrip(" "))) // 2
+    folders = folders[:depth]
+    if name.endswith("/"):
+      folders.append(name)
+    else:
+      paths.append("".join(folders) + name)
+  return paths
+
+
+def test_layout_tree_lists_every_module_once():
+  """WORKSPACE.md draws attn/ and benchmarks/ one line per file: none missing, none that is gone."""
+  drawn = _layout_tree()
+  assert len(drawn) == len(set(drawn))
+  actual = sorted(
+    str(p.relative_to(ROOT))
+    for folder in ("attn", "benchmarks")
+    for p in (ROOT / folder).rglob("*.py")
+    if p.name != "__init__.py" or p.parent.name == "attn"
+  )
+  assert sorted(p for p in drawn if p.startswith(("attn/", "benchmarks/"))) == actual
