@@ -8,6 +8,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from attn import train
+from attn.runs import files
 from launch import start_quietly
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file[:preset].")
@@ -39,7 +40,7 @@ def main(argv):
   logging.set_verbosity(logging.INFO)
   try:
     train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-  except (train.ConfigError, train.NonFiniteLossError) as e:
+  except (train.ConfigError, train.NonFiniteLossError, files.RunInUseError) as e:
     sys.exit(f"error: {e}")
 
 

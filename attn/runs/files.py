@@ -16,10 +16,14 @@ parse, since a writer may have been killed mid-line.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import math
 import os
 import pathlib
+import socket
+from collections.abc import Iterator
 from typing import Any
 
 PathLike = str | os.PathLike
@@ -32,8 +36,52 @@ SWEEP_FILE = "sweep.json"
 OVERRIDES_FILE = "overrides.json"
 STATUS_FILE = "status.json"
 TRAIN_LOG = "train.log"
+LOCK_FILE = "lock"  # "PID HOST" of the process training in the folder, while it runs.
+# config.json's record of the files a run's task read, {absolute path: sha256}: part of its identity.
+DATA_HASHES = "data_sha256"
+# Config fields a resumed run may change: they do not change what is computed. num_train_steps is one
+# only where the schedule does not depend on it (see `resumable_fields`).
+RESUMABLE_CHANGES = ("log_every_steps", "eval_every_steps", "checkpoint_every_steps")
 # Files whose presence makes a folder a run (for `launch.compare` without a sweep.json).
 RUN_FILES = (CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, STATUS_FILE)
+
+
+def resumable_fields(schedule: str) -> tuple[str, ...]:
+  """The config fields a resumed run may change under the learning-rate `schedule`.
+  `num_train_steps` is one under "rsqrt" and "constant", where extending a run trains exactly as the
+  longer run would; under "cosine" it moves where the decay ends, so changing it is refused there."""
+  return RESUMABLE_CHANGES if schedule == "cosine" else (*RESUMABLE_CHANGES, "num_train_steps")
+
+
+def config_differences(saved: dict, wanted: dict) -> list[str]:
+  """The top-level fields in which a run's saved config.json and the config that would run now differ,
+  leaving out what a resume may change, the data hashes (see `changed_data`) and `resolved_model`
+  when `wanted` has none (a config not yet resolved against its task)."""
+  schedule = (wanted.get("optimizer") or {}).get("schedule", "")
+  allowed = {*resumable_fields(schedule), DATA_HASHES}
+  if "resolved_model" not in wanted:
+    allowed.add("resolved_model")
+  fields = set(saved) | set(wanted)
+  return sorted(k for k in fields if k not in allowed and saved.get(k) != wanted.get(k))
+
+
+def changed_data(saved: dict) -> list[str]:
+  """The names of the data files whose sha256 differs from the one `saved` (a config.json) records,
+  or that are gone."""
+  changed = []
+  for file, digest in sorted((saved.get(DATA_HASHES) or {}).items()):
+    if not os.path.isfile(file) or sha256(file) != digest:
+      changed.append(os.path.basename(file))
+  return changed
+
+
+def sha256(file: PathLike) -> str:
+  """The hex sha256 of a file's bytes."""
+  digest = hashlib.sha256()
+  with open(file, "rb") as f:
+    for block in iter(lambda: f.read(1 << 20), b""):
+      digest.update(block)
+  return digest.hexdigest()
 
 
 def path(directory: PathLike, name: str) -> str:
@@ -109,3 +157,66 @@ def is_done(workdir: PathLike) -> bool:
   """Whether the run finished: its summary.json says status "done"."""
   summary = read_json(path(workdir, SUMMARY_FILE))
   return isinstance(summary, dict) and summary.get("status") == "done"
+
+
+class RunInUseError(RuntimeError):
+  """Another live process holds the run directory's lock."""
+
+
+def _lock_owner(lock: str) -> tuple[int, str] | None:
+  try:
+    pid, host = pathlib.Path(lock).read_text(encoding="utf-8").split()[:2]
+    return int(pid), host
+  except (OSError, ValueError):
+    return None
+
+
+def _alive(pid: int) -> bool:
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:  # Alive, someone else's.
+    return True
+  return True
+
+
+@contextlib.contextmanager
+def run_lock(workdir: PathLike) -> Iterator[None]:
+  """Holds `workdir/lock` while the block runs: one writer per run directory.
+
+  A lock left by a process that no longer runs on this host (a crash, a kill) is stale and taken over;
+  one whose process is alive, or that names another host (which cannot be checked from here), is
+  refused.
+
+  Raises:
+    RunInUseError: naming the folder, the process and the lock file.
+  """
+  lock = path(workdir, LOCK_FILE)
+  me = f"{os.getpid()} {socket.gethostname()}\n"
+  for _ in range(3):
+    try:
+      fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:
+      owner = _lock_owner(lock)
+      if owner is not None:
+        pid, host = owner
+        if host != socket.gethostname() or (pid != os.getpid() and _alive(pid)):
+          raise RunInUseError(
+            f"--workdir {os.fspath(workdir)} is in use by process {pid} on {host} (its {LOCK_FILE} "
+            "file); wait for it to finish, or delete the file if no run uses the folder"
+          ) from None
+      with contextlib.suppress(FileNotFoundError):
+        os.remove(lock)  # Stale (or unreadable): take it over.
+      continue
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+      f.write(me)
+    break
+  else:
+    raise RunInUseError(f"--workdir {os.fspath(workdir)}: could not take its {LOCK_FILE} file")
+  try:
+    yield
+  finally:
+    with contextlib.suppress(OSError):
+      if pathlib.Path(lock).read_text(encoding="utf-8") == me:
+        os.remove(lock)

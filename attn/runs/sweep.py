@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import json
 import os
 import re
 import subprocess
@@ -40,6 +41,66 @@ def sweep_points(config_arg: str) -> list[dict]:
   if not points:
     raise ValueError(f"--config: {path} get_sweep({preset!r}) returned no points")
   return points
+
+
+def point_config(config_arg: str, overrides: dict) -> dict:
+  """The config a point trains, as plain JSON values (what its config.json holds, before the task
+  resolves the model): the config file's `get_config(preset)` with the overrides applied."""
+  module, _, preset = load_config_module(config_arg)
+  config = module.get_config(preset)
+  for key, value in overrides.items():
+    *parents, field = key.split(".")
+    holder = config
+    for parent in parents:
+      holder = holder[parent]
+    holder[field] = value
+  return json.loads(config.to_json_best_effort())
+
+
+def check_reuse(config_arg: str, workdir: str, names: list[str], points: list[dict]) -> None:
+  """Refuses a sweep folder that holds another sweep: a sweep.json of another config or other
+  points, or a finished point whose saved config (or data) is not what the point would run now.
+
+  Raises:
+    ValueError: one line naming the folder or the point and what differs.
+  """
+  manifest = files.read_json(files.path(workdir, files.SWEEP_FILE))
+  if isinstance(manifest, dict):
+    if manifest.get("config") != config_arg:
+      raise ValueError(
+        f"--workdir {workdir} holds a sweep of --config={manifest.get('config')}, not {config_arg}; "
+        "use a new --workdir"
+      )
+    old = {p.get("name"): p.get("overrides") for p in manifest.get("points", []) if isinstance(p, dict)}
+    new = dict(zip(names, points, strict=True))
+    if old != new:
+      differ = sorted(n for n in set(old) | set(new) if old.get(n) != new.get(n))
+      raise ValueError(
+        f"--workdir {workdir} holds a sweep of other points ({', '.join(differ)} differ); use a new "
+        "--workdir"
+      )
+  for name, overrides in zip(names, points, strict=True):
+    point_dir = os.path.join(workdir, name)
+    if not files.is_done(point_dir):
+      continue  # launch.train checks an unfinished point's config itself when it resumes it.
+    saved = files.read_json(files.path(point_dir, files.CONFIG_FILE))
+    if not isinstance(saved, dict):
+      raise ValueError(
+        f"--workdir {workdir}: point {name} is finished but has no readable {files.CONFIG_FILE}; "
+        "use a new --workdir"
+      )
+    differ = files.config_differences(saved, point_config(config_arg, overrides))
+    if differ:
+      raise ValueError(
+        f"--workdir {workdir}: point {name} holds a finished run of a different config (fields "
+        f"{', '.join(differ)} differ); use a new --workdir"
+      )
+    changed = files.changed_data(saved)
+    if changed:
+      raise ValueError(
+        f"--workdir {workdir}: point {name} holds a finished run over other data ({', '.join(changed)} "
+        "changed); use a new --workdir"
+      )
 
 
 def point_name(overrides: dict) -> str:
@@ -80,6 +141,7 @@ def run_sweep(config_arg: str, workdir: str, *, dry_run: bool = False, echo=prin
       echo(f"[{i + 1}/{len(points)}] {name}: {flags}")
       results.append(PointResult(name, "planned"))
     return results
+  check_reuse(config_arg, workdir, names, points)
   os.makedirs(workdir, exist_ok=True)
   manifest = {
     "config": config_arg,

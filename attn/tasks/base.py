@@ -101,8 +101,14 @@ class Task(Protocol):
 
   def save(self, workdir: str) -> None:
     """Writes what a run needs to read its outputs later (a vocabulary built from the training
-    split) into the run directory, once per run before training. Nothing by default."""
+    split) into the run directory, once per run before training; a resume must find the same files
+    (raise ValueError naming the file when they differ). Nothing by default."""
     del workdir
+
+  def data_files(self) -> list[str]:
+    """The files the task reads its data from: part of a run's identity (their hashes go into
+    config.json, so a resume over changed data is refused). None by default (generated data)."""
+    return []
 
 
 # Stream ids: `stream_rng(seed, TRAIN_STREAM, step)` draws step's training batch, and

@@ -185,6 +185,7 @@ class NerTask(Task):
   word_dropout: float
   seed: int
   name: str = "ner"
+  files: tuple[str, ...] = ()  # The train, dev and test files read.
 
   kind = "tagging"
   main_metric = "f1"
@@ -305,10 +306,29 @@ class NerTask(Task):
     return out
 
   def save(self, workdir: str) -> None:
-    """Writes vocab.txt (one token per line, line i = id i) and tags.txt (class i on line i)."""
+    """Writes vocab.txt (one token per line, line i = id i) and tags.txt (class i on line i); a run
+    that resumes must find the very same files.
+
+    Raises:
+      ValueError: when the run directory holds a different vocabulary or tag set (the data changed).
+    """
     for name, items in (("vocab.txt", self.vocab.tokens), ("tags.txt", self.class_names)):
-      with open(os.path.join(workdir, name), "w", encoding="utf-8") as f:
-        f.write("".join(f"{item}\n" for item in items))
+      path = os.path.join(workdir, name)
+      text = "".join(f"{item}\n" for item in items)
+      if os.path.exists(path):
+        with open(path, encoding="utf-8") as f:
+          if f.read() != text:
+            raise ValueError(
+              f"config.data.path: the {name} built from the training split differs from the run's "
+              f"{path}; the data changed since the run started"
+            )
+        continue
+      with open(path + ".tmp", "w", encoding="utf-8") as f:
+        f.write(text)
+      os.replace(path + ".tmp", path)
+
+  def data_files(self) -> list[str]:
+    return list(self.files)
 
   def encode_text(self, text: str) -> np.ndarray:
     return self.vocab.encode([normalize(t) for t in text.split()])
@@ -344,7 +364,8 @@ def make_task(task_config, data_config, *, seed: int) -> NerTask:
       raise ValueError(f"config.task.{field}: must be positive, got {task_config[field]}")
   if not 0.0 <= float(task_config.word_dropout) < 1.0:
     raise ValueError(f"config.task.word_dropout: must be in [0, 1), got {task_config.word_dropout}")
-  splits = {split: read_conll(split_path(path, split)) for split in SPLITS}
+  files = {split: split_path(path, split) for split in SPLITS}
+  splits = {split: read_conll(file) for split, file in files.items()}
   for split, sentences in splits.items():
     if not sentences:
       raise ValueError(f"config.data.path: the {split} file in {path!r} holds no sentences")
@@ -356,4 +377,5 @@ def make_task(task_config, data_config, *, seed: int) -> NerTask:
     max_features=int(task_config.max_features),
     word_dropout=float(task_config.word_dropout),
     seed=seed,
+    files=tuple(files.values()),
   )

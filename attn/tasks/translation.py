@@ -235,6 +235,7 @@ class Translation(Task):
     seed: int = 0,
   ):
     self.name = name
+    self.files: tuple[str, ...] = ()  # The train, dev and test files read (set by make_task).
     self.subwords = subwords
     self.vocab = subwords.vocab
     self.source_length, self.target_length = max_source_length, max_target_length
@@ -371,6 +372,9 @@ class Translation(Task):
       )
     return scores
 
+  def data_files(self) -> list[str]:
+    return list(self.files)
+
   def save(self, workdir: str) -> None:
     """Writes the subword model (and its pieces, for reading) into the run directory; a run that
     resumes must rebuild the very same model.
@@ -441,7 +445,7 @@ def make_task(
   else:
     sentences = [text for pair in pairs["train"] for text in pair]
     subwords = Subwords(train_subwords(sentences, values["vocab_size"]))
-  return Translation(
+  task = Translation(
     pairs,
     subwords,
     name=str(task_config.get("name", "translate")),
@@ -453,3 +457,5 @@ def make_task(
     test_bleu_examples=values["test_bleu_examples"],
     seed=seed,
   )
+  task.files = tuple(os.path.join(path, f"{split}.tsv") for split in SPLITS)
+  return task

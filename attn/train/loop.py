@@ -31,8 +31,6 @@ from attn.runs.writer import MetricsWriter
 from attn.tasks import Task
 from attn.train import setup, steps
 
-# Fields that may change between a run and its resumption (they do not change what is computed).
-RESUMABLE_CHANGES = ("num_train_steps", "log_every_steps", "eval_every_steps", "checkpoint_every_steps")
 PROBE_SEED_OFFSET = 12345  # The probe's inputs come from PRNGKey(data_seed + this).
 
 
@@ -90,22 +88,52 @@ def compile_steps(
   )
 
 
-def write_config(config: ml_collections.ConfigDict, workdir: str, model_config: ModelConfig) -> None:
-  """Writes config.json; refuses to resume a run of a different config."""
+def data_hashes(task: Task) -> dict[str, str]:
+  """sha256 of each file the task reads its data from, by absolute path."""
+  return {os.path.abspath(path): files.sha256(path) for path in task.data_files()}
+
+
+def write_config(
+  config: ml_collections.ConfigDict, workdir: str, model_config: ModelConfig, task: Task
+) -> None:
+  """Writes config.json: the config, the resolved model and the hashes of the task's data files.
+
+  Raises:
+    ConfigError: when `workdir` holds a run of a different config or over different data (only the
+      fields of `files.resumable_fields` may differ), or holds checkpoints but no readable config.json.
+  """
   resolved = json_config(config)
   resolved["resolved_model"] = dataclasses.asdict(model_config)
+  resolved[files.DATA_HASHES] = data_hashes(task)
   path = files.path(workdir, files.CONFIG_FILE)
-  old = files.read_json(path) if os.path.exists(path) else None
-  if isinstance(old, dict):
-    changed = sorted(
-      k for k in set(old) | set(resolved) if old.get(k) != resolved.get(k) and k not in RESUMABLE_CHANGES
+  old = files.read_json(path)
+  if old is None and _has_checkpoints(workdir):
+    state = "an unreadable" if os.path.exists(path) else "no"
+    raise setup.ConfigError(
+      f"--workdir {workdir} holds checkpoints but {state} {files.CONFIG_FILE}, so nothing says which "
+      "config they belong to; use a new --workdir"
     )
+  if isinstance(old, dict):
+    changed_data = files.changed_data(old)
+    if changed_data:
+      raise setup.ConfigError(
+        f"--workdir {workdir} holds a run over other data ({', '.join(changed_data)} changed since "
+        "it started); use a new --workdir"
+      )
+    changed = files.config_differences(old, resolved)
     if changed:
       raise setup.ConfigError(
         f"--workdir {workdir} holds a run of a different config (fields {', '.join(changed)} differ); "
         "use a new --workdir"
       )
+    if old == resolved:
+      return  # Nothing to record: the file stays as it is.
   files.write_json(path, resolved, sort_keys=True)
+
+
+def _has_checkpoints(workdir: str) -> bool:
+  folder = files.checkpoints_dir(workdir)
+  return os.path.isdir(folder) and any(name.isdigit() for name in os.listdir(folder))
 
 
 def json_config(config: ml_collections.ConfigDict) -> dict:
@@ -207,18 +235,47 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   Writes config.json, metrics.jsonl, TensorBoard events, checkpoints/ and, when done, summary.json.
 
   Raises:
-    ConfigError: for a bad config, before anything compiles.
+    ConfigError: for a bad config or a run directory that holds another run, before anything
+      compiles.
+    RunInUseError: when another live process trains in `workdir`.
     NonFiniteLossError: when the training loss becomes NaN or inf.
   """
   start_time = time.time()
   task, model_config = setup.validate(config)
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise setup.ConfigError(f"--workdir {workdir} is a file, not a folder")
+  try:
+    os.makedirs(workdir, exist_ok=True)
+  except OSError as e:
+    raise setup.ConfigError(f"--workdir {workdir}: cannot create it ({e.strerror})") from None
+  with files.run_lock(workdir):
+    write_config(config, workdir, model_config, task)
+    try:
+      task.save(workdir)  # E.g. a vocabulary built from the training split, kept with the run.
+    except ValueError as e:
+      raise setup.ConfigError(str(e)) from None
+    summary = files.read_json(files.path(workdir, files.SUMMARY_FILE))
+    if _finished(summary, config):
+      logging.info("%s finished already: %d steps.", workdir, int(config.num_train_steps))
+      return summary["final"]
+    return _train(config, workdir, task, model_config, start_time)
+
+
+def _finished(summary, config: ml_collections.ConfigDict) -> bool:
+  """Whether summary.json records this config's run as done (so nothing needs compiling)."""
+  return (
+    isinstance(summary, dict)
+    and summary.get("status") == "done"
+    and summary.get("num_train_steps") == int(config.num_train_steps)
+    and isinstance(summary.get("final"), dict)
+  )
+
+
+def _train(config, workdir: str, task: Task, model_config: ModelConfig, start_time: float):
+  """The loop of `train_and_evaluate`, in a run directory that holds this config's run (or none)."""
   kind = task.kind
   model = setup.build_model(model_config, kind)
   optimizer = setup.make_optimizer(config)
-  os.makedirs(workdir, exist_ok=True)
-  write_config(config, workdir, model_config)
-  task.save(workdir)  # E.g. a vocabulary built from the training split, kept with the run.
-
   compiled = compile_steps(config, model, optimizer, model_config, kind)
   num_seeds = int(config.num_seeds)
   seeds = [int(config.seed) + i for i in range(num_seeds)]
@@ -309,6 +366,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   checkpoints.close()
   write_summary(
     workdir,
+    num_train_steps=total,
     num_params=num_params,
     num_seeds=num_seeds,
     seeds=seeds,

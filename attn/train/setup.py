@@ -92,11 +92,24 @@ def validate(config: ml_collections.ConfigDict, *, workdir: str | None = None):
   Raises:
     ConfigError: one line naming the field and the problem.
   """
-  positive = ("batch_size", "eval_batch_size", "num_train_steps", "num_seeds", "log_every_steps")
-  for field in (*positive, "eval_every_steps", "checkpoint_every_steps"):
+  positive = (
+    "batch_size",
+    "eval_batch_size",
+    "num_train_steps",
+    "num_seeds",
+    "log_every_steps",
+    "eval_every_steps",  # 0 would divide by zero after compiling; the last step always evaluates.
+    "checkpoint_every_steps",  # Likewise; the last step is always saved.
+  )
+  for field in positive:
     value = config[field]
-    if value <= 0 and (field in positive or value < 0):
+    if value <= 0:
       raise ConfigError(f"config.{field}: must be positive, got {value}")
+  keep = config.get("checkpoints_to_keep", 2)
+  if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
+    raise ConfigError(
+      f"config.checkpoints_to_keep: must be at least 1 (the last one is the final state), got {keep!r}"
+    )
   if config.checkpoint_every_steps % config.log_every_steps:
     raise ConfigError(
       f"config.checkpoint_every_steps: {config.checkpoint_every_steps} must be a multiple of "

@@ -10,6 +10,8 @@ import re
 import subprocess
 import sys
 
+from attn.runs import sweep
+
 REPO = pathlib.Path(__file__).resolve().parents[2]
 
 # The smoke model (d_model=32) with 2 and 3 heads: 3 do not divide 32, a config error before compiling.
@@ -100,6 +102,9 @@ def test_failed_point_prints_comparison_and_exits_non_zero(tmp_path):
       {"status": "done", "num_seeds": 2, "main_metric": "sequence_accuracy", "num_params": 1234}
     )
   )
+  # The config it finished with: the one the point would run now, so the sweep may reuse it.
+  config = sweep.point_config(config_arg, {"model.num_heads": 2})
+  (done / "config.json").write_text(json.dumps(config))
   lines = [
     {"step": 0, "split": "eval", "time": 1.0, "loss": [3.0, 3.0], "sequence_accuracy": [0.0, 0.0]},
     {"step": 4, "split": "eval", "time": 2.0, "loss": [2.0, 1.0], "sequence_accuracy": [0.25, 0.75]},

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import socket
 import subprocess
 import sys
 
@@ -81,3 +82,38 @@ def test_missing_workdir_is_an_error(tmp_path):
   assert result.returncode != 0
   assert "--workdir" in result.stderr
   assert "Traceback" not in result.stderr
+
+
+def _one_error_line(result: subprocess.CompletedProcess) -> str:
+  assert result.returncode == 1, result.stderr[-3000:]
+  assert "Traceback" not in result.stderr
+  errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+  assert len(errors) == 1, result.stderr[-3000:]
+  return errors[0]
+
+
+def test_a_run_directory_in_use_is_refused_in_one_line(tmp_path):
+  workdir = tmp_path / "run"
+  workdir.mkdir()
+  holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+  try:
+    (workdir / "lock").write_text(f"{holder.pid} {socket.gethostname()}\n")
+    line = _one_error_line(_launch(CONFIG, f"--workdir={workdir}"))
+  finally:
+    holder.kill()
+    holder.wait()
+  assert line.startswith(f"error: --workdir {workdir} is in use by process {holder.pid}")
+  assert not (workdir / "config.json").exists()
+
+
+def test_checkpoints_without_a_config_and_a_file_as_workdir_are_refused(tmp_path):
+  workdir = tmp_path / "run"
+  (workdir / "checkpoints" / "10").mkdir(parents=True)
+  line = _one_error_line(_launch(CONFIG, f"--workdir={workdir}"))
+  assert line == (
+    f"error: --workdir {workdir} holds checkpoints but no config.json, so nothing says which config "
+    "they belong to; use a new --workdir"
+  )
+  (tmp_path / "a_file").write_text("")
+  line = _one_error_line(_launch(CONFIG, f"--workdir={tmp_path / 'a_file'}"))
+  assert line == f"error: --workdir {tmp_path / 'a_file'} is a file, not a folder"

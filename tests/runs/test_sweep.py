@@ -273,3 +273,67 @@ def test_failing_point_rerun_and_resume(tmp_path, in_repo):
   assert new_summary["status"] == "done"
   for key, values in summary["final"].items():
     assert new_summary["final"][key] == pytest.approx(values, rel=1e-5), key
+
+
+# A sweep folder is reused only for the sweep that made it (checked before any point runs).
+
+
+def _finished_point(workdir: pathlib.Path, config_arg: str, overrides: dict, **extra) -> pathlib.Path:
+  """A point as a finished run leaves it: its config.json (the config it trained) and summary.json."""
+  point = workdir / sweep.point_name(overrides)
+  point.mkdir(parents=True)
+  (point / "config.json").write_text(json.dumps({**sweep.point_config(config_arg, overrides), **extra}))
+  (point / "summary.json").write_text(json.dumps({"status": "done", "final": {}}))
+  return point
+
+
+def test_point_config_is_the_config_file_with_the_overrides(tmp_path):
+  config_arg = write_config(tmp_path)
+  config = sweep.point_config(config_arg, {"model.num_heads": 2, "seed": 7})
+  assert config["model"]["num_heads"] == 2 and config["seed"] == 7 and config["num_train_steps"] == 4
+
+
+def test_a_finished_point_of_an_edited_config_is_refused(tmp_path):
+  config_arg = write_config(tmp_path)
+  workdir = tmp_path / "sweep"
+  _finished_point(workdir, config_arg, {"model.num_heads": 2})
+  names = ["num_heads=2", "num_heads=3"]
+  points = [{"model.num_heads": 2}, {"model.num_heads": 3}]
+  sweep.check_reuse(config_arg, str(workdir), names, points)  # The same config: reused.
+  write_config(
+    tmp_path, TINY_CONFIG.replace("num_train_steps = 4", "num_train_steps = 4\n  config.seed = 5")
+  )
+  with pytest.raises(ValueError, match=r"point num_heads=2 holds a finished run of a different config "
+                     r"\(fields seed differ\)"):  # fmt: skip
+    sweep.run_sweep(config_arg, str(workdir), echo=[].append)
+  assert not (workdir / "sweep.json").exists()  # Refused before anything was written.
+
+
+def test_a_sweep_json_of_another_config_or_other_points_is_refused(tmp_path):
+  config_arg = write_config(tmp_path)
+  workdir = tmp_path / "sweep"
+  workdir.mkdir()
+  manifest = {"config": "experiments/other.py", "points": []}
+  (workdir / "sweep.json").write_text(json.dumps(manifest))
+  with pytest.raises(ValueError, match=r"holds a sweep of --config=experiments/other.py, not "):
+    sweep.run_sweep(config_arg, str(workdir), echo=[].append)
+  points = [{"name": "num_heads=2", "overrides": {"model.num_heads": 2}}]
+  (workdir / "sweep.json").write_text(json.dumps({"config": config_arg, "points": points}))
+  with pytest.raises(ValueError, match=r"holds a sweep of other points \(num_heads=3 differ\)"):
+    sweep.run_sweep(config_arg, str(workdir), echo=[].append)
+  assert json.loads((workdir / "sweep.json").read_text())["points"] == points  # Not overwritten.
+
+
+def test_a_finished_point_over_changed_data_is_refused(tmp_path):
+  config_arg = write_config(tmp_path)
+  data = tmp_path / "train.txt"
+  data.write_text("some text\n")
+  hashes = {"data_sha256": {str(data): sweep.files.sha256(data)}}
+  _finished_point(tmp_path / "sweep", config_arg, {"model.num_heads": 2}, **hashes)
+  names, points = ["num_heads=2"], [{"model.num_heads": 2}]
+  sweep.check_reuse(config_arg, str(tmp_path / "sweep"), names, points)
+  data.write_text("other text\n")
+  with pytest.raises(
+    ValueError, match=r"point num_heads=2 holds a finished run over other data \(train"
+  ):
+    sweep.check_reuse(config_arg, str(tmp_path / "sweep"), names, points)

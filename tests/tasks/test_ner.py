@@ -250,6 +250,15 @@ def test_save_writes_vocabulary_and_tags(data_dir, tmp_path):
   task.save(str(tmp_path))
   assert (tmp_path / "vocab.txt").read_text().splitlines() == list(task.vocab.tokens)
   assert (tmp_path / "tags.txt").read_text().splitlines() == list(task.class_names)
+  task.save(str(tmp_path))  # A resume finds the same files: nothing to do.
+  assert task.data_files() == [str(data_dir / split) for split in ("train", "dev", "test")]
+
+
+def test_save_refuses_a_vocabulary_built_from_other_data(data_dir, tmp_path):
+  make(data_dir).save(str(tmp_path))
+  (data_dir / "train").write_text(TRAIN.replace("Alice", "Carol"))  # Other words: another vocabulary.
+  with pytest.raises(ValueError, match=r"^config\.data\.path: the vocab\.txt built from the training"):
+    make(data_dir).save(str(tmp_path))
 
 
 # The experiment config and the launch command (how CI runs the smoke preset).

@@ -387,3 +387,58 @@ def test_diagnostics_have_query_and_key_grad_norms_per_layer(reference):
         values = record[f"{layer}/{name}"]
         assert len(values) == 2 and all(math.isfinite(v) for v in values), (layer, name)
       assert all(v > 0 for v in record[f"{layer}/query_grad_norm"] + record[f"{layer}/key_grad_norm"])
+
+
+# ----------------------------------------------------------------------------------------------------
+# What a resume checks (config.json), before anything compiles.
+
+
+class _FileTask:
+  """What write_config asks of a task: the files it reads."""
+
+  def __init__(self, *paths):
+    self.paths = [str(p) for p in paths]
+
+  def data_files(self):
+    return self.paths
+
+
+def _write(config, workdir, task=None):
+  workdir.mkdir(exist_ok=True)
+  _, model_config = train.validate(config)
+  loop.write_config(config, str(workdir), model_config, task or _FileTask())
+
+
+def test_num_train_steps_may_change_except_under_a_cosine_schedule(tmp_path):
+  _write(_config(), tmp_path / "rsqrt")
+  _write(_config(num_train_steps=80), tmp_path / "rsqrt")  # Extending an rsqrt run: allowed...
+  assert json.loads((tmp_path / "rsqrt" / "config.json").read_text())["num_train_steps"] == 80
+  cosine = {"optimizer.schedule": "cosine"}
+  _write(_config(**cosine), tmp_path / "cosine")
+  with pytest.raises(train.ConfigError, match=r"different config \(fields num_train_steps differ\)"):
+    _write(_config(**cosine, num_train_steps=80), tmp_path / "cosine")  # ...but not the decay's end.
+  _write(_config(**cosine, eval_every_steps=20), tmp_path / "cosine")
+
+
+def test_changed_data_is_refused_and_an_unchanged_resume_rewrites_nothing(tmp_path):
+  data = tmp_path / "train.txt"
+  data.write_text("the first text\n")
+  workdir = tmp_path / "run"
+  _write(_config(), workdir, _FileTask(data))
+  saved = json.loads((workdir / "config.json").read_text())
+  assert list(saved["data_sha256"]) == [str(data)]
+  before = (workdir / "config.json").stat().st_mtime_ns
+  _write(_config(), workdir, _FileTask(data))
+  assert (workdir / "config.json").stat().st_mtime_ns == before
+  data.write_text("another text\n")
+  with pytest.raises(train.ConfigError, match=r"run over other data \(train.txt changed"):
+    _write(_config(), workdir, _FileTask(data))
+
+
+def test_checkpoints_without_a_readable_config_are_refused(tmp_path):
+  (tmp_path / "checkpoints" / "10").mkdir(parents=True)
+  with pytest.raises(train.ConfigError, match=r"holds checkpoints but no config\.json"):
+    _write(_config(), tmp_path)
+  (tmp_path / "config.json").write_text('{"seed": ')
+  with pytest.raises(train.ConfigError, match=r"holds checkpoints but an unreadable config\.json"):
+    _write(_config(), tmp_path)
