@@ -32,6 +32,7 @@ CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"
 CHECKPOINTS_DIR = "checkpoints"
+UNREADABLE_CHECKPOINTS_DIR = "checkpoints_unreadable"  # Step folders that did not restore, set aside.
 SWEEP_FILE = "sweep.json"
 OVERRIDES_FILE = "overrides.json"
 STATUS_FILE = "status.json"

@@ -176,16 +176,34 @@ def task_scores(task: Task, model, params, batch_size: int, final: bool) -> dict
   return {k: [float(s[k]) for s in per_seed] for k in per_seed[0]}
 
 
-def check_finite(losses: list[float], step: int, seeds: list[int], kept: int | None, workdir: str):
-  """Raises NonFiniteLossError naming the step, the seed and the last good checkpoint."""
-  bad = [i for i, x in enumerate(losses) if not math.isfinite(x)]
-  if not bad:
+def check_finite(
+  values: dict[str, list[float]], step: int, seeds: list[int], kept: int | None, workdir: str
+) -> None:
+  """Raises NonFiniteLossError for the first non-finite value, naming it, the step, the seed and the
+  last good checkpoint."""
+  for name, per_seed in values.items():
+    bad = [i for i, x in enumerate(per_seed) if not math.isfinite(x)]
+    if not bad:
+      continue
+    where = "no checkpoint was saved yet" if kept is None else f"the last good checkpoint is step {kept}"
+    raise NonFiniteLossError(
+      f"{name} is {per_seed[bad[0]]} at step {step} (seed {seeds[bad[0]]}); stopped, and "
+      f"{where} in {workdir}/{files.CHECKPOINTS_DIR}."
+    )
+
+
+def check_lengths(model_config: ModelConfig, batches: list[dict]) -> None:
+  """Refuses batches longer than the learned position table (`model.max_length`): past its end a
+  position would read a clamped row silently (JAX clamps out-of-range gathers)."""
+  if model_config.positions != "learned":
     return
-  where = "no checkpoint was saved yet" if kept is None else f"the last good checkpoint is step {kept}"
-  raise NonFiniteLossError(
-    f"training loss is {losses[bad[0]]} at step {step} (seed {seeds[bad[0]]}); stopped, and "
-    f"{where} in {workdir}/{files.CHECKPOINTS_DIR}."
-  )
+  for batch in batches:
+    for key in ("src", "tgt_in", "tokens"):
+      if key in batch and batch[key].shape[-1] > model_config.max_length:
+        raise setup.ConfigError(
+          f"config.model.max_length: {model_config.max_length} is shorter than the task's "
+          f"{key} batches ({batch[key].shape[-1]} tokens); raise it, or shorten the task's sequences"
+        )
 
 
 def write_summary(workdir: str, **fields) -> None:
@@ -216,16 +234,51 @@ def checkpoint_manager(config: ml_collections.ConfigDict, workdir: str) -> ocp.C
   )
 
 
-def init_or_restore(checkpoints, init_fn, seed_rngs, sharding, workdir: str):
-  """The state of the latest checkpoint (put on `sharding`), or a fresh one from `init_fn(seed_rngs)`
-  when there is none; returns (state, the checkpoint's step or None)."""
-  latest = checkpoints.latest_step()
-  if latest is None:
-    return init_fn(seed_rngs), None
+def init_or_restore(config, checkpoints, init_fn, seed_rngs, sharding, workdir: str):
+  """The state of the newest checkpoint that restores (put on `sharding`), or a fresh one from
+  `init_fn(seed_rngs)` when there is none; returns (state, its step or None, the checkpoint manager).
+
+  A checkpoint that does not restore (a truncated or missing file, an empty step folder) is said in
+  one warning line and moved aside to `checkpoints_unreadable/`, and the next older one is tried.
+
+  Raises:
+    ConfigError: when there are checkpoints and none restores.
+  """
+  saved = sorted(checkpoints.all_steps(), reverse=True)
+  if not saved:
+    return init_fn(seed_rngs), None, checkpoints
   abstract_state = jax.eval_shape(init_fn, seed_rngs)
-  state = checkpoints.restore(latest, args=ocp.args.StandardRestore(abstract_state))
-  logging.info("Resuming %s from the checkpoint of step %d.", workdir, latest)
-  return jax.device_put(state, sharding), latest
+  unreadable = []
+  for step in saved:
+    try:
+      state = checkpoints.restore(step, args=ocp.args.StandardRestore(abstract_state))
+    except Exception as e:  # Any corruption of the files: orbax has no one error type for it.
+      reason = " ".join(str(e).split())[:160] or type(e).__name__
+      logging.warning("Checkpoint %d does not restore (%s); trying an older one.", step, reason)
+      unreadable.append(step)
+      continue
+    if unreadable:
+      checkpoints = _set_aside(config, checkpoints, workdir, unreadable)
+    logging.info("Resuming %s from the checkpoint of step %d.", workdir, step)
+    return jax.device_put(state, sharding), step, checkpoints
+  raise setup.ConfigError(
+    f"--workdir {workdir}: no checkpoint in {files.checkpoints_dir(workdir)} restores (steps "
+    f"{', '.join(map(str, saved))}); move the folder away to start again"
+  )
+
+
+def _set_aside(config, checkpoints, workdir: str, steps: list[int]):
+  """Moves unreadable step folders out of orbax's way (the run saves those steps again); returns a
+  fresh manager that no longer lists them."""
+  checkpoints.close()
+  aside = files.path(workdir, files.UNREADABLE_CHECKPOINTS_DIR)
+  os.makedirs(aside, exist_ok=True)
+  for step in steps:
+    source = os.path.join(files.checkpoints_dir(workdir), str(step))
+    target = os.path.join(aside, f"{step}.{int(time.time())}")
+    if os.path.exists(source):
+      os.replace(source, target)
+  return checkpoint_manager(config, workdir)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, list[float]]:
@@ -288,81 +341,85 @@ def _train(config, workdir: str, task: Task, model_config: ModelConfig, start_ti
   )
   abstract_state = jax.eval_shape(init_fn, seed_rngs)
   checkpoints = checkpoint_manager(config, workdir)
-  state, latest = init_or_restore(checkpoints, init_fn, seed_rngs, compiled.replicated, workdir)
+  state, latest, checkpoints = init_or_restore(
+    config, checkpoints, init_fn, seed_rngs, compiled.replicated, workdir
+  )
   step = int(np.asarray(state.step)[0])
   writer = MetricsWriter(workdir, keep_through_step=-1 if latest is None else step)
-  num_params = sum(int(np.prod(x.shape[1:])) for x in jax.tree.leaves(abstract_state.params))
-  schedule = setup.make_schedule(config)
-  eval_batches = [
-    jax.device_put(b, compiled.data_sharding) for b in task.eval_batches(int(config.eval_batch_size))
-  ]
-  probe_rng = jax.random.PRNGKey(int(config.data_seed) + PROBE_SEED_OFFSET)
-  total = int(config.num_train_steps)
+  try:
+    num_params = sum(int(np.prod(x.shape[1:])) for x in jax.tree.leaves(abstract_state.params))
+    schedule = setup.make_schedule(config)
+    host_eval_batches = task.eval_batches(int(config.eval_batch_size))
+    check_lengths(model_config, [task.train_batch(0, int(config.batch_size)), *host_eval_batches])
+    eval_batches = [jax.device_put(b, compiled.data_sharding) for b in host_eval_batches]
+    probe_rng = jax.random.PRNGKey(int(config.data_seed) + PROBE_SEED_OFFSET)
+    total = int(config.num_train_steps)
 
-  def evaluate_and_log(step: int) -> dict[str, list[float]]:
-    metrics = evaluate(compiled.eval, state.params, eval_batches, kind)
-    batch_size = int(config.eval_batch_size)
-    metrics.update(task_scores(task, model, state.params, batch_size, final=step == total))
-    writer.write(step, "eval", metrics)
-    diagnostics = compiled.diagnostics(state.params, eval_batches[0])
-    writer.write(step, "diagnostics", {k: _per_seed(v) for k, v in diagnostics.items()})
-    probe = compiled.probe(state.params, probe_rng)
-    writer.write(step, "probe", {k: _per_seed(v) for k, v in probe.items()})
-    return metrics
+    def evaluate_and_log(step: int) -> dict[str, list[float]]:
+      metrics = evaluate(compiled.eval, state.params, eval_batches, kind)
+      batch_size = int(config.eval_batch_size)
+      metrics.update(task_scores(task, model, state.params, batch_size, final=step == total))
+      writer.write(step, "eval", metrics)
+      check_finite({"eval loss": metrics["loss"]}, step, seeds, checkpoints.latest_step(), workdir)
+      diagnostics = compiled.diagnostics(state.params, eval_batches[0])
+      writer.write(step, "diagnostics", {k: _per_seed(v) for k, v in diagnostics.items()})
+      probe = compiled.probe(state.params, probe_rng)
+      writer.write(step, "probe", {k: _per_seed(v) for k, v in probe.items()})
+      return metrics
 
-  final = evaluate_and_log(0) if latest is None else None
-  logging.info(
-    "Training %s: %d steps, %d seed(s), %d parameters per seed, %d device(s).",
-    workdir,
-    total,
-    num_seeds,
-    num_params,
-    jax.device_count(),
-  )
-  pending: list[dict] = []
-  interval_start, interval_steps = time.time(), 0
-  rates: list[float] = []
-  while step < total:
-    # Host numpy straight to its shards: one transfer, not a copy to device 0 and a reshard.
-    batch = jax.device_put(task.train_batch(step, int(config.batch_size)), compiled.data_sharding)
-    state, metrics = compiled.train(state, batch)
-    pending.append(metrics)
-    step += 1
-    interval_steps += 1
-    if step % int(config.log_every_steps) and step != total:
-      continue
-    # Host sync once per log interval: mean of the interval's metrics, per seed.
-    stacked = jax.tree.map(lambda *xs: np.mean(np.stack([np.asarray(x) for x in xs]), axis=0), *pending)
-    pending = []
-    steps_per_sec = interval_steps / max(time.time() - interval_start, 1e-9)
-    rates.append(steps_per_sec)
-    losses = _per_seed(stacked["loss"])
-    try:
-      check_finite(losses, step, seeds, checkpoints.latest_step(), workdir)
-    except NonFiniteLossError:
-      writer.close()
-      raise
-    train_metrics = {k: _per_seed(v) for k, v in stacked.items()}
-    train_metrics.update(learning_rate=float(schedule(step - 1)), steps_per_sec=steps_per_sec)
-    writer.write(step, "train", train_metrics)
+    final = evaluate_and_log(0) if latest is None else None
     logging.info(
-      "step %d/%d  loss %s  %.1f steps/s  %s left",
-      step,
+      "Training %s: %d steps, %d seed(s), %d parameters per seed, %d device(s).",
+      workdir,
       total,
-      " ".join(f"{x:.4f}" for x in losses),
-      steps_per_sec,
-      _duration((total - step) / max(steps_per_sec, 1e-9)),
+      num_seeds,
+      num_params,
+      jax.device_count(),
     )
-    if step % int(config.eval_every_steps) == 0 or step == total:
-      final = evaluate_and_log(step)
-    if step % int(config.checkpoint_every_steps) == 0 or step == total:
-      checkpoints.save(step, args=ocp.args.StandardSave(state))
-      checkpoints.wait_until_finished()
-    writer.flush()
+    pending: list[dict] = []
     interval_start, interval_steps = time.time(), 0
-  if final is None:  # Resumed at the very end: the final evaluation is on record already.
-    final = _logged_eval(workdir, step) or evaluate_and_log(step)
-  writer.close()
+    rates: list[float] = []
+    while step < total:
+      # Host numpy straight to its shards: one transfer, not a copy to device 0 and a reshard.
+      batch = jax.device_put(task.train_batch(step, int(config.batch_size)), compiled.data_sharding)
+      state, metrics = compiled.train(state, batch)
+      pending.append(metrics)
+      step += 1
+      interval_steps += 1
+      if step % int(config.log_every_steps) and step != total:
+        continue
+      # Host sync once per log interval: mean of the interval's metrics, per seed.
+      stacked = jax.tree.map(
+        lambda *xs: np.mean(np.stack([np.asarray(x) for x in xs]), axis=0), *pending
+      )
+      pending = []
+      steps_per_sec = interval_steps / max(time.time() - interval_start, 1e-9)
+      rates.append(steps_per_sec)
+      losses = _per_seed(stacked["loss"])
+      watched = {"training loss": losses, "gradient norm": _per_seed(stacked["grad_norm"])}
+      check_finite(watched, step, seeds, checkpoints.latest_step(), workdir)
+      train_metrics = {k: _per_seed(v) for k, v in stacked.items()}
+      train_metrics.update(learning_rate=float(schedule(step - 1)), steps_per_sec=steps_per_sec)
+      writer.write(step, "train", train_metrics)
+      logging.info(
+        "step %d/%d  loss %s  %.1f steps/s  %s left",
+        step,
+        total,
+        " ".join(f"{x:.4f}" for x in losses),
+        steps_per_sec,
+        _duration((total - step) / max(steps_per_sec, 1e-9)),
+      )
+      if step % int(config.eval_every_steps) == 0 or step == total:
+        final = evaluate_and_log(step)
+      if step % int(config.checkpoint_every_steps) == 0 or step == total:
+        checkpoints.save(step, args=ocp.args.StandardSave(state))
+        checkpoints.wait_until_finished()
+      writer.flush()
+      interval_start, interval_steps = time.time(), 0
+    if final is None:  # Resumed at the very end: the final evaluation is on record already.
+      final = _logged_eval(workdir, step) or evaluate_and_log(step)
+  finally:
+    writer.close()
   checkpoints.close()
   write_summary(
     workdir,

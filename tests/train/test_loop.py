@@ -178,22 +178,54 @@ def test_run_directory_contents(reference):
   assert summary["final"]["loss"] == eval_records[-1]["loss"]
 
 
-def test_rerun_after_finishing_does_not_retrain(reference, tmp_path):
+def test_rerun_after_finishing_does_not_retrain_or_compile(reference, tmp_path, monkeypatch):
   workdir = tmp_path / "run"
   shutil.copytree(reference[0], workdir)
-  before = read_metrics(str(workdir))
+  before = {p.name: p.read_bytes() for p in workdir.iterdir() if p.is_file()}
   checkpoints_before = _checkpoint_steps(workdir)
 
+  def fail(*args, **kwargs):
+    raise AssertionError("compiled a finished run")
+
+  monkeypatch.setattr(loop.jax, "jit", fail)
   final = train.train_and_evaluate(_config(), str(workdir))
 
   assert final == reference[1]
-  assert _summary(workdir)["final"] == reference[1]
-  after = read_metrics(str(workdir))
-  assert after[: len(before)] == before
-  assert all(
-    r["step"] == STEPS and r["split"] in ("eval", "diagnostics", "probe") for r in after[len(before) :]
-  )
+  assert {p.name: p.read_bytes() for p in workdir.iterdir() if p.is_file()} == before  # Untouched.
   assert _checkpoint_steps(workdir) == checkpoints_before
+
+
+def _spoil(step_dir: pathlib.Path) -> None:
+  """Overwrites every file of a checkpoint with a few bytes: a truncated, unreadable checkpoint."""
+  for path in step_dir.rglob("*"):
+    if path.is_file():
+      path.write_bytes(b"\0\1")
+
+
+def test_an_unreadable_checkpoint_falls_back_to_the_one_before(reference, tmp_path):
+  workdir = tmp_path / "run"
+  shutil.copytree(reference[0], workdir)
+  (workdir / "summary.json").unlink()  # As if killed after saving its last checkpoint...
+  _spoil(workdir / "checkpoints" / str(STEPS))  # ...which was then corrupted.
+
+  final = train.train_and_evaluate(_config(), str(workdir))
+
+  _assert_close(final, reference[1], rtol=1e-5)  # Resumed from step 30: the same end.
+  assert _checkpoint_steps(workdir) == [30, STEPS]  # Step 40 saved again.
+  (aside,) = (workdir / "checkpoints_unreadable").iterdir()
+  assert aside.name.startswith(f"{STEPS}.")
+
+
+def test_no_checkpoint_that_restores_is_one_error_naming_the_folder(reference, tmp_path):
+  workdir = tmp_path / "run"
+  shutil.copytree(reference[0], workdir)
+  (workdir / "summary.json").unlink()
+  for step in _checkpoint_steps(workdir):
+    _spoil(workdir / "checkpoints" / str(step))
+  with pytest.raises(
+    train.ConfigError, match=r"no checkpoint in \S+/checkpoints restores \(steps 40, 30\)"
+  ):
+    train.train_and_evaluate(_config(), str(workdir))
 
 
 def test_rerun_with_a_different_config_is_refused(reference, tmp_path, monkeypatch):
@@ -442,3 +474,25 @@ def test_checkpoints_without_a_readable_config_are_refused(tmp_path):
   (tmp_path / "config.json").write_text('{"seed": ')
   with pytest.raises(train.ConfigError, match=r"holds checkpoints but an unreadable config\.json"):
     _write(_config(), tmp_path)
+
+
+def test_a_non_finite_eval_loss_stops_the_run(tmp_path, monkeypatch):
+  real_eval_step = steps.eval_step
+
+  def nan_eval(params, batch, **kwargs):
+    sums = real_eval_step(params, batch, **kwargs)
+    return {**sums, "loss_sum": sums["loss_sum"] * jnp.nan}
+
+  monkeypatch.setattr(steps, "eval_step", nan_eval)
+  with pytest.raises(train.NonFiniteLossError, match=r"^eval loss is nan at step 0 \(seed 0\)"):
+    train.train_and_evaluate(
+      _config(num_train_steps=2, log_every_steps=2, checkpoint_every_steps=2), str(tmp_path)
+    )
+
+
+def test_sequences_longer_than_the_learned_positions_are_refused(tmp_path):
+  config = _config(**{"model.positions": "learned", "model.max_length": 4})  # The task's are 6.
+  with pytest.raises(
+    train.ConfigError, match=r"^config\.model\.max_length: 4 is shorter than the task's src"
+  ):
+    train.train_and_evaluate(config, str(tmp_path))
