@@ -9,6 +9,7 @@ Masks are boolean, True = may attend, broadcastable to [batch..., H, T, S]; bias
 from __future__ import annotations
 
 import os
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -18,11 +19,34 @@ from attn.core import flash, masks
 from attn.core.scaling import Scale, resolve_scale
 
 
+def _real_array(name: str, x) -> jax.Array:
+  """`x` as a floating array. Integer and boolean inputs (Python lists too) are computed in float32:
+  attention over integer vectors is well defined, but its weights are not integers, and an integer
+  softmax would round every weight to 0 (or truncate on the fast path)."""
+  x = jnp.asarray(x)
+  if jnp.issubdtype(x.dtype, jnp.floating):
+    return x
+  if jnp.issubdtype(x.dtype, jnp.integer) or x.dtype == jnp.bool_:
+    return x.astype(jnp.float32)
+  raise ValueError(f"{name} must hold real numbers (floating, integer or bool), got dtype {x.dtype}")
+
+
+def _as_inputs(query, key, value, mask, bias):
+  """The public functions' inputs as arrays: q, k, v and bias floating, the mask as given."""
+  query, key = _real_array("query", query), _real_array("key", key)
+  value = None if value is None else _real_array("value", value)
+  bias = None if bias is None else _real_array("bias", bias)
+  mask = None if mask is None else jnp.asarray(mask)
+  return query, key, value, mask, bias
+
+
 def _check_inputs(query, key, value, mask, bias) -> tuple[int, ...]:
   """Validates shapes at trace time; returns the logits shape [batch..., H, T, S]."""
   for name, x in (("query", query), ("key", key), ("value", value)):
     if x is not None and x.ndim < 3:
       raise ValueError(f"{name} must be [batch..., length, heads, head_dim], got shape {x.shape}")
+  if query.shape[-1] == 0:
+    raise ValueError(f"query and key need a head dim K > 0, got query {query.shape}, key {key.shape}")
   if query.shape[-1] != key.shape[-1]:
     raise ValueError(
       f"query and key head dims differ: query {query.shape} has K={query.shape[-1]}, "
@@ -88,7 +112,11 @@ def _softmax(logits: jax.Array, mask: jax.Array | None) -> jax.Array:
 def _zero_unattended_keys(key, value, mask, logits_shape):
   """Zeros keys and values that no query may attend, so that NaN or inf stored there (padding often
   holds garbage) cannot leak through 0 * NaN in the products or their gradients."""
-  attended = jnp.any(jnp.broadcast_to(mask, logits_shape), axis=(-3, -2))  # [batch..., S]
+  # Reduce over the mask's own head and query axes (size 1 for key padding [batch..., 1, 1, S]), so
+  # that no [batch..., H, T, S] array is built for a mask that does not have one.
+  mask = mask.reshape((1,) * (len(logits_shape) - mask.ndim) + mask.shape)
+  attended = jnp.any(mask, axis=(-3, -2))  # [batch... or 1, S or 1]
+  attended = jnp.broadcast_to(attended, (*logits_shape[:-3], logits_shape[-1]))  # [batch..., S]
   attended = attended[..., :, None, None]  # [batch..., S, 1, 1]
   key = jnp.where(attended, key, jnp.zeros((), key.dtype))
   if value is not None:
@@ -136,6 +164,7 @@ def attention_logits(
   Returns:
     float32 (or wider) [batch..., H, T, S].
   """
+  query, key, _, _, bias = _as_inputs(query, key, None, None, bias)
   logits_shape = _check_inputs(query, key, None, None, bias)
   return _logits(query, key, bias, resolve_scale(scale, query.shape[-1]), logits_shape)
 
@@ -161,6 +190,10 @@ def attention_weights(
     float32 (or wider) [batch..., H, T, S]; each row sums to 1, or is all zeros when the mask leaves
     the query no key.
   """
+  query, key, _, mask, bias = _as_inputs(query, key, None, mask, bias)
+  logits_shape = _check_inputs(query, key, None, mask, bias)
+  if 0 in logits_shape[-2:]:  # No queries, or no keys: every row is empty (all zeros).
+    return jnp.zeros(logits_shape, jnp.promote_types(query.dtype, jnp.float32))
   weights, _, _ = _weights(query, key, None, mask, bias, scale)
   return weights
 
@@ -203,8 +236,14 @@ def choose_implementation(
     if dropout or return_weights:
       return "naive"
     if DEFAULT_IMPLEMENTATION is not None:
-      forced = DEFAULT_IMPLEMENTATION
-      return "flash" if forced == "jax" and not same_head_dims else forced
+      if DEFAULT_IMPLEMENTATION == "jax" and not same_head_dims:
+        warnings.warn(
+          "attention: the default implementation 'jax' cannot serve a value head dim that differs "
+          "from the key's; using 'flash' for this call",
+          stacklevel=3,
+        )
+        return "flash"
+      return DEFAULT_IMPLEMENTATION
     if jax.default_backend() == "gpu" and same_head_dims:
       return "jax"
     return "flash" if T * S >= FLASH_MIN_LOGITS else "naive"
@@ -217,7 +256,10 @@ def choose_implementation(
     what = "dropout_rate > 0" if dropout else "return_weights=True"
     raise ValueError(f"implementation={implementation!r} does not support {what}; use 'naive' or None")
   if implementation == "jax" and not same_head_dims:
-    raise ValueError("implementation='jax' needs the value head dim to equal the key head dim")
+    raise ValueError(
+      "implementation='jax' needs the value head dim to equal the key head dim (jax.nn's kernel); "
+      "use 'flash', 'naive' or None"
+    )
   return implementation
 
 
@@ -302,18 +344,24 @@ def dot_product_attention(
       included; dropout and return_weights need "naive".
 
   Returns:
-    [batch..., T, H, Kv] in the query's dtype, and the float32 weights [batch..., H, T, S] when
-    `return_weights`.
+    [batch..., T, H, Kv] in the query's dtype (float32 for integer or boolean inputs, which are
+    computed in float32), and the float32 weights [batch..., H, T, S] when `return_weights`. T = 0
+    gives an empty result; S = 0 gives zeros (no key to attend).
   """
   if not 0.0 <= dropout_rate < 1.0:
     raise ValueError(f"dropout_rate must be in [0, 1), got {dropout_rate}")
   if dropout_rate > 0.0 and dropout_rng is None:
     raise ValueError("dropout_rng is required when dropout_rate > 0")
+  query, key, value, mask, bias = _as_inputs(query, key, value, mask, bias)
   logits_shape = _check_inputs(query, key, value, mask, bias)
   implementation = choose_implementation(
     implementation, T=query.shape[-3], S=key.shape[-3], dropout=dropout_rate > 0.0,
-    return_weights=return_weights,
+    return_weights=return_weights, same_head_dims=value.shape[-1] == query.shape[-1],
   )  # fmt: skip
+  if 0 in logits_shape[-2:]:  # T = 0: no queries; S = 0: no keys, so every query gets zeros.
+    out = jnp.zeros((*logits_shape[:-3], query.shape[-3], query.shape[-2], value.shape[-1]), query.dtype)
+    weights = jnp.zeros(logits_shape, jnp.promote_types(query.dtype, jnp.float32))
+    return (out, weights) if return_weights else out
   if implementation != "naive":
     return _fused(query, key, value, mask, bias, scale, is_causal, implementation, logits_shape)
   if is_causal:
@@ -357,10 +405,14 @@ def self_attention(
   Returns:
     [batch..., T, D], and the weights when asked.
   """
+  x = _real_array("x", x)
   if x.ndim < 2:
     raise ValueError(f"x must be [batch..., T, D], got shape {x.shape}")
+  if x.shape[-1] == 0:
+    raise ValueError(f"x must be [batch..., T, D] with D > 0, got shape {x.shape}")
   qkv = x[..., None, :]  # one head: [batch..., T, 1, D]
   if mask is not None:
+    mask = jnp.asarray(mask)
     target = (*x.shape[:-2], x.shape[-2], x.shape[-2])  # [batch..., T, T]
     try:
       ok = mask.ndim >= 2 and np.broadcast_shapes(mask.shape, target) == target

@@ -13,6 +13,13 @@ import jax.numpy as jnp
 import numpy as np
 
 
+def _length(fn: str, name: str, value) -> int:
+  """A static length: a non-negative Python or numpy int (not a bool, a float or an array)."""
+  if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 0:
+    raise ValueError(f"{fn}: {name} must be a non-negative int, got {value!r}")
+  return int(value)
+
+
 def causal_mask(T: int, S: int | None = None, *, offset: jax.typing.ArrayLike = 0) -> jax.Array:
   """Mask in which query i may attend key j iff j <= i + offset.
 
@@ -26,9 +33,8 @@ def causal_mask(T: int, S: int | None = None, *, offset: jax.typing.ArrayLike = 
   Returns:
     bool [T, S].
   """
-  S = T if S is None else S
-  if T < 0 or S < 0:
-    raise ValueError(f"causal_mask: lengths must be non-negative, got T={T}, S={S}")
+  T = _length("causal_mask", "T", T)
+  S = T if S is None else _length("causal_mask", "S", S)
   q_pos_T1 = jnp.arange(T)[:, None] + offset
   k_pos_1S = jnp.arange(S)[None, :]
   return k_pos_1S <= q_pos_T1
@@ -48,9 +54,8 @@ def local_window_mask(T: int, S: int | None = None, *, window: int) -> jax.Array
   Returns:
     bool [T, S].
   """
-  S = T if S is None else S
-  if T < 0 or S < 0:
-    raise ValueError(f"local_window_mask: lengths must be non-negative, got T={T}, S={S}")
+  T = _length("local_window_mask", "T", T)
+  S = T if S is None else _length("local_window_mask", "S", S)
   if isinstance(window, bool) or not isinstance(window, int | np.integer) or window < 0:
     raise ValueError(f"local_window_mask: window must be a non-negative int, got {window!r}")
   q_pos_T1 = jnp.arange(T)[:, None]
@@ -83,7 +88,10 @@ def padding_mask(
   else:
     if max_length is None:
       raise ValueError("padding_mask: `max_length` is required with `lengths`")
+    max_length = _length("padding_mask", "max_length", max_length)
     lengths = jnp.asarray(lengths)
+    if not jnp.issubdtype(lengths.dtype, jnp.integer):
+      raise ValueError(f"padding_mask: lengths must be integers [batch...], got dtype {lengths.dtype}")
     valid_S = jnp.arange(max_length) < lengths[..., None]
   return valid_S[..., None, None, :]
 

@@ -21,10 +21,20 @@ def sinusoidal_positions(
   Returns:
     float32 [T, D] or [..., T, D].
   """
-  if dim <= 0 or dim % 2:
-    raise ValueError(f"sinusoidal_positions: dim must be positive and even, got {dim}")
+  if isinstance(dim, bool) or not isinstance(dim, int | np.integer) or dim <= 0 or dim % 2:
+    raise ValueError(f"sinusoidal_positions: dim must be positive and even, got {dim!r}")
+  if isinstance(positions, bool | float):
+    raise ValueError(
+      f"sinusoidal_positions: positions must be a length (int) or an array, got {positions!r}"
+    )
   if isinstance(positions, int | np.integer):  # A length, not a single position.
+    if positions < 0:
+      raise ValueError(f"sinusoidal_positions: the length must be non-negative, got {positions}")
     positions = jnp.arange(positions)
+  if not isinstance(positions, jax.Array):
+    positions = np.asarray(positions)
+  if positions.dtype.kind not in "iuf":
+    raise ValueError(f"sinusoidal_positions: positions must be numbers, got dtype {positions.dtype}")
   pos = jnp.asarray(positions, jnp.float32)[..., None]  # [..., T, 1]
   inv_freq = max_timescale ** (-jnp.arange(0, dim, 2, dtype=jnp.float32) / dim)  # [D/2]
   angles = pos * inv_freq  # [..., T, D/2]

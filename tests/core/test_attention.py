@@ -625,3 +625,72 @@ def test_dropout_is_unbiased_on_average():
   npt.assert_allclose(no_dropout, np.broadcast_to(v.mean(0), no_dropout.shape), atol=1e-5)
   assert np.abs(out - no_dropout).max() > 1e-3  # each query drew its own keep pattern...
   npt.assert_allclose(out, no_dropout, atol=0.08)  # ...and is right on average
+
+
+# The edges: integer inputs, Python lists, zero lengths, a zero head dim.
+
+
+@pytest.mark.parametrize("implementation", ["naive", "flash", "jax"])
+def test_integer_inputs_are_computed_in_float32(implementation):
+  rng = np.random.default_rng(0)
+  q, k, v = (rng.integers(-3, 4, size=(2, 5, 2, 4)).astype(np.int32) for _ in range(3))
+  out = attn.dot_product_attention(q, k, v, implementation=implementation)
+  ref = attn.dot_product_attention(*(x.astype(np.float32) for x in (q, k, v)), implementation="naive")
+  assert out.dtype == jnp.float32
+  npt.assert_allclose(out, ref, atol=1e-5)
+  assert np.abs(np.asarray(out)).sum() > 0
+
+
+def test_self_attention_of_an_integer_identity_is_not_zero():
+  out, weights = attn.self_attention(np.eye(3, dtype=np.int32), return_weights=True)
+  e = np.exp(1 / np.sqrt(3))
+  npt.assert_allclose(np.diag(weights), e / (e + 2), rtol=1e-6)  # Each vector prefers itself.
+  npt.assert_allclose(out, weights, rtol=1e-6)  # Re-weighing the identity gives the weights.
+
+
+def test_python_lists_are_accepted():
+  q = [[[[1.0, 0.0]]], [[[0.0, 1.0]]]]  # [2, 1, 1, 2]
+  out = attn.dot_product_attention(q, q, q, mask=[[[[True]]]])
+  npt.assert_allclose(out, np.asarray(q, np.float32))
+  npt.assert_allclose(attn.self_attention([[1.0, 2.0]]), [[1.0, 2.0]])
+
+
+@pytest.mark.parametrize("implementation", ["naive", "flash", "jax", None])
+def test_no_queries_give_an_empty_result_and_no_keys_give_zeros(implementation):
+  q = jnp.ones((2, 3, 4, 8))
+  empty = jnp.ones((2, 0, 4, 8))
+  out = attn.dot_product_attention(empty, q, q, implementation=implementation)
+  assert out.shape == (2, 0, 4, 8)
+  out = attn.dot_product_attention(q, empty, empty, implementation=implementation, is_causal=True)
+  assert out.shape == (2, 3, 4, 8) and not np.any(np.asarray(out))
+  grads = jax.grad(lambda q: attn.dot_product_attention(q, empty, empty).sum())(q)
+  assert not np.any(np.asarray(grads))
+  assert attn.attention_weights(q, empty).shape == (2, 4, 3, 0)
+  assert attn.self_attention(jnp.ones((0, 5))).shape == (0, 5)
+
+
+def test_a_zero_head_dim_is_one_clear_error():
+  x = jnp.ones((2, 3, 4, 0))
+  with pytest.raises(ValueError, match=r"need a head dim K > 0"):
+    attn.dot_product_attention(x, x, x)
+  with pytest.raises(ValueError, match=r"with D > 0"):
+    attn.self_attention(jnp.ones((3, 0)))
+
+
+def test_complex_inputs_are_refused_naming_the_argument():
+  q = jnp.ones((1, 2, 1, 4), jnp.complex64)
+  with pytest.raises(ValueError, match=r"^query must hold real numbers"):
+    attn.dot_product_attention(q, q.real, q.real)
+
+
+def test_jax_with_a_different_value_head_dim_is_one_error_and_the_default_falls_back(monkeypatch):
+  from attn.core import attention
+
+  q = jnp.ones((1, 4, 2, 8))
+  v = jnp.ones((1, 4, 2, 16))
+  with pytest.raises(ValueError, match=r"implementation='jax' needs the value head dim"):
+    attn.dot_product_attention(q, q, v, implementation="jax")
+  monkeypatch.setattr(attention, "DEFAULT_IMPLEMENTATION", "jax")
+  with pytest.warns(UserWarning, match="using 'flash' for this call"):
+    out = attn.dot_product_attention(q, q, v)
+  npt.assert_allclose(out, attn.dot_product_attention(q, q, v, implementation="naive"), atol=1e-6)

@@ -108,3 +108,19 @@ def test_rate_outside_unit_interval_raises(rate):
 def test_float_tokens_raise():
   with pytest.raises(ValueError, match="integer"):
     attn.corrupt_tokens(jax.random.key(0), jnp.ones((2, 4), jnp.float32), 0.5, MASK_ID)
+
+
+@pytest.mark.parametrize(
+  "kwargs, pattern",
+  [
+    ({"rate": "0.5"}, r"rate must be a number in \[0, 1\], got '0.5'"),
+    ({"rate": 1.5}, r"rate must be a number in \[0, 1\], got 1.5"),
+    ({"mask_id": 1.5}, r"mask_id must be an int, got 1.5"),
+    ({"eligible": np.ones((2, 3), np.int32)}, r"eligible must be boolean, got int32"),
+    ({"eligible": np.ones((3, 2), bool)}, r"eligible of shape \(3, 2\) does not broadcast to tokens"),
+  ],
+)
+def test_bad_arguments_are_refused_in_one_line(kwargs, pattern):
+  args = {"rate": 0.5, "mask_id": 3, **kwargs}
+  with pytest.raises(ValueError, match=pattern):
+    attn.corrupt_tokens(jax.random.PRNGKey(0), np.ones((2, 3), np.int32), **args)

@@ -160,3 +160,28 @@ def test_flash_single_query_and_single_key():
     args = (q[:, :q_len], k[:, :k_len], v[:, :k_len])
     ref = attn.dot_product_attention(*args, implementation="naive")
     np.testing.assert_allclose(attn.dot_product_attention(*args, implementation="flash"), ref, atol=2e-6)
+
+
+def test_a_key_padding_mask_builds_no_query_by_key_array():
+  """Key padding given as [B, 1, 1, S] costs the flash path no [T, S] temporaries (finding the keys
+  no query attends reduces over the mask's own axes), forward and backward."""
+  T = 8192  # Past the unrolled tiles: the looped path, whose own temporaries are O(T + S).
+  q = jnp.ones((1, T, 2, 16))
+  padding = attn.padding_mask(lengths=[T - 100], max_length=T)
+
+  def temp_bytes(fn, *args):
+    analysis = jax.jit(fn).lower(*args).compile().memory_analysis()
+    if analysis is None:
+      pytest.skip("this backend reports no memory analysis")
+    return analysis.temp_size_in_bytes
+
+  def forward(q, mask=None):
+    return attn.dot_product_attention(q, q, q, mask=mask, implementation="flash")
+
+  def backward(q, mask=None):
+    return jax.grad(lambda q: forward(q, mask).sum())(q)
+
+  for fn in (forward, backward):
+    without, with_padding = temp_bytes(fn, q), temp_bytes(fn, q, padding)
+    assert with_padding <= without + 2**20, (fn.__name__, without, with_padding)
+    assert with_padding < T * T // 4, fn.__name__  # Far below a byte per query-key pair.

@@ -268,3 +268,31 @@ def test_local_window_mask_rejects_bad_windows(window):
 def test_local_window_mask_negative_length_raises():
   with pytest.raises(ValueError, match="non-negative"):
     attn.local_window_mask(-1, 3, window=1)
+
+
+@pytest.mark.parametrize(
+  "call, pattern",
+  [
+    (lambda: attn.causal_mask(2.5), r"causal_mask: T must be a non-negative int, got 2.5"),
+    (lambda: attn.causal_mask(3, -1), r"causal_mask: S must be a non-negative int, got -1"),
+    (lambda: attn.causal_mask(True), r"causal_mask: T must be a non-negative int, got True"),
+    (lambda: attn.local_window_mask("4", window=1), r"local_window_mask: T must be a non-negative int"),
+    (
+      lambda: attn.padding_mask(lengths=[2, 3], max_length=-2),
+      r"padding_mask: max_length must be a non-negative int, got -2",
+    ),
+    (
+      lambda: attn.padding_mask(lengths=[2.5], max_length=4),
+      r"padding_mask: lengths must be integers \[batch\.\.\.\], got dtype float32",
+    ),
+  ],
+)
+def test_sizes_that_are_not_non_negative_ints_are_refused(call, pattern):
+  with pytest.raises(ValueError, match=pattern):
+    call()
+
+
+def test_zero_lengths_give_empty_masks():
+  assert attn.causal_mask(0).shape == (0, 0)
+  assert attn.causal_mask(2, 0).shape == (2, 0)
+  assert attn.padding_mask(lengths=[0], max_length=0).shape == (1, 1, 1, 0)

@@ -91,3 +91,23 @@ def test_dot_product_depends_only_on_the_offset():
     dots_by_offset.append(dots[0])
   npt.assert_allclose(dots_by_offset[0], D / 2, atol=1e-5)  # each position has norm sqrt(D / 2)
   assert np.all(np.diff(dots_by_offset) < 0)  # and the offsets are told apart
+
+
+@pytest.mark.parametrize(
+  "positions, dim, pattern",
+  [
+    (4, 7, r"dim must be positive and even, got 7"),
+    (4, 8.0, r"dim must be positive and even, got 8.0"),
+    (4, True, r"dim must be positive and even, got True"),
+    (-1, 8, r"the length must be non-negative, got -1"),
+    (4.0, 8, r"positions must be a length \(int\) or an array, got 4.0"),
+    (np.array(["a"]), 8, r"positions must be numbers"),
+  ],
+)
+def test_bad_sizes_are_refused(positions, dim, pattern):
+  with pytest.raises(ValueError, match=pattern):
+    attn.sinusoidal_positions(positions, dim)
+
+
+def test_zero_length_gives_an_empty_table():
+  assert attn.sinusoidal_positions(0, 8).shape == (0, 8)
