@@ -174,8 +174,8 @@ def _class_names(splits: dict[str, list[Sentence]]) -> tuple[str, ...]:
 class NerTask(Task):
   """NER on a folder of CoNLL files; built by `make_task`. Batches: tokens [B, T], features [B, T, F],
   tags [B, T], weights [B, T]. Training batches are as long as the longest training sentence (rounded up
-  to a multiple of 8) but at most `max_length`, which cuts longer sentences; evaluation batches are as
-  long as the split's longest sentence, so every tag is scored."""
+  to a multiple of 8) but at most `max_length`, which cuts longer sentences; evaluation batches group
+  sentences of similar length and cut none, so every tag is scored."""
 
   splits: dict[str, list[Sentence]]
   vocab: Vocabulary
@@ -248,24 +248,45 @@ class NerTask(Task):
       batch["tokens"] = np.where(drop & (batch["weights"] > 0), self.vocab.unk_id, batch["tokens"])
     return batch
 
-  def split_batches(self, split: str, batch_size: int) -> list[dict[str, np.ndarray]]:
-    """All sentences of `split` in file order, padded to its longest sentence (a multiple of 8)."""
+  def _buckets(self, split: str, batch_size: int) -> list[tuple[np.ndarray, int]]:
+    """(sentence indices, padded length) of each batch of `split`: sentences sorted by length, each
+    batch padded to the power of two (at least 8) at or above its longest sentence, so that one long
+    sentence pads only its own batch and a handful of shapes are compiled."""
     rows = self._encoded[split]
-    length = -(-max(len(t) for t, _, _ in rows) // 8) * 8
-    return split_batches(self._batch(rows, length), batch_size)
+    order = np.argsort([len(t) for t, _, _ in rows], kind="stable")
+    buckets = []
+    for start in range(0, len(order), batch_size):
+      indices = order[start : start + batch_size]
+      longest = max(len(rows[i][0]) for i in indices)
+      buckets.append((indices, max(8, 1 << (longest - 1).bit_length())))
+    return buckets
+
+  def split_batches(self, split: str, batch_size: int) -> list[dict[str, np.ndarray]]:
+    """Every sentence of `split` in batches of similar length (see `_buckets`), none cut; the last
+    batch is filled with rows of weight 0."""
+    rows = self._encoded[split]
+    return [
+      split_batches(self._batch([rows[i] for i in indices], length), batch_size)[0]
+      for indices, length in self._buckets(split, batch_size)
+    ]
 
   def eval_batches(self, batch_size: int) -> list[dict[str, np.ndarray]]:
     return self.split_batches("dev", batch_size)
 
   def logits(self, model, params, split: str, batch_size: int) -> list[np.ndarray]:
-    """The model's tag logits for `split`, one float32 [length, C] array per sentence."""
+    """The model's tag logits for `split`, one float32 [length, C] array per sentence, in file order."""
     key = id(model)
     if key not in self._apply_fns:
       self._apply_fns[key] = (model, jax.jit(lambda p, t, f: model.apply({"params": p}, t, f)))
     apply = self._apply_fns[key][1]
-    batches = self.split_batches(split, batch_size)
-    out = np.concatenate([np.asarray(apply(params, b["tokens"], b["features"])) for b in batches])
-    return [out[i, : len(s.tags)] for i, s in enumerate(self.splits[split])]
+    sentences = self.splits[split]
+    out: list[np.ndarray | None] = [None] * len(sentences)
+    buckets = self._buckets(split, batch_size)
+    for (indices, _), batch in zip(buckets, self.split_batches(split, batch_size), strict=True):
+      logits = np.asarray(apply(params, batch["tokens"], batch["features"]))
+      for row, i in enumerate(indices):
+        out[i] = logits[row, : len(sentences[i].tags)]
+    return out
 
   def decode_tags(self, logits: list[np.ndarray], o_margin: float = 0.0) -> list[list[str]]:
     """Argmax tags per token after lowering the O logit by `o_margin` (0: plain argmax)."""

@@ -190,6 +190,15 @@ def test_eval_batches_cover_dev_with_zero_weight_padding(data_dir):
   assert batches[0]["weights"].sum() == 5 and batches[0]["weights"][2:].sum() == 0
 
 
+def test_eval_batches_are_bucketed_so_one_long_sentence_pads_only_its_own(tmp_path):
+  long_sentence = "".join(f"w{i}\tO\n" for i in range(200)) + "\n"
+  dev = DEV + "\n" + long_sentence + "Bob\tB-person\n\n" + "Acme\tB-corporation\n"
+  task = make(write(tmp_path / "d", {"train": TRAIN, "dev": dev, "test": TEST}))
+  batches = task.eval_batches(2)
+  assert [b["tokens"].shape for b in batches] == [(2, 8), (2, 8), (2, 256)]  # Sorted by length.
+  assert sum(b["weights"].sum() for b in batches) == 3 + 2 + 200 + 1 + 1  # Every token, none cut.
+
+
 def test_bad_task_field_names_it(data_dir):
   with pytest.raises(ValueError, match=r"^config.task.max_features: must be positive"):
     make(data_dir, max_features=0)
