@@ -1,7 +1,10 @@
-"""Short absl entry points: `python -m launch.NAME`. Each `main` first calls `start_quietly()`."""
+"""Short absl entry points: `python -m launch.NAME`. Each runs through `run` (absl's app.run with one
+boundary for Ctrl-C) and its `main` first calls `start_quietly()`."""
 
 import logging
+import sys
 
+from absl import app
 from absl import logging as absl_logging
 
 # Libraries whose INFO lines would come before a program's own output: JAX's "Unable to initialize
@@ -22,3 +25,18 @@ def start_quietly() -> None:
   handler = absl_logging.get_absl_handler()
   if _not_library_info not in handler.filters:
     handler.addFilter(_not_library_info)
+
+
+def run(main, **kwargs) -> None:
+  """absl's `app.run(main)`, where Ctrl-C ends in one line (with where a run stopped, when the
+  exception says) and exit status 130 instead of a traceback."""
+
+  def guarded(argv):
+    try:
+      return main(argv)
+    except KeyboardInterrupt as e:
+      said = " ".join(str(e).split()) or "interrupted; rerun the same command to resume"
+      print(f"error: {said}", file=sys.stderr)
+      sys.exit(130)
+
+  app.run(guarded, **kwargs)

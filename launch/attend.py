@@ -16,7 +16,7 @@ from absl import app, flags
 from attn import train
 from attn.nn import decoding
 from attn.runs import plots
-from launch import start_quietly
+from launch import run, start_quietly
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A run directory (of launch.train).")
 _TEXT = flags.DEFINE_string("text", None, "Input text, tokenised as the run's task does.")
@@ -88,4 +88,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  run(main)

@@ -13,11 +13,11 @@ import json
 import os
 import sys
 
-from absl import app, flags
+from absl import flags
 
 from benchmarks import suites, tables, timing
 from experiments import base
-from launch import start_quietly
+from launch import run, start_quietly
 
 _SUITE = flags.DEFINE_string(
   "suite", "all", "Comma-separated suites (attention, memory, train, seeds, decode), all, or smoke."
@@ -104,4 +104,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main, flags_parser=parse_flags)
+  run(main, flags_parser=parse_flags)

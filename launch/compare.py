@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import sys
 
-from absl import app, flags
+from absl import flags
 
 from attn.runs import compare
-from launch import start_quietly
+from launch import run, start_quietly
 
 _METRIC = flags.DEFINE_string(
   "metric",
@@ -38,4 +38,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-  app.run(main)
+  run(main)

@@ -12,7 +12,7 @@ import math
 
 import jax
 import jax.numpy as jnp
-from absl import app, flags
+from absl import flags
 
 import attn
 from attn.nn import decoding
@@ -20,7 +20,7 @@ from attn.nn.attention import MultiHeadAttention
 from attn.nn.config import ModelConfig
 from attn.nn.models import Transformer
 from attn.tasks import seed as seed_tasks
-from launch import start_quietly
+from launch import run, start_quietly
 
 _SEED = flags.DEFINE_integer("seed", 0, "PRNG seed for the random word vectors and parameters.")
 
@@ -110,4 +110,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  run(main)

@@ -6,7 +6,7 @@ import sys
 from absl import app, flags
 
 from attn.runs import compare, sweep
-from launch import start_quietly
+from launch import run, start_quietly
 
 _CONFIG = flags.DEFINE_string("config", None, "Experiment config file[:preset] defining get_sweep.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Sweep directory (one subdirectory per point).")
@@ -31,4 +31,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  run(main)

@@ -1,15 +1,14 @@
 """Trains one config: `python -m launch.train --config=experiments/NAME.py[:preset] --workdir=DIR
 [--config.FIELD=VALUE ...]`. Rerunning the same command resumes from the latest checkpoint."""
 
-import os
 import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
 from attn import train
-from attn.runs import files
-from launch import start_quietly
+from attn.runs import files, sweep
+from launch import run, start_quietly
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file[:preset].")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (created; resumed if it holds a run).")
@@ -20,9 +19,10 @@ def parse_flags(argv: list[str]) -> list[str]:
   """Parses flags; a mistyped config field or a bad flag value ends in one line, not a traceback."""
   for arg in argv[1:]:
     if arg.startswith("--config="):
-      path = arg.removeprefix("--config=").partition(":")[0]
-      if not os.path.isfile(path):
-        sys.exit(f"error: --config: no such config file {path!r}")
+      try:
+        sweep.check_config(arg.removeprefix("--config="))
+      except (OSError, ValueError) as e:
+        sys.exit(f"error: {e}")
   try:
     return flags.FLAGS(argv)
   except (AttributeError, KeyError, ValueError, flags.Error) as e:
@@ -45,4 +45,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main, flags_parser=parse_flags)
+  run(main, flags_parser=parse_flags)

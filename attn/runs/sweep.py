@@ -28,8 +28,31 @@ def load_config_module(config_arg: str):
     raise FileNotFoundError(f"--config: no such config file {path!r}")
   spec = importlib.util.spec_from_file_location(f"_sweep_config_{abs(hash(path))}", path)
   module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
+  try:
+    spec.loader.exec_module(module)
+  except Exception as e:  # A user's file: any error in it is theirs to fix, said in one line.
+    raise ValueError(f"--config: {path} does not load: {_one_line(e)}") from None
   return module, path, preset
+
+
+def check_config(config_arg: str) -> None:
+  """Loads `path[:preset]` as `--config` will: the file, its `get_config(preset)`.
+
+  Raises:
+    FileNotFoundError, ValueError: one line naming the file, the preset and what went wrong.
+  """
+  module, path, preset = load_config_module(config_arg)
+  if not hasattr(module, "get_config"):
+    raise ValueError(f"--config: {path} defines no get_config(preset)")
+  try:
+    module.get_config(preset) if preset else module.get_config()
+  except Exception as e:  # E.g. an unknown preset: the config file's own message.
+    raise ValueError(f"--config: {config_arg}: {_one_line(e)}") from None
+
+
+def _one_line(e: BaseException) -> str:
+  message = " ".join(str(e).split())
+  return f"{type(e).__name__}: {message}" if message else type(e).__name__
 
 
 def sweep_points(config_arg: str) -> list[dict]:

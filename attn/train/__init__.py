@@ -5,7 +5,7 @@
 metrics and resumption).
 """
 
-from attn.train.loop import NonFiniteLossError, train_and_evaluate
+from attn.train.loop import NonFiniteLossError, TrainingInterrupted, train_and_evaluate
 from attn.train.setup import (
   ConfigError,
   build_model,
@@ -29,6 +29,7 @@ __all__ = [
   "ConfigError",
   "NonFiniteLossError",
   "TrainState",
+  "TrainingInterrupted",
   "build_model",
   "diagnostics_step",
   "eval_step",

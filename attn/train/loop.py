@@ -38,6 +38,10 @@ class NonFiniteLossError(RuntimeError):
   """The loss became NaN or inf; the last good checkpoint is kept."""
 
 
+class TrainingInterrupted(KeyboardInterrupt):
+  """Ctrl-C (SIGINT) while training; says at which step and which checkpoint a rerun resumes from."""
+
+
 @dataclasses.dataclass(frozen=True)
 class CompiledSteps:
   """The steps vmapped over the seed axis and jitted with their shardings: the state (with its seed
@@ -418,6 +422,12 @@ def _train(config, workdir: str, task: Task, model_config: ModelConfig, start_ti
       interval_start, interval_steps = time.time(), 0
     if final is None:  # Resumed at the very end: the final evaluation is on record already.
       final = _logged_eval(workdir, step) or evaluate_and_log(step)
+  except KeyboardInterrupt:
+    kept = checkpoints.latest_step()
+    where = f"its checkpoint of step {kept}" if kept is not None else "the start (no checkpoint yet)"
+    raise TrainingInterrupted(
+      f"interrupted at step {step}; rerun the same command to resume from {where}"
+    ) from None
   finally:
     writer.close()
   checkpoints.close()

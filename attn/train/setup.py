@@ -160,7 +160,8 @@ def restore_run(workdir: str, seed_index: int = 0):
   resolved = files.read_json(files.path(workdir, files.CONFIG_FILE))
   if not isinstance(resolved, dict):
     raise ConfigError(f"--workdir: {workdir!r} holds no run (no readable {files.CONFIG_FILE})")
-  resolved.pop("resolved_model", None)
+  for derived in ("resolved_model", files.DATA_HASHES):  # Written by the loop, not config fields.
+    resolved.pop(derived, None)
   config = ml_collections.ConfigDict(resolved)
   task, model_config = validate(config, workdir=workdir)
   if not 0 <= seed_index < config.num_seeds:

@@ -117,3 +117,14 @@ def test_checkpoints_without_a_config_and_a_file_as_workdir_are_refused(tmp_path
   (tmp_path / "a_file").write_text("")
   line = _one_error_line(_launch(CONFIG, f"--workdir={tmp_path / 'a_file'}"))
   assert line == f"error: --workdir {tmp_path / 'a_file'} is a file, not a folder"
+
+
+def test_a_config_file_that_does_not_load_or_an_unknown_preset_is_one_line(tmp_path):
+  broken = tmp_path / "broken.py"
+  broken.write_text("def get_config(preset=''):\n  return {\n")
+  line = _one_error_line(_launch(f"--config={broken}", f"--workdir={tmp_path / 'run'}"))
+  assert line.startswith(f"error: --config: {broken} does not load: SyntaxError: ")
+  assert "line 2" in line
+  line = _one_error_line(_launch("--config=experiments/base.py:no_such_preset", "--workdir=x"))
+  assert line.startswith("error: --config: experiments/base.py:no_such_preset: ValueError: ")
+  assert "no_such_preset" in line.removeprefix("error: --config: experiments/base.py:no_such_preset")

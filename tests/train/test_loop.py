@@ -16,6 +16,7 @@ import json
 import math
 import os
 import pathlib
+import re
 import shutil
 import signal
 import subprocess
@@ -304,6 +305,39 @@ def test_resume_after_sigkill_matches_uninterrupted_run(reference, cache_env, tm
   assert [r["step"] for r in _records(workdir, "eval")] == [0, STEPS]
   reference_losses = [r["loss"] for r in _records(reference[0], "train")]
   np.testing.assert_allclose([r["loss"] for r in train_records], reference_losses, rtol=0, atol=1e-6)
+
+
+def test_ctrl_c_is_one_line_saying_where_a_rerun_resumes(cache_env, tmp_path):
+  workdir = tmp_path / "run"
+  with open(tmp_path / "interrupted.log", "w") as stderr:
+    process = subprocess.Popen(
+      [sys.executable, "-c", _SLOW_LAUNCH, *_flags(workdir)],
+      cwd=REPO,
+      env=cache_env,
+      stdout=subprocess.DEVNULL,
+      stderr=stderr,
+    )
+    try:
+      deadline = time.monotonic() + 240
+      while not _checkpoint_steps(workdir):
+        assert process.poll() is None, (tmp_path / "interrupted.log").read_text()
+        assert time.monotonic() < deadline, "no checkpoint in time"
+        time.sleep(0.02)
+      os.kill(process.pid, signal.SIGINT)
+      process.wait(timeout=120)
+    finally:
+      process.kill()
+      process.wait()
+  log = (tmp_path / "interrupted.log").read_text()
+  assert process.returncode == 130, log[-3000:]
+  assert "Traceback" not in log
+  last = log.strip().splitlines()[-1]
+  assert re.fullmatch(
+    r"error: interrupted at step \d+; rerun the same command to resume from its checkpoint of "
+    r"step \d+",
+    last,
+  ), last
+  assert not (workdir / "lock").exists()  # Released on the way out.
 
 
 # ----------------------------------------------------------------------------------------------------
