@@ -28,10 +28,17 @@ def start_quietly() -> None:
 
 
 def run(main, **kwargs) -> None:
-  """absl's `app.run(main)`, where Ctrl-C ends in one line (with where a run stopped, when the
-  exception says) and exit status 130 instead of a traceback."""
+  """absl's `app.run(main)`, where a bad ATTN_DEFAULT_IMPLEMENTATION is one line before anything
+  runs, and Ctrl-C ends in one line (with where a run stopped, when the exception says) and exit
+  status 130 instead of a traceback."""
 
   def guarded(argv):
+    from attn.core import attention  # The environment's choices, checked before anything runs.
+
+    try:
+      attention.check_default_implementation()
+    except ValueError as e:
+      sys.exit(f"error: {e}")
     try:
       return main(argv)
     except KeyboardInterrupt as e:

@@ -209,11 +209,16 @@ FLASH_MIN_LOGITS = 128 * 128
 # Set from the environment variable ATTN_DEFAULT_IMPLEMENTATION at import, so child processes follow
 # too; the test suite runs whole with the fast path as the default by `pytest --attention-default=flash`.
 DEFAULT_IMPLEMENTATION: str | None = os.environ.get("ATTN_DEFAULT_IMPLEMENTATION") or None
-if DEFAULT_IMPLEMENTATION not in (None, *IMPLEMENTATIONS):
-  raise ValueError(
-    f"ATTN_DEFAULT_IMPLEMENTATION: unknown choice {DEFAULT_IMPLEMENTATION!r}; expected one of "
-    f"{IMPLEMENTATIONS} or unset"
-  )
+
+
+def check_default_implementation() -> None:
+  """Raises ValueError naming ATTN_DEFAULT_IMPLEMENTATION when it holds an unknown choice (checked
+  when attention is first chosen, and by every entry point before it starts)."""
+  if DEFAULT_IMPLEMENTATION not in (None, *IMPLEMENTATIONS):
+    raise ValueError(
+      f"ATTN_DEFAULT_IMPLEMENTATION: unknown choice {DEFAULT_IMPLEMENTATION!r}; expected one of "
+      f"{', '.join(IMPLEMENTATIONS)} or unset"
+    )
 
 
 def choose_implementation(
@@ -235,6 +240,7 @@ def choose_implementation(
   if implementation is None:
     if dropout or return_weights:
       return "naive"
+    check_default_implementation()
     if DEFAULT_IMPLEMENTATION is not None:
       if DEFAULT_IMPLEMENTATION == "jax" and not same_head_dims:
         warnings.warn(

@@ -2,10 +2,13 @@
 
 A run directory (`launch.train --workdir=RUN`):
   config.json        the resolved config, plus `resolved_model` (the ModelConfig with the vocabulary)
+                     and `data_sha256` (the task's data files): the run's identity
   metrics.jsonl      one JSON object per line: step, split, time and metrics (the source of truth)
   events.out.tfevents.*  the same scalars for TensorBoard
   checkpoints/<step>/    orbax checkpoints of the whole training state
+  checkpoints_unreadable/  step folders that did not restore, set aside
   summary.json       written when the run finishes: final eval metrics, parameter count, steps/s
+  lock               "PID HOST" of the process training there, while it runs
 A sweep directory (`launch.sweep --workdir=SWEEP`) holds sweep.json (its points) and one run
 directory per point, each with overrides.json, train.log and, when it failed, status.json.
 

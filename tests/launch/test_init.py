@@ -51,3 +51,15 @@ def test_demo_first_line_is_its_own():
   assert result.returncode == 0, result.stderr[-2000:]
   assert "Unable to initialize backend" not in result.stderr
   assert result.stdout.splitlines()[0].startswith("1. Weightless self-attention")
+
+
+def test_a_bad_environment_default_is_one_line_before_anything_runs():
+  env = {**os.environ, "ATTN_DEFAULT_IMPLEMENTATION": "fastest"}
+  result = subprocess.run(
+    [sys.executable, "-m", "launch.demo"], cwd=ROOT, capture_output=True, text=True, timeout=300, env=env
+  )
+  assert result.returncode == 1 and result.stdout == ""
+  assert result.stderr.strip() == (
+    "error: ATTN_DEFAULT_IMPLEMENTATION: unknown choice 'fastest'; expected one of naive, flash, jax "
+    "or unset"
+  )
