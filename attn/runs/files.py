@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import math
 import os
 import pathlib
@@ -30,6 +31,7 @@ from collections.abc import Iterator
 from typing import Any
 
 PathLike = str | os.PathLike
+_log = logging.getLogger(__name__)
 
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
@@ -135,18 +137,22 @@ def read_json(file: PathLike) -> Any:
 
 
 def read_lines(file: PathLike) -> list[dict]:
-  """The JSON objects of a JSON-lines file, skipping lines that do not parse (a line cut short by a
-  kill) and lines that are not objects; [] when the file is absent."""
+  """The JSON objects of a JSON-lines file; a line that does not parse (cut short by a kill) or is not
+  an object is skipped with a warning naming FILE:LINE. [] when the file is absent."""
   records = []
   try:
     with open(file, encoding="utf-8", errors="replace") as f:
-      for line in f:
+      for number, line in enumerate(f, 1):
         try:
           record = json.loads(line)
         except ValueError:
-          continue
+          record = None
         if isinstance(record, dict):
           records.append(record)
+        elif line.strip():
+          _log.warning(
+            "%s:%d: skipped a line that is not a JSON object (cut short by a kill?)", file, number
+          )
   except OSError:
     return []
   return records

@@ -122,6 +122,27 @@ def stream_rng(seed: int, *stream: int) -> np.random.Generator:
   return np.random.default_rng([seed, *stream])
 
 
+def read_lines(path: str) -> list[str]:
+  """The lines of a UTF-8 text file, without their line ends; a UTF-8 byte-order mark is skipped.
+
+  Raises:
+    ValueError: "FILE:LINE: not UTF-8 (...)" naming the first line with bytes that are not UTF-8.
+  """
+  with open(path, "rb") as f:
+    raw = f.read()
+  raw = raw.removeprefix(b"\xef\xbb\xbf")  # Some editors start UTF-8 files with a BOM.
+  lines = raw.split(b"\n")
+  if lines and lines[-1] == b"":  # The newline that ends the last line.
+    lines.pop()
+  out = []
+  for number, line in enumerate(lines, 1):
+    try:
+      out.append(line.decode("utf-8").rstrip("\r"))
+    except UnicodeDecodeError as e:
+      raise ValueError(f"{path}:{number}: not UTF-8 ({e.reason} at byte {e.start})") from None
+  return out
+
+
 def pad_rows(rows: Sequence[np.ndarray], length: int, pad_id: int = 0) -> np.ndarray:
   """Stacks 1-D int rows into int32 [len(rows), length], right-padded with pad_id."""
   out = np.full((len(rows), length), pad_id, np.int32)

@@ -28,7 +28,7 @@ import zlib
 import jax
 import numpy as np
 
-from attn.tasks.base import SPECIALS, Task, Vocabulary, pad_rows, split_batches
+from attn.tasks.base import SPECIALS, Task, Vocabulary, pad_rows, read_lines, split_batches
 from attn.tasks.conlleval import entity_scores, split_tag
 
 SPLITS = ("train", "dev", "test")
@@ -65,23 +65,22 @@ def read_conll(path: str) -> list[Sentence]:
       tokens.clear()
       tags.clear()
 
-  with open(path, encoding="utf-8") as f:
-    for number, line in enumerate(f, start=1):
-      fields = line.split()
-      if not fields:
-        close()
-        continue
-      if fields[0] == DOCSTART:
-        close()
-        continue
-      if len(fields) < 2:
-        raise ValueError(f"{path}:{number}: expected 'token tag', got {line.rstrip(chr(10))!r}")
-      if not _TAG.match(fields[-1]):
-        raise ValueError(
-          f"{path}:{number}: expected a tag O, B-TYPE or I-TYPE in the last column, got {fields[-1]!r}"
-        )
-      tokens.append(fields[0])
-      tags.append(fields[-1])
+  for number, line in enumerate(read_lines(path), start=1):
+    fields = line.split()
+    if not fields:
+      close()
+      continue
+    if fields[0] == DOCSTART:
+      close()
+      continue
+    if len(fields) < 2:
+      raise ValueError(f"{path}:{number}: expected 'token tag', got {line!r}")
+    if not _TAG.match(fields[-1]):
+      raise ValueError(
+        f"{path}:{number}: expected a tag O, B-TYPE or I-TYPE in the last column, got {fields[-1]!r}"
+      )
+    tokens.append(fields[0])
+    tags.append(fields[-1])
   close()
   return sentences
 

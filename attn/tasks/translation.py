@@ -24,6 +24,7 @@ from __future__ import annotations
 import functools
 import io
 import os
+import re
 from collections.abc import Sequence
 
 import jax
@@ -38,6 +39,7 @@ from attn.tasks.base import (
   Task,
   Vocabulary,
   pad_rows,
+  read_lines,
   seq2seq_examples,
   split_batches,
   stream_rng,
@@ -64,17 +66,8 @@ def read_parallel(path: str) -> list[tuple[str, str]]:
   """
   if not os.path.isfile(path):
     raise ValueError(f"config.data.path: no file {path!r} (the folder needs {', '.join(_files())})")
-  with open(path, "rb") as f:
-    raw = f.read()
-  lines = raw.split(b"\n")
-  if lines and lines[-1] == b"":  # The newline that ends the last line.
-    lines.pop()
   pairs = []
-  for number, line in enumerate(lines, 1):
-    try:
-      text = line.decode("utf-8").rstrip("\r")
-    except UnicodeDecodeError as e:
-      raise ValueError(f"{path}:{number}: not UTF-8 ({e.reason} at byte {e.start})") from None
+  for number, text in enumerate(read_lines(path), 1):
     fields = [field.strip() for field in text.split("\t")]
     if len(fields) != 2 or not all(fields):
       raise ValueError(
@@ -100,6 +93,22 @@ def train_subwords(sentences: Sequence[str], vocab_size: int) -> bytes:
   small corpus the vocabulary may come out smaller than `vocab_size` (no error).
   """
   model = io.BytesIO()
+  try:
+    _train_sentencepiece(sentences, vocab_size, model)
+  except RuntimeError as e:  # SentencePiece's checks, e.g. fewer pieces than the characters need.
+    need = re.search(r"smaller than required_chars\. \d+ vs (\d+)", str(e))
+    if need:
+      raise ValueError(
+        f"config.task.vocab_size: {vocab_size} is too small for the training split's characters; "
+        f"the smallest that works is {need.group(1)}"
+      ) from None
+    raise ValueError(
+      f"config.task.vocab_size: SentencePiece refused {vocab_size}: {' '.join(str(e).split())}"
+    ) from None
+  return model.getvalue()
+
+
+def _train_sentencepiece(sentences: Sequence[str], vocab_size: int, model: io.BytesIO) -> None:
   spm.SentencePieceTrainer.train(
     sentence_iterator=iter(sentences),
     model_writer=model,
@@ -120,7 +129,6 @@ def train_subwords(sentences: Sequence[str], vocab_size: int) -> bytes:
     unk_piece=SPECIALS[3],
     minloglevel=2,
   )
-  return model.getvalue()
 
 
 class Subwords:
@@ -255,6 +263,12 @@ class Translation(Task):
         f"{max_target_length} target tokens"
       )
     self.dev_src, self.dev_tgt = self._fitting(*encoded["dev"])
+    if not self.dev_src:
+      shortest = min(max(len(s), len(t) + 1) for s, t in zip(*encoded["dev"], strict=True))
+      raise ValueError(
+        f"config.task.max_source_length: no dev pair fits {max_source_length} source and "
+        f"{max_target_length} target tokens (the shortest needs {shortest}); raise the limits"
+      )
     self.num_dropped = {
       "train": len(encoded["train"][0]) - len(self.train_src),
       "dev": len(encoded["dev"][0]) - len(self.dev_src),

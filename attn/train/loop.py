@@ -299,6 +299,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   """
   start_time = time.time()
   task, model_config = setup.validate(config)
+  if not workdir:
+    raise setup.ConfigError("--workdir: empty; name the run's folder")
   if os.path.exists(workdir) and not os.path.isdir(workdir):
     raise setup.ConfigError(f"--workdir {workdir} is a file, not a folder")
   try:

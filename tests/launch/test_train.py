@@ -128,3 +128,12 @@ def test_a_config_file_that_does_not_load_or_an_unknown_preset_is_one_line(tmp_p
   line = _one_error_line(_launch("--config=experiments/base.py:no_such_preset", "--workdir=x"))
   assert line.startswith("error: --config: experiments/base.py:no_such_preset: ValueError: ")
   assert "no_such_preset" in line.removeprefix("error: --config: experiments/base.py:no_such_preset")
+
+
+def test_an_empty_workdir_or_one_that_cannot_be_created_is_one_line(tmp_path):
+  line = _one_error_line(_launch(CONFIG, "--workdir="))
+  assert line == "error: --workdir: empty; name the run's folder"
+  (tmp_path / "a_file").write_text("")
+  inside_a_file = tmp_path / "a_file" / "run"
+  line = _one_error_line(_launch(CONFIG, f"--workdir={inside_a_file}"))
+  assert line == f"error: --workdir {inside_a_file}: cannot create it (Not a directory)"

@@ -99,3 +99,13 @@ def test_is_done_reads_the_summary(tmp_path):
   assert not files.is_done(tmp_path)
   (tmp_path / files.SUMMARY_FILE).write_text(json.dumps({"status": "done"}))
   assert files.is_done(tmp_path)
+
+
+def test_a_bad_metrics_line_is_skipped_with_a_warning_naming_file_and_line(tmp_path, caplog):
+  path = tmp_path / "metrics.jsonl"
+  path.write_text('{"step": 1}\nnot json\n{"step": 2}\n')
+  with caplog.at_level("WARNING", logger="attn.runs.files"):
+    assert files.read_lines(path) == [{"step": 1}, {"step": 2}]
+  assert [r.getMessage() for r in caplog.records] == [
+    f"{path}:2: skipped a line that is not a JSON object (cut short by a kill?)"
+  ]

@@ -129,3 +129,12 @@ def _synthetic_config():
   return ml_collections.ConfigDict(
     {"name": "copy", "num_symbols": 5, "min_length": 2, "max_length": 4, "eval_examples": 8}
   )
+
+
+def test_read_lines_skips_a_byte_order_mark_and_names_bad_bytes_by_line(tmp_path):
+  path = tmp_path / "data.txt"
+  path.write_bytes(b"\xef\xbb\xbffirst\r\nsecond\n")
+  assert base.read_lines(str(path)) == ["first", "second"]
+  path.write_bytes(b"fine\nbad \xff byte\n")
+  with pytest.raises(ValueError, match=rf"^{path}:2: not UTF-8 \(invalid start byte at byte 4\)$"):
+    base.read_lines(str(path))

@@ -257,3 +257,44 @@ def test_smoke_preset_trains_reports_bleu_and_restores_without_retraining(tmp_pa
   saved = (workdir / translation.MODEL_FILE).read_bytes()
   assert task.subwords.model_proto == saved
   assert jax.tree.leaves(params)
+
+
+def test_a_vocab_size_sentencepiece_refuses_names_the_field_and_the_smallest_that_works(tmp_path):
+  folder = write_folder(tmp_path / "data")
+  with pytest.raises(ValueError, match=r"^config\.task\.vocab_size: 5 is too small .* is (\d+)$") as e:
+    make(folder, vocab_size=5)
+  smallest = int(str(e.value).rsplit(" ", 1)[-1])
+  assert make(folder, vocab_size=smallest).vocab  # The size it names does work.
+
+
+def test_a_dev_split_of_which_nothing_fits_is_one_line(tmp_path):
+  folder = write_folder(tmp_path / "data")
+  (folder / "dev.tsv").write_text("The dog is big and the cat is small and old.\tLe chien.\n")
+  with pytest.raises(ValueError, match=r"^config\.task\.max_source_length: no dev pair fits 8 source"):
+    make(folder, max_source_length=8)
+
+
+def test_bad_bytes_in_a_data_file_are_one_cli_line_naming_file_and_line(tmp_path):
+  folder = write_folder(tmp_path / "data")
+  with open(folder / "dev.tsv", "ab") as f:
+    f.write(b"caf\xe9\tcaf\xe9\n")  # Latin-1, not UTF-8.
+  lines = (folder / "dev.tsv").read_bytes().count(b"\n")
+  result = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "launch.train",
+      "--config=experiments/translate.py:smoke",
+      f"--config.data.path={folder}",
+      f"--workdir={tmp_path / 'run'}",
+    ],
+    cwd=REPO,
+    env={**os.environ, "JAX_PLATFORMS": "cpu"},
+    capture_output=True,
+    text=True,
+    check=False,
+  )
+  assert result.returncode == 1 and "Traceback" not in result.stderr
+  assert result.stderr.strip().splitlines()[-1] == (
+    f"error: {folder / 'dev.tsv'}:{lines}: not UTF-8 (invalid continuation byte at byte 3)"
+  )
