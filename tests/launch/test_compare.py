@@ -70,3 +70,19 @@ def test_main_bad_directory_exits_with_one_line(tmp_path):
   assert result.returncode == 1
   assert result.stdout == ""
   assert result.stderr == f"error: {missing}: no such directory\n"
+
+
+def test_a_metrics_line_that_does_not_parse_is_one_warning_naming_file_and_line(tmp_path):
+  run = tmp_path / "run"
+  run.mkdir()
+  good = {"step": 4, "split": "eval", "time": 1.0, "loss": [1.0], "accuracy": [0.5]}
+  (run / "metrics.jsonl").write_text(json.dumps(good) + "\n" + '{"step": 5, "spl\n')
+  result = subprocess.run(
+    [sys.executable, "-m", "launch.compare", str(run)], capture_output=True, text=True, check=False
+  )
+  assert result.returncode == 0, result.stderr
+  warnings = [line for line in result.stderr.splitlines() if "skipped a line" in line]
+  assert len(warnings) == 1 and warnings[0].endswith(
+    f"{run / 'metrics.jsonl'}:2: skipped a line that is not a JSON object (cut short by a kill?)"
+  )
+  assert "final accuracy" in result.stdout  # The table, from the line that parsed.

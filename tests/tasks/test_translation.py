@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -274,11 +275,8 @@ def test_a_dev_split_of_which_nothing_fits_is_one_line(tmp_path):
     make(folder, max_source_length=8)
 
 
-def test_bad_bytes_in_a_data_file_are_one_cli_line_naming_file_and_line(tmp_path):
-  folder = write_folder(tmp_path / "data")
-  with open(folder / "dev.tsv", "ab") as f:
-    f.write(b"caf\xe9\tcaf\xe9\n")  # Latin-1, not UTF-8.
-  lines = (folder / "dev.tsv").read_bytes().count(b"\n")
+def _train_cli(folder, workdir, *flags) -> str:
+  """`launch.train` of the smoke preset on `folder`; asserts one error line and exit status 1."""
   result = subprocess.run(
     [
       sys.executable,
@@ -286,7 +284,8 @@ def test_bad_bytes_in_a_data_file_are_one_cli_line_naming_file_and_line(tmp_path
       "launch.train",
       "--config=experiments/translate.py:smoke",
       f"--config.data.path={folder}",
-      f"--workdir={tmp_path / 'run'}",
+      f"--workdir={workdir}",
+      *flags,
     ],
     cwd=REPO,
     env={**os.environ, "JAX_PLATFORMS": "cpu"},
@@ -294,7 +293,20 @@ def test_bad_bytes_in_a_data_file_are_one_cli_line_naming_file_and_line(tmp_path
     text=True,
     check=False,
   )
-  assert result.returncode == 1 and "Traceback" not in result.stderr
-  assert result.stderr.strip().splitlines()[-1] == (
-    f"error: {folder / 'dev.tsv'}:{lines}: not UTF-8 (invalid continuation byte at byte 3)"
-  )
+  assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
+  errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+  assert len(errors) == 1, result.stderr[-3000:]
+  return errors[0]
+
+
+def test_data_mistakes_are_one_cli_line_each(tmp_path):
+  folder = write_folder(tmp_path / "data")
+  line = _train_cli(folder, tmp_path / "run", "--config.task.vocab_size=5")
+  assert re.fullmatch(r"error: config\.task\.vocab_size: 5 is too small .* that works is \d+", line)
+  line = _train_cli(folder, tmp_path / "run", "--config.task.max_source_length=2")
+  assert line.startswith("error: config.task.max_source_length: no training pair fits 2 source")
+  with open(folder / "dev.tsv", "ab") as f:
+    f.write(b"caf\xe9\tcaf\xe9\n")  # Latin-1, not UTF-8.
+  lines = (folder / "dev.tsv").read_bytes().count(b"\n")
+  line = _train_cli(folder, tmp_path / "run")
+  assert line == f"error: {folder / 'dev.tsv'}:{lines}: not UTF-8 (invalid continuation byte at byte 3)"
