@@ -13,6 +13,8 @@ import functools
 import json
 import math
 import os
+import signal
+import threading
 import time
 from collections.abc import Callable
 
@@ -215,6 +217,31 @@ def write_summary(workdir: str, **fields) -> None:
   files.write_json(files.path(workdir, files.SUMMARY_FILE), {"status": "done", **fields})
 
 
+class _CtrlC:
+  """While installed (in the main thread), a first Ctrl-C only sets `pressed`, which the loop reads
+  between steps: a KeyboardInterrupt raised inside orbax's save can be swallowed there (seen: the run
+  went on to its end) or leave half a checkpoint. A second Ctrl-C interrupts at once."""
+
+  def __init__(self):
+    self.pressed = False
+    self._previous = None
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    if self.pressed:
+      raise KeyboardInterrupt
+    self.pressed = True
+
+  def install(self) -> None:
+    if threading.current_thread() is threading.main_thread():
+      self._previous = signal.signal(signal.SIGINT, self._handle)
+
+  def uninstall(self) -> None:
+    if self._previous is not None:
+      signal.signal(signal.SIGINT, self._previous)
+      self._previous = None
+
+
 def _logged_eval(workdir: str, step: int) -> dict | None:
   """The eval metrics already on record for `step` (a run resumed at its very end), or None."""
   logged = [r for r in files.read_metrics(workdir) if r["split"] == "eval" and r["step"] == step]
@@ -352,7 +379,9 @@ def _train(config, workdir: str, task: Task, model_config: ModelConfig, start_ti
   )
   step = int(np.asarray(state.step)[0])
   writer = MetricsWriter(workdir, keep_through_step=-1 if latest is None else step)
+  ctrl_c = _CtrlC()
   try:
+    ctrl_c.install()
     num_params = sum(int(np.prod(x.shape[1:])) for x in jax.tree.leaves(abstract_state.params))
     schedule = setup.make_schedule(config)
     host_eval_batches = task.eval_batches(int(config.eval_batch_size))
@@ -386,6 +415,8 @@ def _train(config, workdir: str, task: Task, model_config: ModelConfig, start_ti
     interval_start, interval_steps = time.time(), 0
     rates: list[float] = []
     while step < total:
+      if ctrl_c.pressed:  # Stop between steps, never inside a checkpoint's save.
+        raise KeyboardInterrupt
       # Host numpy straight to its shards: one transfer, not a copy to device 0 and a reshard.
       batch = jax.device_put(task.train_batch(step, int(config.batch_size)), compiled.data_sharding)
       state, metrics = compiled.train(state, batch)
@@ -431,6 +462,7 @@ def _train(config, workdir: str, task: Task, model_config: ModelConfig, start_ti
       f"interrupted at step {step}; rerun the same command to resume from {where}"
     ) from None
   finally:
+    ctrl_c.uninstall()
     writer.close()
   checkpoints.close()
   write_summary(

@@ -218,11 +218,10 @@ def test_task_batches_and_splits(tmp_path):
   assert source_of_line[-1] == source_of_line[0]
 
 
-def test_smoke_preset_trains_reports_bleu_and_restores_without_retraining(tmp_path, monkeypatch):
-  folder = write_folder(tmp_path / "data")
-  workdir = tmp_path / "run"
-  flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_backend_optimization_level=0".strip()
-  result = subprocess.run(
+def _launch_train(folder, workdir, *flags) -> subprocess.CompletedProcess:
+  """`python -m launch.train` of the smoke preset on the data `folder` (XLA at its quickest compile)."""
+  xla_flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_backend_optimization_level=0".strip()
+  return subprocess.run(
     [
       sys.executable,
       "-m",
@@ -230,13 +229,20 @@ def test_smoke_preset_trains_reports_bleu_and_restores_without_retraining(tmp_pa
       "--config=experiments/translate.py:smoke",
       f"--config.data.path={folder}",
       f"--workdir={workdir}",
+      *flags,
     ],
     cwd=REPO,
-    env={**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": flags},
+    env={**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": xla_flags},
     capture_output=True,
     text=True,
     check=False,
   )
+
+
+def test_smoke_preset_trains_reports_bleu_and_restores_without_retraining(tmp_path, monkeypatch):
+  folder = write_folder(tmp_path / "data")
+  workdir = tmp_path / "run"
+  result = _launch_train(folder, workdir)
   assert result.returncode == 0, result.stderr[-3000:]
   records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
   evals = [r for r in records if r["split"] == "eval"]
@@ -277,22 +283,7 @@ def test_a_dev_split_of_which_nothing_fits_is_one_line(tmp_path):
 
 def _train_cli(folder, workdir, *flags) -> str:
   """`launch.train` of the smoke preset on `folder`; asserts one error line and exit status 1."""
-  result = subprocess.run(
-    [
-      sys.executable,
-      "-m",
-      "launch.train",
-      "--config=experiments/translate.py:smoke",
-      f"--config.data.path={folder}",
-      f"--workdir={workdir}",
-      *flags,
-    ],
-    cwd=REPO,
-    env={**os.environ, "JAX_PLATFORMS": "cpu"},
-    capture_output=True,
-    text=True,
-    check=False,
-  )
+  result = _launch_train(folder, workdir, *flags)
   assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
   errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
   assert len(errors) == 1, result.stderr[-3000:]

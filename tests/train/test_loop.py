@@ -258,9 +258,9 @@ runpy.run_module("launch.train", run_name="__main__", alter_sys=True)
 """
 
 
-def test_resume_after_sigkill_matches_uninterrupted_run(reference, cache_env, tmp_path):
-  workdir = tmp_path / "run"
-  log = tmp_path / "killed.log"
+def _signal_after_first_checkpoint(workdir, cache_env, log, signum) -> int:
+  """Runs the slowed `launch.train` into `workdir` (stderr to `log`), sends `signum` once its first
+  checkpoint is on disk, and returns the exit status."""
   with open(log, "w") as stderr:
     process = subprocess.Popen(
       [sys.executable, "-c", _SLOW_LAUNCH, *_flags(workdir)],
@@ -277,11 +277,20 @@ def test_resume_after_sigkill_matches_uninterrupted_run(reference, cache_env, tm
         )
         assert time.monotonic() < deadline, "no checkpoint in time"
         time.sleep(0.02)
-      os.kill(process.pid, signal.SIGKILL)
+      os.kill(process.pid, signum)
+      process.wait(timeout=120)
     finally:
       process.kill()
       process.wait()
-  assert process.returncode == -signal.SIGKILL
+  return process.returncode
+
+
+def test_resume_after_sigkill_matches_uninterrupted_run(reference, cache_env, tmp_path):
+  workdir = tmp_path / "run"
+  returncode = _signal_after_first_checkpoint(
+    workdir, cache_env, tmp_path / "killed.log", signal.SIGKILL
+  )
+  assert returncode == -signal.SIGKILL
   assert not (workdir / "summary.json").exists()  # It was killed mid-run.
   assert 0 < _checkpoint_steps(workdir)[-1] < STEPS
 
@@ -309,27 +318,11 @@ def test_resume_after_sigkill_matches_uninterrupted_run(reference, cache_env, tm
 
 def test_ctrl_c_is_one_line_saying_where_a_rerun_resumes(cache_env, tmp_path):
   workdir = tmp_path / "run"
-  with open(tmp_path / "interrupted.log", "w") as stderr:
-    process = subprocess.Popen(
-      [sys.executable, "-c", _SLOW_LAUNCH, *_flags(workdir)],
-      cwd=REPO,
-      env=cache_env,
-      stdout=subprocess.DEVNULL,
-      stderr=stderr,
-    )
-    try:
-      deadline = time.monotonic() + 240
-      while not _checkpoint_steps(workdir):
-        assert process.poll() is None, (tmp_path / "interrupted.log").read_text()
-        assert time.monotonic() < deadline, "no checkpoint in time"
-        time.sleep(0.02)
-      os.kill(process.pid, signal.SIGINT)
-      process.wait(timeout=120)
-    finally:
-      process.kill()
-      process.wait()
+  returncode = _signal_after_first_checkpoint(
+    workdir, cache_env, tmp_path / "interrupted.log", signal.SIGINT
+  )
   log = (tmp_path / "interrupted.log").read_text()
-  assert process.returncode == 130, log[-3000:]
+  assert returncode == 130, log[-3000:]
   assert "Traceback" not in log
   last = log.strip().splitlines()[-1]
   assert re.fullmatch(
