@@ -219,8 +219,9 @@ def write_summary(workdir: str, **fields) -> None:
 
 class _CtrlC:
   """While installed (in the main thread), a first Ctrl-C only sets `pressed`, which the loop reads
-  between steps: a KeyboardInterrupt raised inside orbax's save can be swallowed there (seen: the run
-  went on to its end) or leave half a checkpoint. A second Ctrl-C interrupts at once."""
+  between steps, so the stop never lands inside a checkpoint's save. (Raised wherever it fell, one
+  that arrived while a checkpoint was being written was lost: the run went on to its end.) A second
+  Ctrl-C interrupts at once."""
 
   def __init__(self):
     self.pressed = False
