@@ -142,7 +142,8 @@ def test_default_implementation_forces_the_automatic_choice(monkeypatch):
   assert choose(None, T=8, S=8) == "flash"
   assert choose(None, T=8, S=8, return_weights=True) == "naive"  # Only naive has the weights.
   monkeypatch.setattr(attention, "DEFAULT_IMPLEMENTATION", "jax")
-  assert choose(None, T=8, S=8, same_head_dims=False) == "flash"
+  with pytest.warns(UserWarning, match="cannot serve a value head dim"):
+    assert choose(None, T=8, S=8, same_head_dims=False) == "flash"
 
 
 def test_is_causal_equals_an_explicit_causal_mask_on_every_path():
