@@ -341,10 +341,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       task.save(workdir)  # E.g. a vocabulary built from the training split, kept with the run.
     except ValueError as e:
       raise setup.ConfigError(str(e)) from None
-    summary = files.read_json(files.path(workdir, files.SUMMARY_FILE))
+    summary_path = files.path(workdir, files.SUMMARY_FILE)
+    summary = files.read_json(summary_path)
     if _finished(summary, config):
       logging.info("%s finished already: %d steps.", workdir, int(config.num_train_steps))
       return summary["final"]
+    if os.path.exists(summary_path):  # A shorter run's: this one is not done until it ends.
+      os.remove(summary_path)
     return _train(config, workdir, task, model_config, start_time)
 
 

@@ -30,7 +30,7 @@ import pytest
 from jax.experimental.compilation_cache import compilation_cache
 
 from attn import tasks, train
-from attn.runs.files import read_metrics
+from attn.runs.files import is_done, read_metrics
 from attn.train import loop, steps
 from tests.train.common import ATTENTION_LAYERS, OVERRIDES, STEPS
 from tests.train.common import smoke_config as _config
@@ -194,6 +194,20 @@ def test_rerun_after_finishing_does_not_retrain_or_compile(reference, tmp_path, 
   assert final == reference[1]
   assert {p.name: p.read_bytes() for p in workdir.iterdir() if p.is_file()} == before  # Untouched.
   assert _checkpoint_steps(workdir) == checkpoints_before
+
+
+def test_extending_a_finished_run_is_not_done_until_its_new_end(reference, tmp_path, monkeypatch):
+  workdir = tmp_path / "run"
+  shutil.copytree(reference[0], workdir)
+
+  def fail(*args, **kwargs):
+    assert not (workdir / "summary.json").exists()  # The shorter run's summary is gone while training.
+    raise RuntimeError("stop here")
+
+  monkeypatch.setattr(loop, "compile_steps", fail)
+  with pytest.raises(RuntimeError, match="stop here"):
+    train.train_and_evaluate(_config(num_train_steps=STEPS + 10), str(workdir))
+  assert not is_done(workdir)
 
 
 def _spoil(step_dir: pathlib.Path) -> None:
