@@ -71,12 +71,16 @@ def config_differences(saved: dict, wanted: dict) -> list[str]:
   return sorted(k for k in fields if k not in allowed and saved.get(k) != wanted.get(k))
 
 
-def changed_data(saved: dict) -> list[str]:
+def changed_data(saved: dict, current: dict[str, str] | None = None) -> list[str]:
   """The names of the data files whose sha256 differs from the one `saved` (a config.json) records,
-  or that are gone."""
+  or that are gone; `current` ({path: sha256}, when already computed) saves hashing them again."""
   changed = []
   for file, digest in sorted((saved.get(DATA_HASHES) or {}).items()):
-    if not os.path.isfile(file) or sha256(file) != digest:
+    if current is not None:
+      same = current.get(file) == digest
+    else:
+      same = os.path.isfile(file) and sha256(file) == digest
+    if not same:
       changed.append(os.path.basename(file))
   return changed
 
@@ -105,13 +109,16 @@ def finite_or_str(x: float) -> float | str:
   return x if math.isfinite(x) else str(x)
 
 
+def _write_atomically(file: PathLike, text: str) -> None:
+  file = os.fspath(file)
+  with open(file + ".tmp", "w", encoding="utf-8") as f:
+    f.write(text)
+  os.replace(file + ".tmp", file)
+
+
 def write_json(file: PathLike, value: Any, *, indent: int | None = 2, sort_keys: bool = False) -> None:
   """Writes `value` as JSON to `file` atomically."""
-  file = os.fspath(file)
-  tmp = file + ".tmp"
-  with open(tmp, "w", encoding="utf-8") as f:
-    json.dump(value, f, indent=indent, sort_keys=sort_keys)
-  os.replace(tmp, file)
+  _write_atomically(file, json.dumps(value, indent=indent, sort_keys=sort_keys))
 
 
 def json_line(record: dict) -> str:
@@ -121,11 +128,7 @@ def json_line(record: dict) -> str:
 
 def write_lines(file: PathLike, records: list[dict]) -> None:
   """Writes one JSON object per line to `file` atomically."""
-  file = os.fspath(file)
-  tmp = file + ".tmp"
-  with open(tmp, "w", encoding="utf-8") as f:
-    f.writelines(json_line(r) for r in records)
-  os.replace(tmp, file)
+  _write_atomically(file, "".join(json_line(r) for r in records))
 
 
 def read_json(file: PathLike) -> Any:

@@ -45,9 +45,14 @@ def check_config(config_arg: str) -> None:
   if not hasattr(module, "get_config"):
     raise ValueError(f"--config: {path} defines no get_config(preset)")
   try:
-    module.get_config(preset) if preset else module.get_config()
+    _get_config(module, preset)
   except Exception as e:  # E.g. an unknown preset: the config file's own message.
     raise ValueError(f"--config: {config_arg}: {_one_line(e)}") from None
+
+
+def _get_config(module, preset: str):
+  """`get_config` called as ml_collections' `--config=FILE[:preset]` calls it."""
+  return module.get_config(preset) if preset else module.get_config()
 
 
 def _one_line(e: BaseException) -> str:
@@ -66,11 +71,13 @@ def sweep_points(config_arg: str) -> list[dict]:
   return points
 
 
-def point_config(config_arg: str, overrides: dict) -> dict:
+def point_config(config_arg: str, overrides: dict, *, module=None) -> dict:
   """The config a point trains, as plain JSON values (what its config.json holds, before the task
-  resolves the model): the config file's `get_config(preset)` with the overrides applied."""
-  module, _, preset = load_config_module(config_arg)
-  config = module.get_config(preset)
+  resolves the model): the config file's `get_config(preset)` with the overrides applied. `module`:
+  the config file already loaded (`load_config_module`), so a sweep executes it once."""
+  if module is None:
+    module, _, _ = load_config_module(config_arg)
+  config = _get_config(module, config_arg.partition(":")[2])
   for key, value in overrides.items():
     *parents, field = key.split(".")
     holder = config
@@ -102,17 +109,19 @@ def check_reuse(config_arg: str, workdir: str, names: list[str], points: list[di
         f"--workdir {workdir} holds a sweep of other points ({', '.join(differ)} differ); use a new "
         "--workdir"
       )
+  module = None
   for name, overrides in zip(names, points, strict=True):
     point_dir = os.path.join(workdir, name)
     if not files.is_done(point_dir):
       continue  # launch.train checks an unfinished point's config itself when it resumes it.
+    module = module or load_config_module(config_arg)[0]
     saved = files.read_json(files.path(point_dir, files.CONFIG_FILE))
     if not isinstance(saved, dict):
       raise ValueError(
         f"--workdir {workdir}: point {name} is finished but has no readable {files.CONFIG_FILE}; "
         "use a new --workdir"
       )
-    differ = files.config_differences(saved, point_config(config_arg, overrides))
+    differ = files.config_differences(saved, point_config(config_arg, overrides, module=module))
     if differ:
       raise ValueError(
         f"--workdir {workdir}: point {name} holds a finished run of a different config (fields "

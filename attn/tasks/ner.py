@@ -366,7 +366,7 @@ def build_vocabulary(sentences: list[Sentence], min_count: int) -> Vocabulary:
   return Vocabulary((*SPECIALS, *words))
 
 
-def make_task(task_config, data_config, *, seed: int) -> NerTask:
+def make_task(task_config, data_config, *, seed: int, workdir: str | None = None) -> NerTask:
   """The NER task of `task_config` (fields max_length, min_count, max_features, word_dropout) on the
   folder `data_config.path` holding train, dev and test files.
 
@@ -374,6 +374,7 @@ def make_task(task_config, data_config, *, seed: int) -> NerTask:
     ValueError: naming the config field (a bad value, no data.path, a missing file) or, for a
       malformed line, the file and line number.
   """
+  del workdir  # The vocabulary is rebuilt from the data and checked against the saved one by save().
   path = data_config.get("path", "") if data_config is not None else ""
   if not path:
     raise ValueError("config.data.path: the ner task needs a folder holding train, dev and test files")

@@ -1,8 +1,8 @@
 """The tasks a config can name (`config.task.name`), each mapped to the function that builds it.
 
 Explicit imports rather than module names in strings, so the import graph shows every task. To add a
-task, write `make_task(task_config, data_config, *, seed, workdir=None) -> Task` in its module and add
-its name here.
+task, write `make_task(task_config, data_config, *, seed, workdir=None) -> Task` in its module (every
+builder takes `workdir`, a run directory whose saved files it may use) and add its name here.
 """
 
 from __future__ import annotations
@@ -19,8 +19,6 @@ BUILDERS: dict[str, Callable[..., Task]] = {
   "translate": translation.make_task,
 }
 TASK_NAMES = tuple(BUILDERS)
-# Tasks that build their vocabulary from data and can take it back from a run directory instead.
-_READS_WORKDIR = {translation.make_task}
 
 
 def make_task(task_config, data_config=None, *, seed: int = 0, workdir: str | None = None) -> Task:
@@ -40,7 +38,4 @@ def make_task(task_config, data_config=None, *, seed: int = 0, workdir: str | No
   if name not in BUILDERS:
     choices = ", ".join(map(repr, TASK_NAMES))
     raise ValueError(f"config.task.name: unknown task {name!r}; expected one of {choices}")
-  build = BUILDERS[name]
-  if build in _READS_WORKDIR:
-    return build(task_config, data_config, seed=seed, workdir=workdir)
-  return build(task_config, data_config, seed=seed)
+  return BUILDERS[name](task_config, data_config, seed=seed, workdir=workdir)

@@ -214,14 +214,14 @@ class SeedTask(Task):
     return " ".join(self.vocab.decode(ids))
 
 
-def make_task(task_config, data_config=None, *, seed: int = 0) -> SeedTask:
+def make_task(task_config, data_config=None, *, seed: int = 0, workdir: str | None = None) -> SeedTask:
   """The seed task `task_config.name` names, from its fields (min_length, max_length, min_distance,
   max_context, eval_examples; a field the config lacks takes its default). `data_config` is unused.
 
   Raises:
     ValueError: naming `config.task.FIELD` for a bad field.
   """
-  del data_config
+  del data_config, workdir  # Generated in code: no files, nothing saved.
   name = task_config.name
   if name not in TASK_NAMES:
     raise ValueError(f"config.task.name: {name!r} is not a seed task; expected one of {TASK_NAMES}")

@@ -81,14 +81,16 @@ class SyntheticSeq2Seq(Task):
     return " ".join(self.vocab.decode(ids))
 
 
-def make_task(task_config, data_config=None, *, seed: int = 0) -> SyntheticSeq2Seq:
+def make_task(
+  task_config, data_config=None, *, seed: int = 0, workdir: str | None = None
+) -> SyntheticSeq2Seq:
   """The task `config.task.name` ("copy", "reverse" or "sort") with its fields `num_symbols`,
   `min_length`, `max_length`, `eval_examples`; `seed` fixes the data stream.
 
   Raises:
     ValueError: naming the field, for a bad task field.
   """
-  del data_config  # Generated in code: no files.
+  del data_config, workdir  # Generated in code: no files, nothing saved.
   fields = ("num_symbols", "min_length", "max_length", "eval_examples")
   values = {f: int(task_config[f]) for f in fields}
   for f in fields:

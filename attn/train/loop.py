@@ -120,7 +120,7 @@ def write_config(
       "config they belong to; use a new --workdir"
     )
   if isinstance(old, dict):
-    changed_data = files.changed_data(old)
+    changed_data = files.changed_data(old, resolved[files.DATA_HASHES])
     if changed_data:
       raise setup.ConfigError(
         f"--workdir {workdir} holds a run over other data ({', '.join(changed_data)} changed since "
@@ -183,14 +183,19 @@ def task_scores(task: Task, model, params, batch_size: int, final: bool) -> dict
 
 
 def check_finite(
-  values: dict[str, list[float]], step: int, seeds: list[int], kept: int | None, workdir: str
+  values: dict[str, list[float]],
+  step: int,
+  seeds: list[int],
+  last_checkpoint: Callable[[], int | None],
+  workdir: str,
 ) -> None:
   """Raises NonFiniteLossError for the first non-finite value, naming it, the step, the seed and the
-  last good checkpoint."""
+  last good checkpoint (`last_checkpoint()`, asked only then: it lists the folder)."""
   for name, per_seed in values.items():
     bad = [i for i, x in enumerate(per_seed) if not math.isfinite(x)]
     if not bad:
       continue
+    kept = last_checkpoint()
     where = "no checkpoint was saved yet" if kept is None else f"the last good checkpoint is step {kept}"
     raise NonFiniteLossError(
       f"{name} is {per_seed[bad[0]]} at step {step} (seed {seeds[bad[0]]}); stopped, and "
@@ -266,7 +271,7 @@ def checkpoint_manager(config: ml_collections.ConfigDict, workdir: str) -> ocp.C
   )
 
 
-def init_or_restore(config, checkpoints, init_fn, seed_rngs, sharding, workdir: str):
+def init_or_restore(config, checkpoints, init_fn, seed_rngs, abstract_state, sharding, workdir: str):
   """The state of the newest checkpoint that restores (put on `sharding`), or a fresh one from
   `init_fn(seed_rngs)` when there is none; returns (state, its step or None, the checkpoint manager).
 
@@ -279,7 +284,6 @@ def init_or_restore(config, checkpoints, init_fn, seed_rngs, sharding, workdir: 
   saved = sorted(checkpoints.all_steps(), reverse=True)
   if not saved:
     return init_fn(seed_rngs), None, checkpoints
-  abstract_state = jax.eval_shape(init_fn, seed_rngs)
   unreadable = []
   for step in saved:
     try:
@@ -369,8 +373,8 @@ def _train(config, workdir: str, task: Task, model_config: ModelConfig, start_ti
   compiled = compile_steps(config, model, optimizer, model_config, kind)
   num_seeds = int(config.num_seeds)
   seeds = [int(config.seed) + i for i in range(num_seeds)]
-  example = jax.tree.map(jnp.asarray, task.train_batch(0, int(config.batch_size)))
-  example_inputs, _ = steps.inputs_and_targets(example, kind)
+  host_example = task.train_batch(0, int(config.batch_size))
+  example_inputs, _ = steps.inputs_and_targets(jax.tree.map(jnp.asarray, host_example), kind)
   seed_rngs = jnp.stack([jax.random.PRNGKey(s) for s in seeds])
   init_fn = jax.jit(
     jax.vmap(steps.state_initializer(model, optimizer, example_inputs)),
@@ -379,7 +383,7 @@ def _train(config, workdir: str, task: Task, model_config: ModelConfig, start_ti
   abstract_state = jax.eval_shape(init_fn, seed_rngs)
   checkpoints = checkpoint_manager(config, workdir)
   state, latest, checkpoints = init_or_restore(
-    config, checkpoints, init_fn, seed_rngs, compiled.replicated, workdir
+    config, checkpoints, init_fn, seed_rngs, abstract_state, compiled.replicated, workdir
   )
   step = int(np.asarray(state.step)[0])
   writer = MetricsWriter(workdir, keep_through_step=-1 if latest is None else step)
@@ -389,7 +393,7 @@ def _train(config, workdir: str, task: Task, model_config: ModelConfig, start_ti
     num_params = sum(int(np.prod(x.shape[1:])) for x in jax.tree.leaves(abstract_state.params))
     schedule = setup.make_schedule(config)
     host_eval_batches = task.eval_batches(int(config.eval_batch_size))
-    check_lengths(model_config, [task.train_batch(0, int(config.batch_size)), *host_eval_batches])
+    check_lengths(model_config, [host_example, *host_eval_batches])
     eval_batches = [jax.device_put(b, compiled.data_sharding) for b in host_eval_batches]
     probe_rng = jax.random.PRNGKey(int(config.data_seed) + PROBE_SEED_OFFSET)
     total = int(config.num_train_steps)
@@ -399,7 +403,7 @@ def _train(config, workdir: str, task: Task, model_config: ModelConfig, start_ti
       batch_size = int(config.eval_batch_size)
       metrics.update(task_scores(task, model, state.params, batch_size, final=step == total))
       writer.write(step, "eval", metrics)
-      check_finite({"eval loss": metrics["loss"]}, step, seeds, checkpoints.latest_step(), workdir)
+      check_finite({"eval loss": metrics["loss"]}, step, seeds, checkpoints.latest_step, workdir)
       diagnostics = compiled.diagnostics(state.params, eval_batches[0])
       writer.write(step, "diagnostics", {k: _per_seed(v) for k, v in diagnostics.items()})
       probe = compiled.probe(state.params, probe_rng)
@@ -438,7 +442,7 @@ def _train(config, workdir: str, task: Task, model_config: ModelConfig, start_ti
       rates.append(steps_per_sec)
       losses = _per_seed(stacked["loss"])
       watched = {"training loss": losses, "gradient norm": _per_seed(stacked["grad_norm"])}
-      check_finite(watched, step, seeds, checkpoints.latest_step(), workdir)
+      check_finite(watched, step, seeds, checkpoints.latest_step, workdir)
       train_metrics = {k: _per_seed(v) for k, v in stacked.items()}
       train_metrics.update(learning_rate=float(schedule(step - 1)), steps_per_sec=steps_per_sec)
       writer.write(step, "train", train_metrics)
