@@ -39,7 +39,7 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
   config.model.max_length = 64  # Longest sequence for learned positions.
   config.model.tie_output = True  # Output projection shares the embedding table.
   config.model.activation = "relu"  # relu | gelu.
-  config.model.use_bias = True  # Biases in the attention projections.
+  config.model.use_bias = True  # Biases in attention, feed-forward and layer norms.
   config.model.dtype = "float32"  # Computation dtype: float32 | bfloat16 | float16.
   config.model.attention_implementation = config_dict.placeholder(str)  # naive | flash | jax | None.
   config.model.attention_window = config_dict.placeholder(int)  # Encoder sees |i-j| <= w; None = all.
@@ -52,6 +52,8 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
   config.optimizer.b2 = 0.98  # Adam beta2 (the paper's).
   config.optimizer.eps = 1e-9  # Adam epsilon (the paper's).
   config.optimizer.grad_clip_norm = 0.0  # Clip gradients to this global norm; 0 turns it off.
+  config.optimizer.weight_decay = 0.0  # AdamW's decoupled decay on matrices only; 0 = plain Adam.
+  config.optimizer.end_learning_rate = 0.0  # Where "cosine" ends at num_train_steps.
 
   config.label_smoothing = 0.1  # The paper's 0.1.
   config.batch_size = 32  # Training batch (split over devices).

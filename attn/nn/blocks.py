@@ -30,6 +30,11 @@ def attention_layer(config: ModelConfig, name: str, decode: bool = False) -> Mul
   )
 
 
+def layer_norm(config: ModelConfig, name: str) -> nn.LayerNorm:
+  """A layer norm with a learned scale, and a learned bias when `config.use_bias`."""
+  return nn.LayerNorm(use_bias=config.use_bias, dtype=config.compute_dtype, name=name)
+
+
 class FeedForward(nn.Module):
   """Position-wise feed-forward: Dense(d_ff), nonlinearity, dropout, Dense(D)."""
 
@@ -38,10 +43,10 @@ class FeedForward(nn.Module):
   @nn.compact
   def __call__(self, x_BTD: Array, *, deterministic: bool = True) -> Array:
     cfg = self.config
-    h_BTF = nn.Dense(cfg.d_ff, dtype=cfg.compute_dtype, name="wi")(x_BTD)
+    h_BTF = nn.Dense(cfg.d_ff, use_bias=cfg.use_bias, dtype=cfg.compute_dtype, name="wi")(x_BTD)
     h_BTF = nn.relu(h_BTF) if cfg.activation == "relu" else nn.gelu(h_BTF)
     h_BTF = nn.Dropout(cfg.dropout_rate)(h_BTF, deterministic=deterministic)
-    return nn.Dense(x_BTD.shape[-1], dtype=cfg.compute_dtype, name="wo")(h_BTF)
+    return nn.Dense(x_BTD.shape[-1], use_bias=cfg.use_bias, dtype=cfg.compute_dtype, name="wo")(h_BTF)
 
 
 def _residual(config: ModelConfig, name: str, x: Array, sublayer: Callable, deterministic: bool):
@@ -50,7 +55,7 @@ def _residual(config: ModelConfig, name: str, x: Array, sublayer: Callable, dete
 
   Returns the new x and whatever extra the sublayer returned (its attention weights) or None.
   """
-  norm = nn.LayerNorm(dtype=config.compute_dtype, name=f"{name}_norm")
+  norm = layer_norm(config, f"{name}_norm")
   y = sublayer(norm(x) if config.norm == "pre" else x)
   y, extra = y if isinstance(y, tuple) else (y, None)
   x = x + nn.Dropout(config.dropout_rate)(y, deterministic=deterministic)
@@ -158,7 +163,7 @@ class Encoder(nn.Module):
       x_BTD, w = out if return_weights else (out, None)
       all_weights.append(w)
     if self.config.norm == "pre":
-      x_BTD = nn.LayerNorm(dtype=self.config.compute_dtype, name="final_norm")(x_BTD)
+      x_BTD = layer_norm(self.config, "final_norm")(x_BTD)
     return (x_BTD, all_weights) if return_weights else x_BTD
 
 
@@ -199,5 +204,5 @@ class Decoder(nn.Module):
       x_BTD, w = out if return_weights else (out, None)
       all_weights.append(w)
     if self.config.norm == "pre":
-      x_BTD = nn.LayerNorm(dtype=self.config.compute_dtype, name="final_norm")(x_BTD)
+      x_BTD = layer_norm(self.config, "final_norm")(x_BTD)
     return (x_BTD, all_weights) if return_weights else x_BTD

@@ -86,7 +86,7 @@ class ModelConfig:
   max_length: int = 512  # Longest sequence for learned positions.
   tie_output: bool = True  # Output projection shares the embedding table (as in the paper).
   activation: str = "relu"  # Feed-forward nonlinearity: "relu" (paper) or "gelu".
-  use_bias: bool = True  # Biases in the attention projections.
+  use_bias: bool = True  # Biases in the attention projections, the feed-forward and the layer norms.
   dtype: str = "float32"  # Computation dtype; parameters stay float32.
   attention_implementation: str | None = None  # "naive", "flash", "jax"; None chooses per call.
   attention_window: int | None = None  # Encoder self-attention sees |i - j| <= w only; None = all.

@@ -1,16 +1,19 @@
-"""Incremental decoding with a key/value cache: greedy and beam search.
+"""Incremental decoding with a key/value cache: greedy search, beam search and sampling.
 
 The searches are written against a step function, `step_fn(state, tokens [B, t], offset) ->
 (logits [B, V] for the last token, state)`, where `state` is a pytree whose array leaves share the
 leading batch axis B (scalars, such as each layer's cache index, are shared by the whole batch). The
 first call feeds the whole prompt at once, whatever its length; each later call feeds one token.
-`greedy_decode` and `beam_decode` build that step function for a `Transformer` or a `LanguageModel`.
+`greedy_decode` and `beam_decode` build that step function for a `Transformer` or a `LanguageModel`;
+`sample_decode` samples text from a `LanguageModel`, beyond its context length by refilling the cache.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any
+
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -54,6 +57,57 @@ def greedy_search(
   (_, logits_BV, finished_B), tokens_NB = jax.lax.scan(body, carry, jnp.arange(max_new_tokens - 1))
   last_B, _ = pick(logits_BV, finished_B)
   return jnp.concatenate([tokens_NB.T, last_B[:, None]], axis=1)
+
+
+def sample_search(
+  step_fn: StepFn,
+  state,
+  prompt_BP: jax.Array,
+  *,
+  max_new_tokens: int,
+  rng: jax.Array,
+  temperature: float = 1.0,
+  top_k: int | None = None,
+) -> jax.Array:
+  """Draws `max_new_tokens` tokens, each from softmax(logits / temperature) over the `top_k` most
+  likely tokens (all when None); temperature 0 takes the most likely token (greedy search without
+  an end token). Token i of the continuation uses the key `fold_in(rng, i)`.
+
+  Returns:
+    int [B, max_new_tokens], the generated tokens (the prompt not included).
+  """
+  _check_lengths(prompt_BP, max_new_tokens)
+  check_sampling(temperature, top_k)
+  P = prompt_BP.shape[1]
+  logits_BV, state = step_fn(state, prompt_BP, jnp.asarray(0, jnp.int32))
+
+  def pick(logits_BV, i):
+    if temperature == 0:
+      return jnp.argmax(logits_BV, axis=-1).astype(prompt_BP.dtype)
+    logits_BV = logits_BV.astype(jnp.float32) / temperature
+    if top_k is not None and top_k < logits_BV.shape[-1]:
+      kth_B1 = jax.lax.top_k(logits_BV, top_k)[0][:, -1:]
+      logits_BV = jnp.where(logits_BV < kth_B1, -jnp.inf, logits_BV)
+    return jax.random.categorical(jax.random.fold_in(rng, i), logits_BV).astype(prompt_BP.dtype)
+
+  def body(carry, i):
+    state, logits_BV = carry
+    token_B = pick(logits_BV, i)
+    logits_BV, state = step_fn(state, token_B[:, None], P + i)
+    return (state, logits_BV), token_B
+
+  (_, logits_BV), tokens_NB = jax.lax.scan(
+    body, (state, logits_BV), jnp.arange(max_new_tokens - 1)
+  )  # As in greedy_search, the last token needs no forward pass after it.
+  last_B = pick(logits_BV, max_new_tokens - 1)
+  return jnp.concatenate([tokens_NB.T, last_B[:, None]], axis=1)
+
+
+def check_sampling(temperature: float, top_k: int | None) -> None:
+  if not 0.0 <= temperature < float("inf"):
+    raise ValueError(f"temperature: must be finite and >= 0 (0 = greedy), got {temperature}")
+  if top_k is not None and top_k < 1:
+    raise ValueError(f"top_k: must be None (every token) or at least 1, got {top_k}")
 
 
 def length_penalty(lengths: jax.Array, alpha: float) -> jax.Array:
@@ -275,3 +329,69 @@ def beam_decode(
     pad_id=model.config.pad_id,
     alpha=alpha,
   )
+
+
+@functools.partial(jax.jit, static_argnames=("model", "max_new_tokens", "temperature", "top_k"))
+def _sample_chunk(params, prompt_BP, rng, *, model, max_new_tokens, temperature, top_k):
+  step_fn, state, prompt_BP = _model_step(model, params, prompt_BP, None, max_new_tokens)
+  return sample_search(
+    step_fn,
+    state,
+    prompt_BP,
+    max_new_tokens=max_new_tokens,
+    rng=rng,
+    temperature=temperature,
+    top_k=top_k,
+  )
+
+
+def sample_decode(
+  model: LanguageModel,
+  params,
+  prompt: jax.Array,
+  *,
+  max_new_tokens: int,
+  rng: jax.Array,
+  temperature: float = 1.0,
+  top_k: int | None = None,
+  context: int | None = None,
+) -> jax.Array:
+  """Samples a continuation of `prompt` [B, P] from a language model with a key/value cache.
+
+  The model attends to at most `context` tokens (default: `config.max_length` under learned
+  positions, else unlimited). While prompt and continuation fit, one cache holds them all. Beyond it,
+  the cache is refilled: once it is full, the last `context // 2` tokens are fed again as a new
+  prompt (at positions 0 onwards) and sampling goes on from there, so each token sees between
+  `context // 2` and `context - 1` tokens before it. (nanoGPT's `generate` instead recomputes the
+  last `context` tokens at every step, without a cache.) A prompt longer than `context - 1` is cut to
+  its last `context - 1` tokens. Chunk c samples with the key `fold_in(rng, c)`.
+
+  Not itself jitted: each chunk is one compiled program (two shapes in all: the first chunk, and
+  the refills).
+
+  Returns:
+    int [B, max_new_tokens].
+  """
+  if not isinstance(model, LanguageModel):
+    raise ValueError(f"model: sample_decode needs a LanguageModel, got {type(model).__name__}")
+  prompt = jnp.asarray(prompt)
+  _check_lengths(prompt, max_new_tokens)
+  check_sampling(temperature, top_k)
+  cfg = model.config
+  if context is None and cfg.positions == "learned":
+    context = cfg.max_length
+  settings = dict(model=model, temperature=float(temperature), top_k=top_k)
+  P = prompt.shape[1]
+  if context is None or P + max_new_tokens <= context:
+    return _sample_chunk(params, prompt, rng, max_new_tokens=max_new_tokens, **settings)
+  if context < 2:
+    raise ValueError(f"context: must be at least 2 to sample beyond it, got {context}")
+  tokens, window, produced, chunk = prompt, min(P, context - 1), 0, 0
+  while produced < max_new_tokens:
+    n = context - window
+    new = _sample_chunk(
+      params, tokens[:, -window:], jax.random.fold_in(rng, chunk), max_new_tokens=n, **settings
+    )
+    tokens = jnp.concatenate([tokens, new], axis=1)
+    produced, chunk, window = produced + n, chunk + 1, context // 2
+  return tokens[:, P : P + max_new_tokens]

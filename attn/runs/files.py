@@ -9,6 +9,7 @@ A run directory (`launch.train --workdir=RUN`):
   checkpoints_unreadable/  step folders that did not restore, set aside
   summary.json       written when the run finishes: final eval metrics, parameter count, steps/s
   lock               "PID HOST" of the process training there, while it runs
+  samples/<step>.txt  a language model's samples at each evaluation
 A sweep directory (`launch.sweep --workdir=SWEEP`) holds sweep.json (its points) and one run
 directory per point, each with overrides.json, train.log and, when it failed, status.json.
 
@@ -43,6 +44,7 @@ OVERRIDES_FILE = "overrides.json"
 STATUS_FILE = "status.json"
 TRAIN_LOG = "train.log"
 LOCK_FILE = "lock"  # "PID HOST" of the process training in the folder, while it runs.
+SAMPLES_DIR = "samples"  # <step>.txt: a language model's samples at each evaluation.
 # config.json's record of the files a run's task read, {absolute path: sha256}: part of its identity.
 DATA_HASHES = "data_sha256"
 # Config fields a resumed run may change: they do not change what is computed. num_train_steps is one
@@ -104,6 +106,13 @@ def checkpoints_dir(workdir: PathLike) -> str:
   return os.path.abspath(path(workdir, CHECKPOINTS_DIR))
 
 
+def samples_file(workdir: PathLike, step: int) -> str:
+  """samples/<step>.txt of a run (the folder is created)."""
+  folder = path(workdir, SAMPLES_DIR)
+  os.makedirs(folder, exist_ok=True)
+  return path(folder, f"{step}.txt")
+
+
 def finite_or_str(x: float) -> float | str:
   """JSON has no NaN or inf: they are written as the strings "nan", "inf", "-inf"."""
   return x if math.isfinite(x) else str(x)
@@ -114,6 +123,11 @@ def _write_atomically(file: PathLike, text: str) -> None:
   with open(file + ".tmp", "w", encoding="utf-8") as f:
     f.write(text)
   os.replace(file + ".tmp", file)
+
+
+def write_text(file: PathLike, text: str) -> None:
+  """Writes `text` to `file` atomically."""
+  _write_atomically(file, text)
 
 
 def write_json(file: PathLike, value: Any, *, indent: int | None = 2, sort_keys: bool = False) -> None:

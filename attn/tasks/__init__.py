@@ -2,7 +2,8 @@
 
 `base` (the `Task` protocol, `Vocabulary`, data streams, batch helpers), `synthetic` (copy, reverse,
 sort), `seed` (the lecture notes' cue, two-cue and word-sense tagging tasks), `ner` (CoNLL files and
-hashed features) with `conlleval` (entity scores), `translation` (parallel text, SentencePiece, BLEU)
+hashed features) with `conlleval` (entity scores), `translation` (parallel text, SentencePiece, BLEU),
+`text` (plain text for a language model: characters or subwords, windows, samples)
 and `registry` (the names a config may give `config.task.name`).
 """
 

@@ -152,7 +152,9 @@ def _per_seed(x) -> list[float]:
 
 
 def evaluate(eval_fn, params, eval_batches, kind: str) -> dict[str, list[float]]:
-  """Loss, token accuracy and (seq2seq) sequence accuracy over the eval set, one value per seed."""
+  """Loss, token accuracy and (seq2seq) sequence accuracy over the eval set, one value per seed; for
+  a language model also perplexity (exp of the loss per token) and, when the batches count the
+  characters their targets spell, bits per character."""
   totals = None
   for batch in eval_batches:
     sums = eval_fn(params, batch)
@@ -166,6 +168,11 @@ def evaluate(eval_fn, params, eval_batches, kind: str) -> dict[str, list[float]]
     out["sequence_accuracy"] = _per_seed(
       totals["sequence_correct_sum"] / np.maximum(totals["sequence_count"], 1)
     )
+  if kind == "lm":
+    out["perplexity"] = [math.exp(min(x, 700.0)) for x in out["loss"]]  # exp(710) overflows.
+    if "character_sum" in totals:
+      nats_per_char = totals["loss_sum"] / np.maximum(totals["character_sum"], 1)
+      out["bits_per_char"] = _per_seed(nats_per_char / math.log(2))
   return out
 
 
@@ -180,6 +187,20 @@ def task_scores(task: Task, model, params, batch_size: int, final: bool) -> dict
   if not per_seed[0]:
     return {}
   return {k: [float(s[k]) for s in per_seed] for k in per_seed[0]}
+
+
+def write_samples(task: Task, model, params, workdir: str, step: int) -> None:
+  """The task's samples (`task.samples`) of every seed into samples/STEP.txt; nothing when it has
+  none."""
+  num_seeds = jax.tree.leaves(params)[0].shape[0]
+  texts = [task.samples(model, jax.tree.map(lambda x, i=i: x[i], params)) for i in range(num_seeds)]
+  if not any(texts):
+    return
+  parts = []
+  for seed_index, seed_texts in enumerate(texts):
+    for number, text in enumerate(seed_texts):
+      parts.append(f"=== seed {seed_index}, sample {number} ===\n{text}\n")
+  files.write_text(files.samples_file(workdir, step), "".join(parts))
 
 
 def check_finite(
@@ -404,6 +425,7 @@ def _train(config, workdir: str, task: Task, model_config: ModelConfig, start_ti
       metrics.update(task_scores(task, model, state.params, batch_size, final=step == total))
       writer.write(step, "eval", metrics)
       check_finite({"eval loss": metrics["loss"]}, step, seeds, checkpoints.latest_step, workdir)
+      write_samples(task, model, state.params, workdir, step)
       diagnostics = compiled.diagnostics(state.params, eval_batches[0])
       writer.write(step, "diagnostics", {k: _per_seed(v) for k, v in diagnostics.items()})
       probe = compiled.probe(state.params, probe_rng)

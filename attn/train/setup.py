@@ -14,7 +14,7 @@ import orbax.checkpoint as ocp
 
 from attn import tasks
 from attn.nn.config import ModelConfig
-from attn.nn.models import EncoderTagger, Transformer
+from attn.nn.models import EncoderTagger, LanguageModel, Transformer
 from attn.runs import files
 from attn.train.steps import TrainState, inputs_and_targets, state_initializer
 
@@ -48,12 +48,15 @@ def build_model(model_config: ModelConfig, kind: str):
     return Transformer(model_config)
   if kind == "tagging":
     return EncoderTagger(model_config)
+  if kind == "lm":
+    return LanguageModel(model_config)
   raise ConfigError(f"config.task: task kind {kind!r} has no model")
 
 
 def make_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
   """Learning rate by step. "rsqrt" is the paper's: linear warmup to `learning_rate`, then decay as
-  1/sqrt(step); "cosine" warms up then decays to 0 at num_train_steps; "constant" warms up and stays."""
+  1/sqrt(step); "cosine" warms up then decays to `end_learning_rate` (default 0) at num_train_steps
+  (nanoGPT's schedule); "constant" warms up and stays."""
   opt = config.optimizer
   peak, warmup = float(opt.learning_rate), max(int(opt.warmup_steps), 1)
   if opt.schedule == "rsqrt":
@@ -65,7 +68,11 @@ def make_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
     return rsqrt
   if opt.schedule == "cosine":
     return optax.warmup_cosine_decay_schedule(
-      0.0, peak, warmup, max(int(config.num_train_steps), warmup + 1)
+      0.0,
+      peak,
+      warmup,
+      max(int(config.num_train_steps), warmup + 1),
+      end_value=float(opt.get("end_learning_rate", 0.0)),
     )
   if opt.schedule == "constant":
     return optax.join_schedules(
@@ -76,10 +83,24 @@ def make_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
   )
 
 
+def _matrices(params):
+  """True for the parameters with two or more axes (kernels and embedding tables): what AdamW's
+  weight decay applies to, as in nanoGPT and GPT-2; biases, norm scales and per-head scalars are
+  not decayed."""
+  return jax.tree.map(lambda x: x.ndim >= 2, params)
+
+
 def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
-  """Adam with the paper's (0.9, 0.98, 1e-9) defaults, the schedule, and optional clipping."""
+  """Adam with the paper's (0.9, 0.98, 1e-9) defaults and the schedule; AdamW (decoupled weight
+  decay on the matrices only) when `config.optimizer.weight_decay` > 0; optional global-norm
+  clipping before either."""
   opt = config.optimizer
-  adam = optax.adam(make_schedule(config), b1=opt.b1, b2=opt.b2, eps=opt.eps)
+  schedule = make_schedule(config)
+  decay = float(opt.get("weight_decay", 0.0))
+  if decay > 0:
+    adam = optax.adamw(schedule, b1=opt.b1, b2=opt.b2, eps=opt.eps, weight_decay=decay, mask=_matrices)
+  else:
+    adam = optax.adam(schedule, b1=opt.b1, b2=opt.b2, eps=opt.eps)
   if opt.grad_clip_norm > 0:
     return optax.chain(optax.clip_by_global_norm(opt.grad_clip_norm), adam)
   return adam
@@ -121,6 +142,15 @@ def validate(config: ml_collections.ConfigDict, *, workdir: str | None = None):
     raise ConfigError(
       f"config.optimizer.learning_rate: must be positive, got {config.optimizer.learning_rate}"
     )
+  for field in ("weight_decay", "end_learning_rate"):
+    value = config.optimizer.get(field, 0.0)
+    if not 0.0 <= value < float("inf"):
+      raise ConfigError(f"config.optimizer.{field}: must be finite and >= 0, got {value}")
+  if config.optimizer.get("end_learning_rate", 0.0) > config.optimizer.learning_rate:
+    raise ConfigError(
+      f"config.optimizer.end_learning_rate: {config.optimizer.end_learning_rate} is above the peak "
+      f"learning_rate={config.optimizer.learning_rate}"
+    )
   if config.optimizer.schedule not in SCHEDULES:
     choice = config.optimizer.schedule
     raise ConfigError(
@@ -131,8 +161,8 @@ def validate(config: ml_collections.ConfigDict, *, workdir: str | None = None):
     if config[field] % n:
       raise ConfigError(f"config.{field}: {config[field]} is not divisible by the {n} devices")
   data_path = config.get("data", {}).get("path", "")
-  if data_path and not os.path.isdir(data_path):
-    raise ConfigError(f"config.data.path: {data_path!r} is not a folder")
+  if data_path and not os.path.exists(data_path):
+    raise ConfigError(f"config.data.path: {data_path!r} does not exist")
   try:
     task = tasks.make_task(config.task, config.get("data"), seed=int(config.data_seed), workdir=workdir)
   except ValueError as e:

@@ -37,9 +37,11 @@ def state_initializer(model, optimizer, example_inputs):
 
 def inputs_and_targets(batch: dict, kind: str):
   """The model's inputs and the targets of a batch: (src, tgt_in), tgt_out for seq2seq; (tokens,) or
-  (tokens, features), tags for tagging."""
+  (tokens, features), tags for tagging; (tokens,), targets for a language model."""
   if kind == "seq2seq":
     return (batch["src"], batch["tgt_in"]), batch["tgt_out"]
+  if kind == "lm":
+    return (batch["tokens"],), batch["targets"]
   if "features" in batch:  # Optional hashed per-token features [B, T, F] (attn.tasks.ner).
     return (batch["tokens"], batch["features"]), batch["tags"]
   return (batch["tokens"],), batch["tags"]
@@ -88,13 +90,16 @@ def eval_step(params, batch: dict, *, model, kind: str) -> dict:
   _, plain = token_losses(logits, targets, 0.0)
   correct = (jnp.argmax(logits, -1) == targets) | (weights == 0)
   real_row = weights.sum(-1) > 0
-  return {
+  sums = {
     "loss_sum": jnp.sum(plain * weights),
     "weight_sum": weights.sum(),
     "correct_sum": jnp.sum(correct * weights),
     "sequence_correct_sum": jnp.sum(jnp.all(correct, -1) & real_row),
     "sequence_count": jnp.sum(real_row),
   }
+  if "characters" in batch:  # A language model's batches: the characters the targets spell.
+    sums["character_sum"] = jnp.sum(batch["characters"])
+  return sums
 
 
 def diagnostics_step(params, batch: dict, *, model, kind: str) -> dict:

@@ -35,7 +35,7 @@ from tests.train.common import smoke_config as _config
       "'init_folded'",
     ),
     ({"optimizer.schedule": "linear"}, "config.optimizer.schedule: unknown choice 'linear'"),
-    ({"data.path": "/no/such/folder"}, "config.data.path: '/no/such/folder' is not a folder"),
+    ({"data.path": "/no/such/folder"}, "config.data.path: '/no/such/folder' does not exist"),
     (
       {"checkpoint_every_steps": 7},
       "config.checkpoint_every_steps: 7 must be a multiple of log_every_steps=5",

@@ -1,0 +1,326 @@
+"""Plain text for language modelling: a character (or SentencePiece subword) vocabulary, random
+training windows, a fixed set of validation windows, and samples from the model.
+
+`config.data.path` is a UTF-8 text file, or a folder holding `train.txt` and `val.txt`, or a folder
+holding one `.txt` file. One file is split as nanoGPT's `data/shakespeare_char/prepare.py` splits
+Tiny Shakespeare: the first 90 % of its characters train, the last 10 % validate.
+
+- Tokens: `config.task.tokenizer = "char"` gives one token per character of the training split (ids
+  0-3 the specials, then the characters in code-point order; saved as `vocab.json` in the run
+  directory, which a resume must find unchanged). `"subword"` trains the project's SentencePiece BPE
+  model (`attn.tasks.translation.train_subwords`) of `config.task.vocab_size` pieces on the training
+  split's lines; each line's pieces are followed by the eos id, which stands for the line break.
+- Training batches: `batch_size` windows of `block_size` tokens at uniformly random offsets (a pure
+  function of (seed, step), as in nanoGPT's `get_batch`); the targets are the windows shifted by one.
+- Validation: non-overlapping windows tiling the validation split (all of them, or `eval_windows`
+  evenly spaced ones), the same at every evaluation. Their rows carry the number of characters the
+  targets spell, from which the loop reports bits per character (loss per character / ln 2) besides
+  the loss per token and the perplexity; with characters as tokens, bits per character is the loss
+  over ln 2.
+- Samples: `num_samples` texts of `sample_tokens` tokens (temperature 1, all tokens) from
+  `sample_prompt`, written by the loop to `samples/<step>.txt` at every evaluation, with the model's
+  context limited to `block_size`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+
+import jax
+import numpy as np
+
+from attn.nn import decoding
+from attn.tasks.base import (
+  EVAL_STREAM,
+  SPECIALS,
+  TRAIN_STREAM,
+  Task,
+  Vocabulary,
+  split_batches,
+  stream_rng,
+)
+from attn.tasks.translation import Subwords, train_subwords
+
+TOKENIZERS = ("char", "subword")
+TRAIN_FRACTION = 0.9  # nanoGPT's split of one file: the first 90 % train.
+CHAR_VOCAB_FILE = "vocab.json"  # The characters, as a JSON list (a line per token cannot hold "\n").
+SUBWORD_MODEL_FILE = "subwords.model"
+
+
+def read_text(path: str) -> str:
+  """A UTF-8 file's text (a byte-order mark skipped; line ends kept as they are).
+
+  Raises:
+    ValueError: "FILE:LINE: not UTF-8 (...)" for the first line with bytes that are not UTF-8.
+  """
+  with open(path, "rb") as f:
+    raw = f.read().removeprefix(b"\xef\xbb\xbf")
+  try:
+    return raw.decode("utf-8")
+  except UnicodeDecodeError as e:
+    line = raw[: e.start].count(b"\n") + 1
+    raise ValueError(f"{path}:{line}: not UTF-8 ({e.reason} at byte {e.start})") from None
+
+
+def text_files(path: str) -> tuple[list[str], str]:
+  """The files of `config.data.path` and how they split: ([train, val], "files") or ([one], "90/10").
+
+  Raises:
+    ValueError: naming config.data.path when it holds neither layout.
+  """
+  if os.path.isfile(path):
+    return [path], "90/10"
+  if not os.path.isdir(path):
+    raise ValueError(f"config.data.path: {path!r} is neither a text file nor a folder")
+  train, val = os.path.join(path, "train.txt"), os.path.join(path, "val.txt")
+  if os.path.isfile(train) and os.path.isfile(val):
+    return [train, val], "files"
+  texts = sorted(name for name in os.listdir(path) if name.endswith(".txt"))
+  if len(texts) == 1:
+    return [os.path.join(path, texts[0])], "90/10"
+  found = ", ".join(texts) if texts else "none"
+  raise ValueError(
+    f"config.data.path: {path!r} must hold train.txt and val.txt, or exactly one .txt file "
+    f"(found {found}), or be a text file"
+  )
+
+
+def split_train_val(text: str) -> tuple[str, str]:
+  """nanoGPT's split: the first 90 % of the characters, the last 10 %."""
+  n = int(len(text) * TRAIN_FRACTION)
+  return text[:n], text[n:]
+
+
+def char_vocabulary(text: str) -> Vocabulary:
+  """The specials, then every character of `text` in code-point order."""
+  return Vocabulary((*SPECIALS, *sorted(set(text) - set(SPECIALS))))
+
+
+class TextTask(Task):
+  """A language-modelling task over one token stream per split (see the module docstring)."""
+
+  kind = "lm"
+  num_classes = 0
+  class_names: tuple[str, ...] = ()
+
+  def __init__(
+    self,
+    *,
+    train_ids: np.ndarray,
+    val_ids: np.ndarray,
+    val_chars: np.ndarray,
+    vocab: Vocabulary,
+    tokenizer: str,
+    block_size: int,
+    eval_windows: int,
+    seed: int,
+    files: Sequence[str],
+    subwords: Subwords | None = None,
+    num_samples: int = 0,
+    sample_tokens: int = 0,
+    sample_prompt: str = "\n",
+  ):
+    self.train_ids, self.val_ids, self.val_chars = train_ids, val_ids, val_chars
+    self.vocab, self.tokenizer, self.subwords = vocab, tokenizer, subwords
+    self.block_size, self.seed, self.files = block_size, seed, tuple(files)
+    self.num_samples, self.sample_tokens, self.sample_prompt = num_samples, sample_tokens, sample_prompt
+    starts = np.arange(0, len(val_ids) - block_size, block_size)  # Each window needs one more target.
+    if eval_windows and eval_windows < len(starts):
+      starts = starts[np.linspace(0, len(starts) - 1, eval_windows).round().astype(int)]
+    self.eval_starts = starts
+
+  @property
+  def main_metric(self) -> str:
+    return "loss"
+
+  def _windows(self, ids: np.ndarray, starts: np.ndarray) -> dict[str, np.ndarray]:
+    offsets_BT = starts[:, None] + np.arange(self.block_size)
+    return {"tokens": ids[offsets_BT], "targets": ids[offsets_BT + 1]}
+
+  def train_batch(self, step: int, batch_size: int) -> dict[str, np.ndarray]:
+    rng = stream_rng(self.seed, TRAIN_STREAM, step)
+    starts = rng.integers(0, len(self.train_ids) - self.block_size, batch_size)
+    batch = self._windows(self.train_ids, starts)
+    batch["weights"] = np.ones(batch["tokens"].shape, np.float32)
+    return batch
+
+  def eval_batches(self, batch_size: int) -> list[dict[str, np.ndarray]]:
+    examples = self._windows(self.val_ids, self.eval_starts)
+    examples["weights"] = np.ones(examples["tokens"].shape, np.float32)
+    offsets = self.eval_starts[:, None] + 1 + np.arange(self.block_size)
+    examples["characters"] = self.val_chars[offsets].sum(-1).astype(np.float32)
+    return split_batches(examples, batch_size)
+
+  def encode_text(self, text: str) -> np.ndarray:
+    """Text -> ids. With characters as tokens, a character outside the vocabulary is an error.
+
+    Raises:
+      ValueError: naming the characters the training split never had.
+    """
+    if self.tokenizer == "subword":
+      return encode_lines(self.subwords, text)
+    unknown = sorted(set(text) - set(self.vocab.tokens[len(SPECIALS) :]))
+    if unknown:
+      raise ValueError(
+        f"characters not in the run's vocabulary (its training text never has them): "
+        f"{', '.join(map(repr, unknown))}"
+      )
+    return self.vocab.encode(list(text))
+
+  def decode_ids(self, ids) -> str:
+    ids = [int(i) for i in np.asarray(ids).reshape(-1)]
+    if self.tokenizer == "subword":
+      lines, line = [], []
+      for i in ids:
+        if i == self.vocab.eos_id:
+          lines.append(self.subwords.decode(line))
+          line = []
+        elif i not in (self.vocab.pad_id, self.vocab.bos_id):
+          line.append(i)
+      return "\n".join([*lines, self.subwords.decode(line)])
+    specials = range(len(SPECIALS))
+    return "".join(self.vocab.tokens[i] for i in ids if i not in specials and i < len(self.vocab))
+
+  def samples(self, model, params) -> list[str]:
+    if not self.num_samples or not self.sample_tokens:
+      return []
+    prompt = self.encode_text(self.sample_prompt)
+    if len(prompt) == 0:
+      prompt = np.array([self.vocab.bos_id], np.int32)
+    prompt_BP = np.repeat(prompt[None], self.num_samples, axis=0)
+    tokens = decoding.sample_decode(
+      model,
+      params,
+      prompt_BP,
+      max_new_tokens=self.sample_tokens,
+      rng=jax.random.PRNGKey(self.seed),
+      context=self.block_size,
+    )
+    return [self.sample_prompt + self.decode_ids(row) for row in np.asarray(tokens)]
+
+  def data_files(self) -> list[str]:
+    return list(self.files)
+
+  def save(self, workdir: str) -> None:
+    """Writes the vocabulary (vocab.json) or the subword model into the run directory.
+
+    Raises:
+      ValueError: when the run directory holds a different one (the data changed).
+    """
+    if self.tokenizer == "subword":
+      name, content = SUBWORD_MODEL_FILE, self.subwords.model_proto
+    else:
+      name, content = CHAR_VOCAB_FILE, json.dumps(list(self.vocab.tokens)).encode("utf-8")
+    path = os.path.join(workdir, name)
+    if os.path.exists(path):
+      with open(path, "rb") as f:
+        if f.read() != content:
+          raise ValueError(
+            f"config.data.path: the vocabulary built from the training split differs from the "
+            f"run's {path}; the data changed since the run started"
+          )
+      return
+    with open(path + ".tmp", "wb") as f:
+      f.write(content)
+    os.replace(path + ".tmp", path)
+
+
+def encode_lines(subwords: Subwords, text: str) -> np.ndarray:
+  """Each line's pieces followed by the eos id (the line break); the last line gets none unless the
+  text ends with a line break."""
+  lines = text.split("\n")
+  rows = subwords.encode(lines)
+  eos = np.array([Vocabulary.eos_id], np.int32)
+  parts = []
+  for number, row in enumerate(rows):
+    parts.append(row)
+    if number < len(rows) - 1:
+      parts.append(eos)
+  return np.concatenate(parts).astype(np.int32) if parts else np.zeros(0, np.int32)
+
+
+def subword_characters(subwords: Subwords, ids: np.ndarray) -> np.ndarray:
+  """Characters each id spells: its piece's length ("▁" is a space), 1 for eos (the line break), 0
+  for the other specials; the "▁" SentencePiece puts before each line's first piece is no character
+  of the text, so it is not counted."""
+  pieces = subwords.vocab.tokens
+  lengths = np.array([0 if i < len(SPECIALS) else len(p) for i, p in enumerate(pieces)], np.int32)
+  lengths[Vocabulary.eos_id] = 1
+  chars = lengths[ids]
+  line_start = np.concatenate([[True], ids[:-1] == Vocabulary.eos_id])
+  dummy = np.array([p.startswith("\u2581") for p in pieces])[ids]
+  return chars - (line_start & dummy)
+
+
+def _int_field(task_config, name: str, minimum: int) -> int:
+  value = task_config.get(name)
+  if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+    raise ValueError(f"config.task.{name}: must be an int >= {minimum}, got {value!r}")
+  return value
+
+
+def make_task(task_config, data_config=None, *, seed: int = 0, workdir: str | None = None) -> TextTask:
+  """The text task of `config.task` (fields `tokenizer`, `block_size`, `eval_windows`, `vocab_size`
+  for subwords, `num_samples`, `sample_tokens`, `sample_prompt`) on `config.data.path`. With a
+  `workdir` holding a saved subword model, that model is loaded instead of trained again.
+
+  Raises:
+    ValueError: naming the config field, the path, or FILE:LINE of bytes that are not UTF-8.
+  """
+  tokenizer = task_config.get("tokenizer", "char")
+  if tokenizer not in TOKENIZERS:
+    raise ValueError(
+      f"config.task.tokenizer: unknown choice {tokenizer!r}; expected one of "
+      f"{', '.join(map(repr, TOKENIZERS))}"
+    )
+  block_size = _int_field(task_config, "block_size", 1)
+  eval_windows = _int_field(task_config, "eval_windows", 0)
+  num_samples = _int_field(task_config, "num_samples", 0)
+  sample_tokens = _int_field(task_config, "sample_tokens", 0)
+  path = (data_config or {}).get("path", "") if data_config is not None else ""
+  if not path:
+    raise ValueError(
+      "config.data.path: empty; the text task needs a text file, or a folder of train.txt and val.txt"
+    )
+  paths, layout = text_files(path)
+  texts = [read_text(p) for p in paths]
+  train_text, val_text = split_train_val(texts[0]) if layout == "90/10" else texts
+  subwords = None
+  if tokenizer == "subword":
+    saved = os.path.join(workdir, SUBWORD_MODEL_FILE) if workdir else ""
+    if saved and os.path.exists(saved):
+      subwords = Subwords.load(saved)
+    else:
+      vocab_size = _int_field(task_config, "vocab_size", len(SPECIALS) + 1)
+      subwords = Subwords(train_subwords([ln for ln in train_text.split("\n") if ln], vocab_size))
+    vocab = subwords.vocab
+    train_ids, val_ids = encode_lines(subwords, train_text), encode_lines(subwords, val_text)
+    val_chars = subword_characters(subwords, val_ids)
+  else:
+    vocab = char_vocabulary(train_text)
+    train_ids = vocab.encode(list(train_text))
+    val_ids = vocab.encode(list(val_text))  # A character the training split lacks is <unk>.
+    val_chars = np.ones(len(val_ids), np.int32)
+  for split, ids in (("training", train_ids), ("validation", val_ids)):
+    if len(ids) <= block_size + 1:
+      raise ValueError(
+        f"config.task.block_size: {block_size} needs a {split} split longer than {block_size + 1} "
+        f"tokens; {path!r} gives {len(ids)}"
+      )
+  return TextTask(
+    train_ids=train_ids,
+    val_ids=val_ids,
+    val_chars=val_chars,
+    vocab=vocab,
+    tokenizer=tokenizer,
+    block_size=block_size,
+    eval_windows=eval_windows,
+    seed=seed,
+    files=paths,
+    subwords=subwords,
+    num_samples=num_samples,
+    sample_tokens=sample_tokens,
+    sample_prompt=str(task_config.get("sample_prompt", "\n")),
+  )

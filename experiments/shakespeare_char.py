@@ -1,0 +1,103 @@
+"""A character language model on Tiny Shakespeare at nanoGPT's CPU configuration, side by side.
+
+Question: does this codebase's decoder-only `LanguageModel`, at exactly the configuration of nanoGPT's
+laptop example, train as well as nanoGPT does (its README: validation loss 1.88 after 2000 iterations,
+about 3 minutes on a laptop CPU) and as fast? nanoGPT's command:
+  python train.py config/train_shakespeare_char.py --device=cpu --compile=False --eval_iters=20
+    --log_interval=1 --block_size=64 --batch_size=12 --n_layer=4 --n_head=4 --n_embd=128
+    --max_iters=2000 --lr_decay_iters=2000 --dropout=0.0
+that is: 4 pre-LN blocks of D = 128 with 4 heads and a 512-wide GELU feed-forward, learned positions,
+the output tied to the token embedding, no biases, no dropout; AdamW with lr 1e-3, betas (0.9, 0.99)
+and weight decay 0.1 on the matrices only, 100 warmup steps, cosine decay to 1e-4 at step 2000,
+gradients clipped to norm 1.0; batches of 12 random windows of 64 characters; nanoGPT's split of
+../shared/data/tinyshakespeare/input.txt (first 90 % train, last 10 % validation).
+
+What differs from nanoGPT, on purpose or by the library's conventions: the vocabulary has 4 special
+tokens besides the 65 characters (never seen in the data); token embeddings are initialised with std
+1/sqrt(D) and scaled by sqrt(D) (nanoGPT: std 0.02, no scaling), other kernels LeCun-normal (nanoGPT:
+normal(0.02), with the residual projections scaled by 1/sqrt(2 layers)); GELU is the tanh
+approximation; layer norms have epsilon 1e-6 (nanoGPT: 1e-5); the warmup starts from 0 rather than
+lr / 101; validation is every non-overlapping window of the validation split (1,742 windows of 64),
+not nanoGPT's 20 random batches of 12.
+
+Command: python -m launch.train --config=experiments/shakespeare_char.py --workdir=runs/shakespeare_char
+Then: python -m launch.sample --workdir=runs/shakespeare_char --prompt="ROMEO:" --num_tokens=500
+Side by side with nanoGPT's own model.py (torch installed for the benchmark only):
+  python -m launch.bench --suite=nanogpt --nanogpt=PATH/TO/nanoGPT
+Presets: "" (the run above: 3 seeds trained together) and "smoke" (a tiny model, a few steps; CI).
+Time on a 2-core CPU: not run yet.
+
+Found: not run yet.
+"""
+
+import ml_collections
+
+from experiments import base
+
+
+def get_config(preset: str = "") -> ml_collections.ConfigDict:
+  if preset not in ("", "smoke"):
+    raise ValueError(f"config preset: unknown {preset!r}; expected '' or 'smoke'")
+  config = base.get_config("smoke" if preset == "smoke" else "")
+
+  config.task = ml_collections.ConfigDict()
+  config.task.name = "text"
+  config.task.tokenizer = "char"  # char | subword (SentencePiece BPE of vocab_size pieces).
+  config.task.vocab_size = 0  # Subword pieces; unused with characters.
+  config.task.block_size = 64  # Tokens per window: the model's context.
+  config.task.eval_windows = 0  # Validation windows; 0 = every non-overlapping window of the split.
+  config.task.num_samples = 2  # Texts sampled at every evaluation (samples/<step>.txt).
+  config.task.sample_tokens = 300  # Tokens per sample.
+  config.task.sample_prompt = "\n"  # What samples start from (nanoGPT's sample.py starts so too).
+  config.data.path = "../shared/data/tinyshakespeare/input.txt"
+
+  config.model.d_model = 128  # n_embd.
+  config.model.num_heads = 4  # n_head.
+  config.model.d_ff = 512  # 4 * n_embd.
+  config.model.num_encoder_layers = 0
+  config.model.num_decoder_layers = 4  # n_layer.
+  config.model.dropout_rate = 0.0
+  config.model.norm = "pre"
+  config.model.activation = "gelu"
+  config.model.positions = "learned"
+  config.model.max_length = 64  # = block_size.
+  config.model.tie_output = True
+  config.model.use_bias = False  # nanoGPT's bias=False: no biases in linears or layer norms.
+
+  config.optimizer.learning_rate = 1e-3
+  config.optimizer.schedule = "cosine"
+  config.optimizer.warmup_steps = 100
+  config.optimizer.b1 = 0.9
+  config.optimizer.b2 = 0.99
+  config.optimizer.eps = 1e-8  # torch's AdamW default.
+  config.optimizer.grad_clip_norm = 1.0
+  config.optimizer.weight_decay = 0.1
+  config.optimizer.end_learning_rate = 1e-4  # nanoGPT's min_lr.
+
+  config.label_smoothing = 0.0
+  config.batch_size = 12
+  config.eval_batch_size = 128
+  config.num_train_steps = 2000
+  config.log_every_steps = 50
+  config.eval_every_steps = 250  # nanoGPT's eval_interval.
+  config.checkpoint_every_steps = 250
+  config.num_seeds = 3
+
+  if preset == "smoke":
+    config.task.block_size = 16
+    config.task.eval_windows = 32
+    config.task.num_samples = 1
+    config.task.sample_tokens = 40
+    config.model.d_model = 32
+    config.model.d_ff = 64
+    config.model.num_decoder_layers = 1
+    config.model.max_length = 16
+    config.optimizer.warmup_steps = 2
+    config.batch_size = 8
+    config.eval_batch_size = 16
+    config.num_train_steps = 10
+    config.log_every_steps = 5
+    config.eval_every_steps = 10
+    config.checkpoint_every_steps = 5
+    config.num_seeds = 1
+  return config
