@@ -1,5 +1,6 @@
 """The benchmark suites behind `python -m launch.bench`: attention paths against their peers, peak
-memory, one training step, vmapped seeds and cached decoding; every figure measured in the run that
+memory, one training step, vmapped seeds, cached decoding and the language model against nanoGPT
+(`benchmarks/nanogpt.py`); every figure measured in the run that
 prints it, nothing hard-coded. `cases`, `timing`, `memory` and `tables` hold what they share.
 
 The machine's float32 matmul rate (`timing.matmul_gflops`) is measured first, so every rate reads as a
@@ -27,6 +28,7 @@ from attn import train
 from attn.nn import decoding
 from attn.nn.config import ModelConfig
 from attn.nn.models import LanguageModel, Transformer
+from benchmarks import nanogpt
 from benchmarks.cases import (
   ATTENTION_IMPLS,
   BACKWARD_FLOP_FACTOR,
@@ -46,7 +48,7 @@ from benchmarks.memory import CHILD_TIMEOUT_S, KIB, MIB, measure_memory
 from benchmarks.tables import suite_result
 from benchmarks.timing import import_torch, no_block, time_call, usable_cpus
 
-SUITES = ("attention", "memory", "train", "seeds", "decode")
+SUITES = ("attention", "memory", "train", "seeds", "decode", "nanogpt")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,6 +63,8 @@ class Settings:
       takes); its num_seeds and num_train_steps set the work.
     budget_s: time budget of one measurement's timed calls.
     child_timeout_s: time limit of one memory child process.
+    lm_config: the language model's training config of the nanogpt suite.
+    nanogpt_dir: a nanoGPT checkout (its model.py is the nanogpt suite's peer), or None.
   """
 
   smoke: bool = False
@@ -69,6 +73,8 @@ class Settings:
   seeds_config: ml_collections.ConfigDict | None = None
   budget_s: float = 10.0
   child_timeout_s: float = CHILD_TIMEOUT_S
+  lm_config: ml_collections.ConfigDict | None = None
+  nanogpt_dir: str | None = None
 
 
 def parse_suites(text: str) -> tuple[tuple[str, ...], bool]:
@@ -98,6 +104,9 @@ def run_suite(name: str, settings: Settings, machine: dict[str, Any]) -> dict[st
     "train": lambda: train_suite(settings),
     "seeds": lambda: seeds_suite(settings),
     "decode": lambda: decode_suite(settings),
+    "nanogpt": lambda: nanogpt.nanogpt_suite(
+      settings.lm_config, settings.nanogpt_dir, smoke=settings.smoke
+    ),
   }
   if name not in suites:
     raise ValueError(f"unknown suite {name!r}; expected one of {', '.join(SUITES)}")

@@ -2,7 +2,8 @@
 
 Runs a trained run's model on the text and writes PNG heatmaps of its attention weights, per layer
 and head, into RUN/attend/ (or --out). For an encoder-decoder it first decodes the output greedily,
-then shows encoder self-attention, decoder self-attention and cross-attention. With --query, it also
+then shows encoder self-attention, decoder self-attention and cross-attention; for a language model,
+its (causal) self-attention over the text's tokens. With --query, it also
 prints the keys that token attends to most in every layer and head.
 """
 
@@ -44,13 +45,17 @@ def main(argv):
     _, task, model, params = train.restore_run(_WORKDIR.value, _SEED_INDEX.value)
   except train.ConfigError as e:
     sys.exit(f"error: {e}")
-  ids = task.encode_text(_TEXT.value)
+  try:
+    ids = task.encode_text(_TEXT.value)
+  except ValueError as e:  # A character a character-level model never saw.
+    sys.exit(f"error: --text: {e}")
   if len(ids) == 0:
     sys.exit("error: --text: no tokens")
-  if _QUERY.value is not None and _QUERY.value not in _TEXT.value.split():
-    sys.exit(f"error: --query: {_QUERY.value!r} is not a token of --text")
   vocab = task.vocab
   words = vocab.decode(ids, strip=False)
+  tokens = words if task.kind == "lm" else _TEXT.value.split()
+  if _QUERY.value is not None and _QUERY.value not in tokens:
+    sys.exit(f"error: --query: {_QUERY.value!r} is not a token of --text")
   out_dir = _OUT.value or os.path.join(_WORKDIR.value, "attend")
   os.makedirs(out_dir, exist_ok=True)
   src = jnp.asarray(ids)[None]
@@ -70,6 +75,11 @@ def main(argv):
       ("decoder_self_attention", [w["self"][0] for w in weights["decoder"]], targets, targets),
       ("decoder_cross_attention", [w["cross"][0] for w in weights["decoder"]], targets, words),
     ]
+  elif task.kind == "lm":
+    logits, weights = model.apply({"params": params}, src, return_weights=True)
+    predicted = task.decode_ids(np.asarray(jnp.argmax(logits[0], -1)))
+    print(f"input: {_TEXT.value!r}\nnext:  {predicted!r} (the most likely token after each)")
+    panels = [("decoder_self_attention", [w["self"][0] for w in weights], words, words)]
   else:
     logits, weights = model.apply({"params": params}, src, return_weights=True)
     tags = [task.class_names[i] for i in np.asarray(jnp.argmax(logits[0], -1))]

@@ -1,7 +1,8 @@
 """Benchmarks, every figure measured in this run:
-`python -m launch.bench [--suite=NAMES] [--out=FILE.json] [--repeats=N] [--no-memory]`.
+`python -m launch.bench [--suite=NAMES] [--out=FILE.json] [--repeats=N] [--no-memory] [--nanogpt=DIR]`.
 
---suite: a comma-separated list of attention, memory, train, seeds, decode; or all (the default); or
+--suite: a comma-separated list of attention, memory, train, seeds, decode, nanogpt; or all (the
+default); or
 smoke (every suite at tiny shapes, in well under a minute: the tests run it). Prints the machine's
 matmul rate and versions, then one table per suite; --out also writes everything as JSON (rewritten
 after each suite). See `attn.benchmark` for what each suite measures.
@@ -16,11 +17,16 @@ import sys
 from absl import flags
 
 from benchmarks import suites, tables, timing
-from experiments import base
+from experiments import base, shakespeare_char
 from launch import run, start_quietly
 
 _SUITE = flags.DEFINE_string(
-  "suite", "all", "Comma-separated suites (attention, memory, train, seeds, decode), all, or smoke."
+  "suite",
+  "all",
+  "Comma-separated suites (attention, memory, train, seeds, decode, nanogpt), all, or smoke.",
+)
+_NANOGPT = flags.DEFINE_string(
+  "nanogpt", None, "A nanoGPT checkout: its model.py is the nanogpt suite's peer (torch needed)."
 )
 _OUT = flags.DEFINE_string("out", None, "Also write the results to this JSON file.")
 _REPEATS = flags.DEFINE_integer("repeats", 5, "Timed calls per measurement (fewer for slow cases).")
@@ -71,6 +77,8 @@ def main(argv):
   if _REPEATS.value < 1:
     sys.exit(f"error: --repeats: must be at least 1, got {_REPEATS.value}")
   out = _OUT.value
+  if _NANOGPT.value is not None and not os.path.isfile(os.path.join(_NANOGPT.value, "model.py")):
+    sys.exit(f"error: --nanogpt: {_NANOGPT.value!r} holds no model.py; give a nanoGPT checkout")
   if out is not None and os.path.isdir(out):
     sys.exit(f"error: --out: {out!r} is a folder; give a file name")
   if out is not None and not os.path.isdir(os.path.dirname(out) or "."):
@@ -81,6 +89,8 @@ def main(argv):
     repeats=1 if smoke else _REPEATS.value,
     memory=_MEMORY.value and not smoke,
     seeds_config=seeds_config(smoke),
+    lm_config=shakespeare_char.get_config("smoke" if smoke else ""),
+    nanogpt_dir=_NANOGPT.value,
   )
   machine = timing.machine_info(repeats=settings.repeats)
   print(timing.format_machine(machine), flush=True)

@@ -22,11 +22,16 @@ from attn import train
 from attn.runs import compare, sweep
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-CONFIGS = ("base", "sqrt_d", "heads", "depth", "ner", "translate")
+CONFIGS = ("base", "sqrt_d", "heads", "depth", "ner", "translate", "shakespeare_char")
 # Configs whose task reads config.data.path: validated on fixtures in their own tests (never on the
 # shared data), e.g. tests/tasks/test_ner.py.
-FILE_DATA_CONFIGS = ("ner", "translate")
-TRAIN_CONFIGS = ("base", "ner", "translate")  # Run by launch.train; the others by launch.sweep.
+FILE_DATA_CONFIGS = ("ner", "translate", "shakespeare_char")
+TRAIN_CONFIGS = (
+  "base",
+  "ner",
+  "translate",
+  "shakespeare_char",
+)  # Run by launch.train; the others by launch.sweep.
 SWEEPS = ("sqrt_d", "heads", "depth")
 SEED_TASK_SWEEPS = ("cue", "word_sense")  # Tagging sweeps on attn.seed_tasks (main metric: accuracy).
 CONFIGS += SEED_TASK_SWEEPS

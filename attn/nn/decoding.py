@@ -10,10 +10,9 @@ first call feeds the whole prompt at once, whatever its length; each later call 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
-
-import functools
 
 import jax
 import jax.numpy as jnp

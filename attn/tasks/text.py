@@ -33,7 +33,6 @@ import numpy as np
 
 from attn.nn import decoding
 from attn.tasks.base import (
-  EVAL_STREAM,
   SPECIALS,
   TRAIN_STREAM,
   Task,

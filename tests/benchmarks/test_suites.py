@@ -55,7 +55,9 @@ def test_smoke_suite_writes_every_suite_and_prints_the_tables(tmp_path):
     assert f"== {name}\n" in result.stdout  # Each table, with its header and footer.
     assert suite["rows"] and suite["notes"][0] in result.stdout
     for row in suite["rows"]:
-      assert not row.get("skipped") or (row["impl"].startswith("torch") and not HAS_TORCH), row
+      peer_absent = row["impl"].startswith("torch") and not HAS_TORCH
+      no_checkout = row["impl"].startswith("nanoGPT")  # The test gives no --nanogpt checkout.
+      assert not row.get("skipped") or peer_absent or no_checkout, row
 
   attention = results["suites"]["attention"]["rows"]
   impls = {row["impl"].split(" ")[0] for row in attention}
@@ -95,6 +97,19 @@ def test_smoke_suite_writes_every_suite_and_prints_the_tables(tmp_path):
   # The cache changes the cost, not the tokens (a wrong recompute baseline would agree ~1% of the time;
   # a near-tie flipped by rounding may change the tokens after it).
   assert cached["agreement"] >= 0.5
+
+  ours, peer = results["suites"]["nanogpt"]["rows"]
+  assert _positive(ours["steps_per_s"]) and _positive(ours["compile_s"]) and _positive(ours["params"])
+  assert math.isfinite(ours["last_loss"])
+  assert peer["skipped"] == ("torch does not import" if not HAS_TORCH else "no --nanogpt checkout given")
+
+
+def test_nanogpt_flag_must_name_a_checkout(tmp_path):
+  result = _launch("--suite=nanogpt", f"--nanogpt={tmp_path}")
+  assert result.returncode == 1
+  assert result.stderr.strip().splitlines()[-1] == (
+    f"error: --nanogpt: {str(tmp_path)!r} holds no model.py; give a nanoGPT checkout"
+  )
 
 
 def test_causal_speedups_pair_each_causal_case_with_its_twin():
@@ -160,5 +175,5 @@ def test_a_bad_suite_ends_in_one_line():
   assert result.returncode != 0
   assert result.stderr.strip().splitlines() == [
     "error: --suite: unknown suite 'atention'; expected all, smoke or some of "
-    "attention, memory, train, seeds, decode"
+    "attention, memory, train, seeds, decode, nanogpt"
   ]

@@ -23,6 +23,8 @@ from attn.nn.decoding import (
   greedy_search,
   init_cache,
   length_penalty,
+  sample_decode,
+  sample_search,
 )
 from attn.nn.models import EncoderTagger, LanguageModel, Transformer
 
@@ -518,3 +520,99 @@ def test_decode_rejects_models_it_cannot_drive(lm):
     beam_decode(tagger, lm.params, PROMPT, beam_size=2, max_new_tokens=2)
   with pytest.raises(ValueError, match="model"):
     greedy_decode(lambda x: x, lm.params, PROMPT, max_new_tokens=2)
+
+
+# --------------------------------------------------------------------------------------------------
+# Sampling.
+# --------------------------------------------------------------------------------------------------
+
+
+def reference_windowed_greedy(setup: Setup, prompt, n: int, context: int):
+  """Greedy decoding by recomputation under `sample_decode`'s window schedule: the first window is
+  the prompt (its last context - 1 tokens), and each refill starts from the last context // 2 tokens,
+  every token predicted by the plain model over its window so far."""
+  seq = np.asarray(prompt)
+  window_start = max(seq.shape[1] - (context - 1), 0)
+  out = []
+  while len(out) < n:
+    window = seq[:, window_start:]
+    logits = setup.logits_fn(setup.params, jnp.asarray(window))[:, -1]
+    seq = np.concatenate([seq, np.asarray(jnp.argmax(logits, -1))[:, None]], axis=1)
+    out.append(seq[:, -1])
+    if seq.shape[1] - window_start == context:  # Full: refill from the last half.
+      window_start = seq.shape[1] - context // 2
+  return np.stack(out, axis=1)
+
+
+def test_sampling_at_temperature_zero_with_the_cache_equals_recomputation(lm, lm_reference):
+  tokens = sample_decode(
+    lm.model, lm.params, PROMPT, max_new_tokens=N, rng=jax.random.PRNGKey(0), temperature=0.0
+  )
+  np.testing.assert_array_equal(tokens, lm_reference[0])
+
+
+def test_top_k_one_is_greedy(lm, lm_reference):
+  tokens = sample_decode(
+    lm.model, lm.params, PROMPT, max_new_tokens=N, rng=jax.random.PRNGKey(5), top_k=1
+  )
+  np.testing.assert_array_equal(tokens, lm_reference[0])
+
+
+@pytest.mark.parametrize("positions", ["learned", "sinusoidal"])
+def test_sampling_past_the_context_refills_the_cache_like_recomputation(positions):
+  context = 6
+  config = make_config(positions=positions, max_length=context, norm="pre")
+  setup = _setup(LanguageModel(config), seed=4, sharpen=3.0, inputs=PROMPT)
+  n = 11  # The first window (3 + 3), then refills of 3 from the last 3: several chunks.
+  tokens = sample_decode(
+    setup.model,
+    setup.params,
+    PROMPT,
+    max_new_tokens=n,
+    rng=jax.random.PRNGKey(0),
+    temperature=0.0,
+    context=context,
+  )
+  np.testing.assert_array_equal(tokens, reference_windowed_greedy(setup, PROMPT, n, context))
+  long_prompt = jnp.concatenate([PROMPT, PROMPT + 3], axis=1)  # 6 tokens: cut to the last 5.
+  tokens = sample_decode(
+    setup.model, setup.params, long_prompt, max_new_tokens=4, rng=jax.random.PRNGKey(0),
+    temperature=0.0, context=context,
+  )  # fmt: skip
+  np.testing.assert_array_equal(tokens, reference_windowed_greedy(setup, long_prompt, 4, context))
+
+
+def test_sampling_draws_from_the_tempered_top_k_distribution():
+  """On a fixed table of next-token probabilities: the same key gives the same tokens, top_k keeps
+  only the k most likely, and the frequencies follow softmax(logits / temperature)."""
+  probs = np.array([0.5, 0.3, 0.15, 0.05])
+  logits_V = jnp.log(jnp.asarray(probs, jnp.float32))
+
+  def step_fn(state, tokens_Bt, offset):
+    del offset
+    return jnp.broadcast_to(logits_V, (tokens_Bt.shape[0], 4)), state
+
+  prompt = jnp.zeros((4000, 1), jnp.int32)
+  draw = functools.partial(sample_search, step_fn, None, prompt, max_new_tokens=2)
+  a = draw(rng=jax.random.PRNGKey(1))
+  np.testing.assert_array_equal(a, draw(rng=jax.random.PRNGKey(1)))
+  assert not np.array_equal(a, draw(rng=jax.random.PRNGKey(2)))
+  frequencies = np.bincount(np.asarray(a).reshape(-1), minlength=4) / a.size
+  np.testing.assert_allclose(frequencies, probs, atol=0.02)
+  top2 = np.asarray(draw(rng=jax.random.PRNGKey(1), top_k=2))
+  assert set(np.unique(top2)) == {0, 1}
+  np.testing.assert_allclose(np.mean(top2 == 0), 0.5 / 0.8, atol=0.02)
+  hot = np.asarray(draw(rng=jax.random.PRNGKey(1), temperature=0.5))  # probs squared, renormalised.
+  np.testing.assert_allclose(np.mean(hot == 0), 0.25 / np.sum(probs**2), atol=0.02)
+
+
+def test_sampling_rejects_bad_arguments(lm, transformer):
+  rng = jax.random.PRNGKey(0)
+  with pytest.raises(ValueError, match=r"^temperature: must be finite and >= 0"):
+    sample_decode(lm.model, lm.params, PROMPT, max_new_tokens=2, rng=rng, temperature=-1.0)
+  with pytest.raises(ValueError, match=r"^top_k: must be None"):
+    sample_decode(lm.model, lm.params, PROMPT, max_new_tokens=2, rng=rng, top_k=0)
+  with pytest.raises(ValueError, match=r"^max_new_tokens: must be at least 1"):
+    sample_decode(lm.model, lm.params, PROMPT, max_new_tokens=0, rng=rng)
+  with pytest.raises(ValueError, match=r"^model: sample_decode needs a LanguageModel"):
+    sample_decode(transformer.model, transformer.params, SRC, max_new_tokens=2, rng=rng)

@@ -120,3 +120,43 @@ def test_make_schedule_rejects_unknown():
   config.optimizer.schedule = "linear"
   with pytest.raises(train.ConfigError, match=r"^config\.optimizer\.schedule: unknown choice 'linear'"):
     train.make_schedule(config)
+
+
+def test_cosine_schedule_ends_at_its_floor_as_nanogpts_does():
+  config = _config(num_train_steps=100)
+  config.optimizer.update(schedule="cosine", learning_rate=1e-3, warmup_steps=10, end_learning_rate=1e-4)
+  lr = np.asarray(jax.vmap(train.make_schedule(config))(jnp.arange(101)), np.float64)
+  # nanoGPT's get_lr after warmup:
+  # min_lr + 0.5 (1 + cos(pi (it - warmup) / (decay - warmup))) (lr - min_lr).
+  it = np.arange(10, 101)
+  expected = 1e-4 + 0.5 * (1 + np.cos(np.pi * (it - 10) / 90)) * (1e-3 - 1e-4)
+  np.testing.assert_allclose(lr[10:], expected, rtol=1e-5)
+
+
+def test_weight_decay_applies_to_matrices_only():
+  """With zero gradients, AdamW's update is -lr * decay * param on the matrices (kernels, embedding
+  tables) and nothing on biases and norm scales."""
+  config = _config()
+  config.optimizer.update(schedule="constant", learning_rate=0.1, warmup_steps=1, weight_decay=0.5)
+  optimizer = train.make_optimizer(config)
+  params = {"kernel": jnp.ones((3, 2, 2)), "embedding": jnp.ones((4, 3)), "bias": jnp.ones(3)}
+  zeros = jax.tree.map(jnp.zeros_like, params)
+  state = optimizer.init(params)
+  _, state = optimizer.update(zeros, state, params)  # Step 0 of the warmup has rate 0.
+  updates, _ = optimizer.update(zeros, state, params)
+  np.testing.assert_allclose(updates["kernel"], -0.1 * 0.5, rtol=1e-6)
+  np.testing.assert_allclose(updates["embedding"], -0.1 * 0.5, rtol=1e-6)
+  np.testing.assert_array_equal(updates["bias"], 0.0)
+
+
+@pytest.mark.parametrize(
+  ("overrides", "message"),
+  [
+    ({"optimizer.weight_decay": -0.1}, "config.optimizer.weight_decay: must be finite and >= 0"),
+    ({"optimizer.end_learning_rate": 1.0}, "config.optimizer.end_learning_rate: 1.0 is above the peak"),
+  ],
+)
+def test_optimizer_fields_are_checked(overrides, message):
+  with pytest.raises(train.ConfigError) as error:
+    train.validate(_config(**overrides))
+  assert str(error.value).startswith(message)

@@ -1,0 +1,237 @@
+"""The language model's training step side by side with nanoGPT's (`python -m launch.bench
+--suite=nanogpt --nanogpt=DIR`, DIR a nanoGPT checkout holding its `model.py`).
+
+Both train the same configuration (`experiments/shakespeare_char.py`: nanoGPT's CPU example) on the
+same stream of tokens, one seed, batch and block size equal, and each step is timed as its training
+loop runs it:
+- ours: the loop's compiled train step (`attn.train.loop.compile_steps`: forward, backward, clipping,
+  AdamW, metrics), fed by the text task's `train_batch` and a `device_put`, as `train_and_evaluate`
+  does; compile time is measured apart (the first call's `lower().compile()`).
+- nanoGPT: its own `GPT` from DIR/model.py with `configure_optimizers` (AdamW, decay on matrices), and
+  the body of its train.py loop: the learning rate set per step, `get_batch` (torch.randint windows of
+  a numpy array), forward, backward, `clip_grad_norm_`, `optimizer.step()`, `zero_grad`, and
+  `loss.item()` (its CPU command logs every step). Eager PyTorch, as the CPU command runs it
+  (`--compile=False`).
+The tokens are random ids of the character vocabulary (the step time does not depend on the text),
+so the suite needs no data file. At nanoGPT's GPU configuration (6 layers, 6 heads, D = 384, block
+256, batch 64) one step each is timed after a warm-up step: the step-time ratio, not a run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import importlib.util
+import io
+import math
+import os
+import string
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from attn import train
+from attn.tasks import SPECIALS, Vocabulary
+from attn.tasks.text import TextTask
+from attn.train import loop
+from benchmarks.tables import suite_result
+from benchmarks.timing import import_torch
+
+CHARACTERS = 65  # Tiny Shakespeare's.
+STREAM_TOKENS = 1_000_000  # The random token stream both loops draw windows from.
+GPU_SHAPE = dict(num_decoder_layers=6, num_heads=6, d_model=384, d_ff=1536, block_size=256, batch=64)
+
+
+def stream_task(config: ml_collections.ConfigDict, block_size: int, seed: int = 0) -> TextTask:
+  """A text task over random characters: the experiment's vocabulary size, no file."""
+  vocab = Vocabulary((*SPECIALS, *(string.printable[:CHARACTERS])))
+  ids = np.random.default_rng(seed).integers(len(SPECIALS), len(vocab), STREAM_TOKENS).astype(np.int32)
+  return TextTask(
+    train_ids=ids,
+    val_ids=ids[: 4 * block_size],
+    val_chars=np.ones(4 * block_size, np.int32),
+    vocab=vocab,
+    tokenizer="char",
+    block_size=block_size,
+    eval_windows=0,
+    seed=seed,
+    files=(),
+  )
+
+
+def at_shape(config: ml_collections.ConfigDict, shape: dict[str, int]) -> ml_collections.ConfigDict:
+  """The config at another model and batch shape (nanoGPT's GPU configuration)."""
+  config = copy.deepcopy(config)
+  for field in ("num_decoder_layers", "num_heads", "d_model", "d_ff"):
+    config.model[field] = shape[field]
+  config.model.max_length = config.task.block_size = shape["block_size"]
+  config.batch_size = shape["batch"]
+  return config
+
+
+def time_ours(config: ml_collections.ConfigDict, steps: int, warmup: int) -> dict[str, Any]:
+  """Steps per second of the loop's compiled train step, data included; compile time apart."""
+  config = copy.deepcopy(config)
+  config.num_seeds = 1
+  task = stream_task(config, int(config.task.block_size))
+  model_config = train.model_config_from(config, task)
+  model = train.build_model(model_config, "lm")
+  optimizer = train.make_optimizer(config)
+  compiled = loop.compile_steps(config, model, optimizer, model_config, "lm")
+  B = int(config.batch_size)
+  example, _ = train.inputs_and_targets(jax.tree.map(jnp.asarray, task.train_batch(0, B)), "lm")
+  init = jax.jit(jax.vmap(train.state_initializer(model, optimizer, example)))
+  state = jax.device_put(init(jax.random.PRNGKey(0)[None]), compiled.replicated)
+  batch = jax.device_put(task.train_batch(0, B), compiled.data_sharding)
+  start = time.perf_counter()
+  step_fn = compiled.train.lower(state, batch).compile()
+  compile_s = time.perf_counter() - start
+  metrics = None
+  for step in range(warmup + steps):
+    if step == warmup:
+      jax.block_until_ready(state)
+      start = time.perf_counter()
+    batch = jax.device_put(task.train_batch(step, B), compiled.data_sharding)
+    state, metrics = step_fn(state, batch)
+  jax.block_until_ready((state, metrics))
+  elapsed = time.perf_counter() - start
+  params = sum(int(np.prod(x.shape[1:])) for x in jax.tree.leaves(state.params))
+  return {
+    "params": params,
+    "steps": steps,
+    "step_ms": elapsed / steps * 1e3,
+    "steps_per_s": steps / elapsed,
+    "compile_s": compile_s,
+    "last_loss": float(np.asarray(metrics["loss"])[0]),
+  }
+
+
+def load_nanogpt(directory: str):
+  """nanoGPT's model.py module from a checkout, or raises ValueError naming the path."""
+  path = os.path.join(directory, "model.py")
+  if not os.path.isfile(path):
+    raise ValueError(f"--nanogpt: {path!r} does not exist; give a nanoGPT checkout")
+  spec = importlib.util.spec_from_file_location("nanogpt_model", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def time_nanogpt(config: ml_collections.ConfigDict, nanogpt, steps: int, warmup: int) -> dict[str, Any]:
+  """Steps per second of nanoGPT's train.py loop body on its own GPT, at the same config."""
+  torch = import_torch()
+  task = stream_task(config, int(config.task.block_size))
+  data = task.train_ids.astype(np.uint16)  # prepare.py writes uint16 ids.
+  block_size, batch_size = int(config.task.block_size), int(config.batch_size)
+  m, opt = config.model, config.optimizer
+  torch.manual_seed(1337)
+  gpt_config = nanogpt.GPTConfig(
+    block_size=block_size,
+    vocab_size=len(task.vocab),
+    n_layer=m.num_decoder_layers,
+    n_head=m.num_heads,
+    n_embd=m.d_model,
+    dropout=m.dropout_rate,
+    bias=m.use_bias,
+  )
+  with contextlib.redirect_stdout(io.StringIO()):  # Its parameter counts; the table has them.
+    model = nanogpt.GPT(gpt_config)
+    optimizer = model.configure_optimizers(opt.weight_decay, opt.learning_rate, (opt.b1, opt.b2), "cpu")
+  total, warmup_iters, peak, floor = (
+    int(config.num_train_steps),
+    int(opt.warmup_steps),
+    float(opt.learning_rate),
+    float(opt.end_learning_rate),
+  )
+
+  def get_lr(it):  # train.py's get_lr.
+    if it < warmup_iters:
+      return peak * (it + 1) / (warmup_iters + 1)
+    if it > total:
+      return floor
+    ratio = (it - warmup_iters) / (total - warmup_iters)
+    return floor + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (peak - floor)
+
+  def get_batch():  # train.py's get_batch on the CPU.
+    ix = torch.randint(len(data) - block_size, (batch_size,))
+    x = torch.stack([torch.from_numpy((data[i : i + block_size]).astype(np.int64)) for i in ix])
+    y = torch.stack([torch.from_numpy((data[i + 1 : i + 1 + block_size]).astype(np.int64)) for i in ix])
+    return x, y
+
+  X, Y = get_batch()
+  loss = None
+  for it in range(warmup + steps):
+    if it == warmup:
+      start = time.perf_counter()
+    lr = get_lr(it)
+    for group in optimizer.param_groups:
+      group["lr"] = lr
+    _, loss = model(X, Y)
+    X, Y = get_batch()
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), opt.grad_clip_norm)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    loss.item()
+  elapsed = time.perf_counter() - start
+  return {
+    "params": sum(p.numel() for p in model.parameters()),
+    "steps": steps,
+    "step_ms": elapsed / steps * 1e3,
+    "steps_per_s": steps / elapsed,
+    "last_loss": float(loss.item()),
+  }
+
+
+def nanogpt_suite(
+  config: ml_collections.ConfigDict, nanogpt_dir: str | None, *, smoke: bool
+) -> dict[str, Any]:
+  """Ours against nanoGPT at the experiment's configuration (steps/s) and at nanoGPT's GPU shape
+  (one step each); nanoGPT's rows are skipped, and say why, without torch or a checkout."""
+  steps, warmup = (3, 1) if smoke else (200, 20)
+  torch = import_torch()
+  nanogpt, why = None, None
+  if torch is None:
+    why = "torch does not import"
+  elif not nanogpt_dir:
+    why = "no --nanogpt checkout given"
+  else:
+    nanogpt = load_nanogpt(nanogpt_dir)
+  shapes = [("CPU example", config, steps, warmup)]
+  if not smoke:
+    shapes.append(("GPU shape", at_shape(config, GPU_SHAPE), 1, 1))
+  rows = []
+  for label, shape_config, n, w in shapes:
+    ours = {"config": label, "impl": "ours: loop.compile_steps train", **time_ours(shape_config, n, w)}
+    rows.append(ours)
+    if nanogpt is None:
+      rows.append({"config": label, "impl": "nanoGPT model.py + train.py loop", "skipped": why})
+      continue
+    peer = time_nanogpt(shape_config, nanogpt, n, w)
+    rows.append({"config": label, "impl": "nanoGPT model.py + train.py loop", **peer})
+    ours["ratio_vs_nanogpt"] = ours["steps_per_s"] / peer["steps_per_s"]
+  m = config.model
+  columns = [
+    ("config", "config", ""),
+    ("impl", "impl", ""),
+    ("params", "params", ",d"),
+    ("steps", "steps", "d"),
+    ("ms/step", "step_ms", ".1f"),
+    ("steps/s", "steps_per_s", ".2f"),
+    ("compile s", "compile_s", ".2f"),
+    ("ours/nanoGPT steps/s", "ratio_vs_nanogpt", ".2f"),
+  ]
+  notes = [
+    f"CPU example: {m.num_decoder_layers} layers, {m.num_heads} heads, D={m.d_model}, block "
+    f"{config.task.block_size}, batch {config.batch_size}, vocabulary {CHARACTERS} + 4 specials, "
+    f"bias={m.use_bias}, dropout {m.dropout_rate}; {steps} timed steps after {warmup} warm-up steps.",
+    "GPU shape: 6 layers, 6 heads, D=384, block 256, batch 64; one step timed after one warm-up step.",
+    "a step = fetch a batch, forward, backward, clip, AdamW; nanoGPT reads the loss every step (its "
+    "CPU command logs each), ours once per log interval as the loop does; ratio > 1: ours is faster.",
+    "compile s: ours' lower().compile() of the train step, not in the step times; eager torch has none.",
+  ]
+  return suite_result("nanogpt", columns, rows, notes)

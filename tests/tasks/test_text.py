@@ -1,0 +1,199 @@
+"""Tests for attn/tasks/text.py on small text files the tests write (never the shared data): the
+vocabulary, the split, the windows, bits per character worked by hand, samples, and the errors."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from attn.nn.config import ModelConfig
+from attn.nn.models import LanguageModel
+from attn.tasks import SPECIALS, text
+from attn.tasks.registry import make_task
+from attn.train import loop, steps
+
+TEXT = "First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n" * 3
+
+
+def task_config(**changes) -> ml_collections.ConfigDict:
+  fields = dict(
+    name="text",
+    tokenizer="char",
+    vocab_size=0,
+    block_size=8,
+    eval_windows=0,
+    num_samples=0,
+    sample_tokens=0,
+    sample_prompt="\n",
+  )
+  fields.update(changes)
+  return ml_collections.ConfigDict(fields)
+
+
+def build(path, **changes):
+  return make_task(task_config(**changes), ml_collections.ConfigDict({"path": str(path)}), seed=0)
+
+
+@pytest.fixture
+def text_file(tmp_path):
+  path = tmp_path / "input.txt"
+  path.write_text(TEXT, encoding="utf-8")
+  return path
+
+
+def test_vocabulary_is_the_specials_then_the_training_characters(text_file):
+  task = build(text_file)
+  train_text, _ = text.split_train_val(TEXT)
+  assert task.vocab.tokens[:4] == SPECIALS
+  assert list(task.vocab.tokens[4:]) == sorted(set(train_text))
+  assert task.decode_ids(task.encode_text("hear me")) == "hear me"
+
+
+def test_one_file_splits_as_nanogpt_does(text_file):
+  task = build(text_file)
+  n = int(len(TEXT) * 0.9)
+  assert task.decode_ids(task.train_ids) == TEXT[:n]
+  assert len(task.val_ids) == len(TEXT) - n
+  # A folder holding that one .txt file reads the same.
+  assert np.array_equal(build(text_file.parent).train_ids, task.train_ids)
+
+
+def test_train_and_val_files_are_used_as_given(tmp_path):
+  (tmp_path / "train.txt").write_text("abcabcabcabcabcabc\n", encoding="utf-8")
+  (tmp_path / "val.txt").write_text("cbacbacbacbacba\n", encoding="utf-8")
+  task = build(tmp_path, block_size=4)
+  assert task.decode_ids(task.train_ids) == "abcabcabcabcabcabc\n"
+  assert task.decode_ids(task.val_ids) == "cbacbacbacbacba\n"
+  assert task.data_files() == [str(tmp_path / "train.txt"), str(tmp_path / "val.txt")]
+
+
+def test_training_windows_are_random_slices_and_a_pure_function_of_the_step(text_file):
+  task = build(text_file)
+  batch = task.train_batch(3, 5)
+  assert batch["tokens"].shape == batch["targets"].shape == batch["weights"].shape == (5, 8)
+  train_text = task.decode_ids(task.train_ids)
+  for tokens, targets in zip(batch["tokens"], batch["targets"], strict=True):
+    window = task.decode_ids(tokens)
+    assert window in train_text
+    assert task.decode_ids(targets)[:-1] == window[1:]  # The next character of each position.
+  assert np.all(batch["weights"] == 1)
+  again = build(text_file).train_batch(3, 5)
+  assert all(np.array_equal(batch[k], again[k]) for k in batch)
+  assert not np.array_equal(batch["tokens"], task.train_batch(4, 5)["tokens"])
+
+
+def test_validation_windows_tile_the_split_and_pad_the_last_batch(text_file):
+  task = build(text_file)
+  val = task.val_ids
+  expected = (len(val) - 1) // 8  # Non-overlapping windows of 8, each with its 8 targets.
+  batches = task.eval_batches(4)
+  tokens = np.concatenate([b["tokens"] for b in batches])
+  weights = np.concatenate([b["weights"] for b in batches])
+  real = weights.sum(-1) > 0
+  assert real.sum() == expected and not real[expected:].any()
+  np.testing.assert_array_equal(tokens[:expected].reshape(-1), val[: expected * 8])
+  np.testing.assert_array_equal(np.concatenate([b["characters"] for b in batches])[real], 8)
+  assert all(
+    np.array_equal(a["tokens"], b["tokens"]) for a, b in zip(batches, task.eval_batches(4), strict=True)
+  )
+  subset = build(text_file, eval_windows=2).eval_batches(4)
+  assert sum(int(b["weights"].sum(-1).astype(bool).sum()) for b in subset) == 2
+
+
+def test_bits_per_character_of_a_uniform_model_is_log2_of_the_vocabulary(text_file):
+  """All parameters zero: logits 0, every character has probability 1 / V, so the loss is ln V per
+  token, the perplexity V and bits per character log2 V, worked by hand."""
+  task = build(text_file)
+  V = len(task.vocab)
+  config = ModelConfig(
+    vocab_size=V, d_model=8, num_heads=2, d_ff=16, num_decoder_layers=1, dropout_rate=0.0, norm="pre"
+  )
+  model = LanguageModel(config)
+  params = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 8), jnp.int32))["params"]
+  zeros = jax.tree.map(lambda x: jnp.zeros((1, *x.shape)), params)  # One seed.
+  eval_fn = jax.jit(jax.vmap(lambda p, b: steps.eval_step(p, b, model=model, kind="lm"), (0, None)))
+  metrics = loop.evaluate(eval_fn, zeros, task.eval_batches(4), "lm")
+  np.testing.assert_allclose(metrics["loss"], [math.log(V)], rtol=1e-6)
+  np.testing.assert_allclose(metrics["perplexity"], [V], rtol=1e-5)
+  np.testing.assert_allclose(metrics["bits_per_char"], [math.log2(V)], rtol=1e-6)
+
+
+def test_subword_tokens_count_the_characters_they_spell(tmp_path):
+  path = tmp_path / "input.txt"
+  path.write_text(TEXT, encoding="utf-8")
+  task = build(path, tokenizer="subword", vocab_size=60)
+  assert task.vocab.tokens[:4] == SPECIALS
+  ids = text.encode_lines(task.subwords, TEXT)
+  assert task.decode_ids(ids) == TEXT
+  assert int(text.subword_characters(task.subwords, ids).sum()) == len(TEXT)
+  batch = task.eval_batches(64)[0]
+  real = batch["weights"].sum(-1) > 0
+  assert np.all(batch["characters"][real] >= 8)  # A subword spells at least one character.
+
+
+def test_prompt_characters_outside_the_vocabulary_are_named(text_file):
+  task = build(text_file)
+  with pytest.raises(ValueError, match=r"not in the run's vocabulary .*: '§', 'é'$"):
+    task.encode_text("Speak é§")
+
+
+def test_save_writes_the_vocabulary_and_refuses_a_different_one(text_file, tmp_path):
+  task = build(text_file)
+  workdir = tmp_path / "run"
+  workdir.mkdir()
+  task.save(str(workdir))
+  assert tuple(json.loads((workdir / "vocab.json").read_text(encoding="utf-8"))) == task.vocab.tokens
+  task.save(str(workdir))  # The same vocabulary: fine.
+  text_file.write_text(TEXT + "xyz\n" * 50, encoding="utf-8")
+  with pytest.raises(ValueError, match=r"^config\.data\.path: the vocabulary .* differs"):
+    build(text_file).save(str(workdir))
+
+
+def test_samples_start_with_the_prompt(text_file):
+  task = build(text_file, num_samples=2, sample_tokens=5, sample_prompt="All:")
+  config = ModelConfig(
+    vocab_size=len(task.vocab), d_model=8, num_heads=2, d_ff=16, num_decoder_layers=1,
+    positions="learned", max_length=8,
+  )  # fmt: skip
+  model = LanguageModel(config)
+  params = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 8), jnp.int32))["params"]
+  samples = task.samples(model, params)
+  assert len(samples) == 2
+  assert all(s.startswith("All:") and len(s) >= len("All:") for s in samples)
+
+
+@pytest.mark.parametrize(
+  ("changes", "message"),
+  [
+    ({"tokenizer": "bytes"}, "config.task.tokenizer: unknown choice 'bytes'"),
+    ({"block_size": 0}, "config.task.block_size: must be an int >= 1"),
+    ({"block_size": 1000}, "config.task.block_size: 1000 needs a training split longer than 1001"),
+    ({"eval_windows": -1}, "config.task.eval_windows: must be an int >= 0"),
+    ({"tokenizer": "subword", "vocab_size": 2}, "config.task.vocab_size: must be an int >= 5"),
+  ],
+)
+def test_bad_fields_are_named(text_file, changes, message):
+  with pytest.raises(ValueError) as error:
+    build(text_file, **changes)
+  assert str(error.value).startswith(message)
+
+
+def test_bad_paths_and_bytes_are_named(tmp_path):
+  with pytest.raises(ValueError, match=r"^config\.data\.path: empty"):
+    build("")
+  with pytest.raises(ValueError, match=r"must hold train\.txt and val\.txt, or exactly one \.txt file"):
+    build(tmp_path)
+  (tmp_path / "a.txt").write_text("x", encoding="utf-8")
+  (tmp_path / "b.txt").write_text("y", encoding="utf-8")
+  with pytest.raises(ValueError, match=r"\(found a.txt, b.txt\)"):
+    build(tmp_path)
+  bad = tmp_path / "bad.txt"
+  bad.write_bytes(b"good line\nsecond \xff line\n")
+  with pytest.raises(ValueError, match=r"bad.txt:2: not UTF-8"):
+    build(bad)
