@@ -39,6 +39,7 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
   config.model.max_length = 64  # Longest sequence for learned positions.
   config.model.tie_output = True  # Output projection shares the embedding table.
   config.model.activation = "relu"  # relu | gelu.
+  config.model.init = "default"  # default (LeCun, sqrt(D)-scaled embeddings) | gpt2 (normal 0.02).
   config.model.use_bias = True  # Biases in attention, feed-forward and layer norms.
   config.model.dtype = "float32"  # Computation dtype: float32 | bfloat16 | float16.
   config.model.attention_implementation = config_dict.placeholder(str)  # naive | flash | jax | None.

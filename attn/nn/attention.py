@@ -67,6 +67,7 @@ class MultiHeadAttention(nn.Module):
   dtype: Any = None
   param_dtype: Any = jnp.float32
   kernel_init: Any = nn.initializers.lecun_normal()
+  out_kernel_init: Any = None  # The output projection's; None = kernel_init.
   bias_init: Any = nn.initializers.zeros_init()
   decode: bool = False
   implementation: str | None = None
@@ -198,7 +199,7 @@ class MultiHeadAttention(nn.Module):
       use_bias=self.use_bias,
       dtype=self.dtype,
       param_dtype=self.param_dtype,
-      kernel_init=self.kernel_init,
+      kernel_init=self.out_kernel_init or self.kernel_init,
       bias_init=self.bias_init,
       name="out",
     )(out_BTHK)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import flax.linen as nn
@@ -13,8 +14,11 @@ from attn.nn.config import ModelConfig
 Array = jax.Array
 
 
-def attention_layer(config: ModelConfig, name: str, decode: bool = False) -> MultiHeadAttention:
-  """A MultiHeadAttention set up from the model config."""
+def attention_layer(
+  config: ModelConfig, name: str, decode: bool = False, *, stack_layers: int | None = None
+) -> MultiHeadAttention:
+  """A MultiHeadAttention set up from the model config; `stack_layers`, the blocks of the stack it
+  belongs to, scales its output projection's initialisation under init="gpt2"."""
   return MultiHeadAttention(
     num_heads=config.num_heads,
     head_dim_policy=config.head_dim_policy,
@@ -26,6 +30,8 @@ def attention_layer(config: ModelConfig, name: str, decode: bool = False) -> Mul
     dtype=config.compute_dtype,
     decode=decode,
     implementation=config.attention_implementation,
+    kernel_init=config.kernel_init(),
+    out_kernel_init=config.kernel_init(residual_layers=stack_layers or 1),
     name=name,
   )
 
@@ -36,17 +42,21 @@ def layer_norm(config: ModelConfig, name: str) -> nn.LayerNorm:
 
 
 class FeedForward(nn.Module):
-  """Position-wise feed-forward: Dense(d_ff), nonlinearity, dropout, Dense(D)."""
+  """Position-wise feed-forward: Dense(d_ff), nonlinearity, dropout, Dense(D). `stack_layers`: the
+  blocks of its stack (scales wo's initialisation under init="gpt2")."""
 
   config: ModelConfig
+  stack_layers: int = 1
 
   @nn.compact
   def __call__(self, x_BTD: Array, *, deterministic: bool = True) -> Array:
     cfg = self.config
-    h_BTF = nn.Dense(cfg.d_ff, use_bias=cfg.use_bias, dtype=cfg.compute_dtype, name="wi")(x_BTD)
+    dense = functools.partial(nn.Dense, use_bias=cfg.use_bias, dtype=cfg.compute_dtype)
+    h_BTF = dense(cfg.d_ff, kernel_init=cfg.kernel_init(), name="wi")(x_BTD)
     h_BTF = nn.relu(h_BTF) if cfg.activation == "relu" else nn.gelu(h_BTF)
     h_BTF = nn.Dropout(cfg.dropout_rate)(h_BTF, deterministic=deterministic)
-    return nn.Dense(x_BTD.shape[-1], use_bias=cfg.use_bias, dtype=cfg.compute_dtype, name="wo")(h_BTF)
+    wo_init = cfg.kernel_init(residual_layers=self.stack_layers)
+    return dense(x_BTD.shape[-1], kernel_init=wo_init, name="wo")(h_BTF)
 
 
 def _residual(config: ModelConfig, name: str, x: Array, sublayer: Callable, deterministic: bool):
@@ -70,7 +80,8 @@ class EncoderBlock(nn.Module):
   @nn.compact
   def __call__(self, x_BTD, *, mask=None, deterministic=True, return_weights=False):
     """x [B, T, D], mask broadcastable to [B, H, T, T] -> [B, T, D] (and weights [B, H, T, T])."""
-    self_attn = attention_layer(self.config, "self_attention")
+    layers = self.config.num_encoder_layers
+    self_attn = attention_layer(self.config, "self_attention", stack_layers=layers)
     x_BTD, weights = _residual(
       self.config,
       "self_attention",
@@ -78,7 +89,7 @@ class EncoderBlock(nn.Module):
       lambda h: self_attn(h, mask=mask, deterministic=deterministic, return_weights=return_weights),
       deterministic,
     )
-    ff = FeedForward(self.config, name="feed_forward")
+    ff = FeedForward(self.config, stack_layers=layers, name="feed_forward")
     x_BTD, _ = _residual(
       self.config,
       "feed_forward",
@@ -112,7 +123,8 @@ class DecoderBlock(nn.Module):
     """x [B, T, D], encoded [B, S, D] -> [B, T, D] (and {"self": [B,H,T,T], "cross": [B,H,T,S]})."""
     cfg = self.config
     weights = {}
-    self_attn = attention_layer(cfg, "self_attention", decode=self.decode)
+    layers = cfg.num_decoder_layers
+    self_attn = attention_layer(cfg, "self_attention", decode=self.decode, stack_layers=layers)
     x_BTD, weights["self"] = _residual(
       cfg,
       "self_attention",
@@ -130,7 +142,7 @@ class DecoderBlock(nn.Module):
     if self.cross_attention:
       if encoded_BSD is None:
         raise ValueError("DecoderBlock: encoded_BSD is required when cross_attention is on")
-      cross_attn = attention_layer(cfg, "cross_attention")
+      cross_attn = attention_layer(cfg, "cross_attention", stack_layers=layers)
       x_BTD, weights["cross"] = _residual(
         cfg,
         "cross_attention",
@@ -140,7 +152,7 @@ class DecoderBlock(nn.Module):
         ),
         deterministic,
       )
-    ff = FeedForward(cfg, name="feed_forward")
+    ff = FeedForward(cfg, stack_layers=layers, name="feed_forward")
     x_BTD, _ = _residual(
       cfg, "feed_forward", x_BTD, lambda h: ff(h, deterministic=deterministic), deterministic
     )

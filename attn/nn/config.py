@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import numbers
 
+import flax.linen as nn
 import jax.numpy as jnp
 
 from attn.core.attention import IMPLEMENTATIONS
@@ -24,6 +25,14 @@ HEAD_DIM_POLICIES = ("fixed_model_dim", "fixed_head_dim")
 NORM_POSITIONS = ("post", "pre")  # post-LN as in the paper; pre-LN trains more stably when deep.
 POSITION_KINDS = ("sinusoidal", "learned", "none")
 ACTIVATIONS = ("relu", "gelu")
+# Initialisation of the weights.
+# "default": token embeddings normal(1/sqrt(D)) scaled by sqrt(D) at lookup (unit-variance entries,
+#   the paper's scaling), kernels LeCun-normal.
+# "gpt2": GPT-2's and nanoGPT's: embeddings and kernels normal(0.02), no sqrt(D) scaling, and the
+#   projections that write into the residual stream (attention out, feed-forward wo) normal(0.02 /
+#   sqrt(2 * layers)).
+INIT_SCHEMES = ("default", "gpt2")
+GPT2_INIT_STD = 0.02
 DTYPES = ("float32", "bfloat16", "float16")
 
 
@@ -85,7 +94,8 @@ class ModelConfig:
   positions: str = "sinusoidal"  # "sinusoidal" (paper), "learned" or "none".
   max_length: int = 512  # Longest sequence for learned positions.
   tie_output: bool = True  # Output projection shares the embedding table (as in the paper).
-  activation: str = "relu"  # Feed-forward nonlinearity: "relu" (paper) or "gelu".
+  activation: str = "relu"  # Feed-forward nonlinearity: "relu" (paper) or "gelu" (tanh form).
+  init: str = "default"  # Weight initialisation: one of INIT_SCHEMES ("default" or "gpt2").
   use_bias: bool = True  # Biases in the attention projections, the feed-forward and the layer norms.
   dtype: str = "float32"  # Computation dtype; parameters stay float32.
   attention_implementation: str | None = None  # "naive", "flash", "jax"; None chooses per call.
@@ -122,6 +132,7 @@ class ModelConfig:
     check_choice("norm", self.norm, NORM_POSITIONS)
     check_choice("positions", self.positions, POSITION_KINDS)
     check_choice("activation", self.activation, ACTIVATIONS)
+    check_choice("init", self.init, INIT_SCHEMES)
     check_choice("dtype", self.dtype, DTYPES)
     if self.attention_implementation is not None:
       check_choice("attention_implementation", self.attention_implementation, IMPLEMENTATIONS)
@@ -139,6 +150,15 @@ class ModelConfig:
   @property
   def resolved_head_dim(self) -> int:
     return head_dim_for("", self.head_dim_policy, self.num_heads, self.d_model, self.head_dim)
+
+  def kernel_init(self, *, residual_layers: int | None = None):
+    """The initialiser of a kernel. `residual_layers`: for a projection that writes into the
+    residual stream, the blocks of its stack (under "gpt2" its std is 0.02 / sqrt(2 * that))."""
+    if self.init == "default":
+      return nn.initializers.lecun_normal()
+    if residual_layers is None:
+      return nn.initializers.normal(GPT2_INIT_STD)
+    return nn.initializers.normal(GPT2_INIT_STD / (2 * max(residual_layers, 1)) ** 0.5)
 
   @property
   def compute_dtype(self):

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 from attn.core import masks
 from attn.core.positions import sinusoidal_positions
 from attn.nn.blocks import Decoder, Encoder
-from attn.nn.config import ModelConfig
+from attn.nn.config import GPT2_INIT_STD, ModelConfig
 
 Array = jax.Array
 
@@ -29,18 +29,17 @@ class Embedder(nn.Module):
   """Token embeddings scaled by sqrt(D), plus positions, then dropout; `attend` gives tied logits.
 
   The table is initialised with std 1/sqrt(D), so that after the sqrt(D) scaling (the paper's) token
-  vectors have unit-variance entries, and tied output logits start with unit variance.
+  vectors have unit-variance entries, and tied output logits start with unit variance. Under
+  `config.init = "gpt2"` it is normal(0.02) and not scaled (GPT-2, nanoGPT).
   """
 
   config: ModelConfig
 
   def setup(self):
     cfg = self.config
+    token_std = GPT2_INIT_STD if cfg.init == "gpt2" else cfg.d_model**-0.5
     self.table = nn.Embed(
-      cfg.vocab_size,
-      cfg.d_model,
-      embedding_init=nn.initializers.normal(cfg.d_model**-0.5),
-      name="tokens",
+      cfg.vocab_size, cfg.d_model, embedding_init=nn.initializers.normal(token_std), name="tokens"
     )
     if cfg.positions == "learned":
       self.position_table = nn.Embed(
@@ -66,7 +65,9 @@ class Embedder(nn.Module):
     """tokens [B, T] (and optional hashed features [B, T, F], used when config.feature_buckets > 0)
     -> [B, T, D]."""
     cfg = self.config
-    x_BTD = self.table(tokens_BT) * jnp.sqrt(cfg.d_model).astype(jnp.float32)
+    x_BTD = self.table(tokens_BT)
+    if cfg.init != "gpt2":
+      x_BTD = x_BTD * jnp.sqrt(cfg.d_model).astype(jnp.float32)
     if features_BTF is not None and cfg.feature_buckets:
       x_BTD = x_BTD + self.embed_features(features_BTF)
     if positions_BT is None:
@@ -104,7 +105,10 @@ class _OutputHead(nn.Module):
   def __call__(self, x_BTD: Array, embedder: Embedder) -> Array:
     if self.config.tie_output:
       return embedder.attend(x_BTD)
-    return nn.Dense(self.config.vocab_size, dtype=jnp.float32, name="logits")(x_BTD)
+    kernel_init = self.config.kernel_init()
+    return nn.Dense(self.config.vocab_size, dtype=jnp.float32, kernel_init=kernel_init, name="logits")(
+      x_BTD
+    )
 
 
 class Transformer(nn.Module):

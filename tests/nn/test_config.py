@@ -10,6 +10,7 @@ from attn.nn.config import (
   ACTIVATIONS,
   DTYPES,
   HEAD_DIM_POLICIES,
+  INIT_SCHEMES,
   MODULE_SCALE_CHOICES,
   NORM_POSITIONS,
   POSITION_KINDS,
@@ -172,6 +173,7 @@ def test_dropout_in_range(field, value):
     ("norm", "sandwich", NORM_POSITIONS),
     ("positions", "rope", POSITION_KINDS),
     ("activation", "swish", ACTIVATIONS),
+    ("init", "xavier", INIT_SCHEMES),
     ("dtype", "float64", DTYPES),
     ("dtype", "int32", DTYPES),
   ],
@@ -188,6 +190,7 @@ def test_choice_lists():
   assert set(NORM_POSITIONS) == {"post", "pre"}
   assert set(POSITION_KINDS) == {"sinusoidal", "learned", "none"}
   assert set(ACTIVATIONS) == {"relu", "gelu"}
+  assert set(INIT_SCHEMES) == {"default", "gpt2"}
   assert set(DTYPES) == {"float32", "bfloat16", "float16"}
 
 

@@ -554,3 +554,29 @@ def test_parameter_tree_is_what_saved_checkpoints_hold():
   )
   assert len(expected) == 43
   assert shapes == expected
+
+
+def test_gpt2_init_is_nanogpts_and_removes_bias_everywhere():
+  """init="gpt2": kernels and the token table normal(0.02), the residual projections normal(0.02 /
+  sqrt(2 L)), tokens not scaled by sqrt(D); use_bias=False leaves no bias in any layer or norm."""
+  config = ModelConfig(
+    vocab_size=500, d_model=128, num_heads=4, d_ff=512, num_decoder_layers=2, init="gpt2",
+    use_bias=False, norm="pre", positions="learned", max_length=16,
+  )  # fmt: skip
+  model = LanguageModel(config)
+  params = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 16), jnp.int32))["params"]
+  flat = {"/".join(k): v for k, v in flax.traverse_util.flatten_dict(params).items()}
+  assert not [name for name in flat if name.endswith("bias")]
+  layer = "decoder/layer_0"
+  std = lambda name: float(np.std(flat[name]))
+  assert std("embedder/tokens/embedding") == pytest.approx(0.02, rel=0.05)
+  assert std(f"{layer}/self_attention/query/kernel") == pytest.approx(0.02, rel=0.05)
+  assert std(f"{layer}/feed_forward/wi/kernel") == pytest.approx(0.02, rel=0.05)
+  for name in (f"{layer}/self_attention/out/kernel", f"{layer}/feed_forward/wo/kernel"):
+    assert std(name) == pytest.approx(0.02 / 2.0, rel=0.05)  # 2 layers: sqrt(2 * 2) = 2.
+  tokens = jnp.array([[7, 8]])
+  x = Embedder(config).apply({"params": params["embedder"]}, tokens)
+  expected = (
+    params["embedder"]["tokens"]["embedding"][tokens] + params["embedder"]["positions"]["embedding"][:2]
+  )
+  np.testing.assert_allclose(x, expected, rtol=1e-6)  # No sqrt(D) factor.
