@@ -123,12 +123,40 @@ def load_nanogpt(directory: str):
 
 def time_nanogpt(config: ml_collections.ConfigDict, nanogpt, steps: int, warmup: int) -> dict[str, Any]:
   """Steps per second of nanoGPT's train.py loop body on its own GPT, at the same config."""
-  torch = import_torch()
   task = stream_task(config, int(config.task.block_size))
+  _, result = _nanogpt_train(config, nanogpt, task, steps, warmup, seed=0)
+  return result
+
+
+def nanogpt_validation_loss(config: ml_collections.ConfigDict, nanogpt, seed: int) -> dict[str, Any]:
+  """nanoGPT's GPT trained by its loop for config.num_train_steps on the config's real text, then
+  scored on the text task's validation windows (every non-overlapping window, as our runs are)."""
+  torch = import_torch()
+  task, _ = train.validate(config)
+  model, result = _nanogpt_train(config, nanogpt, task, int(config.num_train_steps), 0, seed=seed)
+  model.eval()
+  loss_sum, count = 0.0, 0
+  with torch.no_grad():
+    for batch in task.eval_batches(int(config.eval_batch_size)):
+      real = batch["weights"].sum(-1) > 0
+      if not real.any():
+        continue
+      x = torch.from_numpy(batch["tokens"][real].astype(np.int64))
+      y = torch.from_numpy(batch["targets"][real].astype(np.int64))
+      _, loss = model(x, y)  # The mean over the rows' tokens.
+      loss_sum += float(loss) * y.numel()
+      count += y.numel()
+  return {**result, "val_loss": loss_sum / count}
+
+
+def _nanogpt_train(config, nanogpt, task: TextTask, steps: int, warmup: int, *, seed: int):
+  """nanoGPT's GPT and its train.py loop body for warmup + steps iterations on the task's training
+  ids; returns (the model, the timing of the last `steps`)."""
+  torch = import_torch()
   data = task.train_ids.astype(np.uint16)  # prepare.py writes uint16 ids.
   block_size, batch_size = int(config.task.block_size), int(config.batch_size)
   m, opt = config.model, config.optimizer
-  torch.manual_seed(1337)
+  torch.manual_seed(1337 + seed)
   gpt_config = nanogpt.GPTConfig(
     block_size=block_size,
     vocab_size=len(task.vocab),
@@ -178,7 +206,7 @@ def time_nanogpt(config: ml_collections.ConfigDict, nanogpt, steps: int, warmup:
     optimizer.zero_grad(set_to_none=True)
     loss.item()
   elapsed = time.perf_counter() - start
-  return {
+  return model, {
     "params": sum(p.numel() for p in model.parameters()),
     "steps": steps,
     "step_ms": elapsed / steps * 1e3,
@@ -188,10 +216,15 @@ def time_nanogpt(config: ml_collections.ConfigDict, nanogpt, steps: int, warmup:
 
 
 def nanogpt_suite(
-  config: ml_collections.ConfigDict, nanogpt_dir: str | None, *, smoke: bool
+  config: ml_collections.ConfigDict,
+  nanogpt_dir: str | None,
+  *,
+  smoke: bool,
+  train_seeds: int = 0,
 ) -> dict[str, Any]:
   """Ours against nanoGPT at the experiment's configuration (steps/s) and at nanoGPT's GPU shape
-  (one step each); nanoGPT's rows are skipped, and say why, without torch or a checkout."""
+  (one step each); nanoGPT's rows are skipped, and say why, without torch or a checkout. With
+  `train_seeds`, also nanoGPT's validation loss after a full run per seed, on our windows."""
   steps, warmup = (3, 1) if smoke else (200, 20)
   torch = import_torch()
   nanogpt, why = None, None
@@ -214,6 +247,11 @@ def nanogpt_suite(
     peer = time_nanogpt(shape_config, nanogpt, n, w)
     rows.append({"config": label, "impl": "nanoGPT model.py + train.py loop", **peer})
     ours["ratio_vs_nanogpt"] = ours["steps_per_s"] / peer["steps_per_s"]
+  if nanogpt is not None:
+    for seed in range(train_seeds):
+      run = nanogpt_validation_loss(config, nanogpt, seed)
+      impl = f"nanoGPT full run, seed {seed}"
+      rows.append({"config": "CPU example", "impl": impl, **run})
   m = config.model
   columns = [
     ("config", "config", ""),
@@ -224,6 +262,7 @@ def nanogpt_suite(
     ("steps/s", "steps_per_s", ".2f"),
     ("compile s", "compile_s", ".2f"),
     ("ours/nanoGPT steps/s", "ratio_vs_nanogpt", ".2f"),
+    ("val loss", "val_loss", ".4f"),
   ]
   notes = [
     f"CPU example: {m.num_decoder_layers} layers, {m.num_heads} heads, D={m.d_model}, block "
@@ -233,5 +272,7 @@ def nanogpt_suite(
     "a step = fetch a batch, forward, backward, clip, AdamW; nanoGPT reads the loss every step (its "
     "CPU command logs each), ours once per log interval as the loop does; ratio > 1: ours is faster.",
     "compile s: ours' lower().compile() of the train step, not in the step times; eager torch has none.",
+    "nanoGPT full run: its model and loop trained num_train_steps on the config's text (seed 1337 + "
+    "seed), val loss over every non-overlapping validation window, as our runs report it.",
   ]
   return suite_result("nanogpt", columns, rows, notes)

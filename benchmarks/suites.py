@@ -65,6 +65,7 @@ class Settings:
     child_timeout_s: time limit of one memory child process.
     lm_config: the language model's training config of the nanogpt suite.
     nanogpt_dir: a nanoGPT checkout (its model.py is the nanogpt suite's peer), or None.
+    nanogpt_train_seeds: full nanoGPT runs whose validation loss the nanogpt suite reports.
   """
 
   smoke: bool = False
@@ -75,6 +76,7 @@ class Settings:
   child_timeout_s: float = CHILD_TIMEOUT_S
   lm_config: ml_collections.ConfigDict | None = None
   nanogpt_dir: str | None = None
+  nanogpt_train_seeds: int = 0
 
 
 def parse_suites(text: str) -> tuple[tuple[str, ...], bool]:
@@ -105,7 +107,10 @@ def run_suite(name: str, settings: Settings, machine: dict[str, Any]) -> dict[st
     "seeds": lambda: seeds_suite(settings),
     "decode": lambda: decode_suite(settings),
     "nanogpt": lambda: nanogpt.nanogpt_suite(
-      settings.lm_config, settings.nanogpt_dir, smoke=settings.smoke
+      settings.lm_config,
+      settings.nanogpt_dir,
+      smoke=settings.smoke,
+      train_seeds=settings.nanogpt_train_seeds,
     ),
   }
   if name not in suites:

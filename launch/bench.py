@@ -1,5 +1,6 @@
 """Benchmarks, every figure measured in this run:
-`python -m launch.bench [--suite=NAMES] [--out=FILE.json] [--repeats=N] [--no-memory] [--nanogpt=DIR]`.
+`python -m launch.bench [--suite=NAMES] [--out=FILE.json] [--repeats=N] [--no-memory] [--nanogpt=DIR]
+[--nanogpt_train_seeds=N]`.
 
 --suite: a comma-separated list of attention, memory, train, seeds, decode, nanogpt; or all (the
 default); or
@@ -27,6 +28,12 @@ _SUITE = flags.DEFINE_string(
 )
 _NANOGPT = flags.DEFINE_string(
   "nanogpt", None, "A nanoGPT checkout: its model.py is the nanogpt suite's peer (torch needed)."
+)
+_NANOGPT_TRAIN_SEEDS = flags.DEFINE_integer(
+  "nanogpt_train_seeds",
+  0,
+  "Also train nanoGPT this many full runs of experiments/shakespeare_char.py (minutes each) and "
+  "report its validation loss on the same windows as ours.",
 )
 _OUT = flags.DEFINE_string("out", None, "Also write the results to this JSON file.")
 _REPEATS = flags.DEFINE_integer("repeats", 5, "Timed calls per measurement (fewer for slow cases).")
@@ -91,6 +98,7 @@ def main(argv):
     seeds_config=seeds_config(smoke),
     lm_config=shakespeare_char.get_config("smoke" if smoke else ""),
     nanogpt_dir=_NANOGPT.value,
+    nanogpt_train_seeds=0 if smoke else _NANOGPT_TRAIN_SEEDS.value,
   )
   machine = timing.machine_info(repeats=settings.repeats)
   print(timing.format_machine(machine), flush=True)
