@@ -12,6 +12,8 @@ The pure functions of `attn.core` are importable from here.
 
 from attn.core import (
   SCALE_CHOICES,
+  alibi_bias,
+  alibi_slopes,
   attention_logits,
   attention_weights,
   causal_mask,
@@ -21,12 +23,16 @@ from attn.core import (
   local_window_mask,
   padding_mask,
   resolve_scale,
+  rope,
   self_attention,
   sinusoidal_positions,
+  t5_buckets,
 )
 
 __all__ = [
   "SCALE_CHOICES",
+  "alibi_bias",
+  "alibi_slopes",
   "attention_logits",
   "attention_weights",
   "causal_mask",
@@ -36,6 +42,8 @@ __all__ = [
   "local_window_mask",
   "padding_mask",
   "resolve_scale",
+  "rope",
   "self_attention",
   "sinusoidal_positions",
+  "t5_buckets",
 ]

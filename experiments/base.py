@@ -35,7 +35,15 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
   config.model.attention_dropout_rate = 0.0  # Dropout on attention weights.
   config.model.scale = "sqrt_d"  # sqrt_d | none | d | learned | init_folded.
   config.model.norm = "post"  # post (the paper) | pre.
-  config.model.positions = "sinusoidal"  # sinusoidal | learned | none.
+  config.model.positions = "sinusoidal"  # sinusoidal | learned | rope | alibi | t5_bias | none.
+  config.model.rope_fraction = 1.0  # Share of the head dim RoPE rotates.
+  config.model.t5_num_buckets = 32  # T5 bias buckets.
+  config.model.t5_max_distance = 128  # T5 bias: distances beyond share the last bucket.
+  config.model.qk_norm = "none"  # none | rms (q and k RMS-normalised, learned per-head scale).
+  config.model.logit_soft_cap = config_dict.placeholder(float)  # cap * tanh(logits / cap); None = off.
+  config.model.attention_sink = False  # A learned per-head sink logit in the denominator.
+  config.model.attention_kind = "softmax"  # softmax | sigmoid | ssmax.
+  config.model.norm_kind = "layer"  # layer | rms: the block norms.
   config.model.max_length = 64  # Longest sequence for learned positions.
   config.model.tie_output = True  # Output projection shares the embedding table.
   config.model.activation = "relu"  # relu | gelu.

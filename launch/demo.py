@@ -45,6 +45,32 @@ def bank_example(rng: jax.Array, dim: int = 8) -> dict[str, object]:
   }
 
 
+def order_properties(rng: jax.Array, T: int = 6, K: int = 8) -> dict[str, float]:
+  """The position properties on random vectors, as max absolute differences: weightless
+  self-attention commutes with a permutation of its inputs (no positions: order plays no part);
+  RoPE's logits are unchanged when both positions shift (they depend on i - j only); with sinusoidal
+  positions added to the vectors they change."""
+  x_rng, q_rng, k_rng = jax.random.split(rng, 3)
+  x_TD = jax.random.normal(x_rng, (T, K))
+  perm = jax.random.permutation(rng, T)
+  permuted = jnp.abs(attn.self_attention(x_TD[perm]) - attn.self_attention(x_TD)[perm]).max()
+  q, k = jax.random.normal(q_rng, (T, 1, K)), jax.random.normal(k_rng, (T, 1, K))
+  pos = jnp.arange(T)
+
+  def rope_logits(shift):
+    return jnp.einsum("thk,shk->ts", attn.rope(q, pos + shift), attn.rope(k, pos + shift))
+
+  def absolute_logits(shift):
+    pe = attn.sinusoidal_positions(pos + shift, K)[:, None]
+    return jnp.einsum("thk,shk->ts", q + pe, k + pe)
+
+  return {
+    "permutation": float(permuted),
+    "rope_shift": float(jnp.abs(rope_logits(100) - rope_logits(0)).max()),
+    "absolute_shift": float(jnp.abs(absolute_logits(100) - absolute_logits(0)).max()),
+  }
+
+
 def scale_at_init(rng: jax.Array, head_dims=(16, 64, 256), T: int = 64) -> list[dict[str, float]]:
   """Logit std and mean attention entropy (nats) for unit-variance queries and keys over T keys."""
   rows = []
@@ -78,6 +104,12 @@ def main(argv):
   shift = seed_tasks.sense_shift()  # The word-sense task's function: 16-dim vectors, the same sentences.
   before, after = shift["before"], shift["after"]
   print(f"   attn.tasks.seed.sense_shift, the same distance: before {before:.3f}, after {after:.3f}")
+  order = order_properties(bank_rng)
+  print(f"   permuting the inputs permutes the outputs: max difference {order['permutation']:.1e}")
+  print(
+    f"   positions shifted by 100: RoPE logits change by {order['rope_shift']:.1e}, "
+    f"sinusoidal ones by {order['absolute_shift']:.2f}"
+  )
 
   print("2. Scaled dot-product attention at initialisation, T=64 keys, unit-variance q and k")
   print(f"   {'K':>4}  {'logit std sqrt_d':>16}  {'none':>6}  {'entropy sqrt_d':>14}  {'none':>6}")

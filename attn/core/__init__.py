@@ -2,8 +2,9 @@
 
 `scaling` (the logit multiplier, one named choice), `masks` (boolean, True = may attend), `attention`
 (the naive reference, the choice of implementation and `dot_product_attention`), `flash` (tiled
-attention with an online softmax), `positions` (sinusoidal encodings) and `corruption` (input-token
-noise for denoising: the notes' other "masking", kept apart from attention masks).
+attention with an online softmax), `positions` (sinusoidal encodings, RoPE, ALiBi, T5 buckets) and
+`corruption` (input-token noise for denoising: the notes' other "masking", kept apart from attention
+masks).
 """
 
 from attn.core.attention import (
@@ -15,11 +16,13 @@ from attn.core.attention import (
 )
 from attn.core.corruption import corrupt_tokens
 from attn.core.masks import causal_mask, combine_masks, local_window_mask, padding_mask
-from attn.core.positions import sinusoidal_positions
+from attn.core.positions import alibi_bias, alibi_slopes, rope, sinusoidal_positions, t5_buckets
 from attn.core.scaling import SCALE_CHOICES, resolve_scale
 
 __all__ = [
   "SCALE_CHOICES",
+  "alibi_bias",
+  "alibi_slopes",
   "attention_logits",
   "attention_weights",
   "causal_mask",
@@ -30,6 +33,8 @@ __all__ = [
   "local_window_mask",
   "padding_mask",
   "resolve_scale",
+  "rope",
   "self_attention",
   "sinusoidal_positions",
+  "t5_buckets",
 ]

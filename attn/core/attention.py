@@ -109,6 +109,43 @@ def _softmax(logits: jax.Array, mask: jax.Array | None) -> jax.Array:
   return unnormalized / jnp.where(denom == 0.0, 1.0, denom)
 
 
+KINDS = ("softmax", "sigmoid")
+
+
+def _check_variant(kind: str, logit_soft_cap, sink_logits) -> None:
+  if kind not in KINDS:
+    raise ValueError(f"kind: unknown choice {kind!r}; expected one of {', '.join(map(repr, KINDS))}")
+  if logit_soft_cap is not None and not 0.0 < float(logit_soft_cap) < float("inf"):
+    raise ValueError(f"logit_soft_cap: must be None or a positive float, got {logit_soft_cap}")
+  if sink_logits is not None and kind != "softmax":
+    raise ValueError("sink_logits: a sink adds to the softmax's denominator; kind='sigmoid' has none")
+
+
+def _normalize(logits, mask, *, kind: str = "softmax", logit_soft_cap=None, sink_logits=None):
+  """Logits [batch..., H, T, S] -> weights: the softmax (`_softmax`), optionally with the logits
+  soft-capped (cap * tanh(logits / cap), Gemma 2) and a per-head sink logit in the denominator only
+  (the "+1" softmax; gpt-oss, Xiao et al. 2023), or the elementwise sigmoid(logits - log n)
+  (Ramapuram et al. 2024), n the number of keys the row may attend (S without a mask). Masked
+  entries are exactly 0 in every kind, and so is a fully masked row (whose gradients are 0 too)."""
+  if logit_soft_cap is not None:
+    logits = logit_soft_cap * jnp.tanh(logits / logit_soft_cap)
+  if kind == "sigmoid":  # The bias -log n, n = the keys the row may attend (cache-independent).
+    if mask is None:
+      return jax.nn.sigmoid(logits - jnp.log(float(logits.shape[-1])))
+    mask = jnp.broadcast_to(mask, logits.shape)
+    n = jnp.maximum(jnp.sum(mask, axis=-1, keepdims=True), 1).astype(logits.dtype)
+    return jnp.where(mask, jax.nn.sigmoid(logits - jnp.log(n)), 0.0)
+  if sink_logits is None:
+    return _softmax(logits, mask)
+  sink = jnp.asarray(sink_logits, logits.dtype)[..., :, None, None]  # [..., H, 1, 1]
+  sink = jnp.broadcast_to(sink, (*logits.shape[:-1], 1))
+  if mask is not None:
+    logits = jnp.where(mask, logits, -jnp.inf)
+  row_max = jax.lax.stop_gradient(jnp.maximum(jnp.max(logits, axis=-1, keepdims=True), sink))
+  unnormalized = jnp.exp(logits - row_max)
+  return unnormalized / (jnp.sum(unnormalized, axis=-1, keepdims=True) + jnp.exp(sink - row_max))
+
+
 def _zero_unattended_keys(key, value, mask, logits_shape):
   """Zeros keys and values that no query may attend, so that NaN or inf stored there (padding often
   holds garbage) cannot leak through 0 * NaN in the products or their gradients."""
@@ -137,13 +174,15 @@ def _logits(query, key, bias, multiplier, logits_shape):
   return logits
 
 
-def _weights(query, key, value, mask, bias, scale):
-  """Shared core: returns (weights f32 [batch..., H, T, S], key, value with unattended keys zeroed)."""
+def _weights(query, key, value, mask, bias, scale, **variant):
+  """Shared core: returns (weights f32 [batch..., H, T, S], key, value with unattended keys zeroed).
+  `variant`: the keyword options of `_normalize`."""
   logits_shape = _check_inputs(query, key, value, mask, bias)
   multiplier = resolve_scale(scale, query.shape[-1])
   if mask is not None:
     key, value = _zero_unattended_keys(key, value, mask, logits_shape)
-  return _softmax(_logits(query, key, bias, multiplier, logits_shape), mask), key, value
+  logits = _logits(query, key, bias, multiplier, logits_shape)
+  return _normalize(logits, mask, **variant), key, value
 
 
 def attention_logits(
@@ -176,8 +215,11 @@ def attention_weights(
   mask: jax.Array | None = None,
   bias: jax.Array | None = None,
   scale: Scale = "sqrt_d",
+  kind: str = "softmax",
+  logit_soft_cap: float | None = None,
+  sink_logits: jax.Array | None = None,
 ) -> jax.Array:
-  """Softmax-normalised attention weights.
+  """Normalised attention weights.
 
   Args:
     query: [batch..., T, H, K].
@@ -185,16 +227,25 @@ def attention_weights(
     mask: bool, broadcastable to [batch..., H, T, S]; True = may attend.
     bias: broadcastable to [batch..., H, T, S], added to the scaled logits.
     scale: "sqrt_d", "none", "d" or a positive float multiplier (see `attn.resolve_scale`).
+    kind: "softmax", or "sigmoid" (each weight sigmoid(logit - log n), n the keys the row may
+      attend; no normalisation over keys).
+    logit_soft_cap: logits become cap * tanh(logits / cap) before normalising (None: off).
+    sink_logits: [H] (or broadcastable to [batch..., H]) sink logits of a softmax: each adds
+      exp(sink) to its head's denominator only, so a head may attend to (almost) nothing.
 
   Returns:
-    float32 (or wider) [batch..., H, T, S]; each row sums to 1, or is all zeros when the mask leaves
-    the query no key.
+    float32 (or wider) [batch..., H, T, S]; each softmax row sums to 1 (less with a sink), or is all
+    zeros when the mask leaves the query no key.
   """
+  _check_variant(kind, logit_soft_cap, sink_logits)
   query, key, _, mask, bias = _as_inputs(query, key, None, mask, bias)
   logits_shape = _check_inputs(query, key, None, mask, bias)
   if 0 in logits_shape[-2:]:  # No queries, or no keys: every row is empty (all zeros).
     return jnp.zeros(logits_shape, jnp.promote_types(query.dtype, jnp.float32))
-  weights, _, _ = _weights(query, key, None, mask, bias, scale)
+  weights, _, _ = _weights(
+    query, key, None, mask, bias, scale, kind=kind, logit_soft_cap=logit_soft_cap,
+    sink_logits=sink_logits,
+  )  # fmt: skip
   return weights
 
 
@@ -229,16 +280,18 @@ def choose_implementation(
   dropout: bool = False,
   return_weights: bool = False,
   same_head_dims: bool = True,
+  variant: str | None = None,
 ) -> str:
   """Resolves `implementation=None` and checks an explicit choice.
 
-  None picks "naive" when dropout or the weights are asked for (only it has them). Otherwise it picks
-  "jax" on a GPU (cuDNN's fused kernel) when query, key and value share one head dim; elsewhere
+  None picks "naive" when dropout or the weights are asked for (only it has them), or a `variant` of
+  the normalisation (soft-cap, sink, sigmoid: named there) that only it computes so far. Otherwise
+  it picks "jax" on a GPU (cuDNN's fused kernel) when query, key and value share one head dim; elsewhere
   "flash" for long sequences (T * S >= FLASH_MIN_LOGITS, where memory and the skipped causal tiles pay
   off) and "naive" for short ones.
   """
   if implementation is None:
-    if dropout or return_weights:
+    if dropout or return_weights or variant:
       return "naive"
     check_default_implementation()
     if DEFAULT_IMPLEMENTATION is not None:
@@ -265,6 +318,10 @@ def choose_implementation(
     raise ValueError(
       "implementation='jax' needs the value head dim to equal the key head dim (jax.nn's kernel); "
       "use 'flash', 'naive' or None"
+    )
+  if implementation != "naive" and variant:
+    raise ValueError(
+      f"implementation={implementation!r} does not support {variant}; use 'naive' or None"
     )
   return implementation
 
@@ -327,6 +384,9 @@ def dot_product_attention(
   dropout_rng: jax.Array | None = None,
   return_weights: bool = False,
   implementation: str | None = None,
+  kind: str = "softmax",
+  logit_soft_cap: float | None = None,
+  sink_logits: jax.Array | None = None,
 ) -> jax.Array | tuple[jax.Array, jax.Array]:
   """Scaled dot-product attention: softmax(scale * q.k + bias, masked) @ v, per head.
 
@@ -347,7 +407,8 @@ def dot_product_attention(
     implementation: "naive" (materialises the [T, S] weights), "flash" (blocked online softmax,
       O(T + S) memory, custom backward), "jax" (`jax.nn.dot_product_attention`: cuDNN on a GPU) or
       None to choose: see `choose_implementation`. All give the same results, fully masked rows
-      included; dropout and return_weights need "naive".
+      included; dropout and return_weights need "naive", and so (for now) do the options below.
+    kind, logit_soft_cap, sink_logits: the normalisation's variants (see `attention_weights`).
 
   Returns:
     [batch..., T, H, Kv] in the query's dtype (float32 for integer or boolean inputs, which are
@@ -358,11 +419,14 @@ def dot_product_attention(
     raise ValueError(f"dropout_rate must be in [0, 1), got {dropout_rate}")
   if dropout_rate > 0.0 and dropout_rng is None:
     raise ValueError("dropout_rng is required when dropout_rate > 0")
+  _check_variant(kind, logit_soft_cap, sink_logits)
   query, key, value, mask, bias = _as_inputs(query, key, value, mask, bias)
   logits_shape = _check_inputs(query, key, value, mask, bias)
+  variant = _variant_name(kind, logit_soft_cap, sink_logits)
   implementation = choose_implementation(
     implementation, T=query.shape[-3], S=key.shape[-3], dropout=dropout_rate > 0.0,
     return_weights=return_weights, same_head_dims=value.shape[-1] == query.shape[-1],
+    variant=variant,
   )  # fmt: skip
   if 0 in logits_shape[-2:]:  # T = 0: no queries; S = 0: no keys, so every query gets zeros.
     out = jnp.zeros((*logits_shape[:-3], query.shape[-3], query.shape[-2], value.shape[-1]), query.dtype)
@@ -372,7 +436,10 @@ def dot_product_attention(
     return _fused(query, key, value, mask, bias, scale, is_causal, implementation, logits_shape)
   if is_causal:
     mask = masks.combine_masks(mask, masks.causal_mask(query.shape[-3], key.shape[-3]))
-  weights, key, value = _weights(query, key, value, mask, bias, scale)
+  weights, key, value = _weights(
+    query, key, value, mask, bias, scale, kind=kind, logit_soft_cap=logit_soft_cap,
+    sink_logits=sink_logits,
+  )  # fmt: skip
   probs = weights
   if dropout_rate > 0.0:
     keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, probs.shape)
@@ -388,6 +455,16 @@ def dot_product_attention(
   )
   out = out.reshape(*out.shape[:-3], H, value.shape[-1]).astype(query.dtype)
   return (out, weights) if return_weights else out
+
+
+def _variant_name(kind: str, logit_soft_cap, sink_logits) -> str | None:
+  """The options only the naive path computes, named for an error, or None."""
+  names = [
+    *(["kind='sigmoid'"] if kind == "sigmoid" else []),
+    *(["logit_soft_cap"] if logit_soft_cap is not None else []),
+    *(["sink_logits"] if sink_logits is not None else []),
+  ]
+  return " and ".join(names) or None
 
 
 def self_attention(

@@ -40,3 +40,115 @@ def sinusoidal_positions(
   angles = pos * inv_freq  # [..., T, D/2]
   # Interleave so that even channels hold sin and odd channels cos, exactly as the formula reads.
   return jnp.stack([jnp.sin(angles), jnp.cos(angles)], axis=-1).reshape(*angles.shape[:-1], dim)
+
+
+def _positions_array(name: str, positions) -> jax.Array:
+  positions = jnp.asarray(positions)
+  if not (jnp.issubdtype(positions.dtype, jnp.integer) or jnp.issubdtype(positions.dtype, jnp.floating)):
+    raise ValueError(f"{name}: positions must be numbers, got dtype {positions.dtype}")
+  return positions
+
+
+def rope(
+  x_BTHK: jax.typing.ArrayLike,
+  positions: jax.typing.ArrayLike,
+  *,
+  base: float = 10_000.0,
+  fraction: float = 1.0,
+) -> jax.Array:
+  """Rotary position embedding (Su et al. 2021): rotates each pair of channels (i, i + R/2) of the
+  first R = fraction * K channels by the angle position / base^(2i / R); the rest pass unchanged.
+
+  Applied to queries and keys, it makes the logit q_i . k_j depend on their positions only through
+  i - j. The pairs are the "rotate half" halves (GPT-NeoX, Llama, x-transformers), not adjacent
+  channels.
+
+  Args:
+    x_BTHK: [batch..., T, H, K] queries or keys.
+    positions: [T] or [batch..., T] integer positions (the cache offset onwards when decoding).
+    base: the 10000 of the formula.
+    fraction: the share of the head dim rotated; R = fraction * K rounded down to an even number.
+
+  Returns:
+    [batch..., T, H, K] in x's dtype (the rotation is computed in float32).
+  """
+  x = jnp.asarray(x_BTHK)
+  K = x.shape[-1]
+  if not 0.0 < fraction <= 1.0:
+    raise ValueError(f"rope: fraction must be in (0, 1], got {fraction}")
+  R = int(K * fraction) // 2 * 2
+  if R == 0:
+    raise ValueError(f"rope: fraction {fraction} of head dim {K} rotates no pair of channels")
+  pos = _positions_array("rope", positions).astype(jnp.float32)
+  inv_freq = base ** (-jnp.arange(0, R, 2, dtype=jnp.float32) / R)  # [R/2]
+  angles = pos[..., :, None, None] * inv_freq  # [..., T, 1, R/2]
+  cos, sin = jnp.cos(angles), jnp.sin(angles)
+  rotated, rest = x[..., :R].astype(jnp.float32), x[..., R:]
+  a, b = rotated[..., : R // 2], rotated[..., R // 2 :]
+  out = jnp.concatenate([a * cos - b * sin, b * cos + a * sin], axis=-1).astype(x.dtype)
+  return jnp.concatenate([out, rest], axis=-1) if R < K else out
+
+
+def alibi_slopes(num_heads: int) -> jax.Array:
+  """ALiBi's per-head slopes (Press et al. 2022): the geometric sequence 2^(-8 h / H), h = 1..H, for H
+  a power of two; otherwise those of the next lower power of two, then every other slope of the next
+  higher one (the paper's reference code). float32 [H]."""
+  if num_heads <= 0:
+    raise ValueError(f"alibi_slopes: num_heads must be positive, got {num_heads}")
+
+  def powers(n):
+    start = 2.0 ** (-8.0 / n)
+    return [start ** (i + 1) for i in range(n)]
+
+  lower = 2 ** int(np.floor(np.log2(num_heads)))
+  slopes = powers(lower)
+  if lower < num_heads:
+    slopes += powers(2 * lower)[0::2][: num_heads - lower]
+  return jnp.asarray(slopes, jnp.float32)
+
+
+def alibi_bias(
+  query_positions: jax.typing.ArrayLike,
+  key_positions: jax.typing.ArrayLike,
+  slopes_H: jax.typing.ArrayLike,
+) -> jax.Array:
+  """ALiBi's logit bias -slope_h * |i - j| for query position i and key position j: [..., H, T, S].
+
+  In a causal layer only j <= i is attended, where this is the paper's -slope * (i - j); the
+  symmetric |i - j| is the bidirectional form (as x-transformers has it) for an encoder.
+  """
+  qp = _positions_array("alibi_bias", query_positions).astype(jnp.float32)
+  kp = _positions_array("alibi_bias", key_positions).astype(jnp.float32)
+  distance = jnp.abs(qp[..., :, None] - kp[..., None, :])  # [..., T, S]
+  return -jnp.asarray(slopes_H, jnp.float32)[:, None, None] * distance[..., None, :, :]
+
+
+def t5_buckets(
+  relative_position: jax.typing.ArrayLike,
+  *,
+  bidirectional: bool,
+  num_buckets: int = 32,
+  max_distance: int = 128,
+) -> jax.Array:
+  """T5's relative-position buckets (Raffel et al. 2020, mesh_tensorflow's `_relative_position_bucket`)
+  of key position minus query position: exact buckets for small distances, logarithmic ones up to
+  `max_distance`, one bucket beyond. Bidirectional: half the buckets for keys after the query.
+  Causal: keys after the query share bucket 0 (they are masked anyway). int32, the input's shape."""
+  relative = _positions_array("t5_buckets", relative_position).astype(jnp.int32)
+  n = -relative  # Query position minus key position.
+  bucket = jnp.zeros_like(n)
+  if bidirectional:
+    num_buckets //= 2
+    bucket = bucket + (n < 0).astype(jnp.int32) * num_buckets
+    n = jnp.abs(n)
+  else:
+    n = jnp.maximum(n, 0)
+  max_exact = num_buckets // 2
+  is_small = n < max_exact
+  large = max_exact + (
+    jnp.log(jnp.maximum(n, 1).astype(jnp.float32) / max_exact)
+    / np.log(max_distance / max_exact)
+    * (num_buckets - max_exact)
+  ).astype(jnp.int32)
+  large = jnp.minimum(large, num_buckets - 1)
+  return bucket + jnp.where(is_small, n, large)

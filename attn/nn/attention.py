@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import math
 from typing import Any
 
 import flax.linen as nn
@@ -9,6 +11,7 @@ import jax
 import jax.numpy as jnp
 
 from attn.core import attention, masks
+from attn.core import positions as relative
 from attn.nn.config import check_module_scale, head_dim_for
 
 Array = jax.Array
@@ -71,6 +74,16 @@ class MultiHeadAttention(nn.Module):
   bias_init: Any = nn.initializers.zeros_init()
   decode: bool = False
   implementation: str | None = None
+  positions: str = "none"  # Relative positions inside the layer: "none", "rope", "alibi", "t5_bias".
+  rope_fraction: float = 1.0  # Share of the head dim RoPE rotates.
+  rope_base: float = 10_000.0
+  t5_num_buckets: int = 32
+  t5_max_distance: int = 128
+  qk_norm: str = "none"  # "rms": q and k RMS-normalised over K with a learned scale, before RoPE.
+  logit_soft_cap: float | None = None  # cap * tanh(logits / cap) (Gemma 2).
+  attention_sink: bool = False  # A learned per-head sink logit in the softmax's denominator.
+  attention_kind: str = "softmax"  # "softmax", "sigmoid" or "ssmax" (logits times s_h log n).
+  ssmax_length: int = 512  # SSMax's s_h starts at 1 / log(this): multiplier 1 at that many keys.
 
   @nn.compact
   def __call__(
@@ -101,15 +114,28 @@ class MultiHeadAttention(nn.Module):
     """
     inputs_kv = inputs_q if inputs_kv is None else inputs_kv
     check_module_scale("scale", self.scale)
+    causal = is_causal or self.decode
     q_BTHK, k_BSGK, v_BSGK = self._project(inputs_q, inputs_kv)
+    q_BTHK, k_BSGK = self._normalize_qk(q_BTHK, k_BSGK)
+    offset = self._cache_offset()
+    q_pos_T = offset + jnp.arange(q_BTHK.shape[-3])
+    if self.positions == "rope":  # Keys are cached rotated, at their own positions.
+      rotate = functools.partial(relative.rope, base=self.rope_base, fraction=self.rope_fraction)
+      q_BTHK = rotate(q_BTHK, q_pos_T)
+      k_BSGK = rotate(k_BSGK, offset + jnp.arange(k_BSGK.shape[-3]))
     q_BTHK, runtime_scale = self._scale_queries(q_BTHK)
     k_BSGK, v_BSGK, mask, fits_cache = self._keys_and_mask(k_BSGK, v_BSGK, mask, key_valid)
+    k_pos_S = jnp.arange(k_BSGK.shape[-3])  # The whole cache in decode mode.
+    q_BTHK = self._ssmax_queries(q_BTHK, q_pos_T, k_BSGK.shape[-3], causal)
+    bias = self._position_bias(q_pos_T, k_pos_S, bidirectional=not causal)
+    variant = self._variant()
     is_causal = is_causal and not self.decode  # Decode mode's mask is causal over the cache already.
     out_BTHK, weights = self._attend(
-      q_BTHK, k_BSGK, v_BSGK, mask, runtime_scale, is_causal, deterministic, return_weights
-    )
+      q_BTHK, k_BSGK, v_BSGK, mask, bias, runtime_scale, is_causal, deterministic, return_weights,
+      variant,
+    )  # fmt: skip
     if self.is_mutable_collection("diagnostics"):
-      self._sow_diagnostics(q_BTHK, k_BSGK, mask, runtime_scale, is_causal)
+      self._sow_diagnostics(q_BTHK, k_BSGK, mask, bias, runtime_scale, is_causal, variant)
     out = self._dense_out(out_BTHK, self.out_features or inputs_q.shape[-1])
     if fits_cache is not True:
       # Under jit an overfull cache cannot raise; NaN says so instead of silently overwriting the cache.
@@ -145,6 +171,68 @@ class MultiHeadAttention(nn.Module):
       dense("value", G, self.kernel_init)(inputs_kv),
     )
 
+  def _cache_offset(self):
+    """Where this call's tokens start: the cache index in decode mode (0 when it is being sized)."""
+    if self.decode and self.has_variable("cache", "cache_index"):
+      return self.get_variable("cache", "cache_index")
+    return jnp.asarray(0, jnp.int32)
+
+  def _normalize_qk(self, q_BTHK: Array, k_BSGK: Array) -> tuple[Array, Array]:
+    """QK-norm (Dehghani et al. 2023; Henry et al. 2020): q and k RMS-normalised over the head dim,
+    each times a learned per-head scale [heads, K] (starting at 1)."""
+    if self.qk_norm == "none":
+      return q_BTHK, k_BSGK
+
+    def rms(x, name):
+      scale = self.param(name, nn.initializers.ones, x.shape[-2:], self.param_dtype)
+      x32 = x.astype(jnp.float32)
+      x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + 1e-6)
+      return (x32 * scale).astype(x.dtype)
+
+    return rms(q_BTHK, "query_norm"), rms(k_BSGK, "key_norm")
+
+  def _ssmax_queries(self, q_BTHK: Array, q_pos_T: Array, S: int, causal: bool) -> Array:
+    """SSMax (Nakanishi 2025): the logits of a query that sees n keys times s_h log n, s_h learned
+    per head (from 1 / log(ssmax_length)); n = its position + 1 under a causal mask, else S."""
+    if self.attention_kind != "ssmax":
+      return q_BTHK
+    H = q_BTHK.shape[-2]
+    init = nn.initializers.constant(1.0 / math.log(max(self.ssmax_length, 2)))
+    s_H = self.param("ssmax_scale", init, (H,), self.param_dtype)
+    n_T = (q_pos_T + 1).astype(jnp.float32) if causal else jnp.full(q_pos_T.shape, float(S))
+    factor_TH = jnp.log(jnp.maximum(n_T, 1.0))[:, None] * s_H
+    return q_BTHK * factor_TH[..., None].astype(q_BTHK.dtype)
+
+  def _position_bias(self, q_pos_T: Array, k_pos_S: Array, *, bidirectional: bool) -> Array | None:
+    """ALiBi's or T5's relative-position logit bias [H, T, S] (None for the other kinds). T5's table
+    of one learned scalar per bucket and head is this layer's parameter `relative_bias`."""
+    H = self.num_heads
+    if self.positions == "alibi":
+      return relative.alibi_bias(q_pos_T, k_pos_S, relative.alibi_slopes(H))
+    if self.positions == "t5_bias":
+      table = self.param(
+        "relative_bias", nn.initializers.normal(0.02), (self.t5_num_buckets, H), self.param_dtype
+      )
+      buckets_TS = relative.t5_buckets(
+        k_pos_S[None, :] - q_pos_T[:, None],
+        bidirectional=bidirectional,
+        num_buckets=self.t5_num_buckets,
+        max_distance=self.t5_max_distance,
+      )
+      return jnp.moveaxis(table[buckets_TS], -1, 0).astype(jnp.float32)
+    return None
+
+  def _variant(self) -> dict:
+    """The normalisation options of the pure function: kind, soft-cap, sink logits."""
+    sink = None
+    if self.attention_sink:
+      sink = self.param("sink_logit", nn.initializers.zeros_init(), (self.num_heads,), jnp.float32)
+    return dict(
+      kind="sigmoid" if self.attention_kind == "sigmoid" else "softmax",
+      logit_soft_cap=self.logit_soft_cap,
+      sink_logits=sink,
+    )
+
   def _scale_queries(self, q_BTHK: Array) -> tuple[Array, str | float]:
     """Applies the scale choices that need parameters to the queries; returns them and the scale
     left for the pure function ("none" once the queries carry it)."""
@@ -170,8 +258,9 @@ class MultiHeadAttention(nn.Module):
     return k_BSGK, v_BSGK, mask, True
 
   def _attend(
-    self, q_BTHK, k_BSGK, v_BSGK, mask, scale, is_causal: bool, deterministic: bool, return_weights: bool
-  ):
+    self, q_BTHK, k_BSGK, v_BSGK, mask, bias, scale, is_causal: bool, deterministic: bool,
+    return_weights: bool, variant: dict,
+  ):  # fmt: skip
     """The pure function with the implementation asked for; (output [batch..., T, H, K], weights or
     None). Only the naive path returns weights, so `return_weights` with "flash" or "jax" is refused
     there (the diagnostics never ask: they take their statistics from a pass of their own)."""
@@ -183,12 +272,14 @@ class MultiHeadAttention(nn.Module):
       k_BSGK,
       v_BSGK,
       mask=mask,
+      bias=bias,
       scale=scale,
       is_causal=is_causal,
       dropout_rate=self.dropout_rate if dropout_rng is not None else 0.0,
       dropout_rng=dropout_rng,
       return_weights=return_weights,
       implementation=self.implementation,
+      **variant,
     )
     return result if return_weights else (result, None)
 
@@ -204,7 +295,7 @@ class MultiHeadAttention(nn.Module):
       name="out",
     )(out_BTHK)
 
-  def _sow_diagnostics(self, q_BTHK, k_BSGK, mask, scale, is_causal: bool):
+  def _sow_diagnostics(self, q_BTHK, k_BSGK, mask, bias, scale, is_causal: bool, variant: dict):
     """Records the statistics the scale and heads ablations read, only when the caller makes the
     "diagnostics" collection mutable: the std of the scaled logits over the allowed entries, and the
     mean entropy (nats) and mean maximum of the attention rows that have a key to attend.
@@ -216,8 +307,10 @@ class MultiHeadAttention(nn.Module):
     """
     if is_causal:
       mask = masks.combine_masks(mask, masks.causal_mask(q_BTHK.shape[-3], k_BSGK.shape[-3]))
-    logits = attention.attention_logits(q_BTHK, k_BSGK, scale=scale)
-    weights_BHTS = attention.attention_weights(q_BTHK, k_BSGK, mask=mask, scale=scale)
+    logits = attention.attention_logits(q_BTHK, k_BSGK, bias=bias, scale=scale)
+    weights_BHTS = attention.attention_weights(
+      q_BTHK, k_BSGK, mask=mask, bias=bias, scale=scale, **variant
+    )
     allowed = jnp.ones(logits.shape, bool) if mask is None else jnp.broadcast_to(mask, logits.shape)
     count = jnp.maximum(allowed.sum(), 1)
     mean = jnp.sum(jnp.where(allowed, logits, 0.0)) / count

@@ -9,16 +9,35 @@ import flax.linen as nn
 import jax
 
 from attn.nn.attention import MultiHeadAttention
-from attn.nn.config import ModelConfig
+from attn.nn.config import RELATIVE_POSITIONS, ModelConfig
 
 Array = jax.Array
 
 
+# ModelConfig fields that MultiHeadAttention takes under the same name.
+_SAME_NAMED_FIELDS = (
+  "rope_fraction",
+  "t5_num_buckets",
+  "t5_max_distance",
+  "qk_norm",
+  "logit_soft_cap",
+  "attention_sink",
+  "attention_kind",
+)
+
+
 def attention_layer(
-  config: ModelConfig, name: str, decode: bool = False, *, stack_layers: int | None = None
+  config: ModelConfig,
+  name: str,
+  decode: bool = False,
+  *,
+  stack_layers: int | None = None,
+  cross: bool = False,
 ) -> MultiHeadAttention:
   """A MultiHeadAttention set up from the model config; `stack_layers`, the blocks of the stack it
-  belongs to, scales its output projection's initialisation under init="gpt2"."""
+  belongs to, scales its output projection's initialisation under init="gpt2". Relative positions
+  (RoPE, ALiBi, T5 bias) belong to self-attention only: a `cross` layer gets none."""
+  relative = config.positions in RELATIVE_POSITIONS and not cross
   return MultiHeadAttention(
     num_heads=config.num_heads,
     head_dim_policy=config.head_dim_policy,
@@ -32,12 +51,18 @@ def attention_layer(
     implementation=config.attention_implementation,
     kernel_init=config.kernel_init(),
     out_kernel_init=config.kernel_init(residual_layers=stack_layers or 1),
+    positions=config.positions if relative else "none",
+    ssmax_length=config.max_length,
+    **{field: getattr(config, field) for field in _SAME_NAMED_FIELDS},
     name=name,
   )
 
 
-def layer_norm(config: ModelConfig, name: str) -> nn.LayerNorm:
-  """A layer norm with a learned scale, and a learned bias when `config.use_bias`."""
+def layer_norm(config: ModelConfig, name: str) -> nn.Module:
+  """The block norm of `config.norm_kind`: LayerNorm with a learned scale (and a learned bias when
+  `config.use_bias`), or RMSNorm (scale only)."""
+  if config.norm_kind == "rms":
+    return nn.RMSNorm(dtype=config.compute_dtype, name=name)
   return nn.LayerNorm(use_bias=config.use_bias, dtype=config.compute_dtype, name=name)
 
 
@@ -142,7 +167,7 @@ class DecoderBlock(nn.Module):
     if self.cross_attention:
       if encoded_BSD is None:
         raise ValueError("DecoderBlock: encoded_BSD is required when cross_attention is on")
-      cross_attn = attention_layer(cfg, "cross_attention", stack_layers=layers)
+      cross_attn = attention_layer(cfg, "cross_attention", stack_layers=layers, cross=True)
       x_BTD, weights["cross"] = _residual(
         cfg,
         "cross_attention",

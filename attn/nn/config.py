@@ -23,7 +23,14 @@ MODULE_SCALE_CHOICES = (*SCALE_CHOICES, "learned", "init_folded")
 HEAD_DIM_POLICIES = ("fixed_model_dim", "fixed_head_dim")
 
 NORM_POSITIONS = ("post", "pre")  # post-LN as in the paper; pre-LN trains more stably when deep.
-POSITION_KINDS = ("sinusoidal", "learned", "none")
+# Where order comes from. Added to the embeddings: "sinusoidal" (the paper), "learned". Inside every
+# self-attention layer: "rope" (rotary q and k), "alibi" (linear distance penalties), "t5_bias"
+# (learned bucketed bias). "none" (NoPE): no positions at all.
+POSITION_KINDS = ("sinusoidal", "learned", "rope", "alibi", "t5_bias", "none")
+RELATIVE_POSITIONS = ("rope", "alibi", "t5_bias")
+QK_NORMS = ("none", "rms")
+ATTENTION_KINDS = ("softmax", "sigmoid", "ssmax")
+NORM_KINDS = ("layer", "rms")
 ACTIVATIONS = ("relu", "gelu")
 # Initialisation of the weights.
 # "default": token embeddings normal(1/sqrt(D)) scaled by sqrt(D) at lookup (unit-variance entries,
@@ -91,7 +98,15 @@ class ModelConfig:
   attention_dropout_rate: float = 0.0  # Dropout on attention weights (training only).
   scale: str | float = "sqrt_d"  # Logit scale: one of MODULE_SCALE_CHOICES or a positive float.
   norm: str = "post"  # "post" (paper) or "pre" layer norm.
-  positions: str = "sinusoidal"  # "sinusoidal" (paper), "learned" or "none".
+  positions: str = "sinusoidal"  # One of POSITION_KINDS.
+  rope_fraction: float = 1.0  # Share of the head dim RoPE rotates, in (0, 1].
+  t5_num_buckets: int = 32  # T5 bias: buckets (half per direction in the encoder).
+  t5_max_distance: int = 128  # T5 bias: distances beyond share the last bucket.
+  qk_norm: str = "none"  # "rms": q and k RMS-normalised with a learned per-head scale.
+  logit_soft_cap: float | None = None  # cap * tanh(logits / cap) before the softmax; None = off.
+  attention_sink: bool = False  # A learned per-head sink logit in the softmax's denominator.
+  attention_kind: str = "softmax"  # "softmax", "sigmoid" (bias -log S) or "ssmax" (s_h log n).
+  norm_kind: str = "layer"  # Block norms: "layer" (LayerNorm) or "rms" (RMSNorm).
   max_length: int = 512  # Longest sequence for learned positions.
   tie_output: bool = True  # Output projection shares the embedding table (as in the paper).
   activation: str = "relu"  # Feed-forward nonlinearity: "relu" (paper) or "gelu" (tanh form).
@@ -131,6 +146,25 @@ class ModelConfig:
     check_module_scale("scale", self.scale)
     check_choice("norm", self.norm, NORM_POSITIONS)
     check_choice("positions", self.positions, POSITION_KINDS)
+    check_choice("qk_norm", self.qk_norm, QK_NORMS)
+    check_choice("attention_kind", self.attention_kind, ATTENTION_KINDS)
+    check_choice("norm_kind", self.norm_kind, NORM_KINDS)
+    if isinstance(self.rope_fraction, bool) or not 0.0 < self.rope_fraction <= 1.0:
+      raise ValueError(f"rope_fraction: must be in (0, 1], got {self.rope_fraction!r}")
+    if self.positions == "rope" and int(self.resolved_head_dim * self.rope_fraction) < 2:
+      raise ValueError(
+        f"rope_fraction: {self.rope_fraction} of head dim {self.resolved_head_dim} rotates no pair"
+      )
+    if self.t5_num_buckets < 2 or self.t5_max_distance < self.t5_num_buckets // 2:
+      raise ValueError(
+        f"t5_num_buckets: {self.t5_num_buckets} buckets need at least 2 and t5_max_distance >= half "
+        f"of them, got t5_max_distance={self.t5_max_distance}"
+      )
+    cap = self.logit_soft_cap
+    if cap is not None and (isinstance(cap, bool) or not 0.0 < cap < float("inf")):
+      raise ValueError(f"logit_soft_cap: must be None or a positive float, got {cap!r}")
+    if self.attention_sink and self.attention_kind == "sigmoid":
+      raise ValueError("attention_sink: a sink adds to a softmax's denominator; sigmoid has none")
     check_choice("activation", self.activation, ACTIVATIONS)
     check_choice("init", self.init, INIT_SCHEMES)
     check_choice("dtype", self.dtype, DTYPES)

@@ -132,10 +132,11 @@ def probe_step(params, rng, *, model_config: ModelConfig, length: int = 64, batc
   "sqrt_d" at T=64 whatever K; about sqrt(K) and falling with K under "none")."""
   out = {}
   x_BTD = jax.random.normal(rng, (batch, length, model_config.d_model))
-  layer = blocks.attention_layer(model_config, "probe")
 
   def visit(tree, path):
     if isinstance(tree, dict) and "query" in tree and "key" in tree:
+      cross = bool(path) and path[-1] == "cross_attention"  # No relative positions there.
+      layer = blocks.attention_layer(model_config, "probe", cross=cross)
       _, state = layer.apply({"params": tree}, x_BTD, mutable=["diagnostics"])
       for name, value in state["diagnostics"].items():
         out["/".join((*path, name))] = value[0]

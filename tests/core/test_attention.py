@@ -694,3 +694,83 @@ def test_jax_with_a_different_value_head_dim_is_one_error_and_the_default_falls_
   with pytest.warns(UserWarning, match="using 'flash' for this call"):
     out = attn.dot_product_attention(q, q, v)
   npt.assert_allclose(out, attn.dot_product_attention(q, q, v, implementation="naive"), atol=1e-6)
+
+
+# The normalisation's variants: soft-cap, sink, sigmoid.
+
+
+def _variant_inputs():
+  q = jax.random.normal(jax.random.PRNGKey(0), (2, 4, 2, 8)) * 3
+  k = jax.random.normal(jax.random.PRNGKey(1), (2, 5, 2, 8)) * 3
+  v = jax.random.normal(jax.random.PRNGKey(2), (2, 5, 2, 8))
+  mask = jnp.ones((2, 1, 4, 5), bool).at[0, :, 1, :].set(False).at[1, :, :, 3:].set(False)
+  return q, k, v, mask
+
+
+def test_soft_cap_bounds_the_logits_before_the_softmax():
+  q, k, _, mask = _variant_inputs()
+  cap = 1.5
+  got = attn.attention_weights(q, k, mask=mask, logit_soft_cap=cap)
+  logits = attn.attention_logits(q, k)
+  expected = attn.attention_weights(q, k, mask=mask, bias=cap * jnp.tanh(logits / cap) - logits)
+  npt.assert_allclose(got, expected, atol=1e-6)
+
+
+def test_a_sink_is_an_extra_key_of_zero_value_in_the_denominator():
+  q, k, v, mask = _variant_inputs()
+  sink = jnp.array([0.5, 3.0])
+  got = attn.dot_product_attention(q, k, v, mask=mask, sink_logits=sink)
+  # The same as one more key whose logit is the sink and whose value is zero, always attendable.
+  extra_k = jnp.zeros((2, 1, 2, 8))
+  bias = jnp.concatenate([jnp.zeros((1, 2, 1, 5)), sink[None, :, None, None]], axis=-1)
+  expected = attn.dot_product_attention(
+    q, jnp.concatenate([k, extra_k], 1), jnp.concatenate([v, jnp.zeros((2, 1, 2, 8))], 1),
+    mask=jnp.concatenate([jnp.broadcast_to(mask, (2, 2, 4, 5)), jnp.ones((2, 2, 4, 1), bool)], -1),
+    bias=jnp.broadcast_to(bias, (1, 2, 4, 6)),
+  )  # fmt: skip
+  rows_live = mask.any(-1)[:, 0, :, None, None]  # A fully masked row stays exactly 0.
+  npt.assert_allclose(got, jnp.where(rows_live, expected, 0.0), atol=1e-5)
+  weights = attn.attention_weights(q, k, mask=mask, sink_logits=sink)
+  sums = weights.sum(-1)
+  assert float(sums.max()) <= 1.0 + 1e-6 and float(sums.min()) < 0.99  # Mass goes to the sink.
+
+
+def test_sigmoid_weights_are_elementwise_with_bias_minus_log_n():
+  q, k, _, mask = _variant_inputs()
+  got = attn.attention_weights(q, k, mask=mask, kind="sigmoid")
+  logits = attn.attention_logits(q, k)
+  n = jnp.broadcast_to(mask, logits.shape).sum(-1, keepdims=True)
+  expected = jnp.where(mask, jax.nn.sigmoid(logits - jnp.log(jnp.maximum(n, 1))), 0.0)
+  npt.assert_allclose(got, expected, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+  "variant", [dict(logit_soft_cap=2.0), dict(sink_logits=jnp.array([1.0, -1.0])), dict(kind="sigmoid")]
+)
+def test_variants_give_fully_masked_rows_exact_zeros_and_finite_gradients(variant):
+  q, k, v, mask = _variant_inputs()
+  out = attn.dot_product_attention(q, k, v, mask=mask, **variant)
+  npt.assert_array_equal(out[0, 1], 0.0)  # Row 1 of batch 0 has no key.
+  grads = jax.grad(
+    lambda q, k, v: attn.dot_product_attention(q, k, v, mask=mask, **variant).sum(), (0, 1, 2)
+  )(q, k, v)
+  assert all(bool(jnp.isfinite(g).all()) for g in grads)
+  npt.assert_array_equal(grads[0][0, 1], 0.0)
+  bf16 = attn.dot_product_attention(*(x.astype(jnp.bfloat16) for x in (q, k, v)), mask=mask, **variant)
+  assert bool(jnp.isfinite(bf16.astype(jnp.float32)).all())
+
+
+def test_variants_choose_the_naive_path_and_refuse_the_others_by_name():
+  q, k, v, _ = _variant_inputs()
+  assert (
+    attn.core.attention.choose_implementation(None, T=512, S=512, variant="logit_soft_cap") == "naive"
+  )
+  for impl in ("flash", "jax"):
+    with pytest.raises(ValueError, match=rf"^implementation='{impl}' does not support logit_soft_cap"):
+      attn.dot_product_attention(q, k, v, logit_soft_cap=1.0, implementation=impl)
+  with pytest.raises(ValueError, match=r"^kind: unknown choice 'relu'"):
+    attn.dot_product_attention(q, k, v, kind="relu")
+  with pytest.raises(ValueError, match=r"^logit_soft_cap: must be None or a positive float"):
+    attn.dot_product_attention(q, k, v, logit_soft_cap=0.0)
+  with pytest.raises(ValueError, match=r"^sink_logits: a sink adds to the softmax's denominator"):
+    attn.dot_product_attention(q, k, v, kind="sigmoid", sink_logits=jnp.zeros(2))

@@ -111,3 +111,74 @@ def test_bad_sizes_are_refused(positions, dim, pattern):
 
 def test_zero_length_gives_an_empty_table():
   assert attn.sinusoidal_positions(0, 8).shape == (0, 8)
+
+
+# RoPE, ALiBi and T5 buckets.
+
+from attn.core import positions as relative  # noqa: E402
+
+
+def test_rope_logits_depend_only_on_the_distance():
+  """q_i . k_j after rotation is a function of i - j: shifting both positions changes nothing, and
+  the rotation keeps each vector's norm."""
+  q = jax.random.normal(jax.random.PRNGKey(0), (5, 2, 8))
+  k = jax.random.normal(jax.random.PRNGKey(1), (5, 2, 8))
+  pos = jnp.arange(5)
+  logits = jnp.einsum("thk,shk->hts", relative.rope(q, pos), relative.rope(k, pos))
+  shifted = jnp.einsum("thk,shk->hts", relative.rope(q, pos + 37), relative.rope(k, pos + 37))
+  npt.assert_allclose(shifted, logits, atol=1e-4)
+  npt.assert_allclose(
+    jnp.linalg.norm(relative.rope(q, pos), axis=-1), jnp.linalg.norm(q, axis=-1), rtol=1e-5
+  )
+  plain = jnp.einsum("thk,shk->hts", q, k)
+  assert not np.allclose(logits, plain, atol=1e-3)  # It does rotate.
+
+
+def test_rope_rotates_the_first_fraction_of_channels_by_the_formula():
+  x = jax.random.normal(jax.random.PRNGKey(2), (3, 1, 8))
+  out = relative.rope(x, jnp.arange(3), fraction=0.5)  # R = 4: pairs (0, 2) and (1, 3).
+  npt.assert_array_equal(out[..., 4:], x[..., 4:])
+  for p in range(3):
+    for i in range(2):
+      angle = p / 10_000.0 ** (2 * i / 4)
+      a, b = x[p, 0, i], x[p, 0, i + 2]
+      npt.assert_allclose(out[p, 0, i], a * np.cos(angle) - b * np.sin(angle), atol=1e-5)
+      npt.assert_allclose(out[p, 0, i + 2], b * np.cos(angle) + a * np.sin(angle), atol=1e-5)
+  with pytest.raises(ValueError, match=r"fraction must be in \(0, 1\]"):
+    relative.rope(x, jnp.arange(3), fraction=0.0)
+
+
+def test_alibi_slopes_are_the_papers():
+  npt.assert_allclose(relative.alibi_slopes(8), [2.0 ** -(i + 1) for i in range(8)], rtol=1e-6)
+  # 6 heads: the 4 of 2^(-8/4 h), then every other of the 8-head sequence (the reference code).
+  expected = [2.0 ** (-2 * (i + 1)) for i in range(4)] + [2.0**-1, 2.0**-3]
+  npt.assert_allclose(relative.alibi_slopes(6), expected, rtol=1e-6)
+
+
+def test_alibi_bias_is_minus_slope_times_distance_and_shift_invariant():
+  slopes = relative.alibi_slopes(2)
+  bias = relative.alibi_bias(jnp.arange(3), jnp.arange(4), slopes)
+  assert bias.shape == (2, 3, 4)
+  npt.assert_allclose(bias[1, 2, 0], -(2.0**-8) * 2)  # 2 heads: slopes 2^-4, 2^-8.
+  npt.assert_allclose(bias[0, 0, 3], -(2.0**-4) * 3)  # Symmetric |i - j| for a key after the query.
+  npt.assert_array_equal(relative.alibi_bias(jnp.arange(3) + 9, jnp.arange(4) + 9, slopes), bias)
+
+
+def test_t5_buckets_match_the_reference_values():
+  """mesh_tensorflow's `_relative_position_bucket` with 32 buckets, max_distance 128, worked by hand:
+  bidirectional, keys before the query use buckets 0-15 and keys after 16-31; 8 exact distances,
+  then logarithmic ones."""
+  relative_positions = jnp.array([0, -1, -7, -8, -20, -127, -500, 1, 7, 300])
+  got = relative.t5_buckets(relative_positions, bidirectional=True)
+  # Distances 8..127 map to 8 + floor(log(n / 8) / log(16) * 8): n = 20 -> 10, 127 -> 15; beyond: 15.
+  npt.assert_array_equal(got, [0, 1, 7, 8, 10, 15, 15, 17, 23, 31])
+  causal = relative.t5_buckets(jnp.array([0, -1, -15, -16, -40, 3]), bidirectional=False)
+  # 32 buckets one way: 16 exact, then 16 + floor(log(n / 16) / log(8) * 16): n = 40 -> 23; keys
+  # after the query (masked in a causal layer) share bucket 0.
+  npt.assert_array_equal(causal, [0, 1, 15, 16, 23, 0])
+  shifted = relative.t5_buckets(
+    jnp.arange(4)[None, :] + 5 - (jnp.arange(3)[:, None] + 5), bidirectional=True
+  )
+  npt.assert_array_equal(
+    shifted, relative.t5_buckets(jnp.arange(4)[None, :] - jnp.arange(3)[:, None], bidirectional=True)
+  )

@@ -41,3 +41,11 @@ def test_main_prints_every_rung(capsys):
   assert "logits (2, 5, 100)" in out
   assert "logits finite: True" in out
   assert "attn.tasks.seed.sense_shift, the same distance: before 0.000, after 0." in out
+  assert "permuting the inputs permutes the outputs: max difference" in out
+  assert "positions shifted by 100: RoPE logits change by" in out
+
+
+def test_order_properties_hold_on_random_vectors():
+  order = demo.order_properties(jax.random.PRNGKey(3))
+  assert order["permutation"] < 1e-5 and order["rope_shift"] < 1e-3
+  assert order["absolute_shift"] > 0.1

@@ -171,7 +171,7 @@ def test_dropout_in_range(field, value):
     ("scale", "sqrt", MODULE_SCALE_CHOICES),
     ("scale", "SQRT_D", MODULE_SCALE_CHOICES),
     ("norm", "sandwich", NORM_POSITIONS),
-    ("positions", "rope", POSITION_KINDS),
+    ("positions", "rotary", POSITION_KINDS),
     ("activation", "swish", ACTIVATIONS),
     ("init", "xavier", INIT_SCHEMES),
     ("dtype", "float64", DTYPES),
@@ -188,7 +188,7 @@ def test_unknown_choice_lists_the_choices(field, value, choices):
 def test_choice_lists():
   assert set(MODULE_SCALE_CHOICES) == {"sqrt_d", "none", "d", "learned", "init_folded"}
   assert set(NORM_POSITIONS) == {"post", "pre"}
-  assert set(POSITION_KINDS) == {"sinusoidal", "learned", "none"}
+  assert set(POSITION_KINDS) == {"sinusoidal", "learned", "rope", "alibi", "t5_bias", "none"}
   assert set(ACTIVATIONS) == {"relu", "gelu"}
   assert set(INIT_SCHEMES) == {"default", "gpt2"}
   assert set(DTYPES) == {"float32", "bfloat16", "float16"}
@@ -304,3 +304,25 @@ def test_feature_buckets_zero_or_at_least_two(buckets):
 def test_feature_buckets_one_or_negative_is_an_error(buckets):
   message = _raises_on("feature_buckets", feature_buckets=buckets)
   assert str(buckets) in message
+
+
+@pytest.mark.parametrize(
+  ("changes", "message"),
+  [
+    ({"positions": "rotary"}, "positions: unknown choice 'rotary'"),
+    ({"qk_norm": "l2"}, "qk_norm: unknown choice 'l2'"),
+    ({"attention_kind": "relu"}, "attention_kind: unknown choice 'relu'"),
+    ({"norm_kind": "batch"}, "norm_kind: unknown choice 'batch'"),
+    ({"rope_fraction": 0.0}, "rope_fraction: must be in (0, 1]"),
+    ({"rope_fraction": 1.5}, "rope_fraction: must be in (0, 1]"),
+    ({"positions": "rope", "rope_fraction": 0.01}, "rope_fraction: 0.01 of head dim 64 rotates no pair"),
+    ({"t5_num_buckets": 1}, "t5_num_buckets: 1 buckets need at least 2"),
+    ({"logit_soft_cap": 0.0}, "logit_soft_cap: must be None or a positive float"),
+    ({"logit_soft_cap": -3.0}, "logit_soft_cap: must be None or a positive float"),
+    ({"attention_sink": True, "attention_kind": "sigmoid"}, "attention_sink: a sink adds to a softmax"),
+  ],
+)
+def test_variant_fields_are_checked_in_one_line(changes, message):
+  with pytest.raises(ValueError) as error:
+    ModelConfig(**changes)
+  assert str(error.value).startswith(message) and "\n" not in str(error.value)

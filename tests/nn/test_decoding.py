@@ -158,13 +158,8 @@ def check_reference(tokens, eos_id):
 # --------------------------------------------------------------------------------------------------
 
 
-def test_language_model_cache_matches_full_forward(lm):
-  """A 3-token prompt through the cache, then 4 single tokens: every step's logits are the full
-  (uncached) forward pass's logits at the same positions."""
-  model, params = lm.model, lm.params
-  seq = jnp.concatenate([PROMPT, jnp.array([[20, 21, 22, 23], [24, 3, 4, 25], [3, 3, 26, 27]])], 1)
-  length = seq.shape[1]
-  full = np.asarray(lm.logits_fn(params, seq))
+def cached_step(model: LanguageModel, params):
+  """Jitted (cache, tokens [B, t], positions [t]) -> (logits [B, t, V], variables with the cache)."""
   decoder = model.clone(decode=True)
 
   @jax.jit
@@ -173,6 +168,17 @@ def test_language_model_cache_matches_full_forward(lm):
       {"params": params, "cache": cache}, tokens, positions_BT=positions, mutable=["cache"]
     )
 
+  return step
+
+
+def test_language_model_cache_matches_full_forward(lm):
+  """A 3-token prompt through the cache, then 4 single tokens: every step's logits are the full
+  (uncached) forward pass's logits at the same positions."""
+  model, params = lm.model, lm.params
+  seq = jnp.concatenate([PROMPT, jnp.array([[20, 21, 22, 23], [24, 3, 4, 25], [3, 3, 26, 27]])], 1)
+  length = seq.shape[1]
+  full = np.asarray(lm.logits_fn(params, seq))
+  step = cached_step(model, params)
   cache = init_cache(model, B, length)
   logits, variables = step(cache, seq[:, :P], jnp.arange(P))
   assert logits.shape == (B, P, V)
@@ -563,7 +569,7 @@ def test_sampling_past_the_context_refills_the_cache_like_recomputation():
   context = 6
   config = make_config(positions="learned", max_length=context, norm="pre")
   setup = _setup(LanguageModel(config), seed=4, sharpen=3.0, inputs=PROMPT)
-  n = 11  # The first window (3 + 3), then refills of 3 from the last 3: several chunks.
+  n = 8  # The first window (3 + 3), then a refill of 3 from the last 3: three chunks.
   tokens = sample_decode(
     setup.model,
     setup.params,
@@ -616,3 +622,45 @@ def test_sampling_rejects_bad_arguments(lm, transformer):
     sample_decode(lm.model, lm.params, PROMPT, max_new_tokens=0, rng=rng)
   with pytest.raises(ValueError, match=r"^model: sample_decode needs a LanguageModel"):
     sample_decode(transformer.model, transformer.params, SRC, max_new_tokens=2, rng=rng)
+
+
+# --------------------------------------------------------------------------------------------------
+# Every position kind and attention variant, cached against the full forward pass.
+# --------------------------------------------------------------------------------------------------
+
+VARIANTS = [  # Combined, so that each compiles once; together they cover every option.
+  dict(positions="rope", qk_norm="rms", logit_soft_cap=2.0),
+  dict(positions="alibi", attention_sink=True),
+  dict(positions="t5_bias", t5_num_buckets=8, t5_max_distance=16, attention_kind="ssmax"),
+  dict(positions="rope", rope_fraction=0.5, attention_kind="sigmoid", norm_kind="rms"),
+  dict(positions="none"),
+]
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=lambda v: ",".join(f"{k}={x}" for k, x in v.items()))
+def test_every_variant_caches_like_the_full_forward(variant):
+  """A prompt with padding through the cache, then single tokens at the cache offset: the logits at
+  every real token equal the full forward pass's. RoPE and the biases must take the cache offset
+  (where flax#5591 and x-transformers#187 went wrong); the sigmoid's -log n and SSMax's log n must
+  not depend on the cache's size."""
+  model = LanguageModel(
+    make_config(norm="pre", num_decoder_layers=1, **variant)
+  )  # One layer: compiles fast.
+  setup = _setup(model, seed=2, sharpen=2.0, inputs=PROMPT)
+  params = setup.params
+  if variant.get("attention_sink"):  # Sinks start at 0; make them matter.
+    params = jax.tree_util.tree_map_with_path(
+      lambda p, x: x + 1.5 if "sink_logit" in str(p[-1]) else x, params
+    )
+  seq = jnp.array(
+    [[0, 1, 5, 6, 20, 21, 22], [1, 7, 8, 9, 3, 4, 25], [0, 0, 1, 10, 26, 3, 27]], jnp.int32
+  )
+  full = np.asarray(setup.logits_fn(params, seq))
+  step = cached_step(model, params)
+  prompt = 4
+  logits, variables = step(init_cache(model, B, seq.shape[1]), seq[:, :prompt], jnp.arange(prompt))
+  real = np.asarray(seq[:, :prompt]) != PAD
+  np.testing.assert_allclose(np.asarray(logits)[real], full[:, :prompt][real], rtol=0, atol=1e-4)
+  for t in range(prompt, seq.shape[1]):
+    logits, variables = step(variables["cache"], seq[:, t : t + 1], jnp.array([t]))
+    np.testing.assert_allclose(logits[:, 0], full[:, t], rtol=0, atol=1e-4, err_msg=f"step {t}")

@@ -580,3 +580,25 @@ def test_gpt2_init_is_nanogpts_and_removes_bias_everywhere():
     params["embedder"]["tokens"]["embedding"][tokens] + params["embedder"]["positions"]["embedding"][:2]
   )
   np.testing.assert_allclose(x, expected, rtol=1e-6)  # No sqrt(D) factor.
+
+
+def test_without_positions_an_encoder_is_permutation_equivariant():
+  """The notes: with no positions "order will not have any influence": permuting the tokens permutes
+  the tagger's outputs; with absolute positions, RoPE or a relative bias it does not."""
+  tokens = jnp.array([[5, 6, 7, 8, 9, 10]])
+  perm = jnp.array([3, 0, 5, 1, 4, 2])
+
+  def outputs(positions):
+    config = ModelConfig(
+      vocab_size=20, num_classes=3, d_model=16, num_heads=2, d_ff=32, num_encoder_layers=2,
+      dropout_rate=0.0, positions=positions, max_length=8,
+    )  # fmt: skip
+    model = EncoderTagger(config)
+    params = model.init(jax.random.PRNGKey(0), tokens)
+    return model.apply(params, tokens), model.apply(params, tokens[:, perm])
+
+  plain, permuted = outputs("none")
+  np.testing.assert_allclose(permuted, plain[:, perm], atol=1e-5)
+  for positions in ("sinusoidal", "rope", "t5_bias"):  # Absolute, rotary, a relative bias.
+    plain, permuted = outputs(positions)
+    assert not np.allclose(permuted, plain[:, perm], atol=1e-3), positions
