@@ -1,7 +1,8 @@
 """The benchmark suites behind `python -m launch.bench`: attention paths against their peers, peak
-memory, one training step, vmapped seeds, cached decoding and the language model against nanoGPT
-(`benchmarks/nanogpt.py`); every figure measured in the run that
-prints it, nothing hard-coded. `cases`, `timing`, `memory` and `tables` hold what they share.
+memory, one training step, vmapped seeds, cached decoding, the language model against nanoGPT
+(`benchmarks/nanogpt.py`) and the attention variants against plain flash (`benchmarks/variants.py`);
+every figure measured in the run that prints it, nothing hard-coded. `cases`, `timing`, `memory`
+and `tables` hold what they share.
 
 The machine's float32 matmul rate (`timing.matmul_gflops`) is measured first, so every rate reads as a
 fraction of it. PyTorch is a peer, never a dependency: it is imported lazily, and its rows are
@@ -28,7 +29,7 @@ from attn import train
 from attn.nn import decoding
 from attn.nn.config import ModelConfig
 from attn.nn.models import LanguageModel, Transformer
-from benchmarks import nanogpt
+from benchmarks import nanogpt, variants
 from benchmarks.cases import (
   ATTENTION_IMPLS,
   BACKWARD_FLOP_FACTOR,
@@ -48,7 +49,7 @@ from benchmarks.memory import CHILD_TIMEOUT_S, KIB, MIB, measure_memory
 from benchmarks.tables import suite_result
 from benchmarks.timing import import_torch, no_block, time_call, usable_cpus
 
-SUITES = ("attention", "memory", "train", "seeds", "decode", "nanogpt")
+SUITES = ("attention", "memory", "train", "seeds", "decode", "nanogpt", "variants")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,6 +112,9 @@ def run_suite(name: str, settings: Settings, machine: dict[str, Any]) -> dict[st
       settings.nanogpt_dir,
       smoke=settings.smoke,
       train_seeds=settings.nanogpt_train_seeds,
+    ),
+    "variants": lambda: variants.variants_suite(
+      smoke=settings.smoke, repeats=settings.repeats, budget_s=settings.budget_s
     ),
   }
   if name not in suites:

@@ -2,8 +2,8 @@
 `python -m launch.bench [--suite=NAMES] [--out=FILE.json] [--repeats=N] [--no-memory] [--nanogpt=DIR]
 [--nanogpt_train_seeds=N]`.
 
---suite: a comma-separated list of attention, memory, train, seeds, decode, nanogpt; or all (the
-default); or
+--suite: a comma-separated list of attention, memory, train, seeds, decode, nanogpt, variants; or all
+(the default); or
 smoke (every suite at tiny shapes, in well under a minute: the tests run it). Prints the machine's
 matmul rate and versions, then one table per suite; --out also writes everything as JSON (rewritten
 after each suite). See `attn.benchmark` for what each suite measures.
@@ -24,7 +24,7 @@ from launch import run, start_quietly
 _SUITE = flags.DEFINE_string(
   "suite",
   "all",
-  "Comma-separated suites (attention, memory, train, seeds, decode, nanogpt), all, or smoke.",
+  "Comma-separated suites (attention, memory, train, seeds, decode, nanogpt, variants), all, or smoke.",
 )
 _NANOGPT = flags.DEFINE_string(
   "nanogpt", None, "A nanoGPT checkout: its model.py is the nanogpt suite's peer (torch needed)."

@@ -281,29 +281,35 @@ def choose_implementation(
   return_weights: bool = False,
   same_head_dims: bool = True,
   variant: str | None = None,
+  soft_cap: bool = False,
 ) -> str:
   """Resolves `implementation=None` and checks an explicit choice.
 
   None picks "naive" when dropout or the weights are asked for (only it has them), or a `variant` of
-  the normalisation (soft-cap, sink, sigmoid: named there) that only it computes so far. Otherwise
-  it picks "jax" on a GPU (cuDNN's fused kernel) when query, key and value share one head dim; elsewhere
-  "flash" for long sequences (T * S >= FLASH_MIN_LOGITS, where memory and the skipped causal tiles pay
-  off) and "naive" for short ones.
+  the normalisation (sink, sigmoid: named there) that only it computes so far. Otherwise it picks
+  "jax" on a GPU (cuDNN's fused kernel) when query, key and value share one head dim and no
+  `soft_cap` is asked (jax.nn has none); elsewhere "flash" for long sequences (T * S >=
+  FLASH_MIN_LOGITS, where memory and the skipped causal tiles pay off) and "naive" for short ones.
   """
+  jax_cannot = None
+  if not same_head_dims:
+    jax_cannot = "a value head dim that differs from the key's"
+  elif soft_cap:
+    jax_cannot = "logit_soft_cap"
   if implementation is None:
     if dropout or return_weights or variant:
       return "naive"
     check_default_implementation()
     if DEFAULT_IMPLEMENTATION is not None:
-      if DEFAULT_IMPLEMENTATION == "jax" and not same_head_dims:
+      if DEFAULT_IMPLEMENTATION == "jax" and jax_cannot:
         warnings.warn(
-          "attention: the default implementation 'jax' cannot serve a value head dim that differs "
-          "from the key's; using 'flash' for this call",
+          f"attention: the default implementation 'jax' cannot serve {jax_cannot}; using 'flash' "
+          "for this call",
           stacklevel=3,
         )
         return "flash"
       return DEFAULT_IMPLEMENTATION
-    if jax.default_backend() == "gpu" and same_head_dims:
+    if jax.default_backend() == "gpu" and not jax_cannot:
       return "jax"
     return "flash" if T * S >= FLASH_MIN_LOGITS else "naive"
   if implementation not in IMPLEMENTATIONS:
@@ -319,6 +325,11 @@ def choose_implementation(
       "implementation='jax' needs the value head dim to equal the key head dim (jax.nn's kernel); "
       "use 'flash', 'naive' or None"
     )
+  if implementation == "jax" and soft_cap:
+    raise ValueError(
+      "implementation='jax' does not support logit_soft_cap (jax.nn has none); use 'flash', "
+      "'naive' or None"
+    )
   if implementation != "naive" and variant:
     raise ValueError(
       f"implementation={implementation!r} does not support {variant}; use 'naive' or None"
@@ -326,7 +337,9 @@ def choose_implementation(
   return implementation
 
 
-def _fused(query, key, value, mask, bias, scale, is_causal, implementation, logits_shape):
+def _fused(
+  query, key, value, mask, bias, scale, is_causal, implementation, logits_shape, logit_soft_cap=None
+):
   """The "flash" and "jax" paths: batch axes flattened to one, masks and bias made 4-D."""
   multiplier = resolve_scale(scale, query.shape[-1])
   if mask is not None:
@@ -349,8 +362,9 @@ def _fused(query, key, value, mask, bias, scale, is_causal, implementation, logi
   mask4, bias4 = four_d(mask), four_d(bias)
   if implementation == "flash":
     out = flash.flash_attention(
-      q, k, v, mask=mask4, bias=bias4, multiplier=multiplier, is_causal=is_causal
-    )
+      q, k, v, mask=mask4, bias=bias4, multiplier=multiplier, is_causal=is_causal,
+      logit_soft_cap=logit_soft_cap,
+    )  # fmt: skip
   else:
     out = _jax_nn(q, k, v, mask4, bias4, multiplier, is_causal)
   return out.reshape(*batch, *out.shape[1:])
@@ -407,7 +421,8 @@ def dot_product_attention(
     implementation: "naive" (materialises the [T, S] weights), "flash" (blocked online softmax,
       O(T + S) memory, custom backward), "jax" (`jax.nn.dot_product_attention`: cuDNN on a GPU) or
       None to choose: see `choose_implementation`. All give the same results, fully masked rows
-      included; dropout and return_weights need "naive", and so (for now) do the options below.
+      included; dropout and return_weights need "naive", and so (for now) do `kind="sigmoid"` and
+      `sink_logits`; "jax" has no `logit_soft_cap`.
     kind, logit_soft_cap, sink_logits: the normalisation's variants (see `attention_weights`).
 
   Returns:
@@ -422,18 +437,20 @@ def dot_product_attention(
   _check_variant(kind, logit_soft_cap, sink_logits)
   query, key, value, mask, bias = _as_inputs(query, key, value, mask, bias)
   logits_shape = _check_inputs(query, key, value, mask, bias)
-  variant = _variant_name(kind, logit_soft_cap, sink_logits)
+  variant = _variant_name(kind, sink_logits)
   implementation = choose_implementation(
     implementation, T=query.shape[-3], S=key.shape[-3], dropout=dropout_rate > 0.0,
     return_weights=return_weights, same_head_dims=value.shape[-1] == query.shape[-1],
-    variant=variant,
+    variant=variant, soft_cap=logit_soft_cap is not None,
   )  # fmt: skip
   if 0 in logits_shape[-2:]:  # T = 0: no queries; S = 0: no keys, so every query gets zeros.
     out = jnp.zeros((*logits_shape[:-3], query.shape[-3], query.shape[-2], value.shape[-1]), query.dtype)
     weights = jnp.zeros(logits_shape, jnp.promote_types(query.dtype, jnp.float32))
     return (out, weights) if return_weights else out
   if implementation != "naive":
-    return _fused(query, key, value, mask, bias, scale, is_causal, implementation, logits_shape)
+    return _fused(
+      query, key, value, mask, bias, scale, is_causal, implementation, logits_shape, logit_soft_cap
+    )
   if is_causal:
     mask = masks.combine_masks(mask, masks.causal_mask(query.shape[-3], key.shape[-3]))
   weights, key, value = _weights(
@@ -457,11 +474,10 @@ def dot_product_attention(
   return (out, weights) if return_weights else out
 
 
-def _variant_name(kind: str, logit_soft_cap, sink_logits) -> str | None:
+def _variant_name(kind: str, sink_logits) -> str | None:
   """The options only the naive path computes, named for an error, or None."""
   names = [
     *(["kind='sigmoid'"] if kind == "sigmoid" else []),
-    *(["logit_soft_cap"] if logit_soft_cap is not None else []),
     *(["sink_logits"] if sink_logits is not None else []),
   ]
   return " and ".join(names) or None

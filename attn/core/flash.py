@@ -65,11 +65,12 @@ def _tile(x, i, block_q, j, block_k):
 
 
 def _tile_logits(
-  q_i, k_j, bias, mask, i, j, *, block_q, block_k, num_keys, is_causal, pad_mask=True,
-  causal_mask=True, transposed=False,
+  q_i, k_j, bias, mask, i, j, *, block_q, block_k, num_keys, is_causal, soft_cap=None,
+  pad_mask=True, causal_mask=True, transposed=False,
 ):  # fmt: skip
-  """Scaled logits of tile (i, j), -inf where masked: [N, block_q, block_k] float32, or with
-  `transposed` [N, block_k, block_q] (keys first, as the backward pass wants them).
+  """Scaled logits of tile (i, j) (plus the bias, then soft-capped to cap * tanh(s / cap) when
+  `soft_cap`), -inf where masked: [N, block_q, block_k] float32, or with `transposed`
+  [N, block_k, block_q] (keys first, as the backward pass wants them).
 
   `pad_mask` and `causal_mask` may be turned off (statically) for tiles that need them not: every
   elementwise op between the matmul and the softmax costs (on the CPU, the masks' `where` made an
@@ -82,6 +83,8 @@ def _tile_logits(
     s = jnp.einsum("nqk,nsk->nqs", q_i, k_j, preferred_element_type=jnp.float32)
   if bias is not None:
     s = s + swap(_tile(bias, i, block_q, j, block_k))
+  if soft_cap is not None:
+    s = soft_cap * jnp.tanh(s / soft_cap)
   allowed = None
   k_pos = j * block_k + jnp.arange(block_k)
   if pad_mask:
@@ -107,7 +110,7 @@ def _transposed(x):
 # seen only masked keys keeps the floor, exp(-inf - floor) is 0, and its sum stays 0.
 _MAX_FLOOR = -1e30
 
-_TILE_ARGS = ("block_q", "block_k", "num_keys", "is_causal")
+_TILE_ARGS = ("block_q", "block_k", "num_keys", "is_causal", "soft_cap")
 
 
 def _online_step(carry, s, v_j):
@@ -140,14 +143,17 @@ def _init_carry(n, block_q, kv):
   )
 
 
-def _backward_tile(s_T, lse_i, delta_i, q_i, k_j, v_j, do_i):
+def _backward_tile(s_T, lse_i, delta_i, q_i, k_j, v_j, do_i, soft_cap=None):
   """Gradient contributions of one tile, (dq_i, dk_j, dv_j, d_logits), from the recomputed logits
   `s_T` [N, block_k, block_q] (keys first: three of the four products then take their operands in
-  the fast layout, and one transpose serves the fourth and d_logits)."""
+  the fast layout, and one transpose serves the fourth and d_logits). Under `soft_cap`, `s_T` holds
+  the capped logits c tanh(x / c), whose derivative in x is 1 - (s / c)^2."""
   p_T = jnp.exp(s_T - lse_i[:, None, :])  # The forward's probabilities, recomputed.
   dv_j = jnp.einsum("nsq,nqk->nsk", p_T, do_i, preferred_element_type=jnp.float32)
   dp_T = jnp.einsum("nsk,nqk->nsq", v_j, do_i, preferred_element_type=jnp.float32)
   ds_T = p_T * (dp_T - delta_i[:, None, :])
+  if soft_cap is not None:  # Masked entries (-inf, where p and ds are 0) get the factor 1.
+    ds_T = ds_T * (1.0 - jnp.square(jnp.where(jnp.isfinite(s_T), s_T, 0.0) / soft_cap))
   dk_j = jnp.einsum("nsq,nqk->nsk", ds_T, q_i, preferred_element_type=jnp.float32)
   ds = _transposed(ds_T)
   dq_i = jnp.einsum("nqs,nsk->nqk", ds, k_j, preferred_element_type=jnp.float32)
@@ -216,7 +222,9 @@ def _backward_looped(q, k, v, bias, mask, out, lse, d_out, config):
       rows = lambda x: jax.lax.dynamic_slice_in_dim(x, i * block_q, block_q, axis=1)
       q_i, do_i = rows(q), rows(d_out)
       s = _tile_logits(q_i, k_j, bias, mask, i, j, **tile_args, transposed=True)
-      dq_i, dk, dv, ds = _backward_tile(s, rows(lse), rows(delta), q_i, k_j, v_j, do_i)
+      dq_i, dk, dv, ds = _backward_tile(
+        s, rows(lse), rows(delta), q_i, k_j, v_j, do_i, config["soft_cap"]
+      )
       dq = jax.lax.dynamic_update_slice_in_dim(dq, rows(dq) + dq_i, i * block_q, axis=1)
       if d_bias is not None:
         d_bias = _add_tile(d_bias, ds, i, block_q, j, block_k)
@@ -311,7 +319,9 @@ def _backward_unrolled(q, k, v, bias, mask, out, lse, d_out, config):
       q_i, do_i = q[:, rows], d_out[:, rows]
       masks = _tile_masks(i, j, config, n_k)
       s = _tile_logits(q_i, k_j, bias, mask, i, j, **tile_args, **masks, transposed=True)
-      dq_i, dk, dv, ds = _backward_tile(s, lse[:, rows], delta[:, rows], q_i, k_j, v_j, do_i)
+      dq_i, dk, dv, ds = _backward_tile(
+        s, lse[:, rows], delta[:, rows], q_i, k_j, v_j, do_i, config["soft_cap"]
+      )
       dq[i] = dq[i] + dq_i
       dk_j, dv_j = dk_j + dk, dv_j + dv
       if d_bias is not None:
@@ -403,7 +413,8 @@ def chunk_for(N: int, block_q: int, block_k: int, tile_bytes: int = TILE_BYTES) 
 
 def flash_attention(
   query, key, value, *, mask=None, bias=None, multiplier: float, is_causal: bool = False,
-  block_q: int | None = None, block_k: int | None = None, chunk: int | None = None,
+  logit_soft_cap: float | None = None, block_q: int | None = None, block_k: int | None = None,
+  chunk: int | None = None,
 ):  # fmt: skip
   """Blocked attention on validated inputs (see `attn.dot_product_attention`).
 
@@ -413,6 +424,7 @@ def flash_attention(
     bias: broadcastable to [B, H, T, S] with 4 dims, or None.
     multiplier: the logit scale.
     is_causal: query i sees key j iff j <= i (top-left aligned); tiles above the diagonal are skipped.
+    logit_soft_cap: logits (with the bias) become cap * tanh(logits / cap) in each tile; None: off.
     block_q, block_k: tile sizes (default BLOCK_Q, BLOCK_K, shrunk to the lengths).
     chunk: (batch, head) pairs per step, a divisor of B * H (default `chunk_for`: the tile fits
       TILE_BYTES).
@@ -452,7 +464,7 @@ def flash_attention(
   bias = None if bias is None else per_row(bias.astype(jnp.float32), 0)
   config = (
     ("block_q", block_q), ("block_k", block_k), ("num_keys", S), ("is_causal", bool(is_causal)),
-    ("chunk", chunk),
+    ("chunk", chunk), ("soft_cap", None if logit_soft_cap is None else float(logit_soft_cap)),
   )  # fmt: skip
   out = _flash(q, k, v, bias, mask, config)[:, :T]
   return jnp.swapaxes(out.reshape(B, H, T, -1), 1, 2).astype(query.dtype)

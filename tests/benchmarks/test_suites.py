@@ -55,8 +55,9 @@ def test_smoke_suite_writes_every_suite_and_prints_the_tables(tmp_path):
     assert f"== {name}\n" in result.stdout  # Each table, with its header and footer.
     assert suite["rows"] and suite["notes"][0] in result.stdout
     for row in suite["rows"]:
-      peer_absent = row["impl"].startswith("torch") and not HAS_TORCH
-      no_checkout = row["impl"].startswith("nanoGPT")  # The test gives no --nanogpt checkout.
+      impl = row.get("impl", "")  # The variants suite's rows name a variant instead.
+      peer_absent = impl.startswith("torch") and not HAS_TORCH
+      no_checkout = impl.startswith("nanoGPT")  # The test gives no --nanogpt checkout.
       assert not row.get("skipped") or peer_absent or no_checkout, row
 
   attention = results["suites"]["attention"]["rows"]
@@ -102,6 +103,15 @@ def test_smoke_suite_writes_every_suite_and_prints_the_tables(tmp_path):
   assert _positive(ours["steps_per_s"]) and _positive(ours["compile_s"]) and _positive(ours["params"])
   assert math.isfinite(ours["last_loss"])
   assert peer["skipped"] == ("torch does not import" if not HAS_TORCH else "no --nanogpt checkout given")
+
+
+def test_variants_rows_time_every_variant_against_plain_flash():
+  from benchmarks import variants
+
+  result = variants.variants_suite(smoke=True, repeats=1, budget_s=1.0)
+  rows = result["rows"]
+  assert rows[0]["variant"] == "flash (plain)" and rows[0]["ratio_vs_flash"] == 1.0
+  assert len(rows) == 8 and all(_positive(row["ratio_vs_flash"]) for row in rows)
 
 
 def test_nanogpt_flag_must_name_a_checkout(tmp_path):
@@ -175,5 +185,5 @@ def test_a_bad_suite_ends_in_one_line():
   assert result.returncode != 0
   assert result.stderr.strip().splitlines() == [
     "error: --suite: unknown suite 'atention'; expected all, smoke or some of "
-    "attention, memory, train, seeds, decode, nanogpt"
+    "attention, memory, train, seeds, decode, nanogpt, variants"
   ]

@@ -186,3 +186,41 @@ def test_a_key_padding_mask_builds_no_query_by_key_array():
     without, with_padding = temp_bytes(fn, q), temp_bytes(fn, q, padding)
     assert with_padding <= without + 2**20, (fn.__name__, without, with_padding)
     assert with_padding < T * T // 4, fn.__name__  # Far below a byte per query-key pair.
+
+
+@pytest.mark.parametrize(("is_causal", "block_q", "block_k"), [(False, None, None), (True, 8, 8)])
+def test_flash_soft_cap_equals_naive_in_value_and_gradient(is_causal, block_q, block_k):
+  """cap * tanh(logits / cap) in each tile, and its derivative in the backward: with a mask (a fully
+  masked row among them), a bias, grouped-query heads, the causal skip and several tiles."""
+  q, k, v = _inputs(G=2)
+  q = q * 3  # Logits well past the cap, where tanh bends.
+
+  def loss(implementation, q, k, v, bias):
+    out = attn.dot_product_attention(
+      q, k, v, mask=MASK, bias=bias, is_causal=is_causal, logit_soft_cap=2.0,
+      implementation=implementation,
+    )  # fmt: skip
+    return jnp.sum(jnp.sin(out) * out), out
+
+  def flash_loss(q, k, v, bias):
+    out = flash.flash_attention(
+      q, k, v, mask=MASK, bias=bias[None], multiplier=K**-0.5,
+      is_causal=is_causal, logit_soft_cap=2.0, block_q=block_q, block_k=block_k,
+    )  # fmt: skip
+    return jnp.sum(jnp.sin(out) * out), out
+
+  grad = lambda f: jax.value_and_grad(f, argnums=(0, 1, 2, 3), has_aux=True)(q, k, v, BIAS)
+  (_, ref_out), ref_grads = grad(functools.partial(loss, "naive"))
+  for (_, out), grads in (grad(functools.partial(loss, "flash")), grad(flash_loss)):
+    np.testing.assert_allclose(out, ref_out, atol=2e-6)
+    np.testing.assert_array_equal(out[:, 3], 0.0)  # Row 3 has no key.
+    for g, ref in zip(grads, ref_grads, strict=True):
+      assert np.all(np.isfinite(g))
+      np.testing.assert_allclose(g, ref, atol=5e-5)
+
+
+def test_soft_cap_is_refused_by_jax_and_served_by_flash_by_default():
+  assert attention.choose_implementation(None, T=256, S=256, soft_cap=True) in ("flash", "naive")
+  q, k, v = _inputs()
+  with pytest.raises(ValueError, match=r"^implementation='jax' does not support logit_soft_cap"):
+    attn.dot_product_attention(q, k, v, logit_soft_cap=1.0, implementation="jax")
