@@ -92,20 +92,25 @@ def _group(query: jax.Array, G: int) -> jax.Array:
   return query.reshape(*lead, T, G, H // G, K)
 
 
-def _softmax(logits: jax.Array, mask: jax.Array | None) -> jax.Array:
+def _softmax(logits: jax.Array, mask: jax.Array | None, sink: jax.Array | None = None) -> jax.Array:
   """Softmax over the last axis that gives exact zeros on rows with no key to attend.
 
   Masked logits become -inf rather than a large negative number: exp(-inf) is exactly 0, so a masked
   key gets weight 0 however large the other logits are, and a fully masked row sums to 0. Dividing by
   1 instead of 0 there leaves that row at 0 with zero (finite) gradients, where a plain softmax would
-  spread the row uniformly over keys the caller said it may not see.
+  spread the row uniformly over keys the caller said it may not see. A `sink` logit [..., 1] adds
+  exp(sink) to the denominator only (an always-attendable key whose value is zero).
   """
   if mask is not None:
     logits = jnp.where(mask, logits, -jnp.inf)
   row_max = jnp.max(logits, axis=-1, keepdims=True)
+  if sink is not None:
+    row_max = jnp.maximum(row_max, sink)
   row_max = jax.lax.stop_gradient(jnp.where(jnp.isneginf(row_max), 0.0, row_max))
   unnormalized = jnp.exp(logits - row_max)
   denom = jnp.sum(unnormalized, axis=-1, keepdims=True)
+  if sink is not None:
+    denom = denom + jnp.exp(sink - row_max)
   return unnormalized / jnp.where(denom == 0.0, 1.0, denom)
 
 
@@ -135,15 +140,11 @@ def _normalize(logits, mask, *, kind: str = "softmax", logit_soft_cap=None, sink
     mask = jnp.broadcast_to(mask, logits.shape)
     n = jnp.maximum(jnp.sum(mask, axis=-1, keepdims=True), 1).astype(logits.dtype)
     return jnp.where(mask, jax.nn.sigmoid(logits - jnp.log(n)), 0.0)
-  if sink_logits is None:
-    return _softmax(logits, mask)
-  sink = jnp.asarray(sink_logits, logits.dtype)[..., :, None, None]  # [..., H, 1, 1]
-  sink = jnp.broadcast_to(sink, (*logits.shape[:-1], 1))
-  if mask is not None:
-    logits = jnp.where(mask, logits, -jnp.inf)
-  row_max = jax.lax.stop_gradient(jnp.maximum(jnp.max(logits, axis=-1, keepdims=True), sink))
-  unnormalized = jnp.exp(logits - row_max)
-  return unnormalized / (jnp.sum(unnormalized, axis=-1, keepdims=True) + jnp.exp(sink - row_max))
+  sink = None
+  if sink_logits is not None:
+    sink = jnp.asarray(sink_logits, logits.dtype)[..., :, None, None]  # [..., H, 1, 1]
+    sink = jnp.broadcast_to(sink, (*logits.shape[:-1], 1))
+  return _softmax(logits, mask, sink)
 
 
 def _zero_unattended_keys(key, value, mask, logits_shape):

@@ -11,6 +11,7 @@ Batches are dicts of numpy arrays with static shapes ([B, S] / [B, T], padded wi
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Sequence
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
@@ -151,6 +152,27 @@ def read_lines(path: str) -> list[str]:
     except UnicodeDecodeError as e:
       raise ValueError(f"{path}:{number}: not UTF-8 ({e.reason} at byte {e.start})") from None
   return out
+
+
+def save_once(path: str, content: bytes, what: str) -> bool:
+  """Writes `content` to `path` atomically unless the file exists; an existing file must hold the
+  same bytes (a resumed run rebuilt the same `what` from its data). Returns whether it wrote.
+
+  Raises:
+    ValueError: naming config.data.path when the file holds something else (the data changed).
+  """
+  if os.path.exists(path):
+    with open(path, "rb") as f:
+      if f.read() != content:
+        raise ValueError(
+          f"config.data.path: the {what} built from the training split differs from the run's "
+          f"{path}; the data changed since the run started"
+        )
+    return False
+  with open(path + ".tmp", "wb") as f:
+    f.write(content)
+  os.replace(path + ".tmp", path)
+  return True
 
 
 def pad_rows(rows: Sequence[np.ndarray], length: int, pad_id: int = 0) -> np.ndarray:

@@ -28,7 +28,15 @@ import zlib
 import jax
 import numpy as np
 
-from attn.tasks.base import SPECIALS, Task, Vocabulary, pad_rows, read_lines, split_batches
+from attn.tasks.base import (
+  SPECIALS,
+  Task,
+  Vocabulary,
+  pad_rows,
+  read_lines,
+  save_once,
+  split_batches,
+)
 from attn.tasks.conlleval import entity_scores, split_tag
 
 SPLITS = ("train", "dev", "test")
@@ -333,19 +341,8 @@ class NerTask(Task):
       ValueError: when the run directory holds a different vocabulary or tag set (the data changed).
     """
     for name, items in (("vocab.txt", self.vocab.tokens), ("tags.txt", self.class_names)):
-      path = os.path.join(workdir, name)
       text = "".join(f"{item}\n" for item in items)
-      if os.path.exists(path):
-        with open(path, encoding="utf-8") as f:
-          if f.read() != text:
-            raise ValueError(
-              f"config.data.path: the {name} built from the training split differs from the run's "
-              f"{path}; the data changed since the run started"
-            )
-        continue
-      with open(path + ".tmp", "w", encoding="utf-8") as f:
-        f.write(text)
-      os.replace(path + ".tmp", path)
+      save_once(os.path.join(workdir, name), text.encode("utf-8"), name)
 
   def data_files(self) -> list[str]:
     return list(self.files)

@@ -37,6 +37,7 @@ from attn.tasks.base import (
   TRAIN_STREAM,
   Task,
   Vocabulary,
+  save_once,
   split_batches,
   stream_rng,
 )
@@ -212,18 +213,7 @@ class TextTask(Task):
       name, content = SUBWORD_MODEL_FILE, self.subwords.model_proto
     else:
       name, content = CHAR_VOCAB_FILE, json.dumps(list(self.vocab.tokens)).encode("utf-8")
-    path = os.path.join(workdir, name)
-    if os.path.exists(path):
-      with open(path, "rb") as f:
-        if f.read() != content:
-          raise ValueError(
-            f"config.data.path: the vocabulary built from the training split differs from the "
-            f"run's {path}; the data changed since the run started"
-          )
-      return
-    with open(path + ".tmp", "wb") as f:
-      f.write(content)
-    os.replace(path + ".tmp", path)
+    save_once(os.path.join(workdir, name), content, "vocabulary")
 
 
 def encode_lines(subwords: Subwords, text: str) -> np.ndarray:

@@ -40,6 +40,7 @@ from attn.tasks.base import (
   Vocabulary,
   pad_rows,
   read_lines,
+  save_once,
   seq2seq_examples,
   split_batches,
   stream_rng,
@@ -396,18 +397,8 @@ class Translation(Task):
     Raises:
       ValueError: when the run directory holds a different subword model (the data changed).
     """
-    path = os.path.join(workdir, MODEL_FILE)
-    if os.path.exists(path):
-      with open(path, "rb") as f:
-        if f.read() != self.subwords.model_proto:
-          raise ValueError(
-            f"config.data.path: the subword model built from the training split differs from the "
-            f"run's {path}; the data changed since the run started"
-          )
+    if not save_once(os.path.join(workdir, MODEL_FILE), self.subwords.model_proto, "subword model"):
       return
-    with open(path + ".tmp", "wb") as f:
-      f.write(self.subwords.model_proto)
-    os.replace(path + ".tmp", path)
     with open(os.path.join(workdir, VOCAB_FILE), "w", encoding="utf-8") as f:
       f.write("".join(f"{piece}\n" for piece in self.vocab.tokens))
 
