@@ -19,6 +19,12 @@ Found (sort task, 600 steps, sequence accuracy, mean ± std over 3 seeds):
 from experiments import base
 
 DEPTHS = (1, 2, 4, 6)
+# The block norms: the paper's post-LN, pre-LN (Xiong et al. 2020) and pre-RMSNorm.
+NORMS = {
+  "post_layer": {"model.norm": "post", "model.norm_kind": "layer"},
+  "pre_layer": {"model.norm": "pre", "model.norm_kind": "layer"},
+  "pre_rms": {"model.norm": "pre", "model.norm_kind": "rms"},
+}
 
 
 def get_config(preset: str = ""):
@@ -32,5 +38,13 @@ def get_config(preset: str = ""):
 def get_sweep(preset: str = ""):
   if preset not in ("", "smoke"):
     raise ValueError(f"config preset: unknown {preset!r}; expected '' or 'smoke'")
-  depths = (1, 2) if preset == "smoke" else DEPTHS
-  return [{"model.num_encoder_layers": n, "model.num_decoder_layers": n} for n in depths]
+  if preset == "smoke":
+    return [
+      {"model.num_encoder_layers": n, "model.num_decoder_layers": n, **NORMS[norm]}
+      for n, norm in ((1, "post_layer"), (2, "pre_rms"))
+    ]
+  return [
+    {"model.num_encoder_layers": n, "model.num_decoder_layers": n, **overrides}
+    for overrides in NORMS.values()
+    for n in DEPTHS
+  ]

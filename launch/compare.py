@@ -1,9 +1,14 @@
-"""Compares the runs of a sweep: `python -m launch.compare DIR [--metric=NAME]`.
+"""Compares the runs of a sweep: `python -m launch.compare DIR [--metric=NAME] [--series=A,B,...]`.
 
 DIR is a sweep directory (sweep.json and one subdirectory per point) or a single run directory. Prints
 a markdown table of final and best eval metrics (mean ± std over seeds) per point, and writes
 DIR/compare.md, DIR/compare.csv, DIR/learning_curves.png and DIR/final_vs_swept.png. See
 attn/runs/compare.py for the formats it reads.
+
+`--series=loss_at_64,loss_at_128,...` also tabulates several metrics side by side (a column each, a
+row per point) into DIR/series.md and plots them into DIR/series.png, one line per point, against the
+number each name ends with; `--split` and `--step` choose which lines (e.g. `--split=diagnostics
+--step=0` for the gradient norms at initialisation).
 """
 
 from __future__ import annotations
@@ -22,6 +27,12 @@ _METRIC = flags.DEFINE_string(
   "from summary.json, else accuracy if logged, else loss.",
 )
 
+_SERIES = flags.DEFINE_list("series", [], "Metrics to tabulate side by side and plot (series.md/png).")
+_SPLIT = flags.DEFINE_string(
+  "split", "eval", "The split whose lines --series reads (eval, diagnostics)."
+)
+_STEP = flags.DEFINE_integer("step", None, "The step --series reads; default each metric's last.")
+
 
 def main(argv: list[str]) -> None:
   start_quietly()
@@ -32,6 +43,12 @@ def main(argv: list[str]) -> None:
     markdown, written = compare.write_report(directory, metric=_METRIC.value)
   except (OSError, ValueError) as e:
     sys.exit(f"error: {' '.join(str(e).split())}")
+  if _SERIES.value:
+    try:
+      series, more = compare.write_series(directory, _SERIES.value, split=_SPLIT.value, step=_STEP.value)
+    except (OSError, ValueError) as e:
+      sys.exit(f"error: {' '.join(str(e).split())}")
+    markdown, written = f"{markdown}\n{series}", [*written, *more]
   print(markdown)
   for path in written:
     print(f"wrote {path}")

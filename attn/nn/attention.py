@@ -298,7 +298,8 @@ class MultiHeadAttention(nn.Module):
   def _sow_diagnostics(self, q_BTHK, k_BSGK, mask, bias, scale, is_causal: bool, variant: dict):
     """Records the statistics the scale and heads ablations read, only when the caller makes the
     "diagnostics" collection mutable: the std of the scaled logits over the allowed entries, and the
-    mean entropy (nats) and mean maximum of the attention rows that have a key to attend.
+    mean entropy (nats) and mean maximum of the attention rows that have a key to attend, and the
+    largest allowed logit (before a soft-cap).
 
     They come from a separate naive pass over the same queries and keys (`attention_weights`, [T, S]
     in memory), which does not feed the output: the output, and so every gradient, comes from the
@@ -319,6 +320,9 @@ class MultiHeadAttention(nn.Module):
     rows = jnp.maximum(live_rows.sum(), 1)
     safe = jnp.where(weights_BHTS > 0, weights_BHTS, 1.0)
     entropy = -jnp.sum(weights_BHTS * jnp.log(safe), axis=-1)
+    # The largest raw logit a query may see (before any soft-cap): what grows when attention
+    # collapses at high learning rates (Dehghani et al. 2023; Wortsman et al. 2023).
+    self.sow("diagnostics", "max_logit", jnp.max(jnp.where(allowed, logits, -jnp.inf), initial=-1e30))
     self.sow("diagnostics", "logit_std", logit_std)
     self.sow("diagnostics", "entropy", jnp.sum(jnp.where(live_rows, entropy, 0.0)) / rows)
     self.sow(

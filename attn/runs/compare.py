@@ -593,6 +593,128 @@ def plot_metric_vs_swept(runs: Sequence[Run], path: PathLike, metric: str) -> pa
   return pathlib.Path(path)
 
 
+# Several metrics side by side ("series"): e.g. the loss at each evaluation length, or each layer's
+# gradient norm at initialisation.
+SERIES_MARKDOWN_FILE = "series.md"
+SERIES_PLOT_FILE = "series.png"
+
+
+def _trailing_number(name: str) -> float | None:
+  match = re.search(r"(\d+(?:\.\d+)?)$", name) or re.search(r"_(\d+)(?:/[^/\d]*)?$", name)
+  return float(match.group(1)) if match else None
+
+
+def series_values(
+  run: Run, metrics: Sequence[str], *, split: str = "eval", step: int | None = None
+) -> list[tuple[float | None, float | None]]:
+  """(mean, std) over seeds of each metric at `step` (None: each metric's last logged step) of the
+  `split` lines; (None, None) where the run has no value."""
+  out = []
+  for metric in metrics:
+    steps, values = eval_curve(run, metric, split)
+    if steps.size == 0 or (step is not None and step not in steps):
+      out.append((None, None))
+      continue
+    row = values[-1] if step is None else values[list(steps).index(step)]
+    out.append(_mean_std(row))
+  return out
+
+
+def series_markdown(
+  runs: Sequence[Run], metrics: Sequence[str], *, split: str = "eval", step: int | None = None
+) -> str:
+  """A markdown table: a row per run that did not fail, a column per metric (mean ± std over
+  seeds at `step`, or at each metric's last step)."""
+  where = f"step {step}" if step is not None else "the last step"
+  lines = [
+    f"Series: {split} metrics at {where}, mean ± std over seeds", "",
+    "| point | " + " | ".join(_cell(m) for m in metrics) + " |",
+    "|" + "---|" * (len(metrics) + 1),
+  ]  # fmt: skip
+  for run in runs:
+    if run.status == "failed":
+      continue
+    cells = [_mean_std_cell(*v) for v in series_values(run, metrics, split=split, step=step)]
+    lines.append(f"| {_cell(run.name)} | " + " | ".join(cells) + " |")
+  return "\n".join(lines) + "\n"
+
+
+def plot_series(
+  runs: Sequence[Run], metrics: Sequence[str], path: PathLike, *, split: str = "eval",
+  step: int | None = None,
+) -> pathlib.Path | None:  # fmt: skip
+  """One line per run: each metric's value (mean, std error bars) against the number its name ends
+  with (loss_at_128 -> 128, on a log axis when they span 10x or more; layer_3/grad_norm -> 3), or
+  against the metrics' order when not all names carry one. None (nothing written) without data."""
+  numbers = [_trailing_number(m) for m in metrics]
+  numeric = all(n is not None for n in numbers) and len(set(numbers)) == len(numbers)
+  xs = numbers if numeric else list(range(len(metrics)))
+  fig = Figure(figsize=(7, 5), layout="constrained")
+  ax = fig.add_subplot()
+  drawn = False
+  for run in runs:
+    if run.status == "failed":
+      continue
+    values = series_values(run, metrics, split=split, step=step)
+    points = [(x, m, s) for x, (m, s) in zip(xs, values, strict=True) if m is not None]
+    if not points:
+      continue
+    x, mean, std = zip(*points, strict=True)
+    ax.errorbar(x, mean, yerr=std, marker="o", capsize=4, label=_label(run))
+    drawn = True
+  if not drawn:
+    return None
+  if numeric and min(xs) > 0 and max(xs) / min(xs) >= 10:
+    ax.set_xscale("log", base=2)
+  ax.set_xticks(
+    xs,
+    [str(int(x)) if numeric and float(x).is_integer() else m for x, m in zip(xs, metrics, strict=True)],
+  )
+  ax.minorticks_off()
+  ax.set_xlabel(_common_affix(metrics) if numeric else "metric")
+  ax.set_ylabel(f"{split} value at {'step ' + str(step) if step is not None else 'the last step'}")
+  ax.set_title(f"{split}: {', '.join(metrics[:3])}{', ...' if len(metrics) > 3 else ''}")
+  ax.grid(True, alpha=0.3)
+  ax.legend(fontsize="small")
+  fig.savefig(path, format="png", dpi=100)
+  return pathlib.Path(path)
+
+
+def _common_affix(metrics: Sequence[str]) -> str:
+  """What the metric names share around their numbers ("loss_at_*"), for an axis label."""
+  return re.sub(r"\d+", "*", metrics[0])
+
+
+def write_series(
+  directory: PathLike, metrics: Sequence[str], *, split: str = "eval", step: int | None = None
+) -> tuple[str, list[pathlib.Path]]:
+  """Writes series.md and series.png (see `series_markdown`, `plot_series`) into `directory`.
+
+  Raises:
+    FileNotFoundError, ValueError: as `write_report`; also when no `split` line of any run has one
+      of the metrics (naming it).
+  """
+  root = pathlib.Path(directory)
+  runs = load_runs(root)
+  if not runs:
+    raise ValueError(f"{directory}: no runs")
+  available = set()
+  for run in runs:
+    for line in run.metrics:
+      if line.get("split") == split:
+        available.update(line)
+  missing = [m for m in metrics if m not in available]
+  if missing:
+    raise ValueError(f"{directory}: no {split} line has metric {missing[0]!r}")
+  markdown = series_markdown(runs, metrics, split=split, step=step)
+  (root / SERIES_MARKDOWN_FILE).write_text(markdown, encoding="utf-8")
+  written = [root / SERIES_MARKDOWN_FILE]
+  plot = plot_series(runs, metrics, root / SERIES_PLOT_FILE, split=split, step=step)
+  if plot is not None:
+    written.append(plot)
+  return markdown, written
+
+
 # The whole comparison
 
 

@@ -17,6 +17,10 @@ Tiny Shakespeare: the first 90 % of its characters train, the last 10 % validate
   targets spell, from which the loop reports bits per character (loss per character / ln 2) besides
   the loss per token and the perplexity; with characters as tokens, bits per character is the loss
   over ln 2.
+- Longer contexts: with `eval_lengths` (e.g. (64, 128, 256, 512)), the final evaluation also scores
+  the loss per token over non-overlapping windows of each length tiling the validation split
+  (`loss_at_<length>`, every position of every window counted, as Press et al. 2022 evaluate length
+  extrapolation); a model trained on `block_size` tokens then reads contexts it never saw.
 - Samples: `num_samples` texts of `sample_tokens` tokens (temperature 1, all tokens) from
   `sample_prompt`, written by the loop to `samples/<step>.txt` at every evaluation, with the model's
   context limited to `block_size`.
@@ -29,7 +33,9 @@ import os
 from collections.abc import Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+import optax
 
 from attn.nn import decoding
 from attn.tasks.base import (
@@ -121,11 +127,13 @@ class TextTask(Task):
     num_samples: int = 0,
     sample_tokens: int = 0,
     sample_prompt: str = "\n",
+    eval_lengths: Sequence[int] = (),
   ):
     self.train_ids, self.val_ids, self.val_chars = train_ids, val_ids, val_chars
     self.vocab, self.tokenizer, self.subwords = vocab, tokenizer, subwords
     self.block_size, self.seed, self.files = block_size, seed, tuple(files)
     self.num_samples, self.sample_tokens, self.sample_prompt = num_samples, sample_tokens, sample_prompt
+    self.eval_windows, self.eval_lengths = eval_windows, tuple(eval_lengths)
     starts = np.arange(0, len(val_ids) - block_size, block_size)  # Each window needs one more target.
     if eval_windows and eval_windows < len(starts):
       starts = starts[np.linspace(0, len(starts) - 1, eval_windows).round().astype(int)]
@@ -152,6 +160,40 @@ class TextTask(Task):
     offsets = self.eval_starts[:, None] + 1 + np.arange(self.block_size)
     examples["characters"] = self.val_chars[offsets].sum(-1).astype(np.float32)
     return split_batches(examples, batch_size)
+
+  def score(self, model, params, batch_size: int, *, final: bool) -> dict[str, float]:
+    """At the final evaluation, `loss_at_<L>` for each L of `eval_lengths` (see the module
+    docstring); {} otherwise."""
+    if not final or not self.eval_lengths:
+      return {}
+    logits_fn = jax.jit(lambda params, tokens: model.apply({"params": params}, tokens))
+    return {f"loss_at_{n}": self.loss_at(logits_fn, params, n, batch_size) for n in self.eval_lengths}
+
+  def loss_at(self, logits_fn, params, length: int, batch_size: int) -> float:
+    """Mean loss per token over the validation split cut into non-overlapping windows of `length`
+    (at most as many tokens as the eval set holds when `eval_windows` caps it), in batches of about
+    `batch_size` x `block_size` tokens; `logits_fn(params, tokens [B, length]) -> [B, length, V]`."""
+    starts = np.arange(0, len(self.val_ids) - length, length)
+    if len(starts) == 0:
+      raise ValueError(
+        f"config.task.eval_lengths: {length} needs a validation split longer than {length + 1} "
+        f"tokens; it has {len(self.val_ids)}"
+      )
+    if self.eval_windows:
+      cap = max(1, self.eval_windows * self.block_size // length)
+      if cap < len(starts):
+        starts = starts[np.linspace(0, len(starts) - 1, cap).round().astype(int)]
+    per_batch = max(1, batch_size * self.block_size // length)
+    total, count = 0.0, 0
+    for i in range(0, len(starts), per_batch):
+      offsets_BT = starts[i : i + per_batch, None] + np.arange(length)
+      logits_BTV = logits_fn(params, jnp.asarray(self.val_ids[offsets_BT]))
+      losses = optax.softmax_cross_entropy_with_integer_labels(
+        logits_BTV.astype(jnp.float32), jnp.asarray(self.val_ids[offsets_BT + 1])
+      )
+      total += float(jnp.sum(losses))
+      count += losses.size
+    return total / count
 
   def encode_text(self, text: str) -> np.ndarray:
     """Text -> ids. With characters as tokens, a character outside the vocabulary is an error.
@@ -252,8 +294,9 @@ def _int_field(task_config, name: str, minimum: int) -> int:
 
 def make_task(task_config, data_config=None, *, seed: int = 0, workdir: str | None = None) -> TextTask:
   """The text task of `config.task` (fields `tokenizer`, `block_size`, `eval_windows`, `vocab_size`
-  for subwords, `num_samples`, `sample_tokens`, `sample_prompt`) on `config.data.path`. With a
-  `workdir` holding a saved subword model, that model is loaded instead of trained again.
+  for subwords, `num_samples`, `sample_tokens`, `sample_prompt`, `eval_lengths`) on
+  `config.data.path`. With a `workdir` holding a saved subword model, that model is loaded instead
+  of trained again.
 
   Raises:
     ValueError: naming the config field, the path, or FILE:LINE of bytes that are not UTF-8.
@@ -268,6 +311,11 @@ def make_task(task_config, data_config=None, *, seed: int = 0, workdir: str | No
   eval_windows = _int_field(task_config, "eval_windows", 0)
   num_samples = _int_field(task_config, "num_samples", 0)
   sample_tokens = _int_field(task_config, "sample_tokens", 0)
+  eval_lengths = task_config.get("eval_lengths", ())
+  if isinstance(eval_lengths, int) or not all(
+    isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in eval_lengths
+  ):
+    raise ValueError(f"config.task.eval_lengths: must be a tuple of ints >= 1, got {eval_lengths!r}")
   path = (data_config or {}).get("path", "") if data_config is not None else ""
   if not path:
     raise ValueError(
@@ -312,4 +360,5 @@ def make_task(task_config, data_config=None, *, seed: int = 0, workdir: str | No
     num_samples=num_samples,
     sample_tokens=sample_tokens,
     sample_prompt=str(task_config.get("sample_prompt", "\n")),
+    eval_lengths=tuple(eval_lengths),
   )

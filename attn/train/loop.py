@@ -176,6 +176,16 @@ def evaluate(eval_fn, params, eval_batches, kind: str) -> dict[str, list[float]]
   return out
 
 
+def largest_logit(diagnostics: dict[str, list[float]]) -> dict[str, list[float]]:
+  """{"max_attention_logit": per seed, the largest allowed logit of any attention layer on the first
+  eval batch} (the quantity Wortsman et al. 2023 watch grow before a run diverges); {} for a model
+  without attention."""
+  per_layer = [v for k, v in diagnostics.items() if k.endswith("/max_logit")]
+  if not per_layer:
+    return {}
+  return {"max_attention_logit": [max(values) for values in zip(*per_layer, strict=True)]}
+
+
 def task_scores(task: Task, model, params, batch_size: int, final: bool) -> dict[str, list[float]]:
   """The task's own metrics (`task.score`, e.g. entity F1 or BLEU from decoded output), per seed;
   `final` marks the last evaluation (where a task may also score its test split)."""
@@ -224,11 +234,18 @@ def check_finite(
     )
 
 
-def check_lengths(model_config: ModelConfig, batches: list[dict]) -> None:
-  """Refuses batches longer than the learned position table (`model.max_length`): past its end a
-  position would read a clamped row silently (JAX clamps out-of-range gathers)."""
+def check_lengths(model_config: ModelConfig, batches: list[dict], eval_lengths=()) -> None:
+  """Refuses batches (and a text task's `eval_lengths`) longer than the learned position table
+  (`model.max_length`): past its end a position would read a clamped row silently (JAX clamps
+  out-of-range gathers)."""
   if model_config.positions != "learned":
     return
+  for length in eval_lengths:
+    if length > model_config.max_length:
+      raise setup.ConfigError(
+        f"config.model.max_length: {model_config.max_length} is shorter than config.task."
+        f"eval_lengths' {length}; raise it (the rows past the training length stay untrained)"
+      )
   for batch in batches:
     for key in ("src", "tgt_in", "tokens"):
       if key in batch and batch[key].shape[-1] > model_config.max_length:
@@ -414,7 +431,7 @@ def _train(config, workdir: str, task: Task, model_config: ModelConfig, start_ti
     num_params = sum(int(np.prod(x.shape[1:])) for x in jax.tree.leaves(abstract_state.params))
     schedule = setup.make_schedule(config)
     host_eval_batches = task.eval_batches(int(config.eval_batch_size))
-    check_lengths(model_config, [host_example, *host_eval_batches])
+    check_lengths(model_config, [host_example, *host_eval_batches], getattr(task, "eval_lengths", ()))
     eval_batches = [jax.device_put(b, compiled.data_sharding) for b in host_eval_batches]
     probe_rng = jax.random.PRNGKey(int(config.data_seed) + PROBE_SEED_OFFSET)
     total = int(config.num_train_steps)
@@ -423,11 +440,14 @@ def _train(config, workdir: str, task: Task, model_config: ModelConfig, start_ti
       metrics = evaluate(compiled.eval, state.params, eval_batches, kind)
       batch_size = int(config.eval_batch_size)
       metrics.update(task_scores(task, model, state.params, batch_size, final=step == total))
+      diagnostics = {
+        k: _per_seed(v) for k, v in compiled.diagnostics(state.params, eval_batches[0]).items()
+      }
+      metrics.update(largest_logit(diagnostics))
       writer.write(step, "eval", metrics)
       check_finite({"eval loss": metrics["loss"]}, step, seeds, checkpoints.latest_step, workdir)
       write_samples(task, model, state.params, workdir, step)
-      diagnostics = compiled.diagnostics(state.params, eval_batches[0])
-      writer.write(step, "diagnostics", {k: _per_seed(v) for k, v in diagnostics.items()})
+      writer.write(step, "diagnostics", diagnostics)
       probe = compiled.probe(state.params, probe_rng)
       writer.write(step, "probe", {k: _per_seed(v) for k, v in probe.items()})
       return metrics

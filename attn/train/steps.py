@@ -103,8 +103,9 @@ def eval_step(params, batch: dict, *, model, kind: str) -> dict:
 
 
 def diagnostics_step(params, batch: dict, *, model, kind: str) -> dict:
-  """Per attention layer: logit std, attention entropy and maximum weight on an eval batch, and the
-  gradient norms of its query and key projections (dropout off)."""
+  """Per attention layer: logit std, largest logit, attention entropy and maximum weight on an eval
+  batch, and the gradient norms of its query and key projections; per block (`encoder/layer_0`, ...)
+  the gradient norm of all its parameters (dropout off)."""
   inputs, targets = inputs_and_targets(batch, kind)
   weights = batch["weights"]
 
@@ -119,11 +120,26 @@ def diagnostics_step(params, batch: dict, *, model, kind: str) -> dict:
   for path, value in jax.tree_util.tree_leaves_with_path(diagnostics):
     names = [k.key for k in path if isinstance(k, jax.tree_util.DictKey)]
     out["/".join(names)] = value  # e.g. encoder/layer_0/self_attention/entropy
+  layer_squares: dict[str, jax.Array] = {}
   for path, g in jax.tree_util.tree_leaves_with_path(grads):
     names = [k.key for k in path if isinstance(k, jax.tree_util.DictKey)]
     if len(names) >= 2 and names[-2] in ("query", "key") and names[-1] == "kernel":
       out["/".join(names[:-2]) + f"/{names[-2]}_grad_norm"] = jnp.linalg.norm(g)
+    layer = _layer_prefix(names)
+    if layer is not None:
+      layer_squares[layer] = layer_squares.get(layer, 0.0) + jnp.sum(jnp.square(g.astype(jnp.float32)))
+  for layer, squares in layer_squares.items():  # Xiong et al. 2020 compare these across depth.
+    out[f"{layer}/grad_norm"] = jnp.sqrt(squares)
   return out
+
+
+def _layer_prefix(names: list[str]) -> str | None:
+  """ "encoder/layer_3" for a parameter path inside a block (its first `layer_N` and what precedes
+  it), else None."""
+  for i, name in enumerate(names):
+    if name.startswith("layer_") and name[len("layer_") :].isdigit():
+      return "/".join(names[: i + 1])
+  return None
 
 
 def probe_step(params, rng, *, model_config: ModelConfig, length: int = 64, batch: int = 8) -> dict:

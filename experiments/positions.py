@@ -1,0 +1,60 @@
+"""Length extrapolation: which positions keep their loss on contexts longer than they trained on?
+
+Question (Press et al. 2022, "Train Short, Test Long"): a causal language model trained on windows of
+L tokens is scored on windows of L, 2L, 4L and 8L. ALiBi's claim is that its linear distance penalty
+(and T5's bucketed bias, which shares one bucket beyond its max distance) holds the loss beyond L,
+while sinusoidal and rotary positions degrade there. This sweep trains the Tiny Shakespeare character
+model (`experiments/shakespeare_char.py`, made smaller: 2 pre-LN blocks of D = 128, 4 heads, 1000
+steps of 16 windows of L = 64) once per position kind: sinusoidal, learned (its table has 8L rows, of
+which only the first L are ever trained: the rows past L are its initialisation), rope, alibi, t5_bias
+and none (NoPE: a causal model can still count), three seeds each. The final evaluation scores every
+non-overlapping window of the validation split at each length (`config.task.eval_lengths`; the loss
+per token over all positions of a window, as the paper evaluates).
+
+Command: python -m launch.sweep --config=experiments/positions.py --workdir=runs/positions
+Then: python -m launch.compare runs/positions --metric=loss --series=loss_at_64,loss_at_128,loss_at_256,loss_at_512
+(runs/positions/series.md and series.png: the loss against the evaluation length, a line per kind).
+Presets: "" (the sweep above) and "smoke" (a tiny model, a few steps, two kinds; CI).
+Time on a 2-core CPU: (not yet measured).
+
+Found: (not yet run).
+"""
+
+import ml_collections
+
+from experiments import shakespeare_char
+
+KINDS = ("sinusoidal", "learned", "rope", "alibi", "t5_bias", "none")
+TRAIN_LENGTH = 64
+EVAL_LENGTHS = tuple(TRAIN_LENGTH * f for f in (1, 2, 4, 8))
+
+
+def _check(preset: str) -> None:
+  if preset not in ("", "smoke"):
+    raise ValueError(f"config preset: unknown {preset!r}; expected '' or 'smoke'")
+
+
+def get_config(preset: str = "") -> ml_collections.ConfigDict:
+  _check(preset)
+  config = shakespeare_char.get_config(preset)
+  config.task.num_samples = 0  # Scores only: no samples.
+  if preset == "smoke":
+    config.task.eval_lengths = (16, 32)
+    config.model.max_length = 32
+    return config
+  config.task.block_size = TRAIN_LENGTH
+  config.task.eval_lengths = EVAL_LENGTHS
+  config.model.num_decoder_layers = 2
+  config.model.max_length = EVAL_LENGTHS[-1]  # The learned table's rows past L stay untrained.
+  config.batch_size = 16
+  config.num_train_steps = 1000
+  config.optimizer.warmup_steps = 50
+  config.eval_every_steps = 500
+  config.checkpoint_every_steps = 500
+  return config
+
+
+def get_sweep(preset: str = ""):
+  _check(preset)
+  kinds = ("rope", "alibi") if preset == "smoke" else KINDS
+  return [{"model.positions": kind} for kind in kinds]
