@@ -12,6 +12,7 @@ The pure functions of `attn.core` are importable from here.
 
 from attn.core import (
   SCALE_CHOICES,
+  RelativeBias,
   alibi_bias,
   alibi_slopes,
   attention_logits,
@@ -31,6 +32,7 @@ from attn.core import (
 
 __all__ = [
   "SCALE_CHOICES",
+  "RelativeBias",
   "alibi_bias",
   "alibi_slopes",
   "attention_logits",

@@ -16,11 +16,19 @@ from attn.core.attention import (
 )
 from attn.core.corruption import corrupt_tokens
 from attn.core.masks import causal_mask, combine_masks, local_window_mask, padding_mask
-from attn.core.positions import alibi_bias, alibi_slopes, rope, sinusoidal_positions, t5_buckets
+from attn.core.positions import (
+  RelativeBias,
+  alibi_bias,
+  alibi_slopes,
+  rope,
+  sinusoidal_positions,
+  t5_buckets,
+)
 from attn.core.scaling import SCALE_CHOICES, resolve_scale
 
 __all__ = [
   "SCALE_CHOICES",
+  "RelativeBias",
   "alibi_bias",
   "alibi_slopes",
   "attention_logits",

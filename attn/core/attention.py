@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from attn.core import flash, masks
+from attn.core.positions import RelativeBias
 from attn.core.scaling import Scale, resolve_scale
 
 
@@ -192,20 +193,25 @@ def attention_logits(
   *,
   bias: jax.Array | None = None,
   scale: Scale = "sqrt_d",
+  relative_bias: RelativeBias | None = None,
 ) -> jax.Array:
-  """The scaled logits scale * q.k + bias, before masking and softmax.
+  """The scaled logits scale * q.k + bias (+ the relative bias), before masking and softmax.
 
   Args:
     query: [batch..., T, H, K].
     key: [batch..., S, G, K], G dividing H.
     bias: broadcastable to [batch..., H, T, S].
     scale: "sqrt_d", "none", "d" or a positive float multiplier (see `attn.resolve_scale`).
+    relative_bias: ALiBi's or T5's bias (`attn.RelativeBias`), added with `bias`.
 
   Returns:
     float32 (or wider) [batch..., H, T, S].
   """
   query, key, _, _, bias = _as_inputs(query, key, None, None, bias)
   logits_shape = _check_inputs(query, key, None, None, bias)
+  if relative_bias is not None:
+    relative_bias.check(query.shape[-2])
+  bias = _with_relative(bias, relative_bias, logits_shape)
   return _logits(query, key, bias, resolve_scale(scale, query.shape[-1]), logits_shape)
 
 
@@ -219,6 +225,7 @@ def attention_weights(
   kind: str = "softmax",
   logit_soft_cap: float | None = None,
   sink_logits: jax.Array | None = None,
+  relative_bias: RelativeBias | None = None,
 ) -> jax.Array:
   """Normalised attention weights.
 
@@ -233,6 +240,7 @@ def attention_weights(
     logit_soft_cap: logits become cap * tanh(logits / cap) before normalising (None: off).
     sink_logits: [H] (or broadcastable to [batch..., H]) sink logits of a softmax: each adds
       exp(sink) to its head's denominator only, so a head may attend to (almost) nothing.
+    relative_bias: ALiBi's or T5's bias (`attn.RelativeBias`), added with `bias`.
 
   Returns:
     float32 (or wider) [batch..., H, T, S]; each softmax row sums to 1 (less with a sink), or is all
@@ -243,6 +251,9 @@ def attention_weights(
   logits_shape = _check_inputs(query, key, None, mask, bias)
   if 0 in logits_shape[-2:]:  # No queries, or no keys: every row is empty (all zeros).
     return jnp.zeros(logits_shape, jnp.promote_types(query.dtype, jnp.float32))
+  if relative_bias is not None:
+    relative_bias.check(query.shape[-2])
+  bias = _with_relative(bias, relative_bias, logits_shape)
   weights, _, _ = _weights(
     query, key, None, mask, bias, scale, kind=kind, logit_soft_cap=logit_soft_cap,
     sink_logits=sink_logits,
@@ -286,19 +297,20 @@ def choose_implementation(
 ) -> str:
   """Resolves `implementation=None` and checks an explicit choice.
 
-  None picks "naive" when dropout or the weights are asked for (only it has them), or a `variant` of
-  the normalisation (sink, sigmoid: named there) that only it computes so far. Otherwise it picks
-  "jax" on a GPU (cuDNN's fused kernel) when query, key and value share one head dim and no
-  `soft_cap` is asked (jax.nn has none); elsewhere "flash" for long sequences (T * S >=
-  FLASH_MIN_LOGITS, where memory and the skipped causal tiles pay off) and "naive" for short ones.
+  None picks "naive" when dropout or the weights are asked for (only it has them). Otherwise it picks
+  "jax" on a GPU (cuDNN's fused kernel) when query, key and value share one head dim and no option
+  jax.nn lacks is asked (`soft_cap`, or a `variant` of the normalisation such as a sink or the
+  sigmoid: named there); elsewhere "flash" for long sequences (T * S >= FLASH_MIN_LOGITS, where
+  memory and the skipped causal tiles pay off) and "naive" for short ones.
   """
+  lacks = [*(["logit_soft_cap"] if soft_cap else []), *([variant] if variant else [])]
   jax_cannot = None
   if not same_head_dims:
     jax_cannot = "a value head dim that differs from the key's"
-  elif soft_cap:
-    jax_cannot = "logit_soft_cap"
+  elif lacks:
+    jax_cannot = " and ".join(lacks)
   if implementation is None:
-    if dropout or return_weights or variant:
+    if dropout or return_weights:
       return "naive"
     check_default_implementation()
     if DEFAULT_IMPLEMENTATION is not None:
@@ -326,22 +338,20 @@ def choose_implementation(
       "implementation='jax' needs the value head dim to equal the key head dim (jax.nn's kernel); "
       "use 'flash', 'naive' or None"
     )
-  if implementation == "jax" and soft_cap:
+  if implementation == "jax" and lacks:
     raise ValueError(
-      "implementation='jax' does not support logit_soft_cap (jax.nn has none); use 'flash', "
-      "'naive' or None"
-    )
-  if implementation != "naive" and variant:
-    raise ValueError(
-      f"implementation={implementation!r} does not support {variant}; use 'naive' or None"
+      f"implementation='jax' does not support {' and '.join(lacks)} (jax.nn has none); use "
+      "'flash', 'naive' or None"
     )
   return implementation
 
 
 def _fused(
-  query, key, value, mask, bias, scale, is_causal, implementation, logits_shape, logit_soft_cap=None
-):
-  """The "flash" and "jax" paths: batch axes flattened to one, masks and bias made 4-D."""
+  query, key, value, mask, bias, scale, is_causal, implementation, logits_shape, logit_soft_cap=None,
+  kind="softmax", sink_logits=None, relative_bias=None,
+):  # fmt: skip
+  """The "flash" and "jax" paths: batch axes flattened to one, masks and bias made 4-D. The "jax"
+  path gets a relative bias as an array (jax.nn takes no positions); "flash" computes it per tile."""
   multiplier = resolve_scale(scale, query.shape[-1])
   if mask is not None:
     key, value = _zero_unattended_keys(key, value, mask, logits_shape)
@@ -360,11 +370,19 @@ def _fused(
     return jnp.broadcast_to(x, (*batch, *x.shape[-3:])).reshape(B, *x.shape[-3:])
 
   q, k, v = flat(query), flat(key), flat(value)
+  if implementation == "jax" and relative_bias is not None:
+    dense = relative_bias.dense(logits_shape[-2], logits_shape[-1])
+    bias, relative_bias = dense if bias is None else bias + dense, None
   mask4, bias4 = four_d(mask), four_d(bias)
   if implementation == "flash":
+    sink = None
+    if sink_logits is not None:
+      sink = jnp.asarray(sink_logits, jnp.float32)
+      if sink.ndim > 1:  # [batch..., H] -> [B, H]
+        sink = jnp.broadcast_to(sink, (*batch, sink.shape[-1])).reshape(B, sink.shape[-1])
     out = flash.flash_attention(
       q, k, v, mask=mask4, bias=bias4, multiplier=multiplier, is_causal=is_causal,
-      logit_soft_cap=logit_soft_cap,
+      logit_soft_cap=logit_soft_cap, kind=kind, sink_logits=sink, relative_bias=relative_bias,
     )  # fmt: skip
   else:
     out = _jax_nn(q, k, v, mask4, bias4, multiplier, is_causal)
@@ -402,6 +420,7 @@ def dot_product_attention(
   kind: str = "softmax",
   logit_soft_cap: float | None = None,
   sink_logits: jax.Array | None = None,
+  relative_bias: RelativeBias | None = None,
 ) -> jax.Array | tuple[jax.Array, jax.Array]:
   """Scaled dot-product attention: softmax(scale * q.k + bias, masked) @ v, per head.
 
@@ -422,9 +441,11 @@ def dot_product_attention(
     implementation: "naive" (materialises the [T, S] weights), "flash" (blocked online softmax,
       O(T + S) memory, custom backward), "jax" (`jax.nn.dot_product_attention`: cuDNN on a GPU) or
       None to choose: see `choose_implementation`. All give the same results, fully masked rows
-      included; dropout and return_weights need "naive", and so (for now) do `kind="sigmoid"` and
-      `sink_logits`; "jax" has no `logit_soft_cap`.
+      included; dropout and return_weights need "naive"; "jax" has no `logit_soft_cap`,
+      `sink_logits` or `kind="sigmoid"` (and takes a `relative_bias` as an [H, T, S] array).
     kind, logit_soft_cap, sink_logits: the normalisation's variants (see `attention_weights`).
+    relative_bias: ALiBi's or T5's bias described by its parameters (`attn.RelativeBias`), added to
+      the logits (with `bias`, before a soft-cap); "flash" computes it per tile, never as [T, S].
 
   Returns:
     [batch..., T, H, Kv] in the query's dtype (float32 for integer or boolean inputs, which are
@@ -438,6 +459,8 @@ def dot_product_attention(
   _check_variant(kind, logit_soft_cap, sink_logits)
   query, key, value, mask, bias = _as_inputs(query, key, value, mask, bias)
   logits_shape = _check_inputs(query, key, value, mask, bias)
+  if relative_bias is not None:
+    relative_bias.check(query.shape[-2])
   variant = _variant_name(kind, sink_logits)
   implementation = choose_implementation(
     implementation, T=query.shape[-3], S=key.shape[-3], dropout=dropout_rate > 0.0,
@@ -450,8 +473,10 @@ def dot_product_attention(
     return (out, weights) if return_weights else out
   if implementation != "naive":
     return _fused(
-      query, key, value, mask, bias, scale, is_causal, implementation, logits_shape, logit_soft_cap
-    )
+      query, key, value, mask, bias, scale, is_causal, implementation, logits_shape, logit_soft_cap,
+      kind, sink_logits, relative_bias,
+    )  # fmt: skip
+  bias = _with_relative(bias, relative_bias, logits_shape)
   if is_causal:
     mask = masks.combine_masks(mask, masks.causal_mask(query.shape[-3], key.shape[-3]))
   weights, key, value = _weights(
@@ -475,8 +500,16 @@ def dot_product_attention(
   return (out, weights) if return_weights else out
 
 
+def _with_relative(bias, relative_bias, logits_shape):
+  """`bias` plus the relative bias as an [H, T, S] array (the naive path's form)."""
+  if relative_bias is None:
+    return bias
+  dense = relative_bias.dense(logits_shape[-2], logits_shape[-1])
+  return dense if bias is None else bias + dense
+
+
 def _variant_name(kind: str, sink_logits) -> str | None:
-  """The options only the naive path computes, named for an error, or None."""
+  """The normalisation options jax.nn lacks, named for an error, or None."""
   names = [
     *(["kind='sigmoid'"] if kind == "sigmoid" else []),
     *(["sink_logits"] if sink_logits is not None else []),

@@ -18,6 +18,13 @@ Where the time goes (measured on the 2-core CPU, XLA's CPU backend, (8, 8, 512, 
   transposes p and dS explicitly (an optimization barrier stops XLA from folding the transpose back
   into the dot): about 127 ms -> 70 ms for the backward of one 512 x 512 chunk sweep.
 
+Variants, each computed inside the tiles with the same semantics as the naive path: a logit soft-cap
+(cap * tanh(s / cap)), a per-head sink logit in the softmax's denominator (the carry starts from it),
+the elementwise sigmoid with bias -log n (no normalisation, so no running maximum; n is counted from
+the mask beforehand), and ALiBi's or T5's relative-position bias computed per tile from the tile's
+positions (`attn.RelativeBias`): no [T, S] bias is ever built, and their gradients (the slopes, T5's
+bucket table) are summed per tile along its diagonals, where the distance is constant.
+
 Works on any backend (it is plain jax.lax); on a GPU, `jax.nn.dot_product_attention` (cuDNN) is
 usually the faster choice, and `attn.dot_product_attention(implementation=None)` picks it there.
 Inside this module arrays are [N, L, K], N = batch x heads flattened.
@@ -29,6 +36,8 @@ import functools
 
 import jax
 import jax.numpy as jnp
+
+from attn.core import positions as relative_positions
 
 # Tile sizes: a tile is [chunk, block_q, block_k] float32 logits. block_q x block_k sets how much of
 # each row one step sees; `chunk` (how many (batch, head) pairs share a step) is the largest divisor
@@ -64,18 +73,68 @@ def _tile(x, i, block_q, j, block_k):
   return x
 
 
+def _relative_distance(q_offset, i, block_q, j, block_k, transposed):
+  """Query minus key position over tile (i, j): [block_q, block_k] int32 (or [block_k, block_q])."""
+  q_pos = q_offset + i * block_q + jnp.arange(block_q)
+  k_pos = j * block_k + jnp.arange(block_k)
+  if transposed:
+    return q_pos[None, :] - k_pos[:, None]
+  return q_pos[:, None] - k_pos[None, :]
+
+
+def _relative_tile(rel, q_offset, i, j, *, block_q, block_k, relative, transposed):
+  """The relative-position bias of tile (i, j) for each row: [N, block_q, block_k] (or transposed).
+  `rel` is [N, 1] ALiBi slopes or [N, num_buckets] T5 tables; `relative` the static description."""
+  distance = _relative_distance(q_offset, i, block_q, j, block_k, transposed)
+  if relative[0] == "alibi":
+    return -rel[:, :1, None] * jnp.abs(distance).astype(jnp.float32)
+  _, bidirectional, num_buckets, max_distance = relative
+  buckets = relative_positions.t5_buckets(
+    -distance, bidirectional=bidirectional, num_buckets=num_buckets, max_distance=max_distance
+  )
+  return jnp.take(rel, buckets, axis=1)
+
+
+def _diagonal_sums(x):
+  """x [N, A, B] -> [N, A + B - 1]: entry c sums x[:, a, b] over a - b = c - (B - 1) (one diagonal,
+  where a tile's relative distance is constant). Columns reversed, each row padded by A and the rows
+  re-cut one shorter: element (a, b) then lands in column a + (B - 1 - b)."""
+  N, A, B = x.shape
+  y = jnp.pad(x[:, :, ::-1], ((0, 0), (0, 0), (0, A)))  # [N, A, A + B]
+  y = y.reshape(N, A * (A + B))[:, : A * (A + B - 1)].reshape(N, A, A + B - 1)
+  return y.sum(1)
+
+
+def _relative_grad(ds, q_offset, i, j, *, block_q, block_k, relative):
+  """The gradient of the relative bias's parameters from tile (i, j)'s logit gradient ds
+  [N, block_q, block_k]: [N, 1] for ALiBi's slopes, [N, num_buckets] for T5's table."""
+  diagonals = _diagonal_sums(ds)  # [N, block_q + block_k - 1]
+  c = jnp.arange(block_q + block_k - 1)
+  distance = q_offset + i * block_q - j * block_k + c - (block_k - 1)  # Query minus key.
+  if relative[0] == "alibi":
+    return -(diagonals @ jnp.abs(distance).astype(jnp.float32))[:, None]
+  _, bidirectional, num_buckets, max_distance = relative
+  buckets = relative_positions.t5_buckets(
+    -distance, bidirectional=bidirectional, num_buckets=num_buckets, max_distance=max_distance
+  )
+  return diagonals @ jax.nn.one_hot(buckets, num_buckets, dtype=jnp.float32)
+
+
 def _tile_logits(
-  q_i, k_j, bias, mask, i, j, *, block_q, block_k, num_keys, is_causal, soft_cap=None,
-  pad_mask=True, causal_mask=True, transposed=False,
+  q_i, k_j, aux, i, j, *, block_q, block_k, num_keys, is_causal, soft_cap=None, kind="softmax",
+  relative=None, pad_mask=True, causal_mask=True, transposed=False,
 ):  # fmt: skip
-  """Scaled logits of tile (i, j) (plus the bias, then soft-capped to cap * tanh(s / cap) when
-  `soft_cap`), -inf where masked: [N, block_q, block_k] float32, or with `transposed`
-  [N, block_k, block_q] (keys first, as the backward pass wants them).
+  """Scaled logits of tile (i, j) (plus the bias and the relative bias, then soft-capped to
+  cap * tanh(s / cap) when `soft_cap`), -inf where masked: [N, block_q, block_k] float32, or with
+  `transposed` [N, block_k, block_q] (keys first, as the backward pass wants them). `aux` holds the
+  per-row extras (see `_flash`); `kind` is read by the callers.
 
   `pad_mask` and `causal_mask` may be turned off (statically) for tiles that need them not: every
   elementwise op between the matmul and the softmax costs (on the CPU, the masks' `where` made an
   unmasked 512 x 512 forward about 2.5x slower).
   """
+  del kind
+  bias, mask, _, _, rel, q_offset = aux
   swap = (lambda x: jnp.swapaxes(x, -1, -2)) if transposed else (lambda x: x)
   if transposed:
     s = jnp.einsum("nsk,nqk->nsq", k_j, q_i, preferred_element_type=jnp.float32)
@@ -83,6 +142,10 @@ def _tile_logits(
     s = jnp.einsum("nqk,nsk->nqs", q_i, k_j, preferred_element_type=jnp.float32)
   if bias is not None:
     s = s + swap(_tile(bias, i, block_q, j, block_k))
+  if relative is not None:
+    s = s + _relative_tile(
+      rel, q_offset, i, j, block_q=block_q, block_k=block_k, relative=relative, transposed=transposed
+    )
   if soft_cap is not None:
     s = soft_cap * jnp.tanh(s / soft_cap)
   allowed = None
@@ -99,6 +162,13 @@ def _tile_logits(
   return s if allowed is None else jnp.where(swap(allowed), s, -jnp.inf)
 
 
+def _sigmoid_weights(s, log_n_i, transposed=False):
+  """The sigmoid kind's weights sigmoid(s - log n) of a tile (0 where s is -inf, i.e. masked);
+  `log_n_i` [N or 1, block_q]."""
+  shift = log_n_i[:, None, :] if transposed else log_n_i[:, :, None]
+  return jax.nn.sigmoid(s - shift)
+
+
 def _transposed(x):
   """x with its last two axes swapped, materialised: the barrier keeps XLA from folding the transpose
   into the consuming dot, whose transposed-operand form was about 3x slower on the CPU."""
@@ -110,7 +180,7 @@ def _transposed(x):
 # seen only masked keys keeps the floor, exp(-inf - floor) is 0, and its sum stays 0.
 _MAX_FLOOR = -1e30
 
-_TILE_ARGS = ("block_q", "block_k", "num_keys", "is_causal", "soft_cap")
+_TILE_ARGS = ("block_q", "block_k", "num_keys", "is_causal", "soft_cap", "kind", "relative")
 
 
 def _online_step(carry, s, v_j):
@@ -126,6 +196,24 @@ def _online_step(carry, s, v_j):
   return m_new, row_sum, acc
 
 
+def _sigmoid_step(carry, s, v_j, log_n_i):
+  """One key tile of the sigmoid kind: the weights need no normalisation, only the output sum."""
+  m, row_sum, acc = carry
+  w = _sigmoid_weights(s, log_n_i)
+  return m, row_sum, acc + jnp.einsum("nqs,nsk->nqk", w, v_j, preferred_element_type=jnp.float32)
+
+
+def _step(carry, s, v_j, aux, i, config):
+  if config["kind"] == "sigmoid":
+    return _sigmoid_step(carry, s, v_j, _rows_of(aux[3], i, config["block_q"]))
+  return _online_step(carry, s, v_j)
+
+
+def _rows_of(x, i, block_q):
+  """Rows [i * block_q, (i + 1) * block_q) of a per-query array [N or 1, Tp]."""
+  return jax.lax.dynamic_slice_in_dim(x, i * block_q, block_q, axis=1)
+
+
 def _finish(m, row_sum, acc):
   """Output and log-sum-exp of a query block; a row that saw no key gets output 0 and lse +inf (so
   exp(s - lse) is exactly 0 for it in the backward pass)."""
@@ -135,29 +223,54 @@ def _finish(m, row_sum, acc):
   return out, lse
 
 
-def _init_carry(n, block_q, kv):
-  return (
-    jnp.full((n, block_q), _MAX_FLOOR, jnp.float32),
-    jnp.zeros((n, block_q), jnp.float32),
-    jnp.zeros((n, block_q, kv), jnp.float32),
-  )
+def _init_carry(n, block_q, kv, sink=None, kind="softmax"):
+  """The carry before any key: max at the floor and sum 0; with a sink [N], the sink is the first
+  "key" seen (max = sink, sum = exp(0) = 1, value 0). The sigmoid kind keeps its sum at 1 (no
+  normalisation)."""
+  if sink is not None:
+    m, row_sum = jnp.broadcast_to(sink[:, None], (n, block_q)), jnp.ones((n, block_q), jnp.float32)
+  elif kind == "sigmoid":
+    m, row_sum = jnp.zeros((n, block_q), jnp.float32), jnp.ones((n, block_q), jnp.float32)
+  else:
+    m, row_sum = jnp.full((n, block_q), _MAX_FLOOR, jnp.float32), jnp.zeros((n, block_q), jnp.float32)
+  return m, row_sum, jnp.zeros((n, block_q, kv), jnp.float32)
 
 
-def _backward_tile(s_T, lse_i, delta_i, q_i, k_j, v_j, do_i, soft_cap=None):
+def _backward_tile(s_T, lse_i, delta_i, q_i, k_j, v_j, do_i, soft_cap=None, log_n_i=None):
   """Gradient contributions of one tile, (dq_i, dk_j, dv_j, d_logits), from the recomputed logits
   `s_T` [N, block_k, block_q] (keys first: three of the four products then take their operands in
   the fast layout, and one transpose serves the fourth and d_logits). Under `soft_cap`, `s_T` holds
-  the capped logits c tanh(x / c), whose derivative in x is 1 - (s / c)^2."""
-  p_T = jnp.exp(s_T - lse_i[:, None, :])  # The forward's probabilities, recomputed.
+  the capped logits c tanh(x / c), whose derivative in x is 1 - (s / c)^2. With `log_n_i` (the
+  sigmoid kind) the weights are sigmoid(s - log n), whose derivative is w (1 - w)."""
+  if log_n_i is None:
+    p_T = jnp.exp(s_T - lse_i[:, None, :])  # The forward's probabilities, recomputed.
+  else:
+    p_T = _sigmoid_weights(s_T, log_n_i, transposed=True)
   dv_j = jnp.einsum("nsq,nqk->nsk", p_T, do_i, preferred_element_type=jnp.float32)
   dp_T = jnp.einsum("nsk,nqk->nsq", v_j, do_i, preferred_element_type=jnp.float32)
-  ds_T = p_T * (dp_T - delta_i[:, None, :])
+  sigmoid = log_n_i is not None
+  ds_T = dp_T * p_T * (1.0 - p_T) if sigmoid else p_T * (dp_T - delta_i[:, None, :])
   if soft_cap is not None:  # Masked entries (-inf, where p and ds are 0) get the factor 1.
     ds_T = ds_T * (1.0 - jnp.square(jnp.where(jnp.isfinite(s_T), s_T, 0.0) / soft_cap))
   dk_j = jnp.einsum("nsq,nqk->nsk", ds_T, q_i, preferred_element_type=jnp.float32)
   ds = _transposed(ds_T)
   dq_i = jnp.einsum("nqs,nsk->nqk", ds, k_j, preferred_element_type=jnp.float32)
   return dq_i, dk_j, dv_j, ds
+
+
+def _tile_grads(q_i, k_j, v_j, do_i, lse_i, delta_i, aux, i, j, config, masks=None):
+  """Recomputes tile (i, j) and returns (dq_i, dk_j, dv_j, d_bias tile or None, d_rel or None)."""
+  tile_args = {name: config[name] for name in _TILE_ARGS}
+  s = _tile_logits(q_i, k_j, aux, i, j, **tile_args, **(masks or {}), transposed=True)
+  log_n_i = _rows_of(aux[3], i, config["block_q"]) if config["kind"] == "sigmoid" else None
+  dq_i, dk, dv, ds = _backward_tile(s, lse_i, delta_i, q_i, k_j, v_j, do_i, config["soft_cap"], log_n_i)
+  d_rel = None
+  if config["relative"] is not None:
+    d_rel = _relative_grad(
+      ds, aux[5], i, j, block_q=config["block_q"], block_k=config["block_k"],
+      relative=config["relative"],
+    )  # fmt: skip
+  return dq_i, dk, dv, ds, d_rel
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -179,7 +292,7 @@ def _first_query_block_for(j, *, block_q, block_k, num_query_blocks, is_causal):
   return jnp.clip(j * block_k // block_q, 0, num_query_blocks)
 
 
-def _forward_looped(q, k, v, bias, mask, config):
+def _forward_looped(q, k, v, aux, config):
   """q [N, Tp, K] (pre-scaled), k [N, Sp, K], v [N, Sp, Kv] -> out [N, Tp, Kv], lse [N, Tp]."""
   block_q, block_k = config["block_q"], config["block_k"]
   N, Tp, _ = q.shape
@@ -192,57 +305,67 @@ def _forward_looped(q, k, v, bias, mask, config):
     def step(j, carry):
       k_j = jax.lax.dynamic_slice_in_dim(k, j * block_k, block_k, axis=1)
       v_j = jax.lax.dynamic_slice_in_dim(v, j * block_k, block_k, axis=1)
-      return _online_step(carry, _tile_logits(q_i, k_j, bias, mask, i, j, **tile_args), v_j)
+      s = _tile_logits(q_i, k_j, aux, i, j, **tile_args)
+      return _step(carry, s, v_j, aux, i, config)
 
     end = _key_blocks_for(
       i, block_q=block_q, block_k=block_k, num_key_blocks=n_k, is_causal=config["is_causal"]
     )
-    return _finish(*jax.lax.fori_loop(0, end, step, _init_carry(N, block_q, v.shape[-1])))
+    init = _init_carry(N, block_q, v.shape[-1], aux[2], config["kind"])
+    return _finish(*jax.lax.fori_loop(0, end, step, init))
 
   out, lse = jax.lax.map(query_block, jnp.arange(n_q))  # [n_q, N, block_q, ...]
   return jnp.moveaxis(out, 0, 1).reshape(N, Tp, -1), jnp.moveaxis(lse, 0, 1).reshape(N, Tp)
 
 
-def _backward_looped(q, k, v, bias, mask, out, lse, d_out, config):
-  """Gradients of q, k, v (and bias) from the saved output and log-sum-exp, tile by tile."""
+def _zero_grads(aux, rel_shape):
+  bias, rel = aux[0], aux[4]
+  d_bias = None if bias is None else jnp.zeros(bias.shape, jnp.float32)
+  d_rel = None if rel is None else jnp.zeros(rel_shape, jnp.float32)
+  return d_bias, d_rel
+
+
+def _backward_looped(q, k, v, aux, out, lse, d_out, config):
+  """Gradients of q, k, v, the bias and the relative bias's parameters, tile by tile."""
   block_q, block_k = config["block_q"], config["block_k"]
   Tp = q.shape[1]
   n_q, n_k = Tp // block_q, k.shape[1] // block_k
-  tile_args = {name: config[name] for name in _TILE_ARGS}
   delta = jnp.sum(d_out * out, axis=-1)  # [N, Tp]: rowsum(dO * O).
-  d_bias = None if bias is None else jnp.zeros(bias.shape, jnp.float32)
+  d_bias, d_rel = _zero_grads(aux, None if aux[4] is None else aux[4].shape)
 
   def key_block(carry, j):
-    dq, d_bias = carry
+    dq, d_bias, d_rel = carry
     k_j = jax.lax.dynamic_slice_in_dim(k, j * block_k, block_k, axis=1)
     v_j = jax.lax.dynamic_slice_in_dim(v, j * block_k, block_k, axis=1)
 
     def step(i, inner):
-      dq, d_bias, dk_j, dv_j = inner
+      dq, d_bias, d_rel, dk_j, dv_j = inner
       rows = lambda x: jax.lax.dynamic_slice_in_dim(x, i * block_q, block_q, axis=1)
-      q_i, do_i = rows(q), rows(d_out)
-      s = _tile_logits(q_i, k_j, bias, mask, i, j, **tile_args, transposed=True)
-      dq_i, dk, dv, ds = _backward_tile(
-        s, rows(lse), rows(delta), q_i, k_j, v_j, do_i, config["soft_cap"]
+      dq_i, dk, dv, ds, d_rel_tile = _tile_grads(
+        rows(q), k_j, v_j, rows(d_out), rows(lse), rows(delta), aux, i, j, config
       )
       dq = jax.lax.dynamic_update_slice_in_dim(dq, rows(dq) + dq_i, i * block_q, axis=1)
       if d_bias is not None:
         d_bias = _add_tile(d_bias, ds, i, block_q, j, block_k)
-      return dq, d_bias, dk_j + dk, dv_j + dv
+      if d_rel is not None:
+        d_rel = d_rel + d_rel_tile
+      return dq, d_bias, d_rel, dk_j + dk, dv_j + dv
 
-    init = (dq, d_bias, jnp.zeros(k_j.shape, jnp.float32), jnp.zeros(v_j.shape, jnp.float32))
+    init = (
+      dq, d_bias, d_rel, jnp.zeros(k_j.shape, jnp.float32), jnp.zeros(v_j.shape, jnp.float32)
+    )  # fmt: skip
     start = _first_query_block_for(
       j, block_q=block_q, block_k=block_k, num_query_blocks=n_q, is_causal=config["is_causal"]
     )
-    dq, d_bias, dk_j, dv_j = jax.lax.fori_loop(start, n_q, step, init)
-    return (dq, d_bias), (dk_j, dv_j)
+    dq, d_bias, d_rel, dk_j, dv_j = jax.lax.fori_loop(start, n_q, step, init)
+    return (dq, d_bias, d_rel), (dk_j, dv_j)
 
-  (dq, d_bias), (dk, dv) = jax.lax.scan(
-    key_block, (jnp.zeros(q.shape, jnp.float32), d_bias), jnp.arange(n_k)
+  (dq, d_bias, d_rel), (dk, dv) = jax.lax.scan(
+    key_block, (jnp.zeros(q.shape, jnp.float32), d_bias, d_rel), jnp.arange(n_k)
   )
   dk = jnp.moveaxis(dk, 0, 1).reshape(k.shape)
   dv = jnp.moveaxis(dv, 0, 1).reshape(v.shape)
-  return dq, dk, dv, d_bias
+  return dq, dk, dv, d_bias, d_rel
 
 
 def _add_tile(d_bias, ds, i, block_q, j, block_k):
@@ -279,32 +402,31 @@ def _tile_masks(i, j, config, n_k):
   return {"pad_mask": pad, "causal_mask": causal}
 
 
-def _forward_unrolled(q, k, v, bias, mask, config):
+def _forward_unrolled(q, k, v, aux, config):
   block_q, block_k = config["block_q"], config["block_k"]
   n_q, n_k = q.shape[1] // block_q, k.shape[1] // block_k
   tile_args = {name: config[name] for name in _TILE_ARGS}
   outs, lses = [], []
   for i in range(n_q):
     q_i = q[:, i * block_q : (i + 1) * block_q]
-    carry = _init_carry(q.shape[0], block_q, v.shape[-1])
+    carry = _init_carry(q.shape[0], block_q, v.shape[-1], aux[2], config["kind"])
     for j in range(n_k):
       if not _visible(i, j, config):
         continue
       keys = slice(j * block_k, (j + 1) * block_k)
-      s = _tile_logits(q_i, k[:, keys], bias, mask, i, j, **tile_args, **_tile_masks(i, j, config, n_k))
-      carry = _online_step(carry, s, v[:, keys])
+      s = _tile_logits(q_i, k[:, keys], aux, i, j, **tile_args, **_tile_masks(i, j, config, n_k))
+      carry = _step(carry, s, v[:, keys], aux, i, config)
     out, lse = _finish(*carry)
     outs.append(out)
     lses.append(lse)
   return jnp.concatenate(outs, axis=1), jnp.concatenate(lses, axis=1)
 
 
-def _backward_unrolled(q, k, v, bias, mask, out, lse, d_out, config):
+def _backward_unrolled(q, k, v, aux, out, lse, d_out, config):
   block_q, block_k = config["block_q"], config["block_k"]
   n_q, n_k = q.shape[1] // block_q, k.shape[1] // block_k
-  tile_args = {name: config[name] for name in _TILE_ARGS}
   delta = jnp.sum(d_out * out, axis=-1)
-  d_bias = None if bias is None else jnp.zeros(bias.shape, jnp.float32)
+  d_bias, d_rel = _zero_grads(aux, None if aux[4] is None else aux[4].shape)
   dq = [jnp.zeros(q[:, :block_q].shape, jnp.float32) for _ in range(n_q)]
   dks, dvs = [], []
   for j in range(n_k):
@@ -316,19 +438,20 @@ def _backward_unrolled(q, k, v, bias, mask, out, lse, d_out, config):
       if not _visible(i, j, config):
         continue
       rows = slice(i * block_q, (i + 1) * block_q)
-      q_i, do_i = q[:, rows], d_out[:, rows]
-      masks = _tile_masks(i, j, config, n_k)
-      s = _tile_logits(q_i, k_j, bias, mask, i, j, **tile_args, **masks, transposed=True)
-      dq_i, dk, dv, ds = _backward_tile(
-        s, lse[:, rows], delta[:, rows], q_i, k_j, v_j, do_i, config["soft_cap"]
-      )
+      dq_i, dk, dv, ds, d_rel_tile = _tile_grads(
+        q[:, rows], k_j, v_j, d_out[:, rows], lse[:, rows], delta[:, rows], aux, i, j, config,
+        _tile_masks(i, j, config, n_k),
+      )  # fmt: skip
       dq[i] = dq[i] + dq_i
       dk_j, dv_j = dk_j + dk, dv_j + dv
       if d_bias is not None:
         d_bias = _add_tile(d_bias, ds, i, block_q, j, block_k)
+      if d_rel is not None:
+        d_rel = d_rel + d_rel_tile
     dks.append(dk_j)
     dvs.append(dv_j)
-  return jnp.concatenate(dq, axis=1), jnp.concatenate(dks, axis=1), jnp.concatenate(dvs, axis=1), d_bias
+  dq = jnp.concatenate(dq, axis=1)
+  return dq, jnp.concatenate(dks, axis=1), jnp.concatenate(dvs, axis=1), d_bias, d_rel
 
 
 def _unrolled(q, k, config) -> bool:
@@ -342,17 +465,17 @@ def _unrolled(q, k, config) -> bool:
 def _over_chunks(fn, mapped, shared, chunk, summed=()):
   """Runs fn(*mapped_chunk, *shared_chunk) on chunks of `chunk` rows of the leading axis N.
 
-  `mapped` arrays are [N, ...]. A `shared` array (mask, bias) is [N, ...] (chunked with the rest) or
-  [1, ...] (handed whole to every chunk) or None. Each output of fn is [chunk, ...] and comes back
-  [N, ...], except those whose index is in `summed` (the gradient of a shared bias): summed over the
-  chunks.
+  `mapped` arrays are [N, ...] (or None). A `shared` array (mask, bias, ...) is [N, ...] (chunked
+  with the rest) or of another leading size, or a scalar (handed whole to every chunk), or None. Each
+  output of fn is [chunk, ...] and comes back [N, ...], except those whose index is in `summed` (the
+  gradient of a shared bias): summed over the chunks.
   """
   N = mapped[0].shape[0]
   if chunk >= N:
     return fn(*mapped, *shared)
   n = N // chunk
   split = lambda x: x.reshape(n, chunk, *x.shape[1:])
-  chunked = [x is not None and x.shape[0] != 1 for x in shared]
+  chunked = [x is not None and x.ndim >= 1 and x.shape[0] == N for x in shared]
 
   def body(xs):
     xs_mapped, xs_shared = xs
@@ -360,7 +483,7 @@ def _over_chunks(fn, mapped, shared, chunk, summed=()):
     return fn(*xs_mapped, *shared_chunk)
 
   xs = (
-    tuple(split(x) for x in mapped),
+    tuple(None if x is None else split(x) for x in mapped),
     tuple(split(s) if c else None for s, c in zip(shared, chunked, strict=True)),
   )
   outs = jax.lax.map(body, xs)
@@ -370,35 +493,52 @@ def _over_chunks(fn, mapped, shared, chunk, summed=()):
   )
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
-def _flash(q, k, v, bias, mask, config):
-  return _flash_fwd(q, k, v, bias, mask, config)[0]
+# `aux`, the per-row extras of the kernel, always in this order (each may be None):
+#   bias [N or 1, Tp or 1, Sp or 1], mask (bool, the same), sink logits [N], log n [N or 1, Tp] (the
+#   sigmoid kind's bias), relative-bias parameters [N, P] (ALiBi's slope, T5's bucket table), and
+#   the query offset (int32 scalar: query t sits at position offset + t, key s at s).
 
 
-def _flash_fwd(q, k, v, bias, mask, config):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(9,))
+def _flash(q, k, v, bias, mask, sink, log_n, rel, q_offset, config):
+  return _flash_fwd(q, k, v, bias, mask, sink, log_n, rel, q_offset, config)[0]
+
+
+def _flash_fwd(q, k, v, bias, mask, sink, log_n, rel, q_offset, config):
   config = dict(config)
   forward = _forward_unrolled if _unrolled(q, k, config) else _forward_looped
-  per_chunk = lambda q, k, v, bias, mask: forward(q, k, v, bias, mask, config)
-  out, lse = _over_chunks(per_chunk, (q, k, v), (bias, mask), config["chunk"])
-  return out, (q, k, v, bias, mask, out, lse)
+
+  def per_chunk(q, k, v, sink, rel, bias, mask, log_n, q_offset):
+    return forward(q, k, v, (bias, mask, sink, log_n, rel, q_offset), config)
+
+  out, lse = _over_chunks(
+    per_chunk, (q, k, v, sink, rel), (bias, mask, log_n, q_offset), config["chunk"]
+  )
+  return out, (q, k, v, bias, mask, sink, log_n, rel, q_offset, out, lse)
 
 
 def _flash_bwd(config, residuals, d_out):
-  q, k, v, bias, mask, out, lse = residuals
+  q, k, v, bias, mask, sink, log_n, rel, q_offset, out, lse = residuals
   config = dict(config)
   backward = _backward_unrolled if _unrolled(q, k, config) else _backward_looped
 
-  def per_chunk(q, k, v, out, lse, d_out, bias, mask):
-    return backward(q, k, v, bias, mask, out, lse, d_out, config)
+  def per_chunk(q, k, v, out, lse, d_out, sink, rel, bias, mask, log_n, q_offset):
+    return backward(q, k, v, (bias, mask, sink, log_n, rel, q_offset), out, lse, d_out, config)
 
   d_out = d_out.astype(jnp.float32)
   summed = (3,) if bias is not None and bias.shape[0] == 1 else ()
-  dq, dk, dv, d_bias = _over_chunks(
-    per_chunk, (q, k, v, out, lse, d_out), (bias, mask), config["chunk"], summed
-  )
+  dq, dk, dv, d_bias, d_rel = _over_chunks(
+    per_chunk, (q, k, v, out, lse, d_out, sink, rel), (bias, mask, log_n, q_offset),
+    config["chunk"], summed,
+  )  # fmt: skip
+  d_sink = None
+  if sink is not None:  # The sink's weight exp(sink - lse) times its "value" 0, less delta.
+    delta = jnp.sum(d_out * out, axis=-1)  # [N, Tp]
+    d_sink = -jnp.sum(jnp.exp(sink[:, None] - lse) * delta, axis=1).astype(sink.dtype)
   return (
     dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype),
-    None if bias is None else d_bias.astype(bias.dtype), None,
+    None if bias is None else d_bias.astype(bias.dtype), None, d_sink, None,
+    None if rel is None else d_rel.astype(rel.dtype), None,
   )  # fmt: skip
 
 
@@ -413,8 +553,9 @@ def chunk_for(N: int, block_q: int, block_k: int, tile_bytes: int = TILE_BYTES) 
 
 def flash_attention(
   query, key, value, *, mask=None, bias=None, multiplier: float, is_causal: bool = False,
-  logit_soft_cap: float | None = None, block_q: int | None = None, block_k: int | None = None,
-  chunk: int | None = None,
+  logit_soft_cap: float | None = None, kind: str = "softmax", sink_logits=None,
+  relative_bias: relative_positions.RelativeBias | None = None, block_q: int | None = None,
+  block_k: int | None = None, chunk: int | None = None,
 ):  # fmt: skip
   """Blocked attention on validated inputs (see `attn.dot_product_attention`).
 
@@ -424,7 +565,10 @@ def flash_attention(
     bias: broadcastable to [B, H, T, S] with 4 dims, or None.
     multiplier: the logit scale.
     is_causal: query i sees key j iff j <= i (top-left aligned); tiles above the diagonal are skipped.
-    logit_soft_cap: logits (with the bias) become cap * tanh(logits / cap) in each tile; None: off.
+    logit_soft_cap: logits (with the biases) become cap * tanh(logits / cap) in each tile; None: off.
+    kind: "softmax" or "sigmoid" (weights sigmoid(logit - log n), n the keys the row may attend).
+    sink_logits: [H] or [B, H] sink logits of the softmax, or None.
+    relative_bias: ALiBi's or T5's bias, computed per tile from positions (no [T, S] array).
     block_q, block_k: tile sizes (default BLOCK_Q, BLOCK_K, shrunk to the lengths).
     chunk: (batch, head) pairs per step, a divisor of B * H (default `chunk_for`: the tile fits
       TILE_BYTES).
@@ -460,14 +604,47 @@ def flash_attention(
     x = _pad_axis(x, 1, block_q, fill, broadcasts=True)
     return _pad_axis(x, 2, block_k, False if x.dtype == jnp.bool_ else 0, broadcasts=True)
 
+  def per_head(x_HP):  # [H, P] -> [N, P]: each (batch, head) row gets its head's parameters.
+    return jnp.broadcast_to(x_HP[None], (B, *x_HP.shape)).reshape(N, x_HP.shape[-1])
+
+  log_n = None
+  if kind == "sigmoid":
+    log_n = _pad_axis(per_row(_log_counts(mask, T, S, is_causal)[..., None], 0.0)[..., 0], 1, block_q)
+  sink = None
+  if sink_logits is not None:
+    sink = jnp.broadcast_to(jnp.asarray(sink_logits, jnp.float32), (B, H)).reshape(N)
+  relative, rel, q_offset = None, None, None
+  if relative_bias is not None:
+    relative = relative_bias.static()
+    rel = per_head(relative_bias.per_head_params())  # [N, 1] slopes or [N, num_buckets] tables.
+    q_offset = jnp.asarray(relative_bias.query_offset, jnp.int32)
   mask = per_row(mask, True)
   bias = None if bias is None else per_row(bias.astype(jnp.float32), 0)
   config = (
     ("block_q", block_q), ("block_k", block_k), ("num_keys", S), ("is_causal", bool(is_causal)),
     ("chunk", chunk), ("soft_cap", None if logit_soft_cap is None else float(logit_soft_cap)),
+    ("kind", kind), ("relative", relative),
   )  # fmt: skip
-  out = _flash(q, k, v, bias, mask, config)[:, :T]
+  out = _flash(q, k, v, bias, mask, sink, log_n, rel, q_offset, config)[:, :T]
   return jnp.swapaxes(out.reshape(B, H, T, -1), 1, 2).astype(query.dtype)
+
+
+def _log_counts(mask, T: int, S: int, is_causal: bool):
+  """log n per query row, n the keys it may attend (at least 1): [B or 1, H or 1, T] float32, from
+  the 4-D mask (or None) and the causal rule, without building a [T, S] array where none is given."""
+  q_pos = jnp.arange(T)
+  if mask is None:
+    n = jnp.minimum(q_pos + 1, S) if is_causal else jnp.full((T,), S)
+    return jnp.log(jnp.maximum(n, 1).astype(jnp.float32))[None, None]
+  if mask.shape[-2] == 1 and is_causal:  # Key padding: a running count of the attendable keys.
+    running = jnp.cumsum(mask[..., 0, :].astype(jnp.int32), axis=-1)  # [B, H, S]
+    n = jnp.take(running, jnp.minimum(q_pos, S - 1), axis=-1)
+  elif is_causal:
+    causal = jnp.arange(S)[None, :] <= q_pos[:, None]
+    n = jnp.sum(mask & causal, axis=-1)
+  else:
+    n = jnp.broadcast_to(jnp.sum(mask, axis=-1), (*mask.shape[:2], T))
+  return jnp.log(jnp.maximum(n, 1).astype(jnp.float32))
 
 
 def _round_up(n: int, multiple: int) -> int:

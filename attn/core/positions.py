@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -152,3 +155,72 @@ def t5_buckets(
   ).astype(jnp.int32)
   large = jnp.minimum(large, num_buckets - 1)
   return bucket + jnp.where(is_small, n, large)
+
+
+@functools.partial(
+  jax.tree_util.register_dataclass,
+  data_fields=["params", "query_offset"],
+  meta_fields=["kind", "bidirectional", "num_buckets", "max_distance"],
+)
+@dataclasses.dataclass(frozen=True)
+class RelativeBias:
+  """ALiBi's or T5's relative-position logit bias, described by its parameters rather than as an
+  [H, T, S] array, so that the flash path can compute it per tile (and its gradient there). Query t
+  sits at position `query_offset + t` (the cache index in cached decoding), key s at position s.
+
+  Attributes:
+    kind: "alibi" (params: slopes [H], bias -slope * |i - j|) or "t5" (params: the bucket table
+      [num_buckets, H], bias table[bucket(j - i)], see `t5_buckets`).
+    params: as `kind` says; float.
+    query_offset: int or int32 scalar (may be traced).
+    bidirectional, num_buckets, max_distance: T5's bucketing (static).
+  """
+
+  kind: str
+  params: jax.Array
+  query_offset: jax.typing.ArrayLike = 0
+  bidirectional: bool = True
+  num_buckets: int = 32
+  max_distance: int = 128
+
+  def __post_init__(self):
+    if self.kind not in ("alibi", "t5"):
+      raise ValueError(f"RelativeBias.kind: unknown choice {self.kind!r}; expected 'alibi' or 't5'")
+
+  def num_heads(self) -> int:
+    return self.params.shape[-1]
+
+  def check(self, num_heads: int) -> None:
+    """Raises ValueError naming the shape when `params` does not fit `num_heads` query heads."""
+    want = (num_heads,) if self.kind == "alibi" else (self.num_buckets, num_heads)
+    if tuple(jnp.shape(self.params)) != want:
+      what = "slopes [H]" if self.kind == "alibi" else "table [num_buckets, H]"
+      raise ValueError(
+        f"relative_bias: {self.kind} needs {what} = {want} for {num_heads} query heads, got params "
+        f"of shape {tuple(jnp.shape(self.params))}"
+      )
+
+  def static(self) -> tuple:
+    """The hashable description the flash kernel specialises on."""
+    if self.kind == "alibi":
+      return ("alibi", None, None, None)
+    return ("t5", bool(self.bidirectional), int(self.num_buckets), int(self.max_distance))
+
+  def per_head_params(self) -> jax.Array:
+    """[H, 1] slopes or [H, num_buckets] tables, float32."""
+    params = jnp.asarray(self.params, jnp.float32)
+    return params[:, None] if self.kind == "alibi" else params.T
+
+  def dense(self, T: int, S: int) -> jax.Array:
+    """The bias as an array: [H, T, S] float32."""
+    q_pos = jnp.asarray(self.query_offset, jnp.int32) + jnp.arange(T)
+    k_pos = jnp.arange(S)
+    if self.kind == "alibi":
+      return alibi_bias(q_pos, k_pos, self.params)
+    buckets_TS = t5_buckets(
+      k_pos[None, :] - q_pos[:, None],
+      bidirectional=self.bidirectional,
+      num_buckets=self.num_buckets,
+      max_distance=self.max_distance,
+    )
+    return jnp.moveaxis(jnp.asarray(self.params, jnp.float32)[buckets_TS], -1, 0)

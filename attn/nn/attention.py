@@ -125,9 +125,9 @@ class MultiHeadAttention(nn.Module):
       k_BSGK = rotate(k_BSGK, offset + jnp.arange(k_BSGK.shape[-3]))
     q_BTHK, runtime_scale = self._scale_queries(q_BTHK)
     k_BSGK, v_BSGK, mask, fits_cache = self._keys_and_mask(k_BSGK, v_BSGK, mask, key_valid)
-    k_pos_S = jnp.arange(k_BSGK.shape[-3])  # The whole cache in decode mode.
     q_BTHK = self._ssmax_queries(q_BTHK, q_pos_T, k_BSGK.shape[-3], causal)
-    bias = self._position_bias(q_pos_T, k_pos_S, bidirectional=not causal)
+    # Keys sit at 0..S-1 (the whole cache in decode mode), queries from the cache offset on.
+    bias = self._position_bias(offset, bidirectional=not causal)
     variant = self._variant()
     is_causal = is_causal and not self.decode  # Decode mode's mask is causal over the cache already.
     out_BTHK, weights = self._attend(
@@ -203,23 +203,22 @@ class MultiHeadAttention(nn.Module):
     factor_TH = jnp.log(jnp.maximum(n_T, 1.0))[:, None] * s_H
     return q_BTHK * factor_TH[..., None].astype(q_BTHK.dtype)
 
-  def _position_bias(self, q_pos_T: Array, k_pos_S: Array, *, bidirectional: bool) -> Array | None:
-    """ALiBi's or T5's relative-position logit bias [H, T, S] (None for the other kinds). T5's table
-    of one learned scalar per bucket and head is this layer's parameter `relative_bias`."""
+  def _position_bias(self, offset, *, bidirectional: bool) -> relative.RelativeBias | None:
+    """ALiBi's or T5's relative-position logit bias, as `attn.RelativeBias` (None for the other
+    kinds): the pure function builds it as [H, T, S] on the naive path and per tile on the flash
+    path. T5's table of one learned scalar per bucket and head is this layer's parameter
+    `relative_bias`."""
     H = self.num_heads
     if self.positions == "alibi":
-      return relative.alibi_bias(q_pos_T, k_pos_S, relative.alibi_slopes(H))
+      return relative.RelativeBias("alibi", relative.alibi_slopes(H), query_offset=offset)
     if self.positions == "t5_bias":
       table = self.param(
         "relative_bias", nn.initializers.normal(0.02), (self.t5_num_buckets, H), self.param_dtype
       )
-      buckets_TS = relative.t5_buckets(
-        k_pos_S[None, :] - q_pos_T[:, None],
-        bidirectional=bidirectional,
-        num_buckets=self.t5_num_buckets,
-        max_distance=self.t5_max_distance,
-      )
-      return jnp.moveaxis(table[buckets_TS], -1, 0).astype(jnp.float32)
+      return relative.RelativeBias(
+        "t5", table, query_offset=offset, bidirectional=bidirectional,
+        num_buckets=self.t5_num_buckets, max_distance=self.t5_max_distance,
+      )  # fmt: skip
     return None
 
   def _variant(self) -> dict:
@@ -272,7 +271,7 @@ class MultiHeadAttention(nn.Module):
       k_BSGK,
       v_BSGK,
       mask=mask,
-      bias=bias,
+      relative_bias=bias,
       scale=scale,
       is_causal=is_causal,
       dropout_rate=self.dropout_rate if dropout_rng is not None else 0.0,
@@ -308,9 +307,9 @@ class MultiHeadAttention(nn.Module):
     """
     if is_causal:
       mask = masks.combine_masks(mask, masks.causal_mask(q_BTHK.shape[-3], k_BSGK.shape[-3]))
-    logits = attention.attention_logits(q_BTHK, k_BSGK, bias=bias, scale=scale)
+    logits = attention.attention_logits(q_BTHK, k_BSGK, relative_bias=bias, scale=scale)
     weights_BHTS = attention.attention_weights(
-      q_BTHK, k_BSGK, mask=mask, bias=bias, scale=scale, **variant
+      q_BTHK, k_BSGK, mask=mask, relative_bias=bias, scale=scale, **variant
     )
     allowed = jnp.ones(logits.shape, bool) if mask is None else jnp.broadcast_to(mask, logits.shape)
     count = jnp.maximum(allowed.sum(), 1)

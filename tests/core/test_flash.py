@@ -224,3 +224,116 @@ def test_soft_cap_is_refused_by_jax_and_served_by_flash_by_default():
   q, k, v = _inputs()
   with pytest.raises(ValueError, match=r"^implementation='jax' does not support logit_soft_cap"):
     attn.dot_product_attention(q, k, v, logit_soft_cap=1.0, implementation="jax")
+
+
+# Every variant in the flash path: held to the naive path in value and gradient (the sink logits, the
+# ALiBi slopes and T5's table included), with a mask that leaves a row empty, grouped-query heads,
+# the causal skip, several tiles and both loop forms (unrolled and looped).
+_T5_TABLE = jax.random.normal(jax.random.PRNGKey(9), (8, H))
+VARIANTS = {
+  "sink": lambda: dict(sink_logits=jnp.array([0.5, -1.0, 2.0, 0.0])),
+  "sigmoid": lambda: dict(kind="sigmoid"),
+  "sigmoid_soft_cap": lambda: dict(kind="sigmoid", logit_soft_cap=2.0),
+  "alibi": lambda: dict(relative_bias=attn.RelativeBias("alibi", attn.alibi_slopes(H), query_offset=5)),
+  "t5_bidirectional": lambda: dict(
+    relative_bias=attn.RelativeBias("t5", _T5_TABLE, num_buckets=8, max_distance=12)
+  ),
+  "t5_causal_soft_cap": lambda: dict(
+    relative_bias=attn.RelativeBias(
+      "t5", _T5_TABLE, query_offset=3, bidirectional=False, num_buckets=8, max_distance=12
+    ),
+    logit_soft_cap=2.0,
+  ),
+}
+
+
+def _split_variant(variant: dict):
+  """(differentiable arrays, static options) of a variant's keyword arguments."""
+  static = {name: x for name, x in variant.items() if isinstance(x, str | float)}
+  return {name: x for name, x in variant.items() if name not in static}, static
+
+
+@pytest.mark.parametrize("name", sorted(VARIANTS))
+@pytest.mark.parametrize(("is_causal", "tiles"), [(False, None), (True, (8, 8)), (True, "looped")])
+def test_flash_variants_equal_naive_in_value_and_gradient(name, is_causal, tiles, monkeypatch):
+  arrays, static = _split_variant(VARIANTS[name]())
+  q, k, v = _inputs(G=2)
+  block_q, block_k = (8, 8) if tiles is not None else (None, None)
+  if tiles == "looped":
+    monkeypatch.setattr(flash, "UNROLL_MAX_TILES", 1)
+
+  def naive(q, k, v, arrays):
+    out = attn.dot_product_attention(
+      q, k, v, mask=MASK, is_causal=is_causal, implementation="naive", **arrays, **static
+    )
+    return jnp.sum(jnp.sin(out) * out), out
+
+  def fast(q, k, v, arrays):
+    out = flash.flash_attention(
+      q, k, v, mask=MASK, multiplier=K**-0.5, is_causal=is_causal, block_q=block_q,
+      block_k=block_k, **arrays, **static,
+    )  # fmt: skip
+    return jnp.sum(jnp.sin(out) * out), out
+
+  grad = lambda f: jax.value_and_grad(f, argnums=(0, 1, 2, 3), has_aux=True, allow_int=True)(
+    q, k, v, arrays
+  )
+  (_, ref_out), ref_grads = grad(naive)
+  (_, out), grads = grad(fast)
+  np.testing.assert_allclose(out, ref_out, atol=2e-6)
+  np.testing.assert_array_equal(out[:, 3], 0.0)  # Row 3 of MASK has no key: zeros in every kind.
+  pairs = zip(jax.tree.leaves(grads), jax.tree.leaves(ref_grads), strict=True)
+  for g, ref in pairs:
+    if g.dtype == jax.dtypes.float0:  # The integer query offset.
+      continue
+    assert np.all(np.isfinite(g))
+    np.testing.assert_allclose(g, ref, atol=5e-5, rtol=1e-5)
+  if "relative_bias" in arrays:  # The parameters' gradient is there, not silently zero.
+    assert float(jnp.abs(grads[3]["relative_bias"].params).max()) > 1e-3
+
+
+def test_dot_product_attention_serves_every_variant_by_flash():
+  """The public function's flash path, batch axes and a [B, H] sink included."""
+  q, k, v = _inputs(G=2)
+  for variant in [*(f() for f in VARIANTS.values()), dict(sink_logits=jnp.ones((B, H)))]:
+    arrays, static = _split_variant(variant)
+    run = lambda impl, arrays=arrays, static=static: attn.dot_product_attention(
+      q, k, v, mask=MASK, is_causal=True, implementation=impl, **arrays, **static
+    )
+    np.testing.assert_allclose(run("flash"), run("naive"), atol=2e-6)
+
+
+def test_relative_bias_builds_no_query_by_key_array_in_flash():
+  """ALiBi and T5 per tile at the issue's (1, 8, 16384, 64), compiled only: the forward + backward's
+  temporaries are those of plain flash attention (the dense bias alone would be 8.6 GB), and
+  arguments plus temporaries stay under 2 GB."""
+  T, H = 16384, 8
+  x = jax.ShapeDtypeStruct((1, T, H, 64), jnp.float32)
+
+  def temp_and_args(bias):
+    def loss(x):
+      return attn.dot_product_attention(
+        x, x, x, is_causal=True, relative_bias=bias, implementation="flash"
+      ).sum()
+
+    analysis = jax.jit(jax.grad(loss)).lower(x).compile().memory_analysis()
+    return analysis.temp_size_in_bytes, analysis.argument_size_in_bytes
+
+  plain, _ = temp_and_args(None)
+  for bias in (
+    attn.RelativeBias("alibi", attn.alibi_slopes(H)),
+    attn.RelativeBias("t5", jnp.zeros((32, H)), bidirectional=False),
+  ):
+    temp, args = temp_and_args(bias)
+    assert temp <= plain + 16 * 2**20, (bias.kind, temp, plain)
+    assert temp + args < 2 * 2**30, (bias.kind, temp + args)
+
+
+def test_relative_bias_refuses_a_wrong_shape_by_name():
+  q, k, v = _inputs()
+  with pytest.raises(ValueError, match=r"^relative_bias: alibi needs slopes \[H\] = \(4,\)"):
+    attn.dot_product_attention(q, k, v, relative_bias=attn.RelativeBias("alibi", jnp.ones(3)))
+  with pytest.raises(ValueError, match=r"^relative_bias: t5 needs table \[num_buckets, H\]"):
+    attn.dot_product_attention(q, k, v, relative_bias=attn.RelativeBias("t5", jnp.ones((4, 4))))
+  with pytest.raises(ValueError, match=r"^RelativeBias.kind: unknown choice 'rope'"):
+    attn.RelativeBias("rope", jnp.ones(4))
