@@ -15,7 +15,7 @@ Command: python -m launch.sweep --config=experiments/positions.py --workdir=runs
 Then: python -m launch.compare runs/positions --metric=loss \
         --series=loss_at_64,loss_at_128,loss_at_256,loss_at_512
 (runs/positions/series.md and series.png: the loss against the evaluation length, a line per kind).
-Presets: "" (the sweep above) and "smoke" (a tiny model, a few steps, two kinds; CI).
+Presets: "" (the sweep above) and "smoke" (a tiny model, a few steps, two kinds).
 Time on a 2-core CPU: (not yet measured).
 
 Found: (not yet run).

@@ -16,7 +16,7 @@ Command: python -m launch.sweep --config=experiments/stability.py --workdir=runs
 Then: python -m launch.compare runs/stability --metric=loss
 and:  python -m launch.compare runs/stability --metric=max_attention_logit
 (final_vs_swept.png: the metric against the learning rate, a line per arm).
-Presets: "" (the sweep above) and "smoke" (a tiny model, a few steps, two points; CI).
+Presets: "" (the sweep above) and "smoke" (a tiny model, a few steps, two points).
 Time on a 2-core CPU: (not yet measured).
 
 Found: (not yet run).

@@ -20,12 +20,14 @@ import pytest
 
 from attn import train
 from attn.runs import compare, sweep
+from attn.train import loop
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 CONFIGS = ("base", "sqrt_d", "heads", "depth", "ner", "translate", "shakespeare_char")
+TEXT_SWEEPS = ("positions", "stability")  # Sweeps of the text task: validated on a small text file.
 # Configs whose task reads config.data.path: validated on fixtures in their own tests (never on the
 # shared data), e.g. tests/tasks/test_ner.py.
-FILE_DATA_CONFIGS = ("ner", "translate", "shakespeare_char")
+FILE_DATA_CONFIGS = ("ner", "translate", "shakespeare_char", *TEXT_SWEEPS)
 TRAIN_CONFIGS = (
   "base",
   "ner",
@@ -34,7 +36,7 @@ TRAIN_CONFIGS = (
 )  # Run by launch.train; the others by launch.sweep.
 SWEEPS = ("sqrt_d", "heads", "depth")
 SEED_TASK_SWEEPS = ("cue", "word_sense")  # Tagging sweeps on attn.seed_tasks (main metric: accuracy).
-CONFIGS += SEED_TASK_SWEEPS
+CONFIGS += SEED_TASK_SWEEPS + TEXT_SWEEPS
 SWEEPS += SEED_TASK_SWEEPS
 PRESETS = ("", "smoke")
 
@@ -163,8 +165,44 @@ def test_seed_task_grids_compare_full_attention_with_local_windows(name):
 def test_depth_grid():
   module = load("depth")
   points = module.get_sweep("")
-  assert points == [{"model.num_encoder_layers": n, "model.num_decoder_layers": n} for n in (1, 2, 4, 6)]
+  norms = [("post", "layer"), ("pre", "layer"), ("pre", "rms")]
+  assert points == [
+    {
+      "model.num_encoder_layers": n, "model.num_decoder_layers": n, "model.norm": norm,
+      "model.norm_kind": kind,
+    }
+    for norm, kind in norms
+    for n in (1, 2, 4, 6)
+  ]  # fmt: skip
   assert module.get_config("").task.name == "sort"
+
+
+@pytest.mark.parametrize("name", TEXT_SWEEPS)
+def test_text_sweep_points_are_valid_configs_on_a_small_text(name, tmp_path):
+  """Every point of both presets validates (the task built on a small text file the test writes,
+  the model config, the learned table against the evaluation lengths), and the grids are the
+  docstrings'."""
+  path = tmp_path / "input.txt"
+  path.write_text("To be, or not to be: that is the question.\n" * 200, encoding="utf-8")
+  module = load(name)
+  full = {"positions": 6, "stability": 15}[name]
+  for preset in PRESETS:
+    points = module.get_sweep(preset)
+    assert len(points) == (2 if preset == "smoke" else full)
+    for point in points:
+      config = with_overrides(module.get_config(preset), point)
+      config.data.path = str(path)
+      task, model_config = train.validate(config)
+      loop.check_lengths(model_config, [], task.eval_lengths)
+      for key, value in point.items():
+        if key.startswith("model."):
+          assert getattr(model_config, key.split(".")[-1]) == value
+  if name == "positions":
+    assert [p["model.positions"] for p in module.get_sweep("")] == list(module.KINDS)
+    assert module.get_config("").task.eval_lengths == (64, 128, 256, 512)
+  else:
+    rates = sorted({p["optimizer.learning_rate"] for p in module.get_sweep("")})
+    assert len(rates) >= 5 and rates[-1] / rates[0] >= 30
 
 
 @pytest.mark.parametrize("preset", PRESETS)
@@ -172,7 +210,7 @@ def test_depth_grid():
 def test_every_sweep_point_is_a_valid_config(name, preset):
   module = load(name)
   points = module.get_sweep(preset)
-  counts = {"sqrt_d": 15, "heads": 10, "depth": 4, "cue": 3, "word_sense": 3}
+  counts = {"sqrt_d": 15, "heads": 10, "depth": 12, "cue": 3, "word_sense": 3}
   assert len(points) == (2 if preset == "smoke" else counts[name])
   names = [sweep.point_name(p) for p in points]
   assert len(set(names)) == len(names)

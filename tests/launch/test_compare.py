@@ -55,6 +55,11 @@ def test_main_prints_table_and_writes_files(sweep, capsys):
     compare_app.main(["compare", str(sweep)])
   assert "| final loss | best loss |" in capsys.readouterr().out
   assert "final loss" in (sweep / "compare.md").read_text()
+  with flagsaver.flagsaver(series=["loss", "accuracy"]):
+    compare_app.main(["compare", str(sweep)])
+  out = capsys.readouterr().out
+  assert "| num_heads=1 | 0.7500 ± 0.2500 | 0.6000 ± 0.1000 |" in out  # Failed points are left out.
+  assert f"wrote {sweep / 'series.md'}" in out and (sweep / "series.png").is_file()
 
 
 def test_main_bad_directory_exits_with_one_line(tmp_path):

@@ -395,3 +395,31 @@ def test_two_key_sweep_draws_one_line_per_other_value(tmp_path):
   compare.compare(tmp_path)
   assert (tmp_path / "final_vs_swept.png").read_bytes().startswith(PNG_MAGIC)
   assert (tmp_path / "learning_curves.png").read_bytes().startswith(PNG_MAGIC)
+
+
+def test_series_tabulates_metrics_side_by_side_and_plots_them(tmp_path):
+  root = tmp_path / "positions"
+  _write_sweep(root, [("positions=rope", {"model.positions": "rope"}), ("positions=alibi", {})])
+  evals = {10: {"loss_at_8": [1.0, 3.0], "loss_at_16": [2.0, 2.0]}, 5: {"loss_at_8": [9.0, 9.0]}}
+  _write_run(root / "positions=rope", evals, summary={})
+  _write_run(root / "positions=alibi", {10: {"loss_at_8": [1.0, 1.0]}}, summary={})
+  markdown, written = compare.write_series(root, ["loss_at_8", "loss_at_16"])
+  assert "| point | loss_at_8 | loss_at_16 |" in markdown
+  assert "| positions=rope | 2.0000 ± 1.0000 | 2.0000 ± 0.0000 |" in markdown  # The last step.
+  assert "| positions=alibi | 1.0000 ± 0.0000 |  |" in markdown  # No value: an empty cell.
+  assert written == [root / compare.SERIES_MARKDOWN_FILE, root / compare.SERIES_PLOT_FILE]
+  assert (root / compare.SERIES_PLOT_FILE).read_bytes().startswith(PNG_MAGIC)
+  at_5, _ = compare.write_series(root, ["loss_at_8"], step=5)
+  assert "| positions=rope | 9.0000 ± 0.0000 |" in at_5 and "| positions=alibi |  |" in at_5
+  diagnostics, _ = compare.write_series(root, ["encoder/layer_0/entropy"], split="diagnostics")
+  assert "| positions=rope | 1.0000 ± 0.0000 |" in diagnostics
+  with pytest.raises(ValueError, match=r"no eval line has metric 'loss_at_99'"):
+    compare.write_series(root, ["loss_at_8", "loss_at_99"])
+
+
+@pytest.mark.parametrize(
+  ("name", "number"),
+  [("loss_at_128", 128.0), ("encoder/layer_3/grad_norm", 3.0), ("loss", None), ("x1.5", 1.5)],
+)
+def test_series_x_is_the_number_a_metric_name_ends_with(name, number):
+  assert compare._trailing_number(name) == number

@@ -197,3 +197,54 @@ def test_bad_paths_and_bytes_are_named(tmp_path):
   bad.write_bytes(b"good line\nsecond \xff line\n")
   with pytest.raises(ValueError, match=r"bad.txt:2: not UTF-8"):
     build(bad)
+
+
+def test_loss_at_a_length_tiles_the_validation_split_with_windows_of_that_length(text_file):
+  """Uniform logits give loss log V at every length; the windows are consecutive, non-overlapping
+  slices of the validation split, in batches of about batch_size x block_size tokens."""
+  task = build(text_file, eval_lengths=(4, 8, 16))
+  V = len(task.vocab)
+  seen = []
+
+  def logits_fn(params, tokens):
+    seen.append(np.asarray(tokens))
+    return jnp.zeros((*tokens.shape, V))
+
+  loss = task.loss_at(logits_fn, None, 16, batch_size=2)
+  assert loss == pytest.approx(math.log(V), rel=1e-6)
+  windows = np.concatenate(seen)
+  starts = np.arange(0, len(task.val_ids) - 16, 16)
+  assert windows.shape == (len(starts), 16)
+  np.testing.assert_array_equal(windows, task.val_ids[starts[:, None] + np.arange(16)])
+  assert all(len(batch) == 1 for batch in seen)  # 2 windows of 8 tokens = 16 tokens a batch.
+  assert task.score(None, None, 4, final=False) == {}
+
+
+def test_loss_at_the_training_length_is_the_eval_loss(text_file):
+  """loss_at_<block_size> scores the same windows as the eval batches: the same loss."""
+  task = build(text_file, eval_lengths=(8, 16))
+  config = ModelConfig(
+    vocab_size=len(task.vocab), d_model=16, num_heads=2, d_ff=32, num_encoder_layers=0,
+    num_decoder_layers=1, positions="alibi", norm="pre",
+  )  # fmt: skip
+  model = LanguageModel(config)
+  params = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 8), jnp.int32))["params"]
+  scores = task.score(model, params, 4, final=True)
+  assert set(scores) == {"loss_at_8", "loss_at_16"}
+  eval_fn = lambda params, batch: steps.eval_step(params, batch, model=model, kind="lm")
+  stacked = jax.tree.map(lambda x: x[None], params)  # evaluate() reads one row per seed.
+  metrics = loop.evaluate(jax.vmap(eval_fn, in_axes=(0, None)), stacked, task.eval_batches(4), "lm")
+  assert scores["loss_at_8"] == pytest.approx(metrics["loss"][0], rel=1e-5)
+  assert math.isfinite(scores["loss_at_16"])
+
+
+@pytest.mark.parametrize("value", [(0,), 16, ("8",), (True,)])
+def test_eval_lengths_must_be_positive_ints(text_file, value):
+  with pytest.raises(ValueError, match=r"^config\.task\.eval_lengths: must be a tuple of ints >= 1"):
+    build(text_file, eval_lengths=value)
+
+
+def test_an_eval_length_past_the_validation_split_is_one_line(text_file):
+  task = build(text_file, eval_lengths=(4096,))
+  with pytest.raises(ValueError, match=r"^config\.task\.eval_lengths: 4096 needs a validation split"):
+    task.loss_at(lambda p, t: None, None, 4096, batch_size=2)

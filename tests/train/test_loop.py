@@ -30,6 +30,7 @@ import pytest
 from jax.experimental.compilation_cache import compilation_cache
 
 from attn import tasks, train
+from attn.nn.config import ModelConfig
 from attn.runs.files import is_done, read_metrics
 from attn.train import loop, steps
 from tests.train.common import ATTENTION_LAYERS, OVERRIDES, STEPS
@@ -462,6 +463,31 @@ def test_diagnostics_have_query_and_key_grad_norms_per_layer(reference):
       assert all(v > 0 for v in record[f"{layer}/query_grad_norm"] + record[f"{layer}/key_grad_norm"])
 
 
+def test_diagnostics_have_a_gradient_norm_per_block_and_eval_the_largest_logit(reference):
+  """Per block (Xiong et al. 2020 compare these across depth) the norm of all its parameters'
+  gradients; the eval lines carry max_attention_logit, the largest of the layers' max_logit."""
+  diagnostics = _records(reference[0], "diagnostics")
+  evals = {r["step"]: r for r in _records(reference[0], "eval")}
+  for record in diagnostics:
+    blocks = sorted(k for k in record if k.endswith("/grad_norm") and k.count("/") == 2)
+    assert blocks == ["decoder/layer_0/grad_norm", "encoder/layer_0/grad_norm"]
+    assert all(v > 0 and math.isfinite(v) for k in blocks for v in record[k])
+    largest = [
+      max(values)
+      for values in zip(*(record[f"{layer}/max_logit"] for layer in ATTENTION_LAYERS), strict=True)
+    ]
+    assert evals[record["step"]]["max_attention_logit"] == largest
+    logit_std = record[f"{ATTENTION_LAYERS[0]}/logit_std"]
+    assert all(m > s for m, s in zip(record[f"{ATTENTION_LAYERS[0]}/max_logit"], logit_std, strict=True))
+
+
+def test_largest_logit_of_a_model_without_attention_is_absent():
+  assert loop.largest_logit({"encoder/layer_0/grad_norm": [1.0]}) == {}
+  assert loop.largest_logit({"a/max_logit": [1.0, 5.0], "b/max_logit": [2.0, 3.0]}) == {
+    "max_attention_logit": [2.0, 5.0]
+  }
+
+
 # ----------------------------------------------------------------------------------------------------
 # What a resume checks (config.json), before anything compiles.
 
@@ -529,6 +555,16 @@ def test_a_non_finite_eval_loss_stops_the_run(tmp_path, monkeypatch):
     train.train_and_evaluate(
       _config(num_train_steps=2, log_every_steps=2, checkpoint_every_steps=2), str(tmp_path)
     )
+
+
+def test_eval_lengths_past_the_learned_positions_are_refused():
+  config = ModelConfig(vocab_size=8, positions="learned", max_length=8)
+  loop.check_lengths(config, [], (4, 8))
+  with pytest.raises(
+    train.ConfigError,
+    match=r"^config\.model\.max_length: 8 is shorter than config\.task\.eval_lengths' 16",
+  ):
+    loop.check_lengths(config, [], (8, 16))
 
 
 def test_sequences_longer_than_the_learned_positions_are_refused(tmp_path):
