@@ -111,7 +111,7 @@ def test_variants_rows_time_every_variant_against_plain_flash():
   result = variants.variants_suite(smoke=True, repeats=1, budget_s=1.0)
   rows = result["rows"]
   assert rows[0]["variant"] == "flash (plain)" and rows[0]["ratio_vs_flash"] == 1.0
-  assert len(rows) == 8 and all(_positive(row["ratio_vs_flash"]) for row in rows)
+  assert len(rows) == 9 and all(_positive(row["ratio_vs_flash"]) for row in rows)
 
 
 def test_nanogpt_flag_must_name_a_checkout(tmp_path):
