@@ -27,6 +27,10 @@ class SelfAttention(nn.Module):
     return attention.self_attention(x, mask=mask, scale=self.scale, return_weights=return_weights)
 
 
+# The variable collection of per-head gates (see `attn.nn.heads`): not parameters, passed at apply.
+HEAD_GATES = "head_gates"
+
+
 def _folded_init(init, multiplier: float):
   def folded(key, shape, dtype=jnp.float32):
     return init(key, shape, dtype) * jnp.asarray(multiplier, dtype)
@@ -136,6 +140,7 @@ class MultiHeadAttention(nn.Module):
     )  # fmt: skip
     if self.is_mutable_collection("diagnostics"):
       self._sow_diagnostics(q_BTHK, k_BSGK, mask, bias, runtime_scale, is_causal, variant)
+    out_BTHK = self._gate_heads(out_BTHK)
     out = self._dense_out(out_BTHK, self.out_features or inputs_q.shape[-1])
     if fits_cache is not True:
       # Under jit an overfull cache cannot raise; NaN says so instead of silently overwriting the cache.
@@ -281,6 +286,20 @@ class MultiHeadAttention(nn.Module):
       **variant,
     )
     return result if return_weights else (result, None)
+
+  def _gate_heads(self, out_BTHK: Array) -> Array:
+    """Each head's output times its gate, when the caller passes the "head_gates" collection
+    (`attn.nn.heads`): {"gate": [H]} for this layer. Absent (the default), nothing is computed; a
+    gate of 0 removes the head's contribution exactly, as zero rows of the out-projection would."""
+    if not self.has_variable(HEAD_GATES, "gate"):
+      return out_BTHK
+    gate_H = self.get_variable(HEAD_GATES, "gate")
+    H = out_BTHK.shape[-2]
+    if gate_H.shape != (H,):
+      raise ValueError(
+        f"head_gates: {'/'.join(self.path)}/gate must be [H] = ({H},), got {gate_H.shape}"
+      )
+    return out_BTHK * gate_H[:, None].astype(out_BTHK.dtype)
 
   def _dense_out(self, out_BTHK: Array, features: int) -> Array:
     return nn.DenseGeneral(
