@@ -17,6 +17,7 @@ Kinds of attention: "encoder_self", "decoder_self" and "cross" (a decoder's cros
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Iterable, Sequence
 
@@ -121,13 +122,26 @@ def _as_params_shape(gates: dict) -> dict:
   return visit(gates)
 
 
-def head_importance(loss_fn: LossFn, gates: dict, batches: Iterable[dict]) -> dict:
+@functools.lru_cache(maxsize=16)
+def _compiled(loss_fn: LossFn):
+  """The jitted per-example gradient and mean loss of `loss_fn`, compiled once per function (pruning
+  re-scores many times with the same one)."""
+  per_example_grads = jax.jit(
+    jax.vmap(lambda g, example: jax.grad(lambda g: loss_fn(g, example).sum())(g), in_axes=(None, 0))
+  )
+  return per_example_grads, jax.jit(lambda g, batch: loss_fn(g, batch).mean())
+
+
+def head_importance(
+  loss_fn: LossFn, gates: dict, batches: Iterable[dict], *, ablation: bool = True
+) -> dict:
   """Michel et al.'s importance and the ablation score of every head.
 
   Args:
     loss_fn: (gates, batch) -> per-example losses [B] (a model applied with `variables`).
     gates: the gates to score at (usually `head_gates(params)`, all ones; pruned heads at 0).
     batches: the data split, as batches `loss_fn` takes.
+    ablation: also the ablation scores (one pass over the split per head); False: {} for them.
 
   Returns:
     {"importance": {layer: [H]} E_x |dL(x)/dgate_h| over the examples, "normalized": the same divided
@@ -135,13 +149,7 @@ def head_importance(loss_fn: LossFn, gates: dict, batches: Iterable[dict]) -> di
     "loss": the mean loss at `gates`}; layers keyed "encoder/layer_0/self_attention".
   """
   batches = list(batches)
-  per_example_grads = jax.jit(
-    jax.vmap(
-      lambda g, example: jax.grad(lambda g: loss_fn(g, example).sum())(g),
-      in_axes=(None, 0),
-    )
-  )
-  mean_loss = jax.jit(lambda g, batch: loss_fn(g, batch).mean())
+  per_example_grads, mean_loss = _compiled(loss_fn)
   total_abs = jax.tree.map(jnp.zeros_like, gates)
   count = 0
   losses = []
@@ -156,15 +164,17 @@ def head_importance(loss_fn: LossFn, gates: dict, batches: Iterable[dict]) -> di
   normalized = {
     layer: v / (np.linalg.norm(v) if np.linalg.norm(v) > 0 else 1.0) for layer, v in importance.items()
   }
-  ablation = {}
-  for path in attention_paths(_as_params_shape(gates)):
+  ablation_scores = {}
+  for path in attention_paths(_as_params_shape(gates)) if ablation else ():
     scores = []
     for h in range(gate_at(gates, path).shape[0]):
       off = with_gate(gates, path, h, 0.0)
       loss = sum(float(mean_loss(off, batch)) * n for batch, (_, n) in zip(batches, losses, strict=True))
       scores.append(loss / max(count, 1) - base)
-    ablation["/".join(path)] = np.asarray(scores)
-  return {"importance": importance, "normalized": normalized, "ablation": ablation, "loss": base}
+    ablation_scores["/".join(path)] = np.asarray(scores)
+  return {
+    "importance": importance, "normalized": normalized, "ablation": ablation_scores, "loss": base
+  }  # fmt: skip
 
 
 def prune_heads(
@@ -198,7 +208,7 @@ def prune_heads(
   curve = [{"fraction": 0.0, "pruned": 0, "metric": float(metric_fn(gates)), "removed": []}]
   pruned = 0
   while active:
-    scores = head_importance(loss_fn, gates, batches)["normalized"]
+    scores = head_importance(loss_fn, gates, batches, ablation=False)["normalized"]
     ranked = sorted(active, key=lambda ph: scores["/".join(ph[0])][ph[1]])
     removed = ranked[:per_step]
     for path, h in removed:

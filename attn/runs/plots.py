@@ -1,4 +1,6 @@
-"""Attention heatmaps: one panel per (layer, head), queries down, keys across."""
+"""Plots of attention: weight heatmaps (one panel per (layer, head), queries down, keys across),
+value heatmaps with a panel per attention kind (head importance, role scores) and line plots
+(pruning curves)."""
 
 from __future__ import annotations
 
@@ -37,4 +39,63 @@ def attention_heatmaps(
       ax.set_yticks(range(T), query_tokens, fontsize=7)
   fig.suptitle(title)
   fig.tight_layout()
+  fig.savefig(path, dpi=100)
+
+
+def heatmap_panels(
+  panels: dict[str, np.ndarray],
+  path: str,
+  title: str,
+  *,
+  row_labels: dict[str, Sequence[str]] | None = None,
+  col_labels: Sequence[str] | None = None,
+  cmap: str = "magma",
+) -> None:
+  """Writes a PNG of one heatmap per panel (e.g. layer x head, one panel per attention kind), each
+  cell annotated with its value.
+
+  Args:
+    panels: name -> [rows, cols] values.
+    path: the PNG to write.
+    title: the figure title.
+    row_labels: per panel, its row labels (default 0, 1, ...); col_labels: shared (default heads).
+  """
+  n = len(panels)
+  widths = [max(3.0, 0.6 * np.asarray(v).shape[1] + 2.0) for v in panels.values()]
+  height = max(2.5, 0.5 * max(np.asarray(v).shape[0] for v in panels.values()) + 1.8)
+  fig = Figure(figsize=(sum(widths), height), layout="constrained")
+  axes = fig.subplots(1, n, squeeze=False, width_ratios=widths)[0]
+  for ax, (name, values) in zip(axes, panels.items(), strict=True):
+    values = np.asarray(values, np.float64)
+    image = ax.imshow(values, cmap=cmap, aspect="auto")
+    fig.colorbar(image, ax=ax, shrink=0.8)
+    rows = (row_labels or {}).get(name) or [str(i) for i in range(values.shape[0])]
+    cols = col_labels or [f"head {j}" for j in range(values.shape[1])]
+    ax.set_yticks(range(values.shape[0]), rows, fontsize=8)
+    ax.set_xticks(range(values.shape[1]), cols, fontsize=8, rotation=45 if col_labels else 0)
+    for (i, j), v in np.ndenumerate(values):
+      ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7, color="gray")
+    ax.set_title(name, fontsize=9)
+  fig.suptitle(title)
+  fig.savefig(path, dpi=100)
+
+
+def line_plot(
+  lines: dict[str, tuple[Sequence[float], Sequence[float]]],
+  path: str,
+  *,
+  xlabel: str,
+  ylabel: str,
+  title: str,
+) -> None:
+  """Writes a PNG with one line per name: (x, y)."""
+  fig = Figure(figsize=(7, 5), layout="constrained")
+  ax = fig.add_subplot()
+  for name, (x, y) in lines.items():
+    ax.plot(x, y, marker="o", label=name)
+  ax.set_xlabel(xlabel)
+  ax.set_ylabel(ylabel)
+  ax.set_title(title)
+  ax.grid(True, alpha=0.3)
+  ax.legend(fontsize="small")
   fig.savefig(path, dpi=100)

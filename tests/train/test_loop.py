@@ -125,10 +125,17 @@ def _records(workdir, split: str) -> list[dict]:
   return [r for r in read_metrics(str(workdir)) if r["split"] == split]
 
 
+# The largest attention logit is a maximum over one batch's entries: it follows the parameters' last
+# bits more closely than the mean metrics do (seen: 2e-3 relative between vmapped and separate runs
+# whose losses agree to 1e-5), so runs that should match are held to a looser tolerance on it.
+_MAX_METRICS_RTOL = {"max_attention_logit": 1e-2}
+
+
 def _assert_close(actual: dict, expected: dict, *, rtol: float = 0.0, atol: float = 1e-6) -> None:
   assert sorted(actual) == sorted(expected)
   for name in expected:
-    np.testing.assert_allclose(actual[name], expected[name], rtol=rtol, atol=atol, err_msg=name)
+    tolerance = max(rtol, _MAX_METRICS_RTOL.get(name, 0.0))
+    np.testing.assert_allclose(actual[name], expected[name], rtol=tolerance, atol=atol, err_msg=name)
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -72,7 +72,9 @@ def test_probe_without_scale_has_large_logits():
     params, jax.random.PRNGKey(1)
   )
   assert sorted(probe) == sorted(
-    f"{layer}/{name}" for layer in ATTENTION_LAYERS for name in ("entropy", "logit_std", "max_weight")
+    f"{layer}/{name}"
+    for layer in ATTENTION_LAYERS
+    for name in ("entropy", "logit_std", "max_logit", "max_weight")
   )
   for layer in ATTENTION_LAYERS:
     assert float(probe[f"{layer}/logit_std"]) > 4, layer

@@ -1,0 +1,220 @@
+"""What a finished run's heads do: importance, pruning curves, head roles and rollout, from its
+checkpoint (`analyze_run`, behind `python -m launch.analyze`).
+
+The data are the run's eval batches (`split="dev"`) or its first training batches (`split="train"`),
+at most `max_examples` examples. The loss is the plain per-token cross-entropy averaged per example;
+the pruning metric is the token accuracy (teacher-forced for seq2seq), the same everywhere.
+Head roles are scored on self-attention layers; for a tagging task whose tags are IOB2 (`B-X`, `I-X`,
+`O`), each head also gets, per entity type X, the attention a token of type X gives to tokens of type
+X (`class_attention`), next to the same score of the model at its random initialisation (the baseline
+a specialisation claim needs).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import time
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from attn.core import analysis
+from attn.nn import heads
+from attn.train import setup, steps
+
+SPLITS = ("dev", "train")
+INIT_SEED_OFFSET = 12345  # The random-initialisation baseline's seed: the run's seed plus this.
+
+
+def _batches(config, task, split: str, max_examples: int) -> list[dict]:
+  size = int(config.eval_batch_size)
+  if split == "dev":
+    batches = task.eval_batches(size)
+  elif split == "train":
+    batches = [task.train_batch(i, size) for i in range(max(1, math.ceil(max_examples / size)))]
+  else:
+    raise setup.ConfigError(f"--split: unknown choice {split!r}; expected one of {', '.join(SPLITS)}")
+  out, count = [], 0
+  for batch in batches:
+    n = next(iter(batch.values())).shape[0]
+    take = min(n, max_examples - count)
+    if take <= 0:
+      break
+    out.append({k: np.asarray(v)[:take] for k, v in batch.items()})
+    count += take
+  return [jax.tree.map(jnp.asarray, b) for b in out]
+
+
+def loss_and_metric(model, params, kind: str) -> tuple[Callable, Callable]:
+  """(loss_fn(gates, batch) -> per-example losses [B], accuracy_fn(gates, batches) -> float)."""
+
+  def per_token(gates, batch):
+    inputs, targets = steps.inputs_and_targets(batch, kind)
+    logits = model.apply(heads.variables(params, gates), *inputs)
+    _, plain = steps.token_losses(logits, targets, 0.0)
+    return logits, targets, plain, batch["weights"].astype(jnp.float32)
+
+  def loss_fn(gates, batch):
+    _, _, plain, w = per_token(gates, batch)
+    return jnp.sum(plain * w, -1) / jnp.maximum(jnp.sum(w, -1), 1.0)
+
+  @jax.jit
+  def correct(gates, batch):
+    logits, targets, _, w = per_token(gates, batch)
+    return jnp.sum((logits.argmax(-1) == targets) * w), jnp.sum(w)
+
+  def accuracy_fn(gates, batches):
+    sums = [correct(gates, b) for b in batches]
+    return float(sum(c for c, _ in sums) / max(float(sum(n for _, n in sums)), 1.0))
+
+  return loss_fn, accuracy_fn
+
+
+def _self_attention_weights(weights) -> dict[str, list]:
+  """{"encoder": [per layer [B, H, T, T]], "decoder": [...]} from a model's returned weights."""
+  out = {}
+  for stack in ("encoder", "decoder"):
+    layers = (weights or {}).get(stack) if isinstance(weights, dict) else None
+    if not layers:
+      continue
+    out[stack] = [w["self"] if isinstance(w, dict) else w for w in layers]
+  return out
+
+
+def _entity_types(class_names) -> tuple[list[str], np.ndarray] | None:
+  """IOB2 tag names -> (entity types, tag id -> type index or -1); None when the tags are not IOB2."""
+  names = list(class_names or ())
+  if "O" not in names or not all(n == "O" or n[:2] in ("B-", "I-") for n in names):
+    return None
+  types = sorted({n[2:] for n in names if n != "O"})
+  return types, np.array([-1 if n == "O" else types.index(n[2:]) for n in names])
+
+
+@functools.lru_cache(maxsize=8)
+def _weights_fn(model):
+  """The model's attention weights, jitted once per model: (params, *inputs) -> weights."""
+  return jax.jit(lambda p, *inputs: model.apply({"params": p}, *inputs, return_weights=True)[1])
+
+
+def _roles_and_classes(model, params, batches, kind: str, task) -> dict:
+  roles: dict[str, dict[str, list[float]]] = {}
+  class_scores: dict[str, list[list[float]]] = {}
+  entity = _entity_types(getattr(task, "class_names", ())) if kind == "tagging" else None
+  apply = _weights_fn(model)
+  sums: dict[str, dict[str, np.ndarray]] = {}
+  class_sums: dict[str, np.ndarray] = {}
+  count = 0
+  for batch in batches:
+    inputs, targets = steps.inputs_and_targets(batch, kind)
+    stacks = _self_attention_weights(apply(params, *inputs))
+    targets_valid = np.asarray(batch["weights"]) > 0  # The target side's real tokens.
+    pad_id = getattr(getattr(task, "vocab", None), "pad_id", 0)
+    source_valid = np.asarray(inputs[0]) != pad_id
+    valid = source_valid if kind == "seq2seq" else targets_valid
+    n = next(iter(batch.values())).shape[0]
+    count += n
+    for stack, layers in stacks.items():
+      for i, w in enumerate(layers):
+        name = f"{stack}/layer_{i}/self_attention"
+        rows = targets_valid if stack == "decoder" else valid
+        scores = analysis.head_role_scores(w, rows)
+        acc = sums.setdefault(name, {})
+        for role, value in scores.items():
+          acc[role] = acc.get(role, 0.0) + np.asarray(value) * n
+        if entity is not None and stack == "encoder":
+          types = np.where(valid, entity[1][np.asarray(targets)], -1)
+          scores_HC = np.asarray(analysis.class_attention(w, types, types, len(entity[0])))
+          class_sums[name] = class_sums.get(name, 0.0) + scores_HC * n
+  for name, acc in sums.items():
+    roles[name] = {role: (value / max(count, 1)).tolist() for role, value in acc.items()}
+  for name, total in class_sums.items():
+    class_scores[name] = (total / max(count, 1)).tolist()
+  return {"roles": roles, "entity_types": entity[0] if entity else [], "class_attention": class_scores}
+
+
+def _rollouts(model, params, batches, kind: str, num_examples: int) -> list[dict]:
+  """Encoder (or decoder, for a language model) self-attention rollout of the first examples."""
+  batch = batches[0]
+  inputs, _ = steps.inputs_and_targets(batch, kind)
+  weights = _weights_fn(model)(params, *inputs)
+  stacks = _self_attention_weights(weights)
+  stack = "encoder" if "encoder" in stacks else "decoder"
+  rollout = np.asarray(analysis.attention_rollout(stacks[stack]))
+  tokens = np.asarray(inputs[0])
+  out = []
+  pad_id = 0
+  for b in range(min(num_examples, tokens.shape[0])):
+    length = max(int(np.sum(tokens[b] != pad_id)) if kind != "lm" else tokens.shape[1], 1)
+    out.append(
+      {
+        "stack": stack,
+        "tokens": tokens[b, :length].tolist(),
+        "rollout": rollout[b, :length, :length].tolist(),
+      }
+    )
+  return out
+
+
+def analyze_run(
+  workdir: str,
+  *,
+  split: str = "dev",
+  max_examples: int = 256,
+  num_rollouts: int = 3,
+  echo: Callable[[str], None] = print,
+) -> dict:
+  """Every number `launch.analyze` writes: {"importance", "pruning", "roles", "class_attention",
+  "class_attention_at_init", "rollouts", ...} for seed 0 of the run in `workdir`.
+
+  Raises:
+    ConfigError: when `workdir` holds no run or no checkpoint, or `split` is unknown.
+  """
+  start = time.time()
+  config, task, model, params = setup.restore_run(workdir)
+  kind = task.kind
+  batches = _batches(config, task, split, max_examples)
+  echo(f"analyze: {workdir}, split {split}, {sum(b['weights'].shape[0] for b in batches)} examples")
+  loss_fn, accuracy_fn = loss_and_metric(model, params, kind)
+  gates = heads.head_gates(params)
+  echo("analyze: importance (gradients and ablations)")
+  scores = heads.head_importance(loss_fn, gates, batches)
+  importance = {
+    name: {key: scores[key][name].tolist() for key in ("importance", "normalized", "ablation")}
+    for name in scores["importance"]
+  }
+  pruning = {}
+  for kinds, label in (
+    (("encoder_self", "decoder_self"), "self"),
+    (("cross",), "cross"),
+    (heads.KINDS, "all"),
+  ):
+    echo(f"analyze: pruning ({label} attention)")
+    curve = heads.prune_heads(loss_fn, lambda g: accuracy_fn(g, batches), gates, batches, kinds=kinds)
+    if curve:
+      pruning[label] = curve
+  echo("analyze: head roles and rollout")
+  roles = _roles_and_classes(model, params, batches, kind, task)
+  example_inputs = steps.inputs_and_targets(batches[0], kind)[0]
+  init_params = model.init(jax.random.PRNGKey(int(config.seed) + INIT_SEED_OFFSET), *example_inputs)
+  at_init = _roles_and_classes(model, init_params["params"], batches, kind, task)
+  result = {
+    "workdir": workdir,
+    "split": split,
+    "kind": kind,
+    "num_examples": int(sum(b["weights"].shape[0] for b in batches)),
+    "loss": scores["loss"],
+    "accuracy": accuracy_fn(gates, batches),
+    "importance": importance,
+    "pruning": pruning,
+    "roles": roles["roles"],
+    "roles_at_init": at_init["roles"],
+    "entity_types": roles["entity_types"],
+    "class_attention": roles["class_attention"],
+    "class_attention_at_init": at_init["class_attention"],
+    "rollouts": _rollouts(model, params, batches, kind, num_rollouts),
+    "seconds": time.time() - start,
+  }
+  return result

@@ -1,0 +1,123 @@
+"""What a run's heads do: `python -m launch.analyze --workdir=RUN [--split=dev] [--out=DIR]`.
+
+Reads a finished (or checkpointed) run of any task and writes into DIR (default RUN/analysis):
+importance.png (Michel et al.'s normalised head importance, layer x head, a panel per attention
+kind), ablation.png (the loss increase when each head alone is gated off), pruning.png (token
+accuracy against the fraction of heads pruned: self- and cross-attention separately, and all),
+roles.png and roles.md (previous-token, first-token, self and local scores per head), for an IOB2
+tagging task class_attention.png (heads x entity types: the attention a token of type E gives to
+tokens of type E, trained and at random initialisation), rollout_<i>.png (attention rollout of the
+first examples), and analysis.json with every number. See attn/train/analysis.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import numpy as np
+from absl import app, flags
+
+from attn import train
+from attn.runs import plots
+from attn.train import analysis
+from launch import run, start_quietly
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "A run directory (of launch.train).")
+_SPLIT = flags.DEFINE_enum("split", "dev", analysis.SPLITS, "The data the heads are scored on.")
+_OUT = flags.DEFINE_string("out", None, "Output folder; default RUN/analysis.")
+_MAX_EXAMPLES = flags.DEFINE_integer("max_examples", 256, "At most this many examples of the split.")
+flags.mark_flags_as_required(["workdir"])
+
+
+def _layer_panels(per_layer: dict[str, list[float]]) -> tuple[dict, dict]:
+  """{layer name: [H]} -> ({kind: [layers, H]}, {kind: layer labels})."""
+  panels, labels = {}, {}
+  for name, values in per_layer.items():
+    stack, layer, which = name.split("/")[-3:]
+    kind = "cross" if which == "cross_attention" else f"{stack} self"
+    panels.setdefault(kind, []).append(values)
+    labels.setdefault(kind, []).append(layer)
+  return {k: np.asarray(v) for k, v in panels.items()}, labels
+
+
+def write_outputs(result: dict, out_dir: str) -> list[str]:
+  os.makedirs(out_dir, exist_ok=True)
+  written = []
+
+  def target(name):
+    path = os.path.join(out_dir, name)
+    written.append(path)
+    return path
+
+  for key, name, title in (
+    ("normalized", "importance.png", "head importance (Michel et al.), normalised per layer"),
+    ("ablation", "ablation.png", "loss increase with the head gated off"),
+  ):
+    panels, labels = _layer_panels({n: v[key] for n, v in result["importance"].items()})
+    plots.heatmap_panels(panels, target(name), title, row_labels=labels)
+  if result["pruning"]:
+    lines = {
+      label: ([p["fraction"] for p in curve], [p["metric"] for p in curve])
+      for label, curve in result["pruning"].items()
+    }
+    plots.line_plot(
+      lines, target("pruning.png"), xlabel="fraction of heads pruned",
+      ylabel="token accuracy", title="greedy pruning by importance (re-scored each step)",
+    )  # fmt: skip
+  table = ["| layer | head | " + " | ".join(analysis.analysis.ROLES) + " |"]
+  table.append("|---|---|" + "---|" * len(analysis.analysis.ROLES))
+  for name, scores in result["roles"].items():
+    for h in range(len(scores["self"])):
+      cells = " | ".join(f"{scores[role][h]:.3f}" for role in analysis.analysis.ROLES)
+      table.append(f"| {name} | {h} | {cells} |")
+  with open(target("roles.md"), "w", encoding="utf-8") as f:
+    f.write("\n".join(table) + "\n")
+  role_panels = {
+    name: np.asarray([scores[role] for role in analysis.analysis.ROLES])
+    for name, scores in result["roles"].items()
+  }
+  plots.heatmap_panels(
+    role_panels, target("roles.png"), "head-role scores",
+    row_labels={name: list(analysis.analysis.ROLES) for name in role_panels},
+  )  # fmt: skip
+  if result["class_attention"]:
+    panels = {}
+    for name, scores in result["class_attention"].items():
+      panels[f"{name} (trained)"] = np.asarray(scores)
+      panels[f"{name} (random init)"] = np.asarray(result["class_attention_at_init"][name])
+    plots.heatmap_panels(
+      panels, target("class_attention.png"),
+      "attention from tokens of entity type E to tokens of type E (rows: heads)",
+      col_labels=result["entity_types"],
+    )  # fmt: skip
+  for i, example in enumerate(result["rollouts"]):
+    labels = [str(t) for t in example["tokens"]]
+    plots.attention_heatmaps(
+      [np.asarray(example["rollout"])[None]], labels, labels, target(f"rollout_{i}.png"),
+      f"attention rollout ({example['stack']}), example {i}",
+    )  # fmt: skip
+  with open(target("analysis.json"), "w", encoding="utf-8") as f:
+    json.dump(result, f, indent=1)
+  return written
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  start_quietly()
+  if not os.path.isdir(_WORKDIR.value):
+    sys.exit(f"error: --workdir: {_WORKDIR.value!r} is not a directory")
+  try:
+    result = analysis.analyze_run(_WORKDIR.value, split=_SPLIT.value, max_examples=_MAX_EXAMPLES.value)
+  except train.ConfigError as e:
+    sys.exit(f"error: {e}")
+  out_dir = _OUT.value or os.path.join(_WORKDIR.value, "analysis")
+  for path in write_outputs(result, out_dir):
+    print(f"wrote {path}")
+  print(f"analyze: done in {result['seconds']:.1f} s")
+
+
+if __name__ == "__main__":
+  run(main)

@@ -1,0 +1,83 @@
+"""Tests for attn/train/analysis.py and launch/analyze.py on a tiny trained run: every number of
+analysis.json is there and well formed (importance per layer and head, pruning curves for self and
+cross attention, role scores in [0, 1], rollout rows summing to one), the files are written, and a
+missing run is one line."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from absl import flags
+from absl.testing import flagsaver
+
+from attn import train
+from attn.train import analysis
+from launch import analyze as analyze_app
+from tests.train.common import ATTENTION_LAYERS, smoke_config
+
+
+@pytest.fixture(scope="module")
+def analyzed(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp("run")
+  config = smoke_config(
+    num_train_steps=4, log_every_steps=2, eval_every_steps=4, checkpoint_every_steps=4
+  )
+  config.num_seeds = 1
+  train.train_and_evaluate(config, str(workdir))
+  return workdir, analysis.analyze_run(str(workdir), max_examples=8, echo=lambda line: None)
+
+
+def test_analysis_has_every_number(analyzed):
+  _, result = analyzed
+  assert result["num_examples"] == 8 and result["kind"] == "seq2seq"
+  assert sorted(result["importance"]) == sorted(ATTENTION_LAYERS)
+  for scores in result["importance"].values():
+    assert len(scores["normalized"]) == len(scores["ablation"]) == 4  # The smoke model's 4 heads.
+    assert np.linalg.norm(scores["normalized"]) == pytest.approx(1.0, abs=1e-6)
+  assert set(result["pruning"]) == {"self", "cross", "all"}
+  for label, heads_of_kind in (("self", 8), ("cross", 4), ("all", 12)):
+    curve = result["pruning"][label]
+    assert curve[0]["fraction"] == 0.0 and curve[-1]["fraction"] == 1.0
+    assert curve[-1]["pruned"] == heads_of_kind
+    assert all(0.0 <= point["metric"] <= 1.0 for point in curve)
+  assert curve[0]["metric"] == pytest.approx(result["accuracy"])
+  for scores in (*result["roles"].values(), *result["roles_at_init"].values()):
+    for values in scores.values():
+      assert all(-1e-6 <= v <= 1.0 + 1e-6 for v in values)
+  assert sorted(result["roles"]) == ["decoder/layer_0/self_attention", "encoder/layer_0/self_attention"]
+  for example in result["rollouts"]:
+    np.testing.assert_allclose(np.asarray(example["rollout"]).sum(-1), 1.0, atol=1e-5)
+  assert result["entity_types"] == [] and result["class_attention"] == {}  # Not a tagging task.
+
+
+def test_launch_analyze_writes_the_files_and_refuses_a_missing_run(analyzed, tmp_path, capsys):
+  workdir, _ = analyzed
+  flags.FLAGS(["analyze", f"--workdir={workdir}"])
+  with flagsaver.flagsaver(out=str(tmp_path / "out"), max_examples=8):
+    analyze_app.main(["analyze"])
+  out = capsys.readouterr().out
+  for name in (
+    "importance.png",
+    "ablation.png",
+    "pruning.png",
+    "roles.png",
+    "roles.md",
+    "analysis.json",
+  ):
+    assert f"wrote {tmp_path / 'out' / name}" in out
+  assert json.loads((tmp_path / "out" / "analysis.json").read_text())["split"] == "dev"
+  assert "| encoder/layer_0/self_attention | 1 |" in (tmp_path / "out" / "roles.md").read_text()
+  missing = pytest.raises(SystemExit, match=r"^error: --workdir: .* is not a directory$")
+  with flagsaver.flagsaver(workdir=str(tmp_path / "nothing")), missing:
+    analyze_app.main(["analyze"])
+  empty = pytest.raises(SystemExit, match=r"^error: --workdir: .* holds no run")
+  with flagsaver.flagsaver(workdir=str(tmp_path)), empty:
+    analyze_app.main(["analyze"])
+
+
+def test_iob2_tags_give_entity_types_and_others_none():
+  types, of_tag = analysis._entity_types(("O", "B-location", "I-location", "B-person", "I-person"))
+  assert types == ["location", "person"] and of_tag.tolist() == [-1, 0, 0, 1, 1]
+  assert analysis._entity_types(("positive", "negative")) is None
