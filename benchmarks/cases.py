@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from attn.core import attention, masks
+from attn.core import attention, masks, positions
 from benchmarks.timing import import_torch
 
 MODES = ("forward", "forward+backward")
@@ -94,12 +94,26 @@ def attention_inputs(case: AttentionCase, seed: int = 0) -> tuple[jax.Array, jax
   return q, k, v
 
 
+# The variants suite's memory rows: flash attention with a relative-position bias computed per tile.
+RELATIVE_IMPLS = ("ours/flash+alibi", "ours/flash+t5")
+
+
 def jax_attention_fn(impl: str, case: AttentionCase, mode: str) -> Callable:
   """The (unjitted) function of (q, k, v) that `impl` runs: the output, or the gradients of sum(out)
   with respect to q, k and v."""
   causal = case.causal
 
   def forward(q, k, v):
+    if impl in RELATIVE_IMPLS:  # The flash kernel with ALiBi or a causal T5 bias, per tile.
+      H = q.shape[-2]
+      bias = (
+        positions.RelativeBias("alibi", positions.alibi_slopes(H))
+        if impl == "ours/flash+alibi"
+        else positions.RelativeBias("t5", jnp.zeros((32, H)), bidirectional=False)
+      )
+      return attention.dot_product_attention(
+        q, k, v, is_causal=causal, relative_bias=bias, implementation="flash"
+      )
     if impl.startswith("ours/"):
       choice = {"ours/naive": "naive", "ours/flash": "flash", "ours/auto": None}[impl]
       return attention.dot_product_attention(q, k, v, is_causal=causal, implementation=choice)

@@ -111,7 +111,14 @@ def test_variants_rows_time_every_variant_against_plain_flash():
   result = variants.variants_suite(smoke=True, repeats=1, budget_s=1.0)
   rows = result["rows"]
   assert rows[0]["variant"] == "flash (plain)" and rows[0]["ratio_vs_flash"] == 1.0
-  assert len(rows) == 9 and all(_positive(row["ratio_vs_flash"]) for row in rows)
+  timed, memory_rows = rows[:9], rows[9:]
+  assert all(_positive(row["ratio_vs_flash"]) for row in timed)
+  assert [row["variant"] for row in memory_rows] == [
+    "flash (plain), memory",
+    "alibi, memory",
+    "t5_bias, memory",
+  ]
+  assert all(_positive(row["peak_mib"]) for row in memory_rows)
 
 
 def test_nanogpt_flag_must_name_a_checkout(tmp_path):
