@@ -206,3 +206,25 @@ def class_attention(
   total_HC = jnp.einsum("bhtc,btc->hc", to_class_BHTC, q_onehot)
   rows_C = q_onehot.sum((0, 1))
   return total_HC / jnp.maximum(rows_C, 1.0)
+
+
+def spearman(a, b) -> float:
+  """Spearman's rank correlation of two 1-D arrays (ties get their average rank); nan when either
+  is constant or shorter than 2."""
+  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+  if a.shape != b.shape or a.ndim != 1:
+    raise ValueError(f"spearman: needs two 1-D arrays of one length, got {a.shape} and {b.shape}")
+  if a.size < 2:
+    return float("nan")
+  ra, rb = _average_ranks(a), _average_ranks(b)
+  if np.std(ra) == 0.0 or np.std(rb) == 0.0:
+    return float("nan")
+  return float(np.corrcoef(ra, rb)[0, 1])
+
+
+def _average_ranks(x: np.ndarray) -> np.ndarray:
+  order = np.argsort(x, kind="stable")
+  ranks = np.empty(len(x))
+  ranks[order] = np.arange(len(x), dtype=np.float64)
+  _, inverse = np.unique(x, return_inverse=True)
+  return (np.bincount(inverse, ranks) / np.bincount(inverse))[inverse]

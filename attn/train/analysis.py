@@ -17,12 +17,14 @@ import math
 import time
 from collections.abc import Callable
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from attn.core import analysis
 from attn.nn import heads
+from attn.nn.models import Embedder
 from attn.train import setup, steps
 
 SPLITS = ("dev", "train")
@@ -73,8 +75,12 @@ def loss_and_metric(model, params, kind: str) -> tuple[Callable, Callable]:
   return loss_fn, accuracy_fn
 
 
-def _self_attention_weights(weights) -> dict[str, list]:
-  """{"encoder": [per layer [B, H, T, T]], "decoder": [...]} from a model's returned weights."""
+def _self_attention_weights(weights, kind: str) -> dict[str, list]:
+  """{"encoder": [per layer [B, H, T, T]], "decoder": [...]} from a model's returned weights: a
+  Transformer's {"encoder": [...], "decoder": [{"self", "cross"}]}, or the one stack's list of an
+  EncoderTagger (the encoder) or a LanguageModel (the decoder)."""
+  if isinstance(weights, list | tuple):
+    weights = {("encoder" if kind == "tagging" else "decoder"): list(weights)}
   out = {}
   for stack in ("encoder", "decoder"):
     layers = (weights or {}).get(stack) if isinstance(weights, dict) else None
@@ -109,7 +115,7 @@ def _roles_and_classes(model, params, batches, kind: str, task) -> dict:
   count = 0
   for batch in batches:
     inputs, targets = steps.inputs_and_targets(batch, kind)
-    stacks = _self_attention_weights(apply(params, *inputs))
+    stacks = _self_attention_weights(apply(params, *inputs), kind)
     targets_valid = np.asarray(batch["weights"]) > 0  # The target side's real tokens.
     pad_id = getattr(getattr(task, "vocab", None), "pad_id", 0)
     source_valid = np.asarray(inputs[0]) != pad_id
@@ -140,7 +146,7 @@ def _rollouts(model, params, batches, kind: str, num_examples: int) -> list[dict
   batch = batches[0]
   inputs, _ = steps.inputs_and_targets(batch, kind)
   weights = _weights_fn(model)(params, *inputs)
-  stacks = _self_attention_weights(weights)
+  stacks = _self_attention_weights(weights, kind)
   stack = "encoder" if "encoder" in stacks else "decoder"
   rollout = np.asarray(analysis.attention_rollout(stacks[stack]))
   tokens = np.asarray(inputs[0])
@@ -156,6 +162,68 @@ def _rollouts(model, params, batches, kind: str, num_examples: int) -> list[dict
       }
     )
   return out
+
+
+def token_importance(model, params, batch: dict, unk_id: int) -> dict:
+  """Which input tokens decide a tagger's prediction at each example's first scored position (the
+  key word of the seed tasks), by four measures: attention rollout, the last layer's raw attention
+  (heads averaged), the input gradient (the norm of d log p(predicted tag) / d the token's input
+  embedding, through `flax.linen.intercept_methods` on the embedder), and ablation (the drop in
+  log p(predicted tag) when the token is replaced by <unk>), the reference the paper compares against.
+
+  Returns:
+    {"rollout", "raw_attention", "input_gradient": mean over examples of each measure's Spearman
+    correlation with ablation over the example's other real tokens, "per_example": {measure: [B]},
+    "examples": B}.
+  """
+  inputs, _ = steps.inputs_and_targets(batch, "tagging")
+  tokens = np.asarray(inputs[0])
+  rest = inputs[1:]
+  B, T = tokens.shape
+  position = np.argmax(np.asarray(batch["weights"]) > 0, axis=1)  # [B]
+  rows = jnp.arange(B)
+
+  def log_p(delta, tokens_BT, tags=None):
+    def add(next_fun, args, kwargs, context):
+      out = next_fun(*args, **kwargs)
+      if isinstance(context.module, Embedder) and context.method_name == "__call__":
+        return out + delta.astype(out.dtype)
+      return out
+
+    with nn.intercept_methods(add):
+      logits = model.apply({"params": params}, tokens_BT, *rest)
+    logp = jax.nn.log_softmax(logits.astype(jnp.float32))[rows, position]  # [B, C]
+    tags = logp.argmax(-1) if tags is None else tags
+    return logp[rows, tags], tags
+
+  weights = _weights_fn(model)(params, *inputs)
+  layers = _self_attention_weights(weights, "tagging")["encoder"]
+  rollout = np.asarray(analysis.attention_rollout(layers))[np.arange(B), position]  # [B, T]
+  raw = np.asarray(jnp.asarray(layers[-1], jnp.float32).mean(1))[np.arange(B), position]
+  d_model = _embedding_dim(params)
+  zero = jnp.zeros((B, T, d_model), jnp.float32)
+  base, tags = log_p(zero, jnp.asarray(tokens))
+  grad = jax.grad(lambda d: log_p(d, jnp.asarray(tokens), tags)[0].sum())(zero)
+  gradient = np.asarray(jnp.linalg.norm(grad, axis=-1))
+  drops = np.zeros((B, T))
+  for t in range(T):
+    ablated = tokens.copy()
+    ablated[:, t] = unk_id
+    drops[:, t] = np.asarray(base - log_p(zero, jnp.asarray(ablated), tags)[0])
+  real = tokens != 0
+  per_example = {"rollout": [], "raw_attention": [], "input_gradient": []}
+  for b in range(B):
+    keep = real[b].copy()
+    keep[position[b]] = False
+    for name, scores in (("rollout", rollout), ("raw_attention", raw), ("input_gradient", gradient)):
+      per_example[name].append(analysis.spearman(scores[b][keep], drops[b][keep]))
+  summary = {name: float(np.nanmean(values)) for name, values in per_example.items()}
+  return {**summary, "per_example": per_example, "examples": B}
+
+
+def _embedding_dim(params) -> int:
+  """D, from the token embedding table."""
+  return int(params["embedder"]["tokens"]["embedding"].shape[-1])
 
 
 def analyze_run(
@@ -200,8 +268,13 @@ def analyze_run(
   example_inputs = steps.inputs_and_targets(batches[0], kind)[0]
   init_params = model.init(jax.random.PRNGKey(int(config.seed) + INIT_SEED_OFFSET), *example_inputs)
   at_init = _roles_and_classes(model, init_params["params"], batches, kind, task)
+  importance_of_tokens = None
+  if kind == "tagging":
+    echo("analyze: token importance (rollout, raw attention, input gradient against ablation)")
+    importance_of_tokens = token_importance(model, params, batches[0], task.vocab.unk_id)
   result = {
     "workdir": workdir,
+    "token_importance": importance_of_tokens,
     "split": split,
     "kind": kind,
     "num_examples": int(sum(b["weights"].shape[0] for b in batches)),

@@ -81,3 +81,14 @@ def test_class_attention_is_the_share_a_class_gives_its_own_class():
   weights = jnp.stack([within, jnp.full((4, 4), 0.25)])[None]  # [1, 2, 4, 4]
   scores = analysis.class_attention(weights, classes, classes, num_classes=2)
   np.testing.assert_allclose(scores, [[1.0, 1.0], [0.5, 0.25]], atol=1e-6)
+
+
+def test_spearman_ranks_with_ties_and_refuses_mismatched_shapes():
+  assert analysis.spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+  assert analysis.spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+  # Ties get their average rank: ranks (0, 1.5, 1.5, 3) against (0, 1, 2, 3).
+  expected = np.corrcoef([0, 1.5, 1.5, 3], [0, 1, 2, 3])[0, 1]
+  assert analysis.spearman([1, 5, 5, 9], [1, 2, 3, 4]) == pytest.approx(expected)
+  assert np.isnan(analysis.spearman([1, 1, 1], [1, 2, 3]))
+  with pytest.raises(ValueError, match="spearman: needs two 1-D arrays"):
+    analysis.spearman([1, 2], [1, 2, 3])
