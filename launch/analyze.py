@@ -7,7 +7,8 @@ accuracy against the fraction of heads pruned: self- and cross-attention separat
 roles.png and roles.md (previous-token, first-token, self and local scores per head), for an IOB2
 tagging task class_attention.png (heads x entity types: the attention a token of type E gives to
 tokens of type E, trained and at random initialisation), rollout_<i>.png (attention rollout of the
-first examples), and analysis.json with every number. See attn/train/analysis.py.
+first examples), and analysis.json with every number; `--seed_index=i` analyses seed i of the run
+(default DIR: RUN/analysis_seed<i>). See attn/train/analysis.py.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "A run directory (of launch.trai
 _SPLIT = flags.DEFINE_enum("split", "dev", analysis.SPLITS, "The data the heads are scored on.")
 _OUT = flags.DEFINE_string("out", None, "Output folder; default RUN/analysis.")
 _MAX_EXAMPLES = flags.DEFINE_integer("max_examples", 256, "At most this many examples of the split.")
+_SEED_INDEX = flags.DEFINE_integer("seed_index", 0, "Which of the run's seeds to analyse.")
 flags.mark_flags_as_required(["workdir"])
 
 
@@ -110,10 +112,14 @@ def main(argv):
   if not os.path.isdir(_WORKDIR.value):
     sys.exit(f"error: --workdir: {_WORKDIR.value!r} is not a directory")
   try:
-    result = analysis.analyze_run(_WORKDIR.value, split=_SPLIT.value, max_examples=_MAX_EXAMPLES.value)
+    result = analysis.analyze_run(
+      _WORKDIR.value, split=_SPLIT.value, max_examples=_MAX_EXAMPLES.value,
+      seed_index=_SEED_INDEX.value,
+    )  # fmt: skip
   except train.ConfigError as e:
     sys.exit(f"error: {e}")
-  out_dir = _OUT.value or os.path.join(_WORKDIR.value, "analysis")
+  default = "analysis" if _SEED_INDEX.value == 0 else f"analysis_seed{_SEED_INDEX.value}"
+  out_dir = _OUT.value or os.path.join(_WORKDIR.value, default)
   for path in write_outputs(result, out_dir):
     print(f"wrote {path}")
   print(f"analyze: done in {result['seconds']:.1f} s")

@@ -232,16 +232,18 @@ def analyze_run(
   split: str = "dev",
   max_examples: int = 256,
   num_rollouts: int = 3,
+  seed_index: int = 0,
   echo: Callable[[str], None] = print,
 ) -> dict:
   """Every number `launch.analyze` writes: {"importance", "pruning", "roles", "class_attention",
-  "class_attention_at_init", "rollouts", ...} for seed 0 of the run in `workdir`.
+  "class_attention_at_init", "rollouts", "token_importance", ...} for seed `seed_index` of the run
+  in `workdir`.
 
   Raises:
     ConfigError: when `workdir` holds no run or no checkpoint, or `split` is unknown.
   """
   start = time.time()
-  config, task, model, params = setup.restore_run(workdir)
+  config, task, model, params = setup.restore_run(workdir, seed_index)
   kind = task.kind
   batches = _batches(config, task, split, max_examples)
   echo(f"analyze: {workdir}, split {split}, {sum(b['weights'].shape[0] for b in batches)} examples")
@@ -274,6 +276,7 @@ def analyze_run(
     importance_of_tokens = token_importance(model, params, batches[0], task.vocab.unk_id)
   result = {
     "workdir": workdir,
+    "seed_index": seed_index,
     "token_importance": importance_of_tokens,
     "split": split,
     "kind": kind,
