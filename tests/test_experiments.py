@@ -24,16 +24,22 @@ from attn.runs import compare, sweep
 from attn.train import loop
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-CONFIGS = ("base", "sqrt_d", "heads", "depth", "ner", "translate", "shakespeare_char")
+CONFIGS = (
+  "base", "sqrt_d", "heads", "depth", "ner", "translate", "shakespeare_char", "prune", "ner_heads",
+  "rollout",
+)  # fmt: skip
 TEXT_SWEEPS = ("positions", "stability")  # Sweeps of the text task: validated on a small text file.
 # Configs whose task reads config.data.path: validated on fixtures in their own tests (never on the
 # shared data), e.g. tests/tasks/test_ner.py.
-FILE_DATA_CONFIGS = ("ner", "translate", "shakespeare_char", *TEXT_SWEEPS)
+FILE_DATA_CONFIGS = ("ner", "translate", "shakespeare_char", "ner_heads", *TEXT_SWEEPS)
 TRAIN_CONFIGS = (
   "base",
   "ner",
   "translate",
   "shakespeare_char",
+  "prune",
+  "ner_heads",
+  "rollout",
 )  # Run by launch.train; the others by launch.sweep.
 SWEEPS = ("sqrt_d", "heads", "depth")
 SEED_TASK_SWEEPS = ("cue", "word_sense")  # Tagging sweeps on attn.seed_tasks (main metric: accuracy).
