@@ -1,4 +1,17 @@
-"""How deep: 1, 2, 4 or 6 encoder and decoder layers?
+"""How deep: 1, 2, 4 or 6 encoder and decoder layers, under post-LN, pre-LN and pre-RMSNorm?
+
+Norm arms (runs/depth_norms, 3 seeds each, sequence accuracy after 600 steps, mean ± std; 17 min on
+a 2-core CPU shared with another sweep):
+  layers          1             2             4             6
+  post, layer     0.79 ± 0.04   0.78 ± 0.03   0.74 ± 0.05   0.44 ± 0.12
+  pre, layer      0.81 ± 0.02   0.82 ± 0.03   0.82 ± 0.03   0.79 ± 0.07
+  pre, rms        0.85 ± 0.04   0.74 ± 0.07   0.76 ± 0.15   0.81 ± 0.05
+Per-block gradient norms at initialisation, 6 + 6 layers (launch.compare --split=diagnostics
+--step=0 --series=decoder/layer_0/grad_norm,...): post-LN's decoder grows toward the output, 0.44,
+0.64, 0.89, 1.13, 1.77, 2.62 (6x); pre-LN's is flat to falling, 1.50, 1.28, 1.21, 1.08, 1.06, 1.00,
+as Xiong et al. 2020 report. With pre-LN the 6-layer stack trains (0.79) where post-LN's fails
+(0.44): the depth sweep's inversion of the paper's direction is post-LN's, not depth's. Figures:
+experiments/figures/depth_grad_norms_at_init.png, depth_sequence_accuracy.png.
 
 Question: the notes stack attention blocks. This sweep trains the sort task with 1, 2, 4 and 6 layers
 in both the encoder and the decoder (D = 64, 4 heads, post-LN as in the paper), three seeds each.
