@@ -318,10 +318,11 @@ def _forward_looped(q, k, v, aux, config):
   return jnp.moveaxis(out, 0, 1).reshape(N, Tp, -1), jnp.moveaxis(lse, 0, 1).reshape(N, Tp)
 
 
-def _zero_grads(aux, rel_shape):
+def _zero_grads(aux):
+  """Zero accumulators for the gradients of the bias and the relative bias's parameters (or None)."""
   bias, rel = aux[0], aux[4]
   d_bias = None if bias is None else jnp.zeros(bias.shape, jnp.float32)
-  d_rel = None if rel is None else jnp.zeros(rel_shape, jnp.float32)
+  d_rel = None if rel is None else jnp.zeros(rel.shape, jnp.float32)
   return d_bias, d_rel
 
 
@@ -331,7 +332,7 @@ def _backward_looped(q, k, v, aux, out, lse, d_out, config):
   Tp = q.shape[1]
   n_q, n_k = Tp // block_q, k.shape[1] // block_k
   delta = jnp.sum(d_out * out, axis=-1)  # [N, Tp]: rowsum(dO * O).
-  d_bias, d_rel = _zero_grads(aux, None if aux[4] is None else aux[4].shape)
+  d_bias, d_rel = _zero_grads(aux)
 
   def key_block(carry, j):
     dq, d_bias, d_rel = carry
@@ -426,7 +427,7 @@ def _backward_unrolled(q, k, v, aux, out, lse, d_out, config):
   block_q, block_k = config["block_q"], config["block_k"]
   n_q, n_k = q.shape[1] // block_q, k.shape[1] // block_k
   delta = jnp.sum(d_out * out, axis=-1)
-  d_bias, d_rel = _zero_grads(aux, None if aux[4] is None else aux[4].shape)
+  d_bias, d_rel = _zero_grads(aux)
   dq = [jnp.zeros(q[:, :block_q].shape, jnp.float32) for _ in range(n_q)]
   dks, dvs = [], []
   for j in range(n_k):

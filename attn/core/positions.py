@@ -187,9 +187,6 @@ class RelativeBias:
     if self.kind not in ("alibi", "t5"):
       raise ValueError(f"RelativeBias.kind: unknown choice {self.kind!r}; expected 'alibi' or 't5'")
 
-  def num_heads(self) -> int:
-    return self.params.shape[-1]
-
   def check(self, num_heads: int) -> None:
     """Raises ValueError naming the shape when `params` does not fit `num_heads` query heads."""
     want = (num_heads,) if self.kind == "alibi" else (self.num_buckets, num_heads)
