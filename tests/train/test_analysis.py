@@ -1,20 +1,14 @@
-"""Tests for attn/train/analysis.py and launch/analyze.py on a tiny trained run: every number of
-analysis.json is there and well formed (importance per layer and head, pruning curves for self and
-cross attention, role scores in [0, 1], rollout rows summing to one), the files are written, and a
-missing run is one line."""
+"""Tests for attn/train/analysis.py on a tiny trained run: every number of analysis.json is there and
+well formed (importance per layer and head, pruning curves for self and cross attention, role scores
+in [0, 1], rollout rows summing to one). launch/analyze.py is tested in tests/launch/test_analyze.py."""
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
-from absl import flags
-from absl.testing import flagsaver
 
 from attn import train
 from attn.train import analysis
-from launch import analyze as analyze_app
 from tests.train.common import ATTENTION_LAYERS, smoke_config
 
 
@@ -50,31 +44,6 @@ def test_analysis_has_every_number(analyzed):
   for example in result["rollouts"]:
     np.testing.assert_allclose(np.asarray(example["rollout"]).sum(-1), 1.0, atol=1e-5)
   assert result["entity_types"] == [] and result["class_attention"] == {}  # Not a tagging task.
-
-
-def test_launch_analyze_writes_the_files_and_refuses_a_missing_run(analyzed, tmp_path, capsys):
-  workdir, _ = analyzed
-  flags.FLAGS(["analyze", f"--workdir={workdir}"])
-  with flagsaver.flagsaver(out=str(tmp_path / "out"), max_examples=8):
-    analyze_app.main(["analyze"])
-  out = capsys.readouterr().out
-  for name in (
-    "importance.png",
-    "ablation.png",
-    "pruning.png",
-    "roles.png",
-    "roles.md",
-    "analysis.json",
-  ):
-    assert f"wrote {tmp_path / 'out' / name}" in out
-  assert json.loads((tmp_path / "out" / "analysis.json").read_text())["split"] == "dev"
-  assert "| encoder/layer_0/self_attention | 1 |" in (tmp_path / "out" / "roles.md").read_text()
-  missing = pytest.raises(SystemExit, match=r"^error: --workdir: .* is not a directory$")
-  with flagsaver.flagsaver(workdir=str(tmp_path / "nothing")), missing:
-    analyze_app.main(["analyze"])
-  empty = pytest.raises(SystemExit, match=r"^error: --workdir: .* holds no run")
-  with flagsaver.flagsaver(workdir=str(tmp_path)), empty:
-    analyze_app.main(["analyze"])
 
 
 def test_iob2_tags_give_entity_types_and_others_none():
