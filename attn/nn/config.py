@@ -31,6 +31,9 @@ RELATIVE_POSITIONS = ("rope", "alibi", "t5_bias")
 QK_NORMS = ("none", "rms")
 ATTENTION_KINDS = ("softmax", "sigmoid", "ssmax")
 NORM_KINDS = ("layer", "rms")
+# EncoderTagger's output: per-token softmax, or a linear-chain CRF with learned transitions ("free"),
+# or one whose IOB2-invalid moves (I-X not after B-X or I-X) are forbidden ("iob2").
+CRF_KINDS = ("none", "free", "iob2")
 ACTIVATIONS = ("relu", "gelu")
 # Initialisation of the weights.
 # "default": token embeddings normal(1/sqrt(D)) scaled by sqrt(D) at lookup (unit-variance entries,
@@ -86,6 +89,8 @@ class ModelConfig:
   vocab_size: int = 1000  # V, shared by source and target (one embedding table).
   num_classes: int = 0  # Tags predicted per token by EncoderTagger; unused elsewhere.
   feature_buckets: int = 0  # Rows of the hashed token-feature table (EncoderTagger); 0 = none.
+  crf: str = "none"  # EncoderTagger's output layer: one of CRF_KINDS.
+  class_names: tuple[str, ...] = ()  # The tags' names (from the task); "iob2" reads them.
   d_model: int = 256  # D, the width of the residual stream.
   num_heads: int = 4  # H, query heads per attention layer.
   head_dim_policy: str = "fixed_model_dim"  # "fixed_model_dim" (K = D/H) or "fixed_head_dim".
@@ -130,6 +135,11 @@ class ModelConfig:
     if self.feature_buckets == 1 or self.feature_buckets < 0:
       raise ValueError(
         f"feature_buckets: must be 0 (no features) or at least 2, got {self.feature_buckets}"
+      )
+    check_choice("crf", self.crf, CRF_KINDS)
+    if self.crf == "iob2" and len(self.class_names) != self.num_classes:
+      raise ValueError(
+        f"crf: 'iob2' needs the names of the {self.num_classes} classes, got {len(self.class_names)}"
       )
     K = head_dim_for("", self.head_dim_policy, self.num_heads, self.d_model, self.head_dim)
     if self.head_dim_policy == "fixed_model_dim" and self.head_dim not in (None, K):

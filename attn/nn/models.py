@@ -7,6 +7,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from attn.core import crf as crf_lib
 from attn.core import masks
 from attn.core.positions import sinusoidal_positions
 from attn.nn.blocks import Decoder, Encoder
@@ -179,11 +180,37 @@ class Transformer(nn.Module):
     return logits, {"encoder": enc_weights, "decoder": dec_weights}
 
 
+class CRFScores(nn.Module):
+  """A linear-chain CRF's learned scores: (transitions [C, C], start [C], end [C]), zero at init.
+
+  Under `config.crf = "iob2"` the moves IOB2 forbids (I-X after anything but B-X or I-X, or opening
+  a sentence) get `attn.core.crf.FORBIDDEN` added, so neither the loss nor Viterbi takes them.
+  """
+
+  config: ModelConfig
+
+  @nn.compact
+  def __call__(self):
+    c = self.config.num_classes
+    zeros = nn.initializers.zeros
+    transitions = self.param("transitions", zeros, (c, c), jnp.float32)
+    start = self.param("start", zeros, (c,), jnp.float32)
+    end = self.param("end", zeros, (c,), jnp.float32)
+    if self.config.crf == "iob2":
+      allowed, may_start = crf_lib.iob2_constraints(self.config.class_names)
+      transitions = transitions + jnp.where(allowed, 0.0, crf_lib.FORBIDDEN)
+      start = start + jnp.where(may_start, 0.0, crf_lib.FORBIDDEN)
+    return transitions, start, end
+
+
 class EncoderTagger(nn.Module):
   """An encoder and a per-token classifier: tokens [B, T] -> tag logits [B, T, num_classes].
 
   Optional `features_BTF` [B, T, F]: hashed per-token features (word shape, character n-grams, ...)
   whose embeddings are added to the tokens' when config.feature_buckets > 0 (ignored when it is 0).
+
+  With `config.crf` other than "none" the logits are a CRF's emissions, and `return_crf=True` also
+  returns the CRF's (transitions, start, end) for `attn.core.crf.log_likelihood` and `viterbi`.
   """
 
   config: ModelConfig
@@ -196,8 +223,11 @@ class EncoderTagger(nn.Module):
     *,
     deterministic=True,
     return_weights=False,
+    return_crf=False,
   ):
     cfg = self.config
+    if return_crf and cfg.crf == "none":
+      raise ValueError("return_crf: this tagger has no CRF (config.crf is 'none')")
     if cfg.num_classes <= 0:
       raise ValueError(f"num_classes: EncoderTagger needs a positive num_classes, got {cfg.num_classes}")
     mask = encoder_self_mask(tokens_BT, cfg)
@@ -209,7 +239,11 @@ class EncoderTagger(nn.Module):
     )
     x_BTD, weights = x if return_weights else (x, None)
     logits_BTC = nn.Dense(cfg.num_classes, dtype=jnp.float32, name="classifier")(x_BTD)
-    return (logits_BTC, weights) if return_weights else logits_BTC
+    out = (logits_BTC, weights) if return_weights else (logits_BTC,)
+    if cfg.crf != "none":
+      scores = CRFScores(cfg, name="crf")()  # Created at init whatever return_crf says.
+      out = (*out, scores) if return_crf else out
+    return out if len(out) > 1 else out[0]
 
 
 class LanguageModel(nn.Module):

@@ -28,6 +28,7 @@ import zlib
 import jax
 import numpy as np
 
+from attn.core import crf
 from attn.tasks.base import (
   SPECIALS,
   Task,
@@ -280,34 +281,67 @@ class NerTask(Task):
   def eval_batches(self, batch_size: int) -> list[dict[str, np.ndarray]]:
     return self.split_batches("dev", batch_size)
 
-  def logits(self, model, params, split: str, batch_size: int) -> list[np.ndarray]:
-    """The model's tag logits for `split`, one float32 [length, C] array per sentence, in file order."""
+  def _apply(self, model):
+    """The jitted model: (params, tokens, features) -> logits, or (emissions, CRF scores) for a
+    CRF tagger."""
     key = id(model)
     if key not in self._apply_fns:
-      self._apply_fns[key] = (model, jax.jit(lambda p, t, f: model.apply({"params": p}, t, f)))
-    apply = self._apply_fns[key][1]
+      extra = {"return_crf": True} if _has_crf(model) else {}
+      self._apply_fns[key] = (model, jax.jit(lambda p, t, f: model.apply({"params": p}, t, f, **extra)))
+    return self._apply_fns[key][1]
+
+  def crf_scores(self, model, params) -> tuple[np.ndarray, ...] | None:
+    """A CRF tagger's (transitions, start, end), or None for a per-token tagger."""
+    if not _has_crf(model):
+      return None
+    batch = self.split_batches("dev", 1)[0]
+    _, scores = self._apply(model)(params, batch["tokens"], batch["features"])
+    return tuple(np.asarray(x) for x in scores)
+
+  def logits(self, model, params, split: str, batch_size: int) -> list[np.ndarray]:
+    """The model's tag logits (a CRF's emissions) for `split`, one float32 [length, C] array per
+    sentence, in file order."""
+    apply = self._apply(model)
+    with_crf = _has_crf(model)
     sentences = self.splits[split]
     out: list[np.ndarray | None] = [None] * len(sentences)
     buckets = self._buckets(split, batch_size)
     for (indices, _), batch in zip(buckets, self.split_batches(split, batch_size), strict=True):
-      logits = np.asarray(apply(params, batch["tokens"], batch["features"]))
+      logits = apply(params, batch["tokens"], batch["features"])
+      logits = np.asarray(logits[0] if with_crf else logits)
       for row, i in enumerate(indices):
         out[i] = logits[row, : len(sentences[i].tags)]
     return out
 
-  def decode_tags(self, logits: list[np.ndarray], o_margin: float = 0.0) -> list[list[str]]:
-    """Argmax tags per token after lowering the O logit by `o_margin` (0: plain argmax)."""
+  def decode_tags(
+    self, logits: list[np.ndarray], o_margin: float = 0.0, crf_scores: tuple | None = None
+  ) -> list[list[str]]:
+    """Tags per token after lowering the O logit by `o_margin` (0: none): the argmax of each token,
+    or with `crf_scores` (transitions, start, end) the Viterbi sequence of each sentence."""
     o = self.class_names.index("O")
-    out = []
+    shifted = []
     for x in logits:
       x = x.copy()
       x[:, o] -= o_margin
-      out.append([self.class_names[c] for c in x.argmax(-1)])
-    return out
+      shifted.append(x)
+    if crf_scores is None:
+      ids = [x.argmax(-1) for x in shifted]
+    else:  # All sentences at once, padded to a power of two (a handful of compiled shapes).
+      length = max(8, 1 << (max(len(x) for x in shifted) - 1).bit_length())
+      emissions = np.zeros((len(shifted), length, self.num_classes), np.float32)
+      mask = np.zeros((len(shifted), length), bool)
+      for i, x in enumerate(shifted):
+        emissions[i, : len(x)], mask[i, : len(x)] = x, True
+      decoded = np.asarray(_viterbi(emissions, *crf_scores, mask)[0])
+      ids = [decoded[i, : len(x)] for i, x in enumerate(shifted)]
+    return [[self.class_names[c] for c in row] for row in ids]
 
   def predict(self, model, params, split: str, batch_size: int) -> list[list[str]]:
-    """The model's tag (argmax per token) for every token of `split`, one list per sentence."""
-    return self.decode_tags(self.logits(model, params, split, batch_size))
+    """The model's tags for every token of `split` (argmax, or a CRF's Viterbi), one list per
+    sentence."""
+    return self.decode_tags(
+      self.logits(model, params, split, batch_size), crf_scores=self.crf_scores(model, params)
+    )
 
   def score(self, model, params, batch_size: int, *, final: bool) -> dict[str, float]:
     """Entity scores (percent) on dev, and at the final evaluation on test too.
@@ -320,17 +354,18 @@ class NerTask(Task):
     """
     dev_gold = [s.tags for s in self.splits["dev"]]
     dev_logits = self.logits(model, params, "dev", batch_size)
-    scores = entity_scores(dev_gold, self.decode_tags(dev_logits))
+    decode = functools.partial(self.decode_tags, crf_scores=self.crf_scores(model, params))
+    scores = entity_scores(dev_gold, decode(dev_logits))
     out = {k: scores[k] for k in ("precision", "recall", "f1")}
-    tuned = {m: entity_scores(dev_gold, self.decode_tags(dev_logits, m))["f1"] for m in O_MARGINS}
+    tuned = {m: entity_scores(dev_gold, decode(dev_logits, m))["f1"] for m in O_MARGINS}
     margin = max(O_MARGINS, key=lambda m: (tuned[m], -m))
     out.update(tuned_f1=tuned[margin], o_margin=margin)
     if final:
       test_gold = [s.tags for s in self.splits["test"]]
       test_logits = self.logits(model, params, "test", batch_size)
-      scores = entity_scores(test_gold, self.decode_tags(test_logits))
+      scores = entity_scores(test_gold, decode(test_logits))
       out.update({f"test_{k}": v for k, v in scores.items() if not k.startswith("num_")})
-      out["test_tuned_f1"] = entity_scores(test_gold, self.decode_tags(test_logits, margin))["f1"]
+      out["test_tuned_f1"] = entity_scores(test_gold, decode(test_logits, margin))["f1"]
     return out
 
   def save(self, workdir: str) -> None:
@@ -352,6 +387,13 @@ class NerTask(Task):
 
   def decode_ids(self, ids) -> str:
     return " ".join(self.vocab.decode(ids))
+
+
+_viterbi = jax.jit(crf.viterbi)
+
+
+def _has_crf(model) -> bool:
+  return getattr(getattr(model, "config", None), "crf", "none") != "none"
 
 
 def build_vocabulary(sentences: list[Sentence], min_count: int) -> Vocabulary:

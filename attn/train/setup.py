@@ -31,6 +31,7 @@ def model_config_from(config: ml_collections.ConfigDict, task) -> ModelConfig:
   fields.update(
     vocab_size=len(task.vocab),
     num_classes=task.num_classes,
+    class_names=tuple(task.class_names),
     pad_id=task.vocab.pad_id,
     bos_id=task.vocab.bos_id,
     eos_id=task.vocab.eos_id,

@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
+from attn.core import crf
 from attn.nn import blocks
 from attn.nn.config import ModelConfig
 
@@ -57,22 +58,49 @@ def token_losses(logits, targets, label_smoothing: float):
   return optax.softmax_cross_entropy(logits, labels), plain
 
 
+def uses_crf(model, kind: str) -> bool:
+  """Whether `model` is a tagger whose output is a CRF (`ModelConfig.crf`)."""
+  return kind == "tagging" and getattr(model.config, "crf", "none") != "none"
+
+
+def loss_sums(outputs, targets, weights, *, label_smoothing: float, with_crf: bool):
+  """(smoothed loss sum, plain loss sum, predictions) of a model's outputs on one batch.
+
+  Per token (cross-entropy), or, for a CRF tagger (`outputs` = (emissions, crf scores)), the negative
+  log-likelihood of each sentence's tags summed over sentences (no label smoothing) and Viterbi's
+  tags as the predictions; either way the caller divides by the weight sum.
+  """
+  if with_crf:
+    emissions, scores = outputs
+    mask = weights > 0
+    nll = -jnp.sum(crf.log_likelihood(emissions, targets, *scores, mask))
+    return nll, nll, crf.viterbi(emissions, *scores, mask)[0]
+  smoothed, plain = token_losses(outputs, targets, label_smoothing)
+  return jnp.sum(smoothed * weights), jnp.sum(plain * weights), jnp.argmax(outputs, -1)
+
+
 def train_step(state: TrainState, batch: dict, *, model, optimizer, kind: str, label_smoothing: float):
   """One optimizer step on one seed's state; returns (new state, metrics)."""
   inputs, targets = inputs_and_targets(batch, kind)
   weights = batch["weights"]
   dropout_rng = jax.random.fold_in(state.rng, state.step)
+  with_crf = uses_crf(model, kind)
+  extra = {"return_crf": True} if with_crf else {}
 
   def loss_fn(params):
-    logits = model.apply({"params": params}, *inputs, deterministic=False, rngs={"dropout": dropout_rng})
-    smoothed, plain = token_losses(logits, targets, label_smoothing)
+    outputs = model.apply(
+      {"params": params}, *inputs, deterministic=False, rngs={"dropout": dropout_rng}, **extra
+    )
+    smoothed, plain, predictions = loss_sums(
+      outputs, targets, weights, label_smoothing=label_smoothing, with_crf=with_crf
+    )
     denom = jnp.maximum(weights.sum(), 1.0)
-    return jnp.sum(smoothed * weights) / denom, (logits, jnp.sum(plain * weights) / denom)
+    return smoothed / denom, (predictions, plain / denom)
 
-  (loss, (logits, nll)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  (loss, (predictions, nll)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
-  correct = (jnp.argmax(logits, -1) == targets) * weights
+  correct = (predictions == targets) * weights
   metrics = {
     "loss": loss,
     "nll": nll,
@@ -86,12 +114,13 @@ def eval_step(params, batch: dict, *, model, kind: str) -> dict:
   """Sums over one eval batch (rows with zero weight count for nothing); the caller divides."""
   inputs, targets = inputs_and_targets(batch, kind)
   weights = batch["weights"]
-  logits = model.apply({"params": params}, *inputs)
-  _, plain = token_losses(logits, targets, 0.0)
-  correct = (jnp.argmax(logits, -1) == targets) | (weights == 0)
+  with_crf = uses_crf(model, kind)
+  outputs = model.apply({"params": params}, *inputs, **({"return_crf": True} if with_crf else {}))
+  _, plain, predictions = loss_sums(outputs, targets, weights, label_smoothing=0.0, with_crf=with_crf)
+  correct = (predictions == targets) | (weights == 0)
   real_row = weights.sum(-1) > 0
   sums = {
-    "loss_sum": jnp.sum(plain * weights),
+    "loss_sum": plain,
     "weight_sum": weights.sum(),
     "correct_sum": jnp.sum(correct * weights),
     "sequence_correct_sum": jnp.sum(jnp.all(correct, -1) & real_row),
@@ -109,11 +138,14 @@ def diagnostics_step(params, batch: dict, *, model, kind: str) -> dict:
   inputs, targets = inputs_and_targets(batch, kind)
   weights = batch["weights"]
 
+  with_crf = uses_crf(model, kind)
+  extra = {"return_crf": True} if with_crf else {}
+
   def loss_fn(params):
-    logits, state = model.apply({"params": params}, *inputs, mutable=["diagnostics"])
-    _, plain = token_losses(logits, targets, 0.0)
+    outputs, state = model.apply({"params": params}, *inputs, mutable=["diagnostics"], **extra)
+    _, plain, _ = loss_sums(outputs, targets, weights, label_smoothing=0.0, with_crf=with_crf)
     # A model without attention layers records nothing.
-    return jnp.sum(plain * weights) / jnp.maximum(weights.sum(), 1.0), state.get("diagnostics", {})
+    return plain / jnp.maximum(weights.sum(), 1.0), state.get("diagnostics", {})
 
   grads, diagnostics = jax.grad(loss_fn, has_aux=True)(params)
   out = {}

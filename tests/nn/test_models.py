@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from attn.core import crf as crf_lib
 from attn.core.positions import sinusoidal_positions
 from attn.nn.blocks import Decoder
 from attn.nn.config import ModelConfig
@@ -380,6 +381,32 @@ def test_tagger_ignores_appended_padding(tagger):
   # Real tokens do matter: changing the last token of row 0 changes row 0's other outputs.
   changed = forward(params, TAG_TOKENS.at[0, 4].set(20))
   assert np.max(np.abs(changed[0, :4] - logits[0, :4])) > 1e-4
+
+
+CRF_NAMES = ("O", "B-person", "I-person", "B-location", "I-location")  # C = 5 classes.
+
+
+def test_crf_tagger_returns_emissions_and_scores_with_iob2_moves_forbidden():
+  model = EncoderTagger(make_config(crf="iob2", class_names=CRF_NAMES))
+  params = jax.jit(model.init)(jax.random.PRNGKey(5), TAG_TOKENS)["params"]
+  assert {k: v.shape for k, v in params["crf"].items()} == {
+    "transitions": (C, C),
+    "start": (C,),
+    "end": (C,),
+  }
+  emissions, (transitions, start, end) = model.apply({"params": params}, TAG_TOKENS, return_crf=True)
+  np.testing.assert_array_equal(emissions, model.apply({"params": params}, TAG_TOKENS))
+  assert transitions[0, 2] == start[2] == crf_lib.FORBIDDEN  # O -> I-person; I-person opening.
+  assert transitions[1, 2] == transitions[2, 2] == start[1] == end[2] == 0.0
+  free = EncoderTagger(make_config(crf="free"))
+  _, (transitions, _, _) = free.apply({"params": params}, TAG_TOKENS, return_crf=True)
+  assert not np.asarray(transitions).any()  # Learned freely: nothing added.
+  with pytest.raises(ValueError, match="return_crf: this tagger has no CRF"):
+    EncoderTagger(make_config()).apply({"params": params}, TAG_TOKENS, return_crf=True)
+  with pytest.raises(ValueError, match="crf: 'iob2' needs the names of the 5 classes"):
+    make_config(crf="iob2")
+  with pytest.raises(ValueError, match="crf: unknown choice"):
+    make_config(crf="yes")
 
 
 def test_tagger_with_attention_window_sees_only_window_times_layers():

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from attn import train
+from attn.core import crf
 from attn.tasks import ner
 from experiments import ner as ner_experiment
 
@@ -252,6 +253,37 @@ def test_o_margin_is_chosen_on_dev_and_applied_to_test(data_dir):
   assert scores["tuned_f1"] == scores["test_tuned_f1"] == 100.0
   logits = [np.array([[2.0, 1.5, 0.0]])]
   assert task.decode_tags(logits) == [["O"]] and task.decode_tags(logits, 1.0) == [["B-corporation"]]
+
+
+def test_crf_scores_decode_by_viterbi(data_dir):
+  # Emissions that favour I-person at every token: argmax decodes an invalid I- opening; with IOB2's
+  # forbidden moves as CRF scores, Viterbi opens with B-person instead.
+  task = make(data_dir)
+  names = task.class_names
+  emissions = np.zeros((3, len(names)), np.float32)
+  emissions[:, names.index("I-person")] = 3.0
+  emissions[0, names.index("B-person")] = 1.0
+  assert task.decode_tags([emissions]) == [["I-person"] * 3]
+  allowed, may_start = crf.iob2_constraints(names)
+  scores = (
+    np.where(allowed, 0.0, crf.FORBIDDEN),
+    np.where(may_start, 0.0, crf.FORBIDDEN),
+    np.zeros(len(names)),
+  )
+  assert task.decode_tags([emissions, emissions[:1]], crf_scores=scores) == [
+    ["B-person", "I-person", "I-person"],
+    ["B-person"],
+  ]
+
+
+def test_crf_tagger_trains_and_scores_on_a_fixture(data_dir, tmp_path):
+  config = ner_experiment.get_config("smoke")
+  config.data.path = str(data_dir)
+  config.model.crf = "iob2"
+  config.num_seeds = 1
+  final = train.train_and_evaluate(config, str(tmp_path / "run"))
+  assert all(0.0 <= final[k][0] <= 100.0 for k in ("f1", "tuned_f1", "test_f1"))
+  assert np.isfinite(final["loss"][0])
 
 
 def test_save_writes_vocabulary_and_tags(data_dir, tmp_path):

@@ -90,3 +90,37 @@ def test_tagging_inputs_carry_optional_features():
   batch["features"] = np.ones((2, 3, 4), np.int32)
   inputs, _ = train.inputs_and_targets(batch, "tagging")
   assert len(inputs) == 2 and inputs[1] is batch["features"]
+
+
+def test_crf_tagger_step_loss_is_the_sentences_negative_log_likelihood_per_token():
+  from attn.core import crf
+  from experiments import cue
+
+  config = cue.get_config("smoke")
+  config.model.crf = "free"
+  config.model.dropout_rate = 0.0
+  task, model_config = train.validate(config)
+  model = train.build_model(model_config, task.kind)
+  optimizer = train.make_optimizer(config)
+  batch = jax.tree.map(jnp.asarray, task.train_batch(0, 8))
+  params = jax.jit(model.init)(jax.random.PRNGKey(0), batch["tokens"])["params"]
+  params["crf"]["transitions"] = jax.random.normal(
+    jax.random.PRNGKey(2), params["crf"]["transitions"].shape
+  )
+  state = train.TrainState(
+    jnp.asarray(0, jnp.int32), params, optimizer.init(params), jax.random.PRNGKey(1)
+  )
+  emissions, scores = model.apply({"params": params}, batch["tokens"], return_crf=True)
+  weights = batch["weights"]
+  expected = -crf.log_likelihood(emissions, batch["tags"], *scores, weights > 0).sum() / weights.sum()
+  step = functools.partial(
+    train.train_step, model=model, optimizer=optimizer, kind=task.kind, label_smoothing=0.1
+  )
+  _, metrics = jax.jit(step)(state, batch)
+  np.testing.assert_allclose(metrics["loss"], expected, rtol=1e-5)  # No label smoothing for a CRF.
+  np.testing.assert_allclose(metrics["nll"], expected, rtol=1e-5)
+  sums = train.eval_step(params, batch, model=model, kind=task.kind)
+  np.testing.assert_allclose(sums["loss_sum"], expected * weights.sum(), rtol=1e-5)
+  tags, _ = crf.viterbi(emissions, *scores, weights > 0)
+  correct = ((tags == batch["tags"]) * weights).sum()
+  np.testing.assert_allclose(sums["correct_sum"], correct, rtol=1e-6)
