@@ -89,6 +89,8 @@ class ModelConfig:
   vocab_size: int = 1000  # V, shared by source and target (one embedding table).
   num_classes: int = 0  # Tags predicted per token by EncoderTagger; unused elsewhere.
   feature_buckets: int = 0  # Rows of the hashed token-feature table (EncoderTagger); 0 = none.
+  char_buckets: int = 0  # Rows of the character table of EncoderTagger's word encoder; 0 = none.
+  char_dim: int = 32  # Width of the character embeddings and of the character convolution.
   crf: str = "none"  # EncoderTagger's output layer: one of CRF_KINDS.
   class_names: tuple[str, ...] = ()  # The tags' names (from the task); "iob2" reads them.
   d_model: int = 256  # D, the width of the residual stream.
@@ -135,6 +137,11 @@ class ModelConfig:
     if self.feature_buckets == 1 or self.feature_buckets < 0:
       raise ValueError(
         f"feature_buckets: must be 0 (no features) or at least 2, got {self.feature_buckets}"
+      )
+    if self.char_buckets == 1 or self.char_buckets < 0 or self.char_dim <= 0:
+      raise ValueError(
+        f"char_buckets: must be 0 (no characters) or at least 2, with a positive char_dim; got "
+        f"{self.char_buckets} and {self.char_dim}"
       )
     check_choice("crf", self.crf, CRF_KINDS)
     if self.crf == "iob2" and len(self.class_names) != self.num_classes:

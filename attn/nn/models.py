@@ -97,6 +97,31 @@ class Embedder(nn.Module):
     return rows_BTFD.sum(-2) * jnp.sqrt(self.config.d_model / count_BT1)
 
 
+class CharEncoder(nn.Module):
+  """Each word from its characters (Ma & Hovy 2016): chars [B, T, W] -> [B, T, D].
+
+  Characters (code point + 1; 0 = none) pick row 1 + c mod (char_buckets - 1) of a table of width
+  char_dim; a convolution of width 3 over the word, ReLU, the maximum over the word's characters,
+  and a Dense to D. A word with no characters (padding) gives a zero vector.
+  """
+
+  config: ModelConfig
+
+  @nn.compact
+  def __call__(self, chars_BTW: Array) -> Array:
+    cfg = self.config
+    valid_BTW = chars_BTW > 0
+    ids_BTW = jnp.where(valid_BTW, chars_BTW % (cfg.char_buckets - 1) + 1, 0)
+    table = nn.Embed(
+      cfg.char_buckets, cfg.char_dim, embedding_init=nn.initializers.normal(1.0), name="table"
+    )
+    x_BTWC = table(ids_BTW) * valid_BTW[..., None]
+    x_BTWC = nn.relu(nn.Conv(cfg.char_dim, (3,), padding="SAME", name="conv")(x_BTWC))
+    pooled_BTC = jnp.max(jnp.where(valid_BTW[..., None], x_BTWC, 0.0), axis=-2)
+    words_BTD = nn.Dense(cfg.d_model, name="project")(pooled_BTC)
+    return words_BTD * jnp.any(valid_BTW, axis=-1, keepdims=True)
+
+
 class _OutputHead(nn.Module):
   """Logits over the vocabulary: the embedding transposed (tied) or a separate Dense."""
 
@@ -207,7 +232,9 @@ class EncoderTagger(nn.Module):
   """An encoder and a per-token classifier: tokens [B, T] -> tag logits [B, T, num_classes].
 
   Optional `features_BTF` [B, T, F]: hashed per-token features (word shape, character n-grams, ...)
-  whose embeddings are added to the tokens' when config.feature_buckets > 0 (ignored when it is 0).
+  whose embeddings are added to the tokens' when config.feature_buckets > 0 (ignored when it is 0);
+  optional `chars_BTW` [B, T, W]: each word's characters, encoded by a `CharEncoder` and added when
+  config.char_buckets > 0 (ignored when it is 0).
 
   With `config.crf` other than "none" the logits are a CRF's emissions, and `return_crf=True` also
   returns the CRF's (transitions, start, end) for `attn.core.crf.log_likelihood` and `viterbi`.
@@ -220,6 +247,7 @@ class EncoderTagger(nn.Module):
     self,
     tokens_BT: Array,
     features_BTF: Array | None = None,
+    chars_BTW: Array | None = None,
     *,
     deterministic=True,
     return_weights=False,
@@ -234,6 +262,13 @@ class EncoderTagger(nn.Module):
     x_BTD = Embedder(cfg, name="embedder")(
       tokens_BT, features_BTF=features_BTF, deterministic=deterministic
     )
+    if cfg.char_buckets:
+      if chars_BTW is None:
+        chars_BTW = jnp.zeros((*tokens_BT.shape, 1), jnp.int32)  # No characters: a zero vector.
+      words_BTD = CharEncoder(cfg, name="chars")(chars_BTW)
+      x_BTD = x_BTD + nn.Dropout(cfg.dropout_rate)(words_BTD, deterministic=deterministic).astype(
+        x_BTD.dtype
+      )
     x = Encoder(cfg, name="encoder")(
       x_BTD, mask=mask, deterministic=deterministic, return_weights=return_weights
     )

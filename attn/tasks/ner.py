@@ -14,6 +14,10 @@ capitalisation, length, prefixes, suffixes and character n-grams. `EncoderTagger
 their embeddings into the token's when `ModelConfig.feature_buckets` > 0 and ignores them otherwise, so
 `--config.model.feature_buckets=0` is the words-only ablation. Test entities are mostly unseen surface
 forms (WNUT 2017), and these features are what a model can know about a word it has never seen.
+
+With `max_chars` > 0 the batches also carry each word's characters, `chars [B, T, W]` (W =
+max_chars; the Unicode code point + 1 of each of the word's first W characters, case kept, 0 = none),
+for the tagger's character encoder (`ModelConfig.char_buckets`).
 """
 
 from __future__ import annotations
@@ -192,6 +196,7 @@ class NerTask(Task):
   max_features: int
   word_dropout: float
   seed: int
+  max_chars: int = 0  # Characters per word in `chars` [B, T, W]; 0 = no `chars` in the batches.
   name: str = "ner"
   files: tuple[str, ...] = ()  # The train, dev and test files read.
 
@@ -210,30 +215,39 @@ class NerTask(Task):
   def num_classes(self) -> int:
     return len(self.class_names)
 
-  def _encode(self, sentences: list[Sentence]) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+  def _encode(self, sentences: list[Sentence]) -> list[tuple[np.ndarray, ...]]:
+    """Per sentence: (tokens [n], features [n, F], tags [n], characters [n, W])."""
     out = []
     for s in sentences:
       tokens = self.vocab.encode([normalize(t) for t in s.tokens])
       feats = np.zeros((len(s.tokens), self.max_features), np.int32)
+      chars = np.zeros((len(s.tokens), self.max_chars), np.int32)
       for i, t in enumerate(s.tokens):
         row = token_features(t, first=i == 0, max_features=self.max_features)
         feats[i, : len(row)] = row
+        codes = [ord(c) + 1 for c in t[: self.max_chars]]
+        chars[i, : len(codes)] = codes
       tags = np.array([self._class_ids[t] for t in s.tags], np.int32)
-      out.append((tokens, feats, tags))
+      out.append((tokens, feats, tags, chars))
     return out
 
   def _batch(self, rows, length: int) -> dict[str, np.ndarray]:
     """Stacks encoded sentences, cut to `length`, into one batch."""
     features = np.zeros((len(rows), length, self.max_features), np.int32)
-    for i, (_, f, _) in enumerate(rows):
+    chars = np.zeros((len(rows), length, self.max_chars), np.int32)
+    for i, (_, f, _, c) in enumerate(rows):
       features[i, : min(len(f), length)] = f[:length]
-    tokens = pad_rows([t[:length] for t, _, _ in rows], length, self.vocab.pad_id)
-    return {
+      chars[i, : min(len(c), length)] = c[:length]
+    tokens = pad_rows([r[0][:length] for r in rows], length, self.vocab.pad_id)
+    batch = {
       "tokens": tokens,
       "features": features,
-      "tags": pad_rows([g[:length] for _, _, g in rows], length, 0),
+      "tags": pad_rows([r[2][:length] for r in rows], length, 0),
       "weights": (tokens != self.vocab.pad_id).astype(np.float32),
     }
+    if self.max_chars:
+      batch["chars"] = chars
+    return batch
 
   @functools.lru_cache(maxsize=4)  # noqa: B019 (a few epochs' orders, kept with the task)
   def _epoch_order(self, epoch: int) -> np.ndarray:
@@ -261,7 +275,7 @@ class NerTask(Task):
     batch padded to the power of two (at least 8) at or above its longest sentence, so that one long
     sentence pads only its own batch and a handful of shapes are compiled."""
     rows = self._encoded[split]
-    order = np.argsort([len(t) for t, _, _ in rows], kind="stable")
+    order = np.argsort([len(r[0]) for r in rows], kind="stable")
     buckets = []
     for start in range(0, len(order), batch_size):
       indices = order[start : start + batch_size]
@@ -282,12 +296,16 @@ class NerTask(Task):
     return self.split_batches("dev", batch_size)
 
   def _apply(self, model):
-    """The jitted model: (params, tokens, features) -> logits, or (emissions, CRF scores) for a
-    CRF tagger."""
+    """The jitted model: (params, batch) -> logits, or (emissions, CRF scores) for a CRF tagger."""
     key = id(model)
     if key not in self._apply_fns:
       extra = {"return_crf": True} if _has_crf(model) else {}
-      self._apply_fns[key] = (model, jax.jit(lambda p, t, f: model.apply({"params": p}, t, f, **extra)))
+
+      def apply(params, batch):
+        inputs = [batch[k] for k in ("tokens", "features", "chars") if k in batch]
+        return model.apply({"params": params}, *inputs, **extra)
+
+      self._apply_fns[key] = (model, jax.jit(apply))
     return self._apply_fns[key][1]
 
   def crf_scores(self, model, params) -> tuple[np.ndarray, ...] | None:
@@ -295,7 +313,7 @@ class NerTask(Task):
     if not _has_crf(model):
       return None
     batch = self.split_batches("dev", 1)[0]
-    _, scores = self._apply(model)(params, batch["tokens"], batch["features"])
+    _, scores = self._apply(model)(params, _model_inputs(batch))
     return tuple(np.asarray(x) for x in scores)
 
   def logits(self, model, params, split: str, batch_size: int) -> list[np.ndarray]:
@@ -307,7 +325,7 @@ class NerTask(Task):
     out: list[np.ndarray | None] = [None] * len(sentences)
     buckets = self._buckets(split, batch_size)
     for (indices, _), batch in zip(buckets, self.split_batches(split, batch_size), strict=True):
-      logits = apply(params, batch["tokens"], batch["features"])
+      logits = apply(params, _model_inputs(batch))
       logits = np.asarray(logits[0] if with_crf else logits)
       for row, i in enumerate(indices):
         out[i] = logits[row, : len(sentences[i].tags)]
@@ -392,6 +410,10 @@ class NerTask(Task):
 _viterbi = jax.jit(crf.viterbi)
 
 
+def _model_inputs(batch: dict) -> dict:
+  return {k: batch[k] for k in ("tokens", "features", "chars") if k in batch}
+
+
 def _has_crf(model) -> bool:
   return getattr(getattr(model, "config", None), "crf", "none") != "none"
 
@@ -406,8 +428,8 @@ def build_vocabulary(sentences: list[Sentence], min_count: int) -> Vocabulary:
 
 
 def make_task(task_config, data_config, *, seed: int, workdir: str | None = None) -> NerTask:
-  """The NER task of `task_config` (fields max_length, min_count, max_features, word_dropout) on the
-  folder `data_config.path` holding train, dev and test files.
+  """The NER task of `task_config` (fields max_length, min_count, max_features, word_dropout and
+  optionally max_chars) on the folder `data_config.path` holding train, dev and test files.
 
   Raises:
     ValueError: naming the config field (a bad value, no data.path, a missing file) or, for a
@@ -422,6 +444,11 @@ def make_task(task_config, data_config, *, seed: int, workdir: str | None = None
   for field in ("max_length", "min_count", "max_features"):
     if int(task_config[field]) <= 0:
       raise ValueError(f"config.task.{field}: must be positive, got {task_config[field]}")
+  max_chars = task_config.get("max_chars", 0)
+  if isinstance(max_chars, bool) or not isinstance(max_chars, int) or max_chars < 0:
+    raise ValueError(
+      f"config.task.max_chars: must be an int >= 0 (0 = no characters), got {max_chars!r}"
+    )
   if not 0.0 <= float(task_config.word_dropout) < 1.0:
     raise ValueError(f"config.task.word_dropout: must be in [0, 1), got {task_config.word_dropout}")
   files = {split: split_path(path, split) for split in SPLITS}
@@ -437,5 +464,6 @@ def make_task(task_config, data_config, *, seed: int, workdir: str | None = None
     max_features=int(task_config.max_features),
     word_dropout=float(task_config.word_dropout),
     seed=seed,
+    max_chars=max_chars,
     files=tuple(files.values()),
   )

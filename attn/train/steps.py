@@ -37,12 +37,15 @@ def state_initializer(model, optimizer, example_inputs):
 
 
 def inputs_and_targets(batch: dict, kind: str):
-  """The model's inputs and the targets of a batch: (src, tgt_in), tgt_out for seq2seq; (tokens,) or
-  (tokens, features), tags for tagging; (tokens,), targets for a language model."""
+  """The model's inputs and the targets of a batch: (src, tgt_in), tgt_out for seq2seq; (tokens,),
+  (tokens, features) or (tokens, features, chars), tags for tagging; (tokens,), targets for a
+  language model."""
   if kind == "seq2seq":
     return (batch["src"], batch["tgt_in"]), batch["tgt_out"]
   if kind == "lm":
     return (batch["tokens"],), batch["targets"]
+  if "chars" in batch:  # Each word's characters [B, T, W] (attn.tasks.ner with max_chars).
+    return (batch["tokens"], batch.get("features"), batch["chars"]), batch["tags"]
   if "features" in batch:  # Optional hashed per-token features [B, T, F] (attn.tasks.ner).
     return (batch["tokens"], batch["features"]), batch["tags"]
   return (batch["tokens"],), batch["tags"]

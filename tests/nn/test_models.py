@@ -14,7 +14,7 @@ from attn.core import crf as crf_lib
 from attn.core.positions import sinusoidal_positions
 from attn.nn.blocks import Decoder
 from attn.nn.config import ModelConfig
-from attn.nn.models import Embedder, EncoderTagger, LanguageModel, Transformer
+from attn.nn.models import CharEncoder, Embedder, EncoderTagger, LanguageModel, Transformer
 
 V, D, H, C = 30, 16, 2, 5
 NUM_ENCODER_LAYERS, NUM_DECODER_LAYERS = 1, 1
@@ -629,3 +629,23 @@ def test_without_positions_an_encoder_is_permutation_equivariant():
   for positions in ("sinusoidal", "rope", "t5_bias"):  # Absolute, rotary, a relative bias.
     plain, permuted = outputs(positions)
     assert not np.allclose(permuted, plain[:, perm], atol=1e-3), positions
+
+
+def test_char_encoder_adds_a_vector_per_word_from_its_characters():
+  config = make_config(char_buckets=64, char_dim=8)
+  model = EncoderTagger(config)
+  chars = jnp.zeros((*TAG_TOKENS.shape, 4), jnp.int32).at[:, :3, :2].set(ord("a") + 1)
+  params = jax.jit(model.init)(jax.random.PRNGKey(5), TAG_TOKENS, None, chars)["params"]
+  assert params["chars"]["table"]["embedding"].shape == (64, 8)
+  forward = jax.jit(lambda p, c: model.apply({"params": p}, TAG_TOKENS, None, c))
+  logits = np.asarray(forward(params, chars))
+  assert np.isfinite(logits).all()
+  # A word's characters change the tagger's outputs; no characters at all equals no chars input.
+  changed = np.asarray(forward(params, chars.at[0, 1, 0].set(ord("Z") + 1)))
+  assert np.max(np.abs(changed[0, 1] - logits[0, 1])) > 1e-4
+  none = model.apply({"params": params}, TAG_TOKENS)
+  np.testing.assert_allclose(forward(params, jnp.zeros_like(chars)), none, atol=1e-6)
+  words = CharEncoder(config).apply({"params": params["chars"]}, chars)
+  assert not np.asarray(words)[:, 3:].any()  # Words without characters: a zero vector.
+  with pytest.raises(ValueError, match="char_buckets: must be 0"):
+    make_config(char_buckets=1)

@@ -276,10 +276,24 @@ def test_crf_scores_decode_by_viterbi(data_dir):
   ]
 
 
+def test_max_chars_adds_each_words_characters_to_the_batches(data_dir):
+  task = make(data_dir, max_chars=4)
+  batch = task.train_batch(0, 3)
+  assert batch["chars"].shape == (*batch["tokens"].shape, 4)
+  words = {s.tokens[0] for s in task.splits["train"]}
+  first = "".join(chr(c - 1) for c in batch["chars"][0, 0] if c)
+  assert first in {w[:4] for w in words}  # Case kept, cut to 4.
+  assert not batch["chars"][batch["weights"] == 0].any()
+  assert "chars" not in make(data_dir).train_batch(0, 3)
+  with pytest.raises(ValueError, match=r"config\.task\.max_chars: must be an int"):
+    make(data_dir, max_chars=-1)
+
+
 def test_crf_tagger_trains_and_scores_on_a_fixture(data_dir, tmp_path):
   config = ner_experiment.get_config("smoke")
   config.data.path = str(data_dir)
   config.model.crf = "iob2"
+  config.model.char_buckets, config.task.max_chars = 64, 6  # The character encoder too.
   config.num_seeds = 1
   final = train.train_and_evaluate(config, str(tmp_path / "run"))
   assert all(0.0 <= final[k][0] <= 100.0 for k in ("f1", "tuned_f1", "test_f1"))
