@@ -12,9 +12,26 @@ Command: python -m launch.train --config=experiments/prune.py --workdir=runs/pru
 Then, for each seed i in 0, 1, 2: python -m launch.analyze --workdir=runs/prune --seed_index=i
 (runs/prune/analysis*/: ablation.png, pruning.png, analysis.json).
 Presets: "" (the run above) and "smoke" (a tiny model, a few steps).
-Time on a 2-core CPU: (not yet run).
+Time on a 2-core CPU: 204 s to train (3 seeds vmapped, 1000 steps), then about 70 s per analysis.
 
-Found: (not yet run).
+Found (dev split, 256 examples; token accuracy 0.982 ± 0.009 with every head, mean ± std over 3 seeds):
+  (a) Single heads, each gated off alone (48 heads per seed, 144 in all): the median loss increase is
+      0.004 nats (base loss 0.13), 70% of heads raise it by less than 0.01 and 42% lower it; the most
+      important head raises it by 17% to 33% of the base loss. Most heads can go alone: holds.
+  (b) Greedy pruning of all heads (re-scored after each 10% step), token accuracy:
+        pruned   0%     10%    21%    31%    42%    52%    62%    73%    100%
+        all      0.982  0.977  0.946  0.906  0.862  0.804  0.608  0.452  0.386
+      The first 10% cost 0.005; after that accuracy falls steadily (0.04 by 21%, 0.12 by 42%) and
+      then sharply past half (0.61 at 62%). Partly holds: a tenth of the heads go for nothing and
+      the sharp drop comes past half, but already a fifth costs 3.6 points, where Michel et al.
+      remove 20% (WMT) to 40% (BERT) without a noticeable drop; there is no flat plateau.
+  (c) Pruning only one kind, token accuracy:
+        pruned   12%    25%    38%    50%    62%    75%    88%    100%
+        self     0.981  0.955  0.944  0.916  0.875  0.807  0.706  0.667
+        cross    0.978  0.966  0.946  0.915  0.819  0.620  0.431  0.320
+      Up to half pruned, self- and cross-attention are alike; beyond, cross-attention is far more
+      sensitive (0.32 with none left, against 0.67 with no self-attention): holds past 50%.
+  Figure: experiments/figures/prune_pruning_seed0.png (seed 0's curves).
 """
 
 import ml_collections
