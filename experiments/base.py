@@ -75,6 +75,16 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
   config.seed = 0  # Seed of the first model; seed i of num_seeds uses seed + i.
   config.num_seeds = 3  # Seeds trained together in one program (vmapped).
   config.data_seed = 0  # Seed of the data stream (shared by all seeds).
+  # "supervised" (the task's own targets) or "denoise" (attn.tasks.denoise: restore corrupted input
+  # tokens, the notes' "masking as noise"; `denoise` says how many and how).
+  config.objective = "supervised"
+  config.denoise = ml_collections.ConfigDict()
+  config.denoise.rate = 0.15  # Share of the input tokens chosen for corruption.
+  config.denoise.random_fraction = 0.1  # Of those, replaced by a random word (BERT's 10%).
+  config.denoise.keep_fraction = 0.1  # Of those, left as they are (BERT's 10%); the rest masked.
+  # A run directory whose parameters start this run (matched by name; see attn.train.setup.init_from).
+  config.init_from = ""
+  config.init_from_skip = "classifier,crf"  # Top-level parameters never taken from it (the head).
 
   if preset == "smoke":
     config.task.max_length = 6

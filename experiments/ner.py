@@ -49,6 +49,7 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
   config.task.max_features = 32  # Hashed features per token (F); the rest of a long word's are dropped.
   config.task.word_dropout = 0.2  # Fraction of training tokens replaced by <unk>.
   config.data.path = "../shared/data/wnut17"  # Folder holding train, dev, test (or *.conll) files.
+  config.data.unlabelled = ""  # Untagged text files for config.objective = "denoise" (comma-separated).
 
   config.model.feature_buckets = 2**15  # Rows of the hashed-feature table; 0 = words only.
   config.model.d_model = 128

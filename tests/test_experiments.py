@@ -26,12 +26,13 @@ from attn.train import loop
 REPO = pathlib.Path(__file__).resolve().parents[1]
 CONFIGS = (
   "base", "sqrt_d", "heads", "depth", "ner", "translate", "shakespeare_char", "prune", "ner_heads",
-  "rollout",
+  "rollout", "denoise", "ner_ablation",
 )  # fmt: skip
 TEXT_SWEEPS = ("positions", "stability")  # Sweeps of the text task: validated on a small text file.
 # Configs whose task reads config.data.path: validated on fixtures in their own tests (never on the
 # shared data), e.g. tests/tasks/test_ner.py.
-FILE_DATA_CONFIGS = ("ner", "translate", "shakespeare_char", "ner_heads", *TEXT_SWEEPS)
+NER_SWEEPS = ("denoise", "ner_ablation")  # Sweeps of the NER task: validated on the NER fixture.
+FILE_DATA_CONFIGS = ("ner", "translate", "shakespeare_char", "ner_heads", *TEXT_SWEEPS, *NER_SWEEPS)
 TRAIN_CONFIGS = (
   "base",
   "ner",
@@ -210,6 +211,28 @@ def test_text_sweep_points_are_valid_configs_on_a_small_text(name, tmp_path):
   else:
     rates = sorted({p["optimizer.learning_rate"] for p in module.get_sweep("")})
     assert len(rates) >= 5 and rates[-1] / rates[0] >= 30
+
+
+@pytest.mark.parametrize("name", NER_SWEEPS)
+def test_ner_sweep_points_are_valid_configs_on_the_ner_fixture(name, tmp_path):
+  from tests.tasks.test_ner import DEV, TEST, TRAIN, write
+
+  folder = write(tmp_path / "data", {"train": TRAIN, "dev": DEV, "test": TEST})
+  module = load(name)
+  full = {"denoise": 3, "ner_ablation": 3}[name]
+  for preset in PRESETS:
+    points = module.get_sweep(preset)
+    assert len(points) == ({"denoise": 1, "ner_ablation": 2}[name] if preset == "smoke" else full)
+    for point in points:
+      config = with_overrides(module.get_config(preset), point)
+      config.data.path, config.data.unlabelled = str(folder), ""
+      task, model_config = train.validate(config)
+      for key, value in point.items():
+        if key.startswith("model."):
+          assert getattr(model_config, key.split(".")[-1]) == value
+      if name == "denoise":
+        assert task.num_classes == len(task.vocab) == model_config.num_classes
+  assert load("denoise").get_config().data.unlabelled.endswith("tatoeba_fra_eng/train.tsv")
 
 
 @pytest.mark.parametrize("preset", PRESETS)

@@ -20,20 +20,31 @@ def corrupt_tokens(
   mask_id: int,
   *,
   eligible: jax.Array | None = None,
+  random_fraction: float = 0.0,
+  keep_fraction: float = 0.0,
+  random_range: tuple[int, int] | None = None,
 ) -> tuple[jax.Array, jax.Array]:
-  """Replaces each eligible token by `mask_id` with probability `rate`.
+  """Chooses each eligible token with probability `rate` and corrupts it.
+
+  A chosen token becomes `mask_id`, except that a `random_fraction` of them become a uniformly random
+  id from `random_range` = [low, high) and a `keep_fraction` stay as they are (BERT's 80 / 10 / 10
+  is random_fraction = keep_fraction = 0.1). The defaults mask every chosen token.
 
   Args:
     rng: PRNG key.
     tokens: int [batch..., T].
-    rate: probability in [0, 1] that an eligible token is replaced.
-    mask_id: the id written in place of a corrupted token.
+    rate: probability in [0, 1] that an eligible token is chosen.
+    mask_id: the id written in place of a masked token.
     eligible: bool, broadcastable to `tokens`; only these positions may be corrupted (pass
       `tokens != pad_id` to leave padding alone). Defaults to all positions.
+    random_fraction, keep_fraction: shares of the chosen tokens replaced by a random id or kept;
+      each in [0, 1], their sum at most 1.
+    random_range: [low, high) of the random ids (e.g. past the special tokens, to the vocabulary
+      size); required when random_fraction > 0.
 
   Returns:
-    (corrupted tokens, bool array of the positions that were replaced), both shaped like `tokens`;
-    a denoising loss is usually taken on the replaced positions only.
+    (corrupted tokens, bool array of the chosen positions), both shaped like `tokens`; a denoising
+    loss is usually taken on the chosen positions only (kept ones included, as in BERT).
   """
   if isinstance(rate, bool) or not isinstance(rate, numbers.Real) or not 0.0 <= rate <= 1.0:
     raise ValueError(f"corrupt_tokens: rate must be a number in [0, 1], got {rate!r}")
@@ -42,7 +53,23 @@ def corrupt_tokens(
   tokens = jnp.asarray(tokens)
   if not jnp.issubdtype(tokens.dtype, jnp.integer):
     raise ValueError(f"corrupt_tokens: tokens must be integer ids, got {tokens.dtype}")
-  replaced = jax.random.bernoulli(rng, rate, jnp.shape(tokens))
+  for name, value in (("random_fraction", random_fraction), ("keep_fraction", keep_fraction)):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0.0 <= value <= 1.0:
+      raise ValueError(f"corrupt_tokens: {name} must be a number in [0, 1], got {value!r}")
+  if random_fraction + keep_fraction > 1.0:
+    raise ValueError(
+      f"corrupt_tokens: random_fraction + keep_fraction must be at most 1, got "
+      f"{random_fraction} + {keep_fraction}"
+    )
+  if random_fraction > 0 and (
+    random_range is None or len(random_range) != 2 or not 0 <= random_range[0] < random_range[1]
+  ):
+    raise ValueError(
+      f"corrupt_tokens: random_fraction > 0 needs random_range = (low, high) with 0 <= low < high, "
+      f"got {random_range!r}"
+    )
+  choose_rng, kind_rng, id_rng = jax.random.split(rng, 3)
+  replaced = jax.random.bernoulli(choose_rng, rate, jnp.shape(tokens))
   if eligible is not None:
     eligible = jnp.asarray(eligible)
     if eligible.dtype != jnp.bool_:
@@ -56,4 +83,13 @@ def corrupt_tokens(
         f"corrupt_tokens: eligible of shape {eligible.shape} does not broadcast to tokens {tokens.shape}"
       )
     replaced = replaced & eligible
-  return jnp.where(replaced, jnp.asarray(mask_id, tokens.dtype), tokens), replaced
+  corrupted = jnp.where(replaced, jnp.asarray(mask_id, tokens.dtype), tokens)
+  if random_fraction == 0.0 and keep_fraction == 0.0:
+    return corrupted, replaced
+  u = jax.random.uniform(kind_rng, jnp.shape(tokens))
+  if random_fraction > 0:
+    low, high = random_range
+    random_ids = jax.random.randint(id_rng, jnp.shape(tokens), low, high, tokens.dtype)
+    corrupted = jnp.where(replaced & (u < random_fraction), random_ids, corrupted)
+  keep = replaced & (u >= random_fraction) & (u < random_fraction + keep_fraction)
+  return jnp.where(keep, tokens, corrupted), replaced

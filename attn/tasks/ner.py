@@ -18,6 +18,11 @@ forms (WNUT 2017), and these features are what a model can know about a word it 
 With `max_chars` > 0 the batches also carry each word's characters, `chars [B, T, W]` (W =
 max_chars; the Unicode code point + 1 of each of the word's first W characters, case kept, 0 = none),
 for the tagger's character encoder (`ModelConfig.char_buckets`).
+
+`config.data.unlabelled` (comma-separated files) adds untagged text for the denoising objective
+(`attn.tasks.denoise`, through `unlabelled_batch`): a `.tsv` file gives its first column (Tatoeba's
+English side), split into words and punctuation; any other file is read as CoNLL and its tags are
+ignored. The vocabulary stays the training split's, so a tagger that starts from such a run shares it.
 """
 
 from __future__ import annotations
@@ -197,6 +202,7 @@ class NerTask(Task):
   word_dropout: float
   seed: int
   max_chars: int = 0  # Characters per word in `chars` [B, T, W]; 0 = no `chars` in the batches.
+  unlabelled: tuple[tuple[str, ...], ...] = ()  # Untagged sentences (words) for `unlabelled_batch`.
   name: str = "ner"
   files: tuple[str, ...] = ()  # The train, dev and test files read.
 
@@ -269,6 +275,25 @@ class NerTask(Task):
       )
       batch["tokens"] = np.where(drop & (batch["weights"] > 0), self.vocab.unk_id, batch["tokens"])
     return batch
+
+  @functools.lru_cache(maxsize=4)  # noqa: B019 (a few epochs' orders, kept with the task)
+  def _unlabelled_order(self, epoch: int, total: int) -> np.ndarray:
+    return np.random.default_rng([self.seed, 3, epoch]).permutation(total)
+
+  def unlabelled_batch(self, step: int, batch_size: int) -> dict[str, np.ndarray]:
+    """A batch of the training sentences and the `unlabelled` ones together, in a fresh shuffled
+    order each epoch (a pure function of (seed, step)); tags are all O (nothing is tagged)."""
+    total = len(self._encoded["train"]) + len(self.unlabelled)
+    rows = []
+    for i in range(step * batch_size, (step + 1) * batch_size):
+      epoch, index = divmod(i, total)
+      j = int(self._unlabelled_order(epoch, total)[index])
+      if j < len(self._encoded["train"]):
+        rows.append(self._encoded["train"][j])
+      else:  # Encoded when drawn: 160k sentences of features up front would take a while.
+        tokens = self.unlabelled[j - len(self._encoded["train"])]
+        rows.extend(self._encode([Sentence(tokens, ("O",) * len(tokens))]))
+    return self._batch(rows, self._train_length)
 
   def _buckets(self, split: str, batch_size: int) -> list[tuple[np.ndarray, int]]:
     """(sentence indices, padded length) of each batch of `split`: sentences sorted by length, each
@@ -451,6 +476,10 @@ def make_task(task_config, data_config, *, seed: int, workdir: str | None = None
     )
   if not 0.0 <= float(task_config.word_dropout) < 1.0:
     raise ValueError(f"config.task.word_dropout: must be in [0, 1), got {task_config.word_dropout}")
+  unlabelled_files = [f.strip() for f in str(data_config.get("unlabelled", "")).split(",") if f.strip()]
+  for file in unlabelled_files:
+    if not os.path.isfile(file):
+      raise ValueError(f"config.data.unlabelled: {file!r} is not a file")
   files = {split: split_path(path, split) for split in SPLITS}
   splits = {split: read_conll(file) for split, file in files.items()}
   for split, sentences in splits.items():
@@ -465,5 +494,22 @@ def make_task(task_config, data_config, *, seed: int, workdir: str | None = None
     word_dropout=float(task_config.word_dropout),
     seed=seed,
     max_chars=max_chars,
-    files=tuple(files.values()),
+    unlabelled=tuple(s for file in unlabelled_files for s in read_unlabelled(file)),
+    files=(*files.values(), *unlabelled_files),
   )
+
+
+_WORDS = re.compile(r"\w+(?:'\w+)?|[^\w\s]")
+
+
+def read_unlabelled(path: str) -> list[tuple[str, ...]]:
+  """The sentences of an untagged file, as words: a .tsv's first column split into words and
+  punctuation, or a CoNLL file's tokens (tags ignored)."""
+  if not path.endswith(".tsv"):
+    return [s.tokens for s in read_conll(path)]
+  sentences = []
+  for line in read_lines(path):
+    words = tuple(_WORDS.findall(line.split("\t")[0]))
+    if words:
+      sentences.append(words)
+  return sentences

@@ -321,7 +321,12 @@ def init_or_restore(config, checkpoints, init_fn, seed_rngs, abstract_state, sha
   """
   saved = sorted(checkpoints.all_steps(), reverse=True)
   if not saved:
-    return init_fn(seed_rngs), None, checkpoints
+    state = init_fn(seed_rngs)
+    if config.get("init_from", ""):  # A fresh run only: a resumed one has its own parameters.
+      params = jax.device_put(setup.init_from(config, state.params), sharding)
+      state = state.replace(params=params)
+      logging.info("Parameters taken by name from %s.", config.init_from)
+    return state, None, checkpoints
   unreadable = []
   for step in saved:
     try:

@@ -16,9 +16,11 @@ from attn import tasks
 from attn.nn.config import ModelConfig
 from attn.nn.models import EncoderTagger, LanguageModel, Transformer
 from attn.runs import files
+from attn.tasks import denoise
 from attn.train.steps import TrainState, inputs_and_targets, state_initializer
 
 SCHEDULES = ("rsqrt", "cosine", "constant")
+OBJECTIVES = ("supervised", "denoise")
 
 
 class ConfigError(ValueError):
@@ -164,8 +166,17 @@ def validate(config: ml_collections.ConfigDict, *, workdir: str | None = None):
   data_path = config.get("data", {}).get("path", "")
   if data_path and not os.path.exists(data_path):
     raise ConfigError(f"config.data.path: {data_path!r} does not exist")
+  objective = config.get("objective", "supervised")
+  if objective not in OBJECTIVES:
+    raise ConfigError(f"config.objective: unknown choice {objective!r}; expected one of {OBJECTIVES}")
+  init_from = config.get("init_from", "")
+  if init_from and not os.path.isdir(init_from):
+    raise ConfigError(f"config.init_from: {init_from!r} is not a run directory")
   try:
     task = tasks.make_task(config.task, config.get("data"), seed=int(config.data_seed), workdir=workdir)
+    if objective == "denoise":
+      corruption = denoise.corruption_from(config.get("denoise"))
+      task = denoise.DenoisingTask(task, corruption, seed=int(config.data_seed))
   except ValueError as e:
     raise ConfigError(str(e)) from None
   return task, model_config_from(config, task)
@@ -188,15 +199,25 @@ def restore_run(workdir: str, seed_index: int = 0):
   Raises:
     ConfigError: when `workdir` holds no config.json or no checkpoint, or the seed does not exist.
   """
+  config = _run_config(workdir)
+  if not 0 <= seed_index < config.num_seeds:
+    raise ConfigError(f"--seed_index: {seed_index} is not in [0, {config.num_seeds})")
+  config, task, model, state = _restore_state(workdir, config)
+  return config, task, model, jax.tree.map(lambda x: x[seed_index], state.params)
+
+
+def _run_config(workdir: str) -> ml_collections.ConfigDict:
   resolved = files.read_json(files.path(workdir, files.CONFIG_FILE))
   if not isinstance(resolved, dict):
     raise ConfigError(f"--workdir: {workdir!r} holds no run (no readable {files.CONFIG_FILE})")
   for derived in ("resolved_model", files.DATA_HASHES):  # Written by the loop, not config fields.
     resolved.pop(derived, None)
-  config = ml_collections.ConfigDict(resolved)
+  return ml_collections.ConfigDict(resolved)
+
+
+def _restore_state(workdir: str, config: ml_collections.ConfigDict):
+  """(config, task, model, the latest checkpoint's state with its seed axis) of a run directory."""
   task, model_config = validate(config, workdir=workdir)
-  if not 0 <= seed_index < config.num_seeds:
-    raise ConfigError(f"--seed_index: {seed_index} is not in [0, {config.num_seeds})")
   model = build_model(model_config, task.kind)
   abstract_state = abstract_train_state(config, task, model, make_optimizer(config))
   checkpoints = ocp.CheckpointManager(files.checkpoints_dir(workdir))
@@ -205,4 +226,55 @@ def restore_run(workdir: str, seed_index: int = 0):
     raise ConfigError(f"--workdir: {workdir!r} holds no checkpoint yet")
   state = checkpoints.restore(latest, args=ocp.args.StandardRestore(abstract_state))
   checkpoints.close()
-  return config, task, model, jax.tree.map(lambda x: x[seed_index], state.params)
+  return config, task, model, state
+
+
+def init_from(config: ml_collections.ConfigDict, params):
+  """`params` (with their leading seed axis) with every parameter that `config.init_from`'s run also
+  has, by name, taken from that run: seed i from its seed i mod its seed count. Top-level names in
+  `config.init_from_skip` (comma-separated; the output head by default) stay as initialised, as do
+  parameters the other run lacks. Returns `params` unchanged when `config.init_from` is empty.
+
+  Raises:
+    ConfigError: naming the parameter and both shapes when the two runs disagree on one, or when no
+      parameter matches at all.
+  """
+  source = config.get("init_from", "")
+  if not source:
+    return params
+  skip = {name.strip() for name in config.get("init_from_skip", "").split(",") if name.strip()}
+  try:
+    source_config, _, _, state = _restore_state(source, _run_config(source))
+  except ConfigError as e:
+    raise ConfigError(f"config.init_from: {str(e).removeprefix('--workdir: ')}") from None
+  num_source = int(source_config.num_seeds)
+  num_seeds = jax.tree.leaves(params)[0].shape[0]
+  seeds = [jax.tree.map(lambda x, i=i: x[i % num_source], state.params) for i in range(num_seeds)]
+  source_leaves = {
+    jax.tree_util.keystr(path): leaf for path, leaf in jax.tree_util.tree_leaves_with_path(seeds[0])
+  }
+  taken = []
+
+  def take(path, leaf):
+    name = jax.tree_util.keystr(path)
+    if path[0].key in skip or name not in source_leaves:
+      return leaf
+    if source_leaves[name].shape != leaf.shape[1:]:
+      raise ConfigError(
+        f"config.init_from: parameter {name} has shape {tuple(source_leaves[name].shape)} in "
+        f"{source!r} but {tuple(leaf.shape[1:])} here"
+      )
+    taken.append(name)
+    values = [_leaf_at(seed, path) for seed in seeds]
+    return jnp.stack(values).astype(leaf.dtype)
+
+  out = jax.tree_util.tree_map_with_path(take, params)
+  if not taken:
+    raise ConfigError(f"config.init_from: no parameter of {source!r} matches this model's by name")
+  return out
+
+
+def _leaf_at(tree, path):
+  for key in path:
+    tree = tree[key.key]
+  return tree

@@ -124,3 +124,31 @@ def test_bad_arguments_are_refused_in_one_line(kwargs, pattern):
   args = {"rate": 0.5, "mask_id": 3, **kwargs}
   with pytest.raises(ValueError, match=pattern):
     attn.corrupt_tokens(jax.random.PRNGKey(0), np.ones((2, 3), np.int32), **args)
+
+
+def test_mask_random_keep_mix_has_the_asked_shares():
+  tokens = jnp.full((200, 100), 7, jnp.int32)
+  fn = jax.jit(
+    lambda key: attn.corrupt_tokens(
+      key, tokens, 0.5, MASK_ID, random_fraction=0.1, keep_fraction=0.1, random_range=(10, 20)
+    )
+  )
+  corrupted, chosen = fn(jax.random.key(3))
+  corrupted, chosen = np.asarray(corrupted), np.asarray(chosen)
+  assert abs(chosen.mean() - 0.5) < 0.02
+  masked, kept = corrupted[chosen] == MASK_ID, corrupted[chosen] == 7
+  random = (corrupted[chosen] >= 10) & (corrupted[chosen] < 20)
+  assert (masked | kept | random).all() and (corrupted[~chosen] == 7).all()
+  npt.assert_allclose([masked.mean(), random.mean(), kept.mean()], [0.8, 0.1, 0.1], atol=0.02)
+  with pytest.raises(ValueError, match="random_fraction > 0 needs random_range"):
+    attn.corrupt_tokens(jax.random.key(0), tokens, 0.5, MASK_ID, random_fraction=0.1)
+  with pytest.raises(ValueError, match="must be at most 1"):
+    attn.corrupt_tokens(
+      jax.random.key(0),
+      tokens,
+      0.5,
+      MASK_ID,
+      random_fraction=0.6,
+      keep_fraction=0.6,
+      random_range=(1, 2),
+    )

@@ -160,3 +160,51 @@ def test_optimizer_fields_are_checked(overrides, message):
   with pytest.raises(train.ConfigError) as error:
     train.validate(_config(**overrides))
   assert str(error.value).startswith(message)
+
+
+def test_init_from_takes_matching_parameters_by_name_and_refuses_other_shapes(tmp_path):
+  """A denoising run of the cue tagger starts a tagger: the encoder and embeddings come from it, the
+  head (another shape: the vocabulary, not the tags) stays fresh; another width is one line."""
+  from attn.train import loop
+  from experiments import cue
+
+  source = cue.get_config("smoke")
+  source.objective = "denoise"
+  source.num_seeds = 1
+  source.num_train_steps = 2
+  source.log_every_steps = source.checkpoint_every_steps = source.eval_every_steps = 2
+  source_dir = str(tmp_path / "pretrained")
+  loop.train_and_evaluate(source, source_dir)
+  _, _, _, pretrained = setup.restore_run(source_dir, 0)
+
+  config = cue.get_config("smoke")
+  config.init_from = source_dir
+  task, model_config = setup.validate(config)
+  model = setup.build_model(model_config, task.kind)
+  batch = task.train_batch(0, 2)
+  fresh = jax.vmap(lambda key: model.init(key, batch["tokens"])["params"])(
+    jax.random.split(jax.random.PRNGKey(0), 2)
+  )
+  params = setup.init_from(config, fresh)
+  for seed in range(2):  # The source had one seed: both take it.
+    np.testing.assert_array_equal(
+      params["embedder"]["tokens"]["embedding"][seed], pretrained["embedder"]["tokens"]["embedding"]
+    )
+  np.testing.assert_array_equal(params["classifier"]["kernel"], fresh["classifier"]["kernel"])
+  assert pretrained["classifier"]["kernel"].shape[-1] == len(task.vocab)  # Skipped, not refused.
+
+  config.model.d_model = 2 * config.model.d_model
+  config.model.d_ff = 2 * config.model.d_ff
+  task, model_config = setup.validate(config)
+  model = setup.build_model(model_config, task.kind)
+  wider = jax.vmap(lambda key: model.init(key, batch["tokens"])["params"])(
+    jax.random.split(jax.random.PRNGKey(0), 1)
+  )
+  with pytest.raises(
+    setup.ConfigError,
+    match=r"^config.init_from: parameter \S+ has shape \(\d+, \d+\) in .* but \(\d+, \d+\) here$",
+  ):
+    setup.init_from(config, wider)
+  config.init_from = str(tmp_path)
+  with pytest.raises(setup.ConfigError, match=r"^config\.init_from: .* holds no run"):
+    setup.init_from(config, wider)
