@@ -221,6 +221,11 @@ class NerTask(Task):
   def num_classes(self) -> int:
     return len(self.class_names)
 
+  @property
+  def num_train_examples(self) -> int:
+    """Training sentences: what `config.num_train_epochs` counts passes over."""
+    return len(self._encoded["train"])
+
   def _encode(self, sentences: list[Sentence]) -> list[tuple[np.ndarray, ...]]:
     """Per sentence: (tokens [n], features [n, F], tags [n], characters [n, W])."""
     out = []

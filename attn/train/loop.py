@@ -374,6 +374,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   """
   start_time = time.time()
   task, model_config = setup.validate(config)
+  if setup.train_steps(config, task) != config.num_train_steps:  # Given in epochs: steps from those.
+    config = ml_collections.ConfigDict(config.to_dict())
+    config.num_train_steps = setup.train_steps(config, task)
+    logging.info("%s epochs: %d steps.", config.num_train_epochs, config.num_train_steps)
   if not workdir:
     raise setup.ConfigError("--workdir: empty; name the run's folder")
   if os.path.exists(workdir) and not os.path.isdir(workdir):

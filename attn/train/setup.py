@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 
 import jax
@@ -166,6 +167,11 @@ def validate(config: ml_collections.ConfigDict, *, workdir: str | None = None):
   data_path = config.get("data", {}).get("path", "")
   if data_path and not os.path.exists(data_path):
     raise ConfigError(f"config.data.path: {data_path!r} does not exist")
+  epochs = config.get("num_train_epochs", 0)
+  if isinstance(epochs, bool) or not isinstance(epochs, (int, float)) or not 0 <= epochs < float("inf"):
+    raise ConfigError(
+      f"config.num_train_epochs: must be a number >= 0 (0 = use num_train_steps), got {epochs!r}"
+    )
   objective = config.get("objective", "supervised")
   if objective not in OBJECTIVES:
     raise ConfigError(f"config.objective: unknown choice {objective!r}; expected one of {OBJECTIVES}")
@@ -179,7 +185,22 @@ def validate(config: ml_collections.ConfigDict, *, workdir: str | None = None):
       task = denoise.DenoisingTask(task, corruption, seed=int(config.data_seed))
   except ValueError as e:
     raise ConfigError(str(e)) from None
+  if epochs and not isinstance(getattr(task, "num_train_examples", None), int):
+    raise ConfigError(
+      f"config.num_train_epochs: the {config.task.name} task draws fresh examples (no fixed training "
+      "set); give num_train_steps instead"
+    )
   return task, model_config_from(config, task)
+
+
+def train_steps(config: ml_collections.ConfigDict, task) -> int:
+  """The run's optimizer steps: `config.num_train_steps`, or with `config.num_train_epochs` > 0 that
+  many passes over the task's training examples (rounded up to whole batches), so a larger data set
+  is not cut short by a step count tuned to a smaller one."""
+  epochs = float(config.get("num_train_epochs", 0) or 0)
+  if epochs <= 0:
+    return int(config.num_train_steps)
+  return max(1, math.ceil(epochs * task.num_train_examples / int(config.batch_size)))
 
 
 def abstract_train_state(config, task, model, optimizer) -> TrainState:

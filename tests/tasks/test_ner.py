@@ -18,6 +18,7 @@ import pytest
 from attn import train
 from attn.core import crf
 from attn.tasks import ner
+from attn.train import setup
 from experiments import ner as ner_experiment
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
@@ -295,7 +296,9 @@ def test_crf_tagger_trains_and_scores_on_a_fixture(data_dir, tmp_path):
   config.model.crf = "iob2"
   config.model.char_buckets, config.task.max_chars = 64, 6  # The character encoder too.
   config.num_seeds = 1
+  config.num_train_epochs = 2.0  # By epochs: ceil(2 * 3 sentences / batch 8) = 1 step.
   final = train.train_and_evaluate(config, str(tmp_path / "run"))
+  assert json.loads((tmp_path / "run" / "summary.json").read_text())["num_train_steps"] == 1
   assert all(0.0 <= final[k][0] <= 100.0 for k in ("f1", "tuned_f1", "test_f1"))
   assert np.isfinite(final["loss"][0])
 
@@ -384,3 +387,17 @@ def test_experiment_config_locks_and_validates_on_a_fixture(data_dir, preset):
   task, model_config = train.validate(config)
   assert task.name == "ner" and model_config.vocab_size == len(task.vocab)
   assert model_config.num_classes == 7 and model_config.feature_buckets == config.model.feature_buckets
+
+
+def test_num_train_epochs_counts_passes_over_the_training_sentences(data_dir):
+  config = ner_experiment.get_config("smoke")
+  config.data.path = str(data_dir)
+  config.num_train_epochs = 2.0
+  task, _ = train.validate(config)
+  assert task.num_train_examples == 3
+  assert setup.train_steps(config, task) == 1  # ceil(2 * 3 / 8).
+  config.num_train_epochs = 0.0
+  assert setup.train_steps(config, task) == config.num_train_steps
+  config.num_train_epochs = -1.0
+  with pytest.raises(train.ConfigError, match=r"config\.num_train_epochs: must be a number >= 0"):
+    train.validate(config)

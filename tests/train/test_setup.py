@@ -208,3 +208,10 @@ def test_init_from_takes_matching_parameters_by_name_and_refuses_other_shapes(tm
   config.init_from = str(tmp_path)
   with pytest.raises(setup.ConfigError, match=r"^config\.init_from: .* holds no run"):
     setup.init_from(config, wider)
+
+
+def test_num_train_epochs_needs_a_fixed_training_set():
+  config = _config()
+  config.num_train_epochs = 1.0
+  with pytest.raises(setup.ConfigError, match=r"config\.num_train_epochs: the .* task draws fresh"):
+    setup.validate(config)
