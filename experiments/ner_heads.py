@@ -22,7 +22,7 @@ baseline is one model at its random initialisation (seed + 1000), the same for t
     0.32, person 0.46 vs 0.31, product 0.65 vs 0.56
   the best head's lead over the mean of the heads, averaged over types: 0.19 ± 0.02 trained, 0.12 at
   init; for location, 0.41 / 0.32 / 0.36 in the three seeds against 0.18 at init.
-  each head's lead of its top type over its second: 0.125 ± 0.014 trained, 0.131 at init.
+  each head's lead of its top type over its second: 0.125 ± 0.012 trained, 0.131 at init.
 Training makes the heads look within entities more (group, location, person: +0.14 to +0.16 over
 the random-init heads), and one head per seed stands out for location. But no head specialises on
 one type the way the notes' "AM1 for names, AM2 for places" suggests: the head that leads for
