@@ -69,6 +69,9 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
   config.eval_batch_size = 64  # Evaluation batch (split over devices).
   config.num_train_steps = 600  # Optimizer steps.
   config.num_train_epochs = 0.0  # > 0: that many passes over a fixed training set instead (NER).
+  # > 0: stop when no seed's main metric improved for this many evaluations; the final evaluation
+  # (test included) then scores each seed's best parameters.
+  config.early_stopping_patience = 0
   config.log_every_steps = 50  # Train metrics, progress line and the non-finite check.
   config.eval_every_steps = 200  # Evaluation, diagnostics and the scale probe.
   config.checkpoint_every_steps = 200  # Checkpoints; a multiple of log_every_steps.

@@ -34,6 +34,8 @@ from attn.tasks import Task
 from attn.train import setup, steps
 
 PROBE_SEED_OFFSET = 12345  # The probe's inputs come from PRNGKey(data_seed + this).
+# metrics.jsonl's split of an early-stopped run's final evaluation: each seed's best parameters.
+BEST_SPLIT = "best"
 
 
 class NonFiniteLossError(RuntimeError):
@@ -109,7 +111,8 @@ def write_config(
       fields of `files.resumable_fields` may differ), or holds checkpoints but no readable config.json.
   """
   resolved = json_config(config)
-  resolved["resolved_model"] = dataclasses.asdict(model_config)
+  # Through JSON, as config.json will read back (tuples become lists), so a resume compares alike.
+  resolved["resolved_model"] = json.loads(json.dumps(dataclasses.asdict(model_config)))
   resolved[files.DATA_HASHES] = data_hashes(task)
   path = files.path(workdir, files.CONFIG_FILE)
   old = files.read_json(path)
@@ -286,9 +289,9 @@ class _CtrlC:
       self._previous = None
 
 
-def _logged_eval(workdir: str, step: int) -> dict | None:
-  """The eval metrics already on record for `step` (a run resumed at its very end), or None."""
-  logged = [r for r in files.read_metrics(workdir) if r["split"] == "eval" and r["step"] == step]
+def _logged_eval(workdir: str, step: int, split: str = "eval") -> dict | None:
+  """The `split` metrics already on record for `step` (a run resumed at its very end), or None."""
+  logged = [r for r in files.read_metrics(workdir) if r["split"] == split and r["step"] == step]
   if not logged:
     return None
   return {k: v for k, v in logged[-1].items() if k not in ("step", "split", "time")} or None
@@ -423,10 +426,15 @@ def _train(config, workdir: str, task: Task, model_config: ModelConfig, start_ti
   host_example = task.train_batch(0, int(config.batch_size))
   example_inputs, _ = steps.inputs_and_targets(jax.tree.map(jnp.asarray, host_example), kind)
   seed_rngs = jnp.stack([jax.random.PRNGKey(s) for s in seeds])
+  patience = setup.early_stopping(config)
   init_fn = jax.jit(
-    jax.vmap(steps.state_initializer(model, optimizer, example_inputs)),
+    jax.vmap(steps.state_initializer(model, optimizer, example_inputs, keep_best=patience > 0)),
     out_shardings=compiled.replicated,
   )
+  update_best = jax.jit(
+    jax.vmap(steps.keep_best), donate_argnums=(0,), out_shardings=compiled.replicated
+  )
+  lower_is_better = task.main_metric == "loss"
   abstract_state = jax.eval_shape(init_fn, seed_rngs)
   checkpoints = checkpoint_manager(config, workdir)
   state, latest, checkpoints = init_or_restore(
@@ -445,10 +453,20 @@ def _train(config, workdir: str, task: Task, model_config: ModelConfig, start_ti
     probe_rng = jax.random.PRNGKey(int(config.data_seed) + PROBE_SEED_OFFSET)
     total = int(config.num_train_steps)
 
+    def evaluate_best(step: int) -> dict[str, list[float]]:
+      """The final evaluation of an early-stopped run: each seed's best parameters, test included."""
+      best = state.best
+      metrics = evaluate(compiled.eval, best["params"], eval_batches, kind)
+      metrics.update(task_scores(task, model, best["params"], int(config.eval_batch_size), final=True))
+      metrics["best_step"] = [int(s) for s in np.asarray(best["step"])]
+      writer.write(step, BEST_SPLIT, metrics)
+      return metrics
+
     def evaluate_and_log(step: int) -> dict[str, list[float]]:
       metrics = evaluate(compiled.eval, state.params, eval_batches, kind)
       batch_size = int(config.eval_batch_size)
-      metrics.update(task_scores(task, model, state.params, batch_size, final=step == total))
+      final = step == total and not patience  # Early stopping scores test on the best instead.
+      metrics.update(task_scores(task, model, state.params, batch_size, final=final))
       diagnostics = {
         k: _per_seed(v) for k, v in compiled.diagnostics(state.params, eval_batches[0]).items()
       }
@@ -461,7 +479,18 @@ def _train(config, workdir: str, task: Task, model_config: ModelConfig, start_ti
       writer.write(step, "probe", {k: _per_seed(v) for k, v in probe.items()})
       return metrics
 
+    def stops(metrics) -> bool:
+      """Keeps each seed's best parameters; True when no seed improved for `patience` evaluations."""
+      nonlocal state
+      score = np.asarray(metrics[task.main_metric], np.float32) * (-1.0 if lower_is_better else 1.0)
+      state = update_best(state, jax.device_put(score, compiled.replicated))
+      return bool(np.all(np.asarray(state.best["since"]) >= patience))
+
     final = evaluate_and_log(0) if latest is None else None
+    if final is not None:
+      stopped = patience > 0 and stops(final)
+    else:  # Resumed: a run that had stopped stays stopped.
+      stopped = patience > 0 and bool(np.all(np.asarray(state.best["since"]) >= patience))
     logging.info(
       "Training %s: %d steps, %d seed(s), %d parameters per seed, %d device(s).",
       workdir,
@@ -473,7 +502,7 @@ def _train(config, workdir: str, task: Task, model_config: ModelConfig, start_ti
     pending: list[dict] = []
     interval_start, interval_steps = time.time(), 0
     rates: list[float] = []
-    while step < total:
+    while step < total and not stopped:
       if ctrl_c.pressed:  # Stop between steps, never inside a checkpoint's save.
         raise KeyboardInterrupt
       # Host numpy straight to its shards: one transfer, not a copy to device 0 and a reshard.
@@ -507,13 +536,22 @@ def _train(config, workdir: str, task: Task, model_config: ModelConfig, start_ti
       )
       if step % int(config.eval_every_steps) == 0 or step == total:
         final = evaluate_and_log(step)
-      if step % int(config.checkpoint_every_steps) == 0 or step == total:
+        stopped = patience > 0 and stops(final)
+        if patience and (stopped or step == total):
+          if stopped:
+            logging.info("No seed improved for %d evaluations: stopping at step %d.", patience, step)
+          final = evaluate_best(step)
+      if step % int(config.checkpoint_every_steps) == 0 or step == total or stopped:
         checkpoints.save(step, args=ocp.args.StandardSave(state))
         checkpoints.wait_until_finished()
       writer.flush()
       interval_start, interval_steps = time.time(), 0
-    if final is None:  # Resumed at the very end: the final evaluation is on record already.
-      final = _logged_eval(workdir, step) or evaluate_and_log(step)
+    if final is None or (patience and "best_step" not in final):
+      # Resumed at the very end (or after the stop): the final evaluation is on record already.
+      split = BEST_SPLIT if patience else "eval"
+      final = _logged_eval(workdir, step, split)
+      if final is None:
+        final = evaluate_best(step) if patience else evaluate_and_log(step)
   except KeyboardInterrupt:
     kept = checkpoints.latest_step()
     where = f"its checkpoint of step {kept}" if kept is not None else "the start (no checkpoint yet)"
@@ -533,6 +571,7 @@ def _train(config, workdir: str, task: Task, model_config: ModelConfig, start_ti
     main_metric=task.main_metric,
     final=final,
     steps_per_sec=float(np.median(rates)) if rates else None,
+    stopped_at_step=step if patience and step < total else None,
     wall_time_s=time.time() - start_time,
   )
   return final

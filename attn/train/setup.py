@@ -167,6 +167,11 @@ def validate(config: ml_collections.ConfigDict, *, workdir: str | None = None):
   data_path = config.get("data", {}).get("path", "")
   if data_path and not os.path.exists(data_path):
     raise ConfigError(f"config.data.path: {data_path!r} does not exist")
+  patience = config.get("early_stopping_patience", 0)
+  if isinstance(patience, bool) or not isinstance(patience, int) or patience < 0:
+    raise ConfigError(
+      f"config.early_stopping_patience: must be an int >= 0 (0 = never stop early), got {patience!r}"
+    )
   epochs = config.get("num_train_epochs", 0)
   if isinstance(epochs, bool) or not isinstance(epochs, (int, float)) or not 0 <= epochs < float("inf"):
     raise ConfigError(
@@ -208,7 +213,14 @@ def abstract_train_state(config, task, model, optimizer) -> TrainState:
   orbax restores into."""
   example_inputs, _ = inputs_and_targets(jax.tree.map(jnp.asarray, task.train_batch(0, 1)), task.kind)
   rngs = jnp.stack([jax.random.PRNGKey(0)] * int(config.num_seeds))
-  return jax.eval_shape(jax.vmap(state_initializer(model, optimizer, example_inputs)), rngs)
+  init = state_initializer(model, optimizer, example_inputs, keep_best=early_stopping(config) > 0)
+  return jax.eval_shape(jax.vmap(init), rngs)
+
+
+def early_stopping(config: ml_collections.ConfigDict) -> int:
+  """`config.early_stopping_patience`: evaluations without a better main metric before a run stops
+  (0, the default, never stops early)."""
+  return int(config.get("early_stopping_patience", 0) or 0)
 
 
 def restore_run(workdir: str, seed_index: int = 0):

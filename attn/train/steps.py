@@ -23,17 +23,40 @@ class TrainState:
   params: Any
   opt_state: Any
   rng: jax.Array  # Dropout key; step s uses fold_in(rng, s).
+  # Early stopping only (else None): {"params": the best evaluation's, "score": its main metric
+  # (negated where lower is better), "step": its step, "since": evaluations without improvement}.
+  best: Any = None
 
 
-def state_initializer(model, optimizer, example_inputs):
-  """rng -> a fresh TrainState for one seed (parameters from init_rng, dropout from the other half)."""
+def state_initializer(model, optimizer, example_inputs, *, keep_best: bool = False):
+  """rng -> a fresh TrainState for one seed (parameters from init_rng, dropout from the other half);
+  with `keep_best`, also the best-so-far record early stopping keeps."""
 
   def init_state(rng):
     init_rng, dropout_rng = jax.random.split(rng)
     params = model.init(init_rng, *example_inputs)["params"]
-    return TrainState(jnp.asarray(0, jnp.int32), params, optimizer.init(params), dropout_rng)
+    best = None
+    if keep_best:
+      zero = jnp.asarray(0, jnp.int32)
+      best = {"params": params, "score": jnp.asarray(-jnp.inf), "step": zero, "since": zero}
+    return TrainState(jnp.asarray(0, jnp.int32), params, optimizer.init(params), dropout_rng, best)
 
   return init_state
+
+
+def keep_best(state: TrainState, score: jax.Array) -> TrainState:
+  """One seed's state after an evaluation scoring `score` (higher is better): the params kept when
+  it beats the best so far, else one more evaluation without improvement."""
+  best = state.best
+  improved = score > best["score"]
+  return state.replace(
+    best={
+      "params": jax.tree.map(lambda b, p: jnp.where(improved, p, b), best["params"], state.params),
+      "score": jnp.where(improved, score, best["score"]),
+      "step": jnp.where(improved, state.step, best["step"]),
+      "since": jnp.where(improved, 0, best["since"] + 1),
+    }
+  )
 
 
 def inputs_and_targets(batch: dict, kind: str):

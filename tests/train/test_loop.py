@@ -580,3 +580,48 @@ def test_sequences_longer_than_the_learned_positions_are_refused(tmp_path):
     train.ConfigError, match=r"^config\.model\.max_length: 4 is shorter than the task's src"
   ):
     train.train_and_evaluate(config, str(tmp_path))
+
+
+def test_early_stopping_stops_without_improvement_and_scores_the_best(tmp_path):
+  """With a learning rate too small to change anything, the accuracy of step 0 is never beaten: a
+  patience of 1 stops at the first evaluation after it, and the final metrics are step 0's params'."""
+  config = _config(
+    **{
+      "num_train_steps": 20,
+      "log_every_steps": 2,
+      "eval_every_steps": 2,
+      "checkpoint_every_steps": 2,
+      "early_stopping_patience": 1,
+      "optimizer.learning_rate": 1e-12,
+      "num_seeds": 2,
+    }
+  )
+  workdir = str(tmp_path / "run")
+  final = loop.train_and_evaluate(config, workdir)
+  summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+  assert summary["stopped_at_step"] == 2 and summary["num_train_steps"] == 20
+  assert final["best_step"] == [0, 0]
+  records = read_metrics(workdir)
+  assert max(r["step"] for r in records if r["split"] == "train") == 2  # Nothing trained past it.
+  (best,) = [r for r in records if r["split"] == loop.BEST_SPLIT]
+  step0 = next(r for r in records if r["split"] == "eval" and r["step"] == 0)
+  np.testing.assert_allclose(best["loss"], step0["loss"], rtol=1e-6)
+  assert loop.train_and_evaluate(config, workdir) == final  # Done: a rerun trains nothing.
+
+
+def test_keep_best_keeps_the_better_parameters_and_counts_the_rest():
+  params = {"w": jnp.zeros(2)}
+  zero = jnp.asarray(0, jnp.int32)
+  state = steps.TrainState(
+    zero,
+    params,
+    None,
+    None,
+    {"params": params, "score": jnp.asarray(-jnp.inf), "step": zero, "since": zero},
+  )
+  state = steps.keep_best(state.replace(step=jnp.asarray(3), params={"w": jnp.ones(2)}), 0.5)
+  assert float(state.best["score"]) == 0.5 and int(state.best["step"]) == 3
+  np.testing.assert_array_equal(state.best["params"]["w"], 1.0)
+  state = steps.keep_best(state.replace(step=jnp.asarray(5), params={"w": jnp.full(2, 2.0)}), 0.4)
+  assert int(state.best["since"]) == 1 and int(state.best["step"]) == 3
+  np.testing.assert_array_equal(state.best["params"]["w"], 1.0)
