@@ -48,10 +48,14 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
   config.task.min_count = 2  # Words seen fewer times in train are <unk> (their features remain).
   config.task.max_features = 32  # Hashed features per token (F); the rest of a long word's are dropped.
   config.task.word_dropout = 0.2  # Fraction of training tokens replaced by <unk>.
+  config.task.max_chars = 0  # Characters per word for the character encoder; 0 = none.
   config.data.path = "../shared/data/wnut17"  # Folder holding train, dev, test (or *.conll) files.
   config.data.unlabelled = ""  # Untagged text files for config.objective = "denoise" (comma-separated).
 
   config.model.feature_buckets = 2**15  # Rows of the hashed-feature table; 0 = words only.
+  config.model.char_buckets = 0  # Rows of the character table (with task.max_chars > 0); 0 = none.
+  config.model.char_dim = 32  # Width of the character embeddings and convolution.
+  config.model.crf = "none"  # The output layer: none (softmax per token), free or iob2 (a CRF).
   config.model.d_model = 128
   config.model.num_heads = 4
   config.model.d_ff = 256
