@@ -4,7 +4,8 @@ pre-training by denoising.
 Question: `experiments/ner.py`'s tagger (hashed features, per-token softmax) stops at 16 test F1.
 NER taggers since 2016 add a character-level word encoder (Ma & Hovy; Lample et al.) and a
 linear-chain CRF; the notes add "masking as noise" (`experiments/denoise.py`). Each row here adds
-one part to the one above; three seeds each, chosen on dev F1, test scored at the end.
+one part to the one above, and the last drops the characters from the CRF tagger; three seeds each,
+chosen on dev F1, test scored at the end.
 
 Command: python -m launch.sweep --config=experiments/ner_ablation.py --workdir=runs/ner_ablation
 With pre-training: python -m launch.train --config=experiments/ner_ablation.py
@@ -19,11 +20,12 @@ import ml_collections
 
 from experiments import ner
 
-# Each row adds one part to the row before.
+# Each row adds one part to the row before; the last takes the characters away again.
 ROWS = {
   "features": {"model.char_buckets": 0, "task.max_chars": 0, "model.crf": "none"},
   "+chars": {"model.char_buckets": 512, "task.max_chars": 16, "model.crf": "none"},
   "+crf": {"model.char_buckets": 512, "task.max_chars": 16, "model.crf": "iob2"},
+  "features, crf (no chars)": {"model.char_buckets": 0, "task.max_chars": 0, "model.crf": "iob2"},
 }
 
 

@@ -219,7 +219,7 @@ def test_ner_sweep_points_are_valid_configs_on_the_ner_fixture(name, tmp_path):
 
   folder = write(tmp_path / "data", {"train": TRAIN, "dev": DEV, "test": TEST})
   module = load(name)
-  full = {"denoise": 3, "ner_ablation": 3}[name]
+  full = {"denoise": 3, "ner_ablation": 4}[name]
   for preset in PRESETS:
     points = module.get_sweep(preset)
     assert len(points) == ({"denoise": 1, "ner_ablation": 2}[name] if preset == "smoke" else full)
