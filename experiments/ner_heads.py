@@ -39,6 +39,8 @@ from experiments import ner
 
 def get_config(preset: str = "") -> ml_collections.ConfigDict:
   config = ner.get_config(preset)
+  # The tagger as this experiment ran (before experiments/ner.py gained characters and a CRF).
+  config.task.max_chars, config.model.char_buckets, config.model.crf = 0, 0, "none"
   if preset != "smoke":
     config.model.num_heads = 8
   return config

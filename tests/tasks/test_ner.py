@@ -328,10 +328,7 @@ def test_launch_train_smoke_on_a_fixture(data_dir, tmp_path):
       "--config=experiments/ner.py:smoke",
       f"--config.data.path={data_dir}",
       f"--workdir={workdir}",
-      # The tagger's parts too: a CRF with IOB2's moves, the character encoder, and epochs.
-      "--config.model.crf=iob2",
-      "--config.model.char_buckets=64",
-      "--config.task.max_chars=6",
+      # The config's tagger has a CRF and a character encoder; trained here by epochs:
       "--config.num_train_epochs=2.0",  # ceil(2 * 3 sentences / batch 8) = 1 step.
     ],
     cwd=REPO,
