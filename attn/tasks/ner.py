@@ -38,6 +38,7 @@ import jax
 import numpy as np
 
 from attn.core import crf
+from attn.nn.models import CRFScores
 from attn.tasks.base import (
   SPECIALS,
   Task,
@@ -326,14 +327,13 @@ class NerTask(Task):
     return self.split_batches("dev", batch_size)
 
   def _apply(self, model):
-    """The jitted model: (params, batch) -> logits, or (emissions, CRF scores) for a CRF tagger."""
+    """The jitted model: (params, batch) -> tag logits (a CRF tagger's emissions)."""
     key = id(model)
     if key not in self._apply_fns:
-      extra = {"return_crf": True} if _has_crf(model) else {}
 
       def apply(params, batch):
         inputs = [batch[k] for k in ("tokens", "features", "chars") if k in batch]
-        return model.apply({"params": params}, *inputs, **extra)
+        return model.apply({"params": params}, *inputs)
 
       self._apply_fns[key] = (model, jax.jit(apply))
     return self._apply_fns[key][1]
@@ -342,21 +342,18 @@ class NerTask(Task):
     """A CRF tagger's (transitions, start, end), or None for a per-token tagger."""
     if not _has_crf(model):
       return None
-    batch = self.split_batches("dev", 1)[0]
-    _, scores = self._apply(model)(params, _model_inputs(batch))
+    scores = CRFScores(model.config).apply({"params": params["crf"]})
     return tuple(np.asarray(x) for x in scores)
 
   def logits(self, model, params, split: str, batch_size: int) -> list[np.ndarray]:
     """The model's tag logits (a CRF's emissions) for `split`, one float32 [length, C] array per
     sentence, in file order."""
     apply = self._apply(model)
-    with_crf = _has_crf(model)
     sentences = self.splits[split]
     out: list[np.ndarray | None] = [None] * len(sentences)
     buckets = self._buckets(split, batch_size)
     for (indices, _), batch in zip(buckets, self.split_batches(split, batch_size), strict=True):
-      logits = apply(params, _model_inputs(batch))
-      logits = np.asarray(logits[0] if with_crf else logits)
+      logits = np.asarray(apply(params, batch))
       for row, i in enumerate(indices):
         out[i] = logits[row, : len(sentences[i].tags)]
     return out
@@ -438,10 +435,6 @@ class NerTask(Task):
 
 
 _viterbi = jax.jit(crf.viterbi)
-
-
-def _model_inputs(batch: dict) -> dict:
-  return {k: batch[k] for k in ("tokens", "features", "chars") if k in batch}
 
 
 def _has_crf(model) -> bool:

@@ -282,9 +282,10 @@ def init_from(config: ml_collections.ConfigDict, params):
     raise ConfigError(f"config.init_from: {str(e).removeprefix('--workdir: ')}") from None
   num_source = int(source_config.num_seeds)
   num_seeds = jax.tree.leaves(params)[0].shape[0]
-  seeds = [jax.tree.map(lambda x, i=i: x[i % num_source], state.params) for i in range(num_seeds)]
+  which = jnp.arange(num_seeds) % num_source  # Seed i takes the source's seed i mod its count.
   source_leaves = {
-    jax.tree_util.keystr(path): leaf for path, leaf in jax.tree_util.tree_leaves_with_path(seeds[0])
+    jax.tree_util.keystr(path): leaf[which]
+    for path, leaf in jax.tree_util.tree_leaves_with_path(state.params)
   }
   taken = []
 
@@ -292,22 +293,15 @@ def init_from(config: ml_collections.ConfigDict, params):
     name = jax.tree_util.keystr(path)
     if path[0].key in skip or name not in source_leaves:
       return leaf
-    if source_leaves[name].shape != leaf.shape[1:]:
+    if source_leaves[name].shape[1:] != leaf.shape[1:]:
       raise ConfigError(
-        f"config.init_from: parameter {name} has shape {tuple(source_leaves[name].shape)} in "
+        f"config.init_from: parameter {name} has shape {tuple(source_leaves[name].shape[1:])} in "
         f"{source!r} but {tuple(leaf.shape[1:])} here"
       )
     taken.append(name)
-    values = [_leaf_at(seed, path) for seed in seeds]
-    return jnp.stack(values).astype(leaf.dtype)
+    return jnp.asarray(source_leaves[name], leaf.dtype)
 
   out = jax.tree_util.tree_map_with_path(take, params)
   if not taken:
     raise ConfigError(f"config.init_from: no parameter of {source!r} matches this model's by name")
   return out
-
-
-def _leaf_at(tree, path):
-  for key in path:
-    tree = tree[key.key]
-  return tree

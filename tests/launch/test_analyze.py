@@ -4,33 +4,20 @@ The launch modules define overlapping absl flags (--workdir, --split), so they r
 """
 
 import json
-import os
-import pathlib
-import subprocess
-import sys
 
-ROOT = pathlib.Path(__file__).resolve().parents[2]
-
-# Unoptimised XLA compiles about twice as fast; these tests check what is written, not the speed.
-ENV = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_backend_optimization_level=0"}
+from tests.launch.common import run
 
 
-def _run(module, *args):
-  return subprocess.run(
-    [sys.executable, "-m", module, *args], cwd=ROOT, capture_output=True, text=True, timeout=300, env=ENV
-  )
-
-
-def test_launch_analyze_writes_the_files_and_refuses_a_missing_run(tmp_path):
+def test_launch_analyze_writes_the_files_and_refuses_a_missingrun(tmp_path):
   workdir = tmp_path / "run"
-  result = _run(
+  result = run(
     "launch.train", "--config=experiments/base.py:smoke", f"--workdir={workdir}",
     "--config.num_train_steps=2", "--config.log_every_steps=2", "--config.checkpoint_every_steps=2",
     "--config.eval_every_steps=2", "--config.num_seeds=1",
   )  # fmt: skip
   assert result.returncode == 0, result.stderr[-2000:]
   out = tmp_path / "out"
-  result = _run("launch.analyze", f"--workdir={workdir}", f"--out={out}", "--max_examples=8")
+  result = run("launch.analyze", f"--workdir={workdir}", f"--out={out}", "--max_examples=8")
   assert result.returncode == 0, result.stderr[-2000:]
   for name in (
     "importance.png",
@@ -44,7 +31,7 @@ def test_launch_analyze_writes_the_files_and_refuses_a_missing_run(tmp_path):
   assert json.loads((out / "analysis.json").read_text())["split"] == "dev"
   assert "| encoder/layer_0/self_attention | 1 |" in (out / "roles.md").read_text()
   for bad, message in ((tmp_path / "nothing", "is not a directory"), (tmp_path / "out", "holds no run")):
-    result = _run("launch.analyze", f"--workdir={bad}")
+    result = run("launch.analyze", f"--workdir={bad}")
     assert result.returncode != 0
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("error: --workdir: ") and message in last, result.stderr[-2000:]

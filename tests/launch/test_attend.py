@@ -3,30 +3,15 @@
 The launch modules define overlapping absl flags (--workdir), so they run as subprocesses here.
 """
 
-import os
-import pathlib
-import subprocess
-import sys
-
 import pytest
 
-ROOT = pathlib.Path(__file__).resolve().parents[2]
-
-
-# Unoptimised XLA compiles about twice as fast; these tests check what is written, not the speed.
-ENV = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_backend_optimization_level=0"}
-
-
-def _run(module, *args):
-  return subprocess.run(
-    [sys.executable, "-m", module, *args], cwd=ROOT, capture_output=True, text=True, timeout=300, env=ENV
-  )
+from tests.launch.common import run
 
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("run"))
-  result = _run(
+  result = run(
     "launch.train", "--config=experiments/base.py:smoke", f"--workdir={workdir}",
     "--config.num_train_steps=2", "--config.log_every_steps=2", "--config.checkpoint_every_steps=2",
     "--config.eval_every_steps=2", "--config.num_seeds=1",
@@ -36,7 +21,7 @@ def run_dir(tmp_path_factory):
 
 
 def _attend(*args):
-  return _run("launch.attend", *args)
+  return run("launch.attend", *args)
 
 
 def test_attend_writes_heatmaps_and_prints_top_keys(run_dir, tmp_path):

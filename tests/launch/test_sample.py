@@ -5,27 +5,16 @@ One test function: its steps share one trained run, and a module fixture would b
 each pytest-xdist worker that gets one of several tests.
 """
 
-import os
-import pathlib
-import subprocess
-import sys
+from tests.launch.common import run
 
-ROOT = pathlib.Path(__file__).resolve().parents[2]
-ENV = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_backend_optimization_level=0"}
 TEXT = "ROMEO:\nBut soft, what light through yonder window breaks?\n\nJULIET:\nAy me.\n" * 20
-
-
-def _run(module, *args):
-  return subprocess.run(
-    [sys.executable, "-m", module, *args], cwd=ROOT, capture_output=True, text=True, timeout=300, env=ENV
-  )
 
 
 def test_train_sample_and_attend_a_character_model(tmp_path):
   data = tmp_path / "input.txt"
   data.write_text(TEXT, encoding="utf-8")
   run_dir = tmp_path / "run"
-  result = _run(
+  result = run(
     "launch.train", "--config=experiments/shakespeare_char.py:smoke", f"--workdir={run_dir}",
     f"--config.data.path={data}", "--config.num_train_steps=4", "--config.log_every_steps=2",
     "--config.checkpoint_every_steps=4", "--config.eval_every_steps=4",
@@ -37,7 +26,7 @@ def test_train_sample_and_attend_a_character_model(tmp_path):
   metrics = (run_dir / "metrics.jsonl").read_text(encoding="utf-8")
   assert '"bits_per_char"' in metrics and '"perplexity"' in metrics
 
-  result = _run(
+  result = run(
     "launch.sample", f"--workdir={run_dir}", "--prompt=ROMEO:", "--num_tokens=40", "--temperature=0.8",
     "--top_k=5", "--num_samples=2",
   )  # fmt: skip
@@ -50,7 +39,7 @@ def test_train_sample_and_attend_a_character_model(tmp_path):
 
   # A prompt character the vocabulary lacks is one line (--temperature and --top_k go through
   # decoding.check_sampling: tests/nn/test_decoding.py).
-  result = _run("launch.sample", f"--workdir={run_dir}", "--prompt=ROMEO§:")
+  result = run("launch.sample", f"--workdir={run_dir}", "--prompt=ROMEO§:")
   assert result.returncode == 1 and "Traceback" not in result.stderr
   assert (
     result.stderr.strip()
@@ -59,9 +48,7 @@ def test_train_sample_and_attend_a_character_model(tmp_path):
   )
 
   out_dir = tmp_path / "attend"
-  result = _run(
-    "launch.attend", f"--workdir={run_dir}", "--text=ROMEO:", "--query=M", f"--out={out_dir}"
-  )
+  result = run("launch.attend", f"--workdir={run_dir}", "--text=ROMEO:", "--query=M", f"--out={out_dir}")
   assert result.returncode == 0, result.stderr[-2000:]
   assert "next:" in result.stdout and "'M' (position 2) looks at" in result.stdout
   assert (out_dir / "decoder_self_attention.png").read_bytes().startswith(b"\x89PNG")
