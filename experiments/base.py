@@ -66,6 +66,9 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
 
   config.label_smoothing = 0.1  # The paper's 0.1.
   config.batch_size = 32  # Training batch (split over devices).
+  # The device mesh (attn.train.sharding): data parallel, FSDP and tensor (head) parallel axes; -1 =
+  # the rest of the devices. E.g. --config.mesh.fsdp=2 --config.mesh.tensor=2 on 8 devices.
+  config.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})
   config.eval_batch_size = 64  # Evaluation batch (split over devices).
   config.num_train_steps = 600  # Optimizer steps.
   config.num_train_epochs = 0.0  # > 0: that many passes over a fixed training set instead (NER).

@@ -1,5 +1,9 @@
 """Trains one config: `python -m launch.train --config=experiments/NAME.py[:preset] --workdir=DIR
-[--config.FIELD=VALUE ...]`. Rerunning the same command resumes from the latest checkpoint."""
+[--config.FIELD=VALUE ...]`. Rerunning the same command resumes from the latest checkpoint.
+
+A multi-process run gives every process the same flags plus `--coordinator_address=HOST:PORT
+--num_processes=N --process_id=I` (launch/distributed.py; `launch.local_cluster` does it on one
+machine); on SLURM or a Cloud TPU slice jax reads them from the environment instead."""
 
 import sys
 
@@ -8,7 +12,7 @@ from ml_collections import config_flags
 
 from attn import train
 from attn.runs import files, sweep
-from launch import run, start_quietly
+from launch import distributed, run, start_quietly
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file[:preset].")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (created; resumed if it holds a run).")
@@ -37,7 +41,14 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   start_quietly()
-  logging.set_verbosity(logging.INFO)
+  try:
+    many = distributed.initialize()
+  except distributed.DistributedError as e:
+    sys.exit(f"error: {e}")
+  # One process speaks for a multi-process run; the others say only warnings and errors.
+  logging.set_verbosity(
+    logging.INFO if not many or distributed.PROCESS_ID.value in (None, 0) else logging.WARNING
+  )
   try:
     train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   except (train.ConfigError, train.NonFiniteLossError, files.RunInUseError) as e:

@@ -12,6 +12,7 @@ import jax.numpy as jnp
 
 from attn.core import attention, masks
 from attn.core import positions as relative
+from attn.nn import sharding
 from attn.nn.config import check_module_scale, head_dim_for
 
 Array = jax.Array
@@ -156,14 +157,14 @@ class MultiHeadAttention(nn.Module):
     if G <= 0 or H % G:
       raise ValueError(f"num_kv_heads: {G} must be positive and divide num_heads={H}")
 
-    def dense(name, heads, init):
+    def dense(name, heads, init, heads_axis):
       return nn.DenseGeneral(
         (heads, K),
         use_bias=self.use_bias,
         dtype=self.dtype,
         param_dtype=self.param_dtype,
-        kernel_init=init,
-        bias_init=self.bias_init,
+        kernel_init=sharding.named(init, (sharding.EMBED, heads_axis, sharding.HEAD_DIM)),
+        bias_init=sharding.named(self.bias_init, (heads_axis, sharding.HEAD_DIM)),
         name=name,
       )
 
@@ -171,9 +172,9 @@ class MultiHeadAttention(nn.Module):
     if self.scale == "init_folded":
       q_init = _folded_init(self.kernel_init, K**-0.5)
     return (
-      dense("query", H, q_init)(inputs_q),
-      dense("key", G, self.kernel_init)(inputs_kv),
-      dense("value", G, self.kernel_init)(inputs_kv),
+      dense("query", H, q_init, sharding.HEADS)(inputs_q),
+      dense("key", G, self.kernel_init, sharding.KV_HEADS)(inputs_kv),
+      dense("value", G, self.kernel_init, sharding.KV_HEADS)(inputs_kv),
     )
 
   def _cache_offset(self):
@@ -308,8 +309,11 @@ class MultiHeadAttention(nn.Module):
       use_bias=self.use_bias,
       dtype=self.dtype,
       param_dtype=self.param_dtype,
-      kernel_init=self.out_kernel_init or self.kernel_init,
-      bias_init=self.bias_init,
+      kernel_init=sharding.named(
+        self.out_kernel_init or self.kernel_init,
+        (sharding.HEADS, sharding.HEAD_DIM, sharding.EMBED),
+      ),
+      bias_init=sharding.named(self.bias_init, (sharding.EMBED,)),
       name="out",
     )(out_BTHK)
 

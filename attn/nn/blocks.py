@@ -8,6 +8,7 @@ from collections.abc import Callable
 import flax.linen as nn
 import jax
 
+from attn.nn import sharding
 from attn.nn.attention import MultiHeadAttention
 from attn.nn.config import RELATIVE_POSITIONS, ModelConfig
 
@@ -77,11 +78,16 @@ class FeedForward(nn.Module):
   def __call__(self, x_BTD: Array, *, deterministic: bool = True) -> Array:
     cfg = self.config
     dense = functools.partial(nn.Dense, use_bias=cfg.use_bias, dtype=cfg.compute_dtype)
-    h_BTF = dense(cfg.d_ff, kernel_init=cfg.kernel_init(), name="wi")(x_BTD)
+    wi_init = sharding.named(cfg.kernel_init(), (sharding.EMBED, sharding.MLP))
+    wi_bias = sharding.named(nn.initializers.zeros_init(), (sharding.MLP,))
+    h_BTF = dense(cfg.d_ff, kernel_init=wi_init, bias_init=wi_bias, name="wi")(x_BTD)
     h_BTF = nn.relu(h_BTF) if cfg.activation == "relu" else nn.gelu(h_BTF)
     h_BTF = nn.Dropout(cfg.dropout_rate)(h_BTF, deterministic=deterministic)
-    wo_init = cfg.kernel_init(residual_layers=self.stack_layers)
-    return dense(x_BTD.shape[-1], kernel_init=wo_init, name="wo")(h_BTF)
+    wo_init = sharding.named(
+      cfg.kernel_init(residual_layers=self.stack_layers), (sharding.MLP, sharding.EMBED)
+    )
+    wo_bias = sharding.named(nn.initializers.zeros_init(), (sharding.EMBED,))
+    return dense(x_BTD.shape[-1], kernel_init=wo_init, bias_init=wo_bias, name="wo")(h_BTF)
 
 
 def _residual(config: ModelConfig, name: str, x: Array, sublayer: Callable, deterministic: bool):
@@ -94,7 +100,8 @@ def _residual(config: ModelConfig, name: str, x: Array, sublayer: Callable, dete
   y = sublayer(norm(x) if config.norm == "pre" else x)
   y, extra = y if isinstance(y, tuple) else (y, None)
   x = x + nn.Dropout(config.dropout_rate)(y, deterministic=deterministic)
-  return (x if config.norm == "pre" else norm(x)), extra
+  # A block boundary: the batch over the mesh's data axes (tensor parallelism's all-reduce lands here).
+  return sharding.constrain_residual(x if config.norm == "pre" else norm(x)), extra
 
 
 class EncoderBlock(nn.Module):

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 from attn.core import crf as crf_lib
 from attn.core import masks
 from attn.core.positions import sinusoidal_positions
+from attn.nn import sharding
 from attn.nn.blocks import Decoder, Encoder
 from attn.nn.config import GPT2_INIT_STD, ModelConfig
 
@@ -40,17 +41,23 @@ class Embedder(nn.Module):
     cfg = self.config
     token_std = GPT2_INIT_STD if cfg.init == "gpt2" else cfg.d_model**-0.5
     self.table = nn.Embed(
-      cfg.vocab_size, cfg.d_model, embedding_init=nn.initializers.normal(token_std), name="tokens"
+      cfg.vocab_size,
+      cfg.d_model,
+      embedding_init=sharding.named(nn.initializers.normal(token_std), (sharding.VOCAB, sharding.EMBED)),
+      name="tokens",
     )
     if cfg.positions == "learned":
       self.position_table = nn.Embed(
-        cfg.max_length, cfg.d_model, embedding_init=nn.initializers.normal(0.02), name="positions"
+        cfg.max_length,
+        cfg.d_model,
+        embedding_init=sharding.named(nn.initializers.normal(0.02), (None, sharding.EMBED)),
+        name="positions",
       )
     if cfg.feature_buckets:
       self.feature_table = nn.Embed(
         cfg.feature_buckets,
         cfg.d_model,
-        embedding_init=nn.initializers.normal(cfg.d_model**-0.5),
+        embedding_init=sharding.named(nn.initializers.normal(cfg.d_model**-0.5), (None, sharding.EMBED)),
         name="features",
       )
     self.dropout = nn.Dropout(cfg.dropout_rate)
@@ -131,10 +138,15 @@ class _OutputHead(nn.Module):
   def __call__(self, x_BTD: Array, embedder: Embedder) -> Array:
     if self.config.tie_output:
       return embedder.attend(x_BTD)
-    kernel_init = self.config.kernel_init()
-    return nn.Dense(self.config.vocab_size, dtype=jnp.float32, kernel_init=kernel_init, name="logits")(
-      x_BTD
-    )
+    kernel_init = sharding.named(self.config.kernel_init(), (sharding.EMBED, sharding.VOCAB))
+    bias_init = sharding.named(nn.initializers.zeros_init(), (sharding.VOCAB,))
+    return nn.Dense(
+      self.config.vocab_size,
+      dtype=jnp.float32,
+      kernel_init=kernel_init,
+      bias_init=bias_init,
+      name="logits",
+    )(x_BTD)
 
 
 class Transformer(nn.Module):
@@ -273,7 +285,10 @@ class EncoderTagger(nn.Module):
       x_BTD, mask=mask, deterministic=deterministic, return_weights=return_weights
     )
     x_BTD, weights = x if return_weights else (x, None)
-    logits_BTC = nn.Dense(cfg.num_classes, dtype=jnp.float32, name="classifier")(x_BTD)
+    classifier_init = sharding.named(nn.initializers.lecun_normal(), (sharding.EMBED, None))
+    logits_BTC = nn.Dense(
+      cfg.num_classes, dtype=jnp.float32, kernel_init=classifier_init, name="classifier"
+    )(x_BTD)
     out = (logits_BTC, weights) if return_weights else (logits_BTC,)
     if cfg.crf != "none":
       scores = CRFScores(cfg, name="crf")()  # Created at init whatever return_crf says.

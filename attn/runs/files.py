@@ -49,7 +49,7 @@ SAMPLES_DIR = "samples"  # <step>.txt: a language model's samples at each evalua
 DATA_HASHES = "data_sha256"
 # Config fields a resumed run may change: they do not change what is computed. num_train_steps is one
 # only where the schedule does not depend on it (see `resumable_fields`).
-RESUMABLE_CHANGES = ("log_every_steps", "eval_every_steps", "checkpoint_every_steps")
+RESUMABLE_CHANGES = ("log_every_steps", "eval_every_steps", "checkpoint_every_steps", "mesh")
 # Files whose presence makes a folder a run (for `launch.compare` without a sweep.json).
 RUN_FILES = (CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, STATUS_FILE)
 

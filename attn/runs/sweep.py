@@ -17,6 +17,7 @@ import re
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 
 from attn.runs import files
 
@@ -160,8 +161,30 @@ def _last_line(log_path: str) -> str:
   return (errors or lines or ["no output"])[-1]
 
 
-def run_sweep(config_arg: str, workdir: str, *, dry_run: bool = False, echo=print) -> list[PointResult]:
-  """Runs (or, with dry_run, lists) every point of the config's sweep under `workdir`."""
+def _silent(*args, **kwargs):
+  del args, kwargs
+
+
+def _process_log(train_args: Sequence[str]) -> str:
+  """train.pI.log: the log of process I of a multi-process point."""
+  ids = [a.removeprefix("--process_id=") for a in train_args if a.startswith("--process_id=")]
+  return f"train.p{ids[-1] if ids else 'x'}.log"
+
+
+def run_sweep(
+  config_arg: str,
+  workdir: str,
+  *,
+  dry_run: bool = False,
+  echo=print,
+  train_args: Sequence[str] = (),
+  writer: bool = True,
+) -> list[PointResult]:
+  """Runs (or, with dry_run, lists) every point of the config's sweep under `workdir`.
+
+  `train_args`: more flags for each point's launch.train (a multi-process run's). `writer`: this
+  process writes the sweep's files (process 0 of a multi-process sweep; the others only train, each
+  logging to train.pI.log)."""
   points = sweep_points(config_arg)
   names = [point_name(p) for p in points]
   if len(set(names)) != len(names):
@@ -179,7 +202,10 @@ def run_sweep(config_arg: str, workdir: str, *, dry_run: bool = False, echo=prin
     "config": config_arg,
     "points": [{"name": n, "overrides": p} for n, p in zip(names, points, strict=True)],
   }
-  files.write_json(files.path(workdir, files.SWEEP_FILE), manifest)
+  if writer:
+    files.write_json(files.path(workdir, files.SWEEP_FILE), manifest)
+  else:
+    echo = _silent
   for i, (name, overrides) in enumerate(zip(names, points, strict=True)):
     point_dir = os.path.join(workdir, name)
     tag = f"[{i + 1}/{len(points)}] {name}"
@@ -188,10 +214,11 @@ def run_sweep(config_arg: str, workdir: str, *, dry_run: bool = False, echo=prin
       results.append(PointResult(name, "skipped"))
       continue
     os.makedirs(point_dir, exist_ok=True)
-    files.write_json(files.path(point_dir, files.OVERRIDES_FILE), overrides)
     status_path = files.path(point_dir, files.STATUS_FILE)
-    if os.path.exists(status_path):
-      os.remove(status_path)  # A failed point is retried.
+    if writer:
+      files.write_json(files.path(point_dir, files.OVERRIDES_FILE), overrides)
+      if os.path.exists(status_path):
+        os.remove(status_path)  # A failed point is retried.
     command = [
       sys.executable,
       "-m",
@@ -199,10 +226,11 @@ def run_sweep(config_arg: str, workdir: str, *, dry_run: bool = False, echo=prin
       f"--config={config_arg}",
       f"--workdir={point_dir}",
       *(f"--config.{k}={_flag_value(v)}" for k, v in overrides.items()),
+      *train_args,
     ]
     echo(f"{tag}: training")
     start = time.time()
-    log_path = files.path(point_dir, files.TRAIN_LOG)
+    log_path = files.path(point_dir, files.TRAIN_LOG if writer else _process_log(train_args))
     with open(log_path, "a", encoding="utf-8") as log:
       returncode = subprocess.call(command, stdout=log, stderr=subprocess.STDOUT)
     seconds = time.time() - start
@@ -211,7 +239,8 @@ def run_sweep(config_arg: str, workdir: str, *, dry_run: bool = False, echo=prin
       results.append(PointResult(name, "done", seconds))
       continue
     error = _last_line(log_path)
-    files.write_json(status_path, {"status": "failed", "error": error, "returncode": returncode})
+    if writer:
+      files.write_json(status_path, {"status": "failed", "error": error, "returncode": returncode})
     echo(f"{tag}: FAILED after {seconds:.0f}s: {error} (log: {log_path})")
     results.append(PointResult(name, "failed", seconds, error))
   return results

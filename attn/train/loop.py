@@ -8,6 +8,7 @@ state carries a leading seed axis and the steps are vmapped over it (the seeds s
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
@@ -18,20 +19,21 @@ import threading
 import time
 from collections.abc import Callable
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
+from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding
-from jax.sharding import PartitionSpec as P
 
 from attn.nn.config import ModelConfig
 from attn.runs import files
 from attn.runs.writer import MetricsWriter
 from attn.tasks import Task
-from attn.train import setup, steps
+from attn.train import setup, sharding, steps
 
 PROBE_SEED_OFFSET = 12345  # The probe's inputs come from PRNGKey(data_seed + this).
 # metrics.jsonl's split of an early-stopped run's final evaluation: each seed's best parameters.
@@ -48,49 +50,107 @@ class TrainingInterrupted(KeyboardInterrupt):
 
 @dataclasses.dataclass(frozen=True)
 class CompiledSteps:
-  """The steps vmapped over the seed axis and jitted with their shardings: the state (with its seed
-  axis) replicated, batches split over the devices along B (data parallel)."""
+  """The steps vmapped over the seed axis and jitted with their shardings over the run's mesh
+  (`attn.train.sharding`): the state laid out by the rules (the seed axis whole), batches split
+  along B over data and fsdp, metrics replicated."""
 
   train: Callable  # (state, batch) -> (state, metrics); donates the state.
   eval: Callable  # (params, batch) -> sums over the batch.
   diagnostics: Callable  # (params, batch) -> per-layer statistics.
   probe: Callable  # (params, rng) -> per-layer statistics on unit-variance inputs.
+  init: Callable  # (seed rngs) -> a fresh state, laid out.
+  abstract_init: Callable  # The same for jax.eval_shape (no mesh context, which jit refuses).
+  keep_best: Callable  # (state, scores) -> state; donates the state.
+  mesh: jax.sharding.Mesh
+  state_shardings: object  # A tree like the state.
   data_sharding: NamedSharding
   replicated: NamedSharding
 
 
+def _in_mesh(fn, mesh):
+  """`fn` traced (and run) with the mesh and the logical rules in context, so the models' activation
+  constraints (`attn.nn.sharding`) bind to this mesh."""
+
+  @functools.wraps(fn)
+  def wrapped(*args):
+    with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.RULES):
+      return fn(*args)
+
+  return wrapped
+
+
 def compile_steps(
-  config: ml_collections.ConfigDict, model, optimizer, model_config: ModelConfig, kind: str
+  config: ml_collections.ConfigDict,
+  model,
+  optimizer,
+  model_config: ModelConfig,
+  kind: str,
+  example_inputs,
+  *,
+  keep_best: bool = False,
+  devices=None,
 ) -> CompiledSteps:
-  """Jits the vmapped steps once, over a mesh of every local device."""
-  mesh = jax.make_mesh((jax.device_count(),), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
-  replicated = NamedSharding(mesh, P())
-  data_sharding = NamedSharding(mesh, P("data"))
+  """Jits the vmapped steps once, over the mesh of `config.mesh` on `devices` (default: all);
+  `example_inputs` are one batch's model inputs (for the parameters' shapes)."""
+  mesh = sharding.make_mesh(config.get("mesh"), devices)
+  replicated = sharding.replicated(mesh)
+  data_sharding = sharding.batch_sharding(mesh)
+  init_state = steps.state_initializer(model, optimizer, example_inputs, keep_best=keep_best)
+  boxed_init = steps.state_initializer(model, optimizer, example_inputs, keep_best=keep_best, boxed=True)
+  state_shardings = sharding.state_shardings(mesh, jax.eval_shape(boxed_init, jax.random.PRNGKey(0)))
+  params_shardings = state_shardings.params
+  jitted_init = jax.jit(jax.vmap(init_state), out_shardings=state_shardings)
   static = dict(model=model, kind=kind)
   train = functools.partial(
     steps.train_step, optimizer=optimizer, label_smoothing=float(config.label_smoothing), **static
   )
   return CompiledSteps(
-    train=jax.jit(
-      jax.vmap(train, in_axes=(0, None)),
-      in_shardings=(replicated, data_sharding),
-      out_shardings=(replicated, replicated),
-      donate_argnums=(0,),
+    train=_in_mesh(
+      jax.jit(
+        jax.vmap(train, in_axes=(0, None)),
+        in_shardings=(state_shardings, data_sharding),
+        out_shardings=(state_shardings, replicated),
+        donate_argnums=(0,),
+      ),
+      mesh,
     ),
-    eval=jax.jit(
-      jax.vmap(functools.partial(steps.eval_step, **static), in_axes=(0, None)),
-      in_shardings=(replicated, data_sharding),
-      out_shardings=replicated,
+    eval=_in_mesh(
+      jax.jit(
+        jax.vmap(functools.partial(steps.eval_step, **static), in_axes=(0, None)),
+        in_shardings=(params_shardings, data_sharding),
+        out_shardings=replicated,
+      ),
+      mesh,
     ),
-    diagnostics=jax.jit(
-      jax.vmap(functools.partial(steps.diagnostics_step, **static), in_axes=(0, None)),
-      in_shardings=(replicated, data_sharding),
-      out_shardings=replicated,
+    diagnostics=_in_mesh(
+      jax.jit(
+        jax.vmap(functools.partial(steps.diagnostics_step, **static), in_axes=(0, None)),
+        in_shardings=(params_shardings, data_sharding),
+        out_shardings=replicated,
+      ),
+      mesh,
     ),
-    probe=jax.jit(
-      jax.vmap(functools.partial(steps.probe_step, model_config=model_config), in_axes=(0, None)),
-      out_shardings=replicated,
+    probe=_in_mesh(
+      jax.jit(
+        jax.vmap(functools.partial(steps.probe_step, model_config=model_config), in_axes=(0, None)),
+        in_shardings=(params_shardings, replicated),
+        out_shardings=replicated,
+      ),
+      mesh,
     ),
+    init=_in_mesh(jitted_init, mesh),
+    abstract_init=jitted_init,
+    keep_best=_in_mesh(
+      jax.jit(
+        jax.vmap(steps.keep_best),
+        in_shardings=(state_shardings, replicated),
+        out_shardings=state_shardings,
+        donate_argnums=(0,),
+      ),
+      mesh,
+    ),
+    mesh=mesh,
+    state_shardings=state_shardings,
     data_sharding=data_sharding,
     replicated=replicated,
   )
@@ -102,9 +162,15 @@ def data_hashes(task: Task) -> dict[str, str]:
 
 
 def write_config(
-  config: ml_collections.ConfigDict, workdir: str, model_config: ModelConfig, task: Task
+  config: ml_collections.ConfigDict,
+  workdir: str,
+  model_config: ModelConfig,
+  task: Task,
+  *,
+  write: bool = True,
 ) -> None:
-  """Writes config.json: the config, the resolved model and the hashes of the task's data files.
+  """Writes config.json: the config, the resolved model and the hashes of the task's data files
+  (with `write=False`, only the checks below).
 
   Raises:
     ConfigError: when `workdir` holds a run of a different config or over different data (only the
@@ -137,7 +203,8 @@ def write_config(
       )
     if old == resolved:
       return  # Nothing to record: the file stays as it is.
-  files.write_json(path, resolved, sort_keys=True)
+  if write:
+    files.write_json(path, resolved, sort_keys=True)
 
 
 def _has_checkpoints(workdir: str) -> bool:
@@ -192,6 +259,7 @@ def largest_logit(diagnostics: dict[str, list[float]]) -> dict[str, list[float]]
 def task_scores(task: Task, model, params, batch_size: int, final: bool) -> dict[str, list[float]]:
   """The task's own metrics (`task.score`, e.g. entity F1 or BLEU from decoded output), per seed;
   `final` marks the last evaluation (where a task may also score its test split)."""
+  params = host_params(params)
   num_seeds = jax.tree.leaves(params)[0].shape[0]
   per_seed = [
     task.score(model, jax.tree.map(lambda x, i=i: x[i], params), batch_size, final=final)
@@ -202,9 +270,20 @@ def task_scores(task: Task, model, params, batch_size: int, final: bool) -> dict
   return {k: [float(s[k]) for s in per_seed] for k in per_seed[0]}
 
 
+def host_params(params):
+  """`params` as this process can read them whole: unchanged in a one-process run, else gathered
+  from every process (a task decodes on the host, which needs the whole parameters)."""
+  if jax.process_count() == 1:
+    return params
+  return multihost_utils.process_allgather(params, tiled=True)
+
+
 def write_samples(task: Task, model, params, workdir: str, step: int) -> None:
   """The task's samples (`task.samples`) of every seed into samples/STEP.txt; nothing when it has
   none."""
+  if not is_writer():
+    return
+  params = host_params(params)
   num_seeds = jax.tree.leaves(params)[0].shape[0]
   texts = [task.samples(model, jax.tree.map(lambda x, i=i: x[i], params)) for i in range(num_seeds)]
   if not any(texts):
@@ -289,6 +368,25 @@ class _CtrlC:
       self._previous = None
 
 
+def is_writer() -> bool:
+  """Whether this process writes the run's files (logs, metrics, summaries): process 0 of a
+  multi-process run, or the only one. Checkpoints are written by every process together."""
+  return jax.process_index() == 0
+
+
+class _SilentWriter:
+  """The MetricsWriter of a process that does not write (see `is_writer`)."""
+
+  def write(self, step, split, metrics):
+    del step, split, metrics
+
+  def flush(self):
+    pass
+
+  def close(self):
+    pass
+
+
 def _logged_eval(workdir: str, step: int, split: str = "eval") -> dict | None:
   """The `split` metrics already on record for `step` (a run resumed at its very end), or None."""
   logged = [r for r in files.read_metrics(workdir) if r["split"] == split and r["step"] == step]
@@ -312,8 +410,9 @@ def checkpoint_manager(config: ml_collections.ConfigDict, workdir: str) -> ocp.C
   )
 
 
-def init_or_restore(config, checkpoints, init_fn, seed_rngs, abstract_state, sharding, workdir: str):
-  """The state of the newest checkpoint that restores (put on `sharding`), or a fresh one from
+def init_or_restore(config, checkpoints, init_fn, seed_rngs, abstract_state, shardings, workdir: str):
+  """The state of the newest checkpoint that restores (onto the shardings `abstract_state` carries,
+  whatever mesh wrote it), or a fresh one from
   `init_fn(seed_rngs)` when there is none; returns (state, its step or None, the checkpoint manager).
 
   A checkpoint that does not restore (a truncated or missing file, an empty step folder) is said in
@@ -326,7 +425,7 @@ def init_or_restore(config, checkpoints, init_fn, seed_rngs, abstract_state, sha
   if not saved:
     state = init_fn(seed_rngs)
     if config.get("init_from", ""):  # A fresh run only: a resumed one has its own parameters.
-      params = jax.device_put(setup.init_from(config, state.params), sharding)
+      params = sharding.to_global(setup.init_from(config, state.params), shardings.params)
       state = state.replace(params=params)
       logging.info("Parameters taken by name from %s.", config.init_from)
     return state, None, checkpoints
@@ -342,7 +441,7 @@ def init_or_restore(config, checkpoints, init_fn, seed_rngs, abstract_state, sha
     if unreadable:
       checkpoints = _set_aside(config, checkpoints, workdir, unreadable)
     logging.info("Resuming %s from the checkpoint of step %d.", workdir, step)
-    return jax.device_put(state, sharding), step, checkpoints
+    return state, step, checkpoints  # Restored straight onto `abstract_state`'s shardings.
   raise setup.ConfigError(
     f"--workdir {workdir}: no checkpoint in {files.checkpoints_dir(workdir)} restores (steps "
     f"{', '.join(map(str, saved))}); move the folder away to start again"
@@ -389,10 +488,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     os.makedirs(workdir, exist_ok=True)
   except OSError as e:
     raise setup.ConfigError(f"--workdir {workdir}: cannot create it ({e.strerror})") from None
-  with files.run_lock(workdir):
-    write_config(config, workdir, model_config, task)
+  # One process writes the run's files; the others check them (a different run is refused on all).
+  with files.run_lock(workdir) if is_writer() else contextlib.nullcontext():
+    write_config(config, workdir, model_config, task, write=is_writer())
     try:
-      task.save(workdir)  # E.g. a vocabulary built from the training split, kept with the run.
+      if is_writer():
+        task.save(workdir)  # E.g. a vocabulary built from the training split, kept with the run.
     except ValueError as e:
       raise setup.ConfigError(str(e)) from None
     summary_path = files.path(workdir, files.SUMMARY_FILE)
@@ -420,28 +521,32 @@ def _train(config, workdir: str, task: Task, model_config: ModelConfig, start_ti
   kind = task.kind
   model = setup.build_model(model_config, kind)
   optimizer = setup.make_optimizer(config)
-  compiled = compile_steps(config, model, optimizer, model_config, kind)
   num_seeds = int(config.num_seeds)
   seeds = [int(config.seed) + i for i in range(num_seeds)]
   host_example = task.train_batch(0, int(config.batch_size))
   example_inputs, _ = steps.inputs_and_targets(jax.tree.map(jnp.asarray, host_example), kind)
   seed_rngs = jnp.stack([jax.random.PRNGKey(s) for s in seeds])
   patience = setup.early_stopping(config)
-  init_fn = jax.jit(
-    jax.vmap(steps.state_initializer(model, optimizer, example_inputs, keep_best=patience > 0)),
-    out_shardings=compiled.replicated,
-  )
-  update_best = jax.jit(
-    jax.vmap(steps.keep_best), donate_argnums=(0,), out_shardings=compiled.replicated
+  compiled = compile_steps(
+    config, model, optimizer, model_config, kind, example_inputs, keep_best=patience > 0
   )
   lower_is_better = task.main_metric == "loss"
-  abstract_state = jax.eval_shape(init_fn, seed_rngs)
+  abstract_state = jax.tree.map(
+    lambda leaf, where: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=where),
+    jax.eval_shape(compiled.abstract_init, seed_rngs),
+    compiled.state_shardings,
+  )
   checkpoints = checkpoint_manager(config, workdir)
   state, latest, checkpoints = init_or_restore(
-    config, checkpoints, init_fn, seed_rngs, abstract_state, compiled.replicated, workdir
+    config, checkpoints, compiled.init, seed_rngs, abstract_state, compiled.state_shardings, workdir
   )
   step = int(np.asarray(state.step)[0])
-  writer = MetricsWriter(workdir, keep_through_step=-1 if latest is None else step)
+  writer = (
+    MetricsWriter(workdir, keep_through_step=-1 if latest is None else step)
+    if is_writer()
+    else _SilentWriter()
+  )
+  to_batch = functools.partial(sharding.to_global, shardings=compiled.data_sharding)
   ctrl_c = _CtrlC()
   try:
     ctrl_c.install()
@@ -449,7 +554,7 @@ def _train(config, workdir: str, task: Task, model_config: ModelConfig, start_ti
     schedule = setup.make_schedule(config)
     host_eval_batches = task.eval_batches(int(config.eval_batch_size))
     check_lengths(model_config, [host_example, *host_eval_batches], getattr(task, "eval_lengths", ()))
-    eval_batches = [jax.device_put(b, compiled.data_sharding) for b in host_eval_batches]
+    eval_batches = [to_batch(b) for b in host_eval_batches]
     probe_rng = jax.random.PRNGKey(int(config.data_seed) + PROBE_SEED_OFFSET)
     total = int(config.num_train_steps)
 
@@ -483,7 +588,7 @@ def _train(config, workdir: str, task: Task, model_config: ModelConfig, start_ti
       """Keeps each seed's best parameters; True when no seed improved for `patience` evaluations."""
       nonlocal state
       score = np.asarray(metrics[task.main_metric], np.float32) * (-1.0 if lower_is_better else 1.0)
-      state = update_best(state, jax.device_put(score, compiled.replicated))
+      state = compiled.keep_best(state, sharding.to_global(score, compiled.replicated))
       return bool(np.all(np.asarray(state.best["since"]) >= patience))
 
     final = evaluate_and_log(0) if latest is None else None
@@ -492,12 +597,15 @@ def _train(config, workdir: str, task: Task, model_config: ModelConfig, start_ti
     else:  # Resumed: a run that had stopped stays stopped.
       stopped = patience > 0 and bool(np.all(np.asarray(state.best["since"]) >= patience))
     logging.info(
-      "Training %s: %d steps, %d seed(s), %d parameters per seed, %d device(s).",
+      "Training %s: %d steps, %d seed(s), %d parameters per seed, %d device(s) in %d process(es), "
+      "mesh %s.",
       workdir,
       total,
       num_seeds,
       num_params,
       jax.device_count(),
+      jax.process_count(),
+      sharding.describe(compiled.mesh.shape),
     )
     pending: list[dict] = []
     interval_start, interval_steps = time.time(), 0
@@ -505,8 +613,8 @@ def _train(config, workdir: str, task: Task, model_config: ModelConfig, start_ti
     while step < total and not stopped:
       if ctrl_c.pressed:  # Stop between steps, never inside a checkpoint's save.
         raise KeyboardInterrupt
-      # Host numpy straight to its shards: one transfer, not a copy to device 0 and a reshard.
-      batch = jax.device_put(task.train_batch(step, int(config.batch_size)), compiled.data_sharding)
+      # Host numpy straight to its shards: each process puts only its own devices' rows.
+      batch = to_batch(task.train_batch(step, int(config.batch_size)))
       state, metrics = compiled.train(state, batch)
       pending.append(metrics)
       step += 1
@@ -562,6 +670,8 @@ def _train(config, workdir: str, task: Task, model_config: ModelConfig, start_ti
     ctrl_c.uninstall()
     writer.close()
   checkpoints.close()
+  if not is_writer():
+    return final
   write_summary(
     workdir,
     num_train_steps=total,

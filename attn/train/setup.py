@@ -10,6 +10,7 @@ import os
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
 import orbax.checkpoint as ocp
 
@@ -18,6 +19,7 @@ from attn.nn.config import ModelConfig
 from attn.nn.models import EncoderTagger, LanguageModel, Transformer
 from attn.runs import files
 from attn.tasks import denoise
+from attn.train import sharding
 from attn.train.steps import TrainState, inputs_and_targets, state_initializer
 
 SCHEDULES = ("rsqrt", "cosine", "constant")
@@ -160,10 +162,6 @@ def validate(config: ml_collections.ConfigDict, *, workdir: str | None = None):
     raise ConfigError(
       f"config.optimizer.schedule: unknown choice {choice!r}; expected one of {SCHEDULES}"
     )
-  n = jax.device_count()
-  for field in ("batch_size", "eval_batch_size"):
-    if config[field] % n:
-      raise ConfigError(f"config.{field}: {config[field]} is not divisible by the {n} devices")
   data_path = config.get("data", {}).get("path", "")
   if data_path and not os.path.exists(data_path):
     raise ConfigError(f"config.data.path: {data_path!r} does not exist")
@@ -195,7 +193,12 @@ def validate(config: ml_collections.ConfigDict, *, workdir: str | None = None):
       f"config.num_train_epochs: the {config.task.name} task draws fresh examples (no fixed training "
       "set); give num_train_steps instead"
     )
-  return task, model_config_from(config, task)
+  model_config = model_config_from(config, task)
+  try:
+    sharding.check_fits(config, model_config)
+  except sharding.MeshError as e:
+    raise ConfigError(str(e)) from None
+  return task, model_config
 
 
 def train_steps(config: ml_collections.ConfigDict, task) -> int:
@@ -208,13 +211,23 @@ def train_steps(config: ml_collections.ConfigDict, task) -> int:
   return max(1, math.ceil(epochs * task.num_train_examples / int(config.batch_size)))
 
 
-def abstract_train_state(config, task, model, optimizer) -> TrainState:
+def abstract_train_state(config, task, model, optimizer, shardings=None) -> TrainState:
   """The shapes and dtypes of a run's state (with its leading seed axis), without computing it: what
-  orbax restores into."""
+  orbax restores into. `shardings`: where each leaf goes (a tree like the state); default, whole on
+  every device of a mesh over this machine's devices, whatever mesh wrote the checkpoint (so a run
+  trained on many devices opens on a laptop)."""
   example_inputs, _ = inputs_and_targets(jax.tree.map(jnp.asarray, task.train_batch(0, 1)), task.kind)
   rngs = jnp.stack([jax.random.PRNGKey(0)] * int(config.num_seeds))
   init = state_initializer(model, optimizer, example_inputs, keep_best=early_stopping(config) > 0)
-  return jax.eval_shape(jax.vmap(init), rngs)
+  abstract = jax.eval_shape(jax.vmap(init), rngs)
+  if shardings is None:
+    whole = sharding.replicated(jax.sharding.Mesh(np.array(jax.local_devices()), ("data",)))
+    shardings = jax.tree.map(lambda _: whole, abstract)
+  return jax.tree.map(
+    lambda leaf, where: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=where),
+    abstract,
+    shardings,
+  )
 
 
 def early_stopping(config: ml_collections.ConfigDict) -> int:
@@ -245,6 +258,8 @@ def _run_config(workdir: str) -> ml_collections.ConfigDict:
     raise ConfigError(f"--workdir: {workdir!r} holds no run (no readable {files.CONFIG_FILE})")
   for derived in ("resolved_model", files.DATA_HASHES):  # Written by the loop, not config fields.
     resolved.pop(derived, None)
+  # Where the run trained, not what it is: inspecting it here uses this machine's devices.
+  resolved.pop("mesh", None)
   return ml_collections.ConfigDict(resolved)
 
 

@@ -5,6 +5,7 @@ they carry.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import jax
@@ -13,7 +14,7 @@ import optax
 from flax import struct
 
 from attn.core import crf
-from attn.nn import blocks
+from attn.nn import blocks, sharding
 from attn.nn.config import ModelConfig
 
 
@@ -28,13 +29,16 @@ class TrainState:
   best: Any = None
 
 
-def state_initializer(model, optimizer, example_inputs, *, keep_best: bool = False):
+def state_initializer(model, optimizer, example_inputs, *, keep_best: bool = False, boxed=False):
   """rng -> a fresh TrainState for one seed (parameters from init_rng, dropout from the other half);
-  with `keep_best`, also the best-so-far record early stopping keeps."""
+  with `keep_best`, also the best-so-far record early stopping keeps. `boxed`: the parameters (and the
+  optimizer state that mirrors them) keep their logical axis names as flax partitioning boxes, for
+  `nn.get_partition_spec` (see `attn.train.sharding`); else plain arrays."""
 
   def init_state(rng):
     init_rng, dropout_rng = jax.random.split(rng)
-    params = model.init(init_rng, *example_inputs)["params"]
+    with sharding.logical_axis_names() if boxed else contextlib.nullcontext():
+      params = model.init(init_rng, *example_inputs)["params"]
     best = None
     if keep_best:
       zero = jnp.asarray(0, jnp.int32)

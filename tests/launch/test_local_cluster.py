@@ -1,0 +1,78 @@
+"""Tests for launch/local_cluster.py and the multi-process flags of launch/distributed.py: two
+processes of one device each (jax.distributed over gloo on 127.0.0.1) train a run, are stopped, and
+resume it to the metrics of one process with two devices; partial flags are one line."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from tests.launch.common import ENV, ROOT, run
+
+FLAGS = (
+  "--config=experiments/base.py:smoke",
+  "--config.num_seeds=1",
+  "--config.model.num_decoder_layers=0",
+  "--config.log_every_steps=2",
+  "--config.checkpoint_every_steps=2",
+  "--config.eval_every_steps=4",
+)
+
+
+def _records(workdir):
+  lines = (workdir / "metrics.jsonl").read_text().splitlines()
+  return [json.loads(line) for line in lines if '"split": "train"' in line or '"split": "eval"' in line]
+
+
+def test_two_processes_resume_to_the_metrics_of_one_process_with_two_devices(tmp_path):
+  import subprocess
+  import sys
+
+  one = tmp_path / "one"
+  env = {**ENV, "XLA_FLAGS": ENV["XLA_FLAGS"] + " --xla_force_host_platform_device_count=2"}
+  single = subprocess.run(
+    [sys.executable, "-m", "launch.train", *FLAGS, f"--workdir={one}", "--config.num_train_steps=8"],
+    cwd=ROOT,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
+  assert single.returncode == 0, single.stderr[-3000:]
+  two = tmp_path / "two"
+  cluster = ("launch.local_cluster", "--num_processes=2", "--", *FLAGS, f"--workdir={two}")
+  first = run(*cluster, "--config.num_train_steps=4")  # Stopped after step 4 on both processes...
+  assert first.returncode == 0, first.stderr[-3000:]
+  assert "2 device(s)" in first.stderr and (two / "checkpoints" / "4").is_dir()
+  second = run(*cluster, "--config.num_train_steps=8")  # ... and restarted on both.
+  assert second.returncode == 0, second.stderr[-3000:]
+  assert "Resuming" in second.stderr
+  assert (two / "process_1.log").exists() and len(list(two.glob("events.out.tfevents.*"))) == 1
+  ours, theirs = _records(two), _records(one)
+  assert [(r["step"], r["split"]) for r in ours] == [(r["step"], r["split"]) for r in theirs]
+  for mine, reference in zip(ours, theirs, strict=True):
+    np.testing.assert_allclose(mine["loss"], reference["loss"], rtol=1e-5, err_msg=str(mine["step"]))
+  summary = json.loads((two / "summary.json").read_text())
+  assert summary["status"] == "done" and summary["num_train_steps"] == 8
+
+
+def test_partial_distributed_flags_are_one_line(tmp_path):
+  result = run("launch.train", *FLAGS, f"--workdir={tmp_path / 'run'}", "--num_processes=2")
+  assert result.returncode == 1
+  assert result.stderr.splitlines() == [
+    "error: --coordinator_address: needed with --num_processes (a multi-process run gives all of "
+    "--coordinator_address, --num_processes and --process_id)"
+  ]
+  result = run(
+    "launch.train",
+    *FLAGS,
+    f"--workdir={tmp_path / 'run'}",
+    "--coordinator_address=127.0.0.1:1",
+    "--num_processes=2",
+    "--process_id=2",
+  )
+  assert result.returncode == 1 and result.stderr.splitlines() == [
+    "error: --process_id: 2 is not in [0, 2)"
+  ]
+  assert not (tmp_path / "run").exists()
