@@ -311,3 +311,26 @@ def test_a_finished_point_over_changed_data_is_refused(tmp_path):
     ValueError, match=r"point num_heads=2 holds a finished run over other data \(train"
   ):
     sweep.check_reuse(config_arg, str(tmp_path / "sweep"), names, points)
+
+
+def test_a_multi_process_sweeps_other_processes_pass_the_flags_and_write_nothing(tmp_path, monkeypatch):
+  """Process I > 0 of a multi-process sweep: each point's launch.train gets the distributed flags,
+  logs to train.pI.log, and the sweep's files (sweep.json, overrides, status) are process 0's."""
+  config = write_config(tmp_path)
+  commands = []
+
+  def call(command, stdout, stderr):
+    commands.append(command)
+    stdout.write("error: stopped by the test\n")
+    return 1
+
+  monkeypatch.setattr(sweep.subprocess, "call", call)
+  flags = ["--coordinator_address=127.0.0.1:1234", "--num_processes=2", "--process_id=1"]
+  workdir = tmp_path / "sweep"
+  lines = []
+  results = sweep.run_sweep(config, str(workdir), train_args=flags, writer=False, echo=lines.append)
+  assert [r.status for r in results] == ["failed", "failed"] and lines == []
+  assert all(command[-3:] == flags for command in commands) and len(commands) == 2
+  point = workdir / sweep.point_name({"model.num_heads": 2})
+  assert sorted(p.name for p in point.iterdir()) == ["train.p1.log"]
+  assert not (workdir / "sweep.json").exists()
