@@ -1,21 +1,24 @@
-"""Tests for launch/analyze.py: a trained smoke run's heads, through the command line.
+"""Tests for launch/analyze.py: a smoke run's heads, through the command line.
 
 The launch modules define overlapping absl flags (--workdir, --split), so they run as subprocesses.
+The run they read is written in process, untrained (config.json and a checkpoint, as launch.train
+leaves them): what analyze does with a run is the test, not how it was trained.
 """
 
 import json
 
+from experiments import base
 from tests.launch.common import run
+from tests.train.common import write_untrained_run
 
 
 def test_launch_analyze_writes_the_files_and_refuses_a_missingrun(tmp_path):
   workdir = tmp_path / "run"
-  result = run(
-    "launch.train", "--config=experiments/base.py:smoke", f"--workdir={workdir}",
-    "--config.num_train_steps=2", "--config.log_every_steps=2", "--config.checkpoint_every_steps=2",
-    "--config.eval_every_steps=2", "--config.num_seeds=1",
-  )  # fmt: skip
-  assert result.returncode == 0, result.stderr[-2000:]
+  config = base.get_config("smoke")
+  config.num_seeds = 1
+  config.num_train_steps = config.log_every_steps = config.checkpoint_every_steps = 2
+  config.eval_every_steps = 2
+  write_untrained_run(config, str(workdir))
   out = tmp_path / "out"
   result = run("launch.analyze", f"--workdir={workdir}", f"--out={out}", "--max_examples=8")
   assert result.returncode == 0, result.stderr[-2000:]

@@ -11,6 +11,7 @@ import pytest
 from attn import train
 from attn.train import setup
 from tests.train.common import smoke_config as _config
+from tests.train.common import write_untrained_run
 
 # ----------------------------------------------------------------------------------------------------
 # Validation.
@@ -62,10 +63,14 @@ def test_scale_error_lists_every_choice():
 def test_validate_batch_not_divisible_by_devices(monkeypatch):
   monkeypatch.setattr(jax, "device_count", lambda *args: 2)
   with pytest.raises(
-    train.ConfigError, match=r"^config\.batch_size: 9 is not divisible by the 2 devices$"
+    train.ConfigError,
+    match=r"^config\.batch_size: 9 is not divisible by the mesh's data x fsdp = 2 \(the batch",
   ):
     train.validate(_config(batch_size=9))
-  with pytest.raises(train.ConfigError, match=r"^config\.eval_batch_size: 15 is not divisible by the 2"):
+  with pytest.raises(
+    train.ConfigError,
+    match=r"^config\.eval_batch_size: 15 is not divisible by the mesh's data x fsdp = 2",
+  ):
     train.validate(_config(eval_batch_size=15))
   train.validate(_config())  # 8 and 16 split evenly.
 
@@ -164,17 +169,19 @@ def test_optimizer_fields_are_checked(overrides, message):
 
 def test_init_from_takes_matching_parameters_by_name_and_refuses_other_shapes(tmp_path):
   """A denoising run of the cue tagger starts a tagger: the encoder and embeddings come from it, the
-  head (another shape: the vocabulary, not the tags) stays fresh; another width is one line."""
-  from attn.train import loop
+  head (another shape: the vocabulary, not the tags) stays fresh; another width is one line.
+
+  The source run is written untrained (init_from reads its config.json and checkpoint, nothing of
+  its training); its seed is not the fresh parameters', so a taken embedding differs from the one it
+  replaces."""
   from experiments import cue
 
   source = cue.get_config("smoke")
   source.objective = "denoise"
   source.num_seeds = 1
-  source.num_train_steps = 2
-  source.log_every_steps = source.checkpoint_every_steps = source.eval_every_steps = 2
+  source.seed = 7
   source_dir = str(tmp_path / "pretrained")
-  loop.train_and_evaluate(source, source_dir)
+  write_untrained_run(source, source_dir)
   _, _, _, pretrained = setup.restore_run(source_dir, 0)
 
   config = cue.get_config("smoke")
@@ -182,13 +189,16 @@ def test_init_from_takes_matching_parameters_by_name_and_refuses_other_shapes(tm
   task, model_config = setup.validate(config)
   model = setup.build_model(model_config, task.kind)
   batch = task.train_batch(0, 2)
-  fresh = jax.vmap(lambda key: model.init(key, batch["tokens"])["params"])(
+  fresh = jax.jit(jax.vmap(lambda key: model.init(key, batch["tokens"])["params"]))(
     jax.random.split(jax.random.PRNGKey(0), 2)
   )
   params = setup.init_from(config, fresh)
   for seed in range(2):  # The source had one seed: both take it.
     np.testing.assert_array_equal(
       params["embedder"]["tokens"]["embedding"][seed], pretrained["embedder"]["tokens"]["embedding"]
+    )
+    assert not np.array_equal(
+      fresh["embedder"]["tokens"]["embedding"][seed], pretrained["embedder"]["tokens"]["embedding"]
     )
   np.testing.assert_array_equal(params["classifier"]["kernel"], fresh["classifier"]["kernel"])
   assert pretrained["classifier"]["kernel"].shape[-1] == len(task.vocab)  # Skipped, not refused.
@@ -197,7 +207,7 @@ def test_init_from_takes_matching_parameters_by_name_and_refuses_other_shapes(tm
   config.model.d_ff = 2 * config.model.d_ff
   task, model_config = setup.validate(config)
   model = setup.build_model(model_config, task.kind)
-  wider = jax.vmap(lambda key: model.init(key, batch["tokens"])["params"])(
+  wider = jax.jit(jax.vmap(lambda key: model.init(key, batch["tokens"])["params"]))(
     jax.random.split(jax.random.PRNGKey(0), 1)
   )
   with pytest.raises(

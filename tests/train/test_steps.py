@@ -96,9 +96,11 @@ def test_crf_tagger_step_loss_is_the_sentences_negative_log_likelihood_per_token
   from attn.core import crf
   from experiments import cue
 
+  # No encoder layers (quick to compile): the step's loss and the eval sums only see the emissions.
   config = cue.get_config("smoke")
   config.model.crf = "free"
   config.model.dropout_rate = 0.0
+  config.model.num_encoder_layers = 0
   task, model_config = train.validate(config)
   model = train.build_model(model_config, task.kind)
   optimizer = train.make_optimizer(config)
@@ -108,19 +110,27 @@ def test_crf_tagger_step_loss_is_the_sentences_negative_log_likelihood_per_token
     jax.random.PRNGKey(2), params["crf"]["transitions"].shape
   )
   state = train.TrainState(
-    jnp.asarray(0, jnp.int32), params, optimizer.init(params), jax.random.PRNGKey(1)
+    jnp.asarray(0, jnp.int32), params, jax.jit(optimizer.init)(params), jax.random.PRNGKey(1)
   )
-  emissions, scores = model.apply({"params": params}, batch["tokens"], return_crf=True)
+
+  @jax.jit
+  def by_hand(params, batch):
+    """(each sentence's CRF log-likelihood, its Viterbi tags), from the model's emissions."""
+    emissions, scores = model.apply({"params": params}, batch["tokens"], return_crf=True)
+    mask = batch["weights"] > 0
+    tags, _ = crf.viterbi(emissions, *scores, mask)
+    return crf.log_likelihood(emissions, batch["tags"], *scores, mask), tags
+
+  log_likelihood, tags = by_hand(params, batch)
   weights = batch["weights"]
-  expected = -crf.log_likelihood(emissions, batch["tags"], *scores, weights > 0).sum() / weights.sum()
+  expected = -log_likelihood.sum() / weights.sum()
   step = functools.partial(
     train.train_step, model=model, optimizer=optimizer, kind=task.kind, label_smoothing=0.1
   )
   _, metrics = jax.jit(step)(state, batch)
   np.testing.assert_allclose(metrics["loss"], expected, rtol=1e-5)  # No label smoothing for a CRF.
   np.testing.assert_allclose(metrics["nll"], expected, rtol=1e-5)
-  sums = train.eval_step(params, batch, model=model, kind=task.kind)
+  sums = jax.jit(functools.partial(train.eval_step, model=model, kind=task.kind))(params, batch)
   np.testing.assert_allclose(sums["loss_sum"], expected * weights.sum(), rtol=1e-5)
-  tags, _ = crf.viterbi(emissions, *scores, weights > 0)
   correct = ((tags == batch["tags"]) * weights).sum()
   np.testing.assert_allclose(sums["correct_sum"], correct, rtol=1e-6)
