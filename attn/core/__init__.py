@@ -4,7 +4,7 @@
 (the naive reference, the choice of implementation and `dot_product_attention`), `flash` (tiled
 attention with an online softmax), `positions` (sinusoidal encodings, RoPE, ALiBi, T5 buckets) and
 `corruption` (input-token noise for denoising: the notes' other "masking", kept apart from attention
-masks).
+masks), `crf` (a linear-chain CRF) and `ring` (ring attention: the sequence sharded over a mesh axis).
 """
 
 from attn.core.attention import (
@@ -24,6 +24,7 @@ from attn.core.positions import (
   sinusoidal_positions,
   t5_buckets,
 )
+from attn.core.ring import ring_attention
 from attn.core.scaling import SCALE_CHOICES, resolve_scale
 
 __all__ = [
@@ -41,6 +42,7 @@ __all__ = [
   "local_window_mask",
   "padding_mask",
   "resolve_scale",
+  "ring_attention",
   "rope",
   "self_attention",
   "sinusoidal_positions",

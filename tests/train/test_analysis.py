@@ -1,6 +1,7 @@
-"""Tests for attn/train/analysis.py on a tiny trained run: every number of analysis.json is there and
-well formed (importance per layer and head, pruning curves for self and cross attention, role scores
-in [0, 1], rollout rows summing to one). launch/analyze.py is tested in tests/launch/test_analyze.py."""
+"""Tests for attn/train/analysis.py on a tiny run (untrained: its initial checkpoint): every number
+of analysis.json is there and well formed (importance per layer and head, pruning curves for self and
+cross attention, role scores in [0, 1], rollout rows summing to one). launch/analyze.py is tested in
+tests/launch/test_analyze.py."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import pytest
 
 from attn import train
 from attn.train import analysis
-from tests.train.common import ATTENTION_LAYERS, smoke_config
+from tests.train.common import ATTENTION_LAYERS, smoke_config, write_untrained_run
 
 
 @pytest.fixture(scope="module")
@@ -19,7 +20,7 @@ def analyzed(tmp_path_factory):
     num_train_steps=4, log_every_steps=2, eval_every_steps=4, checkpoint_every_steps=4
   )
   config.num_seeds = 1
-  train.train_and_evaluate(config, str(workdir))
+  write_untrained_run(config, str(workdir))  # What is analysed needs a run, not a trained one.
   return workdir, analysis.analyze_run(str(workdir), max_examples=8, echo=lambda line: None)
 
 
