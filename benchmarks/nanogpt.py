@@ -5,8 +5,8 @@ Both train the same configuration (`experiments/shakespeare_char.py`: nanoGPT's 
 same stream of tokens, one seed, batch and block size equal, and each step is timed as its training
 loop runs it:
 - ours: the loop's compiled train step (`attn.train.loop.compile_steps`: forward, backward, clipping,
-  AdamW, metrics), fed by the text task's `train_batch` and a `device_put`, as `train_and_evaluate`
-  does; compile time is measured apart (the first call's `lower().compile()`).
+  AdamW, metrics), fed by the text task's `train_batch` put on the mesh (`sharding.to_global`), as
+  `train_and_evaluate` does; compile time is measured apart (the first call's `lower().compile()`).
 - nanoGPT: its own `GPT` from DIR/model.py with `configure_optimizers` (AdamW, decay on matrices), and
   the body of its train.py loop: the learning rate set per step, `get_batch` (torch.randint windows of
   a numpy array), forward, backward, `clip_grad_norm_`, `optimizer.step()`, `zero_grad`, and
@@ -37,7 +37,7 @@ import numpy as np
 from attn import train
 from attn.tasks import SPECIALS, Vocabulary
 from attn.tasks.text import TextTask
-from attn.train import loop
+from attn.train import loop, sharding
 from benchmarks.tables import suite_result
 from benchmarks.timing import import_torch
 
@@ -81,12 +81,11 @@ def time_ours(config: ml_collections.ConfigDict, steps: int, warmup: int) -> dic
   model_config = train.model_config_from(config, task)
   model = train.build_model(model_config, "lm")
   optimizer = train.make_optimizer(config)
-  compiled = loop.compile_steps(config, model, optimizer, model_config, "lm")
   B = int(config.batch_size)
   example, _ = train.inputs_and_targets(jax.tree.map(jnp.asarray, task.train_batch(0, B)), "lm")
-  init = jax.jit(jax.vmap(train.state_initializer(model, optimizer, example)))
-  state = jax.device_put(init(jax.random.PRNGKey(0)[None]), compiled.replicated)
-  batch = jax.device_put(task.train_batch(0, B), compiled.data_sharding)
+  compiled = loop.compile_steps(config, model, optimizer, model_config, "lm", example)
+  state = compiled.init(jax.random.PRNGKey(0)[None])
+  batch = sharding.to_global(task.train_batch(0, B), compiled.data_sharding)
   start = time.perf_counter()
   step_fn = compiled.train.lower(state, batch).compile()
   compile_s = time.perf_counter() - start
@@ -95,7 +94,7 @@ def time_ours(config: ml_collections.ConfigDict, steps: int, warmup: int) -> dic
     if step == warmup:
       jax.block_until_ready(state)
       start = time.perf_counter()
-    batch = jax.device_put(task.train_batch(step, B), compiled.data_sharding)
+    batch = sharding.to_global(task.train_batch(step, B), compiled.data_sharding)
     state, metrics = step_fn(state, batch)
   jax.block_until_ready((state, metrics))
   elapsed = time.perf_counter() - start

@@ -68,14 +68,19 @@ class CompiledSteps:
 
 
 def _in_mesh(fn, mesh):
-  """`fn` traced (and run) with the mesh and the logical rules in context, so the models' activation
-  constraints (`attn.nn.sharding`) bind to this mesh."""
+  """`fn` (jitted) traced and run with the mesh and the logical rules in context, so the models'
+  activation constraints (`attn.nn.sharding`) bind to this mesh; `.lower` as on `fn`."""
 
   @functools.wraps(fn)
   def wrapped(*args):
     with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.RULES):
       return fn(*args)
 
+  def lower(*args):  # For ahead-of-time compilation (`.lower(...).compile()`), as on a jitted fn.
+    with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.RULES):
+      return fn.lower(*args)
+
+  wrapped.lower = lower
   return wrapped
 
 
