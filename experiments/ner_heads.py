@@ -41,6 +41,8 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
   config = ner.get_config(preset)
   # The tagger as this experiment ran (before experiments/ner.py gained characters and a CRF).
   config.task.max_chars, config.model.char_buckets, config.model.crf = 0, 0, "none"
+  config.num_train_epochs, config.early_stopping_patience = 0, 0  # 500 steps, as it ran.
   if preset != "smoke":
     config.model.num_heads = 8
+    config.log_every_steps = config.eval_every_steps = 100
   return config
