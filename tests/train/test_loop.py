@@ -625,3 +625,40 @@ def test_keep_best_keeps_the_better_parameters_and_counts_the_rest():
   state = steps.keep_best(state.replace(step=jnp.asarray(5), params={"w": jnp.full(2, 2.0)}), 0.4)
   assert int(state.best["since"]) == 1 and int(state.best["step"]) == 3
   np.testing.assert_array_equal(state.best["params"]["w"], 1.0)
+
+
+def test_a_denoising_run_trains_and_a_tagger_starts_from_it(tmp_path):
+  """config.objective = "denoise" trains end to end (loss on the corrupted words, a finite eval), and
+  a tagger with config.init_from = that run starts from its parameters: at a learning rate of 1e-9
+  its encoder after two steps is the source's, its head (the tags, not the words) is its own."""
+  from experiments import cue
+
+  source = cue.get_config("smoke")
+  source.objective = "denoise"
+  source.num_seeds = 1
+  source.seed = 7
+  source.num_train_steps = source.log_every_steps = source.checkpoint_every_steps = 2
+  source.eval_every_steps = 2
+  source_dir = str(tmp_path / "pretrained")
+  final = train.train_and_evaluate(source, source_dir)
+  assert np.all(np.isfinite(final["loss"])) and 0.0 <= final["accuracy"][0] <= 1.0
+  _, _, _, pretrained = train.restore_run(source_dir, 0)
+
+  config = cue.get_config("smoke")
+  config.num_seeds = 1
+  config.init_from = source_dir
+  config.optimizer.learning_rate = 1e-9
+  config.num_train_steps = config.log_every_steps = config.checkpoint_every_steps = 2
+  config.eval_every_steps = 2
+  workdir = str(tmp_path / "tagger")
+  train.train_and_evaluate(config, workdir)
+  _, _, _, params = train.restore_run(workdir, 0)
+  layer = ["encoder", "layer_0", "self_attention", "query", "kernel"]
+  ours, theirs = params, pretrained
+  for name in layer:
+    ours, theirs = ours[name], theirs[name]
+  np.testing.assert_allclose(ours, theirs, atol=1e-6)
+  np.testing.assert_allclose(
+    params["embedder"]["tokens"]["embedding"], pretrained["embedder"]["tokens"]["embedding"], atol=1e-6
+  )
+  assert params["classifier"]["kernel"].shape != pretrained["classifier"]["kernel"].shape
