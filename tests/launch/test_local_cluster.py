@@ -1,6 +1,5 @@
-"""Tests for launch/local_cluster.py and the multi-process flags of launch/distributed.py: two
-processes of one device each (jax.distributed over gloo on 127.0.0.1) train a run, are stopped, and
-resume it to the metrics of one process with two devices; partial flags are one line."""
+"""Tests for launch/local_cluster.py: two processes of one device each (jax.distributed over gloo on
+127.0.0.1) train a run, are stopped, and resume it to the metrics of one process with two devices."""
 
 from __future__ import annotations
 
@@ -56,24 +55,3 @@ def test_two_processes_resume_to_the_metrics_of_one_process_with_two_devices(tmp
     np.testing.assert_allclose(mine["loss"], reference["loss"], rtol=1e-5, err_msg=str(mine["step"]))
   summary = json.loads((two / "summary.json").read_text())
   assert summary["status"] == "done" and summary["num_train_steps"] == 8
-
-
-def test_partial_distributed_flags_are_one_line(tmp_path):
-  result = run("launch.train", *FLAGS, f"--workdir={tmp_path / 'run'}", "--num_processes=2")
-  assert result.returncode == 1
-  assert result.stderr.splitlines() == [
-    "error: --coordinator_address: needed with --num_processes (a multi-process run gives all of "
-    "--coordinator_address, --num_processes and --process_id)"
-  ]
-  result = run(
-    "launch.train",
-    *FLAGS,
-    f"--workdir={tmp_path / 'run'}",
-    "--coordinator_address=127.0.0.1:1",
-    "--num_processes=2",
-    "--process_id=2",
-  )
-  assert result.returncode == 1 and result.stderr.splitlines() == [
-    "error: --process_id: 2 is not in [0, 2)"
-  ]
-  assert not (tmp_path / "run").exists()
