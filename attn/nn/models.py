@@ -73,7 +73,7 @@ class Embedder(nn.Module):
     """tokens [B, T] (and optional hashed features [B, T, F], used when config.feature_buckets > 0)
     -> [B, T, D]."""
     cfg = self.config
-    x_BTD = self.table(tokens_BT)
+    x_BTD = _lookup(self.table, tokens_BT, sharding.VOCAB)
     if cfg.init != "gpt2":
       x_BTD = x_BTD * jnp.sqrt(cfg.d_model).astype(jnp.float32)
     if features_BTF is not None and cfg.feature_buckets:
@@ -83,7 +83,7 @@ class Embedder(nn.Module):
     if cfg.positions == "sinusoidal":
       x_BTD = x_BTD + sinusoidal_positions(positions_BT, cfg.d_model)
     elif cfg.positions == "learned":
-      x_BTD = x_BTD + self.position_table(positions_BT)
+      x_BTD = x_BTD + _lookup(self.position_table, positions_BT)
     return self.dropout(x_BTD, deterministic=deterministic).astype(cfg.compute_dtype)
 
   def attend(self, x_BTD: Array) -> Array:
@@ -99,9 +99,17 @@ class Embedder(nn.Module):
     """
     valid_BTF = features_BTF > 0
     ids_BTF = jnp.where(valid_BTF, features_BTF % (self.config.feature_buckets - 1) + 1, 0)
-    rows_BTFD = self.feature_table(ids_BTF) * valid_BTF[..., None]
+    rows_BTFD = _lookup(self.feature_table, ids_BTF) * valid_BTF[..., None]
     count_BT1 = jnp.maximum(valid_BTF.sum(-1, keepdims=True), 1).astype(jnp.float32)
     return rows_BTFD.sum(-2) * jnp.sqrt(self.config.d_model / count_BT1)
+
+
+def _lookup(table: nn.Embed, ids: Array, rows_axis: str | None = None) -> Array:
+  """`table(ids)` with the table's D whole first (FSDP gathers a weight where it is used): a lookup
+  into a D-sharded table gives D-sharded rows, which XLA re-splits by the batch only by replicating
+  them. A no-op outside a mesh."""
+  embedding = nn.with_logical_constraint(table.embedding, (rows_axis, None))
+  return jnp.take(embedding, ids, axis=0)
 
 
 class CharEncoder(nn.Module):
