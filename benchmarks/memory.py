@@ -98,6 +98,44 @@ def _child_command(argv: list[str]) -> list[str]:
   return argv
 
 
+def child_env(**changes: str) -> dict[str, str]:
+  """This process's environment with the repository on PYTHONPATH (a child runs `-c` code that
+  imports `benchmarks`), plus `changes`."""
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  path = os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))
+  return {**os.environ, "PYTHONPATH": path, **changes}
+
+
+def run_child(code: str, spec: dict, marker: str, *, env=None, timeout_s: float) -> dict[str, Any]:
+  """Runs `python -c code SPEC_JSON` in a fresh process (its own process group, so the shell and the
+  Python it forked end together); returns the JSON of its last stdout line starting with `marker`,
+  or {"error": one line} when it failed, was killed or ran past `timeout_s`."""
+  argv = _child_command([sys.executable, "-c", code, json.dumps(spec)])
+  proc = subprocess.Popen(
+    argv,
+    env=child_env() if env is None else env,
+    stdout=subprocess.PIPE,
+    stderr=subprocess.PIPE,
+    text=True,
+    start_new_session=True,
+  )
+  try:
+    stdout, stderr = proc.communicate(timeout=timeout_s)
+  except BaseException as e:  # A timeout, or Ctrl-C: leave nothing running.
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.communicate()
+    if isinstance(e, subprocess.TimeoutExpired):
+      return {"error": f"timed out after {timeout_s:.0f} s"}
+    raise
+  lines = [line for line in stdout.splitlines() if line.startswith(marker)]
+  if proc.returncode != 0 or not lines:
+    last = (stderr.strip().splitlines() or ["no output"])[-1]
+    if proc.returncode in (-signal.SIGKILL, 128 + signal.SIGKILL):
+      return {"error": "killed (out of memory?)"}
+    return {"error": f"exit status {proc.returncode}: {last[:200]}"}
+  return json.loads(lines[-1].removeprefix(marker))
+
+
 def measure_memory(
   impl: str, case: AttentionCase, mode: str, *, timeout_s: float = CHILD_TIMEOUT_S
 ) -> dict[str, Any]:
@@ -109,31 +147,10 @@ def measure_memory(
     line} when the child failed or ran past `timeout_s`.
   """
   spec = {**dataclasses.asdict(case), "impl": impl, "mode": mode}
-  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
   code = "import sys; from benchmarks import memory; memory.memory_child(sys.argv[1])"
-  argv = _child_command([sys.executable, "-c", code, json.dumps(spec)])
-  # Its own process group, so that the shell and the Python it forked end together.
-  proc = subprocess.Popen(
-    argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
-  )
-  try:
-    stdout, stderr = proc.communicate(timeout=timeout_s)
-  except BaseException as e:  # A timeout, or Ctrl-C: leave nothing running.
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.communicate()
-    if isinstance(e, subprocess.TimeoutExpired):
-      return {"error": f"timed out after {timeout_s:.0f} s"}
-    raise
-  lines = [line for line in stdout.splitlines() if line.startswith(_CHILD_MARKER)]
-  if proc.returncode != 0 or not lines:
-    last = (stderr.strip().splitlines() or ["no output"])[-1]
-    if proc.returncode in (-signal.SIGKILL, 128 + signal.SIGKILL):
-      why = "killed (out of memory?)"
-    else:
-      why = f"exit status {proc.returncode}: {last[:200]}"
-    return {"error": why}
-  result = json.loads(lines[-1].removeprefix(_CHILD_MARKER))
+  result = run_child(code, spec, _CHILD_MARKER, timeout_s=timeout_s)
+  if "error" in result:
+    return result
   result.update(
     baseline_mib=result["baseline_kib"] * KIB / MIB,
     peak_mib=result["peak_kib"] * KIB / MIB,

@@ -15,10 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import signal
-import subprocess
-import sys
 import time
 from typing import Any
 
@@ -82,31 +78,15 @@ def measure(impl: str, T: int, *, devices: int, repeats: int, budget_s: float) -
   """Runs `ring_child` for "ring" (on `devices` forced CPU devices) or "flash" (one device) in a
   fresh process; its result with peak_mib added, or {"error": one line}."""
   spec = {"impl": impl, "T": T, "devices": devices, "repeats": repeats, "budget_s": budget_s}
-  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
-  env["JAX_PLATFORMS"] = "cpu"
+  env = memory.child_env(JAX_PLATFORMS="cpu")
   flags = [f for f in env.get("XLA_FLAGS", "").split() if "device_count" not in f]
   if impl == "ring":
     flags.append(f"--xla_force_host_platform_device_count={devices}")
   env["XLA_FLAGS"] = " ".join(flags)
   code = "import sys; from benchmarks import ring; ring.ring_child(sys.argv[1])"
-  argv = memory._child_command([sys.executable, "-c", code, json.dumps(spec)])
-  proc = subprocess.Popen(
-    argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
-  )
-  try:
-    stdout, stderr = proc.communicate(timeout=CHILD_TIMEOUT_S)
-  except BaseException as e:  # A timeout, or Ctrl-C: leave nothing running.
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.communicate()
-    if isinstance(e, subprocess.TimeoutExpired):
-      return {"error": f"timed out after {CHILD_TIMEOUT_S:.0f} s"}
-    raise
-  lines = [line for line in stdout.splitlines() if line.startswith(_MARKER)]
-  if proc.returncode != 0 or not lines:
-    last = (stderr.strip().splitlines() or ["no output"])[-1]
-    return {"error": f"exit status {proc.returncode}: {last[:200]}"}
-  result = json.loads(lines[-1].removeprefix(_MARKER))
+  result = memory.run_child(code, spec, _MARKER, env=env, timeout_s=CHILD_TIMEOUT_S)
+  if "error" in result:
+    return result
   result["peak_mib"] = result["peak_kib"] / 1024
   result["temp_mib"] = None if result["temp_kib"] is None else result["temp_kib"] / 1024
   return result

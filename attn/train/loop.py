@@ -536,10 +536,8 @@ def _train(config, workdir: str, task: Task, model_config: ModelConfig, start_ti
     config, model, optimizer, model_config, kind, example_inputs, keep_best=patience > 0
   )
   lower_is_better = task.main_metric == "loss"
-  abstract_state = jax.tree.map(
-    lambda leaf, where: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=where),
-    jax.eval_shape(compiled.abstract_init, seed_rngs),
-    compiled.state_shardings,
+  abstract_state = sharding.with_shardings(
+    jax.eval_shape(compiled.abstract_init, seed_rngs), compiled.state_shardings
   )
   checkpoints = checkpoint_manager(config, workdir)
   state, latest, checkpoints = init_or_restore(

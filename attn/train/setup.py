@@ -223,11 +223,7 @@ def abstract_train_state(config, task, model, optimizer, shardings=None) -> Trai
   if shardings is None:
     whole = sharding.replicated(jax.sharding.Mesh(np.array(jax.local_devices()), ("data",)))
     shardings = jax.tree.map(lambda _: whole, abstract)
-  return jax.tree.map(
-    lambda leaf, where: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=where),
-    abstract,
-    shardings,
-  )
+  return sharding.with_shardings(abstract, shardings)
 
 
 def early_stopping(config: ml_collections.ConfigDict) -> int:

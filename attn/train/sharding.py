@@ -160,6 +160,16 @@ def state_shardings(mesh: jax.sharding.Mesh, boxed_state, *, seed_axis: bool = T
   return jax.tree.map(one, specs, abstract, is_leaf=lambda x: isinstance(x, P))
 
 
+def with_shardings(abstract, shardings):
+  """The abstract values (ShapeDtypeStructs) of `abstract` carrying the `shardings` of a tree like it:
+  what orbax restores straight onto, and what `bytes_per_device` reads."""
+  return jax.tree.map(
+    lambda leaf, where: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=where),
+    abstract,
+    shardings,
+  )
+
+
 def batch_sharding(mesh: jax.sharding.Mesh) -> NamedSharding:
   """A batch's B split over data and fsdp."""
   return NamedSharding(mesh, P(BATCH_AXES))

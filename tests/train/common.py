@@ -24,8 +24,12 @@ ATTENTION_LAYERS = (
 
 def smoke_config(**overrides):
   """The smoke preset with OVERRIDES and then `overrides` ("model.scale" style keys) applied."""
-  config = base.get_config("smoke")
-  for name, value in {**OVERRIDES, **overrides}.items():
+  return set_fields(base.get_config("smoke"), {**OVERRIDES, **overrides})
+
+
+def set_fields(config, fields: dict):
+  """`config` with each of `fields` ("model.scale" style keys) set; returns it."""
+  for name, value in fields.items():
     *parents, field = name.split(".")
     holder = config
     for parent in parents:

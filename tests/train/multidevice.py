@@ -45,6 +45,7 @@ def run(name: str, devices: int, **args) -> dict:
 def small_config(**changes):
   """A small encoder-decoder whose sizes every mesh axis of 8 divides (8 heads, D = 32)."""
   from experiments import base
+  from tests.train.common import set_fields
 
   config = base.get_config("smoke")
   config.model.num_heads = 8
@@ -54,13 +55,7 @@ def small_config(**changes):
   config.batch_size = 16
   config.eval_batch_size = 16
   config.num_seeds = 1
-  for key, value in changes.items():
-    *parents, field = key.split(".")
-    holder = config
-    for parent in parents:
-      holder = holder[parent]
-    holder[field] = value
-  return config
+  return set_fields(config, changes)
 
 
 def loss_curves(steps: int) -> dict:
@@ -169,8 +164,7 @@ def bytes_table(d_model: int, num_heads: int, d_ff: int, layers: int) -> dict:
   }.items():
     config.mesh = mesh
     compiled = loop.compile_steps(config, model, optimizer, model_config, task.kind, inputs)
-    abstract = jax.tree.map(
-      lambda leaf, where: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=where),
+    abstract = sharding.with_shardings(
       jax.eval_shape(compiled.abstract_init, jnp.stack([jax.random.PRNGKey(0)])),
       compiled.state_shardings,
     )
