@@ -4,9 +4,11 @@
 Both train the same configuration (`experiments/shakespeare_char.py`: nanoGPT's CPU example) on the
 same stream of tokens, one seed, batch and block size equal, and each step is timed as its training
 loop runs it:
-- ours: the loop's compiled train step (`attn.train.loop.compile_steps`: forward, backward, clipping,
+- ours: the loop's compiled train step (`attn.train.compiled.compile_steps`: forward, backward, clipping,
   AdamW, metrics), fed by the text task's `train_batch` put on the mesh (`sharding.to_global`), as
   `train_and_evaluate` does; compile time is measured apart (the first call's `lower().compile()`).
+  Beside it, the bare step: the same model and AdamW as one `jax.jit(train.train_step)` (no seed axis,
+  no mesh), so every run prints the loop's overhead as a ratio.
 - nanoGPT: its own `GPT` from DIR/model.py with `configure_optimizers` (AdamW, decay on matrices), and
   the body of its train.py loop: the learning rate set per step, `get_batch` (torch.randint windows of
   a numpy array), forward, backward, `clip_grad_norm_`, `optimizer.step()`, `zero_grad`, and
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import importlib.util
 import io
 import math
@@ -30,14 +33,13 @@ import time
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
 from attn import train
 from attn.tasks import SPECIALS, Vocabulary
 from attn.tasks.text import TextTask
-from attn.train import loop, sharding
+from attn.train import compiled
 from benchmarks.tables import suite_result
 from benchmarks.timing import import_torch
 
@@ -73,40 +75,71 @@ def at_shape(config: ml_collections.ConfigDict, shape: dict[str, int]) -> ml_col
   return config
 
 
-def time_ours(config: ml_collections.ConfigDict, steps: int, warmup: int) -> dict[str, Any]:
-  """Steps per second of the loop's compiled train step, data included; compile time apart."""
-  config = copy.deepcopy(config)
-  config.num_seeds = 1
-  task = stream_task(config, int(config.task.block_size))
-  model_config = train.model_config_from(config, task)
-  model = train.build_model(model_config, "lm")
-  optimizer = train.make_optimizer(config)
-  B = int(config.batch_size)
-  example, _ = train.inputs_and_targets(jax.tree.map(jnp.asarray, task.train_batch(0, B)), "lm")
-  compiled = loop.compile_steps(config, model, optimizer, model_config, "lm", example)
-  state = compiled.init(jax.random.PRNGKey(0)[None])
-  batch = sharding.to_global(task.train_batch(0, B), compiled.data_sharding)
-  start = time.perf_counter()
-  step_fn = compiled.train.lower(state, batch).compile()
-  compile_s = time.perf_counter() - start
-  metrics = None
+def _timed(step_fn, state, next_batch, steps: int, warmup: int) -> tuple[float, Any, Any]:
+  """(seconds for `steps` steps after `warmup` untimed ones, final state, last metrics)."""
+  metrics, start = None, time.perf_counter()
   for step in range(warmup + steps):
     if step == warmup:
       jax.block_until_ready(state)
       start = time.perf_counter()
-    batch = sharding.to_global(task.train_batch(step, B), compiled.data_sharding)
-    state, metrics = step_fn(state, batch)
+    state, metrics = step_fn(state, next_batch(step))
   jax.block_until_ready((state, metrics))
-  elapsed = time.perf_counter() - start
-  params = sum(int(np.prod(x.shape[1:])) for x in jax.tree.leaves(state.params))
+  return time.perf_counter() - start, state, metrics
+
+
+def _row(state, metrics, steps: int, elapsed: float, compile_s: float, seed_axis: bool) -> dict:
+  params = sum(int(np.prod(x.shape[int(seed_axis) :])) for x in jax.tree.leaves(state.params))
+  loss = np.asarray(metrics["loss"]).reshape(-1)[0]
   return {
     "params": params,
     "steps": steps,
     "step_ms": elapsed / steps * 1e3,
     "steps_per_s": steps / elapsed,
     "compile_s": compile_s,
-    "last_loss": float(np.asarray(metrics["loss"])[0]),
+    "last_loss": float(loss),
   }
+
+
+def _run(config: ml_collections.ConfigDict):
+  """The experiment's run (one seed) over the random token stream."""
+  config = copy.deepcopy(config)
+  config.num_seeds = 1
+  return train.build_run(config, task=stream_task(config, int(config.task.block_size)))
+
+
+def time_ours(config: ml_collections.ConfigDict, steps: int, warmup: int) -> dict[str, Any]:
+  """Steps per second of the loop's compiled train step, data included; compile time apart."""
+  run = _run(config)
+  task, B = run.task, run.train.batch_size
+  steps_ = compiled.compile_steps(run)
+  state = steps_.init(run.seed_rngs())
+  start = time.perf_counter()
+  step_fn = steps_.train.lower(state, steps_.to_batch(task.train_batch(0, B))).compile()
+  compile_s = time.perf_counter() - start
+  elapsed, state, metrics = _timed(
+    step_fn, state, lambda s: steps_.to_batch(task.train_batch(s, B)), steps, warmup
+  )
+  return _row(state, metrics, steps, elapsed, compile_s, seed_axis=True)
+
+
+def time_bare(config: ml_collections.ConfigDict, steps: int, warmup: int) -> dict[str, Any]:
+  """The same model, objective and AdamW as a bare `jax.jit` of `train.train_step` (no seed axis, no
+  mesh, the state donated), fed the same host batches: what the loop's step adds is the difference."""
+  run = _run(config)
+  task, B = run.task, run.train.batch_size
+  step = functools.partial(
+    train.train_step,
+    model=run.model,
+    optimizer=run.optimizer,
+    objective=run.objective,
+    label_smoothing=run.train.label_smoothing,
+  )
+  state = jax.jit(run.state_initializer())(run.seed_rngs()[0])
+  start = time.perf_counter()
+  step_fn = jax.jit(step, donate_argnums=(0,)).lower(state, task.train_batch(0, B)).compile()
+  compile_s = time.perf_counter() - start
+  elapsed, state, metrics = _timed(step_fn, state, lambda s: task.train_batch(s, B), steps, warmup)
+  return _row(state, metrics, steps, elapsed, compile_s, seed_axis=False)
 
 
 def load_nanogpt(directory: str):
@@ -131,7 +164,7 @@ def nanogpt_validation_loss(config: ml_collections.ConfigDict, nanogpt, seed: in
   """nanoGPT's GPT trained by its loop for config.num_train_steps on the config's real text, then
   scored on the text task's validation windows (every non-overlapping window, as our runs are)."""
   torch = import_torch()
-  task, _ = train.validate(config)
+  task = train.build_run(config).task
   model, result = _nanogpt_train(config, nanogpt, task, int(config.num_train_steps), 0, seed=seed)
   model.eval()
   loss_sum, count = 0.0, 0
@@ -238,14 +271,17 @@ def nanogpt_suite(
     shapes.append(("GPU shape", at_shape(config, GPU_SHAPE), 1, 1))
   rows = []
   for label, shape_config, n, w in shapes:
-    ours = {"config": label, "impl": "ours: loop.compile_steps train", **time_ours(shape_config, n, w)}
-    rows.append(ours)
+    ours = {"config": label, "impl": "ours: the loop's compiled step", **time_ours(shape_config, n, w)}
+    bare = {"config": label, "impl": "ours: bare jax.jit(train_step)", **time_bare(shape_config, n, w)}
+    ours["loop_over_bare_ms"] = ours["step_ms"] / bare["step_ms"]
+    rows.extend([ours, bare])
     if nanogpt is None:
       rows.append({"config": label, "impl": "nanoGPT model.py + train.py loop", "skipped": why})
       continue
     peer = time_nanogpt(shape_config, nanogpt, n, w)
     rows.append({"config": label, "impl": "nanoGPT model.py + train.py loop", **peer})
-    ours["ratio_vs_nanogpt"] = ours["steps_per_s"] / peer["steps_per_s"]
+    for row in (ours, bare):
+      row["ratio_vs_nanogpt"] = row["steps_per_s"] / peer["steps_per_s"]
   if nanogpt is not None:
     for seed in range(train_seeds):
       run = nanogpt_validation_loss(config, nanogpt, seed)
@@ -260,6 +296,7 @@ def nanogpt_suite(
     ("ms/step", "step_ms", ".1f"),
     ("steps/s", "steps_per_s", ".2f"),
     ("compile s", "compile_s", ".2f"),
+    ("loop/bare ms", "loop_over_bare_ms", ".3f"),
     ("ours/nanoGPT steps/s", "ratio_vs_nanogpt", ".2f"),
     ("val loss", "val_loss", ".4f"),
   ]
@@ -271,6 +308,8 @@ def nanogpt_suite(
     "a step = fetch a batch, forward, backward, clip, AdamW; nanoGPT reads the loss every step (its "
     "CPU command logs each), ours once per log interval as the loop does; ratio > 1: ours is faster.",
     "compile s: ours' lower().compile() of the train step, not in the step times; eager torch has none.",
+    "bare: the same model, objective and AdamW as one jax.jit(train.train_step), no seed axis or mesh; "
+    "loop/bare ms: the loop's step time over the bare one (what the loop's vmap and shardings cost).",
     "nanoGPT full run: its model and loop trained num_train_steps on the config's text (seed 1337 + "
     "seed), val loss over every non-overlapping validation window, as our runs report it.",
   ]

@@ -29,6 +29,7 @@ from attn import train
 from attn.nn import decoding
 from attn.nn.config import ModelConfig
 from attn.nn.models import LanguageModel, Transformer
+from attn.train import objectives
 from benchmarks import nanogpt, variants
 from benchmarks.cases import (
   ATTENTION_IMPLS,
@@ -290,22 +291,10 @@ def _train_sizes(smoke: bool) -> dict[str, int]:
   return dict(vocab=1000, d_model=256, heads=4, enc=2, dec=2, d_ff=1024, T=64, batch=32)
 
 
-def _optimizer_config(learning_rate: float = 1e-3) -> ml_collections.ConfigDict:
-  """The optimizer fields `train.make_optimizer` reads: Adam (0.9, 0.98, 1e-9), constant rate."""
-  return ml_collections.ConfigDict(
-    {
-      "num_train_steps": 1,
-      "optimizer": {
-        "learning_rate": learning_rate,
-        "schedule": "constant",
-        "warmup_steps": 1,
-        "b1": 0.9,
-        "b2": 0.98,
-        "eps": 1e-9,
-        "grad_clip_norm": 0.0,
-      },
-    }
-  )
+def _optimizer(learning_rate: float = 1e-3):
+  """Adam (0.9, 0.98, 1e-9) at a constant rate, through `train.make_optimizer`."""
+  config = train.OptimizerConfig(learning_rate=learning_rate, schedule="constant", warmup_steps=1)
+  return train.make_optimizer(config, num_train_steps=1)[0]
 
 
 def _random_seq2seq_batch(sizes: dict[str, int], seed: int = 0) -> dict[str, np.ndarray]:
@@ -369,15 +358,16 @@ def train_suite(settings: Settings) -> dict[str, Any]:
     attention_dropout_rate=0.0,
   )
   model = Transformer(config)
-  optimizer = train.make_optimizer(_optimizer_config())
+  optimizer = _optimizer()
+  objective = objectives.Seq2Seq(main_metric="sequence_accuracy")
   batch_np = _random_seq2seq_batch(sizes)
   batch = jax.tree.map(jnp.asarray, batch_np)
-  inputs, _ = train.inputs_and_targets(batch, "seq2seq")
+  inputs, _ = objective.inputs_and_targets(batch)
   state = train.state_initializer(model, optimizer, inputs)(jax.random.PRNGKey(0))
   params = state.params
   step = jax.jit(
     functools.partial(
-      train.train_step, model=model, optimizer=optimizer, kind="seq2seq", label_smoothing=0.0
+      train.train_step, model=model, optimizer=optimizer, objective=objective, label_smoothing=0.0
     ),
     donate_argnums=(0,),
   )
@@ -452,23 +442,18 @@ def seeds_suite(settings: Settings) -> dict[str, Any]:
   """num_seeds seeds trained as one vmapped program (as `train_and_evaluate` does) against the same
   seeds trained one after the other with one jitted (compiled once) unvmapped step."""
   config = _seeds_config(settings)
-  task, model_config = train.validate(config)
-  model = train.build_model(model_config, task.kind)
-  optimizer = train.make_optimizer(config)
-  steps, num_seeds = int(config.num_train_steps), int(config.num_seeds)
-  batches = [
-    jax.tree.map(jnp.asarray, task.train_batch(s, int(config.batch_size))) for s in range(steps)
-  ]
-  inputs, _ = train.inputs_and_targets(batches[0], task.kind)
-  init_state = train.state_initializer(model, optimizer, inputs)  # As train_and_evaluate does.
-
-  seed_rngs = jnp.stack([jax.random.PRNGKey(int(config.seed) + i) for i in range(num_seeds)])
+  run = train.build_run(config)
+  task = run.task
+  steps, num_seeds = run.num_train_steps, run.train.num_seeds
+  batches = [jax.tree.map(jnp.asarray, task.train_batch(s, run.train.batch_size)) for s in range(steps)]
+  init_state = run.state_initializer()  # As train_and_evaluate does.
+  seed_rngs = run.seed_rngs()
   one_step = functools.partial(
     train.train_step,
-    model=model,
-    optimizer=optimizer,
-    kind=task.kind,
-    label_smoothing=float(config.label_smoothing),
+    model=run.model,
+    optimizer=run.optimizer,
+    objective=run.objective,
+    label_smoothing=run.train.label_smoothing,
   )
   vmapped_step = jax.jit(jax.vmap(one_step, in_axes=(0, None)), donate_argnums=(0,))
   single_step = jax.jit(one_step, donate_argnums=(0,))

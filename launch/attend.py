@@ -17,6 +17,7 @@ from absl import app, flags
 from attn import train
 from attn.nn import decoding
 from attn.runs import plots
+from attn.train import objectives
 from launch import run, start_quietly
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A run directory (of launch.train).")
@@ -42,9 +43,10 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   start_quietly()
   try:
-    _, task, model, params = train.restore_run(_WORKDIR.value, _SEED_INDEX.value)
+    restored, params = train.restore_run(_WORKDIR.value, _SEED_INDEX.value)
   except train.ConfigError as e:
     sys.exit(f"error: {e}")
+  task, model = restored.task, restored.model
   try:
     ids = task.encode_text(_TEXT.value)
   except ValueError as e:  # A character a character-level model never saw.
@@ -53,14 +55,15 @@ def main(argv):
     sys.exit("error: --text: no tokens")
   vocab = task.vocab
   words = vocab.decode(ids, strip=False)
-  tokens = words if task.kind == "lm" else _TEXT.value.split()
+  is_lm = isinstance(restored.objective, objectives.LanguageModeling)
+  tokens = words if is_lm else _TEXT.value.split()
   if _QUERY.value is not None and _QUERY.value not in tokens:
     sys.exit(f"error: --query: {_QUERY.value!r} is not a token of --text")
   out_dir = _OUT.value or os.path.join(_WORKDIR.value, "attend")
   os.makedirs(out_dir, exist_ok=True)
   src = jnp.asarray(ids)[None]
   written = []
-  if task.kind == "seq2seq":
+  if isinstance(restored.objective, objectives.Seq2Seq):
     generated = decoding.greedy_decode(
       model, {"params": params}["params"], src, max_new_tokens=len(ids) + 2
     )
@@ -75,7 +78,7 @@ def main(argv):
       ("decoder_self_attention", [w["self"][0] for w in weights["decoder"]], targets, targets),
       ("decoder_cross_attention", [w["cross"][0] for w in weights["decoder"]], targets, words),
     ]
-  elif task.kind == "lm":
+  elif is_lm:
     logits, weights = model.apply({"params": params}, src, return_weights=True)
     predicted = task.decode_ids(np.asarray(jnp.argmax(logits[0], -1)))
     print(f"input: {_TEXT.value!r}\nnext:  {predicted!r} (the most likely token after each)")

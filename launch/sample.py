@@ -14,6 +14,7 @@ from absl import app, flags
 
 from attn import train
 from attn.nn import decoding
+from attn.train import objectives
 from launch import run, start_quietly
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A language model's run directory (of launch.train).")
@@ -40,10 +41,11 @@ def main(argv):
   except ValueError as e:
     sys.exit(f"error: --{e}")
   try:
-    _, task, model, params = train.restore_run(_WORKDIR.value, _SEED_INDEX.value)
+    restored, params = train.restore_run(_WORKDIR.value, _SEED_INDEX.value)
   except train.ConfigError as e:
     sys.exit(f"error: {e}")
-  if task.kind != "lm":
+  task, model = restored.task, restored.model
+  if not isinstance(restored.objective, objectives.LanguageModeling):
     sys.exit(f"error: --workdir: {_WORKDIR.value!r} holds a {task.kind} run, not a language model")
   try:
     prompt = task.encode_text(_PROMPT.value)

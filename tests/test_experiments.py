@@ -21,7 +21,7 @@ import pytest
 
 from attn import train
 from attn.runs import compare, sweep
-from attn.train import loop
+from attn.train import evaluate
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 CONFIGS = (
@@ -92,7 +92,8 @@ def test_config_loads_locks_and_validates(name, preset):
   config.num_train_steps = 7  # Existing fields stay settable.
   if name in FILE_DATA_CONFIGS:
     return
-  task, model_config = train.validate(config)
+  run = train.build_run(config)
+  task, model_config = run.task, run.model_config
   assert len(task.vocab) == model_config.vocab_size
   assert task.name == config.task.name
 
@@ -200,8 +201,9 @@ def test_text_sweep_points_are_valid_configs_on_a_small_text(name, tmp_path):
     for point in points:
       config = with_overrides(module.get_config(preset), point)
       config.data.path = str(path)
-      task, model_config = train.validate(config)
-      loop.check_lengths(model_config, [], task.eval_lengths)
+      run = train.build_run(config)
+      task, model_config = run.task, run.model_config
+      evaluate.check_lengths(model_config, [], task.eval_lengths)
       for key, value in point.items():
         if key.startswith("model."):
           assert getattr(model_config, key.split(".")[-1]) == value
@@ -226,7 +228,8 @@ def test_ner_sweep_points_are_valid_configs_on_the_ner_fixture(name, tmp_path):
     for point in points:
       config = with_overrides(module.get_config(preset), point)
       config.data.path, config.data.unlabelled = str(folder), ""
-      task, model_config = train.validate(config)
+      run = train.build_run(config)
+      task, model_config = run.task, run.model_config
       for key, value in point.items():
         if key.startswith("model."):
           assert getattr(model_config, key.split(".")[-1]) == value
@@ -248,7 +251,7 @@ def test_every_sweep_point_is_a_valid_config(name, preset):
   for point in points:
     config = with_overrides(module.get_config(preset), point)
     try:
-      _, model_config = train.validate(config)
+      model_config = train.build_run(config).model_config
     except train.ConfigError as e:
       failures.append(f"{sweep.point_name(point)}: {e}")
       continue

@@ -69,12 +69,33 @@ class Task(Protocol):
     vocab: the `Vocabulary` (token strings <-> ids; pad_id, bos_id, eos_id).
     num_classes: tag classes for "tagging" (0 otherwise); `class_names` names them.
     main_metric: the eval metric that sweeps and compare tables rank by.
+    eval_lengths: context lengths a language model is also scored at (`attn.tasks.text`); () else.
+
+  The members with a body are optional: a subclass inherits these defaults, and a wrapper (the
+  denoising task) forwards them.
   """
 
   kind: ClassVar[str]
   vocab: Vocabulary
   num_classes: int
   class_names: tuple[str, ...]
+  eval_lengths: tuple[int, ...] = ()
+
+  @property
+  def num_train_examples(self) -> int | None:
+    """The size of a fixed training set (what `config.num_train_epochs` counts passes over), or
+    None for a task that draws fresh examples at every step (the default)."""
+    return None
+
+  @property
+  def num_unlabelled_examples(self) -> int | None:
+    """The examples `unlabelled_batch` draws from, when fixed (default: the training set's)."""
+    return self.num_train_examples
+
+  def unlabelled_batch(self, step: int, batch_size: int) -> Batch:
+    """Text for the denoising objective (`attn.tasks.denoise`), which may be more than the training
+    split (the NER task's `config.data.unlabelled`); by default the training batch of `step`."""
+    return self.train_batch(step, batch_size)
 
   @property
   def main_metric(self) -> str:

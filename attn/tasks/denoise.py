@@ -119,9 +119,17 @@ class DenoisingTask(Task):
         out[name] = hidden
     return out
 
+  @property
+  def num_train_examples(self) -> int | None:
+    """The inner task's unlabelled text (its training split and any more), when fixed."""
+    return self.inner.num_unlabelled_examples
+
+  @property
+  def eval_lengths(self) -> tuple[int, ...]:
+    return self.inner.eval_lengths
+
   def train_batch(self, step: int, batch_size: int) -> dict:
-    source = getattr(self.inner, "unlabelled_batch", self.inner.train_batch)
-    return self._corrupt(source(step, batch_size), TRAIN_STREAM, step)
+    return self._corrupt(self.inner.unlabelled_batch(step, batch_size), TRAIN_STREAM, step)
 
   def eval_batches(self, batch_size: int) -> list[dict]:
     return [self._corrupt(b, EVAL_STREAM, i) for i, b in enumerate(self.inner.eval_batches(batch_size))]

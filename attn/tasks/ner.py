@@ -227,6 +227,11 @@ class NerTask(Task):
     """Training sentences: what `config.num_train_epochs` counts passes over."""
     return len(self._encoded["train"])
 
+  @property
+  def num_unlabelled_examples(self) -> int:
+    """The sentences `unlabelled_batch` draws from: the training split and the unlabelled ones."""
+    return len(self._encoded["train"]) + len(self.unlabelled)
+
   def _encode(self, sentences: list[Sentence]) -> list[tuple[np.ndarray, ...]]:
     """Per sentence: (tokens [n], features [n, F], tags [n], characters [n, W])."""
     out = []

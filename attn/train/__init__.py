@@ -1,25 +1,28 @@
 """Layer 4: one training run.
 
-`setup` (the config checked and turned into a task, model and optimizer; `restore_run`), `steps`
-(`TrainState` and the pure steps) and `loop` (`train_and_evaluate`: the jitted steps, checkpoints,
-metrics and resumption).
+`config` (`TrainConfig`: the training fields, typed and checked), `objectives` (an `Objective` per
+task kind: inputs, loss, eval sums, main metric), `setup` (`build_run`: the run built once;
+`restore_run`), `steps` (`TrainState` and the pure steps), `compiled` (the steps jitted over the
+mesh), `evaluate` (`Evaluator`, `EarlyStopping`), `checkpoints` (orbax) and `loop`
+(`train_and_evaluate`).
 """
 
-from attn.train.loop import NonFiniteLossError, TrainingInterrupted, train_and_evaluate
+from attn.train.config import ConfigError, OptimizerConfig, TrainConfig
+from attn.train.evaluate import NonFiniteLossError
+from attn.train.loop import TrainingInterrupted, train_and_evaluate
+from attn.train.objectives import Objective, objective_for
 from attn.train.setup import (
-  ConfigError,
-  build_model,
+  Run,
+  build_run,
   make_optimizer,
   make_schedule,
   model_config_from,
   restore_run,
-  validate,
 )
 from attn.train.steps import (
   TrainState,
   diagnostics_step,
   eval_step,
-  inputs_and_targets,
   probe_step,
   state_initializer,
   train_step,
@@ -28,19 +31,22 @@ from attn.train.steps import (
 __all__ = [
   "ConfigError",
   "NonFiniteLossError",
+  "Objective",
+  "OptimizerConfig",
+  "Run",
+  "TrainConfig",
   "TrainState",
   "TrainingInterrupted",
-  "build_model",
+  "build_run",
   "diagnostics_step",
   "eval_step",
-  "inputs_and_targets",
   "make_optimizer",
   "make_schedule",
   "model_config_from",
+  "objective_for",
   "probe_step",
   "restore_run",
   "state_initializer",
   "train_and_evaluate",
   "train_step",
-  "validate",
 ]

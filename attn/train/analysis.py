@@ -2,8 +2,10 @@
 checkpoint (`analyze_run`, behind `python -m launch.analyze`).
 
 The data are the run's eval batches (`split="dev"`) or its first training batches (`split="train"`),
-at most `max_examples` examples. The loss is the plain per-token cross-entropy averaged per example;
-the pruning metric is the token accuracy (teacher-forced for seq2seq), the same everywhere.
+at most `max_examples` examples. The loss is the run's objective's, per example (the plain per-token
+cross-entropy averaged per example; a CRF tagger's sentence negative log-likelihood per token); the
+pruning metric is the accuracy of the objective's predictions (teacher-forced for seq2seq; Viterbi's
+tags for a CRF tagger).
 Head roles are scored on self-attention layers; for a tagging task whose tags are IOB2 (`B-X`, `I-X`,
 `O`), each head also gets, per entity type X, the attention a token of type X gives to tokens of type
 X (`class_attention`), next to the same score of the model at its random initialisation (the baseline
@@ -25,14 +27,14 @@ import numpy as np
 from attn.core import analysis
 from attn.nn import heads
 from attn.nn.models import Embedder
-from attn.train import setup, steps
+from attn.train import setup
+from attn.train.objectives import LanguageModeling, Objective, Seq2Seq, Tagging
 
 SPLITS = ("dev", "train")
 INIT_SEED_OFFSET = 12345  # The random-initialisation baseline's seed: the run's seed plus this.
 
 
-def _batches(config, task, split: str, max_examples: int) -> list[dict]:
-  size = int(config.eval_batch_size)
+def _batches(size: int, task, split: str, max_examples: int) -> list[dict]:
   if split == "dev":
     batches = task.eval_batches(size)
   elif split == "train":
@@ -50,23 +52,24 @@ def _batches(config, task, split: str, max_examples: int) -> list[dict]:
   return [jax.tree.map(jnp.asarray, b) for b in out]
 
 
-def loss_and_metric(model, params, kind: str) -> tuple[Callable, Callable]:
-  """(loss_fn(gates, batch) -> per-example losses [B], accuracy_fn(gates, batches) -> float)."""
+def loss_and_metric(model, params, objective: Objective) -> tuple[Callable, Callable]:
+  """(loss_fn(gates, batch) -> per-example losses [B], accuracy_fn(gates, batches) -> float): the
+  objective's own loss (a CRF tagger's sentence NLL per token) and its predictions' accuracy
+  (Viterbi's for a CRF), so heads are ranked by what the model was trained and scored with."""
 
-  def per_token(gates, batch):
-    inputs, targets = steps.inputs_and_targets(batch, kind)
-    logits = model.apply(heads.variables(params, gates), *inputs)
-    _, plain = steps.token_losses(logits, targets, 0.0)
-    return logits, targets, plain, batch["weights"].astype(jnp.float32)
+  def outputs(gates, batch):
+    inputs, targets = objective.inputs_and_targets(batch)
+    out = model.apply(heads.variables(params, gates), *inputs)
+    return out, targets, batch["weights"].astype(jnp.float32)
 
   def loss_fn(gates, batch):
-    _, _, plain, w = per_token(gates, batch)
-    return jnp.sum(plain * w, -1) / jnp.maximum(jnp.sum(w, -1), 1.0)
+    out, targets, w = outputs(gates, batch)
+    return objective.example_losses(out, targets, w)
 
   @jax.jit
   def correct(gates, batch):
-    logits, targets, _, w = per_token(gates, batch)
-    return jnp.sum((logits.argmax(-1) == targets) * w), jnp.sum(w)
+    out, targets, w = outputs(gates, batch)
+    return jnp.sum((objective.predictions(out, w) == targets) * w), jnp.sum(w)
 
   def accuracy_fn(gates, batches):
     sums = [correct(gates, b) for b in batches]
@@ -75,12 +78,12 @@ def loss_and_metric(model, params, kind: str) -> tuple[Callable, Callable]:
   return loss_fn, accuracy_fn
 
 
-def _self_attention_weights(weights, kind: str) -> dict[str, list]:
+def _self_attention_weights(weights, objective: Objective) -> dict[str, list]:
   """{"encoder": [per layer [B, H, T, T]], "decoder": [...]} from a model's returned weights: a
   Transformer's {"encoder": [...], "decoder": [{"self", "cross"}]}, or the one stack's list of an
   EncoderTagger (the encoder) or a LanguageModel (the decoder)."""
   if isinstance(weights, list | tuple):
-    weights = {("encoder" if kind == "tagging" else "decoder"): list(weights)}
+    weights = {("encoder" if isinstance(objective, Tagging) else "decoder"): list(weights)}
   out = {}
   for stack in ("encoder", "decoder"):
     layers = (weights or {}).get(stack) if isinstance(weights, dict) else None
@@ -105,21 +108,20 @@ def _weights_fn(model):
   return jax.jit(lambda p, *inputs: model.apply({"params": p}, *inputs, return_weights=True)[1])
 
 
-def _roles_and_classes(model, params, batches, kind: str, task) -> dict:
+def _roles_and_classes(model, params, batches, objective: Objective, task) -> dict:
   roles: dict[str, dict[str, list[float]]] = {}
   class_scores: dict[str, list[list[float]]] = {}
-  entity = _entity_types(getattr(task, "class_names", ())) if kind == "tagging" else None
+  entity = _entity_types(task.class_names) if isinstance(objective, Tagging) else None
   apply = _weights_fn(model)
   sums: dict[str, dict[str, np.ndarray]] = {}
   class_sums: dict[str, np.ndarray] = {}
   count = 0
   for batch in batches:
-    inputs, targets = steps.inputs_and_targets(batch, kind)
-    stacks = _self_attention_weights(apply(params, *inputs), kind)
+    inputs, targets = objective.inputs_and_targets(batch)
+    stacks = _self_attention_weights(apply(params, *inputs), objective)
     targets_valid = np.asarray(batch["weights"]) > 0  # The target side's real tokens.
-    pad_id = getattr(getattr(task, "vocab", None), "pad_id", 0)
-    source_valid = np.asarray(inputs[0]) != pad_id
-    valid = source_valid if kind == "seq2seq" else targets_valid
+    source_valid = np.asarray(inputs[0]) != task.vocab.pad_id
+    valid = source_valid if isinstance(objective, Seq2Seq) else targets_valid
     n = next(iter(batch.values())).shape[0]
     count += n
     for stack, layers in stacks.items():
@@ -141,19 +143,20 @@ def _roles_and_classes(model, params, batches, kind: str, task) -> dict:
   return {"roles": roles, "entity_types": entity[0] if entity else [], "class_attention": class_scores}
 
 
-def _rollouts(model, params, batches, kind: str, num_examples: int) -> list[dict]:
+def _rollouts(model, params, batches, objective: Objective, num_examples: int) -> list[dict]:
   """Encoder (or decoder, for a language model) self-attention rollout of the first examples."""
   batch = batches[0]
-  inputs, _ = steps.inputs_and_targets(batch, kind)
+  inputs, _ = objective.inputs_and_targets(batch)
   weights = _weights_fn(model)(params, *inputs)
-  stacks = _self_attention_weights(weights, kind)
+  stacks = _self_attention_weights(weights, objective)
   stack = "encoder" if "encoder" in stacks else "decoder"
   rollout = np.asarray(analysis.attention_rollout(stacks[stack]))
   tokens = np.asarray(inputs[0])
   out = []
   pad_id = 0
   for b in range(min(num_examples, tokens.shape[0])):
-    length = max(int(np.sum(tokens[b] != pad_id)) if kind != "lm" else tokens.shape[1], 1)
+    whole = isinstance(objective, LanguageModeling)  # A window of text: every token is real.
+    length = max(tokens.shape[1] if whole else int(np.sum(tokens[b] != pad_id)), 1)
     out.append(
       {
         "stack": stack,
@@ -164,7 +167,7 @@ def _rollouts(model, params, batches, kind: str, num_examples: int) -> list[dict
   return out
 
 
-def token_importance(model, params, batch: dict, unk_id: int) -> dict:
+def token_importance(model, params, batch: dict, unk_id: int, objective: Objective) -> dict:
   """Which input tokens decide a tagger's prediction at each example's first scored position (the
   key word of the seed tasks), by four measures: attention rollout, the last layer's raw attention
   (heads averaged), the input gradient (the norm of d log p(predicted tag) / d the token's input
@@ -176,7 +179,7 @@ def token_importance(model, params, batch: dict, unk_id: int) -> dict:
     correlation with ablation over the example's other real tokens, "per_example": {measure: [B]},
     "examples": B}.
   """
-  inputs, _ = steps.inputs_and_targets(batch, "tagging")
+  inputs, _ = objective.inputs_and_targets(batch)
   tokens = np.asarray(inputs[0])
   rest = inputs[1:]
   B, T = tokens.shape
@@ -191,13 +194,13 @@ def token_importance(model, params, batch: dict, unk_id: int) -> dict:
       return out
 
     with nn.intercept_methods(add):
-      logits = model.apply({"params": params}, tokens_BT, *rest)
+      logits = objective.logits(model.apply({"params": params}, tokens_BT, *rest))
     logp = jax.nn.log_softmax(logits.astype(jnp.float32))[rows, position]  # [B, C]
     tags = logp.argmax(-1) if tags is None else tags
     return logp[rows, tags], tags
 
   weights = _weights_fn(model)(params, *inputs)
-  layers = _self_attention_weights(weights, "tagging")["encoder"]
+  layers = _self_attention_weights(weights, objective)["encoder"]
   rollout = np.asarray(analysis.attention_rollout(layers))[np.arange(B), position]  # [B, T]
   raw = np.asarray(jnp.asarray(layers[-1], jnp.float32).mean(1))[np.arange(B), position]
   d_model = _embedding_dim(params)
@@ -243,11 +246,11 @@ def analyze_run(
     ConfigError: when `workdir` holds no run or no checkpoint, or `split` is unknown.
   """
   start = time.time()
-  config, task, model, params = setup.restore_run(workdir, seed_index)
-  kind = task.kind
-  batches = _batches(config, task, split, max_examples)
+  run, params = setup.restore_run(workdir, seed_index)
+  task, model, objective = run.task, run.model, run.objective
+  batches = _batches(run.train.eval_batch_size, task, split, max_examples)
   echo(f"analyze: {workdir}, split {split}, {sum(b['weights'].shape[0] for b in batches)} examples")
-  loss_fn, accuracy_fn = loss_and_metric(model, params, kind)
+  loss_fn, accuracy_fn = loss_and_metric(model, params, objective)
   gates = heads.head_gates(params)
   echo("analyze: importance (gradients and ablations)")
   scores = heads.head_importance(loss_fn, gates, batches)
@@ -266,20 +269,20 @@ def analyze_run(
     if curve:
       pruning[label] = curve
   echo("analyze: head roles and rollout")
-  roles = _roles_and_classes(model, params, batches, kind, task)
-  example_inputs = steps.inputs_and_targets(batches[0], kind)[0]
-  init_params = model.init(jax.random.PRNGKey(int(config.seed) + INIT_SEED_OFFSET), *example_inputs)
-  at_init = _roles_and_classes(model, init_params["params"], batches, kind, task)
+  roles = _roles_and_classes(model, params, batches, objective, task)
+  example_inputs = objective.inputs_and_targets(batches[0])[0]
+  init_params = model.init(jax.random.PRNGKey(run.train.seed + INIT_SEED_OFFSET), *example_inputs)
+  at_init = _roles_and_classes(model, init_params["params"], batches, objective, task)
   importance_of_tokens = None
-  if kind == "tagging":
+  if isinstance(objective, Tagging):
     echo("analyze: token importance (rollout, raw attention, input gradient against ablation)")
-    importance_of_tokens = token_importance(model, params, batches[0], task.vocab.unk_id)
+    importance_of_tokens = token_importance(model, params, batches[0], task.vocab.unk_id, objective)
   result = {
     "workdir": workdir,
     "seed_index": seed_index,
     "token_importance": importance_of_tokens,
     "split": split,
-    "kind": kind,
+    "kind": task.kind,
     "num_examples": int(sum(b["weights"].shape[0] for b in batches)),
     "loss": scores["loss"],
     "accuracy": accuracy_fn(gates, batches),
@@ -290,7 +293,7 @@ def analyze_run(
     "entity_types": roles["entity_types"],
     "class_attention": roles["class_attention"],
     "class_attention_at_init": at_init["class_attention"],
-    "rollouts": _rollouts(model, params, batches, kind, num_rollouts),
+    "rollouts": _rollouts(model, params, batches, objective, num_rollouts),
     "seconds": time.time() - start,
   }
   return result

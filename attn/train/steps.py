@@ -1,6 +1,6 @@
 """The pure steps of training, each on one seed's state (`attn.train.loop` vmaps them over seeds and
 jits them once): `train_step`, `eval_step`, `diagnostics_step` and `probe_step`, and the `TrainState`
-they carry.
+they carry. What a batch means (inputs, targets, loss) is the run's `Objective`'s.
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
-from attn.core import crf
 from attn.nn import blocks, sharding
 from attn.nn.config import ModelConfig
+from attn.train.objectives import Objective
 
 
 @struct.dataclass
@@ -63,66 +63,20 @@ def keep_best(state: TrainState, score: jax.Array) -> TrainState:
   )
 
 
-def inputs_and_targets(batch: dict, kind: str):
-  """The model's inputs and the targets of a batch: (src, tgt_in), tgt_out for seq2seq; (tokens,),
-  (tokens, features) or (tokens, features, chars), tags for tagging; (tokens,), targets for a
-  language model."""
-  if kind == "seq2seq":
-    return (batch["src"], batch["tgt_in"]), batch["tgt_out"]
-  if kind == "lm":
-    return (batch["tokens"],), batch["targets"]
-  if "chars" in batch:  # Each word's characters [B, T, W] (attn.tasks.ner with max_chars).
-    return (batch["tokens"], batch.get("features"), batch["chars"]), batch["tags"]
-  if "features" in batch:  # Optional hashed per-token features [B, T, F] (attn.tasks.ner).
-    return (batch["tokens"], batch["features"]), batch["tags"]
-  return (batch["tokens"],), batch["tags"]
-
-
-def token_losses(logits, targets, label_smoothing: float):
-  """(smoothed cross-entropy, plain cross-entropy) per token, in float32."""
-  logits = logits.astype(jnp.float32)
-  plain = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
-  if label_smoothing == 0.0:
-    return plain, plain
-  labels = optax.smooth_labels(jax.nn.one_hot(targets, logits.shape[-1]), label_smoothing)
-  return optax.softmax_cross_entropy(logits, labels), plain
-
-
-def uses_crf(model, kind: str) -> bool:
-  """Whether `model` is a tagger whose output is a CRF (`ModelConfig.crf`)."""
-  return kind == "tagging" and getattr(model.config, "crf", "none") != "none"
-
-
-def loss_sums(outputs, targets, weights, *, label_smoothing: float, with_crf: bool):
-  """(smoothed loss sum, plain loss sum, predictions) of a model's outputs on one batch.
-
-  Per token (cross-entropy), or, for a CRF tagger (`outputs` = (emissions, crf scores)), the negative
-  log-likelihood of each sentence's tags summed over sentences (no label smoothing) and Viterbi's
-  tags as the predictions; either way the caller divides by the weight sum.
-  """
-  if with_crf:
-    emissions, scores = outputs
-    mask = weights > 0
-    nll = -jnp.sum(crf.log_likelihood(emissions, targets, *scores, mask))
-    return nll, nll, crf.viterbi(emissions, *scores, mask)[0]
-  smoothed, plain = token_losses(outputs, targets, label_smoothing)
-  return jnp.sum(smoothed * weights), jnp.sum(plain * weights), jnp.argmax(outputs, -1)
-
-
-def train_step(state: TrainState, batch: dict, *, model, optimizer, kind: str, label_smoothing: float):
+def train_step(
+  state: TrainState, batch: dict, *, model, optimizer, objective: Objective, label_smoothing: float
+):
   """One optimizer step on one seed's state; returns (new state, metrics)."""
-  inputs, targets = inputs_and_targets(batch, kind)
+  inputs, targets = objective.inputs_and_targets(batch)
   weights = batch["weights"]
   dropout_rng = jax.random.fold_in(state.rng, state.step)
-  with_crf = uses_crf(model, kind)
-  extra = {"return_crf": True} if with_crf else {}
 
   def loss_fn(params):
     outputs = model.apply(
-      {"params": params}, *inputs, deterministic=False, rngs={"dropout": dropout_rng}, **extra
+      {"params": params}, *inputs, deterministic=False, rngs={"dropout": dropout_rng}
     )
-    smoothed, plain, predictions = loss_sums(
-      outputs, targets, weights, label_smoothing=label_smoothing, with_crf=with_crf
+    smoothed, plain, predictions = objective.loss_sums(
+      outputs, targets, weights, label_smoothing=label_smoothing
     )
     denom = jnp.maximum(weights.sum(), 1.0)
     return smoothed / denom, (predictions, plain / denom)
@@ -140,40 +94,22 @@ def train_step(state: TrainState, batch: dict, *, model, optimizer, kind: str, l
   return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
 
-def eval_step(params, batch: dict, *, model, kind: str) -> dict:
-  """Sums over one eval batch (rows with zero weight count for nothing); the caller divides."""
-  inputs, targets = inputs_and_targets(batch, kind)
-  weights = batch["weights"]
-  with_crf = uses_crf(model, kind)
-  outputs = model.apply({"params": params}, *inputs, **({"return_crf": True} if with_crf else {}))
-  _, plain, predictions = loss_sums(outputs, targets, weights, label_smoothing=0.0, with_crf=with_crf)
-  correct = (predictions == targets) | (weights == 0)
-  real_row = weights.sum(-1) > 0
-  sums = {
-    "loss_sum": plain,
-    "weight_sum": weights.sum(),
-    "correct_sum": jnp.sum(correct * weights),
-    "sequence_correct_sum": jnp.sum(jnp.all(correct, -1) & real_row),
-    "sequence_count": jnp.sum(real_row),
-  }
-  if "characters" in batch:  # A language model's batches: the characters the targets spell.
-    sums["character_sum"] = jnp.sum(batch["characters"])
-  return sums
+def eval_step(params, batch: dict, *, model, objective: Objective) -> dict:
+  """Sums over one eval batch (`objective.eval_sums`); the caller adds them up and reduces."""
+  inputs, _ = objective.inputs_and_targets(batch)
+  return objective.eval_sums(model.apply({"params": params}, *inputs), batch)
 
 
-def diagnostics_step(params, batch: dict, *, model, kind: str) -> dict:
+def diagnostics_step(params, batch: dict, *, model, objective: Objective) -> dict:
   """Per attention layer: logit std, largest logit, attention entropy and maximum weight on an eval
   batch, and the gradient norms of its query and key projections; per block (`encoder/layer_0`, ...)
   the gradient norm of all its parameters (dropout off)."""
-  inputs, targets = inputs_and_targets(batch, kind)
+  inputs, targets = objective.inputs_and_targets(batch)
   weights = batch["weights"]
 
-  with_crf = uses_crf(model, kind)
-  extra = {"return_crf": True} if with_crf else {}
-
   def loss_fn(params):
-    outputs, state = model.apply({"params": params}, *inputs, mutable=["diagnostics"], **extra)
-    _, plain, _ = loss_sums(outputs, targets, weights, label_smoothing=0.0, with_crf=with_crf)
+    outputs, state = model.apply({"params": params}, *inputs, mutable=["diagnostics"])
+    _, plain, _ = objective.loss_sums(outputs, targets, weights)
     # A model without attention layers records nothing.
     return plain / jnp.maximum(weights.sum(), 1.0), state.get("diagnostics", {})
 

@@ -18,7 +18,6 @@ import pytest
 from attn import train
 from attn.core import crf
 from attn.tasks import ner
-from attn.train import setup
 from experiments import ner as ner_experiment
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
@@ -373,7 +372,8 @@ def test_experiment_config_locks_and_validates_on_a_fixture(data_dir, preset):
   config = ner_experiment.get_config(preset)
   config.lock()
   config.data.path = str(data_dir)
-  task, model_config = train.validate(config)
+  run = train.build_run(config)
+  task, model_config = run.task, run.model_config
   assert task.name == "ner" and model_config.vocab_size == len(task.vocab)
   assert model_config.num_classes == 7 and model_config.feature_buckets == config.model.feature_buckets
 
@@ -382,11 +382,11 @@ def test_num_train_epochs_counts_passes_over_the_training_sentences(data_dir):
   config = ner_experiment.get_config("smoke")
   config.data.path = str(data_dir)
   config.num_train_epochs = 2.0
-  task, _ = train.validate(config)
-  assert task.num_train_examples == 3
-  assert setup.train_steps(config, task) == 1  # ceil(2 * 3 / 8).
+  run = train.build_run(config)
+  assert run.task.num_train_examples == 3
+  assert run.num_train_steps == 1  # ceil(2 * 3 / 8).
   config.num_train_epochs = 0.0
-  assert setup.train_steps(config, task) == config.num_train_steps
+  assert train.build_run(config).num_train_steps == config.num_train_steps
   config.num_train_epochs = -1.0
   with pytest.raises(train.ConfigError, match=r"config\.num_train_epochs: must be a number >= 0"):
-    train.validate(config)
+    train.build_run(config)

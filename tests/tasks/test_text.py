@@ -16,7 +16,7 @@ from attn.nn.config import ModelConfig
 from attn.nn.models import LanguageModel
 from attn.tasks import SPECIALS, text
 from attn.tasks.registry import make_task
-from attn.train import loop, steps
+from attn.train import evaluate, objectives, steps
 
 TEXT = "First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n" * 3
 
@@ -117,8 +117,9 @@ def test_bits_per_character_of_a_uniform_model_is_log2_of_the_vocabulary(text_fi
   model = LanguageModel(config)
   params = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 8), jnp.int32))["params"]
   zeros = jax.tree.map(lambda x: jnp.zeros((1, *x.shape)), params)  # One seed.
-  eval_fn = jax.jit(jax.vmap(lambda p, b: steps.eval_step(p, b, model=model, kind="lm"), (0, None)))
-  metrics = loop.evaluate(eval_fn, zeros, task.eval_batches(4), "lm")
+  lm = objectives.LanguageModeling(main_metric="loss")
+  eval_fn = jax.jit(jax.vmap(lambda p, b: steps.eval_step(p, b, model=model, objective=lm), (0, None)))
+  metrics = evaluate.evaluate(eval_fn, zeros, task.eval_batches(4), lm)
   np.testing.assert_allclose(metrics["loss"], [math.log(V)], rtol=1e-6)
   np.testing.assert_allclose(metrics["perplexity"], [V], rtol=1e-5)
   np.testing.assert_allclose(metrics["bits_per_char"], [math.log2(V)], rtol=1e-6)
@@ -231,9 +232,10 @@ def test_loss_at_the_training_length_is_the_eval_loss(text_file):
   params = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 8), jnp.int32))["params"]
   scores = task.score(model, params, 4, final=True)
   assert set(scores) == {"loss_at_8", "loss_at_16"}
-  eval_fn = lambda params, batch: steps.eval_step(params, batch, model=model, kind="lm")
+  lm = objectives.LanguageModeling(main_metric="loss")
+  eval_fn = lambda params, batch: steps.eval_step(params, batch, model=model, objective=lm)
   stacked = jax.tree.map(lambda x: x[None], params)  # evaluate() reads one row per seed.
-  metrics = loop.evaluate(jax.vmap(eval_fn, in_axes=(0, None)), stacked, task.eval_batches(4), "lm")
+  metrics = evaluate.evaluate(jax.vmap(eval_fn, in_axes=(0, None)), stacked, task.eval_batches(4), lm)
   assert scores["loss_at_8"] == pytest.approx(metrics["loss"][0], rel=1e-5)
   assert math.isfinite(scores["loss_at_16"])
 

@@ -260,7 +260,8 @@ def test_smoke_preset_trains_reports_bleu_and_restores_without_retraining(tmp_pa
     raise AssertionError("restore_run retrained the subword model")
 
   monkeypatch.setattr(translation, "train_subwords", no_training)
-  _, task, _, params = train.restore_run(str(workdir))
+  run, params = train.restore_run(str(workdir))
+  task = run.task
   saved = (workdir / translation.MODEL_FILE).read_bytes()
   assert task.subwords.model_proto == saved
   assert jax.tree.leaves(params)

@@ -45,25 +45,15 @@ def write_untrained_run(config, workdir: str):
   state that run starts from, each seed's initial parameters. Nothing but the initialisation is
   compiled: for tests of what reads a run. Returns that state (with its leading seed axis)."""
   import jax
-  import jax.numpy as jnp
-  import orbax.checkpoint as ocp
 
-  from attn.train import loop, setup, steps
+  from attn.train import checkpoints, loop, setup
 
-  task, model_config = setup.validate(config)
+  run = setup.build_run(config)
   os.makedirs(workdir, exist_ok=True)
-  loop.write_config(config, workdir, model_config, task)
-  task.save(workdir)
-  model = setup.build_model(model_config, task.kind)
-  example = jax.tree.map(jnp.asarray, task.train_batch(0, 1))
-  example_inputs, _ = steps.inputs_and_targets(example, task.kind)
-  init = steps.state_initializer(
-    model, setup.make_optimizer(config), example_inputs, keep_best=setup.early_stopping(config) > 0
-  )
-  seeds = [int(config.seed) + i for i in range(int(config.num_seeds))]
-  state = jax.jit(jax.vmap(init))(jnp.stack([jax.random.PRNGKey(s) for s in seeds]))
-  checkpoints = loop.checkpoint_manager(config, workdir)
-  checkpoints.save(int(config.num_train_steps), args=ocp.args.StandardSave(state))
-  checkpoints.wait_until_finished()
-  checkpoints.close()
+  loop.write_config(run, workdir)
+  run.task.save(workdir)
+  state = jax.jit(jax.vmap(run.state_initializer()))(run.seed_rngs())
+  manager = checkpoints.manager(workdir, run.train.checkpoints_to_keep)
+  checkpoints.save(manager, run.num_train_steps, state)
+  manager.close()
   return state

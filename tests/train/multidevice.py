@@ -5,6 +5,7 @@ JSON_ARGS`, printing one JSON line of results last. `run(name, devices, **args)`
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -64,15 +65,12 @@ def loss_curves(steps: int) -> dict:
   import jax
   import jax.numpy as jnp
 
-  from attn.train import loop, setup, sharding
-  from attn.train import steps as train_steps
+  from attn.train import compiled as compiled_lib
+  from attn.train import setup, sharding
 
   config = small_config()
-  task, model_config = setup.validate(config)
-  model = setup.build_model(model_config, task.kind)
-  optimizer = setup.make_optimizer(config)
-  example = jax.tree.map(jnp.asarray, task.train_batch(0, config.batch_size))
-  inputs, _ = train_steps.inputs_and_targets(example, task.kind)
+  run = setup.build_run(config)
+  task = run.task
   rngs = jnp.stack([jax.random.PRNGKey(0)])
   out = {"losses": {}, "param_bytes": {}, "state_bytes": {}}
   cases = {
@@ -80,10 +78,8 @@ def loss_curves(steps: int) -> dict:
     **{name: (mesh, None) for name, mesh in MESHES.items()},
   }
   for name, (mesh, devices) in cases.items():
-    config.mesh = mesh
-    compiled = loop.compile_steps(
-      config, model, optimizer, model_config, task.kind, inputs, devices=devices
-    )
+    on_mesh = dataclasses.replace(run, train=dataclasses.replace(run.train, mesh=mesh))
+    compiled = compiled_lib.compile_steps(on_mesh, devices=devices)
     state = compiled.init(rngs)
     out["param_bytes"][name] = sharding.bytes_per_device(state.params)
     out["state_bytes"][name] = sharding.bytes_per_device(state)
@@ -101,10 +97,9 @@ def train_then_restore(workdir: str, mesh: dict, train: bool) -> dict:
   onto `mesh` over this process's devices; returns the parameters' digests and how many are sharded."""
   import jax
   import numpy as np
-  import orbax.checkpoint as ocp
 
-  from attn.runs import files
-  from attn.train import loop, setup
+  from attn.train import checkpoints, loop, setup
+  from attn.train import compiled as compiled_lib
 
   config = small_config(
     **{"num_train_steps": 4, "log_every_steps": 2, "checkpoint_every_steps": 2, "eval_every_steps": 4}
@@ -112,15 +107,9 @@ def train_then_restore(workdir: str, mesh: dict, train: bool) -> dict:
   config.mesh = mesh
   if train:
     loop.train_and_evaluate(config, workdir)
-  task, model_config = setup.validate(config)
-  model = setup.build_model(model_config, task.kind)
-  optimizer = setup.make_optimizer(config)
-  inputs = setup.inputs_and_targets(jax.tree.map(np.asarray, task.train_batch(0, 1)), task.kind)[0]
-  compiled = loop.compile_steps(config, model, optimizer, model_config, task.kind, inputs)
-  abstract = setup.abstract_train_state(config, task, model, optimizer, compiled.state_shardings)
-  manager = ocp.CheckpointManager(files.checkpoints_dir(workdir))
-  state = manager.restore(manager.latest_step(), args=ocp.args.StandardRestore(abstract))
-  manager.close()
+  run = setup.build_run(config)
+  compiled = compiled_lib.compile_steps(run)
+  state = checkpoints.restore_latest(workdir, run.abstract_state(compiled.state_shardings))
   leaves = jax.tree_util.tree_leaves_with_path(state.params)
   return {
     "devices": jax.device_count(),
@@ -137,8 +126,8 @@ def bytes_table(d_model: int, num_heads: int, d_ff: int, layers: int) -> dict:
   import jax
   import jax.numpy as jnp
 
-  from attn.train import loop, setup, sharding
-  from attn.train import steps as train_steps
+  from attn.train import compiled as compiled_lib
+  from attn.train import setup, sharding
 
   config = small_config(
     **{
@@ -149,12 +138,7 @@ def bytes_table(d_model: int, num_heads: int, d_ff: int, layers: int) -> dict:
       "model.num_decoder_layers": layers,
     }
   )
-  task, model_config = setup.validate(config)
-  model = setup.build_model(model_config, task.kind)
-  optimizer = setup.make_optimizer(config)
-  inputs = train_steps.inputs_and_targets(jax.tree.map(jnp.asarray, task.train_batch(0, 16)), task.kind)[
-    0
-  ]
+  run = setup.build_run(config)
   out = {}
   for name, mesh in {
     "replicated (8,1,1)": MESHES["8,1,1"],
@@ -162,8 +146,8 @@ def bytes_table(d_model: int, num_heads: int, d_ff: int, layers: int) -> dict:
     "tensor 8 (1,1,8)": MESHES["1,1,8"],
     "2,2,2": MESHES["2,2,2"],
   }.items():
-    config.mesh = mesh
-    compiled = loop.compile_steps(config, model, optimizer, model_config, task.kind, inputs)
+    on_mesh = dataclasses.replace(run, train=dataclasses.replace(run.train, mesh=mesh))
+    compiled = compiled_lib.compile_steps(on_mesh)
     abstract = sharding.with_shardings(
       jax.eval_shape(compiled.abstract_init, jnp.stack([jax.random.PRNGKey(0)])),
       compiled.state_shardings,

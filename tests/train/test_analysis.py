@@ -63,11 +63,11 @@ def test_token_importance_correlates_each_measure_with_ablation():
 
   config = cue.get_config("smoke")
   config.model.num_encoder_layers = 1
-  task, model_config = train.validate(config)
-  model = train.build_model(model_config, task.kind)
+  run = train.build_run(config)
+  task, model = run.task, run.model
   batch = jax.tree.map(jnp.asarray, task.eval_batches(8)[0])
   params = model.init(jax.random.PRNGKey(0), batch["tokens"])["params"]
-  result = analysis.token_importance(model, params, batch, task.vocab.unk_id)
+  result = analysis.token_importance(model, params, batch, task.vocab.unk_id, run.objective)
   assert result["examples"] == 8
   for name in ("rollout", "raw_attention", "input_gradient"):
     values = np.asarray(result["per_example"][name])

@@ -11,6 +11,7 @@ shared in the same way and handed to the subprocesses, lets later runs of the sa
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import json
 import math
@@ -32,7 +33,7 @@ from jax.experimental.compilation_cache import compilation_cache
 from attn import tasks, train
 from attn.nn.config import ModelConfig
 from attn.runs.files import is_done, read_metrics
-from attn.train import loop, steps
+from attn.train import compiled, evaluate, loop, steps
 from tests.train.common import ATTENTION_LAYERS, OVERRIDES, STEPS
 from tests.train.common import smoke_config as _config
 
@@ -212,7 +213,7 @@ def test_extending_a_finished_run_is_not_done_until_its_new_end(reference, tmp_p
     assert not (workdir / "summary.json").exists()  # The shorter run's summary is gone while training.
     raise RuntimeError("stop here")
 
-  monkeypatch.setattr(loop, "compile_steps", fail)
+  monkeypatch.setattr(compiled, "compile_steps", fail)
   with pytest.raises(RuntimeError, match="stop here"):
     train.train_and_evaluate(_config(num_train_steps=STEPS + 10), str(workdir))
   assert not is_done(workdir)
@@ -489,8 +490,8 @@ def test_diagnostics_have_a_gradient_norm_per_block_and_eval_the_largest_logit(r
 
 
 def test_largest_logit_of_a_model_without_attention_is_absent():
-  assert loop.largest_logit({"encoder/layer_0/grad_norm": [1.0]}) == {}
-  assert loop.largest_logit({"a/max_logit": [1.0, 5.0], "b/max_logit": [2.0, 3.0]}) == {
+  assert evaluate.largest_logit({"encoder/layer_0/grad_norm": [1.0]}) == {}
+  assert evaluate.largest_logit({"a/max_logit": [1.0, 5.0], "b/max_logit": [2.0, 3.0]}) == {
     "max_attention_logit": [2.0, 5.0]
   }
 
@@ -511,8 +512,8 @@ class _FileTask:
 
 def _write(config, workdir, task=None):
   workdir.mkdir(exist_ok=True)
-  _, model_config = train.validate(config)
-  loop.write_config(config, str(workdir), model_config, task or _FileTask())
+  run = dataclasses.replace(train.build_run(config), task=task or _FileTask())
+  loop.write_config(run, str(workdir))
 
 
 def test_num_train_steps_may_change_except_under_a_cosine_schedule(tmp_path):
@@ -566,12 +567,12 @@ def test_a_non_finite_eval_loss_stops_the_run(tmp_path, monkeypatch):
 
 def test_eval_lengths_past_the_learned_positions_are_refused():
   config = ModelConfig(vocab_size=8, positions="learned", max_length=8)
-  loop.check_lengths(config, [], (4, 8))
+  evaluate.check_lengths(config, [], (4, 8))
   with pytest.raises(
     train.ConfigError,
     match=r"^config\.model\.max_length: 8 is shorter than config\.task\.eval_lengths' 16",
   ):
-    loop.check_lengths(config, [], (8, 16))
+    evaluate.check_lengths(config, [], (8, 16))
 
 
 def test_sequences_longer_than_the_learned_positions_are_refused(tmp_path):
@@ -603,7 +604,7 @@ def test_early_stopping_stops_without_improvement_and_scores_the_best(tmp_path):
   assert final["best_step"] == [0, 0]
   records = read_metrics(workdir)
   assert max(r["step"] for r in records if r["split"] == "train") == 2  # Nothing trained past it.
-  (best,) = [r for r in records if r["split"] == loop.BEST_SPLIT]
+  (best,) = [r for r in records if r["split"] == evaluate.BEST_SPLIT]
   step0 = next(r for r in records if r["split"] == "eval" and r["step"] == 0)
   np.testing.assert_allclose(best["loss"], step0["loss"], rtol=1e-6)
   assert loop.train_and_evaluate(config, workdir) == final  # Done: a rerun trains nothing.
@@ -642,7 +643,7 @@ def test_a_denoising_run_trains_and_a_tagger_starts_from_it(tmp_path):
   source_dir = str(tmp_path / "pretrained")
   final = train.train_and_evaluate(source, source_dir)
   assert np.all(np.isfinite(final["loss"])) and 0.0 <= final["accuracy"][0] <= 1.0
-  _, _, _, pretrained = train.restore_run(source_dir, 0)
+  _, pretrained = train.restore_run(source_dir, 0)
 
   config = cue.get_config("smoke")
   config.num_seeds = 1
@@ -652,7 +653,7 @@ def test_a_denoising_run_trains_and_a_tagger_starts_from_it(tmp_path):
   config.eval_every_steps = 2
   workdir = str(tmp_path / "tagger")
   train.train_and_evaluate(config, workdir)
-  _, _, _, params = train.restore_run(workdir, 0)
+  _, params = train.restore_run(workdir, 0)
   layer = ["encoder", "layer_0", "self_attention", "query", "kernel"]
   ours, theirs = params, pretrained
   for name in layer:

@@ -47,7 +47,7 @@ from tests.train.common import write_untrained_run
 )
 def test_validate_names_the_field(overrides, message):
   with pytest.raises(train.ConfigError) as error:
-    train.validate(_config(**overrides))
+    train.build_run(_config(**overrides))
   assert str(error.value).startswith(message)
   assert "\n" not in str(error.value)
 
@@ -56,7 +56,7 @@ def test_scale_error_lists_every_choice():
   from attn.nn.config import MODULE_SCALE_CHOICES
 
   with pytest.raises(train.ConfigError) as error:
-    train.validate(_config(**{"model.scale": "sqrt"}))
+    train.build_run(_config(**{"model.scale": "sqrt"}))
   assert all(repr(choice) in str(error.value) for choice in MODULE_SCALE_CHOICES)
 
 
@@ -66,20 +66,20 @@ def test_validate_batch_not_divisible_by_devices(monkeypatch):
     train.ConfigError,
     match=r"^config\.batch_size: 9 is not divisible by the mesh's data x fsdp = 2 \(the batch",
   ):
-    train.validate(_config(batch_size=9))
+    train.build_run(_config(batch_size=9))
   with pytest.raises(
     train.ConfigError,
     match=r"^config\.eval_batch_size: 15 is not divisible by the mesh's data x fsdp = 2",
   ):
-    train.validate(_config(eval_batch_size=15))
-  train.validate(_config())  # 8 and 16 split evenly.
+    train.build_run(_config(eval_batch_size=15))
+  train.build_run(_config())  # 8 and 16 split evenly.
 
 
 def test_bad_config_raises_before_anything_is_built(tmp_path, monkeypatch):
   def fail(*args, **kwargs):
     raise AssertionError("got past validation")
 
-  monkeypatch.setattr(setup, "build_model", fail)
+  monkeypatch.setattr(setup, "make_optimizer", fail)
   with pytest.raises(train.ConfigError, match=r"^config\.model\.num_heads: "):
     train.train_and_evaluate(_config(**{"model.num_heads": 3}), str(tmp_path / "run"))
   assert not (tmp_path / "run").exists()
@@ -89,10 +89,14 @@ def test_bad_config_raises_before_anything_is_built(tmp_path, monkeypatch):
 # Schedules and the loss.
 
 
+def _schedule(config):
+  return train.make_schedule(train.TrainConfig.from_config(config).optimizer, config.num_train_steps)
+
+
 def _schedule_values(schedule: str, num_steps: int = 200) -> np.ndarray:
   config = _config(num_train_steps=100)
   config.optimizer.update(schedule=schedule, learning_rate=1e-3, warmup_steps=10)
-  return np.asarray(jax.jit(jax.vmap(train.make_schedule(config)))(jnp.arange(num_steps)), np.float64)
+  return np.asarray(jax.jit(jax.vmap(_schedule(config)))(jnp.arange(num_steps)), np.float64)
 
 
 def test_rsqrt_schedule_warms_up_linearly_then_decays_as_rsqrt():
@@ -124,13 +128,13 @@ def test_make_schedule_rejects_unknown():
   config = _config()
   config.optimizer.schedule = "linear"
   with pytest.raises(train.ConfigError, match=r"^config\.optimizer\.schedule: unknown choice 'linear'"):
-    train.make_schedule(config)
+    _schedule(config)
 
 
 def test_cosine_schedule_ends_at_its_floor_as_nanogpts_does():
   config = _config(num_train_steps=100)
   config.optimizer.update(schedule="cosine", learning_rate=1e-3, warmup_steps=10, end_learning_rate=1e-4)
-  lr = np.asarray(jax.vmap(train.make_schedule(config))(jnp.arange(101)), np.float64)
+  lr = np.asarray(jax.vmap(_schedule(config))(jnp.arange(101)), np.float64)
   # nanoGPT's get_lr after warmup:
   # min_lr + 0.5 (1 + cos(pi (it - warmup) / (decay - warmup))) (lr - min_lr).
   it = np.arange(10, 101)
@@ -143,7 +147,7 @@ def test_weight_decay_applies_to_matrices_only():
   tables) and nothing on biases and norm scales."""
   config = _config()
   config.optimizer.update(schedule="constant", learning_rate=0.1, warmup_steps=1, weight_decay=0.5)
-  optimizer = train.make_optimizer(config)
+  optimizer, _ = train.make_optimizer(train.TrainConfig.from_config(config).optimizer, 100)
   params = {"kernel": jnp.ones((3, 2, 2)), "embedding": jnp.ones((4, 3)), "bias": jnp.ones(3)}
   zeros = jax.tree.map(jnp.zeros_like, params)
   state = optimizer.init(params)
@@ -163,7 +167,7 @@ def test_weight_decay_applies_to_matrices_only():
 )
 def test_optimizer_fields_are_checked(overrides, message):
   with pytest.raises(train.ConfigError) as error:
-    train.validate(_config(**overrides))
+    train.build_run(_config(**overrides))
   assert str(error.value).startswith(message)
 
 
@@ -182,17 +186,17 @@ def test_init_from_takes_matching_parameters_by_name_and_refuses_other_shapes(tm
   source.seed = 7
   source_dir = str(tmp_path / "pretrained")
   write_untrained_run(source, source_dir)
-  _, _, _, pretrained = setup.restore_run(source_dir, 0)
+  _, pretrained = setup.restore_run(source_dir, 0)
 
   config = cue.get_config("smoke")
   config.init_from = source_dir
-  task, model_config = setup.validate(config)
-  model = setup.build_model(model_config, task.kind)
+  run = setup.build_run(config)
+  task, model = run.task, run.model
   batch = task.train_batch(0, 2)
   fresh = jax.jit(jax.vmap(lambda key: model.init(key, batch["tokens"])["params"]))(
     jax.random.split(jax.random.PRNGKey(0), 2)
   )
-  params = setup.init_from(config, fresh)
+  params = setup.init_from(train.TrainConfig.from_config(config), fresh)
   for seed in range(2):  # The source had one seed: both take it.
     np.testing.assert_array_equal(
       params["embedder"]["tokens"]["embedding"][seed], pretrained["embedder"]["tokens"]["embedding"]
@@ -205,8 +209,8 @@ def test_init_from_takes_matching_parameters_by_name_and_refuses_other_shapes(tm
 
   config.model.d_model = 2 * config.model.d_model
   config.model.d_ff = 2 * config.model.d_ff
-  task, model_config = setup.validate(config)
-  model = setup.build_model(model_config, task.kind)
+  run = setup.build_run(config)
+  task, model = run.task, run.model
   wider = jax.jit(jax.vmap(lambda key: model.init(key, batch["tokens"])["params"]))(
     jax.random.split(jax.random.PRNGKey(0), 1)
   )
@@ -214,14 +218,14 @@ def test_init_from_takes_matching_parameters_by_name_and_refuses_other_shapes(tm
     setup.ConfigError,
     match=r"^config.init_from: parameter \S+ has shape \(\d+, \d+\) in .* but \(\d+, \d+\) here$",
   ):
-    setup.init_from(config, wider)
+    setup.init_from(train.TrainConfig.from_config(config), wider)
   config.init_from = str(tmp_path)
   with pytest.raises(setup.ConfigError, match=r"^config\.init_from: .* holds no run"):
-    setup.init_from(config, wider)
+    setup.init_from(train.TrainConfig.from_config(config), wider)
 
 
 def test_num_train_epochs_needs_a_fixed_training_set():
   config = _config()
   config.num_train_epochs = 1.0
   with pytest.raises(setup.ConfigError, match=r"config\.num_train_epochs: the .* task draws fresh"):
-    setup.validate(config)
+    setup.build_run(config)

@@ -49,7 +49,7 @@ def test_a_bad_mesh_is_one_line_naming_the_field(mesh, message):
 
 def test_the_tensor_axis_must_divide_the_heads_and_the_data_axes_the_batch():
   config = multidevice.small_config()
-  _, model_config = setup.validate(config)  # 8 heads.
+  model_config = setup.build_run(config).model_config  # 8 heads.
   config.mesh = {"tensor": 8}
   assert sharding.check_fits(config, model_config, device_count=8)["tensor"] == 8
   fewer_heads = dataclasses.replace(model_config, num_heads=4)
@@ -75,7 +75,7 @@ def test_a_mesh_that_does_not_fit_this_machine_is_a_config_error():
   config = multidevice.small_config()
   config.mesh = {"data": 2}
   with pytest.raises(setup.ConfigError, match=r"^config.mesh: data=2, fsdp=1, tensor=1 multiply to 2"):
-    setup.validate(config)
+    setup.build_run(config)
 
 
 def test_the_rules_map_logical_names_and_keep_dimensions_the_mesh_does_not_divide_whole():
@@ -119,7 +119,7 @@ def test_a_checkpoint_restores_onto_a_different_mesh_with_identical_parameters(t
 
   import jax
 
-  _, _, _, params = setup.restore_run(workdir)
+  _, params = setup.restore_run(workdir)
   leaves = jax.tree_util.tree_leaves_with_path(params)
   assert len(leaves) == len(on_8["sha256"])
   # restore_run takes seed 0 of the seed axis; the run has one seed, so the bytes are the same.
