@@ -38,9 +38,9 @@ import jax
 import numpy as np
 
 from attn.core import crf
-from attn.nn.models import CRFScores
 from attn.tasks.base import (
   SPECIALS,
+  Predictor,
   Task,
   Vocabulary,
   pad_rows,
@@ -213,7 +213,6 @@ class NerTask(Task):
   def __post_init__(self):
     self._class_ids = {c: i for i, c in enumerate(self.class_names)}
     self._encoded = {split: self._encode(sents) for split, sents in self.splits.items()}
-    self._apply_fns = {}
     # No longer than needed: WNUT's longest training sentence is 41 tokens, so 48, not max_length.
     longest = max(len(s.tokens) for s in self.splits["train"])
     self._train_length = min(self.max_length, -(-longest // 8) * 8)
@@ -331,34 +330,14 @@ class NerTask(Task):
   def eval_batches(self, batch_size: int) -> list[dict[str, np.ndarray]]:
     return self.split_batches("dev", batch_size)
 
-  def _apply(self, model):
-    """The jitted model: (params, batch) -> tag logits (a CRF tagger's emissions)."""
-    key = id(model)
-    if key not in self._apply_fns:
-
-      def apply(params, batch):
-        inputs = [batch[k] for k in ("tokens", "features", "chars") if k in batch]
-        return model.apply({"params": params}, *inputs)
-
-      self._apply_fns[key] = (model, jax.jit(apply))
-    return self._apply_fns[key][1]
-
-  def crf_scores(self, model, params) -> tuple[np.ndarray, ...] | None:
-    """A CRF tagger's (transitions, start, end), or None for a per-token tagger."""
-    if not _has_crf(model):
-      return None
-    scores = CRFScores(model.config).apply({"params": params["crf"]})
-    return tuple(np.asarray(x) for x in scores)
-
-  def logits(self, model, params, split: str, batch_size: int) -> list[np.ndarray]:
+  def logits(self, predictor: Predictor, split: str, batch_size: int) -> list[np.ndarray]:
     """The model's tag logits (a CRF's emissions) for `split`, one float32 [length, C] array per
     sentence, in file order."""
-    apply = self._apply(model)
     sentences = self.splits[split]
     out: list[np.ndarray | None] = [None] * len(sentences)
     buckets = self._buckets(split, batch_size)
     for (indices, _), batch in zip(buckets, self.split_batches(split, batch_size), strict=True):
-      logits = np.asarray(apply(params, batch))
+      logits = predictor.logits(batch)
       for row, i in enumerate(indices):
         out[i] = logits[row, : len(sentences[i].tags)]
     return out
@@ -386,14 +365,12 @@ class NerTask(Task):
       ids = [decoded[i, : len(x)] for i, x in enumerate(shifted)]
     return [[self.class_names[c] for c in row] for row in ids]
 
-  def predict(self, model, params, split: str, batch_size: int) -> list[list[str]]:
+  def predict(self, predictor: Predictor, split: str, batch_size: int) -> list[list[str]]:
     """The model's tags for every token of `split` (argmax, or a CRF's Viterbi), one list per
     sentence."""
-    return self.decode_tags(
-      self.logits(model, params, split, batch_size), crf_scores=self.crf_scores(model, params)
-    )
+    return self.decode_tags(self.logits(predictor, split, batch_size), crf_scores=predictor.crf_scores())
 
-  def score(self, model, params, batch_size: int, *, final: bool) -> dict[str, float]:
+  def score(self, predictor: Predictor, batch_size: int, *, final: bool) -> dict[str, float]:
     """Entity scores (percent) on dev, and at the final evaluation on test too.
 
     "precision", "recall", "f1": dev, argmax tags. "tuned_f1": dev with the O logit lowered by the
@@ -403,8 +380,8 @@ class NerTask(Task):
     dev's margin: test never chooses anything.
     """
     dev_gold = [s.tags for s in self.splits["dev"]]
-    dev_logits = self.logits(model, params, "dev", batch_size)
-    decode = functools.partial(self.decode_tags, crf_scores=self.crf_scores(model, params))
+    dev_logits = self.logits(predictor, "dev", batch_size)
+    decode = functools.partial(self.decode_tags, crf_scores=predictor.crf_scores())
     scores = entity_scores(dev_gold, decode(dev_logits))
     out = {k: scores[k] for k in ("precision", "recall", "f1")}
     tuned = {m: entity_scores(dev_gold, decode(dev_logits, m))["f1"] for m in O_MARGINS}
@@ -412,7 +389,7 @@ class NerTask(Task):
     out.update(tuned_f1=tuned[margin], o_margin=margin)
     if final:
       test_gold = [s.tags for s in self.splits["test"]]
-      test_logits = self.logits(model, params, "test", batch_size)
+      test_logits = self.logits(predictor, "test", batch_size)
       scores = entity_scores(test_gold, decode(test_logits))
       out.update({f"test_{k}": v for k, v in scores.items() if not k.startswith("num_")})
       out["test_tuned_f1"] = entity_scores(test_gold, decode(test_logits, margin))["f1"]
@@ -440,10 +417,6 @@ class NerTask(Task):
 
 
 _viterbi = jax.jit(crf.viterbi)
-
-
-def _has_crf(model) -> bool:
-  return getattr(getattr(model, "config", None), "crf", "none") != "none"
 
 
 def build_vocabulary(sentences: list[Sentence], min_count: int) -> Vocabulary:

@@ -37,10 +37,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from attn.nn import decoding
 from attn.tasks.base import (
   SPECIALS,
   TRAIN_STREAM,
+  Predictor,
   Task,
   Vocabulary,
   save_once,
@@ -161,18 +161,17 @@ class TextTask(Task):
     examples["characters"] = self.val_chars[offsets].sum(-1).astype(np.float32)
     return split_batches(examples, batch_size)
 
-  def score(self, model, params, batch_size: int, *, final: bool) -> dict[str, float]:
+  def score(self, predictor: Predictor, batch_size: int, *, final: bool) -> dict[str, float]:
     """At the final evaluation, `loss_at_<L>` for each L of `eval_lengths` (see the module
     docstring); {} otherwise."""
     if not final or not self.eval_lengths:
       return {}
-    logits_fn = jax.jit(lambda params, tokens: model.apply({"params": params}, tokens))
-    return {f"loss_at_{n}": self.loss_at(logits_fn, params, n, batch_size) for n in self.eval_lengths}
+    return {f"loss_at_{n}": self.loss_at(predictor, n, batch_size) for n in self.eval_lengths}
 
-  def loss_at(self, logits_fn, params, length: int, batch_size: int) -> float:
+  def loss_at(self, predictor: Predictor, length: int, batch_size: int) -> float:
     """Mean loss per token over the validation split cut into non-overlapping windows of `length`
     (at most as many tokens as the eval set holds when `eval_windows` caps it), in batches of about
-    `batch_size` x `block_size` tokens; `logits_fn(params, tokens [B, length]) -> [B, length, V]`."""
+    `batch_size` x `block_size` tokens; `predictor.logits({"tokens": [B, length]}) -> [B, length, V]`."""
     starts = np.arange(0, len(self.val_ids) - length, length)
     if len(starts) == 0:
       raise ValueError(
@@ -187,7 +186,7 @@ class TextTask(Task):
     total, count = 0.0, 0
     for i in range(0, len(starts), per_batch):
       offsets_BT = starts[i : i + per_batch, None] + np.arange(length)
-      logits_BTV = logits_fn(params, jnp.asarray(self.val_ids[offsets_BT]))
+      logits_BTV = jnp.asarray(predictor.logits({"tokens": self.val_ids[offsets_BT]}))
       losses = optax.softmax_cross_entropy_with_integer_labels(
         logits_BTV.astype(jnp.float32), jnp.asarray(self.val_ids[offsets_BT + 1])
       )
@@ -225,16 +224,14 @@ class TextTask(Task):
     specials = range(len(SPECIALS))
     return "".join(self.vocab.tokens[i] for i in ids if i not in specials and i < len(self.vocab))
 
-  def samples(self, model, params) -> list[str]:
+  def samples(self, predictor: Predictor) -> list[str]:
     if not self.num_samples or not self.sample_tokens:
       return []
     prompt = self.encode_text(self.sample_prompt)
     if len(prompt) == 0:
       prompt = np.array([self.vocab.bos_id], np.int32)
     prompt_BP = np.repeat(prompt[None], self.num_samples, axis=0)
-    tokens = decoding.sample_decode(
-      model,
-      params,
+    tokens = predictor.sample(
       prompt_BP,
       max_new_tokens=self.sample_tokens,
       rng=jax.random.PRNGKey(self.seed),

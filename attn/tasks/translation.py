@@ -21,21 +21,18 @@ are decoded once and scored against each of their lines, one reference per line.
 
 from __future__ import annotations
 
-import functools
 import io
 import os
 import re
 from collections.abc import Sequence
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 import sacrebleu
 import sentencepiece as spm
 
-from attn.nn import decoding
 from attn.tasks.base import (
   SPECIALS,
+  Predictor,
   Task,
   Vocabulary,
   pad_rows,
@@ -172,20 +169,8 @@ def bleu(hypotheses: Sequence[str], references: Sequence[str]) -> float:
   return float(sacrebleu.corpus_bleu(list(hypotheses), [list(references)]).score)
 
 
-@functools.partial(jax.jit, static_argnames=("model", "max_new_tokens", "beam_size", "alpha"))
-def _decode_batch(params, src_BS, *, model, max_new_tokens: int, beam_size: int, alpha: float):
-  """src [B, S] -> int [B, max_new_tokens]: greedy when beam_size is 1, else beam search."""
-  if beam_size == 1:
-    return decoding.greedy_decode(model, params, src_BS, max_new_tokens=max_new_tokens)
-  tokens, _ = decoding.beam_decode(
-    model, params, src_BS, beam_size=beam_size, max_new_tokens=max_new_tokens, alpha=alpha
-  )
-  return tokens
-
-
 def translate_ids(
-  model,
-  params,
+  predictor: Predictor,
   sources: Sequence[np.ndarray],
   *,
   batch_size: int,
@@ -200,14 +185,7 @@ def translate_ids(
   for start in range(0, len(sources), batch_size):
     rows = [s[:source_length] for s in sources[start : start + batch_size]]
     src_BS = pad_rows(rows + [np.zeros(0, np.int32)] * (batch_size - len(rows)), source_length)
-    tokens = _decode_batch(
-      params,
-      jnp.asarray(src_BS),
-      model=model,
-      max_new_tokens=max_new_tokens,
-      beam_size=beam_size,
-      alpha=alpha,
-    )
+    tokens = predictor.translate(src_BS, max_new_tokens=max_new_tokens, beam_size=beam_size, alpha=alpha)
     out.extend(np.asarray(tokens)[: len(rows)])
   return out
 
@@ -354,12 +332,11 @@ class Translation(Task):
   # Scores from decoded text.
 
   def translate(
-    self, model, params, sources: Sequence[np.ndarray], batch_size: int, *, beam_size: int = 1
+    self, predictor: Predictor, sources: Sequence[np.ndarray], batch_size: int, *, beam_size: int = 1
   ) -> list[str]:
     """Source id arrays -> detokenised translations (greedy, or beam search with `beam_size` > 1)."""
     ids = translate_ids(
-      model,
-      params,
+      predictor,
       sources,
       batch_size=batch_size,
       source_length=self.source_length,
@@ -369,21 +346,21 @@ class Translation(Task):
     )
     return [self.subwords.decode(row) for row in ids]
 
-  def _set_bleu(self, model, params, bleu_set, batch_size: int, beam_size: int) -> float:
+  def _set_bleu(self, predictor: Predictor, bleu_set, batch_size: int, beam_size: int) -> float:
     sources, source_of_line, references = bleu_set
     if not references:
       return 0.0
-    translations = self.translate(model, params, sources, batch_size, beam_size=beam_size)
+    translations = self.translate(predictor, sources, batch_size, beam_size=beam_size)
     return bleu([translations[i] for i in source_of_line], references)
 
-  def score(self, model, params, batch_size: int, *, final: bool) -> dict[str, float]:
+  def score(self, predictor: Predictor, batch_size: int, *, final: bool) -> dict[str, float]:
     """ "bleu": greedy BLEU on the dev sample; when `final`, also the test split's greedy and beam
     BLEU ("test_bleu_greedy", "test_bleu_beam")."""
-    scores = {"bleu": self._set_bleu(model, params, self.dev_bleu_set, batch_size, 1)}
+    scores = {"bleu": self._set_bleu(predictor, self.dev_bleu_set, batch_size, 1)}
     if final:
-      scores["test_bleu_greedy"] = self._set_bleu(model, params, self.test_bleu_set, batch_size, 1)
+      scores["test_bleu_greedy"] = self._set_bleu(predictor, self.test_bleu_set, batch_size, 1)
       scores["test_bleu_beam"] = self._set_bleu(
-        model, params, self.test_bleu_set, batch_size, self.beam_size
+        predictor, self.test_bleu_set, batch_size, self.beam_size
       )
     return scores
 

@@ -13,6 +13,8 @@ import dataclasses
 import math
 from typing import Any
 
+from attn.tasks.denoise import Corruption
+
 SCHEDULES = ("rsqrt", "cosine", "constant")
 OBJECTIVES = ("supervised", "denoise")
 # The ConfigDict's sections read elsewhere: the task (attn.tasks), its data, and the ModelConfig.
@@ -100,7 +102,8 @@ class TrainConfig:
   num_seeds: int = 3
   data_seed: int = 0
   objective: str = "supervised"  # supervised | denoise (attn.tasks.denoise).
-  denoise: dict = dataclasses.field(default_factory=dict)  # attn.tasks.denoise.Corruption's fields.
+  # attn.tasks.denoise.Corruption's fields: how many input tokens are corrupted, and how.
+  denoise: dict = dataclasses.field(default_factory=lambda: dataclasses.asdict(Corruption()))
   init_from: str = ""  # A run directory whose parameters start this run (by name).
   init_from_skip: str = "classifier,crf"  # Comma-separated top-level parameters never taken.
   mesh: dict = dataclasses.field(default_factory=lambda: {"data": -1, "fsdp": 1, "tensor": 1})

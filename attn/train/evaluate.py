@@ -17,6 +17,7 @@ from jax.experimental import multihost_utils
 from attn.runs import files
 from attn.train import sharding
 from attn.train.config import ConfigError
+from attn.train.predict import Predictor
 
 PROBE_SEED_OFFSET = 12345  # The probe's inputs come from PRNGKey(data_seed + this).
 # metrics.jsonl's split of an early-stopped run's final evaluation: each seed's best parameters.
@@ -71,10 +72,13 @@ def largest_logit(diagnostics: dict[str, list[float]]) -> dict[str, list[float]]
   return {"max_attention_logit": [max(values) for values in zip(*per_layer, strict=True)]}
 
 
-def task_scores(task, model, params, batch_size: int, final: bool) -> dict[str, list[float]]:
+def task_scores(run, params, batch_size: int, final: bool) -> dict[str, list[float]]:
   """The task's own metrics (`task.score`, e.g. entity F1 or BLEU from decoded output), per seed;
   `final` marks the last evaluation (where a task may also score its test split)."""
-  per = [task.score(model, p, batch_size, final=final) for p in _seeds_of(params)]
+  per = [
+    run.task.score(Predictor(run.model, run.objective, p), batch_size, final=final)
+    for p in _seeds_of(params)
+  ]
   if not per[0]:
     return {}
   return {k: [float(s[k]) for s in per] for k in per[0]}
@@ -143,7 +147,7 @@ class Evaluator:
   def _scores(self, step: int, params, *, final: bool) -> dict[str, list[float]]:
     run = self.run_
     metrics = evaluate(self.compiled.eval, params, self.batches, run.objective)
-    metrics.update(task_scores(run.task, run.model, params, run.train.eval_batch_size, final=final))
+    metrics.update(task_scores(run, params, run.train.eval_batch_size, final=final))
     return metrics
 
   def run(self, step: int, params, *, final: bool) -> dict[str, list[float]]:
@@ -173,7 +177,7 @@ class Evaluator:
     if not is_writer():
       return
     run = self.run_
-    texts = [run.task.samples(run.model, p) for p in _seeds_of(params)]
+    texts = [run.task.samples(Predictor(run.model, run.objective, p)) for p in _seeds_of(params)]
     if not any(texts):
       return
     parts = []

@@ -70,8 +70,14 @@ class Objective:
   def build_model(self, model_config: ModelConfig, **kwargs):
     return self.model_class(model_config, **kwargs)
 
-  def inputs_and_targets(self, batch: dict) -> tuple[tuple, Any]:
+  target_key: ClassVar[str] = ""  # The batch entry the model predicts.
+
+  def inputs(self, batch: dict) -> tuple:
+    """The model's positional inputs from a batch."""
     raise NotImplementedError
+
+  def inputs_and_targets(self, batch: dict) -> tuple[tuple, Any]:
+    return self.inputs(batch), batch[self.target_key]
 
   def logits(self, outputs):
     """The per-token scores [..., C] in a model's outputs (a tagger's `TaggerOutput.logits`)."""
@@ -121,8 +127,10 @@ class Seq2Seq(Objective):
   name: ClassVar[str] = "seq2seq"
   model_class: ClassVar[type] = Transformer
 
-  def inputs_and_targets(self, batch):
-    return (batch["src"], batch["tgt_in"]), batch["tgt_out"]
+  target_key: ClassVar[str] = "tgt_out"
+
+  def inputs(self, batch):
+    return batch["src"], batch["tgt_in"]
 
   def eval_sums(self, outputs, batch):
     sums = super().eval_sums(outputs, batch)
@@ -151,12 +159,14 @@ class Tagging(Objective):
   name: ClassVar[str] = "tagging"
   model_class: ClassVar[type] = EncoderTagger
 
-  def inputs_and_targets(self, batch):
+  target_key: ClassVar[str] = "tags"
+
+  def inputs(self, batch):
     if "chars" in batch:  # Each word's characters [B, T, W] (attn.tasks.ner with max_chars).
-      return (batch["tokens"], batch.get("features"), batch["chars"]), batch["tags"]
+      return batch["tokens"], batch.get("features"), batch["chars"]
     if "features" in batch:  # Optional hashed per-token features [B, T, F] (attn.tasks.ner).
-      return (batch["tokens"], batch["features"]), batch["tags"]
-    return (batch["tokens"],), batch["tags"]
+      return batch["tokens"], batch["features"]
+    return (batch["tokens"],)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -202,8 +212,10 @@ class LanguageModeling(Objective):
   name: ClassVar[str] = "lm"
   model_class: ClassVar[type] = LanguageModel
 
-  def inputs_and_targets(self, batch):
-    return (batch["tokens"],), batch["targets"]
+  target_key: ClassVar[str] = "targets"
+
+  def inputs(self, batch):
+    return (batch["tokens"],)
 
   def eval_sums(self, outputs, batch):
     sums = super().eval_sums(outputs, batch)

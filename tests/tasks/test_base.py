@@ -111,7 +111,7 @@ def test_protocol_defaults_and_a_class_missing_a_member():
   task = tasks.make_task(_synthetic_config())
   assert isinstance(task, Task)
   assert task.main_metric == "sequence_accuracy"  # The default for seq2seq.
-  assert task.score(None, None, 8, final=True) == {}  # No task-computed metrics by default.
+  assert task.score(None, 8, final=True) == {}  # No task-computed metrics by default.
   assert task.save("/nonexistent") is None  # Nothing to save by default.
 
   class NoBatches:

@@ -17,6 +17,7 @@ from attn.nn.models import LanguageModel
 from attn.tasks import SPECIALS, text
 from attn.tasks.registry import make_task
 from attn.train import evaluate, objectives, steps
+from attn.train.predict import Predictor
 
 TEXT = "First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n" * 3
 
@@ -164,7 +165,7 @@ def test_samples_start_with_the_prompt(text_file):
   )  # fmt: skip
   model = LanguageModel(config)
   params = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 8), jnp.int32))["params"]
-  samples = task.samples(model, params)
+  samples = task.samples(Predictor(model, objectives.LanguageModeling("loss"), params))
   assert len(samples) == 2
   assert all(s.startswith("All:") and len(s) >= len("All:") for s in samples)
 
@@ -207,18 +208,19 @@ def test_loss_at_a_length_tiles_the_validation_split_with_windows_of_that_length
   V = len(task.vocab)
   seen = []
 
-  def logits_fn(params, tokens):
-    seen.append(np.asarray(tokens))
-    return jnp.zeros((*tokens.shape, V))
+  class Uniform:
+    def logits(self, batch):
+      seen.append(np.asarray(batch["tokens"]))
+      return np.zeros((*batch["tokens"].shape, V), np.float32)
 
-  loss = task.loss_at(logits_fn, None, 16, batch_size=2)
+  loss = task.loss_at(Uniform(), 16, batch_size=2)
   assert loss == pytest.approx(math.log(V), rel=1e-6)
   windows = np.concatenate(seen)
   starts = np.arange(0, len(task.val_ids) - 16, 16)
   assert windows.shape == (len(starts), 16)
   np.testing.assert_array_equal(windows, task.val_ids[starts[:, None] + np.arange(16)])
   assert all(len(batch) == 1 for batch in seen)  # 2 windows of 8 tokens = 16 tokens a batch.
-  assert task.score(None, None, 4, final=False) == {}
+  assert task.score(None, 4, final=False) == {}
 
 
 def test_loss_at_the_training_length_is_the_eval_loss(text_file):
@@ -230,9 +232,9 @@ def test_loss_at_the_training_length_is_the_eval_loss(text_file):
   )  # fmt: skip
   model = LanguageModel(config)
   params = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 8), jnp.int32))["params"]
-  scores = task.score(model, params, 4, final=True)
-  assert set(scores) == {"loss_at_8", "loss_at_16"}
   lm = objectives.LanguageModeling(main_metric="loss")
+  scores = task.score(Predictor(model, lm, params), 4, final=True)
+  assert set(scores) == {"loss_at_8", "loss_at_16"}
   eval_fn = lambda params, batch: steps.eval_step(params, batch, model=model, objective=lm)
   stacked = jax.tree.map(lambda x: x[None], params)  # evaluate() reads one row per seed.
   metrics = evaluate.evaluate(jax.vmap(eval_fn, in_axes=(0, None)), stacked, task.eval_batches(4), lm)
@@ -249,4 +251,4 @@ def test_eval_lengths_must_be_positive_ints(text_file, value):
 def test_an_eval_length_past_the_validation_split_is_one_line(text_file):
   task = build(text_file, eval_lengths=(4096,))
   with pytest.raises(ValueError, match=r"^config\.task\.eval_lengths: 4096 needs a validation split"):
-    task.loss_at(lambda p, t: None, None, 4096, batch_size=2)
+    task.loss_at(None, 4096, batch_size=2)

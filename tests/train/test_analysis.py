@@ -73,3 +73,47 @@ def test_token_importance_correlates_each_measure_with_ablation():
     values = np.asarray(result["per_example"][name])
     assert values.shape == (8,) and np.all(np.abs(values[np.isfinite(values)]) <= 1.0 + 1e-9)
   np.testing.assert_allclose(result["per_example"]["rollout"], result["per_example"]["raw_attention"])
+
+
+def test_on_a_crf_tagger_the_analysis_loss_is_the_training_steps_loss():
+  """Head importance and pruning rank heads by the loss the model trains with: for a CRF tagger the
+  sentence's negative log-likelihood per token (not the cross-entropy of its emissions), and by the
+  accuracy of Viterbi's tags (not the emissions' argmax)."""
+  import functools
+
+  import jax
+  import jax.numpy as jnp
+
+  from attn.nn import heads
+  from attn.train import objectives
+  from experiments import cue
+
+  config = cue.get_config("smoke")
+  config.model.crf = "free"
+  config.model.dropout_rate = 0.0
+  config.model.num_encoder_layers = 1
+  run = train.build_run(config)
+  assert isinstance(run.objective, objectives.CRFTagging)
+  batch = jax.tree.map(jnp.asarray, run.task.train_batch(0, 1))  # One sentence: mean = batch loss.
+  state = jax.jit(run.state_initializer())(jax.random.PRNGKey(0))
+  params = state.params
+  params["crf"]["transitions"] = jax.random.normal(jax.random.PRNGKey(2), (run.task.num_classes,) * 2)
+  state = state.replace(params=params)
+  step = functools.partial(
+    train.train_step,
+    model=run.model,
+    optimizer=run.optimizer,
+    objective=run.objective,
+    label_smoothing=run.train.label_smoothing,
+  )
+  _, metrics = jax.jit(step)(state, batch)
+
+  loss_fn, accuracy_fn = analysis.loss_and_metric(run.model, params, run.objective)
+  gates = heads.head_gates(params)
+  np.testing.assert_allclose(loss_fn(gates, batch), [metrics["loss"]], rtol=1e-5)
+  assert accuracy_fn(gates, [batch]) == pytest.approx(float(metrics["accuracy"]), rel=1e-6)
+  # Not the per-token cross-entropy over the emissions that analysis used to score a CRF with.
+  plain = objectives.Tagging("f1")
+  emissions = run.model.apply({"params": params}, batch["tokens"])
+  cross_entropy = plain.example_losses(emissions, batch["tags"], batch["weights"])
+  assert abs(float(cross_entropy[0]) - float(metrics["loss"])) > 1e-3
