@@ -2,7 +2,7 @@
 
 Question: the notes' "Roopali ... she is a cow": a name's tag (PERSON, ANIMAL, MACHINE) is decided by
 one cue word that stands anywhere in the sentence, at least `min_distance` = 6 positions from the name
-(`attn.seed_tasks`, task "cue"; only the name is scored, chance is 1/3). An EncoderTagger with full
+(`attn.tasks.seed`, task "cue"; only the name is scored, chance is 1/3). An EncoderTagger with full
 attention is compared with the same model whose encoder self-attention sees only |i - j| <= w
 (`model.attention_window`): through 2 layers it reaches 2w tokens, so w = 2 never sees the cue and
 w = 4 sometimes does. Three seeds each (vmapped).

@@ -22,8 +22,8 @@ Found (1 seed per rate; masked-token accuracy and loss on WNUT's dev split, corr
   masked-token accuracy, train  0.188    0.200    0.206   (the last 50 steps; mostly Tatoeba)
 Accuracy rises with the rate here (more restored words per batch in a short run), but every rate
 stays below always guessing the most frequent word (".": 7.0% of WNUT dev's chosen words). The
-training text is almost all Tatoeba (160k short, clean sentences against WNUT's 3.4k tweets), and
-1000 steps see a fifth of it: what the encoder learns to restore there does not carry over to
+training text is almost all Tatoeba (98%: 160k short, clean sentences against WNUT's 3.4k tweets),
+and 1000 steps see a fifth of it: what the encoder learns to restore there does not carry over to
 tweets' words. A longer run or tweets as the unlabelled text is the next question; the tagger that
 starts from rate 0.15 is in experiments/ner_ablation.py's docstring.
 """

@@ -27,8 +27,10 @@ Found (validation loss per token, mean ± std over 3 seeds, trained at L = 64):
   t5_bias       2.156 ± 0.006   2.241 ± 0.004   2.370 ± 0.002   2.484 ± 0.001
   none          2.318 ± 0.001   2.386 ± 0.003   2.452 ± 0.004   2.502 ± 0.004
 ALiBi holds its loss out to 8L, as the paper says; sinusoidal and RoPE degrade (RoPE is the best at
-L). T5's bias degrades here, unlike the paper's direction. Figure:
-experiments/figures/positions_loss_vs_length.png.
+L and loses it by 4L). T5's bias degrades here, unlike the paper's direction: its buckets past
+`t5_max_distance` = 128 share one learned scalar (our guess, not tested: the softmax still spreads
+over more keys than it ever saw, which the bias's decay does not offset). NoPE degrades least of the
+rest. Figure: experiments/figures/positions_loss_vs_length.png.
 """
 
 import ml_collections

@@ -32,8 +32,8 @@ init=gpt2 arm took 9.2 min.
 Found (validation loss per token after 2000 steps, every non-overlapping window of the validation
 split; mean ± std over 3 seeds; bits per character = loss / ln 2; all measured on this machine):
   ours, this config (init "default")               1.897 ± 0.011  (1.893, 1.912, 1.887; 2.737 bits/char)
-  ours, --config.model.init=gpt2 (nanoGPT's init)  1.915 ± 0.005  (1.908, 1.918, 1.920)
-  nanoGPT's own model.py and train.py loop          1.914 ± 0.007  (1.904, 1.919, 1.918)
+  ours, --config.model.init=gpt2 (nanoGPT's init)  1.915 ± 0.005  (1.908, 1.918, 1.920; 2.763 bits/char)
+  nanoGPT's own model.py and train.py loop          1.914 ± 0.007  (1.904, 1.919, 1.918; 2.761 bits/char)
     (`python -m launch.bench --suite=nanogpt --nanogpt=DIR --nanogpt_train_seeds=3`: its GPT trained
     2000 steps on the same split, seeds 1337 + i, scored on the same windows)
 nanoGPT's README quotes 1.88: that is its estimate from 20 random batches of 12 windows of one run;

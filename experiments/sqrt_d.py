@@ -13,19 +13,23 @@ Presets: "" (the full grid above), "quick" ("sqrt_d" vs "none" at K = 16 and 256
 README's main job, a few minutes), "smoke" (two tiny points, for tests).
 Time on a 2-core CPU: 25.5 min for the full grid (1528 s, measured while other jobs shared the CPU).
 
-Found (600 steps, mean over 3 seeds; sequence accuracy = whole reversed sequence right):
+Found (600 steps, batch 32, mean ± std over 3 seeds; sequence accuracy = whole reversed sequence
+right):
   at initialisation (probe, T=64): logit std 0.99 / 1.00 / 1.00 scaled by 1/sqrt(K) and 3.95 / 7.93 /
   15.97 unscaled at K = 16 / 64 / 256; attention entropy 3.70 / 3.70 / 3.69 nats scaled and 1.44 /
   0.61 / 0.27 unscaled (uniform over 64 keys would be 4.16).
-  sequence accuracy, K = 16 / 64 / 256:
-    sqrt_d       0.86 / 0.80 / 0.52
-    none         0.31 / 0.03 / 0.00   saturated softmax from step 0: training stalls, worse as K grows
-    d (1/K)      0.87 / 0.81 / 0.31   near-uniform attention at first; fine at small K, slow at K=256
-    learned      0.89 / 0.87 / 0.60   best at every K (starts as sqrt_d; each head tunes its multiplier)
-    init_folded  0.78 / 0.24 / 0.01   same logits at step 0 as sqrt_d, but the softmax ends saturated
-                                      (entropy 0.24 nats at K=64 and 256 vs 0.96 / 0.55 for sqrt_d):
-                                      Adam's steps do not shrink with the folded query weights, so
-                                      (our reading) the effective scale grows fast
+  sequence accuracy   K = 16        K = 64        K = 256
+    sqrt_d            0.86 ± 0.04   0.80 ± 0.06   0.52 ± 0.04
+    none              0.31 ± 0.03   0.03 ± 0.01   0.00 ± 0.00
+    d (1/K)           0.87 ± 0.04   0.81 ± 0.05   0.31 ± 0.10
+    learned           0.89 ± 0.04   0.87 ± 0.03   0.60 ± 0.05
+    init_folded       0.78 ± 0.03   0.24 ± 0.09   0.01 ± 0.00
+  none: a saturated softmax from step 0; training stalls, the more so the larger K.
+  d (1/K): near-uniform attention at first; fine at small K, slow at K=256.
+  learned: best at every K (it starts as sqrt_d; each head tunes its multiplier).
+  init_folded: the same logits at step 0 as sqrt_d, but the softmax ends saturated (entropy 0.24 nats
+  at K=64 and 256 vs 0.96 / 0.55 for sqrt_d): Adam's steps do not shrink with the folded query
+  weights, so (our reading) the effective scale grows fast.
   The numbers come from runs/sqrt_d/compare.md and the probe lines of each point's metrics.jsonl.
 """
 

@@ -18,7 +18,8 @@ Found (one seed; 1.9M parameters: D = 128, 4 heads, 3 + 3 layers, 4000 joint BPE
 of 64 pairs, about 1.2 epochs of the 160,345 training pairs that fit 32 tokens):
   test BLEU (all 3211 test lines, one reference each): greedy 19.7, beam (4, alpha 0.6) 21.6.
   dev greedy BLEU on 300 sampled lines: 3.8 / 14.5 / 18.8 at steps 1000 / 2000 / 3000, still rising:
-  the run is compute-bound, not converged (dev teacher-forced token accuracy 0.41 / 0.52 / 0.58).
+  the run is compute-bound, not converged (dev teacher-forced token accuracy 0.41 / 0.52 / 0.58, dev
+  loss 3.33 / 2.58 / 2.20).
   The numbers come from runs/translate/summary.json and metrics.jsonl.
 """
 

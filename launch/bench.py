@@ -3,10 +3,12 @@
 [--nanogpt_train_seeds=N]`.
 
 --suite: a comma-separated list of attention, memory, train, seeds, decode, nanogpt, variants; or all
-(the default); or
-smoke (every suite at tiny shapes, in well under a minute: the tests run it). Prints the machine's
-matmul rate and versions, then one table per suite; --out also writes everything as JSON (rewritten
-after each suite). See `attn.benchmark` for what each suite measures.
+(the default); or smoke (every suite at tiny shapes, in well under a minute: the tests run it).
+Prints the machine's matmul rate and versions, then one table per suite; --out also writes everything
+as JSON (rewritten after each suite). What each suite measures: the docstrings of
+benchmarks/suites.py (and of benchmarks/nanogpt.py and benchmarks/variants.py for those two suites).
+Measured runs are recorded in RESULTS.md ("Benchmarks with no experiment file") and in the docstring
+of experiments/shakespeare_char.py (the nanogpt suite).
 """
 
 from __future__ import annotations
