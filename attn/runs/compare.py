@@ -11,9 +11,10 @@ ended, `summary.json` (finished) or `status.json` with {"status": "failed", "err
 neither is incomplete. Unparseable lines (a writer killed mid-line) and unreadable files are skipped.
 
 Final = the eval value at the last eval step; best = per seed, the max over eval steps for metrics that
-grow ("accuracy", "f1", "bleu", "precision", "recall" in the name), else the min; both then as mean
-and population std (ddof=0) over seeds. Plots are drawn with matplotlib's object-oriented API (no
-pyplot, so no global backend or figure registry is touched) and saved as PNG through the Agg renderer.
+are better when higher (`attn.runs.metrics.higher_is_better`: "accuracy", "f1", "bleu", "precision",
+"recall" in the name), else the min; both then as mean and population std (ddof=0) over seeds. Plots
+are drawn with matplotlib's object-oriented API (no pyplot, so no global backend or figure registry is
+touched) and saved as PNG through the Agg renderer.
 """
 
 from __future__ import annotations
@@ -33,11 +34,10 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from attn.runs import files
+from attn.runs.metrics import higher_is_better
 
 PathLike = files.PathLike
 
-# Metric names containing one of these are better when higher; every other metric when lower.
-_HIGHER_IS_BETTER = ("accuracy", "f1", "bleu", "precision", "recall")
 # Row keys other than the swept override values, in table and CSV order.
 _ROW_KEYS = (
   "name",
@@ -201,11 +201,6 @@ def sweep_config(directory: PathLike) -> str | None:
 
 
 # Metrics
-
-
-def higher_is_better(metric: str) -> bool:
-  """Whether larger values of `metric` are better (one of _HIGHER_IS_BETTER in its name)."""
-  return any(word in metric.lower() for word in _HIGHER_IS_BETTER)
 
 
 def eval_curve(run: Run, metric: str, split: str = "eval") -> tuple[np.ndarray, np.ndarray]:

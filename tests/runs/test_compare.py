@@ -11,6 +11,7 @@ import pathlib
 import pytest
 
 from attn.runs import compare
+from attn.runs import metrics as metric_rule
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -194,21 +195,8 @@ def test_compare_table_metric_override_uses_min_for_loss(heads_sweep):
   assert rows[0]["final_mean"] == pytest.approx(1.35) and rows[0]["best_mean"] == pytest.approx(1.25)
 
 
-@pytest.mark.parametrize(
-  ("metric", "higher"),
-  [
-    ("accuracy", True),
-    ("sequence_accuracy", True),
-    ("token_f1", True),
-    ("bleu", True),
-    ("test_precision", True),
-    ("recall", True),
-    ("loss", False),
-    ("o_margin", False),
-  ],
-)
-def test_higher_is_better(metric, higher):
-  assert compare.higher_is_better(metric) is higher
+def test_higher_is_better_is_the_one_rule_of_attn_runs_metrics():
+  assert compare.higher_is_better is metric_rule.higher_is_better
 
 
 def test_resolve_metric_prefers_summary_main_metric(tmp_path):
