@@ -27,8 +27,8 @@ import math
 import pathlib
 import re
 import warnings
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
 
 import numpy as np
 from matplotlib.figure import Figure
@@ -38,25 +38,6 @@ from attn.runs.metrics import higher_is_better
 
 PathLike = files.PathLike
 
-# Row keys other than the swept override values, in table and CSV order.
-_ROW_KEYS = (
-  "name",
-  "status",
-  "metric",
-  "num_seeds",
-  "step",
-  "final_mean",
-  "final_std",
-  "best_mean",
-  "best_std",
-  "final_loss_mean",
-  "final_loss_std",
-  "best_loss_mean",
-  "best_loss_std",
-  "steps_per_sec",
-  "num_params",
-  "error",
-)
 # Output files of `compare`, in DIR.
 MARKDOWN_FILE = "compare.md"
 CSV_FILE = "compare.csv"
@@ -123,6 +104,56 @@ class SweptPlot:
   categorical: bool
   ticks: list[Any]
   lines: list[SweptLine]
+
+
+@dataclasses.dataclass
+class Row:
+  """One run's line of the comparison table (compare.md, compare.csv). Missing values are None.
+
+  Attributes:
+    name: the point's name.
+    status: "done", "failed" or "incomplete".
+    metric: the eval metric the row reports ("accuracy").
+    num_seeds: seeds in the eval lines, else summary.json's or config.json's num_seeds.
+    step: the last eval step of the metric, else of the loss.
+    final_mean, final_std: the metric at the last eval step, mean and population std over seeds.
+    best_mean, best_std: per seed the best value over eval steps (the max when `higher_is_better`, else
+      the min; NaNs skipped), then mean and std over seeds.
+    final_loss_mean, final_loss_std, best_loss_mean, best_loss_std: the same for the eval loss.
+    steps_per_sec: from summary.json, else the mean over the train lines.
+    num_params: from summary.json, as written there.
+    error: a failed run's message.
+    overrides: the swept values, one per swept key of the table's runs ("model.num_heads" -> 4): the
+      run's override, else its resolved config's value there.
+  """
+
+  name: str
+  status: str
+  metric: str
+  num_seeds: int | None = None
+  step: int | None = None
+  final_mean: float | None = None
+  final_std: float | None = None
+  best_mean: float | None = None
+  best_std: float | None = None
+  final_loss_mean: float | None = None
+  final_loss_std: float | None = None
+  best_loss_mean: float | None = None
+  best_loss_std: float | None = None
+  steps_per_sec: float | None = None
+  num_params: int | None = None
+  error: str | None = None
+  overrides: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+  def to_dict(self) -> dict[str, Any]:
+    """The row flat, in CSV column order: "name", the swept keys, then the other fields (a swept key
+    named like a field, "num_seeds", is left out: the field wins)."""
+    overrides = {key: value for key, value in self.overrides.items() if key not in ROW_COLUMNS}
+    return {"name": self.name, **overrides, **{key: getattr(self, key) for key in ROW_COLUMNS[1:]}}
+
+
+# The fields of a row other than its overrides, in table and CSV order.
+ROW_COLUMNS = tuple(field.name for field in dataclasses.fields(Row) if field.name != "overrides")
 
 
 # Loading
@@ -242,20 +273,24 @@ def _mean_std(values: np.ndarray) -> tuple[float | None, float | None]:
   return float(np.mean(values)), float(np.std(values))
 
 
-def _final_and_best(run: Run, metric: str) -> dict[str, Any]:
+class _FinalAndBest(NamedTuple):
+  """A metric's last eval step, its number of seeds, and its final and best values over seeds."""
+
+  step: int | None = None
+  num_seeds: int | None = None
+  final: tuple[float | None, float | None] = (None, None)  # Mean, std.
+  best: tuple[float | None, float | None] = (None, None)
+
+
+def _final_and_best(run: Run, metric: str) -> _FinalAndBest:
   """Final and best (per seed over steps) eval values of a metric, as mean and std over seeds."""
   steps, values = eval_curve(run, metric)
   if steps.size == 0:
-    return {"step": None, "num_seeds": None, "final": (None, None), "best": (None, None)}
+    return _FinalAndBest()
   with warnings.catch_warnings():  # All-NaN seeds (a diverged run) give NaN, which is what we want.
     warnings.simplefilter("ignore", RuntimeWarning)
     best = np.nanmax(values, axis=0) if higher_is_better(metric) else np.nanmin(values, axis=0)
-  return {
-    "step": int(steps[-1]),
-    "num_seeds": int(values.shape[1]),
-    "final": _mean_std(values[-1]),
-    "best": _mean_std(best),
-  }
+  return _FinalAndBest(int(steps[-1]), int(values.shape[1]), _mean_std(values[-1]), _mean_std(best))
 
 
 def _eval_metric_names(runs: Sequence[Run]) -> set[str]:
@@ -316,7 +351,34 @@ def _swept_value(run: Run, key: str) -> Any:
   return run.overrides[key] if key in run.overrides else _get_dotted(run.config, key)
 
 
-def compare_table(runs: Sequence[Run], metric: str | None = None) -> list[dict[str, Any]]:
+def _row(run: Run, metric: str, keys: Sequence[str]) -> Row:
+  """The table row of one run (see `Row`), with its values of the swept `keys`."""
+  main, loss = _final_and_best(run, metric), _final_and_best(run, "loss")
+  num_seeds = main.num_seeds or loss.num_seeds
+  if num_seeds is None:
+    num_seeds = (run.summary or {}).get("num_seeds") or run.config.get("num_seeds")
+  return Row(
+    name=run.name,
+    status=run.status,
+    metric=metric,
+    num_seeds=int(num_seeds) if isinstance(num_seeds, int | float) else None,
+    step=main.step if main.step is not None else loss.step,
+    final_mean=main.final[0],
+    final_std=main.final[1],
+    best_mean=main.best[0],
+    best_std=main.best[1],
+    final_loss_mean=loss.final[0],
+    final_loss_std=loss.final[1],
+    best_loss_mean=loss.best[0],
+    best_loss_std=loss.best[1],
+    steps_per_sec=_steps_per_sec(run),
+    num_params=(run.summary or {}).get("num_params"),
+    error=run.error,
+    overrides={key: _swept_value(run, key) for key in keys},
+  )
+
+
+def compare_table(runs: Sequence[Run], metric: str | None = None) -> list[Row]:
   """One row per run: swept values, status, final and best eval metric and loss, speed, size.
 
   Args:
@@ -324,49 +386,19 @@ def compare_table(runs: Sequence[Run], metric: str | None = None) -> list[dict[s
     metric: the eval metric to report; None resolves it with `resolve_metric`.
 
   Returns:
-    Dicts with "name", one key per swept override ("model.num_heads"), "status", "metric",
-    "num_seeds", "step" (the last eval step), "final_mean"/"final_std" and "best_mean"/"best_std" (the
-    metric), "final_loss_mean"/... and "best_loss_mean"/... (eval loss), "steps_per_sec",
-    "num_params" and "error" (failed runs). Missing values are None.
+    The rows, in the runs' order; every row has a value (maybe None) for every swept key of `runs`.
   """
   metric = resolve_metric(runs, metric)
   keys = swept_keys(runs)
-  rows = []
-  for run in runs:
-    main = _final_and_best(run, metric)
-    loss = _final_and_best(run, "loss")
-    num_seeds = main["num_seeds"] or loss["num_seeds"]
-    if num_seeds is None:
-      num_seeds = (run.summary or {}).get("num_seeds") or run.config.get("num_seeds")
-    row: dict[str, Any] = {"name": run.name}
-    row.update({key: _swept_value(run, key) for key in keys})
-    row.update(
-      status=run.status,
-      metric=metric,
-      num_seeds=int(num_seeds) if isinstance(num_seeds, int | float) else None,
-      step=main["step"] if main["step"] is not None else loss["step"],
-      final_mean=main["final"][0],
-      final_std=main["final"][1],
-      best_mean=main["best"][0],
-      best_std=main["best"][1],
-      final_loss_mean=loss["final"][0],
-      final_loss_std=loss["final"][1],
-      best_loss_mean=loss["best"][0],
-      best_loss_std=loss["best"][1],
-      steps_per_sec=_steps_per_sec(run),
-      num_params=(run.summary or {}).get("num_params"),
-      error=run.error,
-    )
-    rows.append(row)
-  return rows
+  return [_row(run, metric, keys) for run in runs]
 
 
 # Table output
 
 
-def _override_columns(rows: Sequence[dict[str, Any]]) -> list[str]:
-  """The swept keys of the rows: every key that is not one of the fixed ones."""
-  return list(dict.fromkeys(key for row in rows for key in row if key not in _ROW_KEYS))
+def _override_columns(rows: Sequence[Row]) -> list[str]:
+  """The swept keys of the rows, in order of first appearance, less any named like a field."""
+  return list(dict.fromkeys(key for row in rows for key in row.overrides if key not in ROW_COLUMNS))
 
 
 def _cell(value: Any) -> str:
@@ -384,38 +416,37 @@ def _mean_std_cell(mean: float | None, std: float | None) -> str:
   return f"{mean:.4f} ± {std:.4f}"
 
 
-def _status_cell(row: dict[str, Any]) -> str:
+def _status_cell(row: Row) -> str:
   """ "done", "incomplete", or "failed: <error>"."""
-  if row["status"] == "failed":
-    return _cell(f"failed: {row.get('error') or 'unknown error'}")
-  return _cell(row["status"])
+  if row.status == "failed":
+    return _cell(f"failed: {row.error or 'unknown error'}")
+  return _cell(row.status)
 
 
-def format_markdown(rows: Sequence[dict[str, Any]]) -> str:
+def format_markdown(rows: Sequence[Row]) -> str:
   """A markdown table of `compare_table` rows; a failed run's status cell reads "failed: <error>".
 
   Cells are "mean ± std" over seeds with 4 decimals; the loss columns are left out when the metric is
   the loss itself.
   """
-  metric = next((row["metric"] for row in rows if row.get("metric")), "metric")
-  overrides = _override_columns(rows)
-  columns: list[tuple[str, Any]] = [("point", lambda r: _cell(r["name"]))]
-  columns += [(key, lambda r, key=key: _cell(r.get(key))) for key in overrides]
+  metric = next((row.metric for row in rows if row.metric), "metric")
+  columns: list[tuple[str, Callable[[Row], str]]] = [("point", lambda r: _cell(r.name))]
+  columns += [(key, lambda r, key=key: _cell(r.overrides.get(key))) for key in _override_columns(rows)]
   columns += [
     ("status", _status_cell),
-    ("seeds", lambda r: _cell(r.get("num_seeds"))),
-    ("step", lambda r: _cell(r.get("step"))),
-    (f"final {metric}", lambda r: _mean_std_cell(r.get("final_mean"), r.get("final_std"))),
-    (f"best {metric}", lambda r: _mean_std_cell(r.get("best_mean"), r.get("best_std"))),
+    ("seeds", lambda r: _cell(r.num_seeds)),
+    ("step", lambda r: _cell(r.step)),
+    (f"final {metric}", lambda r: _mean_std_cell(r.final_mean, r.final_std)),
+    (f"best {metric}", lambda r: _mean_std_cell(r.best_mean, r.best_std)),
   ]
   if metric != "loss":
     columns += [
-      ("final loss", lambda r: _mean_std_cell(r.get("final_loss_mean"), r.get("final_loss_std"))),
-      ("best loss", lambda r: _mean_std_cell(r.get("best_loss_mean"), r.get("best_loss_std"))),
+      ("final loss", lambda r: _mean_std_cell(r.final_loss_mean, r.final_loss_std)),
+      ("best loss", lambda r: _mean_std_cell(r.best_loss_mean, r.best_loss_std)),
     ]
   columns += [
-    ("steps/s", lambda r: "" if r.get("steps_per_sec") is None else f"{r['steps_per_sec']:.2f}"),
-    ("params", lambda r: "" if r.get("num_params") is None else f"{int(r['num_params']):,}"),
+    ("steps/s", lambda r: "" if r.steps_per_sec is None else f"{r.steps_per_sec:.2f}"),
+    ("params", lambda r: "" if r.num_params is None else f"{int(r.num_params):,}"),
   ]
   lines = [
     "| " + " | ".join(_cell(title) for title, _ in columns) + " |",
@@ -434,15 +465,16 @@ def _csv_value(value: Any) -> Any:
   return value
 
 
-def write_csv(rows: Sequence[dict[str, Any]], path: PathLike) -> None:
-  """Writes `compare_table` rows as CSV: name, the swept keys, then the fixed columns of the rows
-  (separate mean and std columns; empty fields for missing values)."""
-  fieldnames = ["name", *_override_columns(rows), *(key for key in _ROW_KEYS if key != "name")]
+def write_csv(rows: Sequence[Row], path: PathLike) -> None:
+  """Writes `compare_table` rows as CSV: name, the swept keys, then the other fields of `Row` (separate
+  mean and std columns; empty fields for missing values)."""
+  fieldnames = ["name", *_override_columns(rows), *ROW_COLUMNS[1:]]
   with open(path, "w", newline="", encoding="utf-8") as f:
     writer = csv.DictWriter(f, fieldnames=fieldnames)
     writer.writeheader()
     for row in rows:
-      writer.writerow({key: _csv_value(row.get(key)) for key in fieldnames})
+      values = row.to_dict()
+      writer.writerow({key: _csv_value(values.get(key)) for key in fieldnames})
 
 
 # Plots
@@ -509,9 +541,9 @@ def swept_plot(runs: Sequence[Run], metric: str) -> SweptPlot | None:
   for run in runs:
     if run.status == "failed":
       continue
-    result = _final_and_best(run, metric)
-    if result["final"][0] is not None:
-      points.append((run, *result["final"]))
+    final = _final_and_best(run, metric).final
+    if final[0] is not None:
+      points.append((run, *final))
   if not points:
     return None
   keys = swept_keys([run for run, _, _ in points])

@@ -129,7 +129,7 @@ def test_load_runs_single_run_directory(tmp_path):
   assert (runs.name, runs.path, runs.status, runs.overrides) == ("my_run", run_dir, "done", {})
   markdown = compare.compare(run_dir)
   (row,) = compare.compare_table([runs])
-  assert (row["final_mean"], row["final_std"], row["num_seeds"], row["num_params"]) == (0.25, 0.0, 1, 7)
+  assert (row.final_mean, row.final_std, row.num_seeds, row.num_params) == (0.25, 0.0, 1, 7)
   assert "| my_run | done | 1 | 50 | 0.2500 ± 0.0000 |" in markdown
   assert (run_dir / "compare.csv").is_file()
   assert (run_dir / "final_vs_swept.png").read_bytes().startswith(PNG_MAGIC)
@@ -147,8 +147,8 @@ def test_load_runs_without_sweep_json_discovers_subdirectories(tmp_path):
     ("no_overrides", {}),
   ]
   rows = compare.compare_table(runs)
-  assert rows[0]["metric"] == "loss"  # No main_metric and no accuracy.
-  assert [row["n"] for row in rows] == [2, 10, None]
+  assert rows[0].metric == "loss"  # No main_metric and no accuracy.
+  assert [row.overrides["n"] for row in rows] == [2, 10, None]
 
 
 # The table
@@ -157,42 +157,42 @@ def test_load_runs_without_sweep_json_discovers_subdirectories(tmp_path):
 def test_compare_table_exact_final_and_best(heads_sweep):
   rows = compare.compare_table(compare.load_runs(heads_sweep))
   one, two, four, eight, sixteen = rows
-  assert one["metric"] == "accuracy" and one["model.num_heads"] == 1
+  assert one.metric == "accuracy" and one.overrides["model.num_heads"] == 1
   # num_heads=1, accuracy per seed over steps: [0.5, 0.6] and [0.7, 0.65].
-  assert one["final_mean"] == pytest.approx(0.625) and one["final_std"] == pytest.approx(0.025)
-  assert one["best_mean"] == pytest.approx(0.65) and one["best_std"] == pytest.approx(0.05)  # Max.
+  assert one.final_mean == pytest.approx(0.625) and one.final_std == pytest.approx(0.025)
+  assert one.best_mean == pytest.approx(0.65) and one.best_std == pytest.approx(0.05)  # Max.
   # Loss per seed: [2.0, 1.5] and [1.0, 1.2]; best is the min per seed.
-  assert one["final_loss_mean"] == pytest.approx(1.35) and one["final_loss_std"] == pytest.approx(0.15)
-  assert one["best_loss_mean"] == pytest.approx(1.25) and one["best_loss_std"] == pytest.approx(0.25)
-  assert (one["num_seeds"], one["step"], one["steps_per_sec"], one["num_params"]) == (2, 200, 12.5, 1000)
+  assert one.final_loss_mean == pytest.approx(1.35) and one.final_loss_std == pytest.approx(0.15)
+  assert one.best_loss_mean == pytest.approx(1.25) and one.best_loss_std == pytest.approx(0.25)
+  assert (one.num_seeds, one.step, one.steps_per_sec, one.num_params) == (2, 200, 12.5, 1000)
   # num_heads=2, three seeds; the final step is the largest one, not the last line written.
-  assert two["step"] == 300 and two["num_seeds"] == 3
-  assert two["final_mean"] == pytest.approx(0.6) and two["final_std"] == pytest.approx(math.sqrt(0.06))
-  assert two["best_mean"] == pytest.approx(1.9 / 3)
-  assert two["final_loss_mean"] == pytest.approx(5 / 3)
-  assert two["final_loss_std"] == pytest.approx(math.sqrt(2 / 9))  # Population std (ddof=0).
-  assert two["best_loss_mean"] == pytest.approx(4 / 3) and two["best_loss_std"] == pytest.approx(
+  assert two.step == 300 and two.num_seeds == 3
+  assert two.final_mean == pytest.approx(0.6) and two.final_std == pytest.approx(math.sqrt(0.06))
+  assert two.best_mean == pytest.approx(1.9 / 3)
+  assert two.final_loss_mean == pytest.approx(5 / 3)
+  assert two.final_loss_std == pytest.approx(math.sqrt(2 / 9))  # Population std (ddof=0).
+  assert two.best_loss_mean == pytest.approx(4 / 3) and two.best_loss_std == pytest.approx(
     math.sqrt(2 / 9)
   )
-  assert four["status"] == "failed" and four["error"].startswith("FloatingPointError")
+  assert four.status == "failed" and four.error.startswith("FloatingPointError")
   # A NaN seed makes the final mean NaN; the best per seed skips it: min([3, nan]), min([5, 4]).
-  assert math.isnan(four["final_loss_mean"]) and four["best_loss_mean"] == pytest.approx(3.5)
-  assert four["num_params"] is None and four["steps_per_sec"] is None
+  assert math.isnan(four.final_loss_mean) and four.best_loss_mean == pytest.approx(3.5)
+  assert four.num_params is None and four.steps_per_sec is None
   # Incomplete: the latest eval so far, and steps/s from the train lines.
-  assert eight["status"] == "incomplete" and eight["error"] is None
-  assert (eight["final_mean"], eight["final_std"], eight["step"]) == (
+  assert eight.status == "incomplete" and eight.error is None
+  assert (eight.final_mean, eight.final_std, eight.step) == (
     pytest.approx(0.3),
     pytest.approx(0.1),
     100,
   )
-  assert eight["steps_per_sec"] == pytest.approx(9.0)
-  assert sixteen["final_mean"] is None and sixteen["num_seeds"] is None and sixteen["step"] is None
+  assert eight.steps_per_sec == pytest.approx(9.0)
+  assert sixteen.final_mean is None and sixteen.num_seeds is None and sixteen.step is None
 
 
 def test_compare_table_metric_override_uses_min_for_loss(heads_sweep):
   rows = compare.compare_table(compare.load_runs(heads_sweep), metric="loss")
-  assert rows[0]["metric"] == "loss"
-  assert rows[0]["final_mean"] == pytest.approx(1.35) and rows[0]["best_mean"] == pytest.approx(1.25)
+  assert rows[0].metric == "loss"
+  assert rows[0].final_mean == pytest.approx(1.35) and rows[0].best_mean == pytest.approx(1.25)
 
 
 def test_higher_is_better_is_the_one_rule_of_attn_runs_metrics():
@@ -211,8 +211,8 @@ def test_resolve_metric_prefers_summary_main_metric(tmp_path):
   assert compare.resolve_metric(runs[1:]) == "accuracy"
   assert compare.resolve_metric(runs, "loss") == "loss"
   row = compare.compare_table(runs)[0]
-  assert (row["final_mean"], row["step"]) == (pytest.approx(0.4), 2)
-  assert (row["final_loss_mean"], row["step"]) == (pytest.approx(1.0), 2)  # Loss only logged at step 1.
+  assert (row.final_mean, row.step) == (pytest.approx(0.4), 2)
+  assert (row.final_loss_mean, row.step) == (pytest.approx(1.0), 2)  # Loss only logged at step 1.
 
 
 def test_resumed_run_keeps_the_last_value_of_a_repeated_step(tmp_path):
@@ -283,6 +283,35 @@ def test_write_csv_columns_and_values(heads_sweep, tmp_path):
   assert float(one["best_loss_mean"]) == pytest.approx(1.25) and float(one["steps_per_sec"]) == 12.5
   assert one["error"] == "" and table[4]["final_mean"] == ""
   assert table[2]["error"] == "FloatingPointError: NaN loss at step 150 | seed 0"
+
+
+def test_row_to_dict_is_the_csv_row_and_fields_win_over_swept_keys(tmp_path):
+  _write_sweep(tmp_path, [("a", {"num_seeds": 1, "lr": 0.1}), ("b", {"lr": [1, 2]})])
+  _write_run(tmp_path / "a", {3: {"loss": [1.0, 2.0]}}, summary={"num_params": 10.0})
+  rows = compare.compare_table(compare.load_runs(tmp_path))
+  assert rows[0].overrides == {"num_seeds": 1, "lr": 0.1}
+  assert rows[1].overrides == {"num_seeds": None, "lr": [1, 2]}  # b never started: no config.
+  first = rows[0].to_dict()
+  assert list(first) == ["name", "lr", *compare.ROW_COLUMNS[1:]]
+  assert first["num_seeds"] == 2  # The eval lines' two seeds, not the swept value.
+  assert (first["name"], first["final_mean"], first["num_params"]) == ("a", 1.5, 10.0)
+  compare.write_csv(rows, tmp_path / "out.csv")
+  header, first_line, second_line = (tmp_path / "out.csv").read_text().splitlines()
+  assert header == "name,lr," + ",".join(compare.ROW_COLUMNS[1:])  # num_seeds is a field, once.
+  assert first_line == "a,0.1,done,loss,2,3,1.5,0.5,1.5,0.5,1.5,0.5,1.5,0.5,,10.0,"
+  assert second_line == 'b,"[1, 2]",incomplete,loss' + "," * 13  # 13 empty fields.
+  assert compare.format_markdown(rows).splitlines()[0].startswith("| point | lr | status | seeds |")
+
+
+def test_best_follows_the_rule_not_a_summary_direction(tmp_path):
+  """A summary.json's "higher_is_better" is a record; `metrics.higher_is_better` decides."""
+  evals = {1: {"loss": [3.0], "accuracy": [0.9]}, 2: {"loss": [1.0], "accuracy": [0.1]}}
+  _write_run(tmp_path / "r", evals, summary={"main_metric": "loss", "higher_is_better": True})
+  (row,) = compare.compare_table(compare.load_runs(tmp_path))
+  assert (row.metric, row.final_mean, row.best_mean) == ("loss", 1.0, 1.0)  # The min.
+  assert "best = min over eval steps" in compare.compare(tmp_path)
+  (row,) = compare.compare_table(compare.load_runs(tmp_path), "accuracy")
+  assert (row.final_mean, row.best_mean) == (0.1, 0.9)  # The max.
 
 
 def test_compare_writes_every_file(heads_sweep):
@@ -376,7 +405,7 @@ def test_two_key_sweep_draws_one_line_per_other_value(tmp_path):
   assert [line.label for line in layout.lines] == [f"model.head_dim_policy={p}" for p in policies]
   assert layout.lines[1].x == [1.0, 2.0, 4.0] and layout.lines[1].mean == pytest.approx([0.6, 0.7, 0.9])
   rows = compare.compare_table(runs)
-  assert [(r["model.num_heads"], r["model.head_dim_policy"]) for r in rows[:2]] == [
+  assert [(r.overrides["model.num_heads"], r.overrides["model.head_dim_policy"]) for r in rows[:2]] == [
     (1, policies[0]),
     (2, policies[0]),
   ]
