@@ -398,9 +398,9 @@ def test_task_hooks_score_save_and_main_metric(tmp_path, monkeypatch):
 
     main_metric = "seed_param_norm"
 
-    def score(self, model, params, batch_size, *, final):
+    def score(self, predictor, batch_size, *, final):
       calls.append(final)
-      norm = sum(float(jnp.sum(x * x)) for x in jax.tree.leaves(params))
+      norm = sum(float(jnp.sum(x * x)) for x in jax.tree.leaves(predictor.params))
       return {"seed_param_norm": norm}
 
     def save(self, workdir):
