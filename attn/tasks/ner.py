@@ -333,7 +333,7 @@ class NerTask(Task):
 
       def apply(params, batch):
         inputs = [batch[k] for k in ("tokens", "features", "chars") if k in batch]
-        return model.apply({"params": params}, *inputs)
+        return model.apply({"params": params}, *inputs).logits
 
       self._apply_fns[key] = (model, jax.jit(apply))
     return self._apply_fns[key][1]

@@ -24,7 +24,7 @@ import numpy as np
 
 from attn.core import analysis
 from attn.nn import heads
-from attn.nn.models import Embedder
+from attn.nn.models import Embedder, attention_weights, logits_of
 from attn.train import setup, steps
 
 SPLITS = ("dev", "train")
@@ -55,7 +55,7 @@ def loss_and_metric(model, params, kind: str) -> tuple[Callable, Callable]:
 
   def per_token(gates, batch):
     inputs, targets = steps.inputs_and_targets(batch, kind)
-    logits = model.apply(heads.variables(params, gates), *inputs)
+    logits = logits_of(model.apply(heads.variables(params, gates), *inputs))
     _, plain = steps.token_losses(logits, targets, 0.0)
     return logits, targets, plain, batch["weights"].astype(jnp.float32)
 
@@ -102,7 +102,7 @@ def _entity_types(class_names) -> tuple[list[str], np.ndarray] | None:
 @functools.lru_cache(maxsize=8)
 def _weights_fn(model):
   """The model's attention weights, jitted once per model: (params, *inputs) -> weights."""
-  return jax.jit(lambda p, *inputs: model.apply({"params": p}, *inputs, return_weights=True)[1])
+  return jax.jit(lambda p, *inputs: attention_weights(model, {"params": p}, *inputs)[1])
 
 
 def _roles_and_classes(model, params, batches, kind: str, task) -> dict:
@@ -191,7 +191,7 @@ def token_importance(model, params, batch: dict, unk_id: int) -> dict:
       return out
 
     with nn.intercept_methods(add):
-      logits = model.apply({"params": params}, tokens_BT, *rest)
+      logits = model.apply({"params": params}, tokens_BT, *rest).logits
     logp = jax.nn.log_softmax(logits.astype(jnp.float32))[rows, position]  # [B, C]
     tags = logp.argmax(-1) if tags is None else tags
     return logp[rows, tags], tags

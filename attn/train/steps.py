@@ -16,6 +16,7 @@ from flax import struct
 from attn.core import crf
 from attn.nn import blocks, sharding
 from attn.nn.config import ModelConfig
+from attn.nn.models import TaggerOutput
 
 
 @struct.dataclass
@@ -96,15 +97,17 @@ def uses_crf(model, kind: str) -> bool:
 def loss_sums(outputs, targets, weights, *, label_smoothing: float, with_crf: bool):
   """(smoothed loss sum, plain loss sum, predictions) of a model's outputs on one batch.
 
-  Per token (cross-entropy), or, for a CRF tagger (`outputs` = (emissions, crf scores)), the negative
+  Per token (cross-entropy), or, for a CRF tagger (`outputs.crf` its scores), the negative
   log-likelihood of each sentence's tags summed over sentences (no label smoothing) and Viterbi's
-  tags as the predictions; either way the caller divides by the weight sum.
+  tags as the predictions; either way the caller divides by the weight sum. `outputs`: the logits,
+  or a tagger's `TaggerOutput`.
   """
+  if isinstance(outputs, TaggerOutput):
+    outputs, scores = outputs.logits, outputs.crf
   if with_crf:
-    emissions, scores = outputs
     mask = weights > 0
-    nll = -jnp.sum(crf.log_likelihood(emissions, targets, *scores, mask))
-    return nll, nll, crf.viterbi(emissions, *scores, mask)[0]
+    nll = -jnp.sum(crf.log_likelihood(outputs, targets, *scores, mask))
+    return nll, nll, crf.viterbi(outputs, *scores, mask)[0]
   smoothed, plain = token_losses(outputs, targets, label_smoothing)
   return jnp.sum(smoothed * weights), jnp.sum(plain * weights), jnp.argmax(outputs, -1)
 
@@ -115,11 +118,10 @@ def train_step(state: TrainState, batch: dict, *, model, optimizer, kind: str, l
   weights = batch["weights"]
   dropout_rng = jax.random.fold_in(state.rng, state.step)
   with_crf = uses_crf(model, kind)
-  extra = {"return_crf": True} if with_crf else {}
 
   def loss_fn(params):
     outputs = model.apply(
-      {"params": params}, *inputs, deterministic=False, rngs={"dropout": dropout_rng}, **extra
+      {"params": params}, *inputs, deterministic=False, rngs={"dropout": dropout_rng}
     )
     smoothed, plain, predictions = loss_sums(
       outputs, targets, weights, label_smoothing=label_smoothing, with_crf=with_crf
@@ -145,7 +147,7 @@ def eval_step(params, batch: dict, *, model, kind: str) -> dict:
   inputs, targets = inputs_and_targets(batch, kind)
   weights = batch["weights"]
   with_crf = uses_crf(model, kind)
-  outputs = model.apply({"params": params}, *inputs, **({"return_crf": True} if with_crf else {}))
+  outputs = model.apply({"params": params}, *inputs)
   _, plain, predictions = loss_sums(outputs, targets, weights, label_smoothing=0.0, with_crf=with_crf)
   correct = (predictions == targets) | (weights == 0)
   real_row = weights.sum(-1) > 0
@@ -169,10 +171,9 @@ def diagnostics_step(params, batch: dict, *, model, kind: str) -> dict:
   weights = batch["weights"]
 
   with_crf = uses_crf(model, kind)
-  extra = {"return_crf": True} if with_crf else {}
 
   def loss_fn(params):
-    outputs, state = model.apply({"params": params}, *inputs, mutable=["diagnostics"], **extra)
+    outputs, state = model.apply({"params": params}, *inputs, mutable=["diagnostics"])
     _, plain, _ = loss_sums(outputs, targets, weights, label_smoothing=0.0, with_crf=with_crf)
     # A model without attention layers records nothing.
     return plain / jnp.maximum(weights.sum(), 1.0), state.get("diagnostics", {})

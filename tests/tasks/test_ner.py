@@ -17,6 +17,7 @@ import pytest
 
 from attn import train
 from attn.core import crf
+from attn.nn.models import TaggerOutput
 from attn.tasks import ner
 from attn.train import setup
 from experiments import ner as ner_experiment
@@ -213,7 +214,7 @@ class _TableTagger:
 
   def apply(self, variables, tokens_BT, features_BTF):
     del features_BTF
-    return variables["params"][tokens_BT]
+    return TaggerOutput(logits=variables["params"][tokens_BT])
 
 
 def _table(task: ner.NerTask) -> np.ndarray:

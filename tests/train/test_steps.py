@@ -116,7 +116,8 @@ def test_crf_tagger_step_loss_is_the_sentences_negative_log_likelihood_per_token
   @jax.jit
   def by_hand(params, batch):
     """(each sentence's CRF log-likelihood, its Viterbi tags), from the model's emissions."""
-    emissions, scores = model.apply({"params": params}, batch["tokens"], return_crf=True)
+    out = model.apply({"params": params}, batch["tokens"])
+    emissions, scores = out.logits, out.crf
     mask = batch["weights"] > 0
     tags, _ = crf.viterbi(emissions, *scores, mask)
     return crf.log_likelihood(emissions, batch["tags"], *scores, mask), tags
