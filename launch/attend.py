@@ -16,6 +16,7 @@ from absl import app, flags
 
 from attn import train
 from attn.nn import decoding
+from attn.nn.models import attention_weights
 from attn.runs import plots
 from attn.train import objectives
 from launch import run, start_quietly
@@ -70,7 +71,7 @@ def main(argv):
     out_ids = [int(i) for i in np.asarray(generated[0])]
     out_ids = out_ids[: out_ids.index(vocab.eos_id) + 1] if vocab.eos_id in out_ids else out_ids
     tgt_in = jnp.asarray([vocab.bos_id, *out_ids[:-1]])[None]
-    _, weights = model.apply({"params": params}, src, tgt_in, return_weights=True)
+    _, weights = attention_weights(model, {"params": params}, src, tgt_in)
     targets = vocab.decode(tgt_in[0], strip=False)
     print(f"input:  {' '.join(words)}\noutput: {task.decode_ids(out_ids)}")
     panels = [
@@ -79,13 +80,14 @@ def main(argv):
       ("decoder_cross_attention", [w["cross"][0] for w in weights["decoder"]], targets, words),
     ]
   elif is_lm:
-    logits, weights = model.apply({"params": params}, src, return_weights=True)
+    logits, weights = attention_weights(model, {"params": params}, src)
     predicted = task.decode_ids(np.asarray(jnp.argmax(logits[0], -1)))
     print(f"input: {_TEXT.value!r}\nnext:  {predicted!r} (the most likely token after each)")
     panels = [("decoder_self_attention", [w["self"][0] for w in weights], words, words)]
   else:
-    logits, weights = model.apply({"params": params}, src, return_weights=True)
-    tags = [task.class_names[i] for i in np.asarray(jnp.argmax(logits[0], -1))]
+    outputs, weights = attention_weights(model, {"params": params}, src)
+    predicted = restored.objective.predictions(outputs, jnp.ones(src.shape))  # Viterbi for a CRF.
+    tags = [task.class_names[i] for i in np.asarray(predicted[0])]
     print(f"input: {' '.join(words)}\ntags:  {' '.join(tags)}")
     panels = [("encoder_self_attention", [w[0] for w in weights], words, words)]
   for name, weights_LHTS, queries, keys in panels:

@@ -18,7 +18,7 @@ import attn
 from attn.nn import decoding
 from attn.nn.attention import MultiHeadAttention
 from attn.nn.config import ModelConfig
-from attn.nn.models import Transformer
+from attn.nn.models import Transformer, attention_weights
 from attn.tasks import seed as seed_tasks
 from launch import run, start_quietly
 
@@ -122,7 +122,7 @@ def main(argv):
   x_BTD = jax.random.normal(mha_rng, (2, 5, 64))
   mha = MultiHeadAttention(num_heads=4)
   variables = mha.init(mha_rng, x_BTD)
-  y_BTD, w_BHTS = mha.apply(variables, x_BTD, return_weights=True)
+  y_BTD, w_BHTS = attention_weights(mha, variables, x_BTD)
   n_params = sum(p.size for p in jax.tree.leaves(variables))
   print(f"   4 heads, D=64: {n_params} parameters")
   print(f"   x {x_BTD.shape} -> y {y_BTD.shape}, weights {w_BHTS.shape} [B, H, T, S]")

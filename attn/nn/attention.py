@@ -18,14 +18,29 @@ from attn.nn.config import check_module_scale, head_dim_for
 Array = jax.Array
 
 
+# The collection and the name under which every attention layer records its weights, only when the
+# caller makes the collection mutable (`attn.nn.models.attention_weights` does): e.g.
+# intermediates["encoder"]["layer_0"]["self_attention"]["attention_weights"] = (weights,).
+INTERMEDIATES = "intermediates"
+WEIGHTS = "attention_weights"
+
+
 class SelfAttention(nn.Module):
-  """The notes' first block: weightless self-attention. It has no parameters at all."""
+  """The notes' first block: weightless self-attention. It has no parameters at all.
+
+  With the "intermediates" collection mutable it records its weights [batch..., T, T] there under
+  "attention_weights" (from a pass of their own: the output is the same either way).
+  """
 
   scale: str | float = "sqrt_d"
 
-  def __call__(self, x: Array, *, mask: Array | None = None, return_weights: bool = False):
-    """x [batch..., T, D] -> [batch..., T, D] (and weights [batch..., T, T] when asked)."""
-    return attention.self_attention(x, mask=mask, scale=self.scale, return_weights=return_weights)
+  @nn.compact
+  def __call__(self, x: Array, *, mask: Array | None = None) -> Array:
+    """x [batch..., T, D] -> [batch..., T, D]."""
+    if self.is_mutable_collection(INTERMEDIATES):
+      _, weights = attention.self_attention(x, mask=mask, scale=self.scale, return_weights=True)
+      self.sow(INTERMEDIATES, WEIGHTS, weights)
+    return attention.self_attention(x, mask=mask, scale=self.scale)
 
 
 # The variable collection of per-head gates (see `attn.nn.heads`): not parameters, passed at apply.
@@ -61,6 +76,12 @@ class MultiHeadAttention(nn.Module):
       inputs of the full length to size the cache; each later call appends its T tokens (any T) and
       attends causally to everything cached so far.
     implementation: of `attn.dot_product_attention`: "naive", "flash", "jax" or None (automatic).
+
+  With the "intermediates" collection mutable (`attn.nn.models.attention_weights`), the layer records
+  its attention weights [batch..., H, T, S] (float32, before dropout; S = the cache length in decode
+  mode) there under "attention_weights". The naive path hands over the weights it computes; any other
+  path gets them from a separate naive pass that does not feed the output, so the output is the same
+  whether or not the weights are recorded. Otherwise nothing extra is computed.
   """
 
   num_heads: int
@@ -100,8 +121,7 @@ class MultiHeadAttention(nn.Module):
     key_valid: Array | None = None,
     is_causal: bool = False,
     deterministic: bool = True,
-    return_weights: bool = False,
-  ):
+  ) -> Array:
     """Attends from `inputs_q` [batch..., T, D] to `inputs_kv` [batch..., S, D] (itself if None).
 
     Args:
@@ -112,10 +132,9 @@ class MultiHeadAttention(nn.Module):
       is_causal: query i sees key j iff j <= i, without a mask array (the fast path then skips the
         masked tiles). Decode mode is always causal over its cache.
       deterministic: disables attention dropout.
-      return_weights: also return the attention weights [batch..., H, T, S].
 
     Returns:
-      [batch..., T, out_features], and the weights when asked.
+      [batch..., T, out_features].
     """
     inputs_kv = inputs_q if inputs_kv is None else inputs_kv
     check_module_scale("scale", self.scale)
@@ -135,10 +154,14 @@ class MultiHeadAttention(nn.Module):
     bias = self._position_bias(offset, bidirectional=not causal)
     variant = self._variant()
     is_causal = is_causal and not self.decode  # Decode mode's mask is causal over the cache already.
+    record = self.is_mutable_collection(INTERMEDIATES)
     out_BTHK, weights = self._attend(
-      q_BTHK, k_BSGK, v_BSGK, mask, bias, runtime_scale, is_causal, deterministic, return_weights,
-      variant,
+      q_BTHK, k_BSGK, v_BSGK, mask, bias, runtime_scale, is_causal, deterministic, record, variant,
     )  # fmt: skip
+    if record:
+      if weights is None:  # A fused path has no weights: a naive pass of their own, for the record.
+        weights, _ = self._naive_weights(q_BTHK, k_BSGK, mask, bias, runtime_scale, is_causal, variant)
+      self.sow(INTERMEDIATES, WEIGHTS, weights)
     if self.is_mutable_collection("diagnostics"):
       self._sow_diagnostics(q_BTHK, k_BSGK, mask, bias, runtime_scale, is_causal, variant)
     out_BTHK = self._gate_heads(out_BTHK)
@@ -146,7 +169,7 @@ class MultiHeadAttention(nn.Module):
     if fits_cache is not True:
       # Under jit an overfull cache cannot raise; NaN says so instead of silently overwriting the cache.
       out = jnp.where(fits_cache, out, jnp.nan)
-    return (out, weights) if return_weights else out
+    return out
 
   def _project(self, inputs_q: Array, inputs_kv: Array) -> tuple[Array, Array, Array]:
     """The query [batch..., T, H, K], key and value [batch..., S, G, K] projections."""
@@ -264,14 +287,17 @@ class MultiHeadAttention(nn.Module):
 
   def _attend(
     self, q_BTHK, k_BSGK, v_BSGK, mask, bias, scale, is_causal: bool, deterministic: bool,
-    return_weights: bool, variant: dict,
+    record: bool, variant: dict,
   ):  # fmt: skip
     """The pure function with the implementation asked for; (output [batch..., T, H, K], weights or
-    None). Only the naive path returns weights, so `return_weights` with "flash" or "jax" is refused
-    there (the diagnostics never ask: they take their statistics from a pass of their own)."""
+    None). With `record`, the weights come back where the path is naive whether or not they are
+    asked for (implementation "naive", or dropout, which only the naive path has); elsewhere asking
+    would change the path (None would pick "naive") or be refused ("flash", "jax"), so None comes back
+    and the caller takes the weights from a pass of its own, as the diagnostics do."""
     dropout_rng = None
     if not deterministic and self.dropout_rate > 0.0:
       dropout_rng = self.make_rng("dropout")
+    return_weights = record and (self.implementation == "naive" or dropout_rng is not None)
     result = attention.dot_product_attention(
       q_BTHK,
       k_BSGK,
@@ -317,6 +343,16 @@ class MultiHeadAttention(nn.Module):
       name="out",
     )(out_BTHK)
 
+  def _naive_weights(self, q_BTHK, k_BSGK, mask, bias, scale, is_causal: bool, variant: dict):
+    """(the weights [batch..., H, T, S] of `attn.attention_weights`, the mask with the causal one
+    folded in when `is_causal`): what the naive path computes, from the same queries and keys."""
+    if is_causal:
+      mask = masks.combine_masks(mask, masks.causal_mask(q_BTHK.shape[-3], k_BSGK.shape[-3]))
+    weights_BHTS = attention.attention_weights(
+      q_BTHK, k_BSGK, mask=mask, relative_bias=bias, scale=scale, **variant
+    )
+    return weights_BHTS, mask
+
   def _sow_diagnostics(self, q_BTHK, k_BSGK, mask, bias, scale, is_causal: bool, variant: dict):
     """Records the statistics the scale and heads ablations read, only when the caller makes the
     "diagnostics" collection mutable: the std of the scaled logits over the allowed entries, and the
@@ -328,12 +364,8 @@ class MultiHeadAttention(nn.Module):
     implementation asked for. The pass runs only where the collection is mutable (at `init` and in
     the training loop's diagnostics step, once per evaluation), never in a training step.
     """
-    if is_causal:
-      mask = masks.combine_masks(mask, masks.causal_mask(q_BTHK.shape[-3], k_BSGK.shape[-3]))
+    weights_BHTS, mask = self._naive_weights(q_BTHK, k_BSGK, mask, bias, scale, is_causal, variant)
     logits = attention.attention_logits(q_BTHK, k_BSGK, relative_bias=bias, scale=scale)
-    weights_BHTS = attention.attention_weights(
-      q_BTHK, k_BSGK, mask=mask, relative_bias=bias, scale=scale, **variant
-    )
     allowed = jnp.ones(logits.shape, bool) if mask is None else jnp.broadcast_to(mask, logits.shape)
     count = jnp.maximum(allowed.sum(), 1)
     mean = jnp.sum(jnp.where(allowed, logits, 0.0)) / count

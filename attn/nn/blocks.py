@@ -93,48 +93,47 @@ class FeedForward(nn.Module):
 def _residual(config: ModelConfig, name: str, x: Array, sublayer: Callable, deterministic: bool):
   """x + Dropout(sublayer(x)) with layer norm after the sum (post-LN, the paper) or on the sublayer's
   input (pre-LN). Called inside a compact method, so the norm "{name}_norm" belongs to the caller.
-
-  Returns the new x and whatever extra the sublayer returned (its attention weights) or None.
   """
   norm = layer_norm(config, f"{name}_norm")
   y = sublayer(norm(x) if config.norm == "pre" else x)
-  y, extra = y if isinstance(y, tuple) else (y, None)
   x = x + nn.Dropout(config.dropout_rate)(y, deterministic=deterministic)
   # A block boundary: the batch over the mesh's data axes (tensor parallelism's all-reduce lands here).
-  return sharding.constrain_residual(x if config.norm == "pre" else norm(x)), extra
+  return sharding.constrain_residual(x if config.norm == "pre" else norm(x))
 
 
 class EncoderBlock(nn.Module):
-  """Self-attention then feed-forward, each in a residual."""
+  """Self-attention then feed-forward, each in a residual. Its attention layer, "self_attention",
+  records its weights [B, H, T, T] when "intermediates" is mutable (see `MultiHeadAttention`)."""
 
   config: ModelConfig
 
   @nn.compact
-  def __call__(self, x_BTD, *, mask=None, deterministic=True, return_weights=False):
-    """x [B, T, D], mask broadcastable to [B, H, T, T] -> [B, T, D] (and weights [B, H, T, T])."""
+  def __call__(self, x_BTD, *, mask=None, deterministic=True):
+    """x [B, T, D], mask broadcastable to [B, H, T, T] -> [B, T, D]."""
     layers = self.config.num_encoder_layers
     self_attn = attention_layer(self.config, "self_attention", stack_layers=layers)
-    x_BTD, weights = _residual(
+    x_BTD = _residual(
       self.config,
       "self_attention",
       x_BTD,
-      lambda h: self_attn(h, mask=mask, deterministic=deterministic, return_weights=return_weights),
+      lambda h: self_attn(h, mask=mask, deterministic=deterministic),
       deterministic,
     )
     ff = FeedForward(self.config, stack_layers=layers, name="feed_forward")
-    x_BTD, _ = _residual(
+    return _residual(
       self.config,
       "feed_forward",
       x_BTD,
       lambda h: ff(h, deterministic=deterministic),
       deterministic,
     )
-    return (x_BTD, weights) if return_weights else x_BTD
 
 
 class DecoderBlock(nn.Module):
   """Masked self-attention, cross-attention to the encoder (unless `cross_attention` is False, as in
-  a decoder-only language model), then feed-forward, each in a residual."""
+  a decoder-only language model), then feed-forward, each in a residual. Its attention layers,
+  "self_attention" and "cross_attention", record their weights [B, H, T, T] and [B, H, T, S] when
+  "intermediates" is mutable (see `MultiHeadAttention`)."""
 
   config: ModelConfig
   decode: bool = False
@@ -150,14 +149,12 @@ class DecoderBlock(nn.Module):
     self_key_valid=None,
     cross_mask=None,
     deterministic=True,
-    return_weights=False,
   ):
-    """x [B, T, D], encoded [B, S, D] -> [B, T, D] (and {"self": [B,H,T,T], "cross": [B,H,T,S]})."""
+    """x [B, T, D], encoded [B, S, D] -> [B, T, D]."""
     cfg = self.config
-    weights = {}
     layers = cfg.num_decoder_layers
     self_attn = attention_layer(cfg, "self_attention", decode=self.decode, stack_layers=layers)
-    x_BTD, weights["self"] = _residual(
+    x_BTD = _residual(
       cfg,
       "self_attention",
       x_BTD,
@@ -167,7 +164,6 @@ class DecoderBlock(nn.Module):
         key_valid=self_key_valid,
         is_causal=True,
         deterministic=deterministic,
-        return_weights=return_weights,
       ),
       deterministic,
     )
@@ -175,20 +171,17 @@ class DecoderBlock(nn.Module):
       if encoded_BSD is None:
         raise ValueError("DecoderBlock: encoded_BSD is required when cross_attention is on")
       cross_attn = attention_layer(cfg, "cross_attention", stack_layers=layers, cross=True)
-      x_BTD, weights["cross"] = _residual(
+      x_BTD = _residual(
         cfg,
         "cross_attention",
         x_BTD,
-        lambda h: cross_attn(
-          h, encoded_BSD, mask=cross_mask, deterministic=deterministic, return_weights=return_weights
-        ),
+        lambda h: cross_attn(h, encoded_BSD, mask=cross_mask, deterministic=deterministic),
         deterministic,
       )
     ff = FeedForward(cfg, stack_layers=layers, name="feed_forward")
-    x_BTD, _ = _residual(
+    return _residual(
       cfg, "feed_forward", x_BTD, lambda h: ff(h, deterministic=deterministic), deterministic
     )
-    return (x_BTD, weights) if return_weights else x_BTD
 
 
 class Encoder(nn.Module):
@@ -197,18 +190,13 @@ class Encoder(nn.Module):
   config: ModelConfig
 
   @nn.compact
-  def __call__(self, x_BTD, *, mask=None, deterministic=True, return_weights=False):
-    """Returns [B, T, D], and a list of per-layer weights [B, H, T, T] when asked."""
-    all_weights = []
+  def __call__(self, x_BTD, *, mask=None, deterministic=True):
+    """Returns [B, T, D]. The blocks are "layer_0", "layer_1", ..."""
     for i in range(self.config.num_encoder_layers):
-      out = EncoderBlock(self.config, name=f"layer_{i}")(
-        x_BTD, mask=mask, deterministic=deterministic, return_weights=return_weights
-      )
-      x_BTD, w = out if return_weights else (out, None)
-      all_weights.append(w)
+      x_BTD = EncoderBlock(self.config, name=f"layer_{i}")(x_BTD, mask=mask, deterministic=deterministic)
     if self.config.norm == "pre":
       x_BTD = layer_norm(self.config, "final_norm")(x_BTD)
-    return (x_BTD, all_weights) if return_weights else x_BTD
+    return x_BTD
 
 
 class Decoder(nn.Module):
@@ -228,25 +216,20 @@ class Decoder(nn.Module):
     self_key_valid=None,
     cross_mask=None,
     deterministic=True,
-    return_weights=False,
   ):
-    """Returns [B, T, D], and a list of per-layer {"self", "cross"} weights when asked."""
-    all_weights = []
+    """Returns [B, T, D]. The blocks are "layer_0", "layer_1", ..."""
     for i in range(self.config.num_decoder_layers):
       block = DecoderBlock(
         self.config, decode=self.decode, cross_attention=self.cross_attention, name=f"layer_{i}"
       )
-      out = block(
+      x_BTD = block(
         x_BTD,
         encoded_BSD,
         self_mask=self_mask,
         self_key_valid=self_key_valid,
         cross_mask=cross_mask,
         deterministic=deterministic,
-        return_weights=return_weights,
       )
-      x_BTD, w = out if return_weights else (out, None)
-      all_weights.append(w)
     if self.config.norm == "pre":
       x_BTD = layer_norm(self.config, "final_norm")(x_BTD)
-    return (x_BTD, all_weights) if return_weights else x_BTD
+    return x_BTD

@@ -1,17 +1,26 @@
 """Models built from the blocks: the paper's encoder-decoder `Transformer`, an `EncoderTagger` (for
-NER) and a decoder-only `LanguageModel`. Token id `config.pad_id` is masked out as a key everywhere."""
+NER) and a decoder-only `LanguageModel`. Token id `config.pad_id` is masked out as a key everywhere.
+
+Each model returns one structure whatever is asked: logits, or a tagger's `TaggerOutput`. The
+attention weights are not an output: every attention layer records them in the "intermediates"
+collection when the caller makes it mutable; `attention_weights` applies a model so and returns them.
+"""
 
 from __future__ import annotations
+
+from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from flax import struct
 
 from attn.core import crf as crf_lib
 from attn.core import masks
 from attn.core.positions import sinusoidal_positions
 from attn.nn import sharding
-from attn.nn.blocks import Decoder, Encoder
+from attn.nn.attention import INTERMEDIATES, WEIGHTS, MultiHeadAttention, SelfAttention
+from attn.nn.blocks import Decoder, DecoderBlock, Encoder, EncoderBlock
 from attn.nn.config import GPT2_INIT_STD, ModelConfig
 
 Array = jax.Array
@@ -174,11 +183,11 @@ class Transformer(nn.Module):
     self.decoder = Decoder(cfg, decode=self.decode)
     self.head = _OutputHead(cfg)
 
-  def encode(self, src_BS: Array, *, deterministic=True, return_weights=False):
-    """src [B, S] -> encoded [B, S, D] (and per-layer encoder weights when asked)."""
+  def encode(self, src_BS: Array, *, deterministic=True) -> Array:
+    """src [B, S] -> encoded [B, S, D]."""
     src_mask = encoder_self_mask(src_BS, self.config)
     x_BSD = self.embedder(src_BS, deterministic=deterministic)
-    return self.encoder(x_BSD, mask=src_mask, deterministic=deterministic, return_weights=return_weights)
+    return self.encoder(x_BSD, mask=src_mask, deterministic=deterministic)
 
   def decode_logits(
     self,
@@ -188,9 +197,8 @@ class Transformer(nn.Module):
     *,
     positions_BT=None,
     deterministic=True,
-    return_weights=False,
-  ):
-    """tgt_in [B, T] and the encoder output -> logits [B, T, V] (and per-layer decoder weights).
+  ) -> Array:
+    """tgt_in [B, T] and the encoder output -> logits [B, T, V].
 
     In decode mode `positions_BT` must give each token's position (the cache offset onwards).
     """
@@ -200,29 +208,19 @@ class Transformer(nn.Module):
     key_valid_BT = tgt_in_BT != cfg.pad_id  # Cached with the keys in decode mode.
     cross_mask = masks.padding_mask(tokens=src_BS, pad_id=cfg.pad_id)
     y_BTD = self.embedder(tgt_in_BT, positions_BT, deterministic=deterministic)
-    y = self.decoder(
+    y_BTD = self.decoder(
       y_BTD,
       encoded_BSD,
       self_key_valid=key_valid_BT,
       cross_mask=cross_mask,
       deterministic=deterministic,
-      return_weights=return_weights,
     )
-    if return_weights:
-      y_BTD, weights = y
-      return self.head(y_BTD, self.embedder), weights
-    return self.head(y, self.embedder)
+    return self.head(y_BTD, self.embedder)
 
-  def __call__(self, src_BS: Array, tgt_in_BT: Array, *, deterministic=True, return_weights=False):
-    """Returns logits [B, T, V], and {"encoder": [...], "decoder": [...]} weights when asked."""
-    encoded = self.encode(src_BS, deterministic=deterministic, return_weights=return_weights)
-    if not return_weights:
-      return self.decode_logits(tgt_in_BT, encoded, src_BS, deterministic=deterministic)
-    encoded, enc_weights = encoded
-    logits, dec_weights = self.decode_logits(
-      tgt_in_BT, encoded, src_BS, deterministic=deterministic, return_weights=True
-    )
-    return logits, {"encoder": enc_weights, "decoder": dec_weights}
+  def __call__(self, src_BS: Array, tgt_in_BT: Array, *, deterministic=True) -> Array:
+    """Returns logits [B, T, V]."""
+    encoded = self.encode(src_BS, deterministic=deterministic)
+    return self.decode_logits(tgt_in_BT, encoded, src_BS, deterministic=deterministic)
 
 
 class CRFScores(nn.Module):
@@ -248,6 +246,20 @@ class CRFScores(nn.Module):
     return transitions, start, end
 
 
+@struct.dataclass
+class TaggerOutput:
+  """What an `EncoderTagger` returns.
+
+  Attributes:
+    logits: [B, T, C]; a CRF's emissions when config.crf is not "none".
+    crf: the CRF's (transitions [C, C], start [C], end [C]), for `attn.core.crf.log_likelihood` and
+      `viterbi`; None when config.crf is "none".
+  """
+
+  logits: jax.Array
+  crf: tuple[jax.Array, jax.Array, jax.Array] | None = None
+
+
 class EncoderTagger(nn.Module):
   """An encoder and a per-token classifier: tokens [B, T] -> tag logits [B, T, num_classes].
 
@@ -256,8 +268,8 @@ class EncoderTagger(nn.Module):
   optional `chars_BTW` [B, T, W]: each word's characters, encoded by a `CharEncoder` and added when
   config.char_buckets > 0 (ignored when it is 0).
 
-  With `config.crf` other than "none" the logits are a CRF's emissions, and `return_crf=True` also
-  returns the CRF's (transitions, start, end) for `attn.core.crf.log_likelihood` and `viterbi`.
+  Returns a `TaggerOutput`: the logits (a CRF's emissions when `config.crf` is not "none") and the
+  CRF's (transitions, start, end), or None without a CRF.
   """
 
   config: ModelConfig
@@ -270,12 +282,8 @@ class EncoderTagger(nn.Module):
     chars_BTW: Array | None = None,
     *,
     deterministic=True,
-    return_weights=False,
-    return_crf=False,
-  ):
+  ) -> TaggerOutput:
     cfg = self.config
-    if return_crf and cfg.crf == "none":
-      raise ValueError("return_crf: this tagger has no CRF (config.crf is 'none')")
     if cfg.num_classes <= 0:
       raise ValueError(f"num_classes: EncoderTagger needs a positive num_classes, got {cfg.num_classes}")
     mask = encoder_self_mask(tokens_BT, cfg)
@@ -289,19 +297,13 @@ class EncoderTagger(nn.Module):
       x_BTD = x_BTD + nn.Dropout(cfg.dropout_rate)(words_BTD, deterministic=deterministic).astype(
         x_BTD.dtype
       )
-    x = Encoder(cfg, name="encoder")(
-      x_BTD, mask=mask, deterministic=deterministic, return_weights=return_weights
-    )
-    x_BTD, weights = x if return_weights else (x, None)
+    x_BTD = Encoder(cfg, name="encoder")(x_BTD, mask=mask, deterministic=deterministic)
     classifier_init = sharding.named(nn.initializers.lecun_normal(), (sharding.EMBED, None))
     logits_BTC = nn.Dense(
       cfg.num_classes, dtype=jnp.float32, kernel_init=classifier_init, name="classifier"
     )(x_BTD)
-    out = (logits_BTC, weights) if return_weights else (logits_BTC,)
-    if cfg.crf != "none":
-      scores = CRFScores(cfg, name="crf")()  # Created at init whatever return_crf says.
-      out = (*out, scores) if return_crf else out
-    return out if len(out) > 1 else out[0]
+    scores = CRFScores(cfg, name="crf")() if cfg.crf != "none" else None
+    return TaggerOutput(logits=logits_BTC, crf=scores)
 
 
 class LanguageModel(nn.Module):
@@ -314,19 +316,126 @@ class LanguageModel(nn.Module):
   decode: bool = False
 
   @nn.compact
-  def __call__(self, tokens_BT: Array, *, positions_BT=None, deterministic=True, return_weights=False):
+  def __call__(self, tokens_BT: Array, *, positions_BT=None, deterministic=True) -> Array:
     cfg = self.config
     if self.decode and positions_BT is None and not self.is_initializing():
       raise ValueError("positions_BT is required in decode mode (the cache offset onwards)")
     key_valid_BT = tokens_BT != cfg.pad_id  # Cached with the keys in decode mode.
     embedder = Embedder(cfg, name="embedder")
     x_BTD = embedder(tokens_BT, positions_BT, deterministic=deterministic)
-    x = Decoder(cfg, decode=self.decode, cross_attention=False, name="decoder")(
+    x_BTD = Decoder(cfg, decode=self.decode, cross_attention=False, name="decoder")(
       x_BTD,
       self_key_valid=key_valid_BT,
       deterministic=deterministic,
-      return_weights=return_weights,
     )
-    x_BTD, weights = x if return_weights else (x, None)
-    logits_BTV = _OutputHead(cfg, name="head")(x_BTD, embedder)
-    return (logits_BTV, weights) if return_weights else logits_BTV
+    return _OutputHead(cfg, name="head")(x_BTD, embedder)
+
+
+# --------------------------------------------------------------------------------------------------
+# The attention weights, from the "intermediates" the attention layers record.
+# --------------------------------------------------------------------------------------------------
+
+
+def attention_weights(model: nn.Module, variables, *args, method=None, **kwargs) -> tuple[Any, Any]:
+  """`model.apply(variables, *args, method=method, **kwargs)` with the "intermediates" collection
+  mutable, so that every attention layer records its weights: (the outputs, the weights as
+  `recorded_weights` arranges them). The outputs are the plain apply's, bit for bit.
+
+  `kwargs` pass to `apply` (deterministic, rngs, capture_intermediates, ...), but not `mutable`.
+  """
+  outputs, state = model.apply(variables, *args, method=method, mutable=[INTERMEDIATES], **kwargs)
+  return outputs, recorded_weights(model, state.get(INTERMEDIATES, {}), method=method)
+
+
+def recorded_weights(model: nn.Module, intermediates, *, method=None):
+  """The attention weights in `intermediates` (the collection of an apply of `model` that made it
+  mutable; `method` as given to that apply), arranged by the model:
+
+    MultiHeadAttention, EncoderBlock: [B, H, T, S]; SelfAttention: [batch..., T, T];
+    DecoderBlock: {"self": [B, H, T, T], "cross": [B, H, T, S]} ("cross" only with cross-attention);
+    Encoder, EncoderTagger, Transformer.encode: [per layer [B, H, T, T]];
+    Decoder, LanguageModel, Transformer.decode_logits: [per layer {"self", "cross"} as a block's];
+    Transformer: {"encoder": [...], "decoder": [...]};
+    any other module or method: `weights_by_path`.
+
+  Raises:
+    ValueError: when a layer recorded no weights, or more than one set (called twice in the apply).
+  """
+  name = method if isinstance(method, str) else getattr(method, "__name__", "__call__")
+  tree = intermediates or {}
+  if name == "__call__":
+    if isinstance(model, SelfAttention | MultiHeadAttention):
+      return _one(tree, ())
+    if isinstance(model, EncoderBlock):
+      return _one(tree, ("self_attention",))
+    if isinstance(model, DecoderBlock):
+      return _block_weights(tree, model.cross_attention)
+    if isinstance(model, Encoder):
+      return _stack_weights(tree, model.config.num_encoder_layers, None)
+    if isinstance(model, Decoder):
+      return _stack_weights(tree, model.config.num_decoder_layers, model.cross_attention)
+    if isinstance(model, EncoderTagger):
+      return _stack_weights(tree.get("encoder", {}), model.config.num_encoder_layers, None)
+    if isinstance(model, LanguageModel):
+      return _stack_weights(tree.get("decoder", {}), model.config.num_decoder_layers, False)
+  if isinstance(model, Transformer) and name in ("__call__", "encode", "decode_logits"):
+    cfg = model.config
+    encoder = lambda: _stack_weights(tree.get("encoder", {}), cfg.num_encoder_layers, None)
+    decoder = lambda: _stack_weights(tree.get("decoder", {}), cfg.num_decoder_layers, True)
+    if name == "encode":
+      return encoder()
+    if name == "decode_logits":
+      return decoder()
+    return {"encoder": encoder(), "decoder": decoder()}
+  return weights_by_path(tree)
+
+
+def weights_by_path(intermediates) -> dict[str, Array]:
+  """{the recording layer's module path joined by "/": its weights} for every attention layer in
+  `intermediates`, e.g. {"encoder/layer_0/self_attention": [B, H, T, T], ...}; a layer that recorded
+  more than once gets "#1", "#2", ... after its path for the later ones."""
+  out = {}
+
+  def visit(tree, path):
+    for key, value in tree.items():
+      if key == WEIGHTS and isinstance(value, tuple):
+        for i, w in enumerate(value):
+          out["/".join(path) + (f"#{i}" if i else "")] = w
+      elif hasattr(value, "items"):
+        visit(value, (*path, key))
+
+  visit(intermediates or {}, ())
+  return out
+
+
+def _one(tree, path: tuple[str, ...]) -> Array:
+  """The one set of weights the layer at `path` (under `tree`) recorded."""
+  node = tree
+  for key in path:
+    node = node.get(key, {})
+  recorded = node.get(WEIGHTS, ())
+  if len(recorded) != 1:
+    where = "/".join(path) or "the module"
+    raise ValueError(
+      f"attention weights: {where} recorded {len(recorded)} sets of weights, expected 1 (was "
+      f'the "{INTERMEDIATES}" collection mutable, and the layer called once?)'
+    )
+  return recorded[0]
+
+
+def _block_weights(tree, cross: bool) -> dict[str, Array]:
+  """A DecoderBlock's {"self": ..., "cross": ...} ("cross" only with cross-attention)."""
+  out = {"self": _one(tree, ("self_attention",))}
+  if cross:
+    out["cross"] = _one(tree, ("cross_attention",))
+  return out
+
+
+def _stack_weights(tree, num_layers: int, cross: bool | None) -> list:
+  """Per layer of a stack: an EncoderBlock's weights (`cross` None), else a DecoderBlock's."""
+  return [
+    _one(tree, (f"layer_{i}", "self_attention"))
+    if cross is None
+    else _block_weights(tree.get(f"layer_{i}", {}), cross)
+    for i in range(num_layers)
+  ]

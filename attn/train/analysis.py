@@ -26,7 +26,7 @@ import numpy as np
 
 from attn.core import analysis
 from attn.nn import heads
-from attn.nn.models import Embedder
+from attn.nn.models import Embedder, attention_weights
 from attn.train import setup
 from attn.train.objectives import LanguageModeling, Objective, Seq2Seq, Tagging
 
@@ -105,7 +105,7 @@ def _entity_types(class_names) -> tuple[list[str], np.ndarray] | None:
 @functools.lru_cache(maxsize=8)
 def _weights_fn(model):
   """The model's attention weights, jitted once per model: (params, *inputs) -> weights."""
-  return jax.jit(lambda p, *inputs: model.apply({"params": p}, *inputs, return_weights=True)[1])
+  return jax.jit(lambda p, *inputs: attention_weights(model, {"params": p}, *inputs)[1])
 
 
 def _roles_and_classes(model, params, batches, objective: Objective, task) -> dict:

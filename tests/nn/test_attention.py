@@ -8,6 +8,7 @@ import pytest
 
 import attn
 from attn.nn.attention import MultiHeadAttention, SelfAttention
+from attn.nn.models import attention_weights
 
 B, T, S, D = 2, 5, 7, 16
 ATOL = 1e-5
@@ -65,11 +66,12 @@ def test_self_attention_module_equals_pure_function(scale):
   variables = _init(module, x)
   out = module.apply(variables, x, mask=mask)
   np.testing.assert_allclose(out, attn.self_attention(x, mask=mask, scale=scale), atol=ATOL)
-  out, weights = module.apply(variables, x, return_weights=True)
+  out, weights = attention_weights(module, variables, x)
   want_out, want_weights = attn.self_attention(x, scale=scale, return_weights=True)
   np.testing.assert_allclose(out, want_out, atol=ATOL)
   np.testing.assert_allclose(weights, want_weights, atol=ATOL)
   assert weights.shape == (B, T, T)
+  np.testing.assert_array_equal(out, module.apply(variables, x))  # Recording changes nothing.
 
 
 def test_self_attention_module_is_permutation_equivariant():
@@ -335,28 +337,33 @@ def test_invalid_scale_raises(scale):
 # Weights and dropout.
 
 
-def test_return_weights_gives_rows_summing_to_one():
+def test_recorded_weights_give_rows_summing_to_one():
   H = 4
   x = _normal(50, (B, T, D))
   kv = _normal(51, (B, S, D))
   module = MultiHeadAttention(num_heads=H)
   variables = _init(module, x, kv)
-  out, weights = module.apply(variables, x, kv, return_weights=True)
+  out, weights = attention_weights(module, variables, x, kv)
   assert weights.shape == (B, H, T, S)
   np.testing.assert_allclose(weights.sum(-1), np.ones((B, H, T)), atol=1e-5)
   assert np.all(weights >= 0)
   np.testing.assert_allclose(out, module.apply(variables, x, kv), atol=ATOL)
-  # Returned as an ordinary output: nothing is sown into an "intermediates" collection.
-  _, state = module.apply(variables, x, kv, return_weights=True, mutable=["intermediates"])
-  assert jax.tree_util.tree_leaves(state) == []
+  # Sown once, under a stable name, into "intermediates" when it is mutable ...
+  _, state = module.apply(variables, x, kv, mutable=["intermediates"])
+  assert jax.tree.map(jnp.shape, state) == {"intermediates": {"attention_weights": ((B, H, T, S),)}}
+  np.testing.assert_array_equal(state["intermediates"]["attention_weights"][0], weights)
+  # ... and nowhere otherwise: not in another mutable collection, not at init.
+  _, state = module.apply(variables, x, kv, mutable=["diagnostics"])
+  assert set(state) == {"diagnostics"}
+  assert "intermediates" not in variables
 
 
-def test_return_weights_respects_mask():
+def test_recorded_weights_respect_mask():
   H = 4
   x = _normal(52, (B, T, D))
   module = MultiHeadAttention(num_heads=H)
   variables = _init(module, x)
-  _, weights = module.apply(variables, x, mask=attn.causal_mask(T), return_weights=True)
+  _, weights = attention_weights(module, variables, x, mask=attn.causal_mask(T))
   upper = np.triu(np.ones((T, T), bool), k=1)
   assert np.all(np.asarray(weights)[..., upper] == 0)
   np.testing.assert_allclose(weights.sum(-1), np.ones((B, H, T)), atol=1e-5)
@@ -431,6 +438,25 @@ def test_decode_cache_matches_causal_full_sequence(G):
   # Under jit, so that the cache index is traced as it is in `attn.decoding`.
   out, _ = _decode_in_steps(_jitted_step(decoder, variables["params"]), cache, x)
   np.testing.assert_allclose(out, want, atol=ATOL)
+
+
+def test_decode_records_weights_over_the_cache_only_when_asked():
+  """Decoding makes only "cache" mutable: nothing is recorded. With "intermediates" mutable too, a
+  step records its weights over the whole cache [B, H, T, S_cache], none on unwritten positions,
+  and the output is the same."""
+  decoder, variables, x, _ = _decode_setup()
+  params, cache = variables["params"], variables["cache"]
+  out, state = decoder.apply({"params": params, "cache": cache}, x[:, :3], mutable=["cache"])
+  assert set(state) == {"cache"}
+  recorded, state = decoder.apply(
+    {"params": params, "cache": cache}, x[:, :3], mutable=["cache", "intermediates"]
+  )
+  np.testing.assert_array_equal(recorded, out)
+  (weights,) = state["intermediates"]["attention_weights"]
+  assert weights.shape == (B, 4, 3, T)
+  allowed = np.tril(np.ones((3, T), bool))  # Query t at position t sees cache positions 0..t.
+  np.testing.assert_array_equal(np.asarray(weights)[..., ~allowed], 0)
+  np.testing.assert_allclose(weights.sum(-1), np.ones((B, 4, 3)), atol=1e-5)
 
 
 def test_decode_prompt_longer_than_cache_raises():
@@ -511,15 +537,61 @@ def test_grad_wrt_params_is_finite_and_nonzero(scale):
 @pytest.mark.parametrize("implementation", ["flash", "jax"])
 def test_explicit_fast_path_initialises_and_matches_naive(implementation):
   """init (where every collection, the diagnostics too, is mutable) works with a fast path chosen, and
-  the output equals the naive one's; asking that path for the weights is refused."""
+  the output equals the naive one's (recording the weights keeps the path: see below)."""
   x = jax.random.normal(jax.random.PRNGKey(0), (2, 5, 16))
   make = lambda impl: MultiHeadAttention(num_heads=2, implementation=impl)
   variables = make(implementation).init(jax.random.PRNGKey(1), x)
   out = make(implementation).apply(variables, x, is_causal=True)
   ref = make("naive").apply(variables, x, is_causal=True)
   np.testing.assert_allclose(out, ref, atol=1e-5)
-  with pytest.raises(ValueError, match="does not support return_weights"):
-    make(implementation).apply(variables, x, return_weights=True)
+
+
+@pytest.mark.parametrize("implementation", ["naive", "flash", "jax", None])
+@pytest.mark.parametrize("positions", ["none", "alibi"])
+def test_recorded_weights_are_the_core_weights_and_keep_the_output(implementation, positions):
+  """Recorded weights equal `attn.attention_weights` of the layer's own queries and keys, whatever
+  the implementation (a fused path gets them from a naive pass of their own), and recording leaves
+  the output bit for bit as a plain forward pass gives it, eagerly and under jit."""
+  from attn.core import attention
+
+  H = 2
+  x = _normal(56, (B, T, D))
+  module = MultiHeadAttention(num_heads=H, implementation=implementation, positions=positions)
+  variables = _init(module, x)
+  params = variables["params"]
+  q = _project(params, "query", x)
+  k = _project(params, "key", x)
+  bias = attn.RelativeBias("alibi", attn.alibi_slopes(H)) if positions == "alibi" else None
+  want = attn.attention_weights(q, k, mask=attn.causal_mask(T), relative_bias=bias)
+  calls = []
+  real = attention.dot_product_attention
+
+  def spy(*args, **kwargs):
+    calls.append((kwargs.get("implementation"), kwargs.get("return_weights")))
+    return real(*args, **kwargs)
+
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setattr(attention, "dot_product_attention", spy)
+    out, weights = attention_weights(module, variables, x, is_causal=True)
+  # The layer's own path, asked for its weights only where it is naive anyway.
+  assert calls == [(implementation, implementation == "naive")]
+  np.testing.assert_allclose(weights, want, rtol=1e-6, atol=1e-6)
+  np.testing.assert_array_equal(out, module.apply(variables, x, is_causal=True))
+  jitted = jax.jit(lambda v, a: attention_weights(module, v, a, is_causal=True))(variables, x)
+  plain = jax.jit(lambda v, a: module.apply(v, a, is_causal=True))(variables, x)
+  np.testing.assert_array_equal(jitted[0], plain)
+  np.testing.assert_allclose(jitted[1], want, rtol=1e-6, atol=1e-6)
+
+
+def test_recorded_weights_under_dropout_are_the_weights_before_dropout():
+  x = _normal(57, (B, T, D))
+  module = MultiHeadAttention(num_heads=4, dropout_rate=0.5)
+  variables = _init(module, x)
+  rngs = {"dropout": jax.random.key(9)}
+  out, weights = attention_weights(module, variables, x, deterministic=False, rngs=rngs)
+  np.testing.assert_array_equal(out, module.apply(variables, x, deterministic=False, rngs=rngs))
+  _, clean = attention_weights(module, variables, x)
+  np.testing.assert_allclose(weights, clean, atol=1e-6)
 
 
 @pytest.mark.parametrize("implementation", ["flash", "jax"])

@@ -8,6 +8,7 @@ import pytest
 import attn
 from attn.nn.blocks import Decoder, DecoderBlock, Encoder, EncoderBlock, FeedForward
 from attn.nn.config import ModelConfig
+from attn.nn.models import attention_weights
 
 B, T, S, D, H = 2, 5, 7, 16, 4
 ATOL = 1e-5
@@ -67,7 +68,7 @@ def test_encoder_block_shapes():
     "feed_forward",
     "feed_forward_norm",
   }
-  out, weights = block.apply(variables, X, return_weights=True)
+  out, weights = attention_weights(block, variables, X)
   assert out.shape == (B, T, D)
   assert weights.shape == (B, H, T, T)
   np.testing.assert_allclose(weights.sum(-1), np.ones((B, H, T)), atol=1e-5)
@@ -85,7 +86,7 @@ def test_decoder_block_shapes():
     "feed_forward",
     "feed_forward_norm",
   }
-  out, weights = block.apply(variables, X, ENC, self_mask=CAUSAL, return_weights=True)
+  out, weights = attention_weights(block, variables, X, ENC, self_mask=CAUSAL)
   assert out.shape == (B, T, D)
   assert set(weights) == {"self", "cross"}
   assert weights["self"].shape == (B, H, T, T)
@@ -104,7 +105,7 @@ def test_decoder_block_without_cross_attention():
     "feed_forward",
     "feed_forward_norm",
   }
-  out, weights = block.apply(variables, X, self_mask=CAUSAL, return_weights=True)
+  out, weights = attention_weights(block, variables, X, self_mask=CAUSAL)
   assert out.shape == (B, T, D)
   assert set(weights) == {"self"}
   assert weights["self"].shape == (B, H, T, T)
@@ -196,7 +197,7 @@ def test_encoder_shapes_and_weights(norm):
   encoder = Encoder(CFG.replace(norm=norm))
   variables = _init(encoder, X)
   mask = attn.padding_mask(lengths=jnp.array([T, 3]), max_length=T)
-  out, weights = encoder.apply(variables, X, mask=mask, return_weights=True)
+  out, weights = attention_weights(encoder, variables, X, mask=mask)
   assert out.shape == (B, T, D)
   assert np.all(np.isfinite(out))
   assert isinstance(weights, list) and len(weights) == CFG.num_encoder_layers
@@ -222,7 +223,7 @@ def test_encoder_post_and_pre_ln_differ():
 def test_decoder_shapes_and_weights(norm):
   decoder = Decoder(CFG.replace(norm=norm))
   variables = _init(decoder, X, ENC, self_mask=CAUSAL)
-  out, weights = decoder.apply(variables, X, ENC, self_mask=CAUSAL, return_weights=True)
+  out, weights = attention_weights(decoder, variables, X, ENC, self_mask=CAUSAL)
   assert out.shape == (B, T, D)
   assert np.all(np.isfinite(out))
   assert isinstance(weights, list) and len(weights) == CFG.num_decoder_layers
@@ -235,7 +236,7 @@ def test_decoder_shapes_and_weights(norm):
 def test_decoder_without_cross_attention_shapes_and_weights():
   decoder = Decoder(CFG, cross_attention=False)
   variables = _init(decoder, X, self_mask=CAUSAL)
-  out, weights = decoder.apply(variables, X, self_mask=CAUSAL, return_weights=True)
+  out, weights = attention_weights(decoder, variables, X, self_mask=CAUSAL)
   assert out.shape == (B, T, D)
   assert len(weights) == CFG.num_decoder_layers
   for w in weights:

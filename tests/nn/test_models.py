@@ -14,7 +14,18 @@ from attn.core import crf as crf_lib
 from attn.core.positions import sinusoidal_positions
 from attn.nn.blocks import Decoder
 from attn.nn.config import ModelConfig
-from attn.nn.models import CharEncoder, Embedder, EncoderTagger, LanguageModel, Transformer
+from attn.nn.models import (
+  CharEncoder,
+  Embedder,
+  EncoderTagger,
+  LanguageModel,
+  TaggerOutput,
+  Transformer,
+  attention_weights,
+  encoder_self_mask,
+  recorded_weights,
+  weights_by_path,
+)
 
 V, D, H, C = 30, 16, 2, 5
 NUM_ENCODER_LAYERS, NUM_DECODER_LAYERS = 1, 1
@@ -64,16 +75,16 @@ def make_forward(model: Transformer):
 
   @jax.jit
   def forward(params, src, tgt):
-    (logits, weights), state = model.apply(
+    logits, state = model.apply(
       {"params": params},
       src,
       tgt,
-      return_weights=True,
       capture_intermediates=_is_decoder_call,
       mutable=["intermediates"],
     )
-    # The Decoder returned (x, weights).
-    decoder_out, _ = state["intermediates"]["decoder"]["__call__"][0]
+    # The attention layers' records and the Decoder's captured output share the collection.
+    weights = recorded_weights(model, state["intermediates"])
+    (decoder_out,) = state["intermediates"]["decoder"]["__call__"]
     return logits, weights, decoder_out
 
   return forward
@@ -238,7 +249,7 @@ def src_keys(shape) -> np.ndarray:
   return np.broadcast_to(SRC_VALID[:, None, None], shape)
 
 
-def test_transformer_return_weights(base_outputs):
+def test_transformer_attention_weights(base_outputs):
   _, weights, _ = base_outputs
   assert set(weights) == {"encoder", "decoder"}
   assert len(weights["encoder"]) == NUM_ENCODER_LAYERS
@@ -259,20 +270,80 @@ def test_transformer_return_weights(base_outputs):
     np.testing.assert_array_equal(cross_w[~src_keys(cross_w.shape)], 0)
 
 
-def test_return_weights_has_one_entry_per_layer():
+def test_attention_weights_have_one_entry_per_layer():
   model = Transformer(make_config(num_encoder_layers=2, num_decoder_layers=3))
   key = jax.random.PRNGKey(0)
-  out = jax.eval_shape(
-    lambda src, tgt: model.init_with_output(key, src, tgt, return_weights=True)[0],
-    SRC,
-    TGT,
-  )
+  variables = jax.eval_shape(model.init, key, SRC, TGT)
+  assert set(variables) == {"params", "diagnostics"}  # init records no weights.
+  out = jax.eval_shape(lambda v, src, tgt: attention_weights(model, v, src, tgt), variables, SRC, TGT)
   logits, weights = out
   assert logits.shape == (B, T, V)
   assert [w.shape for w in weights["encoder"]] == [(B, H, S, S)] * 2
   assert [{k: w.shape for k, w in layer.items()} for layer in weights["decoder"]] == [
     {"self": (B, H, T, T), "cross": (B, H, T, S)}
   ] * 3
+  encoded = jax.eval_shape(
+    lambda v, src: attention_weights(model, v, src, method=Transformer.encode), variables, SRC
+  )
+  assert encoded[0].shape == (B, S, D)
+  assert [w.shape for w in encoded[1]] == [(B, H, S, S)] * 2
+  # The recorded names, stable for caches and hooks: the module path of each attention layer.
+  _, state = jax.eval_shape(lambda v: model.apply(v, SRC, TGT, mutable=["intermediates"]), variables)
+  assert {k: w.shape for k, w in weights_by_path(state["intermediates"]).items()} == {
+    **{f"encoder/layer_{i}/self_attention": (B, H, S, S) for i in range(2)},
+    **{f"decoder/layer_{i}/self_attention": (B, H, T, T) for i in range(3)},
+    **{f"decoder/layer_{i}/cross_attention": (B, H, T, S) for i in range(3)},
+  }
+
+
+@pytest.mark.parametrize("kind", ["seq2seq", "tagger", "crf_tagger", "lm", "flash_lm"])
+def test_recording_weights_changes_no_output(kind):
+  """A plain forward pass (nothing mutable) and one that records the weights give the same outputs,
+  bit for bit, under jit; the weights have each model's structure."""
+  if kind == "seq2seq":
+    model, inputs = Transformer(make_config()), (SRC, TGT)
+  elif kind in ("tagger", "crf_tagger"):
+    crf = "free" if kind == "crf_tagger" else "none"
+    model, inputs = EncoderTagger(make_config(crf=crf)), (TAG_TOKENS,)
+  else:
+    implementation = "flash" if kind == "flash_lm" else None
+    model, inputs = LanguageModel(make_config(attention_implementation=implementation)), (LM_TOKENS,)
+  params = jax.jit(model.init)(jax.random.PRNGKey(3), *inputs)["params"]
+  plain = jax.jit(lambda p, *x: model.apply({"params": p}, *x))(params, *inputs)
+  recorded, weights = jax.jit(lambda p, *x: attention_weights(model, {"params": p}, *x))(params, *inputs)
+  assert jax.tree.structure(recorded) == jax.tree.structure(plain)
+  for got, want in zip(jax.tree.leaves(recorded), jax.tree.leaves(plain), strict=True):
+    np.testing.assert_array_equal(got, want)
+  if kind == "seq2seq":
+    assert set(weights) == {"encoder", "decoder"}
+  elif kind in ("tagger", "crf_tagger"):
+    assert [w.shape for w in weights] == [(2, H, 5, 5)] * NUM_ENCODER_LAYERS
+  else:
+    T_ = LM_TOKENS.shape[1]
+    assert [{k: w.shape for k, w in layer.items()} for layer in weights] == [
+      {"self": (2, H, T_, T_)}
+    ] * NUM_DECODER_LAYERS
+    np.testing.assert_array_equal(
+      np.asarray(weights[0]["self"])[..., ~np.tril(np.ones((T_, T_), bool))], 0
+    )
+
+
+def test_tagger_weights_are_the_core_weights_of_its_first_layer():
+  """The first encoder layer's recorded weights (post-LN: its input is the embedder's output) equal
+  `attn.attention_weights` of its queries and keys under the padding mask."""
+  import attn
+
+  model = EncoderTagger(make_config())
+  params = jax.jit(model.init)(jax.random.PRNGKey(5), TAG_TOKENS)["params"]
+  _, weights = attention_weights(model, {"params": params}, TAG_TOKENS)
+  x = Embedder(model.config).apply({"params": params["embedder"]}, TAG_TOKENS)
+  layer = params["encoder"]["layer_0"]["self_attention"]
+  q, k = (
+    jnp.einsum("btd,dhk->bthk", x, layer[name]["kernel"]) + layer[name]["bias"]
+    for name in ("query", "key")
+  )
+  want = attn.attention_weights(q, k, mask=encoder_self_mask(TAG_TOKENS, model.config))
+  np.testing.assert_allclose(weights[0], want, rtol=1e-5, atol=1e-6)
 
 
 def dropout_key(seed: int) -> jax.Array:
@@ -354,12 +425,15 @@ TAG_TOKENS = jnp.array([[3, 4, 5, 6, 7], [8, 9, 10, 0, 0]], jnp.int32)
 def tagger():
   model = EncoderTagger(make_config())
   params = jax.jit(model.init)(jax.random.PRNGKey(5), TAG_TOKENS)["params"]
-  return model, params, jax.jit(lambda p, x: model.apply({"params": p}, x))
+  return model, params, jax.jit(lambda p, x: model.apply({"params": p}, x).logits)
 
 
 def test_tagger_logits_shape(tagger):
-  _, params, forward = tagger
+  model, params, forward = tagger
+  out = model.apply({"params": params}, TAG_TOKENS)
+  assert isinstance(out, TaggerOutput) and out.crf is None  # No CRF: config.crf is "none".
   logits = forward(params, TAG_TOKENS)
+  np.testing.assert_allclose(logits, out.logits, atol=1e-6)
   assert logits.shape == (2, 5, C)
   assert np.all(np.isfinite(logits))
   assert params["classifier"]["kernel"].shape == (D, C)
@@ -394,15 +468,19 @@ def test_crf_tagger_returns_emissions_and_scores_with_iob2_moves_forbidden():
     "start": (C,),
     "end": (C,),
   }
-  emissions, (transitions, start, end) = model.apply({"params": params}, TAG_TOKENS, return_crf=True)
-  np.testing.assert_array_equal(emissions, model.apply({"params": params}, TAG_TOKENS))
+  out = model.apply({"params": params}, TAG_TOKENS)
+  assert isinstance(out, TaggerOutput)
+  emissions, (transitions, start, end) = out.logits, out.crf
+  assert emissions.shape == (2, 5, C) and np.all(np.isfinite(emissions))
+  # The emissions are the classifier's logits: the same parameters without a CRF give them.
+  plain = EncoderTagger(make_config(class_names=CRF_NAMES)).apply({"params": params}, TAG_TOKENS)
+  np.testing.assert_array_equal(emissions, plain.logits)
   assert transitions[0, 2] == start[2] == crf_lib.FORBIDDEN  # O -> I-person; I-person opening.
   assert transitions[1, 2] == transitions[2, 2] == start[1] == end[2] == 0.0
   free = EncoderTagger(make_config(crf="free"))
-  _, (transitions, _, _) = free.apply({"params": params}, TAG_TOKENS, return_crf=True)
+  transitions, _, _ = free.apply({"params": params}, TAG_TOKENS).crf
   assert not np.asarray(transitions).any()  # Learned freely: nothing added.
-  with pytest.raises(ValueError, match="return_crf: this tagger has no CRF"):
-    EncoderTagger(make_config()).apply({"params": params}, TAG_TOKENS, return_crf=True)
+  assert plain.crf is None  # No CRF: no scores.
   with pytest.raises(ValueError, match="crf: 'iob2' needs the names of the 5 classes"):
     make_config(crf="iob2")
   with pytest.raises(ValueError, match="crf: unknown choice"):
@@ -416,17 +494,18 @@ def test_tagger_with_attention_window_sees_only_window_times_layers():
   model = EncoderTagger(make_config(attention_window=w, num_encoder_layers=L))
   tokens = jnp.arange(3, 12, dtype=jnp.int32)[None]  # [1, 9]
   params = jax.jit(model.init)(jax.random.PRNGKey(7), tokens)["params"]
-  forward = jax.jit(lambda p, x: model.apply({"params": p}, x))
+  forward = jax.jit(lambda p, x: model.apply({"params": p}, x).logits)
   logits = np.asarray(forward(params, tokens))
   changed = np.asarray(forward(params, tokens.at[0, 8].set(20)))
   reach = 8 - L * w
   np.testing.assert_array_equal(changed[0, :reach], logits[0, :reach])
   assert np.all(np.max(np.abs(changed[0, reach:] - logits[0, reach:]), axis=-1) > 1e-5)
   # A window as wide as the sentence is full attention: same parameters, same logits.
-  full = EncoderTagger(make_config(num_encoder_layers=L)).apply({"params": params}, tokens)
+  full = EncoderTagger(make_config(num_encoder_layers=L)).apply({"params": params}, tokens).logits
   wide = EncoderTagger(make_config(attention_window=8, num_encoder_layers=L)).apply(
     {"params": params}, tokens
   )
+  wide = wide.logits
   np.testing.assert_allclose(wide, full, atol=1e-6)
   assert np.max(np.abs(np.asarray(full) - logits)) > 1e-4
 
@@ -528,10 +607,11 @@ def test_tagger_uses_features_only_when_the_config_has_buckets():
   features = jnp.asarray(np.random.default_rng(0).integers(1, 2**30, (2, 5, 3)), jnp.int32)
   model = EncoderTagger(make_config(feature_buckets=17))
   params = jax.jit(model.init)(jax.random.PRNGKey(5), TAG_TOKENS, features)["params"]
-  forward = jax.jit(lambda p, x, f: model.apply({"params": p}, x, f))
+  forward = jax.jit(lambda p, x, f: model.apply({"params": p}, x, f).logits)
   logits = np.asarray(forward(params, TAG_TOKENS, features))
   assert logits.shape == (2, 5, C) and np.all(np.isfinite(logits))
-  assert np.max(np.abs(logits - np.asarray(model.apply({"params": params}, TAG_TOKENS)))) > 1e-4
+  without = model.apply({"params": params}, TAG_TOKENS).logits
+  assert np.max(np.abs(logits - np.asarray(without))) > 1e-4
   # An empty slot changes nothing; a hash 16 apart picks the same row (16 = buckets - 1).
   padded = jnp.concatenate([features, jnp.zeros((2, 5, 1), jnp.int32)], axis=-1)
   np.testing.assert_allclose(forward(params, TAG_TOKENS, padded), logits, atol=1e-5)
@@ -541,8 +621,8 @@ def test_tagger_uses_features_only_when_the_config_has_buckets():
   plain_params = plain.init(jax.random.PRNGKey(5), TAG_TOKENS, features)["params"]
   assert "features" not in plain_params["embedder"]
   np.testing.assert_allclose(
-    plain.apply({"params": plain_params}, TAG_TOKENS, features),
-    plain.apply({"params": plain_params}, TAG_TOKENS),
+    plain.apply({"params": plain_params}, TAG_TOKENS, features).logits,
+    plain.apply({"params": plain_params}, TAG_TOKENS).logits,
     atol=1e-6,
   )
 
@@ -622,7 +702,7 @@ def test_without_positions_an_encoder_is_permutation_equivariant():
     )  # fmt: skip
     model = EncoderTagger(config)
     params = model.init(jax.random.PRNGKey(0), tokens)
-    return model.apply(params, tokens), model.apply(params, tokens[:, perm])
+    return model.apply(params, tokens).logits, model.apply(params, tokens[:, perm]).logits
 
   plain, permuted = outputs("none")
   np.testing.assert_allclose(permuted, plain[:, perm], atol=1e-5)
@@ -637,13 +717,13 @@ def test_char_encoder_adds_a_vector_per_word_from_its_characters():
   chars = jnp.zeros((*TAG_TOKENS.shape, 4), jnp.int32).at[:, :3, :2].set(ord("a") + 1)
   params = jax.jit(model.init)(jax.random.PRNGKey(5), TAG_TOKENS, None, chars)["params"]
   assert params["chars"]["table"]["embedding"].shape == (64, 8)
-  forward = jax.jit(lambda p, c: model.apply({"params": p}, TAG_TOKENS, None, c))
+  forward = jax.jit(lambda p, c: model.apply({"params": p}, TAG_TOKENS, None, c).logits)
   logits = np.asarray(forward(params, chars))
   assert np.isfinite(logits).all()
   # A word's characters change the tagger's outputs; no characters at all equals no chars input.
   changed = np.asarray(forward(params, chars.at[0, 1, 0].set(ord("Z") + 1)))
   assert np.max(np.abs(changed[0, 1] - logits[0, 1])) > 1e-4
-  none = model.apply({"params": params}, TAG_TOKENS)
+  none = model.apply({"params": params}, TAG_TOKENS).logits
   np.testing.assert_allclose(forward(params, jnp.zeros_like(chars)), none, atol=1e-6)
   words = CharEncoder(config).apply({"params": params["chars"]}, chars)
   assert not np.asarray(words)[:, 3:].any()  # Words without characters: a zero vector.

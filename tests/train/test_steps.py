@@ -20,9 +20,8 @@ def test_train_step_loss_is_cross_entropy_and_label_smoothing_changes_it():
   config = _config(
     **{"model.dropout_rate": 0.0, "model.num_encoder_layers": 0, "model.num_decoder_layers": 0}
   )
-  task, model_config = train.validate(config)
-  model = train.build_model(model_config, task.kind)
-  optimizer = train.make_optimizer(config)
+  run = train.build_run(config)
+  task, model, optimizer = run.task, run.model, run.optimizer
   batch = jax.tree.map(jnp.asarray, task.train_batch(3, 8))
   params = jax.jit(model.init)(jax.random.PRNGKey(0), batch["src"], batch["tgt_in"])["params"]
   state = train.TrainState(
@@ -45,7 +44,11 @@ def test_train_step_loss_is_cross_entropy_and_label_smoothing_changes_it():
 
   def step(label_smoothing):
     fn = functools.partial(
-      train.train_step, model=model, optimizer=optimizer, kind=task.kind, label_smoothing=label_smoothing
+      train.train_step,
+      model=model,
+      optimizer=optimizer,
+      objective=run.objective,
+      label_smoothing=label_smoothing,
     )
     new_state, metrics = jax.jit(fn)(state, batch)
     assert int(new_state.step) == 1
@@ -64,8 +67,8 @@ def test_probe_without_scale_has_large_logits():
   config = _config(
     **{"model.scale": "none", "model.head_dim_policy": "fixed_head_dim", "model.head_dim": 64}
   )
-  task, model_config = train.validate(config)
-  model = train.build_model(model_config, task.kind)
+  run = train.build_run(config)
+  task, model, model_config = run.task, run.model, run.model_config
   batch = task.train_batch(0, 2)
   params = jax.jit(model.init)(jax.random.PRNGKey(0), batch["src"], batch["tgt_in"])["params"]
   probe = jax.jit(functools.partial(train.probe_step, model_config=model_config))(
@@ -81,17 +84,6 @@ def test_probe_without_scale_has_large_logits():
     assert float(probe[f"{layer}/entropy"]) < 3.4, layer
 
 
-def test_tagging_inputs_carry_optional_features():
-  # A tagging task's batch may hold hashed per-token features [B, T, F] (attn.ner): they go to the
-  # tagger as its second input; without them the tagger gets the tokens alone.
-  batch = {"tokens": np.ones((2, 3), np.int32), "tags": np.zeros((2, 3), np.int32)}
-  inputs, targets = train.inputs_and_targets(batch, "tagging")
-  assert len(inputs) == 1 and inputs[0] is batch["tokens"] and targets is batch["tags"]
-  batch["features"] = np.ones((2, 3, 4), np.int32)
-  inputs, _ = train.inputs_and_targets(batch, "tagging")
-  assert len(inputs) == 2 and inputs[1] is batch["features"]
-
-
 def test_crf_tagger_step_loss_is_the_sentences_negative_log_likelihood_per_token():
   from attn.core import crf
   from experiments import cue
@@ -101,9 +93,8 @@ def test_crf_tagger_step_loss_is_the_sentences_negative_log_likelihood_per_token
   config.model.crf = "free"
   config.model.dropout_rate = 0.0
   config.model.num_encoder_layers = 0
-  task, model_config = train.validate(config)
-  model = train.build_model(model_config, task.kind)
-  optimizer = train.make_optimizer(config)
+  run = train.build_run(config)
+  task, model, optimizer = run.task, run.model, run.optimizer
   batch = jax.tree.map(jnp.asarray, task.train_batch(0, 8))
   params = jax.jit(model.init)(jax.random.PRNGKey(0), batch["tokens"])["params"]
   params["crf"]["transitions"] = jax.random.normal(
@@ -116,7 +107,8 @@ def test_crf_tagger_step_loss_is_the_sentences_negative_log_likelihood_per_token
   @jax.jit
   def by_hand(params, batch):
     """(each sentence's CRF log-likelihood, its Viterbi tags), from the model's emissions."""
-    emissions, scores = model.apply({"params": params}, batch["tokens"], return_crf=True)
+    out = model.apply({"params": params}, batch["tokens"])
+    emissions, scores = out.logits, out.crf
     mask = batch["weights"] > 0
     tags, _ = crf.viterbi(emissions, *scores, mask)
     return crf.log_likelihood(emissions, batch["tags"], *scores, mask), tags
@@ -125,12 +117,12 @@ def test_crf_tagger_step_loss_is_the_sentences_negative_log_likelihood_per_token
   weights = batch["weights"]
   expected = -log_likelihood.sum() / weights.sum()
   step = functools.partial(
-    train.train_step, model=model, optimizer=optimizer, kind=task.kind, label_smoothing=0.1
+    train.train_step, model=model, optimizer=optimizer, objective=run.objective, label_smoothing=0.1
   )
   _, metrics = jax.jit(step)(state, batch)
   np.testing.assert_allclose(metrics["loss"], expected, rtol=1e-5)  # No label smoothing for a CRF.
   np.testing.assert_allclose(metrics["nll"], expected, rtol=1e-5)
-  sums = jax.jit(functools.partial(train.eval_step, model=model, kind=task.kind))(params, batch)
+  sums = jax.jit(functools.partial(train.eval_step, model=model, objective=run.objective))(params, batch)
   np.testing.assert_allclose(sums["loss_sum"], expected * weights.sum(), rtol=1e-5)
   correct = ((tags == batch["tags"]) * weights).sum()
   np.testing.assert_allclose(sums["correct_sum"], correct, rtol=1e-6)
