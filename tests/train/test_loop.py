@@ -489,13 +489,6 @@ def test_diagnostics_have_a_gradient_norm_per_block_and_eval_the_largest_logit(r
     assert all(m > s for m, s in zip(record[f"{ATTENTION_LAYERS[0]}/max_logit"], logit_std, strict=True))
 
 
-def test_largest_logit_of_a_model_without_attention_is_absent():
-  assert evaluate.largest_logit({"encoder/layer_0/grad_norm": [1.0]}) == {}
-  assert evaluate.largest_logit({"a/max_logit": [1.0, 5.0], "b/max_logit": [2.0, 3.0]}) == {
-    "max_attention_logit": [2.0, 5.0]
-  }
-
-
 # ----------------------------------------------------------------------------------------------------
 # What a resume checks (config.json), before anything compiles.
 
