@@ -188,7 +188,7 @@ def build_run(config: ml_collections.ConfigDict, *, workdir: str | None = None, 
   num_train_steps = train.train_steps(getattr(task, "num_train_examples", None), config.task.name)
   model_config = model_config_from(config, task)
   try:
-    sharding.check_fits(config, model_config)
+    sharding.check_fits(train, model_config)
   except sharding.MeshError as e:
     raise ConfigError(str(e)) from None
   objective = objective_for(task, model_config, train.objective)

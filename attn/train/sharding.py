@@ -100,17 +100,15 @@ def make_mesh(mesh_config=None, devices=None) -> jax.sharding.Mesh:
   )
 
 
-def check_fits(
-  config: ml_collections.ConfigDict, model_config: ModelConfig, device_count: int | None = None
-) -> dict[str, int]:
-  """The mesh shape of `config` over `device_count` devices (default: all), checked against the
-  model and the batch sizes.
+def check_fits(train, model_config: ModelConfig, device_count: int | None = None) -> dict[str, int]:
+  """The mesh shape of `train.mesh` (a `TrainConfig`) over `device_count` devices (default: all),
+  checked against the model and the batch sizes.
 
   Raises:
     MeshError: the tensor axis does not divide the heads or key/value heads, or the data axes do not
       divide a batch size.
   """
-  shape = mesh_shape(config.get("mesh"), device_count)
+  shape = mesh_shape(train.mesh, device_count)
   tensor = shape["tensor"]
   heads = model_config.num_heads
   kv_heads = model_config.num_kv_heads or heads
@@ -123,9 +121,9 @@ def check_fits(
     raise MeshError(f"config.mesh.tensor: {tensor} does not divide config.model.num_kv_heads={kv_heads}")
   data = shape["data"] * shape["fsdp"]
   for field in ("batch_size", "eval_batch_size"):
-    if int(config[field]) % data:
+    if getattr(train, field) % data:
       raise MeshError(
-        f"config.{field}: {config[field]} is not divisible by the mesh's data x fsdp = {data} "
+        f"config.{field}: {getattr(train, field)} is not divisible by the mesh's data x fsdp = {data} "
         "(the batch is split over both)"
       )
   return shape

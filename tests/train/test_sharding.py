@@ -48,27 +48,27 @@ def test_a_bad_mesh_is_one_line_naming_the_field(mesh, message):
 
 
 def test_the_tensor_axis_must_divide_the_heads_and_the_data_axes_the_batch():
-  config = multidevice.small_config()
-  model_config = setup.build_run(config).model_config  # 8 heads.
-  config.mesh = {"tensor": 8}
-  assert sharding.check_fits(config, model_config, device_count=8)["tensor"] == 8
+  run = setup.build_run(multidevice.small_config())
+  model_config = run.model_config  # 8 heads.
+
+  def fits(model_config, **fields):
+    return sharding.check_fits(dataclasses.replace(run.train, **fields), model_config, device_count=8)
+
+  assert fits(model_config, mesh={"tensor": 8})["tensor"] == 8
   fewer_heads = dataclasses.replace(model_config, num_heads=4)
   with pytest.raises(
     sharding.MeshError, match=r"^config.mesh.tensor: 8 does not divide config.model.num_heads=4"
   ):
-    sharding.check_fits(config, fewer_heads, device_count=8)
-  config.mesh = {"tensor": 4}
+    fits(fewer_heads, mesh={"tensor": 8})
   grouped = dataclasses.replace(model_config, num_kv_heads=2)
   with pytest.raises(
     sharding.MeshError, match=r"^config.mesh.tensor: 4 does not divide config.model.num_kv_heads=2"
   ):
-    sharding.check_fits(config, grouped, device_count=8)
-  config.mesh = {"data": 8}
-  config.batch_size = 12
+    fits(grouped, mesh={"tensor": 4})
   with pytest.raises(
     sharding.MeshError, match=r"^config.batch_size: 12 is not divisible by the mesh's data x fsdp = 8"
   ):
-    sharding.check_fits(config, model_config, device_count=8)
+    fits(model_config, mesh={"data": 8}, batch_size=12)
 
 
 def test_a_mesh_that_does_not_fit_this_machine_is_a_config_error():
