@@ -97,7 +97,9 @@ def test_on_a_crf_tagger_the_analysis_loss_is_the_training_steps_loss():
   batch = jax.tree.map(jnp.asarray, run.task.train_batch(0, 1))  # One sentence: mean = batch loss.
   state = jax.jit(run.state_initializer())(jax.random.PRNGKey(0))
   params = state.params
-  params["crf"]["transitions"] = jax.random.normal(jax.random.PRNGKey(2), (run.task.num_classes,) * 2)
+  for i, name in enumerate(("transitions", "start", "end")):  # Scores that change the likelihood.
+    shape = params["crf"][name].shape
+    params["crf"][name] = jax.random.normal(jax.random.PRNGKey(2 + i), shape)
   state = state.replace(params=params)
   step = functools.partial(
     train.train_step,
