@@ -99,9 +99,11 @@ def test_smoke_suite_writes_every_suite_and_prints_the_tables(tmp_path):
   # a near-tie flipped by rounding may change the tokens after it).
   assert cached["agreement"] >= 0.5
 
-  ours, peer = results["suites"]["nanogpt"]["rows"]
-  assert _positive(ours["steps_per_s"]) and _positive(ours["compile_s"]) and _positive(ours["params"])
-  assert math.isfinite(ours["last_loss"])
+  ours, bare, peer = results["suites"]["nanogpt"]["rows"]
+  for row in (ours, bare):  # The loop's compiled step and the bare jax.jit step of the same model.
+    assert _positive(row["steps_per_s"]) and _positive(row["compile_s"]) and _positive(row["params"])
+    assert math.isfinite(row["last_loss"])
+  assert ours["params"] == bare["params"] and _positive(ours["loop_over_bare_ms"])
   assert peer["skipped"] == ("torch does not import" if not HAS_TORCH else "no --nanogpt checkout given")
 
 
