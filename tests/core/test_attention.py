@@ -707,6 +707,7 @@ def _variant_inputs():
   return q, k, v, mask
 
 
+@pytest.mark.slow  # Over ~3 s on 2 cores (compiling).
 def test_soft_cap_bounds_the_logits_before_the_softmax():
   q, k, _, mask = _variant_inputs()
   cap = 1.5

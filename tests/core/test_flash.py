@@ -96,6 +96,7 @@ def test_flash_tile_sizes_do_not_change_results(block_q, block_k):
   np.testing.assert_allclose(out, ref, atol=2e-6)
 
 
+@pytest.mark.slow  # Over ~3 s on 2 cores (compiling).
 def test_flash_multi_query_and_batch_axes():
   r = jax.random.split(jax.random.PRNGKey(3), 3)
   q = jax.random.normal(r[0], (3, 2, T, H, K))

@@ -7,6 +7,8 @@ import pytest
 
 from tests.launch.common import run
 
+pytestmark = pytest.mark.slow  # Trains a run and starts launch.attend: child processes.
+
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):

@@ -25,6 +25,7 @@ def _transformer():
   return model, params, src, tgt
 
 
+@pytest.mark.slow  # Over ~3 s on 2 cores (compiling).
 def test_gates_tree_is_keyed_like_the_parameters_by_layer_and_kind():
   _, params, _, _ = _transformer()
   paths = heads.attention_paths(params)
@@ -83,6 +84,7 @@ def _one_useful_head():
   return params, loss_fn, batches, x, target, layer
 
 
+@pytest.mark.slow  # Over ~3 s on 2 cores (compiling).
 def test_importance_finds_the_one_useful_head_with_its_sign_and_scale():
   params, loss_fn, batches, x, _, layer = _one_useful_head()
   gates = heads.head_gates(params)
