@@ -278,6 +278,7 @@ END_TO_END_SWEEPS = ("heads", "depth")  # A tagging sweep and a sequence-to-sequ
 
 
 @pytest.mark.parametrize("name", END_TO_END_SWEEPS)
+@pytest.mark.slow  # Trains a sweep in child processes.
 def test_smoke_sweep_runs_end_to_end(name, tmp_path, monkeypatch):
   monkeypatch.chdir(REPO)  # Children run `python -m launch.train` from here.
   config_arg = f"experiments/{name}.py:smoke"

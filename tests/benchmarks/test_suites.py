@@ -38,6 +38,7 @@ def _launch(*args: str) -> subprocess.CompletedProcess:
   )
 
 
+@pytest.mark.slow  # Starts launch.bench.
 def test_smoke_suite_writes_every_suite_and_prints_the_tables(tmp_path):
   out = tmp_path / "b.json"
   result = _launch("--suite=smoke", f"--out={out}")
@@ -105,6 +106,7 @@ def test_smoke_suite_writes_every_suite_and_prints_the_tables(tmp_path):
   assert peer["skipped"] == ("torch does not import" if not HAS_TORCH else "no --nanogpt checkout given")
 
 
+@pytest.mark.slow  # Its memory rows are measured in child processes.
 def test_variants_rows_time_every_variant_against_plain_flash():
   from benchmarks import variants
 
@@ -121,6 +123,7 @@ def test_variants_rows_time_every_variant_against_plain_flash():
   assert all(_positive(row["peak_mib"]) for row in memory_rows)
 
 
+@pytest.mark.slow  # Starts launch.bench.
 def test_nanogpt_flag_must_name_a_checkout(tmp_path):
   result = _launch("--suite=nanogpt", f"--nanogpt={tmp_path}")
   assert result.returncode == 1
@@ -169,6 +172,7 @@ def test_parse_suites():
       suites.parse_suites(bad)
 
 
+@pytest.mark.slow  # Starts a child process.
 def test_memory_is_measured_in_a_child_process():
   # This process holds ~500 MB more than the child will: a child spawned straight from it would
   # report at least that much as its ru_maxrss (Linux keeps the peak of the image exec replaces).
@@ -187,6 +191,7 @@ def test_memory_is_measured_in_a_child_process():
     assert result["peak_kib"] == pytest.approx(result["vmhwm_kib"], rel=0.05)
 
 
+@pytest.mark.slow  # Starts launch.bench.
 def test_a_bad_suite_ends_in_one_line():
   result = _launch("--suite=atention")
   assert result.returncode != 0

@@ -170,6 +170,7 @@ def ring_results(tmp_path_factory):
 @pytest.mark.parametrize(
   ("name", "n"), [(name, n) for name, case in CASES.items() for n in case["sizes"]]
 )
+@pytest.mark.slow  # ring_results runs an 8-device child process.
 def test_ring_equals_flash_in_value_and_gradient(ring_results, name, n):
   arrays, info = ring_results
   assert info["devices"] == 8
@@ -181,6 +182,7 @@ def test_ring_equals_flash_in_value_and_gradient(ring_results, name, n):
     np.testing.assert_allclose(got, expected, atol=2e-5, rtol=1e-5, err_msg=f"{name} n={n} {what[j]}")
 
 
+@pytest.mark.slow  # ring_results runs an 8-device child process.
 def test_ring_fully_masked_rows_are_zero_with_zero_gradient(ring_results):
   arrays, _ = ring_results
   for n in CASES["causal_padding_gqa"]["sizes"]:
@@ -191,6 +193,7 @@ def test_ring_fully_masked_rows_are_zero_with_zero_gradient(ring_results):
     assert np.any(out[0] != 0.0), n
 
 
+@pytest.mark.slow  # ring_results runs an 8-device child process.
 def test_ring_output_is_split_over_the_axis_and_lengths_must_divide(ring_results):
   _, info = ring_results
   assert info["out_sharding"] == str(jax.sharding.PartitionSpec(None, "seq"))

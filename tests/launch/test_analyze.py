@@ -7,9 +7,13 @@ leaves them): what analyze does with a run is the test, not how it was trained.
 
 import json
 
+import pytest
+
 from experiments import base
 from tests.launch.common import run
 from tests.train.common import write_untrained_run
+
+pytestmark = pytest.mark.slow  # Starts launch.analyze: a child process.
 
 
 def test_launch_analyze_writes_the_files_and_refuses_a_missingrun(tmp_path):

@@ -62,6 +62,7 @@ def test_main_prints_table_and_writes_files(sweep, capsys):
   assert f"wrote {sweep / 'series.md'}" in out and (sweep / "series.png").is_file()
 
 
+@pytest.mark.slow  # Starts launch.compare.
 def test_main_bad_directory_exits_with_one_line(tmp_path):
   flags.FLAGS(["compare"])
   with pytest.raises(SystemExit) as error:
@@ -77,6 +78,7 @@ def test_main_bad_directory_exits_with_one_line(tmp_path):
   assert result.stderr == f"error: {missing}: no such directory\n"
 
 
+@pytest.mark.slow  # Starts launch.compare.
 def test_a_metrics_line_that_does_not_parse_is_one_warning_naming_file_and_line(tmp_path):
   run = tmp_path / "run"
   run.mkdir()

@@ -17,6 +17,7 @@ def test_bank_vectors_identical_before_and_different_after_self_attention():
     assert sum(bank[f"{sentence}_weights"].values()) == pytest.approx(1.0, abs=1e-5)
 
 
+@pytest.mark.slow  # Over ~3 s on 2 cores (compiling).
 def test_scale_at_init_matches_theory():
   # Unit-variance q, k: scaled logits have std ~1 at every K, unscaled ~sqrt(K); scaled attention over
   # 64 keys keeps entropy near 3.7 nats while unscaled attention collapses as K grows.
@@ -32,6 +33,7 @@ def test_scale_at_init_matches_theory():
   assert unscaled_entropies[-1] < 0.5
 
 
+@pytest.mark.slow  # Over ~3 s on 2 cores (compiling).
 def test_main_prints_every_rung(capsys):
   flags.FLAGS(["demo"])  # Parse defaults, as app.run would.
   demo.main([])

@@ -46,6 +46,7 @@ def test_a_cluster_environment_is_recognised(monkeypatch):
   assert distributed.in_cluster_environment()
 
 
+@pytest.mark.slow  # Starts launch.train.
 def test_partial_distributed_flags_are_one_line(tmp_path):
   result = run("launch.train", *FLAGS, f"--workdir={tmp_path / 'run'}", "--num_processes=2")
   assert result.returncode == 1

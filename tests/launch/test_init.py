@@ -7,6 +7,7 @@ import pathlib
 import subprocess
 import sys
 
+import pytest
 from absl import logging as absl_logging
 
 import launch
@@ -43,6 +44,7 @@ def test_start_quietly_drops_library_info_and_keeps_warnings():
   assert launch._not_library_info(record(logging.INFO, "/work/attn/train/loop.py"))
 
 
+@pytest.mark.slow  # Starts launch.demo.
 def test_demo_first_line_is_its_own():
   env = {k: v for k, v in os.environ.items() if k != "JAX_PLATFORMS"}  # Let JAX probe for a TPU.
   result = subprocess.run(
@@ -53,6 +55,7 @@ def test_demo_first_line_is_its_own():
   assert result.stdout.splitlines()[0].startswith("1. Weightless self-attention")
 
 
+@pytest.mark.slow  # Starts launch.demo.
 def test_a_bad_environment_default_is_one_line_before_anything_runs():
   env = {**os.environ, "ATTN_DEFAULT_IMPLEMENTATION": "fastest"}
   result = subprocess.run(

@@ -6,8 +6,11 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 
 from tests.launch.common import ENV, ROOT, run
+
+pytestmark = pytest.mark.slow  # Trains in child processes (one, then a cluster of two).
 
 FLAGS = (
   "--config=experiments/base.py:smoke",

@@ -5,7 +5,11 @@ One test function: its steps share one trained run, and a module fixture would b
 each pytest-xdist worker that gets one of several tests.
 """
 
+import pytest
+
 from tests.launch.common import run
+
+pytestmark = pytest.mark.slow  # Trains, samples and attends in child processes.
 
 TEXT = "ROMEO:\nBut soft, what light through yonder window breaks?\n\nJULIET:\nAy me.\n" * 20
 

@@ -10,8 +10,12 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 from attn.runs import sweep
 from tests.runs.common import TINY_CONFIG, write_config
+
+pytestmark = pytest.mark.slow  # Every test starts `python -m launch.sweep`: a child process.
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 

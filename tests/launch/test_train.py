@@ -11,6 +11,10 @@ import socket
 import subprocess
 import sys
 
+import pytest
+
+pytestmark = pytest.mark.slow  # Every test starts `python -m launch.train`: a child process.
+
 REPO = pathlib.Path(__file__).resolve().parents[2]
 CONFIG = "--config=experiments/base.py:smoke"
 

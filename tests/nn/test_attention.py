@@ -508,7 +508,9 @@ def test_grad_wrt_params_is_finite_and_nonzero(scale):
     assert np.any(grads["log_scale"] != 0)
 
 
-@pytest.mark.parametrize("implementation", ["flash", "jax"])
+@pytest.mark.parametrize(  # flash: over ~3 s on 2 cores (compiling).
+  "implementation", [pytest.param("flash", marks=pytest.mark.slow), "jax"]
+)
 def test_explicit_fast_path_initialises_and_matches_naive(implementation):
   """init (where every collection, the diagnostics too, is mutable) works with a fast path chosen, and
   the output equals the naive one's; asking that path for the weights is refused."""
@@ -522,7 +524,9 @@ def test_explicit_fast_path_initialises_and_matches_naive(implementation):
     make(implementation).apply(variables, x, return_weights=True)
 
 
-@pytest.mark.parametrize("implementation", ["flash", "jax"])
+@pytest.mark.parametrize(  # flash: over ~3 s on 2 cores (compiling).
+  "implementation", [pytest.param("flash", marks=pytest.mark.slow), "jax"]
+)
 def test_diagnostics_keep_the_kernel_asked_for(implementation, monkeypatch):
   """With the diagnostics collection mutable, the output still comes from the implementation asked for
   (the statistics come from a separate naive weights pass), and the statistics equal the naive path's."""

@@ -171,6 +171,7 @@ def cached_step(model: LanguageModel, params):
   return step
 
 
+@pytest.mark.slow  # Over ~3 s on 2 cores (compiling).
 def test_language_model_cache_matches_full_forward(lm):
   """A 3-token prompt through the cache, then 4 single tokens: every step's logits are the full
   (uncached) forward pass's logits at the same positions."""
@@ -195,6 +196,7 @@ def test_language_model_cache_matches_full_forward(lm):
   assert indices == [length] * make_config().num_decoder_layers
 
 
+@pytest.mark.slow  # Over ~3 s on 2 cores (compiling).
 def test_transformer_cache_matches_full_forward(transformer):
   """A 2-token decoder prompt through the cache via decode_logits, then 3 single tokens."""
   model, params = transformer.model, transformer.params
@@ -252,6 +254,7 @@ def test_language_model_greedy_decode_matches_uncached_greedy(lm, lm_reference):
   np.testing.assert_array_equal(decode(lm.params, PROMPT), expected)
 
 
+@pytest.mark.slow  # Over ~3 s on 2 cores (compiling).
 def test_transformer_greedy_decode_matches_uncached_greedy(transformer, transformer_reference):
   tokens, _ = transformer_reference
   eos_id = pick_eos(tokens)
@@ -261,6 +264,7 @@ def test_transformer_greedy_decode_matches_uncached_greedy(transformer, transfor
   np.testing.assert_array_equal(decode(transformer.params, SRC), expected)
 
 
+@pytest.mark.slow  # Over ~3 s on 2 cores (compiling).
 def test_learned_positions_greedy_decode_matches_uncached_greedy(learned_lm):
   tokens, _ = reference_greedy(learned_lm, PROMPT, N)
   eos_id = pick_eos(tokens)
@@ -281,7 +285,9 @@ def greedy_score(tokens, log_probs, eos_id, alpha):
   return sums / ((5.0 + lengths) / 6.0) ** alpha
 
 
-@pytest.mark.parametrize("which", ["lm", "transformer"])
+@pytest.mark.parametrize(  # transformer: over ~3 s on 2 cores (compiling).
+  "which", ["lm", pytest.param("transformer", marks=pytest.mark.slow)]
+)
 def test_beam_size_one_equals_greedy(which, request):
   setup = request.getfixturevalue(which)
   tokens, log_probs = request.getfixturevalue(f"{which}_reference")
@@ -348,6 +354,7 @@ def reference_beam(setup: Setup, prefix, n: int, beam_size: int, eos_id: int, al
   return np.array(best_seqs), np.array(best_scores)
 
 
+@pytest.mark.slow  # Over ~3 s on 2 cores (compiling).
 def test_wider_beam_equals_uncached_beam_search(lm, lm_reference):
   """Beam 3 reorders the cache between steps; its sequences and scores must be those of the same
   search run on the plain model. Here it also beats greedy on some row, so reordering matters."""
@@ -564,6 +571,7 @@ def test_top_k_one_is_greedy(lm, lm_reference):
   np.testing.assert_array_equal(tokens, lm_reference[0])
 
 
+@pytest.mark.slow  # Over ~3 s on 2 cores (compiling).
 def test_sampling_past_the_context_refills_the_cache_like_recomputation():
   """Learned positions: the refilled cache must restart the positions at 0, as recomputation does."""
   context = 6
@@ -588,6 +596,7 @@ def test_sampling_past_the_context_refills_the_cache_like_recomputation():
   np.testing.assert_array_equal(tokens, reference_windowed_greedy(setup, long_prompt, 4, context))
 
 
+@pytest.mark.slow  # Over ~3 s on 2 cores (compiling).
 def test_sampling_draws_from_the_tempered_top_k_distribution():
   """On a fixed table of next-token probabilities: the same key gives the same tokens, top_k keeps
   only the k most likely, and the frequencies follow softmax(logits / temperature)."""
@@ -638,6 +647,7 @@ VARIANTS = [  # Combined, so that each compiles once; together they cover every 
 
 
 @pytest.mark.parametrize("variant", VARIANTS, ids=lambda v: ",".join(f"{k}={x}" for k, x in v.items()))
+@pytest.mark.slow  # Over ~3 s on 2 cores (compiling).
 def test_every_variant_caches_like_the_full_forward(variant):
   """A prompt with padding through the cache, then single tokens at the cache offset: the logits at
   every real token equal the full forward pass's. RoPE and the biases must take the cache offset

@@ -134,6 +134,7 @@ def test_embedder_scales_tokens_by_sqrt_d_and_adds_positions(positions):
 # --------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # Over ~3 s on 2 cores (compiling).
 def test_transformer_logits_shape(base_outputs):
   logits, _, decoder_out = base_outputs
   assert logits.shape == (B, T, V)
@@ -150,6 +151,7 @@ def test_transformer_has_one_embedding_table(transformer):
   assert params["embedder"]["tokens"]["embedding"].shape == (V, D)
 
 
+@pytest.mark.slow  # Over ~3 s on 2 cores (compiling).
 def test_shared_table_feeds_both_encoder_and_decoder(untied_transformer):
   """With an untied output, the table reaches the logits only through the encoder's and the
   decoder's inputs: changing rows of source-only or of target-only tokens changes the logits;
@@ -183,6 +185,7 @@ def test_tied_output_reuses_the_embedding_table(transformer, base_outputs):
   np.testing.assert_allclose(logits, expected, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow  # Over ~3 s on 2 cores (compiling).
 def test_untied_output_adds_a_logits_dense(untied_transformer):
   _, params, forward = untied_transformer
   assert {p for p in param_paths(params) if p.startswith("head/")} == {
@@ -320,6 +323,7 @@ def test_bfloat16_logits_are_finite(transformer, base_outputs):
   assert 0 < diff < 0.25, diff
 
 
+@pytest.mark.slow  # Over ~3 s on 2 cores (compiling).
 def test_training_gradient_is_finite(transformer, dropout_model):
   _, params, _ = transformer
   model = dropout_model
@@ -386,6 +390,7 @@ def test_tagger_ignores_appended_padding(tagger):
 CRF_NAMES = ("O", "B-person", "I-person", "B-location", "I-location")  # C = 5 classes.
 
 
+@pytest.mark.slow  # Over ~3 s on 2 cores (compiling).
 def test_crf_tagger_returns_emissions_and_scores_with_iob2_moves_forbidden():
   model = EncoderTagger(make_config(crf="iob2", class_names=CRF_NAMES))
   params = jax.jit(model.init)(jax.random.PRNGKey(5), TAG_TOKENS)["params"]
@@ -409,6 +414,7 @@ def test_crf_tagger_returns_emissions_and_scores_with_iob2_moves_forbidden():
     make_config(crf="yes")
 
 
+@pytest.mark.slow  # Over ~3 s on 2 cores (compiling).
 def test_tagger_with_attention_window_sees_only_window_times_layers():
   # Through L layers of |i - j| <= w, position i reads tokens at most L * w away, and no farther: the
   # local-window baseline of the cue task, which therefore cannot see a cue that stands farther off.
@@ -524,6 +530,7 @@ def test_embedder_adds_feature_rows_over_non_empty_slots():
   np.testing.assert_allclose(out[0, 1], words[6] * np.sqrt(D), rtol=1e-5, atol=1e-6)  # No features.
 
 
+@pytest.mark.slow  # Over ~3 s on 2 cores (compiling).
 def test_tagger_uses_features_only_when_the_config_has_buckets():
   features = jnp.asarray(np.random.default_rng(0).integers(1, 2**30, (2, 5, 3)), jnp.int32)
   model = EncoderTagger(make_config(feature_buckets=17))
@@ -583,6 +590,7 @@ def test_parameter_tree_is_what_saved_checkpoints_hold():
   assert shapes == expected
 
 
+@pytest.mark.slow  # Over ~3 s on 2 cores (compiling).
 def test_gpt2_init_is_nanogpts_and_removes_bias_everywhere():
   """init="gpt2": kernels and the token table normal(0.02), the residual projections normal(0.02 /
   sqrt(2 L)), tokens not scaled by sqrt(D); use_bias=False leaves no bias in any layer or norm."""
@@ -609,6 +617,7 @@ def test_gpt2_init_is_nanogpts_and_removes_bias_everywhere():
   np.testing.assert_allclose(x, expected, rtol=1e-6)  # No sqrt(D) factor.
 
 
+@pytest.mark.slow  # Over ~3 s on 2 cores (compiling).
 def test_without_positions_an_encoder_is_permutation_equivariant():
   """The notes: with no positions "order will not have any influence": permuting the tokens permutes
   the tagger's outputs; with absolute positions, RoPE or a relative bias it does not."""
@@ -631,6 +640,7 @@ def test_without_positions_an_encoder_is_permutation_equivariant():
     assert not np.allclose(permuted, plain[:, perm], atol=1e-3), positions
 
 
+@pytest.mark.slow  # Over ~3 s on 2 cores (compiling).
 def test_char_encoder_adds_a_vector_per_word_from_its_characters():
   config = make_config(char_buckets=64, char_dim=8)
   model = EncoderTagger(config)

@@ -162,6 +162,7 @@ def test_points_need_distinct_names(tmp_path):
 # A real sweep.
 
 
+@pytest.mark.slow  # Trains sweep points in child processes.
 def test_failing_point_rerun_and_resume(tmp_path, in_repo):
   config_arg = f"{write_config(tmp_path)}:smoke"
   workdir = tmp_path / "sweep"

@@ -318,6 +318,7 @@ def test_experiment_presets():
     ner_experiment.get_config("big")
 
 
+@pytest.mark.slow  # Starts launch.train.
 def test_launch_train_smoke_on_a_fixture(data_dir, tmp_path):
   workdir = tmp_path / "run"
   result = subprocess.run(
@@ -346,6 +347,7 @@ def test_launch_train_smoke_on_a_fixture(data_dir, tmp_path):
   assert (workdir / "vocab.txt").is_file() and (workdir / "tags.txt").is_file()
 
 
+@pytest.mark.slow  # Starts launch.train.
 def test_launch_train_missing_file_is_one_line(tmp_path):
   folder = write(tmp_path / "d", {"train": TRAIN, "dev": DEV})
   result = subprocess.run(

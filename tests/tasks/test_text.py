@@ -106,6 +106,7 @@ def test_validation_windows_tile_the_split_and_pad_the_last_batch(text_file):
   assert sum(int(b["weights"].sum(-1).astype(bool).sum()) for b in subset) == 2
 
 
+@pytest.mark.slow  # Over ~3 s on 2 cores (compiling).
 def test_bits_per_character_of_a_uniform_model_is_log2_of_the_vocabulary(text_file):
   """All parameters zero: logits 0, every character has probability 1 / V, so the loss is ln V per
   token, the perplexity V and bits per character log2 V, worked by hand."""
@@ -155,6 +156,7 @@ def test_save_writes_the_vocabulary_and_refuses_a_different_one(text_file, tmp_p
     build(text_file).save(str(workdir))
 
 
+@pytest.mark.slow  # Over ~3 s on 2 cores (compiling).
 def test_samples_start_with_the_prompt(text_file):
   task = build(text_file, num_samples=2, sample_tokens=5, sample_prompt="All:")
   config = ModelConfig(
@@ -220,6 +222,7 @@ def test_loss_at_a_length_tiles_the_validation_split_with_windows_of_that_length
   assert task.score(None, None, 4, final=False) == {}
 
 
+@pytest.mark.slow  # Over ~3 s on 2 cores (compiling).
 def test_loss_at_the_training_length_is_the_eval_loss(text_file):
   """loss_at_<block_size> scores the same windows as the eval batches: the same loss."""
   task = build(text_file, eval_lengths=(8, 16))

@@ -239,6 +239,7 @@ def _launch_train(folder, workdir, *flags) -> subprocess.CompletedProcess:
   )
 
 
+@pytest.mark.slow  # Trains through launch.train, a child process.
 def test_smoke_preset_trains_reports_bleu_and_restores_without_retraining(tmp_path, monkeypatch):
   folder = write_folder(tmp_path / "data")
   workdir = tmp_path / "run"
@@ -290,6 +291,7 @@ def _train_cli(folder, workdir, *flags) -> str:
   return errors[0]
 
 
+@pytest.mark.slow  # Starts launch.train three times.
 def test_data_mistakes_are_one_cli_line_each(tmp_path):
   folder = write_folder(tmp_path / "data")
   line = _train_cli(folder, tmp_path / "run", "--config.task.vocab_size=5")

@@ -24,6 +24,7 @@ def analyzed(tmp_path_factory):
   return workdir, analysis.analyze_run(str(workdir), max_examples=8, echo=lambda line: None)
 
 
+@pytest.mark.slow  # Over ~3 s on 2 cores (compiling).
 def test_analysis_has_every_number(analyzed):
   _, result = analyzed
   assert result["num_examples"] == 8 and result["kind"] == "seq2seq"
@@ -53,6 +54,7 @@ def test_iob2_tags_give_entity_types_and_others_none():
   assert analysis._entity_types(("positive", "negative")) is None
 
 
+@pytest.mark.slow  # Over ~3 s on 2 cores (compiling).
 def test_token_importance_correlates_each_measure_with_ablation():
   """On an untrained cue tagger: every measure gives one correlation per example, in [-1, 1]; with
   one layer, rollout and raw attention rank the tokens alike."""

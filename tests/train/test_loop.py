@@ -142,6 +142,7 @@ def _assert_close(actual: dict, expected: dict, *, rtol: float = 0.0, atol: floa
 # The run directory and resuming.
 
 
+@pytest.mark.slow  # Reads the reference run, which trains.
 def test_run_directory_contents(reference):
   workdir, returned = reference
   config = json.loads((workdir / "config.json").read_text())
@@ -187,6 +188,7 @@ def test_run_directory_contents(reference):
   assert summary["final"]["loss"] == eval_records[-1]["loss"]
 
 
+@pytest.mark.slow  # Reads the reference run, which trains.
 def test_rerun_after_finishing_does_not_retrain_or_compile(reference, tmp_path, monkeypatch):
   workdir = tmp_path / "run"
   shutil.copytree(reference[0], workdir)
@@ -204,6 +206,7 @@ def test_rerun_after_finishing_does_not_retrain_or_compile(reference, tmp_path, 
   assert _checkpoint_steps(workdir) == checkpoints_before
 
 
+@pytest.mark.slow  # Reads the reference run, which trains.
 def test_extending_a_finished_run_is_not_done_until_its_new_end(reference, tmp_path, monkeypatch):
   workdir = tmp_path / "run"
   shutil.copytree(reference[0], workdir)
@@ -225,6 +228,7 @@ def _spoil(step_dir: pathlib.Path) -> None:
       path.write_bytes(b"\0\1")
 
 
+@pytest.mark.slow  # Reads the reference run, which trains.
 def test_an_unreadable_checkpoint_falls_back_to_the_one_before(reference, tmp_path):
   workdir = tmp_path / "run"
   shutil.copytree(reference[0], workdir)
@@ -239,6 +243,7 @@ def test_an_unreadable_checkpoint_falls_back_to_the_one_before(reference, tmp_pa
   assert aside.name.startswith(f"{STEPS}.")
 
 
+@pytest.mark.slow  # Reads the reference run, which trains.
 def test_no_checkpoint_that_restores_is_one_error_naming_the_folder(reference, tmp_path):
   workdir = tmp_path / "run"
   shutil.copytree(reference[0], workdir)
@@ -251,6 +256,7 @@ def test_no_checkpoint_that_restores_is_one_error_naming_the_folder(reference, t
     train.train_and_evaluate(_config(), str(workdir))
 
 
+@pytest.mark.slow  # Reads the reference run, which trains.
 def test_rerun_with_a_different_config_is_refused(reference, tmp_path, monkeypatch):
   workdir = tmp_path / "run"
   workdir.mkdir()
@@ -307,6 +313,7 @@ def _signal_after_first_checkpoint(workdir, cache_env, log, signum) -> int:
   return process.returncode
 
 
+@pytest.mark.slow  # Trains in a child process.
 def test_resume_after_sigkill_matches_uninterrupted_run(reference, cache_env, tmp_path):
   workdir = tmp_path / "run"
   returncode = _signal_after_first_checkpoint(
@@ -338,6 +345,7 @@ def test_resume_after_sigkill_matches_uninterrupted_run(reference, cache_env, tm
   np.testing.assert_allclose([r["loss"] for r in train_records], reference_losses, rtol=0, atol=1e-6)
 
 
+@pytest.mark.slow  # Trains in a child process.
 def test_ctrl_c_is_one_line_saying_where_a_rerun_resumes(cache_env, tmp_path):
   workdir = tmp_path / "run"
   returncode = _signal_after_first_checkpoint(
@@ -359,6 +367,7 @@ def test_ctrl_c_is_one_line_saying_where_a_rerun_resumes(cache_env, tmp_path):
 # Stopping on a non-finite loss.
 
 
+@pytest.mark.slow  # Trains.
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
   real_train_step = train.train_step
 
@@ -382,6 +391,7 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypa
   assert not (workdir / "summary.json").exists()
 
 
+@pytest.mark.slow  # Trains.
 def test_task_hooks_score_save_and_main_metric(tmp_path, monkeypatch):
   """A task's own `score` joins the eval metrics per seed (with `final` at the last evaluation),
   `save` writes into the run directory, and `main_metric` names the summary's metric."""
@@ -419,6 +429,7 @@ def test_task_hooks_score_save_and_main_metric(tmp_path, monkeypatch):
 # Seeds and devices.
 
 
+@pytest.mark.slow  # Trains.
 def test_vmapped_seeds_equal_separate_runs(reference, tmp_path):
   for seed in (0, 1):
     final = train.train_and_evaluate(_config(num_seeds=1, seed=seed), str(tmp_path / f"seed_{seed}"))
@@ -427,6 +438,7 @@ def test_vmapped_seeds_equal_separate_runs(reference, tmp_path):
     _assert_close(final, expected, atol=1e-5)
 
 
+@pytest.mark.slow  # Trains in a child process.
 def test_two_host_devices_match_one(reference, tmp_path):
   workdir = tmp_path / "run"
   env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_COMPILATION_CACHE")}
@@ -449,6 +461,7 @@ def test_two_host_devices_match_one(reference, tmp_path):
 # Diagnostics and the scale probe.
 
 
+@pytest.mark.slow  # Reads the reference run, which trains.
 def test_probe_at_step_0_under_sqrt_d(reference):
   (probe,) = [r for r in _records(reference[0], "probe") if r["step"] == 0]
   for layer in ATTENTION_LAYERS:
@@ -459,6 +472,7 @@ def test_probe_at_step_0_under_sqrt_d(reference):
   assert len([k for k in probe if k.endswith("/logit_std")]) == len(ATTENTION_LAYERS)
 
 
+@pytest.mark.slow  # Reads the reference run, which trains.
 def test_diagnostics_have_query_and_key_grad_norms_per_layer(reference):
   records = _records(reference[0], "diagnostics")
   assert [r["step"] for r in records] == [0, STEPS]
@@ -470,6 +484,7 @@ def test_diagnostics_have_query_and_key_grad_norms_per_layer(reference):
       assert all(v > 0 for v in record[f"{layer}/query_grad_norm"] + record[f"{layer}/key_grad_norm"])
 
 
+@pytest.mark.slow  # Reads the reference run, which trains.
 def test_diagnostics_have_a_gradient_norm_per_block_and_eval_the_largest_logit(reference):
   """Per block (Xiong et al. 2020 compare these across depth) the norm of all its parameters'
   gradients; the eval lines carry max_attention_logit, the largest of the layers' max_logit."""
@@ -550,6 +565,7 @@ def test_checkpoints_without_a_readable_config_are_refused(tmp_path):
     _write(_config(), tmp_path)
 
 
+@pytest.mark.slow  # Compiles a training run (that stops at its first evaluation).
 def test_a_non_finite_eval_loss_stops_the_run(tmp_path, monkeypatch):
   real_eval_step = steps.eval_step
 
@@ -574,6 +590,7 @@ def test_eval_lengths_past_the_learned_positions_are_refused():
     loop.check_lengths(config, [], (8, 16))
 
 
+@pytest.mark.slow  # Over ~3 s on 2 cores (compiling).
 def test_sequences_longer_than_the_learned_positions_are_refused(tmp_path):
   config = _config(**{"model.positions": "learned", "model.max_length": 4})  # The task's are 6.
   with pytest.raises(
@@ -582,6 +599,7 @@ def test_sequences_longer_than_the_learned_positions_are_refused(tmp_path):
     train.train_and_evaluate(config, str(tmp_path))
 
 
+@pytest.mark.slow  # Trains.
 def test_early_stopping_stops_without_improvement_and_scores_the_best(tmp_path):
   """With a learning rate too small to change anything, the accuracy of step 0 is never beaten: a
   patience of 1 stops at the first evaluation after it, and the final metrics are step 0's params'."""
@@ -627,6 +645,7 @@ def test_keep_best_keeps_the_better_parameters_and_counts_the_rest():
   np.testing.assert_array_equal(state.best["params"]["w"], 1.0)
 
 
+@pytest.mark.slow  # Trains.
 def test_a_denoising_run_trains_and_a_tagger_starts_from_it(tmp_path):
   """config.objective = "denoise" trains end to end (loss on the corrupted words, a finite eval), and
   a tagger with config.init_from = that run starts from its parameters: at a learning rate of 1e-9

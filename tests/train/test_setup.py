@@ -167,6 +167,7 @@ def test_optimizer_fields_are_checked(overrides, message):
   assert str(error.value).startswith(message)
 
 
+@pytest.mark.slow  # Over ~3 s on 2 cores (compiling).
 def test_init_from_takes_matching_parameters_by_name_and_refuses_other_shapes(tmp_path):
   """A denoising run of the cue tagger starts a tagger: the encoder and embeddings come from it, the
   head (another shape: the vocabulary, not the tags) stays fresh; another width is one line.

@@ -90,6 +90,7 @@ def test_the_rules_map_logical_names_and_keep_dimensions_the_mesh_does_not_divid
   assert sharding.mesh_axes_for(kernel, (32, 8, 4), one) == P(None, None, None)
 
 
+@pytest.mark.slow  # Trains in 8-device child processes.
 def test_every_mesh_trains_the_loss_curve_of_one_device_and_shards_the_parameters():
   steps = 20
   out = multidevice.run("loss_curves", 8, steps=steps)
@@ -106,6 +107,7 @@ def test_every_mesh_trains_the_loss_curve_of_one_device_and_shards_the_parameter
   assert out["state_bytes"]["1,8,1"] < out["state_bytes"]["one"] / 5  # The optimizer state too.
 
 
+@pytest.mark.slow  # Trains in 8-device child processes.
 def test_a_checkpoint_restores_onto_a_different_mesh_with_identical_parameters(tmp_path):
   workdir = str(tmp_path / "run")
   on_8 = multidevice.run(
