@@ -717,6 +717,7 @@ def test_soft_cap_bounds_the_logits_before_the_softmax():
   npt.assert_allclose(got, expected, atol=1e-6)
 
 
+@pytest.mark.slow  # Over ~3 s on 2 cores (compiling).
 def test_a_sink_is_an_extra_key_of_zero_value_in_the_denominator():
   q, k, v, mask = _variant_inputs()
   sink = jnp.array([0.5, 3.0])

@@ -65,6 +65,7 @@ def test_implementation_equals_naive_in_value_and_gradient(
     np.testing.assert_allclose(g, ref, atol=2e-5)
 
 
+@pytest.mark.slow  # Over ~3 s on 2 cores (compiling).
 def test_flash_fully_masked_rows_are_zero_with_zero_gradient():
   q, k, v = _inputs()
   out, (dq, _, _) = _value_and_grads(
@@ -108,6 +109,7 @@ def test_flash_multi_query_and_batch_axes():
   )
 
 
+@pytest.mark.slow  # Over ~3 s on 2 cores (compiling).
 def test_flash_bfloat16_is_finite_and_close():
   q, k, v = _inputs(dtype=jnp.bfloat16)
   out = attn.dot_product_attention(q, k, v, is_causal=True, implementation="flash")

@@ -1,11 +1,18 @@
-"""Tests for launch/attend.py: heatmaps of a trained smoke run, through the command line.
+"""Tests for launch/attend.py: heatmaps of a smoke run, through the command line.
 
 The launch modules define overlapping absl flags (--workdir), so they run as subprocesses here.
+The run they read is written in process, untrained (config.json and a checkpoint, as launch.train
+leaves them): what attend does with a run is the test, not how it was trained (launch.train's run
+directory is tests/launch/test_train.py's; launch.attend on a trained run, test_sample.py's).
 """
 
 import pytest
 
+from experiments import base
 from tests.launch.common import run
+from tests.train.common import write_untrained_run
+
+pytestmark = pytest.mark.slow  # Starts launch.attend: child processes.
 
 pytestmark = pytest.mark.slow  # Trains a run and starts launch.attend: child processes.
 
@@ -13,12 +20,11 @@ pytestmark = pytest.mark.slow  # Trains a run and starts launch.attend: child pr
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("run"))
-  result = run(
-    "launch.train", "--config=experiments/base.py:smoke", f"--workdir={workdir}",
-    "--config.num_train_steps=2", "--config.log_every_steps=2", "--config.checkpoint_every_steps=2",
-    "--config.eval_every_steps=2", "--config.num_seeds=1",
-  )  # fmt: skip
-  assert result.returncode == 0, result.stderr[-2000:]
+  config = base.get_config("smoke")
+  config.num_seeds = 1
+  config.num_train_steps = config.log_every_steps = config.checkpoint_every_steps = 2
+  config.eval_every_steps = 2
+  write_untrained_run(config, workdir)
   return workdir
 
 

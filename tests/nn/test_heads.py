@@ -40,6 +40,7 @@ def test_gates_tree_is_keyed_like_the_parameters_by_layer_and_kind():
   assert gates["encoder"]["layer_1"]["self_attention"]["gate"].tolist() == [1.0] * H
 
 
+@pytest.mark.slow  # Over ~3 s on 2 cores (compiling).
 def test_gate_one_is_a_no_op_and_gate_zero_equals_zeroed_out_projection_rows():
   model, params, src, tgt = _transformer()
   plain = model.apply({"params": params}, src, tgt)
@@ -106,6 +107,7 @@ def test_importance_finds_the_one_useful_head_with_its_sign_and_scale():
   assert float(grad["gate"][0]) < 0  # More of the useful head lowers the loss.
 
 
+@pytest.mark.slow  # Over ~3 s on 2 cores (compiling).
 def test_pruning_removes_the_useless_heads_first_and_records_the_curve():
   params, loss_fn, batches, _, _, _ = _one_useful_head()
   gates = heads.head_gates(params)

@@ -196,6 +196,7 @@ def test_tied_output_reuses_the_embedding_table(transformer, base_outputs):
   np.testing.assert_allclose(logits, expected, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow  # Over ~3 s on 2 cores (compiling).
 def test_untied_output_adds_a_logits_dense(untied_transformer):
   _, params, forward = untied_transformer
   assert {p for p in param_paths(params) if p.startswith("head/")} == {

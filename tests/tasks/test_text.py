@@ -158,6 +158,7 @@ def test_save_writes_the_vocabulary_and_refuses_a_different_one(text_file, tmp_p
     build(text_file).save(str(workdir))
 
 
+@pytest.mark.slow  # Over ~3 s on 2 cores (compiling).
 def test_samples_start_with_the_prompt(text_file):
   task = build(text_file, num_samples=2, sample_tokens=5, sample_prompt="All:")
   config = ModelConfig(

@@ -584,6 +584,7 @@ def test_eval_lengths_past_the_learned_positions_are_refused():
     evaluate.check_lengths(config, [], (8, 16))
 
 
+@pytest.mark.slow  # Over ~3 s on 2 cores (compiling).
 def test_sequences_longer_than_the_learned_positions_are_refused(tmp_path):
   config = _config(**{"model.positions": "learned", "model.max_length": 4})  # The task's are 6.
   with pytest.raises(

@@ -8,6 +8,7 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from attn import train
 from tests.train.common import ATTENTION_LAYERS
@@ -63,6 +64,7 @@ def test_train_step_loss_is_cross_entropy_and_label_smoothing_changes_it():
   assert abs(with_smoothing["loss"] - plain["loss"]) > 1e-3
 
 
+@pytest.mark.slow  # Over ~3 s on 2 cores (compiling).
 def test_probe_without_scale_has_large_logits():
   config = _config(
     **{"model.scale": "none", "model.head_dim_policy": "fixed_head_dim", "model.head_dim": 64}
@@ -84,6 +86,7 @@ def test_probe_without_scale_has_large_logits():
     assert float(probe[f"{layer}/entropy"]) < 3.4, layer
 
 
+@pytest.mark.slow  # Over ~3 s on 2 cores (compiling).
 def test_crf_tagger_step_loss_is_the_sentences_negative_log_likelihood_per_token():
   from attn.core import crf
   from experiments import cue
