@@ -91,6 +91,11 @@ def initialize() -> bool:
     # A run on this machine: the coordinator listens on the loopback only, not on every interface.
     values["coordinator_bind_address"] = values["coordinator_address"]
   jax.distributed.initialize(**values)
+  # orbax's barriers (the checkpoint manager's first act is one) over the coordination service, which
+  # waits as long as they need, rather than as gloo collectives, whose context gives up when one
+  # process reaches it 30 s after another (seen on a loaded 2-core machine).
+  if "experimental_orbax_use_distributed_barrier" in flags.FLAGS:
+    flags.FLAGS.experimental_orbax_use_distributed_barrier = True
   return True
 
 

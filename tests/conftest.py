@@ -4,10 +4,16 @@
 resolves to, for the whole run, and the environment variable ATTN_DEFAULT_IMPLEMENTATION for the
 subprocesses that tests start: `pytest --attention-default=flash` runs every test with the fast path
 as the default.
+
+Every test session shares one persistent JAX compilation cache (in pytest's base temporary folder, so
+xdist workers and the child processes tests start reuse each other's compiled programs): the suite
+compiles the same smoke models in dozens of places. Programs are cached only when they took over a
+second to compile (jax's default threshold), so small ones are compiled as always.
 """
 
 import os
 
+import jax
 import pytest
 
 from attn.core import attention
@@ -34,3 +40,21 @@ def _attention_default(request):
   yield
   attention.DEFAULT_IMPLEMENTATION = previous
   os.environ.pop("ATTN_DEFAULT_IMPLEMENTATION")
+
+
+def _cache_dir(config) -> str:
+  """One folder per test session, shared by its xdist workers (and removed with pytest's old
+  temporary folders)."""
+  factory = config._tmp_path_factory  # pytest's tmp_path_factory, before any fixture runs.
+  base = factory.getbasetemp()
+  shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+  return str(shared / "jax_compilation_cache")
+
+
+@pytest.hookimpl(trylast=True)  # After pytest's tmpdir plugin has made its factory.
+def pytest_configure(config):
+  if os.environ.get("JAX_COMPILATION_CACHE_DIR"):  # The caller's own cache: leave it.
+    return
+  directory = _cache_dir(config)
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = directory  # For the child processes tests start.
+  jax.config.update("jax_compilation_cache_dir", directory)

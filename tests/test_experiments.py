@@ -277,7 +277,9 @@ def read_lines(path: pathlib.Path) -> list[dict]:
   return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
 
 
-END_TO_END_SWEEPS = ("heads", "depth")  # A tagging sweep and a sequence-to-sequence one.
+# One sweep end to end (a tagging one; sequence-to-sequence training is the loop's tests' default).
+# Every other sweep's points are resolved without training (test_every_sweep_point_is_a_valid_config).
+END_TO_END_SWEEPS = ("heads",)
 
 
 @pytest.mark.parametrize("name", END_TO_END_SWEEPS)

@@ -13,8 +13,6 @@ import math
 import os
 import time
 
-from tensorboardX import SummaryWriter
-
 from attn.runs import files
 
 # tensorboardX names event files by the second and the host; the process id and a counter keep two
@@ -40,6 +38,10 @@ class MetricsWriter:
     # TensorBoard reads every event file of the folder; a resumed run adds one, and the steps it
     # recomputes after its checkpoint are written again (TensorBoard shows the latest).
     suffix = f".{os.getpid()}.{next(_WRITER_IDS)}"
+    # Imported here: tensorboardX imports torch when it is installed (seconds), which processes that
+    # only read runs (attend, analyze, sample, compare) need not pay.
+    from tensorboardX import SummaryWriter
+
     self._events = SummaryWriter(logdir=workdir, flush_secs=30, filename_suffix=suffix)
 
   def write(self, step: int, split: str, metrics: dict) -> None:

@@ -1,12 +1,17 @@
 """Tests for launch/demo.py: what the demo prints is what the maths says."""
 
 import math
+import os
+import pathlib
+import subprocess
+import sys
 
 import jax
 import pytest
-from absl import flags
 
 from launch import demo
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
 def test_bank_vectors_identical_before_and_different_after_self_attention():
@@ -33,11 +38,18 @@ def test_scale_at_init_matches_theory():
   assert unscaled_entropies[-1] < 0.5
 
 
-@pytest.mark.slow  # Over ~3 s on 2 cores (compiling).
-def test_main_prints_every_rung(capsys):
-  flags.FLAGS(["demo"])  # Parse defaults, as app.run would.
-  demo.main([])
-  out = capsys.readouterr().out
+@pytest.mark.slow  # Starts launch.demo (compiling every rung).
+def test_main_prints_every_rung_and_its_first_line_is_its_own():
+  # A child process with JAX left to probe for a TPU: its first line is the demo's, not JAX's
+  # "Unable to initialize backend" (launch.start_quietly).
+  env = {k: v for k, v in os.environ.items() if k != "JAX_PLATFORMS"}
+  result = subprocess.run(
+    [sys.executable, "-m", "launch.demo"], cwd=ROOT, capture_output=True, text=True, timeout=600, env=env
+  )
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert "Unable to initialize backend" not in result.stderr
+  out = result.stdout
+  assert out.splitlines()[0].startswith("1. Weightless self-attention")
   for heading in ("1. Weightless", "2. Scaled", "3. Multi-head", "4. Encoder-decoder"):
     assert heading in out
   assert "logits (2, 5, 100)" in out

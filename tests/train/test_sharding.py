@@ -92,7 +92,7 @@ def test_the_rules_map_logical_names_and_keep_dimensions_the_mesh_does_not_divid
 
 @pytest.mark.slow  # Trains in 8-device child processes.
 def test_every_mesh_trains_the_loss_curve_of_one_device_and_shards_the_parameters():
-  steps = 20
+  steps = 8
   out = multidevice.run("loss_curves", 8, steps=steps)
   reference = np.asarray(out["losses"]["one"])
   assert reference.shape == (steps,) and reference[-1] < reference[0]
