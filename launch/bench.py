@@ -1,12 +1,15 @@
 """Benchmarks, every figure measured in this run:
 `python -m launch.bench [--suite=NAMES] [--out=FILE.json] [--repeats=N] [--no-memory] [--nanogpt=DIR]
-[--nanogpt_train_seeds=N]`.
+[--nanogpt_train_seeds=N] [--baseline=FILE] [--record_baseline=FILE] [--tolerance=0.1]`.
 
 --suite: a comma-separated list of attention, memory, train, seeds, decode, nanogpt, variants; or all
 (the default); or smoke (every suite at tiny shapes, in well under a minute: the tests run it).
 Prints the machine's matmul rate and versions, then one table per suite; --out also writes everything
 as JSON (rewritten after each suite). What each suite measures: the docstrings of
 benchmarks/suites.py (and of benchmarks/nanogpt.py and benchmarks/variants.py for those two suites).
+--baseline compares each row's ratio against its peer with a baseline file and prints the rows that
+moved by more than --tolerance (exit 1 when one got slower); --record_baseline writes this run's
+ratios into one (benchmarks/history.py; the committed one is benchmarks/baseline.json).
 Measured runs are recorded in RESULTS.md ("Benchmarks with no experiment file") and in the docstring
 of experiments/shakespeare_char.py (the nanogpt suite).
 """
@@ -19,7 +22,7 @@ import sys
 
 from absl import flags
 
-from benchmarks import suites, tables, timing
+from benchmarks import history, suites, tables, timing
 from experiments import base, shakespeare_char
 from launch import run, start_quietly
 
@@ -38,6 +41,18 @@ _NANOGPT_TRAIN_SEEDS = flags.DEFINE_integer(
   "report its validation loss on the same windows as ours.",
 )
 _OUT = flags.DEFINE_string("out", None, "Also write the results to this JSON file.")
+_BASELINE = flags.DEFINE_string(
+  "baseline",
+  None,
+  "Compare the rows' ratios with this baseline file (benchmarks/baseline.json) and print those that "
+  "moved by more than --tolerance; exit 1 when one got slower.",
+)
+_RECORD_BASELINE = flags.DEFINE_string(
+  "record_baseline", None, "Write this run's ratios into this baseline file (its other suites kept)."
+)
+_TOLERANCE = flags.DEFINE_float(
+  "tolerance", history.DEFAULT_TOLERANCE, "Relative change of a ratio that --baseline reports."
+)
 _REPEATS = flags.DEFINE_integer("repeats", 5, "Timed calls per measurement (fewer for slow cases).")
 _MEMORY = flags.DEFINE_boolean(
   "memory",
@@ -88,6 +103,17 @@ def main(argv):
   out = _OUT.value
   if _NANOGPT.value is not None and not os.path.isfile(os.path.join(_NANOGPT.value, "model.py")):
     sys.exit(f"error: --nanogpt: {_NANOGPT.value!r} holds no model.py; give a nanoGPT checkout")
+  if _TOLERANCE.value <= 0:
+    sys.exit(f"error: --tolerance: must be positive, got {_TOLERANCE.value}")
+  baseline = None
+  if _BASELINE.value is not None:
+    try:
+      baseline = history.load(_BASELINE.value)
+    except ValueError as e:
+      sys.exit(f"error: --baseline: {e}")
+  for flag, path in (("record_baseline", _RECORD_BASELINE.value),):
+    if path is not None and (os.path.isdir(path) or not os.path.isdir(os.path.dirname(path) or ".")):
+      sys.exit(f"error: --{flag}: {path!r} is a folder or its folder does not exist; give a file name")
   if out is not None and os.path.isdir(out):
     sys.exit(f"error: --out: {out!r} is a folder; give a file name")
   if out is not None and not os.path.isdir(os.path.dirname(out) or "."):
@@ -121,6 +147,14 @@ def main(argv):
       write_json(out, results)
   if out is not None:
     print(f"\nwrote {out}")
+  if _RECORD_BASELINE.value is not None:
+    n = history.record(_RECORD_BASELINE.value, results["suites"], machine)
+    print(f"\nwrote {n} ratios to {_RECORD_BASELINE.value}")
+  if baseline is not None:
+    moved = history.compare(baseline, results["suites"], _TOLERANCE.value)
+    print("\n" + history.format_comparison(moved, _BASELINE.value, _TOLERANCE.value))
+    if any(m["verdict"] == "slower" for m in moved):
+      sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ import sys
 import numpy as np
 import pytest
 
-from benchmarks import cases, memory, suites, timing
+from benchmarks import cases, history, memory, suites, timing
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 HAS_TORCH = importlib.util.find_spec("torch") is not None
@@ -40,8 +40,8 @@ def _launch(*args: str) -> subprocess.CompletedProcess:
 
 @pytest.mark.slow  # Starts launch.bench.
 def test_smoke_suite_writes_every_suite_and_prints_the_tables(tmp_path):
-  out = tmp_path / "b.json"
-  result = _launch("--suite=smoke", f"--out={out}")
+  out, baseline = tmp_path / "b.json", tmp_path / "baseline.json"
+  result = _launch("--suite=smoke", f"--out={out}", f"--record_baseline={baseline}")
   assert result.returncode == 0, result.stderr[-3000:]
   assert "Traceback" not in result.stderr
   results = json.loads(out.read_text())
@@ -52,6 +52,9 @@ def test_smoke_suite_writes_every_suite_and_prints_the_tables(tmp_path):
   assert "matmul peak" in result.stdout and f"{machine['matmul_gflops']:.1f} GFLOP/s" in result.stdout
   assert results["settings"]["smoke"] and results["settings"]["repeats"] == 1
   assert set(results["suites"]) == set(suites.SUITES)
+  recorded = json.loads(baseline.read_text())["ratios"]  # Every ratio of the run, by suite.
+  assert recorded and set(recorded) == set(history.ratios(results["suites"]))
+  assert f"wrote {len(recorded)} ratios to {baseline}" in result.stdout
   for name, suite in results["suites"].items():
     assert f"== {name}\n" in result.stdout  # Each table, with its header and footer.
     assert suite["rows"] and suite["notes"][0] in result.stdout
@@ -118,6 +121,16 @@ def test_smoke_suite_writes_every_suite_and_prints_the_tables(tmp_path):
     "t5_bias, memory",
   ]
   assert all(_positive(row["peak_mib"]) for row in memory_rows)
+
+
+@pytest.mark.slow  # Starts launch.bench.
+def test_a_missing_baseline_is_one_line_before_any_suite_runs(tmp_path):
+  missing = tmp_path / "none.json"
+  result = _launch("--suite=train", f"--baseline={missing}")
+  assert result.returncode == 1 and result.stdout == ""
+  assert result.stderr.strip().splitlines()[-1] == (
+    f"error: --baseline: {missing}: no such baseline file (write one with --record_baseline)"
+  )
 
 
 @pytest.mark.slow  # Starts launch.bench.
