@@ -83,6 +83,16 @@ def seeds_config(smoke: bool):
   return config
 
 
+def check_output_file(flag: str, path: str | None) -> None:
+  """Exits with one line when --flag names a folder or a file in a folder that does not exist."""
+  if path is None:
+    return
+  if os.path.isdir(path):
+    sys.exit(f"error: --{flag}: {path!r} is a folder; give a file name")
+  if not os.path.isdir(os.path.dirname(path) or "."):
+    sys.exit(f"error: --{flag}: no such folder {os.path.dirname(path)!r}")
+
+
 def write_json(path: str, results: dict) -> None:
   tmp = path + ".tmp"
   with open(tmp, "w", encoding="utf-8") as f:
@@ -111,13 +121,8 @@ def main(argv):
       baseline = history.load(_BASELINE.value)
     except ValueError as e:
       sys.exit(f"error: --baseline: {e}")
-  for flag, path in (("record_baseline", _RECORD_BASELINE.value),):
-    if path is not None and (os.path.isdir(path) or not os.path.isdir(os.path.dirname(path) or ".")):
-      sys.exit(f"error: --{flag}: {path!r} is a folder or its folder does not exist; give a file name")
-  if out is not None and os.path.isdir(out):
-    sys.exit(f"error: --out: {out!r} is a folder; give a file name")
-  if out is not None and not os.path.isdir(os.path.dirname(out) or "."):
-    sys.exit(f"error: --out: no such folder {os.path.dirname(out)!r}")
+  check_output_file("out", out)
+  check_output_file("record_baseline", _RECORD_BASELINE.value)
 
   settings = suites.Settings(
     smoke=smoke,

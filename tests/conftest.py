@@ -53,19 +53,13 @@ def _attention_default(request):
   os.environ.pop("ATTN_DEFAULT_IMPLEMENTATION")
 
 
-def _cache_dir(config) -> str:
-  """One folder per test session, shared by its xdist workers (and removed with pytest's old
-  temporary folders)."""
-  factory = config._tmp_path_factory  # pytest's tmp_path_factory, before any fixture runs.
-  base = factory.getbasetemp()
-  shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
-  return str(shared / "jax_compilation_cache")
-
-
 @pytest.hookimpl(trylast=True)  # After pytest's tmpdir plugin has made its factory.
 def pytest_configure(config):
-  if os.environ.get("JAX_COMPILATION_CACHE_DIR"):  # The caller's own cache: leave it.
+  # Set once, by the process that configures first (the xdist controller, whose environment its
+  # workers inherit), in its base temporary folder (removed with pytest's old ones); a cache the
+  # caller set is left alone.
+  if os.environ.get("JAX_COMPILATION_CACHE_DIR"):
     return
-  directory = _cache_dir(config)
+  directory = str(config._tmp_path_factory.getbasetemp() / "jax_compilation_cache")
   os.environ["JAX_COMPILATION_CACHE_DIR"] = directory  # For the child processes tests start.
   jax.config.update("jax_compilation_cache_dir", directory)
