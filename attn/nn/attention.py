@@ -14,6 +14,7 @@ from attn.core import attention, masks
 from attn.core import positions as relative
 from attn.nn import sharding
 from attn.nn.config import check_module_scale, head_dim_for
+from attn.nn.tokenwise import tokenwise
 
 Array = jax.Array
 
@@ -195,9 +196,9 @@ class MultiHeadAttention(nn.Module):
     if self.scale == "init_folded":
       q_init = _folded_init(self.kernel_init, K**-0.5)
     return (
-      dense("query", H, q_init, sharding.HEADS)(inputs_q),
-      dense("key", G, self.kernel_init, sharding.KV_HEADS)(inputs_kv),
-      dense("value", G, self.kernel_init, sharding.KV_HEADS)(inputs_kv),
+      tokenwise(dense("query", H, q_init, sharding.HEADS), inputs_q),
+      tokenwise(dense("key", G, self.kernel_init, sharding.KV_HEADS), inputs_kv),
+      tokenwise(dense("value", G, self.kernel_init, sharding.KV_HEADS), inputs_kv),
     )
 
   def _cache_offset(self):
@@ -329,7 +330,7 @@ class MultiHeadAttention(nn.Module):
     return out_BTHK * gate_H[:, None].astype(out_BTHK.dtype)
 
   def _dense_out(self, out_BTHK: Array, features: int) -> Array:
-    return nn.DenseGeneral(
+    dense = nn.DenseGeneral(
       features,
       axis=(-2, -1),
       use_bias=self.use_bias,
@@ -341,7 +342,8 @@ class MultiHeadAttention(nn.Module):
       ),
       bias_init=sharding.named(self.bias_init, (sharding.EMBED,)),
       name="out",
-    )(out_BTHK)
+    )
+    return tokenwise(dense, out_BTHK, feature_dims=2)
 
   def _naive_weights(self, q_BTHK, k_BSGK, mask, bias, scale, is_causal: bool, variant: dict):
     """(the weights [batch..., H, T, S] of `attn.attention_weights`, the mask with the causal one

@@ -11,6 +11,7 @@ import jax
 from attn.nn import sharding
 from attn.nn.attention import MultiHeadAttention
 from attn.nn.config import RELATIVE_POSITIONS, ModelConfig
+from attn.nn.tokenwise import tokenwise
 
 Array = jax.Array
 
@@ -80,14 +81,15 @@ class FeedForward(nn.Module):
     dense = functools.partial(nn.Dense, use_bias=cfg.use_bias, dtype=cfg.compute_dtype)
     wi_init = sharding.named(cfg.kernel_init(), (sharding.EMBED, sharding.MLP))
     wi_bias = sharding.named(nn.initializers.zeros_init(), (sharding.MLP,))
-    h_BTF = dense(cfg.d_ff, kernel_init=wi_init, bias_init=wi_bias, name="wi")(x_BTD)
+    h_BTF = tokenwise(dense(cfg.d_ff, kernel_init=wi_init, bias_init=wi_bias, name="wi"), x_BTD)
     h_BTF = nn.relu(h_BTF) if cfg.activation == "relu" else nn.gelu(h_BTF)
     h_BTF = nn.Dropout(cfg.dropout_rate)(h_BTF, deterministic=deterministic)
     wo_init = sharding.named(
       cfg.kernel_init(residual_layers=self.stack_layers), (sharding.MLP, sharding.EMBED)
     )
     wo_bias = sharding.named(nn.initializers.zeros_init(), (sharding.EMBED,))
-    return dense(x_BTD.shape[-1], kernel_init=wo_init, bias_init=wo_bias, name="wo")(h_BTF)
+    wo = dense(x_BTD.shape[-1], kernel_init=wo_init, bias_init=wo_bias, name="wo")
+    return tokenwise(wo, h_BTF)
 
 
 def _residual(config: ModelConfig, name: str, x: Array, sublayer: Callable, deterministic: bool):

@@ -22,6 +22,7 @@ from attn.nn import sharding
 from attn.nn.attention import INTERMEDIATES, WEIGHTS, MultiHeadAttention, SelfAttention
 from attn.nn.blocks import Decoder, DecoderBlock, Encoder, EncoderBlock
 from attn.nn.config import GPT2_INIT_STD, ModelConfig
+from attn.nn.tokenwise import tokenwise
 
 Array = jax.Array
 
@@ -154,16 +155,17 @@ class _OutputHead(nn.Module):
   @nn.compact
   def __call__(self, x_BTD: Array, embedder: Embedder) -> Array:
     if self.config.tie_output:
-      return embedder.attend(x_BTD)
+      return tokenwise(embedder.attend, x_BTD)
     kernel_init = sharding.named(self.config.kernel_init(), (sharding.EMBED, sharding.VOCAB))
     bias_init = sharding.named(nn.initializers.zeros_init(), (sharding.VOCAB,))
-    return nn.Dense(
+    dense = nn.Dense(
       self.config.vocab_size,
       dtype=jnp.float32,
       kernel_init=kernel_init,
       bias_init=bias_init,
       name="logits",
-    )(x_BTD)
+    )
+    return tokenwise(dense, x_BTD)
 
 
 class Transformer(nn.Module):
@@ -299,9 +301,10 @@ class EncoderTagger(nn.Module):
       )
     x_BTD = Encoder(cfg, name="encoder")(x_BTD, mask=mask, deterministic=deterministic)
     classifier_init = sharding.named(nn.initializers.lecun_normal(), (sharding.EMBED, None))
-    logits_BTC = nn.Dense(
+    classifier = nn.Dense(
       cfg.num_classes, dtype=jnp.float32, kernel_init=classifier_init, name="classifier"
-    )(x_BTD)
+    )
+    logits_BTC = tokenwise(classifier, x_BTD)
     scores = CRFScores(cfg, name="crf")() if cfg.crf != "none" else None
     return TaggerOutput(logits=logits_BTC, crf=scores)
 
