@@ -15,8 +15,10 @@ loop runs it:
   `loss.item()` (its CPU command logs every step). Eager PyTorch, as the CPU command runs it
   (`--compile=False`).
 The tokens are random ids of the character vocabulary (the step time does not depend on the text),
-so the suite needs no data file. At nanoGPT's GPU configuration (6 layers, 6 heads, D = 384, block
-256, batch 64) one step each is timed after a warm-up step: the step-time ratio, not a run.
+so the suite needs no data file. The three are timed in interleaved rounds (`interleave`), so load
+that comes and goes on a shared machine moves them alike. At nanoGPT's GPU configuration (6 layers,
+6 heads, D = 384, block 256, batch 64) one step each is timed after a warm-up step: the step-time
+ratio, not a run.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import math
 import os
 import string
 import time
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -45,6 +48,7 @@ from benchmarks.timing import import_torch
 
 CHARACTERS = 65  # Tiny Shakespeare's.
 STREAM_TOKENS = 1_000_000  # The random token stream both loops draw windows from.
+ROUNDS = 10  # Interleaved timing rounds per shape (see `interleave`).
 GPU_SHAPE = dict(num_decoder_layers=6, num_heads=6, d_model=384, d_ff=1536, block_size=256, batch=64)
 
 
@@ -75,29 +79,59 @@ def at_shape(config: ml_collections.ConfigDict, shape: dict[str, int]) -> ml_col
   return config
 
 
-def _timed(step_fn, state, next_batch, steps: int, warmup: int) -> tuple[float, Any, Any]:
-  """(seconds for `steps` steps after `warmup` untimed ones, final state, last metrics)."""
-  metrics, start = None, time.perf_counter()
-  for step in range(warmup + steps):
-    if step == warmup:
-      jax.block_until_ready(state)
-      start = time.perf_counter()
-    state, metrics = step_fn(state, next_batch(step))
-  jax.block_until_ready((state, metrics))
-  return time.perf_counter() - start, state, metrics
+class _Contender:
+  """A train step kept warm between timing rounds: `advance(n)` runs n more steps and adds their
+  seconds to the total; `row()` reports every timed step. `sync` waits for the device (a no-op for
+  eager torch, whose `loss.item()` already waits every step)."""
+
+  def __init__(self, step: Callable[[], None], sync: Callable[[], None], warmup: int):
+    self.step, self.sync = step, sync
+    self.steps, self.elapsed = 0, 0.0
+    for _ in range(warmup):
+      step()
+    sync()
+
+  def advance(self, n: int) -> None:
+    start = time.perf_counter()
+    for _ in range(n):
+      self.step()
+    self.sync()
+    self.elapsed += time.perf_counter() - start
+    self.steps += n
+
+  def timing(self) -> dict[str, Any]:
+    return {
+      "steps": self.steps,
+      "step_ms": self.elapsed / self.steps * 1e3,
+      "steps_per_s": self.steps / self.elapsed,
+    }
 
 
-def _row(state, metrics, steps: int, elapsed: float, compile_s: float, seed_axis: bool) -> dict:
-  params = sum(int(np.prod(x.shape[int(seed_axis) :])) for x in jax.tree.leaves(state.params))
-  loss = np.asarray(metrics["loss"]).reshape(-1)[0]
-  return {
-    "params": params,
-    "steps": steps,
-    "step_ms": elapsed / steps * 1e3,
-    "steps_per_s": steps / elapsed,
-    "compile_s": compile_s,
-    "last_loss": float(loss),
-  }
+def interleave(contenders: list[_Contender], steps: int, rounds: int) -> None:
+  """Times `steps` steps of each contender in `rounds` alternating rounds (the order rotated each
+  round), so a machine that slows down or speeds up during the run moves every contender alike and
+  the ratios between them stay honest."""
+  chunk = max(1, steps // rounds)
+  for r in range(max(1, steps // chunk)):
+    for contender in contenders[r % len(contenders) :] + contenders[: r % len(contenders)]:
+      contender.advance(chunk)
+
+
+class _JaxContender(_Contender):
+  def __init__(self, step_fn, state, next_batch, warmup: int, compile_s: float, seed_axis: bool):
+    self.state, self.metrics, self.next_batch, self.i = state, None, next_batch, 0
+    self.step_fn, self.compile_s, self.seed_axis = step_fn, compile_s, seed_axis
+    super().__init__(self._step, lambda: jax.block_until_ready((self.state, self.metrics)), warmup)
+
+  def _step(self) -> None:
+    self.state, self.metrics = self.step_fn(self.state, self.next_batch(self.i))
+    self.i += 1
+
+  def row(self) -> dict[str, Any]:
+    leaves = jax.tree.leaves(self.state.params)
+    params = sum(int(np.prod(x.shape[int(self.seed_axis) :])) for x in leaves)
+    loss = np.asarray(self.metrics["loss"]).reshape(-1)[0]
+    return {"params": params, **self.timing(), "compile_s": self.compile_s, "last_loss": float(loss)}
 
 
 def _run(config: ml_collections.ConfigDict):
@@ -107,8 +141,8 @@ def _run(config: ml_collections.ConfigDict):
   return train.build_run(config, task=stream_task(config, int(config.task.block_size)))
 
 
-def time_ours(config: ml_collections.ConfigDict, steps: int, warmup: int) -> dict[str, Any]:
-  """Steps per second of the loop's compiled train step, data included; compile time apart."""
+def ours(config: ml_collections.ConfigDict, warmup: int) -> _JaxContender:
+  """The loop's compiled train step, data included; compile time apart."""
   run = _run(config)
   task, B = run.task, run.train.batch_size
   steps_ = compiled.compile_steps(run)
@@ -116,13 +150,11 @@ def time_ours(config: ml_collections.ConfigDict, steps: int, warmup: int) -> dic
   start = time.perf_counter()
   step_fn = steps_.train.lower(state, steps_.to_batch(task.train_batch(0, B))).compile()
   compile_s = time.perf_counter() - start
-  elapsed, state, metrics = _timed(
-    step_fn, state, lambda s: steps_.to_batch(task.train_batch(s, B)), steps, warmup
-  )
-  return _row(state, metrics, steps, elapsed, compile_s, seed_axis=True)
+  next_batch = lambda s: steps_.to_batch(task.train_batch(s, B))
+  return _JaxContender(step_fn, state, next_batch, warmup, compile_s, seed_axis=True)
 
 
-def time_bare(config: ml_collections.ConfigDict, steps: int, warmup: int) -> dict[str, Any]:
+def bare(config: ml_collections.ConfigDict, warmup: int) -> _JaxContender:
   """The same model, objective and AdamW as a bare `jax.jit` of `train.train_step` (no seed axis, no
   mesh, the state donated), fed the same host batches: what the loop's step adds is the difference."""
   run = _run(config)
@@ -138,8 +170,8 @@ def time_bare(config: ml_collections.ConfigDict, steps: int, warmup: int) -> dic
   start = time.perf_counter()
   step_fn = jax.jit(step, donate_argnums=(0,)).lower(state, task.train_batch(0, B)).compile()
   compile_s = time.perf_counter() - start
-  elapsed, state, metrics = _timed(step_fn, state, lambda s: task.train_batch(s, B), steps, warmup)
-  return _row(state, metrics, steps, elapsed, compile_s, seed_axis=False)
+  next_batch = lambda s: task.train_batch(s, B)
+  return _JaxContender(step_fn, state, next_batch, warmup, compile_s, seed_axis=False)
 
 
 def load_nanogpt(directory: str):
@@ -153,11 +185,9 @@ def load_nanogpt(directory: str):
   return module
 
 
-def time_nanogpt(config: ml_collections.ConfigDict, nanogpt, steps: int, warmup: int) -> dict[str, Any]:
-  """Steps per second of nanoGPT's train.py loop body on its own GPT, at the same config."""
-  task = stream_task(config, int(config.task.block_size))
-  _, result = _nanogpt_train(config, nanogpt, task, steps, warmup, seed=0)
-  return result
+def nanogpt_contender(config: ml_collections.ConfigDict, nanogpt, warmup: int) -> _NanoGPT:
+  """nanoGPT's train.py loop body on its own GPT, at the same config and token stream."""
+  return _NanoGPT(config, nanogpt, stream_task(config, int(config.task.block_size)), warmup, seed=0)
 
 
 def nanogpt_validation_loss(config: ml_collections.ConfigDict, nanogpt, seed: int) -> dict[str, Any]:
@@ -165,7 +195,9 @@ def nanogpt_validation_loss(config: ml_collections.ConfigDict, nanogpt, seed: in
   scored on the text task's validation windows (every non-overlapping window, as our runs are)."""
   torch = import_torch()
   task = train.build_run(config).task
-  model, result = _nanogpt_train(config, nanogpt, task, int(config.num_train_steps), 0, seed=seed)
+  contender = _NanoGPT(config, nanogpt, task, 0, seed=seed)
+  contender.advance(int(config.num_train_steps))
+  model, result = contender.model, contender.row()
   model.eval()
   loss_sum, count = 0.0, 0
   with torch.no_grad():
@@ -181,70 +213,68 @@ def nanogpt_validation_loss(config: ml_collections.ConfigDict, nanogpt, seed: in
   return {**result, "val_loss": loss_sum / count}
 
 
-def _nanogpt_train(config, nanogpt, task: TextTask, steps: int, warmup: int, *, seed: int):
-  """nanoGPT's GPT and its train.py loop body for warmup + steps iterations on the task's training
-  ids; returns (the model, the timing of the last `steps`)."""
-  torch = import_torch()
-  data = task.train_ids.astype(np.uint16)  # prepare.py writes uint16 ids.
-  block_size, batch_size = int(config.task.block_size), int(config.batch_size)
-  m, opt = config.model, config.optimizer
-  torch.manual_seed(1337 + seed)
-  gpt_config = nanogpt.GPTConfig(
-    block_size=block_size,
-    vocab_size=len(task.vocab),
-    n_layer=m.num_decoder_layers,
-    n_head=m.num_heads,
-    n_embd=m.d_model,
-    dropout=m.dropout_rate,
-    bias=m.use_bias,
-  )
-  with contextlib.redirect_stdout(io.StringIO()):  # Its parameter counts; the table has them.
-    model = nanogpt.GPT(gpt_config)
-    optimizer = model.configure_optimizers(opt.weight_decay, opt.learning_rate, (opt.b1, opt.b2), "cpu")
-  total, warmup_iters, peak, floor = (
-    int(config.num_train_steps),
-    int(opt.warmup_steps),
-    float(opt.learning_rate),
-    float(opt.end_learning_rate),
-  )
+class _NanoGPT(_Contender):
+  """nanoGPT's GPT and the body of its train.py loop on the task's training ids."""
 
-  def get_lr(it):  # train.py's get_lr.
-    if it < warmup_iters:
-      return peak * (it + 1) / (warmup_iters + 1)
-    if it > total:
-      return floor
-    ratio = (it - warmup_iters) / (total - warmup_iters)
-    return floor + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (peak - floor)
+  def __init__(self, config, nanogpt, task: TextTask, warmup: int, *, seed: int):
+    self.torch = torch = import_torch()
+    self.data = task.train_ids.astype(np.uint16)  # prepare.py writes uint16 ids.
+    self.block_size, self.batch_size = int(config.task.block_size), int(config.batch_size)
+    m, opt = config.model, config.optimizer
+    torch.manual_seed(1337 + seed)
+    gpt_config = nanogpt.GPTConfig(
+      block_size=self.block_size,
+      vocab_size=len(task.vocab),
+      n_layer=m.num_decoder_layers,
+      n_head=m.num_heads,
+      n_embd=m.d_model,
+      dropout=m.dropout_rate,
+      bias=m.use_bias,
+    )
+    with contextlib.redirect_stdout(io.StringIO()):  # Its parameter counts; the table has them.
+      self.model = nanogpt.GPT(gpt_config)
+      self.optimizer = self.model.configure_optimizers(
+        opt.weight_decay, opt.learning_rate, (opt.b1, opt.b2), "cpu"
+      )
+    self.total, self.warmup_iters = int(config.num_train_steps), int(opt.warmup_steps)
+    self.peak, self.floor = float(opt.learning_rate), float(opt.end_learning_rate)
+    self.clip = opt.grad_clip_norm
+    self.it, self.loss = 0, None
+    self.X, self.Y = self.get_batch()
+    super().__init__(self._step, lambda: None, warmup)
 
-  def get_batch():  # train.py's get_batch on the CPU.
-    ix = torch.randint(len(data) - block_size, (batch_size,))
-    x = torch.stack([torch.from_numpy((data[i : i + block_size]).astype(np.int64)) for i in ix])
-    y = torch.stack([torch.from_numpy((data[i + 1 : i + 1 + block_size]).astype(np.int64)) for i in ix])
+  def get_lr(self, it):  # train.py's get_lr.
+    if it < self.warmup_iters:
+      return self.peak * (it + 1) / (self.warmup_iters + 1)
+    if it > self.total:
+      return self.floor
+    ratio = (it - self.warmup_iters) / (self.total - self.warmup_iters)
+    return self.floor + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (self.peak - self.floor)
+
+  def get_batch(self):  # train.py's get_batch on the CPU.
+    torch, data, T = self.torch, self.data, self.block_size
+    ix = torch.randint(len(data) - T, (self.batch_size,))
+    x = torch.stack([torch.from_numpy((data[i : i + T]).astype(np.int64)) for i in ix])
+    y = torch.stack([torch.from_numpy((data[i + 1 : i + 1 + T]).astype(np.int64)) for i in ix])
     return x, y
 
-  X, Y = get_batch()
-  loss = None
-  for it in range(warmup + steps):
-    if it == warmup:
-      start = time.perf_counter()
-    lr = get_lr(it)
-    for group in optimizer.param_groups:
+  def _step(self) -> None:  # train.py's loop body.
+    torch = self.torch
+    lr = self.get_lr(self.it)
+    for group in self.optimizer.param_groups:
       group["lr"] = lr
-    _, loss = model(X, Y)
-    X, Y = get_batch()
+    _, loss = self.model(self.X, self.Y)
+    self.X, self.Y = self.get_batch()
     loss.backward()
-    torch.nn.utils.clip_grad_norm_(model.parameters(), opt.grad_clip_norm)
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    loss.item()
-  elapsed = time.perf_counter() - start
-  return model, {
-    "params": sum(p.numel() for p in model.parameters()),
-    "steps": steps,
-    "step_ms": elapsed / steps * 1e3,
-    "steps_per_s": steps / elapsed,
-    "last_loss": float(loss.item()),
-  }
+    torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.clip)
+    self.optimizer.step()
+    self.optimizer.zero_grad(set_to_none=True)
+    self.loss = loss.item()
+    self.it += 1
+
+  def row(self) -> dict[str, Any]:
+    params = sum(p.numel() for p in self.model.parameters())
+    return {"params": params, **self.timing(), "last_loss": float(self.loss)}
 
 
 def nanogpt_suite(
@@ -271,16 +301,20 @@ def nanogpt_suite(
     shapes.append(("GPU shape", at_shape(config, GPU_SHAPE), 1, 1))
   rows = []
   for label, shape_config, n, w in shapes:
-    ours = {"config": label, "impl": "ours: the loop's compiled step", **time_ours(shape_config, n, w)}
-    bare = {"config": label, "impl": "ours: bare jax.jit(train_step)", **time_bare(shape_config, n, w)}
-    ours["loop_over_bare_ms"] = ours["step_ms"] / bare["step_ms"]
-    rows.extend([ours, bare])
+    contenders = [ours(shape_config, w), bare(shape_config, w)]
+    if nanogpt is not None:
+      contenders.append(nanogpt_contender(shape_config, nanogpt, w))
+    interleave(contenders, n, rounds=ROUNDS if n >= ROUNDS else 1)
+    loop_row = {"config": label, "impl": "ours: the loop's compiled step", **contenders[0].row()}
+    bare_row = {"config": label, "impl": "ours: bare jax.jit(train_step)", **contenders[1].row()}
+    loop_row["loop_over_bare_ms"] = loop_row["step_ms"] / bare_row["step_ms"]
+    rows.extend([loop_row, bare_row])
     if nanogpt is None:
       rows.append({"config": label, "impl": "nanoGPT model.py + train.py loop", "skipped": why})
       continue
-    peer = time_nanogpt(shape_config, nanogpt, n, w)
+    peer = contenders[2].row()
     rows.append({"config": label, "impl": "nanoGPT model.py + train.py loop", **peer})
-    for row in (ours, bare):
+    for row in (loop_row, bare_row):
       row["ratio_vs_nanogpt"] = row["steps_per_s"] / peer["steps_per_s"]
   if nanogpt is not None:
     for seed in range(train_seeds):
