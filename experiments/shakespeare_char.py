@@ -41,13 +41,20 @@ scored on the whole validation split its own model gets 1.914 here, so the targe
 by either. Ours is 0.017 lower than nanoGPT's side by side; the sqrt(D)-scaled embedding
 initialisation is worth 0.018 over nanoGPT's (the gpt2 arm matches nanoGPT to 0.001). Our train loss
 over steps 1951-2000: 1.745 / 1.757 / 1.744.
-Speed (the same benchmark, one run, nothing else running): our training step 63.8 ms against
-nanoGPT's 36.7 ms at this config, 0.58x its steps/s (compile 2.6 s, apart); at nanoGPT's GPU shape
-(6 layers, 6 heads, D = 384, block 256, batch 64) one step 11.1 s against 8.4 s, 0.76x. Where ours
-goes: forward 12 ms, forward + backward 55-60 ms, the AdamW update about 2 ms; XLA's CPU backward
-is the gap (the feed-forward sublayer's forward + backward alone is 5x its forward). Tried without
-gain: XLA's oneDNN / XNNPACK / YNNPACK switches, Eigen single-threaded, a weight-gradient VJP in a
-transposed layout (faster alone, not in the model), optax.flatten on the optimizer.
+Speed (`python -m launch.bench --suite=nanogpt --nanogpt=DIR`, one run at 5e7087e, the three steps
+timed in interleaved rounds on the shared 2-core machine while it ran ~2.5x slower than quiet): the
+loop's step 118.0 ms, the bare jitted step 107.7 ms, nanoGPT's 120.8 ms at this config: 1.02x and
+1.12x its steps/s (compile 5.7 s, apart); at nanoGPT's GPU shape (6 layers, 6 heads, D = 384, block
+256, batch 64) one step 26.0 s against 21.0 s, 0.81x. The issue measured 0.73x (loop) at its start;
+two changes since: the
+position-wise layers run over one flat token axis (`attn/nn/tokenwise.py`: XLA's CPU backend copied
+each bias-free feed-forward's output cotangent into a transposed layout with the GELU derivative
+fused into the copy, ~25 % of the step), and a single seed is not vmapped (`compiled.over_seeds`).
+What is left (a traced bare step): the dots are 55 % of its op time and YNNPACK fusions (dots, layer
+norms' reductions) 72 %; standalone, XLA's dots at these shapes run at 0.67-0.9x torch's rate (44 vs
+66 GFLOP/s at 768 x 128 x 128, the attention projections'; 61 vs 67 at 768 x 512 x 128). Tried
+without gain: XLA's oneDNN / XNNPACK / YNNPACK switches and the concurrency-optimized scheduler off
+(per compile), Eigen single-threaded, optax.flatten on the optimizer.
 Sample (`python -m launch.sample --workdir=runs/shakespeare_char --prompt="ROMEO:" --num_tokens=500`,
 seed 0 of the run, temperature 1), its start:
   ROMEO:
