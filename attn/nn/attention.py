@@ -150,7 +150,7 @@ class MultiHeadAttention(nn.Module):
       k_BSGK = rotate(k_BSGK, offset + jnp.arange(k_BSGK.shape[-3]))
     q_BTHK, runtime_scale = self._scale_queries(q_BTHK)
     k_BSGK, v_BSGK, mask, fits_cache = self._keys_and_mask(k_BSGK, v_BSGK, mask, key_valid)
-    q_BTHK = self._ssmax_queries(q_BTHK, q_pos_T, k_BSGK.shape[-3], causal)
+    q_BTHK = self._ssmax_queries(q_BTHK, q_pos_T, mask, k_BSGK.shape[-3], causal)
     # Keys sit at 0..S-1 (the whole cache in decode mode), queries from the cache offset on.
     bias = self._position_bias(offset, bidirectional=not causal)
     variant = self._variant()
@@ -221,16 +221,20 @@ class MultiHeadAttention(nn.Module):
 
     return rms(q_BTHK, "query_norm"), rms(k_BSGK, "key_norm")
 
-  def _ssmax_queries(self, q_BTHK: Array, q_pos_T: Array, S: int, causal: bool) -> Array:
+  def _ssmax_queries(
+    self, q_BTHK: Array, q_pos_T: Array, mask: Array | None, S: int, causal: bool
+  ) -> Array:
     """SSMax (Nakanishi 2025): the logits of a query that sees n keys times s_h log n, s_h learned
-    per head (from 1 / log(ssmax_length)); n = its position + 1 under a causal mask, else S."""
+    per head (from 1 / log(ssmax_length)); n counts the keys the query may attend (the mask, key
+    padding and the causal rule), so a sequence's outputs do not depend on its batch's padding."""
     if self.attention_kind != "ssmax":
       return q_BTHK
     H = q_BTHK.shape[-2]
     init = nn.initializers.constant(1.0 / math.log(max(self.ssmax_length, 2)))
     s_H = self.param("ssmax_scale", init, (H,), self.param_dtype)
-    n_T = (q_pos_T + 1).astype(jnp.float32) if causal else jnp.full(q_pos_T.shape, float(S))
-    factor_TH = jnp.log(jnp.maximum(n_T, 1.0))[:, None] * s_H
+    n_hT = _attendable_keys(mask, q_pos_T, S=S, causal=causal)  # [..., H or 1, T]
+    log_n_Th = jnp.swapaxes(jnp.log(jnp.maximum(n_hT, 1).astype(jnp.float32)), -1, -2)
+    factor_TH = log_n_Th * s_H
     return q_BTHK * factor_TH[..., None].astype(q_BTHK.dtype)
 
   def _position_bias(self, offset, *, bidirectional: bool) -> relative.RelativeBias | None:
@@ -416,7 +420,8 @@ class MultiHeadAttention(nn.Module):
       fits = True
     except jax.errors.ConcretizationTypeError:
       fits = i + T <= S
-    start = (0,) * len(batch) + (i, 0, 0)
+    zero = jnp.zeros((), i.dtype)  # Every index of one dtype (Python 0 is int64 under x64).
+    start = (zero,) * len(batch) + (i, zero, zero)
     cached_key.value = jax.lax.dynamic_update_slice(cached_key.value, k_BTGK, start)
     cached_value.value = jax.lax.dynamic_update_slice(cached_value.value, v_BTGK, start)
     cached_valid.value = jax.lax.dynamic_update_slice(cached_valid.value, valid_BT, start[:-2])
@@ -431,3 +436,19 @@ class MultiHeadAttention(nn.Module):
       ),
       fits,
     )
+
+
+def _attendable_keys(mask: Array | None, q_pos_T: Array, *, S: int, causal: bool) -> Array:
+  """The number of keys each query may attend: [..., H or 1, T] int32 from the mask (broadcastable
+  to [..., H, T, S]) and, when `causal`, the rule key j <= the query's position. Key padding under
+  the causal rule ([..., 1, 1, S]) is a running count, never a [T, S] array."""
+  if mask is None:
+    n_T = jnp.minimum(q_pos_T + 1, S) if causal else jnp.full(q_pos_T.shape, S)
+    return n_T[None].astype(jnp.int32)
+  if causal and mask.shape[-2] == 1:
+    running = jnp.cumsum(mask[..., 0, :].astype(jnp.int32), axis=-1)  # [..., H or 1, S]
+    return jnp.take(running, jnp.clip(q_pos_T, 0, S - 1), axis=-1)
+  if causal:
+    mask = mask & (jnp.arange(S) <= q_pos_T[:, None])
+  n = jnp.sum(mask, axis=-1, dtype=jnp.int32)  # [..., H or 1, T or 1]
+  return jnp.broadcast_to(n, (*n.shape[:-1], q_pos_T.shape[0]))

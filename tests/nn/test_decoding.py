@@ -674,3 +674,14 @@ def test_every_variant_caches_like_the_full_forward(variant):
   for t in range(prompt, seq.shape[1]):
     logits, variables = step(variables["cache"], seq[:, t : t + 1], jnp.array([t]))
     np.testing.assert_allclose(logits[:, 0], full[:, t], rtol=0, atol=1e-4, err_msg=f"step {t}")
+
+
+def test_cached_decoding_works_in_64_bit_mode():
+  """With jax_enable_x64 on (common in scientific code), greedy decoding with the cache equals the
+  uncached reference, as in 32-bit mode (the cache index is int32 and every other index beside it
+  in `dynamic_update_slice` must be too)."""
+  with jax.enable_x64(True):
+    setup = _setup(LanguageModel(make_config(norm="pre")), seed=1, sharpen=3.0, inputs=PROMPT)
+    tokens, _ = reference_greedy(setup, PROMPT, N)
+    decode = jax.jit(functools.partial(greedy_decode, setup.model, max_new_tokens=N, eos_id=None))
+    np.testing.assert_array_equal(decode(setup.params, PROMPT), tokens)

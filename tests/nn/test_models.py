@@ -739,3 +739,36 @@ def test_char_encoder_adds_a_vector_per_word_from_its_characters():
   assert not np.asarray(words)[:, 3:].any()  # Words without characters: a zero vector.
   with pytest.raises(ValueError, match="char_buckets: must be 0"):
     make_config(char_buckets=1)
+
+
+PADDING_VARIANTS = [  # Every position kind and attention variant (combined: each compiles once).
+  dict(positions="sinusoidal", attention_kind="ssmax"),
+  dict(positions="rope", qk_norm="rms", logit_soft_cap=2.0, attention_kind="ssmax"),
+  dict(positions="alibi", attention_sink=True),
+  dict(positions="t5_bias", t5_num_buckets=8, t5_max_distance=16, attention_kind="sigmoid"),
+  dict(positions="learned", attention_window=2),
+]
+
+
+@pytest.mark.parametrize(
+  "implementation",
+  ["naive", pytest.param("flash", marks=pytest.mark.slow)],  # Flash compiles slowly.
+)
+@pytest.mark.parametrize(
+  "variant", PADDING_VARIANTS, ids=lambda v: ",".join(f"{k}={x}" for k, x in v.items())
+)
+def test_a_sentences_outputs_do_not_depend_on_its_batchs_padding(variant, implementation):
+  """The same 4-token sentence, padded to 5 and to 9 in its batch: the tagger's logits at its real
+  tokens are the same. (SSMax's log n counted padded keys, so tags changed with the padding.)"""
+  config = ModelConfig(
+    vocab_size=V, d_model=D, num_heads=H, d_ff=32, num_encoder_layers=2, num_decoder_layers=0,
+    num_classes=C, dropout_rate=0.0, max_length=16, attention_implementation=implementation,
+    **variant,
+  )  # fmt: skip
+  model = EncoderTagger(config)
+  sentence = [11, 12, 13, 14]
+  short = jnp.array([[*sentence, 0], [15, 16, 17, 18, 19]], jnp.int32)
+  long = jnp.array([[*sentence, 0, 0, 0, 0, 0], [15, 16, 17, 18, 19, 20, 21, 22, 23]], jnp.int32)
+  params = jax.jit(model.init)(jax.random.key(0), long)
+  apply = jax.jit(lambda tokens: model.apply(params, tokens).logits)
+  np.testing.assert_allclose(apply(short)[0, :4], apply(long)[0, :4], rtol=1e-5, atol=1e-5)
