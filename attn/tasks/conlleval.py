@@ -54,6 +54,16 @@ def entities(tags: Sequence[str]) -> list[tuple[str, int, int]]:
   return out
 
 
+def to_iob2(tags: Sequence[str]) -> tuple[str, ...]:
+  """The same entities (as `entities` reads them) tagged in IOB2: B- on each entity's first token,
+  I- on the rest, O elsewhere. IOB1 (I- opens an entity; B- only between two adjacent entities of a
+  type) becomes IOB2; IOB2 is returned unchanged."""
+  out = ["O"] * len(tags)
+  for entity_type, start, end in entities(tags):
+    out[start : end] = [f"B-{entity_type}"] + [f"I-{entity_type}"] * (end - start - 1)
+  return tuple(out)
+
+
 def _prf(correct: int, guessed: int, gold: int) -> tuple[float, float, float]:
   precision = 100.0 * correct / guessed if guessed else 0.0
   recall = 100.0 * correct / gold if gold else 0.0

@@ -2,8 +2,9 @@
 
 Files: one `token tag` per line (columns split by tabs or spaces; the token is the first column, the
 tag the last, so CoNLL-2003's `token POS chunk tag` reads too), a blank line after each sentence,
-optional `-DOCSTART-` lines (skipped). Tags are `O`, `B-TYPE` or `I-TYPE`, in IOB1 or IOB2: entity
-scoring follows conlleval's chunk rules, which read both.
+optional `-DOCSTART-` lines (skipped). Tags are `O`, `B-TYPE` or `I-TYPE`, in IOB1 or IOB2; the
+reader returns IOB2 (`conlleval.to_iob2`: the same entities by conlleval's chunk rules, each opened by
+a B-), so an IOB1 file trains under the CRF's IOB2 constraint and scores as it would have.
 
 Entity scores are conlleval's (`attn.tasks.conlleval.entity_scores`, in percent).
 
@@ -48,7 +49,7 @@ from attn.tasks.base import (
   save_once,
   split_batches,
 )
-from attn.tasks.conlleval import entity_scores, split_tag
+from attn.tasks.conlleval import entity_scores, split_tag, to_iob2
 
 SPLITS = ("train", "dev", "test")
 # Accepted file names of a split in the data folder, first match wins: "train", "train.conll", ...
@@ -80,7 +81,7 @@ def read_conll(path: str) -> list[Sentence]:
 
   def close():
     if tokens:
-      sentences.append(Sentence(tuple(tokens), tuple(tags)))
+      sentences.append(Sentence(tuple(tokens), to_iob2(tags)))
       tokens.clear()
       tags.clear()
 

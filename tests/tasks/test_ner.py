@@ -4,6 +4,7 @@ batches and scores, and the smoke preset of experiments/ner.py run as `launch.tr
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import pathlib
@@ -16,7 +17,7 @@ import pytest
 
 from attn import train
 from attn.core import crf
-from attn.tasks import ner
+from attn.tasks import conlleval, ner
 from experiments import ner as ner_experiment
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
@@ -86,10 +87,39 @@ def test_read_spaces_extra_columns_and_no_final_blank_line(tmp_path):
     "-DOCSTART- -X- -X- O\n\nEU NNP B-NP I-ORG\nrejects VBZ B-VP O\n\n\n  \nPeter NNP B-NP I-PER"
   )
   sentences = ner.read_conll(str(path))
-  assert sentences == [
-    ner.Sentence(("EU", "rejects"), ("I-ORG", "O")),
-    ner.Sentence(("Peter",), ("I-PER",)),
+  assert sentences == [  # IOB1 (CoNLL-2003's own scheme) read as IOB2.
+    ner.Sentence(("EU", "rejects"), ("B-ORG", "O")),
+    ner.Sentence(("Peter",), ("B-PER",)),
   ]
+
+
+IOB1 = """Alice	I-person
+Smith	I-person
+Bob	B-person
+met	O
+Acme	I-corporation
+Paris	I-location
+.	O
+"""
+
+
+def test_an_iob1_file_is_read_as_iob2_with_the_same_entities(tmp_path):
+  """IOB1 opens an entity with I- (B- only between two adjacent entities of one type). Read as it
+  is, every opening I- is a move the CRF's IOB2 constraint forbids (training then reported losses in
+  the hundreds); the reader gives each entity a B- instead, and conlleval reads the same entities."""
+  path = tmp_path / "train"
+  path.write_text(IOB1)
+  (sentence,) = ner.read_conll(str(path))
+  assert sentence.tags == (
+    "B-person", "I-person", "B-person", "O", "B-corporation", "B-location", "O",
+  )  # fmt: skip
+  raw = [line.split("\t")[1] for line in IOB1.splitlines()]
+  assert conlleval.entities(sentence.tags) == conlleval.entities(raw)
+  names = ner._class_names({"train": [sentence]})
+  allowed, may_start = crf.iob2_constraints(names)
+  ids = [names.index(t) for t in sentence.tags]
+  assert may_start[ids[0]] and all(allowed[a, b] for a, b in itertools.pairwise(ids))
+  assert conlleval.to_iob2(sentence.tags) == sentence.tags  # IOB2 is left as it is.
 
 
 def test_malformed_line_names_file_and_line(tmp_path):
