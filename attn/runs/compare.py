@@ -283,8 +283,14 @@ class _FinalAndBest(NamedTuple):
 
 
 def _final_and_best(run: Run, metric: str) -> _FinalAndBest:
-  """Final and best (per seed over steps) eval values of a metric, as mean and std over seeds."""
+  """Final and best (per seed over steps) eval values of a metric, as mean and std over seeds. The
+  final values of an early-stopped run are its result: the evaluation of its best parameters (split
+  `files.BEST_SPLIT`, where its test metrics are), not its last eval line."""
   steps, values = eval_curve(run, metric)
+  result_steps, result_values = eval_curve(run, metric, files.BEST_SPLIT)
+  if result_steps.size and (steps.size == 0 or values.shape[1] == result_values.shape[1]):
+    steps = np.concatenate([steps, result_steps[-1:]])
+    values = np.concatenate([values.reshape(-1, result_values.shape[1]), result_values[-1:]])
   if steps.size == 0:
     return _FinalAndBest()
   with warnings.catch_warnings():  # All-NaN seeds (a diverged run) give NaN, which is what we want.

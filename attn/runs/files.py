@@ -44,6 +44,9 @@ OVERRIDES_FILE = "overrides.json"
 STATUS_FILE = "status.json"
 TRAIN_LOG = "train.log"
 LOCK_FILE = "lock"  # "PID HOST" of the process training in the folder, while it runs.
+# metrics.jsonl's split of an early-stopped run's final evaluation: each seed's best parameters, the
+# run's result (test metrics included), which `launch.compare` reports as its final values.
+BEST_SPLIT = "best"
 SAMPLES_DIR = "samples"  # <step>.txt: a language model's samples at each evaluation.
 # config.json's record of the files a run's task read, {absolute path: sha256}: part of its identity.
 DATA_HASHES = "data_sha256"

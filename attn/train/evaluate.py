@@ -20,8 +20,7 @@ from attn.train.config import ConfigError
 from attn.train.predict import Predictor
 
 PROBE_SEED_OFFSET = 12345  # The probe's inputs come from PRNGKey(data_seed + this).
-# metrics.jsonl's split of an early-stopped run's final evaluation: each seed's best parameters.
-BEST_SPLIT = "best"
+BEST_SPLIT = files.BEST_SPLIT  # An early-stopped run's final evaluation (its best parameters').
 
 
 class NonFiniteLossError(RuntimeError):

@@ -24,7 +24,7 @@ from attn.tasks import denoise
 from attn.train import checkpoints, sharding
 from attn.train.config import SCHEDULES, ConfigError, OptimizerConfig, TrainConfig
 from attn.train.objectives import Objective, objective_for
-from attn.train.steps import TrainState, state_initializer
+from attn.train.steps import TrainState, result_params, state_initializer
 
 __all__ = ["SCHEDULES", "ConfigError", "Run", "build_run", "restore_run"]
 
@@ -237,7 +237,8 @@ def restore_state(workdir: str, config: ml_collections.ConfigDict | None = None)
 
 
 def restore_run(workdir: str, seed_index: int = 0):
-  """Loads a run directory for inspection: returns (run, params of one seed).
+  """Loads a run directory for inspection: returns (run, the run's parameters of one seed: the best
+  evaluation's under early stopping, see `result_params`).
 
   A task's files saved in the run directory (a translation run's subword model) are loaded, not
   built again from the training data.
@@ -250,14 +251,15 @@ def restore_run(workdir: str, seed_index: int = 0):
   if not 0 <= seed_index < num_seeds:
     raise ConfigError(f"--seed_index: {seed_index} is not in [0, {num_seeds})")
   run, state = restore_state(workdir, config)
-  return run, jax.tree.map(lambda x: x[seed_index], state.params)
+  return run, jax.tree.map(lambda x: x[seed_index], result_params(state))
 
 
 def init_from(train: TrainConfig, params):
   """`params` (with their leading seed axis) with every parameter that `train.init_from`'s run also
-  has, by name, taken from that run: seed i from its seed i mod its seed count. Top-level names in
-  `train.init_from_skip` (comma-separated; the output head by default) stay as initialised, as do
-  parameters the other run lacks. Returns `params` unchanged when `train.init_from` is empty.
+  has, by name, taken from that run's parameters (`result_params`): seed i from its seed i mod its
+  seed count. Top-level names in `train.init_from_skip` (comma-separated; the output head by default)
+  stay as initialised, as do parameters the other run lacks. Returns `params` unchanged when
+  `train.init_from` is empty.
 
   Raises:
     ConfigError: naming the parameter and both shapes when the two runs disagree on one, or when no
@@ -276,7 +278,7 @@ def init_from(train: TrainConfig, params):
   which = jnp.arange(num_seeds) % num_source  # Seed i takes the source's seed i mod its count.
   source_leaves = {
     jax.tree_util.keystr(path): leaf[which]
-    for path, leaf in jax.tree_util.tree_leaves_with_path(state.params)
+    for path, leaf in jax.tree_util.tree_leaves_with_path(result_params(state))
   }
   taken = []
 

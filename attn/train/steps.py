@@ -29,6 +29,22 @@ class TrainState:
   best: Any = None
 
 
+def result_params(state: TrainState):
+  """The run's parameters: the one definition every reader of a run uses (`restore_run`, so
+  `launch.analyze`, `launch.sample` and `launch.attend`, and `config.init_from`). Under early stopping,
+  each seed's best evaluation's parameters, those its final metrics were computed on; elsewhere, and
+  for a seed not yet evaluated, the last step's. Leaves may carry leading seed axes."""
+  if state.best is None:
+    return state.params
+  evaluated = jnp.isfinite(state.best["score"])  # [seeds...]; -inf until the first evaluation.
+
+  def pick(best, last):
+    where = evaluated.reshape(evaluated.shape + (1,) * (best.ndim - evaluated.ndim))
+    return jnp.where(where, best, last)
+
+  return jax.tree.map(pick, state.best["params"], state.params)
+
+
 def state_initializer(model, optimizer, example_inputs, *, keep_best: bool = False, boxed=False):
   """rng -> a fresh TrainState for one seed (parameters from init_rng, dropout from the other half);
   with `keep_best`, also the best-so-far record early stopping keeps. `boxed`: the parameters (and the

@@ -189,6 +189,22 @@ def test_compare_table_exact_final_and_best(heads_sweep):
   assert sixteen.final_mean is None and sixteen.num_seeds is None and sixteen.step is None
 
 
+def test_an_early_stopped_runs_final_values_are_its_best_parameters_evaluation(tmp_path):
+  """An early-stopped run's result is the evaluation of its best parameters (split "best", written
+  at the end with the test metrics): the table's final values come from it, test F1 included, not
+  from the last eval line (which scores the last parameters, after the run stopped improving)."""
+  evals = {100: {"f1": [40.0, 50.0]}, 200: {"f1": [60.0, 55.0]}, 300: {"f1": [50.0, 45.0]}}
+  _write_run(tmp_path / "r", evals, summary={"main_metric": "f1"})
+  best = {"step": 300, "split": "best", "f1": [60.0, 55.0], "test_f1": [30.0, 20.0]}
+  with open(tmp_path / "r" / "metrics.jsonl", "a") as f:
+    f.write(json.dumps(best) + "\n")
+  (run,) = compare.load_runs(tmp_path / "r")
+  (row,) = compare.compare_table([run])
+  assert row.final_mean == pytest.approx(57.5) and row.best_mean == pytest.approx(57.5)
+  (test_row,) = compare.compare_table([run], "test_f1")
+  assert test_row.final_mean == pytest.approx(25.0) and test_row.step == 300
+
+
 def test_compare_table_metric_override_uses_min_for_loss(heads_sweep):
   rows = compare.compare_table(compare.load_runs(heads_sweep), metric="loss")
   assert rows[0].metric == "loss"

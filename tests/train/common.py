@@ -38,12 +38,13 @@ def set_fields(config, fields: dict):
   return config
 
 
-def write_untrained_run(config, workdir: str):
+def write_untrained_run(config, workdir: str, edit=None):
   """A run directory as `train_and_evaluate(config, workdir)` leaves one for `restore_run` and
   `init_from`, without the training: config.json (through the loop's own writer), the task's files
   and, at step `config.num_train_steps`, a checkpoint (through the loop's checkpoint manager) of the
   state that run starts from, each seed's initial parameters. Nothing but the initialisation is
-  compiled: for tests of what reads a run. Returns that state (with its leading seed axis)."""
+  compiled: for tests of what reads a run. `edit(state) -> state` changes the state before it is
+  saved. Returns the saved state (with its leading seed axis)."""
   import jax
 
   from attn.train import checkpoints, loop, setup
@@ -53,6 +54,8 @@ def write_untrained_run(config, workdir: str):
   loop.write_config(run, workdir)
   run.task.save(workdir)
   state = jax.jit(jax.vmap(run.state_initializer()))(run.seed_rngs())
+  if edit is not None:
+    state = edit(state)
   manager = checkpoints.manager(workdir, run.train.checkpoints_to_keep)
   checkpoints.save(manager, run.num_train_steps, state)
   manager.close()

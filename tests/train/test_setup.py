@@ -230,3 +230,30 @@ def test_num_train_epochs_needs_a_fixed_training_set():
   config.num_train_epochs = 1.0
   with pytest.raises(setup.ConfigError, match=r"config\.num_train_epochs: the .* task draws fresh"):
     setup.build_run(config)
+
+
+def test_every_reader_of_an_early_stopped_run_takes_its_best_parameters(tmp_path):
+  """Under early stopping a run's final metrics are its best evaluation's; restore_run (so analyze,
+  sample and attend) and init_from read those parameters too, not the last step's. Seed 0 has been
+  evaluated (its best record is +1 from the last parameters), seed 1 not yet (its score is still
+  -inf): it gives its last parameters."""
+  config = _config(num_seeds=2, early_stopping_patience=2)
+
+  def edit(state):
+    best = dict(state.best)
+    best["params"] = jax.tree.map(lambda x: x + 1.0, state.params)
+    best["score"] = jnp.asarray([0.5, -jnp.inf])
+    return state.replace(best=best)
+
+  saved = write_untrained_run(config, str(tmp_path / "run"), edit)
+  for seed, offset in ((0, 1.0), (1, 0.0)):
+    _, params = setup.restore_run(str(tmp_path / "run"), seed)
+    for got, last in zip(jax.tree.leaves(params), jax.tree.leaves(saved.params), strict=True):
+      np.testing.assert_allclose(got, np.asarray(last[seed]) + offset, rtol=1e-6)
+  config = _config(num_seeds=2, init_from=str(tmp_path / "run"), init_from_skip="")
+  fresh = jax.tree.map(jnp.zeros_like, saved.params)
+  taken = setup.init_from(train.TrainConfig.from_config(config), fresh)
+  for got, last in zip(jax.tree.leaves(taken), jax.tree.leaves(saved.params), strict=True):
+    np.testing.assert_allclose(
+      got, np.asarray(last) + np.asarray([1.0, 0.0]).reshape((2,) + (1,) * (last.ndim - 1)), rtol=1e-6
+    )
