@@ -60,7 +60,7 @@ def to_iob2(tags: Sequence[str]) -> tuple[str, ...]:
   type) becomes IOB2; IOB2 is returned unchanged."""
   out = ["O"] * len(tags)
   for entity_type, start, end in entities(tags):
-    out[start : end] = [f"B-{entity_type}"] + [f"I-{entity_type}"] * (end - start - 1)
+    out[start:end] = [f"B-{entity_type}"] + [f"I-{entity_type}"] * (end - start - 1)
   return tuple(out)
 
 

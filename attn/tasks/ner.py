@@ -53,6 +53,7 @@ from attn.tasks.conlleval import entity_scores, split_tag, to_iob2
 
 SPLITS = ("train", "dev", "test")
 # Accepted file names of a split in the data folder, first match wins: "train", "train.conll", ...
+SAVED_FILES = ("vocab.txt", "tags.txt")  # A run's word vocabulary and tags (`NerTask.save`).
 FILE_SUFFIXES = ("", ".conll", ".txt", ".iob", ".bio")
 DOCSTART = "-DOCSTART-"
 _TAG = re.compile(r"^(O|[BI]-\S+)$")
@@ -403,7 +404,7 @@ class NerTask(Task):
     Raises:
       ValueError: when the run directory holds a different vocabulary or tag set (the data changed).
     """
-    for name, items in (("vocab.txt", self.vocab.tokens), ("tags.txt", self.class_names)):
+    for name, items in zip(SAVED_FILES, (self.vocab.tokens, self.class_names), strict=True):
       text = "".join(f"{item}\n" for item in items)
       save_once(os.path.join(workdir, name), text.encode("utf-8"), name)
 
@@ -429,15 +430,24 @@ def build_vocabulary(sentences: list[Sentence], min_count: int) -> Vocabulary:
   return Vocabulary((*SPECIALS, *words))
 
 
+def _saved_vocabulary(workdir: str | None) -> tuple[Vocabulary | None, tuple[str, ...] | None]:
+  """The word vocabulary and tag names a run saved (vocab.txt, tags.txt), or (None, None)."""
+  if not workdir or not all(os.path.exists(os.path.join(workdir, n)) for n in SAVED_FILES):
+    return None, None
+  vocab_lines, tag_lines = (read_lines(os.path.join(workdir, name)) for name in SAVED_FILES)
+  return Vocabulary(tuple(vocab_lines)), tuple(tag_lines)
+
+
 def make_task(task_config, data_config, *, seed: int, workdir: str | None = None) -> NerTask:
   """The NER task of `task_config` (fields max_length, min_count, max_features, word_dropout and
-  optionally max_chars) on the folder `data_config.path` holding train, dev and test files.
+  optionally max_chars) on the folder `data_config.path` holding train, dev and test files. With a
+  `workdir` holding a run's saved vocabulary and tags (vocab.txt, tags.txt), those are used, not
+  rebuilt from the data.
 
   Raises:
     ValueError: naming the config field (a bad value, no data.path, a missing file) or, for a
       malformed line, the file and line number.
   """
-  del workdir  # The vocabulary is rebuilt from the data and checked against the saved one by save().
   path = data_config.get("path", "") if data_config is not None else ""
   if not path:
     raise ValueError("config.data.path: the ner task needs a folder holding train, dev and test files")
@@ -462,10 +472,19 @@ def make_task(task_config, data_config, *, seed: int, workdir: str | None = None
   for split, sentences in splits.items():
     if not sentences:
       raise ValueError(f"config.data.path: the {split} file in {path!r} holds no sentences")
+  vocab, class_names = _saved_vocabulary(workdir)  # A run's own, never rebuilt on restore.
+  vocab = vocab or build_vocabulary(splits["train"], int(task_config.min_count))
+  class_names = class_names or _class_names(splits)
+  unknown = sorted({t for sents in splits.values() for s in sents for t in s.tags} - set(class_names))
+  if unknown:
+    raise ValueError(
+      f"config.data.path: tags {unknown} of {path!r} are not among the run's saved tags "
+      f"{list(class_names)} (tags.txt in {workdir!r}); the data changed since the run was trained"
+    )
   return NerTask(
     splits=splits,
-    vocab=build_vocabulary(splits["train"], int(task_config.min_count)),
-    class_names=_class_names(splits),
+    vocab=vocab,
+    class_names=class_names,
     max_length=int(task_config.max_length),
     max_features=int(task_config.max_features),
     word_dropout=float(task_config.word_dropout),

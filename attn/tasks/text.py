@@ -104,6 +104,15 @@ def char_vocabulary(text: str) -> Vocabulary:
   return Vocabulary((*SPECIALS, *sorted(set(text) - set(SPECIALS))))
 
 
+def load_char_vocabulary(path: str) -> Vocabulary:
+  """The character vocabulary a run saved (`TextTask.save`), or ValueError naming the file."""
+  try:
+    with open(path, encoding="utf-8") as f:
+      return Vocabulary(tuple(json.load(f)))
+  except (OSError, ValueError, TypeError) as e:
+    raise ValueError(f"{path}: not a saved character vocabulary ({e})") from None
+
+
 class TextTask(Task):
   """A language-modelling task over one token stream per split (see the module docstring)."""
 
@@ -292,8 +301,9 @@ def _int_field(task_config, name: str, minimum: int) -> int:
 def make_task(task_config, data_config=None, *, seed: int = 0, workdir: str | None = None) -> TextTask:
   """The text task of `config.task` (fields `tokenizer`, `block_size`, `eval_windows`, `vocab_size`
   for subwords, `num_samples`, `sample_tokens`, `sample_prompt`, `eval_lengths`) on
-  `config.data.path`. With a `workdir` holding a saved subword model, that model is loaded instead
-  of trained again.
+  `config.data.path`. With a `workdir` holding a saved vocabulary (vocab.json) or subword model,
+  that is loaded instead of built again from the text: a run's vocabulary is part of its identity,
+  never rebuilt (a character the saved vocabulary lacks is <unk>, as in validation text).
 
   Raises:
     ValueError: naming the config field, the path, or FILE:LINE of bytes that are not UTF-8.
@@ -333,7 +343,9 @@ def make_task(task_config, data_config=None, *, seed: int = 0, workdir: str | No
     train_ids, val_ids = encode_lines(subwords, train_text), encode_lines(subwords, val_text)
     val_chars = subword_characters(subwords, val_ids)
   else:
-    vocab = char_vocabulary(train_text)
+    saved = os.path.join(workdir, CHAR_VOCAB_FILE) if workdir else ""
+    vocab = load_char_vocabulary(saved) if saved and os.path.exists(saved) else None
+    vocab = vocab or char_vocabulary(train_text)
     train_ids = vocab.encode(list(train_text))
     val_ids = vocab.encode(list(val_text))  # A character the training split lacks is <unk>.
     val_chars = np.ones(len(val_ids), np.int32)

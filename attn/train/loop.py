@@ -196,7 +196,8 @@ class _Trainer:
     state = self.steps.init(self.run.seed_rngs())
     if self.run.train.init_from:  # A fresh run only: a resumed one has its own parameters.
       params = sharding.to_global(
-        init_from(self.run.train, state.params), self.steps.state_shardings.params
+        init_from(self.run.train, state.params, vocab=getattr(self.run.task, "vocab", None)),
+        self.steps.state_shardings.params,
       )
       state = state.replace(params=params)
       logging.info("Parameters taken by name from %s.", self.run.train.init_from)

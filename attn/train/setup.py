@@ -254,12 +254,32 @@ def restore_run(workdir: str, seed_index: int = 0):
   return run, jax.tree.map(lambda x: x[seed_index], result_params(state))
 
 
-def init_from(train: TrainConfig, params):
+EMBEDDER = "embedder"  # The models' top-level name of the token embedding (rows by token id).
+
+
+def _check_same_vocabulary(source: str, theirs, ours) -> None:
+  """ConfigError naming the first token id the two vocabularies disagree on."""
+  if tuple(theirs) == tuple(ours):
+    return
+  i = next((i for i, (a, b) in enumerate(zip(theirs, ours, strict=False)) if a != b), None)
+  if i is None:
+    why = f"{len(theirs)} tokens there, {len(ours)} here"
+  else:
+    why = f"token {i} is {theirs[i]!r} there, {ours[i]!r} here"
+  raise ConfigError(
+    f"config.init_from: {source!r} has another vocabulary ({why}); its embedding rows would be "
+    f"taken by index for other tokens. Train on the same vocabulary, or add {EMBEDDER!r} to "
+    "config.init_from_skip"
+  )
+
+
+def init_from(train: TrainConfig, params, *, vocab=None):
   """`params` (with their leading seed axis) with every parameter that `train.init_from`'s run also
   has, by name, taken from that run's parameters (`result_params`): seed i from its seed i mod its
   seed count. Top-level names in `train.init_from_skip` (comma-separated; the output head by default)
   stay as initialised, as do parameters the other run lacks. Returns `params` unchanged when
-  `train.init_from` is empty.
+  `train.init_from` is empty. With `vocab` (this run's task's `Vocabulary`), the other run's must
+  be the same token for token, unless the embedder is skipped: embedding rows are taken by index.
 
   Raises:
     ConfigError: naming the parameter and both shapes when the two runs disagree on one, or when no
@@ -273,6 +293,9 @@ def init_from(train: TrainConfig, params):
     source_run, state = restore_state(source)
   except ConfigError as e:
     raise ConfigError(f"config.init_from: {str(e).removeprefix('--workdir: ')}") from None
+  source_vocab = getattr(source_run.task, "vocab", None)
+  if vocab is not None and source_vocab is not None and EMBEDDER not in skip:
+    _check_same_vocabulary(source, source_vocab.tokens, vocab.tokens)
   num_source = source_run.train.num_seeds
   num_seeds = jax.tree.leaves(params)[0].shape[0]
   which = jnp.arange(num_seeds) % num_source  # Seed i takes the source's seed i mod its count.

@@ -427,3 +427,24 @@ def test_num_train_epochs_counts_passes_over_the_training_sentences(data_dir):
   config.num_train_epochs = -1.0
   with pytest.raises(train.ConfigError, match=r"config\.num_train_epochs: must be a number >= 0"):
     train.build_run(config)
+
+
+def test_a_runs_saved_vocabulary_and_tags_are_loaded_not_rebuilt(data_dir, tmp_path):
+  """Restoring a NER run after its data changed: the run's own word vocabulary and tags (a new
+  training word would otherwise renumber the vocabulary); a tag the run never had is one line."""
+  task = make(data_dir)
+  workdir = tmp_path / "run"
+  workdir.mkdir()
+  task.save(str(workdir))
+  (data_dir / "train").write_text("Aardvark\tO\n\n" + TRAIN, encoding="utf-8")
+
+  def restore():
+    config = ml_collections.ConfigDict({"path": str(data_dir)})
+    return ner.make_task(task_config(), config, seed=0, workdir=str(workdir))
+
+  restored = restore()
+  assert restored.vocab == task.vocab and restored.class_names == task.class_names
+  assert make(data_dir).vocab != task.vocab  # Without the run's folder: rebuilt from the data.
+  (data_dir / "dev").write_text("Bob\tB-animal\n", encoding="utf-8")
+  with pytest.raises(ValueError, match=r"^config\.data\.path: tags \['B-animal'\] of .* saved tags"):
+    restore()

@@ -158,6 +158,23 @@ def test_save_writes_the_vocabulary_and_refuses_a_different_one(text_file, tmp_p
     build(text_file).save(str(workdir))
 
 
+def test_a_runs_saved_vocabulary_is_loaded_not_rebuilt_from_changed_text(text_file, tmp_path):
+  """Restoring a run (launch.sample, analyze, attend) after its training text changed: the run's
+  own vocabulary, not one rebuilt from the new text (which renumbers every character after a new
+  one, so the trained embedding rows would be read for other characters)."""
+  task = build(text_file)
+  workdir = tmp_path / "run"
+  workdir.mkdir()
+  task.save(str(workdir))
+  text_file.write_text("!" + TEXT, encoding="utf-8")  # "!" sorts first: every id would shift.
+  changed = make_task(
+    task_config(), ml_collections.ConfigDict({"path": str(text_file)}), seed=0, workdir=str(workdir)
+  )
+  assert changed.vocab == task.vocab
+  assert changed.train_ids[0] == task.vocab.unk_id  # The new character is <unk>, as in validation.
+  assert build(text_file).vocab != task.vocab  # Without the run's folder: built from the text.
+
+
 @pytest.mark.slow  # Over ~3 s on 2 cores (compiling).
 def test_samples_start_with_the_prompt(text_file):
   task = build(text_file, num_samples=2, sample_tokens=5, sample_prompt="All:")

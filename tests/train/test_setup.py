@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from attn import train
+from attn.tasks import Vocabulary
 from attn.train import setup
 from tests.train.common import smoke_config as _config
 from tests.train.common import write_untrained_run
@@ -207,6 +208,19 @@ def test_init_from_takes_matching_parameters_by_name_and_refuses_other_shapes(tm
     )
   np.testing.assert_array_equal(params["classifier"]["kernel"], fresh["classifier"]["kernel"])
   assert pretrained["classifier"]["kernel"].shape[-1] == len(task.vocab)  # Skipped, not refused.
+
+  # Embedding rows are taken by index: a vocabulary of the same size with other tokens is refused,
+  # unless the embedder is skipped.
+  train_config = train.TrainConfig.from_config(config)
+  setup.init_from(train_config, fresh, vocab=task.vocab)  # The same vocabulary: fine.
+  tokens = list(task.vocab.tokens)
+  tokens[4], tokens[5] = tokens[5], tokens[4]
+  other = Vocabulary(tuple(tokens))
+  with pytest.raises(setup.ConfigError, match=r"^config\.init_from: .* another vocabulary \(token 4 "):
+    setup.init_from(train_config, fresh, vocab=other)
+  config.init_from_skip = "classifier,crf,embedder"
+  setup.init_from(train.TrainConfig.from_config(config), fresh, vocab=other)
+  config.init_from_skip = "classifier,crf"
 
   config.model.d_model = 2 * config.model.d_model
   config.model.d_ff = 2 * config.model.d_ff
