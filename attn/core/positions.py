@@ -136,7 +136,19 @@ def t5_buckets(
   """T5's relative-position buckets (Raffel et al. 2020, mesh_tensorflow's `_relative_position_bucket`)
   of key position minus query position: exact buckets for small distances, logarithmic ones up to
   `max_distance`, one bucket beyond. Bidirectional: half the buckets for keys after the query.
-  Causal: keys after the query share bucket 0 (they are masked anyway). int32, the input's shape."""
+  Causal: keys after the query share bucket 0 (they are masked anyway). int32, the input's shape.
+
+  Raises:
+    ValueError: fewer than 2 exact buckets per direction (num_buckets >= 4; >= 2 causal) or a
+      max_distance not beyond them (the logarithmic buckets would divide by zero).
+  """
+  per_direction = num_buckets // 2 if bidirectional else num_buckets
+  if per_direction < 2 or max_distance <= per_direction // 2:
+    raise ValueError(
+      f"t5_buckets: num_buckets={num_buckets} ({'bidirectional' if bidirectional else 'causal'}) "
+      f"needs >= {4 if bidirectional else 2} and max_distance > {max(per_direction // 2, 1)}, "
+      f"got max_distance={max_distance}"
+    )
   relative = _positions_array("t5_buckets", relative_position).astype(jnp.int32)
   n = -relative  # Query position minus key position.
   bucket = jnp.zeros_like(n)

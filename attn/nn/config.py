@@ -172,10 +172,10 @@ class ModelConfig:
       raise ValueError(
         f"rope_fraction: {self.rope_fraction} of head dim {self.resolved_head_dim} rotates no pair"
       )
-    if self.t5_num_buckets < 2 or self.t5_max_distance < self.t5_num_buckets // 2:
+    if self.t5_num_buckets < 4 or self.t5_max_distance <= self.t5_num_buckets // 2:
       raise ValueError(
-        f"t5_num_buckets: {self.t5_num_buckets} buckets need at least 2 and t5_max_distance >= half "
-        f"of them, got t5_max_distance={self.t5_max_distance}"
+        f"t5_num_buckets: {self.t5_num_buckets} buckets need at least 4 (2 exact ones per direction "
+        f"in an encoder) and t5_max_distance > half of them, got t5_max_distance={self.t5_max_distance}"
       )
     cap = self.logit_soft_cap
     if cap is not None and (isinstance(cap, bool) or not 0.0 < cap < float("inf")):
@@ -187,6 +187,7 @@ class ModelConfig:
     check_choice("dtype", self.dtype, DTYPES)
     if self.attention_implementation is not None:
       check_choice("attention_implementation", self.attention_implementation, IMPLEMENTATIONS)
+    self._check_implementation()
     w = self.attention_window
     if w is not None and (isinstance(w, bool) or not isinstance(w, numbers.Integral) or w < 0):
       raise ValueError(f"attention_window: must be None (full attention) or an int >= 0, got {w!r}")
@@ -196,6 +197,28 @@ class ModelConfig:
       if not 0 <= getattr(self, field) < self.vocab_size:
         raise ValueError(
           f"{field}: {getattr(self, field)} is outside the vocabulary [0, {self.vocab_size})"
+        )
+
+  def _check_implementation(self) -> None:
+    """What the chosen attention implementation cannot run, refused here rather than at trace time."""
+    impl = self.attention_implementation
+    if impl == "flash" and self.attention_dropout_rate > 0:
+      raise ValueError(
+        f"attention_dropout_rate: {self.attention_dropout_rate} needs the weights, which "
+        "attention_implementation='flash' never forms; use 'naive' or None (chooses per call)"
+      )
+    if impl != "jax":
+      return
+    unsupported = {
+      "logit_soft_cap": self.logit_soft_cap is not None,
+      "attention_sink": self.attention_sink,
+      "attention_kind": self.attention_kind == "sigmoid",
+    }
+    for field, refused in unsupported.items():
+      if refused:
+        raise ValueError(
+          f"{field}: {getattr(self, field)!r} is not in jax.nn.dot_product_attention "
+          "(attention_implementation='jax'); use 'flash', 'naive' or None"
         )
 
   @property

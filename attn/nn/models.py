@@ -321,6 +321,11 @@ class LanguageModel(nn.Module):
   @nn.compact
   def __call__(self, tokens_BT: Array, *, positions_BT=None, deterministic=True) -> Array:
     cfg = self.config
+    if cfg.num_decoder_layers < 1:
+      raise ValueError(
+        f"num_decoder_layers: a LanguageModel needs at least one decoder layer, got "
+        f"{cfg.num_decoder_layers}"
+      )
     if self.decode and positions_BT is None and not self.is_initializing():
       raise ValueError("positions_BT is required in decode mode (the cache offset onwards)")
     key_valid_BT = tokens_BT != cfg.pad_id  # Cached with the keys in decode mode.

@@ -182,3 +182,18 @@ def test_t5_buckets_match_the_reference_values():
   npt.assert_array_equal(
     shifted, relative.t5_buckets(jnp.arange(4)[None, :] - jnp.arange(3)[:, None], bidirectional=True)
   )
+
+
+@pytest.mark.parametrize(
+  "bidirectional, num_buckets, max_distance",
+  [(True, 3, 8), (True, 8, 2), (False, 1, 8), (False, 4, 2)],
+)
+def test_t5_buckets_refuse_too_few_buckets_or_too_short_a_distance(
+  bidirectional, num_buckets, max_distance
+):
+  """Fewer than two exact buckets per direction, or max_distance not beyond them: the logarithmic
+  buckets divide by zero (a ZeroDivisionError or NaN buckets); one line instead."""
+  with pytest.raises(ValueError, match=r"^t5_buckets: num_buckets="):
+    relative.t5_buckets(
+      jnp.arange(-4, 5), bidirectional=bidirectional, num_buckets=num_buckets, max_distance=max_distance
+    )

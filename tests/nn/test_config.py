@@ -316,7 +316,7 @@ def test_feature_buckets_one_or_negative_is_an_error(buckets):
     ({"rope_fraction": 0.0}, "rope_fraction: must be in (0, 1]"),
     ({"rope_fraction": 1.5}, "rope_fraction: must be in (0, 1]"),
     ({"positions": "rope", "rope_fraction": 0.01}, "rope_fraction: 0.01 of head dim 64 rotates no pair"),
-    ({"t5_num_buckets": 1}, "t5_num_buckets: 1 buckets need at least 2"),
+    ({"t5_num_buckets": 1}, "t5_num_buckets: 1 buckets need at least 4"),
     ({"logit_soft_cap": 0.0}, "logit_soft_cap: must be None or a positive float"),
     ({"logit_soft_cap": -3.0}, "logit_soft_cap: must be None or a positive float"),
     ({"attention_sink": True, "attention_kind": "sigmoid"}, "attention_sink: a sink adds to a softmax"),
@@ -326,3 +326,25 @@ def test_variant_fields_are_checked_in_one_line(changes, message):
   with pytest.raises(ValueError) as error:
     ModelConfig(**changes)
   assert str(error.value).startswith(message) and "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize(
+  "fields, message",
+  [  # Each validated before, then failed when the model ran (a ZeroDivisionError or a trace error).
+    (dict(positions="t5_bias", t5_num_buckets=3, t5_max_distance=2), r"^t5_num_buckets: 3 buckets"),
+    (dict(positions="t5_bias", t5_num_buckets=8, t5_max_distance=4), r"^t5_num_buckets: 8 buckets"),
+    (
+      dict(attention_implementation="flash", attention_dropout_rate=0.1),
+      r"^attention_dropout_rate: 0\.1 needs the weights",
+    ),
+    (dict(attention_implementation="jax", logit_soft_cap=5.0), r"^logit_soft_cap: 5\.0 is not in"),
+    (dict(attention_implementation="jax", attention_sink=True), r"^attention_sink: True is not in"),
+    (
+      dict(attention_implementation="jax", attention_kind="sigmoid"),
+      r"^attention_kind: 'sigmoid' is not in",
+    ),
+  ],
+)
+def test_configs_the_model_cannot_run_are_refused_naming_the_field(fields, message):
+  with pytest.raises(ValueError, match=message):
+    ModelConfig(**fields)

@@ -772,3 +772,10 @@ def test_a_sentences_outputs_do_not_depend_on_its_batchs_padding(variant, implem
   params = jax.jit(model.init)(jax.random.key(0), long)
   apply = jax.jit(lambda tokens: model.apply(params, tokens).logits)
   np.testing.assert_allclose(apply(short)[0, :4], apply(long)[0, :4], rtol=1e-5, atol=1e-5)
+
+
+def test_a_language_model_without_decoder_layers_is_refused_naming_the_field():
+  """It used to initialise, then fail in cached decoding with a KeyError."""
+  model = LanguageModel(ModelConfig(vocab_size=V, d_model=D, num_heads=H, num_decoder_layers=0))
+  with pytest.raises(ValueError, match=r"^num_decoder_layers: a LanguageModel needs at least one"):
+    model.init(jax.random.key(0), jnp.ones((1, 3), jnp.int32))
