@@ -63,3 +63,18 @@ def pytest_configure(config):
   directory = str(config._tmp_path_factory.getbasetemp() / "jax_compilation_cache")
   os.environ["JAX_COMPILATION_CACHE_DIR"] = directory  # For the child processes tests start.
   jax.config.update("jax_compilation_cache_dir", directory)
+
+
+# Property tests (hypothesis, a test-only dependency): a few fixed examples in every run, so the
+# suite is deterministic and fast; HYPOTHESIS_PROFILE=long draws many random ones for an occasional
+# search (`HYPOTHESIS_PROFILE=long pytest -m property`).
+try:
+  import hypothesis
+except ImportError:  # Not installed: the property tests skip themselves.
+  pass
+else:
+  hypothesis.settings.register_profile(
+    "default", max_examples=6, deadline=None, derandomize=True, database=None, print_blob=True
+  )
+  hypothesis.settings.register_profile("long", max_examples=300, deadline=None, database=None)
+  hypothesis.settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))

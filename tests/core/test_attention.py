@@ -5,6 +5,8 @@ attention functions of `jax.nn` and `flax.linen`. Layout: query [batch..., T, H,
 [batch..., S, G, K(v)], masks and biases broadcastable to [batch..., H, T, S].
 """
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -776,3 +778,85 @@ def test_variants_jax_nn_lacks_are_refused_by_jax_by_name():
     attn.dot_product_attention(q, k, v, logit_soft_cap=0.0)
   with pytest.raises(ValueError, match=r"^sink_logits: a sink adds to the softmax's denominator"):
     attn.dot_product_attention(q, k, v, kind="sigmoid", sink_logits=jnp.zeros(2))
+
+
+# --------------------------------------------------------------------------------------------------
+# A property over shapes, dtypes, masks and variants (hypothesis).
+# --------------------------------------------------------------------------------------------------
+
+hypothesis = pytest.importorskip("hypothesis")
+st = hypothesis.strategies
+
+
+@st.composite
+def _attention_inputs(draw):
+  B, T, S = draw(st.integers(1, 2)), draw(st.integers(1, 9)), draw(st.integers(1, 9))
+  G = draw(st.sampled_from([1, 2]))
+  H = G * draw(st.sampled_from([1, 2]))
+  K = draw(st.sampled_from([1, 4, 8]))
+  dtype = draw(st.sampled_from([jnp.float32, jnp.bfloat16]))
+  seed = draw(st.integers(0, 2**16))
+  rng = np.random.default_rng(seed)
+  mask_kind = draw(st.sampled_from(["none", "random", "padding", "empty_row"]))
+  if mask_kind == "none":
+    mask = None
+  elif mask_kind == "padding":  # [B, 1, 1, S]; a row may have no valid key at all.
+    mask = jnp.asarray(np.arange(S)[None, None, None, :] < rng.integers(0, S + 1, (B, 1, 1, 1)))
+  else:
+    mask = rng.random((B, H, T, S)) < 0.6
+    if mask_kind == "empty_row":
+      mask[:, :, 0] = False
+    mask = jnp.asarray(mask)
+  variant = draw(
+    st.sampled_from(
+      [
+        {},
+        {"logit_soft_cap": 2.0},
+        {"kind": "sigmoid"},
+        {"sink_logits": True},
+        {"kind": "sigmoid", "logit_soft_cap": 5.0},
+      ]
+    )
+  )
+  if variant.get("sink_logits"):
+    variant = {"sink_logits": jnp.asarray(rng.standard_normal(H), jnp.float32)}
+  arrays = [rng.standard_normal(shape) * 2 for shape in ((B, T, H, K), (B, S, G, K), (B, S, G, K))]
+  q, k, v = (jnp.asarray(a, dtype) for a in arrays)
+  return q, k, v, mask, draw(st.booleans()), variant
+
+
+@hypothesis.given(inputs=_attention_inputs())
+def test_every_shape_dtype_mask_and_variant_is_finite_and_flash_equals_naive(inputs):
+  """Drawn shapes (T != S, grouped heads, head dim 1), float32 and bfloat16, masks with fully masked
+  rows, causal or not, each normalisation variant: the output and its gradients are finite, fully
+  masked query rows are exactly zero, and the flash path equals the naive one in value and gradient."""
+  q, k, v, mask, is_causal, variant = inputs
+  tol = 1e-4 if q.dtype == jnp.float32 else 5e-2
+
+  def run(implementation):
+    def f(q, k, v):
+      out = attn.dot_product_attention(
+        q, k, v, mask=mask, is_causal=is_causal, implementation=implementation, **variant
+      )
+      return jnp.sum(out.astype(jnp.float32) ** 2), out
+
+    (_, out), grads = jax.jit(jax.value_and_grad(f, argnums=(0, 1, 2), has_aux=True))(q, k, v)
+    return out, grads
+
+  naive, naive_grads = run("naive")
+  flash, flash_grads = run("flash")
+  for x in (naive, flash, *naive_grads, *flash_grads):
+    assert bool(jnp.all(jnp.isfinite(x.astype(jnp.float32))))
+  allowed = jnp.ones((q.shape[0], q.shape[2], q.shape[1], k.shape[1]), bool)
+  if mask is not None:
+    allowed = allowed & mask
+  if is_causal:
+    allowed = allowed & attn.causal_mask(q.shape[1], k.shape[1])
+  empty = ~jnp.any(allowed, axis=-1)  # [B, H, T]
+  out_empty = jnp.swapaxes(empty, 1, 2)[..., None]  # [B, T, H, 1]
+  assert bool(jnp.all(jnp.where(out_empty, naive == 0, True)))
+  assert bool(jnp.all(jnp.where(out_empty, flash == 0, True)))
+  as32 = functools.partial(np.asarray, dtype=np.float32)
+  np.testing.assert_allclose(as32(flash), as32(naive), atol=tol, rtol=tol)
+  for a, b in zip(flash_grads, naive_grads, strict=True):
+    np.testing.assert_allclose(as32(a), as32(b), atol=10 * tol, rtol=10 * tol)

@@ -3,7 +3,9 @@
 import dataclasses
 import re
 
+import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from attn.nn.config import (
@@ -348,3 +350,86 @@ def test_variant_fields_are_checked_in_one_line(changes, message):
 def test_configs_the_model_cannot_run_are_refused_naming_the_field(fields, message):
   with pytest.raises(ValueError, match=message):
     ModelConfig(**fields)
+
+
+# --------------------------------------------------------------------------------------------------
+# Every accepted config runs: a property over the whole space (hypothesis).
+# --------------------------------------------------------------------------------------------------
+
+hypothesis = pytest.importorskip("hypothesis")
+st = hypothesis.strategies
+FIELDS = {f.name for f in dataclasses.fields(ModelConfig)}
+
+CONFIGS = st.fixed_dictionaries(
+  {
+    # Repeated choices weight the draws towards valid configs; the rest probe the refusals.
+    "d_model": st.sampled_from([8, 16, 16, 16, 12]),
+    "num_heads": st.sampled_from([1, 2, 2, 4, 4, 3]),
+    "head": st.sampled_from(  # (head_dim_policy, head_dim): mostly consistent pairs.
+      [("fixed_model_dim", None)] * 4
+      + [("fixed_head_dim", 4), ("fixed_head_dim", 6), ("fixed_model_dim", 4), ("fixed_head_dim", None)]
+    ),
+    "num_kv_heads": st.sampled_from([None, None, 1, 2]),
+    "d_ff": st.sampled_from([8, 16]),
+    "num_encoder_layers": st.integers(0, 2),
+    "num_decoder_layers": st.integers(0, 2),
+    "dropout_rate": st.sampled_from([0.0, 0.1]),
+    "attention_dropout_rate": st.sampled_from([0.0, 0.0, 0.1]),
+    "scale": st.sampled_from([*MODULE_SCALE_CHOICES, 0.5]),
+    "norm": st.sampled_from(NORM_POSITIONS),
+    "positions": st.sampled_from(POSITION_KINDS),
+    "rope_fraction": st.sampled_from([0.25, 0.5, 1.0]),
+    "t5": st.sampled_from([(8, 16)] * 4 + [(4, 16), (2, 16), (8, 4)]),  # Buckets, max distance.
+    "qk_norm": st.sampled_from(["none", "rms"]),
+    "logit_soft_cap": st.sampled_from([None, None, 2.0]),
+    "attention_sink": st.sampled_from([False, False, True]),
+    "attention_kind": st.sampled_from(["softmax", "sigmoid", "ssmax"]),
+    "norm_kind": st.sampled_from(["layer", "rms"]),
+    "max_length": st.sampled_from([8, 16]),
+    "tie_output": st.booleans(),
+    "activation": st.sampled_from(ACTIVATIONS),
+    "init": st.sampled_from(INIT_SCHEMES),
+    "use_bias": st.booleans(),
+    "dtype": st.sampled_from(["float32", "bfloat16"]),
+    "attention_implementation": st.sampled_from([None, None, "naive", "flash", "jax"]),
+    "attention_window": st.sampled_from([None, 0, 2]),
+  }
+)
+
+
+@hypothesis.given(fields=CONFIGS, kind=st.sampled_from(["lm", "tagger", "seq2seq"]))
+def test_every_config_either_runs_or_is_refused_in_one_line_naming_a_field(fields, kind):
+  """A config drawn from the whole accepted space is refused by a ValueError whose message starts
+  with one of ModelConfig's fields, or the model initialises, trains (a gradient with dropout on a
+  padded batch) with finite values, and a language model decodes with its cache."""
+  from attn.nn import decoding, models
+
+  fields = dict(fields)
+  fields["head_dim_policy"], fields["head_dim"] = fields.pop("head")
+  fields["t5_num_buckets"], fields["t5_max_distance"] = fields.pop("t5")
+  try:
+    config = ModelConfig(vocab_size=11, num_classes=3, **fields)
+    model = {"lm": models.LanguageModel, "tagger": models.EncoderTagger, "seq2seq": models.Transformer}
+    model = model[kind](config)
+    tokens = jnp.array([[1, 5, 6, 7, 0, 0], [1, 8, 9, 3, 4, 5]], jnp.int32)  # Row 0 padded.
+    inputs = (tokens, tokens[:, :4]) if kind == "seq2seq" else (tokens,)
+    rngs = {"params": jax.random.key(0), "dropout": jax.random.key(1)}
+    params = jax.jit(model.init)(rngs, *inputs)["params"]
+
+    def loss(params):
+      dropout = {"dropout": rngs["dropout"]}
+      out = model.apply({"params": params}, *inputs, deterministic=False, rngs=dropout)
+      logits = out.logits if kind == "tagger" else out
+      return jnp.mean(jnp.square(logits.astype(jnp.float32)))
+
+    value, grads = jax.jit(jax.value_and_grad(loss))(params)
+    if kind == "lm":
+      decoded = decoding.greedy_decode(model, params, tokens[:, :3], max_new_tokens=2)
+  except ValueError as e:
+    field = re.match(r"^(\w+): ", str(e))
+    assert field and field.group(1) in FIELDS, f"{type(e).__name__}: {e}"
+    return
+  assert np.isfinite(float(value))
+  assert all(bool(jnp.all(jnp.isfinite(g))) for g in jax.tree.leaves(grads))
+  if kind == "lm":
+    assert decoded.shape[0] == 2 and bool(jnp.all((decoded >= 0) & (decoded < 11)))
