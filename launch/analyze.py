@@ -111,6 +111,10 @@ def main(argv):
   start_quietly()
   if not os.path.isdir(_WORKDIR.value):
     sys.exit(f"error: --workdir: {_WORKDIR.value!r} is not a directory")
+  if _MAX_EXAMPLES.value < 1:
+    sys.exit(f"error: --max_examples: must be at least 1, got {_MAX_EXAMPLES.value}")
+  if _OUT.value and os.path.exists(_OUT.value) and not os.path.isdir(_OUT.value):
+    sys.exit(f"error: --out: {_OUT.value!r} is a file; give a folder for the outputs")
   try:
     result = analysis.analyze_run(
       _WORKDIR.value, split=_SPLIT.value, max_examples=_MAX_EXAMPLES.value,

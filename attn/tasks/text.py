@@ -204,20 +204,28 @@ class TextTask(Task):
     return total / count
 
   def encode_text(self, text: str) -> np.ndarray:
-    """Text -> ids. With characters as tokens, a character outside the vocabulary is an error.
+    """Text -> ids. A character the run's vocabulary cannot spell is an error, with characters and
+    with subwords alike (SentencePiece would map it to <unk> in silence).
 
     Raises:
       ValueError: naming the characters the training split never had.
     """
     if self.tokenizer == "subword":
-      return encode_lines(self.subwords, text)
-    unknown = sorted(set(text) - set(self.vocab.tokens[len(SPECIALS) :]))
+      ids = encode_lines(self.subwords, text)
+      unk = self.vocab.unk_id
+      unknown = (
+        []
+        if unk not in ids
+        else sorted(c for c in set(text) - {"\n"} if unk in encode_lines(self.subwords, c))
+      )
+    else:
+      ids, unknown = None, sorted(set(text) - set(self.vocab.tokens[len(SPECIALS) :]))
     if unknown:
       raise ValueError(
         f"characters not in the run's vocabulary (its training text never has them): "
         f"{', '.join(map(repr, unknown))}"
       )
-    return self.vocab.encode(list(text))
+    return self.vocab.encode(list(text)) if ids is None else ids
 
   def decode_ids(self, ids) -> str:
     ids = [int(i) for i in np.asarray(ids).reshape(-1)]

@@ -43,3 +43,14 @@ def test_launch_analyze_writes_the_files_and_refuses_a_missingrun(tmp_path):
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("error: --workdir: ") and message in last, result.stderr[-2000:]
     assert "Traceback" not in result.stderr
+
+  # Its own flags, refused in one line before any work (they used to fail at the end, with a trace).
+  (tmp_path / "a_file").write_text("")
+  for flag, message in (
+    ("--max_examples=0", "error: --max_examples: must be at least 1, got 0"),
+    (f"--out={tmp_path / 'a_file'}", "error: --out: "),
+  ):
+    result = run("launch.analyze", f"--workdir={workdir}", flag)
+    last = result.stderr.strip().splitlines()[-1]
+    assert result.returncode != 0 and last.startswith(message), result.stderr[-2000:]
+    assert "Traceback" not in result.stderr

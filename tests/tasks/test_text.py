@@ -128,6 +128,7 @@ def test_bits_per_character_of_a_uniform_model_is_log2_of_the_vocabulary(text_fi
 
 
 def test_subword_tokens_count_the_characters_they_spell(tmp_path):
+  """(And a prompt character the subwords cannot spell is refused, not mapped to <unk> in silence.)"""
   path = tmp_path / "input.txt"
   path.write_text(TEXT, encoding="utf-8")
   task = build(path, tokenizer="subword", vocab_size=60)
@@ -138,6 +139,9 @@ def test_subword_tokens_count_the_characters_they_spell(tmp_path):
   batch = task.eval_batches(64)[0]
   real = batch["weights"].sum(-1) > 0
   assert np.all(batch["characters"][real] >= 8)  # A subword spells at least one character.
+  np.testing.assert_array_equal(task.encode_text("Speak"), text.encode_lines(task.subwords, "Speak"))
+  with pytest.raises(ValueError, match=r"^characters not in the run's vocabulary .*'Z', 'é'"):
+    task.encode_text("Speak Zé")
 
 
 def test_prompt_characters_outside_the_vocabulary_are_named(text_file):
