@@ -202,10 +202,10 @@ class ModelConfig:
   def _check_implementation(self) -> None:
     """What the chosen attention implementation cannot run, refused here rather than at trace time."""
     impl = self.attention_implementation
-    if impl == "flash" and self.attention_dropout_rate > 0:
+    if impl in ("flash", "jax") and self.attention_dropout_rate > 0:
       raise ValueError(
         f"attention_dropout_rate: {self.attention_dropout_rate} needs the weights, which "
-        "attention_implementation='flash' never forms; use 'naive' or None (chooses per call)"
+        f"attention_implementation={impl!r} never forms; use 'naive' or None (chooses per call)"
       )
     if impl != "jax":
       return

@@ -339,6 +339,10 @@ def test_variant_fields_are_checked_in_one_line(changes, message):
       dict(attention_implementation="flash", attention_dropout_rate=0.1),
       r"^attention_dropout_rate: 0\.1 needs the weights",
     ),
+    (  # Found by the property test below.
+      dict(attention_implementation="jax", attention_dropout_rate=0.1),
+      r"^attention_dropout_rate: 0\.1 needs the weights, which attention_implementation='jax'",
+    ),
     (dict(attention_implementation="jax", logit_soft_cap=5.0), r"^logit_soft_cap: 5\.0 is not in"),
     (dict(attention_implementation="jax", attention_sink=True), r"^attention_sink: True is not in"),
     (
