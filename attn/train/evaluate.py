@@ -20,7 +20,6 @@ from attn.train.config import ConfigError
 from attn.train.predict import Predictor
 
 PROBE_SEED_OFFSET = 12345  # The probe's inputs come from PRNGKey(data_seed + this).
-BEST_SPLIT = files.BEST_SPLIT  # An early-stopped run's final evaluation (its best parameters').
 
 
 class NonFiniteLossError(RuntimeError):
@@ -167,7 +166,7 @@ class Evaluator:
     """The final evaluation of an early-stopped run: each seed's best parameters, test included."""
     metrics = self._scores(step, best["params"], final=True)
     metrics["best_step"] = [int(s) for s in np.asarray(best["step"])]
-    self.writer.write(step, BEST_SPLIT, metrics)
+    self.writer.write(step, files.BEST_SPLIT, metrics)
     return metrics
 
   def write_samples(self, step: int, params) -> None:

@@ -31,7 +31,6 @@ from attn.train import checkpoints, sharding
 from attn.train import compiled as compiled_lib
 from attn.train.config import ConfigError, TrainConfig
 from attn.train.evaluate import (
-  BEST_SPLIT,
   EarlyStopping,
   Evaluator,
   NonFiniteLossError,
@@ -280,7 +279,7 @@ class _Trainer:
     early stop), the one on record, or made now when none is."""
     if final is not None and (not self.early or "best_step" in final):
       return final
-    split = BEST_SPLIT if self.early else "eval"
+    split = files.BEST_SPLIT if self.early else "eval"
     final = identity.logged(self.workdir, self.step, split)
     if final is not None:
       return final

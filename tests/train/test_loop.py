@@ -32,7 +32,7 @@ from jax.experimental.compilation_cache import compilation_cache
 
 from attn import tasks, train
 from attn.nn.config import ModelConfig
-from attn.runs.files import is_done, read_metrics
+from attn.runs.files import BEST_SPLIT, is_done, read_metrics
 from attn.train import compiled, evaluate, loop, steps
 from tests.train.common import ATTENTION_LAYERS, OVERRIDES, STEPS
 from tests.train.common import smoke_config as _config
@@ -615,7 +615,7 @@ def test_early_stopping_stops_without_improvement_and_scores_the_best(tmp_path):
   assert final["best_step"] == [0, 0]
   records = read_metrics(workdir)
   assert max(r["step"] for r in records if r["split"] == "train") == 2  # Nothing trained past it.
-  (best,) = [r for r in records if r["split"] == evaluate.BEST_SPLIT]
+  (best,) = [r for r in records if r["split"] == BEST_SPLIT]
   step0 = next(r for r in records if r["split"] == "eval" and r["step"] == 0)
   np.testing.assert_allclose(best["loss"], step0["loss"], rtol=1e-6)
   assert loop.train_and_evaluate(config, workdir) == final  # Done: a rerun trains nothing.
