@@ -363,6 +363,12 @@ def make_task(task_config, data_config=None, *, seed: int = 0, workdir: str | No
         f"config.task.block_size: {block_size} needs a {split} split longer than {block_size + 1} "
         f"tokens; {path!r} gives {len(ids)}"
       )
+  for length in eval_lengths:  # Found now, not at the final evaluation after the training.
+    if len(val_ids) <= length + 1:
+      raise ValueError(
+        f"config.task.eval_lengths: {length} needs a validation split longer than {length + 1} "
+        f"tokens; {path!r} gives {len(val_ids)}"
+      )
   return TextTask(
     train_ids=train_ids,
     val_ids=val_ids,

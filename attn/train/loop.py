@@ -254,9 +254,10 @@ class _Trainer:
           if step % train.log_every_steps and not last:
             continue
           self._log(step, pending, time.time() - interval_start, len(pending))
+          checkpoint_now = step % train.checkpoint_every_steps == 0 or last
           if step % train.eval_every_steps == 0 or last:
-            final = self._evaluate(step)
-          if step % train.checkpoint_every_steps == 0 or last or self.stopped:
+            final = self._evaluate_keeping(step, checkpoint_now)
+          if checkpoint_now or self.stopped:
             checkpoints.save(self.checkpoints, step, self.state)
           self.writer.flush()
           pending, interval_start = [], time.time()
@@ -274,11 +275,35 @@ class _Trainer:
       self._summarize(final, start_time)
     return final
 
+  def _evaluate_keeping(self, step: int, checkpoint_now: bool) -> dict[str, list[float]]:
+    """`_evaluate(step)`; when it fails (other than by a non-finite loss) at a step that checkpoints,
+    the trained state is saved first, so no training is lost to a failing evaluation: a rerun
+    resumes at `step` and evaluates again."""
+    try:
+      return self._evaluate(step)
+    except NonFiniteLossError:
+      raise  # Those parameters are not worth keeping: the last good checkpoint stays the newest.
+    except Exception:
+      if checkpoint_now:
+        checkpoints.save(self.checkpoints, step, self.state)
+        logging.error(
+          "The evaluation at step %d failed; the state of step %d is saved in %s/%s, and rerunning "
+          "the same command resumes there and evaluates again.",
+          step,
+          step,
+          self.workdir,
+          files.CHECKPOINTS_DIR,
+        )
+      raise
+
   def _final(self, final: dict | None) -> dict[str, list[float]]:
     """The final evaluation: this session's, or, for a run resumed at its very end (or after its
-    early stop), the one on record, or made now when none is."""
+    early stop), the one on record, or made now when none is (its evaluation failed after the
+    state was saved: `_evaluate_keeping`)."""
     if final is not None and (not self.early or "best_step" in final):
       return final
+    if identity.logged(self.workdir, self.step, "eval") is None:
+      return self._evaluate(self.step)
     split = files.BEST_SPLIT if self.early else "eval"
     final = identity.logged(self.workdir, self.step, split)
     if final is not None:

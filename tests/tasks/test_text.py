@@ -272,7 +272,10 @@ def test_eval_lengths_must_be_positive_ints(text_file, value):
     build(text_file, eval_lengths=value)
 
 
-def test_an_eval_length_past_the_validation_split_is_one_line(text_file):
-  task = build(text_file, eval_lengths=(4096,))
+def test_an_eval_length_past_the_validation_split_is_refused_when_the_task_is_built(text_file):
+  # Before any training: it was found at the final evaluation, after the run's last step.
   with pytest.raises(ValueError, match=r"^config\.task\.eval_lengths: 4096 needs a validation split"):
-    task.loss_at(None, 4096, batch_size=2)
+    build(text_file, eval_lengths=(4096,))
+  task = build(text_file)
+  with pytest.raises(ValueError, match=r"^config\.task\.eval_lengths: 4096 needs a validation split"):
+    task.loss_at(None, 4096, batch_size=2)  # The method called on its own says the same.

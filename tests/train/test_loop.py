@@ -426,6 +426,42 @@ def test_task_hooks_score_save_and_main_metric(tmp_path, monkeypatch):
   assert (workdir / "vocab.txt").read_text().startswith("<pad>")
 
 
+@pytest.mark.slow  # Trains.
+def test_a_failing_final_evaluation_keeps_the_trained_state_and_a_rerun_evaluates_it(
+  tmp_path, monkeypatch
+):
+  real_make_task = tasks.make_task
+  fail = {"final": True}
+
+  class FailsAtTheEnd:
+    def __init__(self, task):
+      self._task = task
+
+    def __getattr__(self, name):
+      return getattr(self._task, name)
+
+    def score(self, predictor, batch_size, *, final):
+      if final and fail["final"]:
+        raise RuntimeError("the final scoring failed")
+      return self._task.score(predictor, batch_size, final=final)
+
+  monkeypatch.setattr(tasks, "make_task", lambda *a, **k: FailsAtTheEnd(real_make_task(*a, **k)))
+  config = _config(num_train_steps=6, log_every_steps=3, eval_every_steps=3, checkpoint_every_steps=99)
+  workdir = tmp_path / "run"
+  with pytest.raises(RuntimeError, match="the final scoring failed"):
+    train.train_and_evaluate(config, str(workdir))
+  assert _checkpoint_steps(workdir) == [6]  # Saved although its evaluation failed.
+  assert not (workdir / "summary.json").exists()
+  assert [r["step"] for r in _records(workdir, "eval")] == [0, 3]
+
+  trained = _records(workdir, "train")
+  fail["final"] = False
+  final = train.train_and_evaluate(config, str(workdir))  # Resumes at step 6 and evaluates it...
+  assert _records(workdir, "train") == trained  # ... without training again.
+  assert [r["step"] for r in _records(workdir, "eval")] == [0, 3, 6]
+  assert _summary(workdir)["status"] == "done" and math.isfinite(final["loss"][0])
+
+
 # ----------------------------------------------------------------------------------------------------
 # Seeds and devices.
 
