@@ -90,7 +90,15 @@ def initialize() -> bool:
   if values and values["coordinator_address"].rpartition(":")[0] in ("127.0.0.1", "localhost"):
     # A run on this machine: the coordinator listens on the loopback only, not on every interface.
     values["coordinator_bind_address"] = values["coordinator_address"]
-  jax.distributed.initialize(**values)
+  try:
+    jax.distributed.initialize(**values)
+  except jax.errors.JaxRuntimeError as e:
+    if "Failed to start RPC server" not in str(e):
+      raise
+    address = values.get("coordinator_address", "the coordinator's address")
+    raise DistributedError(
+      f"--coordinator_address: cannot listen on {address} (is its port in use?)"
+    ) from None
   # orbax's barriers (the checkpoint manager's first act is one) over the coordination service, which
   # waits as long as they need, rather than as gloo collectives, whose context gives up when one
   # process reaches it 30 s after another (seen on a loaded 2-core machine).

@@ -40,6 +40,34 @@ def _workdir(args: list[str]) -> str | None:
   return None
 
 
+def check_workdir(workdir: str | None) -> None:
+  """Exits with one line when the run's --workdir cannot be a folder (the processes' logs go there)."""
+  if workdir is None:
+    return
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    sys.exit(f"error: --workdir: {workdir} is a file, not a folder")
+  try:
+    os.makedirs(workdir, exist_ok=True)
+  except OSError as e:
+    sys.exit(f"error: --workdir: cannot create {workdir}: {e.strerror}")
+
+
+def check_port(port: int) -> None:
+  """Exits with one line when --port is taken on 127.0.0.1 (0 picks a free one)."""
+  if not port:
+    return
+  if not 0 < port < 65536:
+    sys.exit(f"error: --port: {port} is not a port number (1-65535, or 0 for a free one)")
+  with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+    try:
+      s.bind(("127.0.0.1", port))
+    except OSError as e:
+      sys.exit(
+        f"error: --port: cannot listen on 127.0.0.1:{port} ({e.strerror}); give another, or 0 for "
+        "a free one"
+      )
+
+
 def start(args: list[str], num_processes: int, devices_per_process: int, module: str, port: int):
   """The N processes (Popen), started."""
   address = f"127.0.0.1:{port or free_port()}"
@@ -51,8 +79,6 @@ def start(args: list[str], num_processes: int, devices_per_process: int, module:
     ).strip(),
   }
   workdir = _workdir(args)
-  if workdir:
-    os.makedirs(workdir, exist_ok=True)
   processes = []
   for i in range(num_processes):
     command = [
@@ -97,6 +123,8 @@ def main(argv):
     sys.exit("error: --num_processes and --devices_per_process must be at least 1")
   if not args:
     sys.exit("error: give the run's flags after --, e.g. -- --config=experiments/base.py --workdir=DIR")
+  check_workdir(_workdir(args))
+  check_port(_PORT.value)
   processes = start(args, _NUM_PROCESSES.value, _DEVICES.value, _MODULE.value, _PORT.value)
   try:
     code = wait(processes)

@@ -66,3 +66,23 @@ def test_partial_distributed_flags_are_one_line(tmp_path):
     "error: --process_id: 2 is not in [0, 2)"
   ]
   assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow  # Starts launch.train.
+def test_a_coordinator_port_in_use_names_the_address(tmp_path):
+  import socket
+
+  with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taken:
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    address = f"127.0.0.1:{taken.getsockname()[1]}"
+    result = run(
+      "launch.train", *FLAGS, f"--workdir={tmp_path / 'run'}", f"--coordinator_address={address}",
+      "--num_processes=1", "--process_id=0",
+    )  # fmt: skip
+  assert result.returncode == 1
+  # gRPC's own log line may come first; ours is the last, and no traceback.
+  assert result.stderr.splitlines()[-1] == (
+    f"error: --coordinator_address: cannot listen on {address} (is its port in use?)"
+  )
+  assert "Traceback" not in result.stderr

@@ -1,16 +1,18 @@
 """Tests for launch/local_cluster.py: two processes of one device each (jax.distributed over gloo on
-127.0.0.1) train a run, are stopped, and resume it to the metrics of one process with two devices."""
+127.0.0.1) train a run, are stopped, and resume it to the metrics of one process with two devices;
+bad flags and a refused config are one line and a non-zero exit within seconds, no process left."""
 
 from __future__ import annotations
 
 import json
+import socket
+import subprocess
+import time
 
 import numpy as np
 import pytest
 
 from tests.launch.common import ENV, ROOT, run
-
-pytestmark = pytest.mark.slow  # Trains in child processes (one, then a cluster of two).
 
 FLAGS = (
   "--config=experiments/base.py:smoke",
@@ -27,6 +29,7 @@ def _records(workdir):
   return [json.loads(line) for line in lines if '"split": "train"' in line or '"split": "eval"' in line]
 
 
+@pytest.mark.slow  # Trains in child processes (one, then a cluster of two).
 def test_two_processes_resume_to_the_metrics_of_one_process_with_two_devices(tmp_path):
   import subprocess
   import sys
@@ -58,3 +61,51 @@ def test_two_processes_resume_to_the_metrics_of_one_process_with_two_devices(tmp
     np.testing.assert_allclose(mine["loss"], reference["loss"], rtol=1e-5, err_msg=str(mine["step"]))
   summary = json.loads((two / "summary.json").read_text())
   assert summary["status"] == "done" and summary["num_train_steps"] == 8
+
+
+def _error_line(result: subprocess.CompletedProcess) -> str:
+  """The one line a refusal ends with; the absl INFO lines of the processes' start may precede it."""
+  lines = [line for line in result.stderr.splitlines() if not line.startswith(("I", "W"))]
+  assert len(lines) == 1, result.stderr[-3000:]
+  return lines[0]
+
+
+def _no_process_left(workdir) -> None:
+  found = subprocess.run(["pgrep", "-f", f"--workdir={workdir}"], capture_output=True, text=True)
+  assert found.stdout == "", found.stdout
+
+
+def test_a_workdir_that_is_a_file_is_one_line(tmp_path):
+  afile = tmp_path / "afile"
+  afile.write_text("")
+  result = run("launch.local_cluster", "--", "--config=experiments/base.py:smoke", f"--workdir={afile}")
+  assert result.returncode != 0
+  assert _error_line(result) == f"error: --workdir: {afile} is a file, not a folder"
+
+
+def test_a_port_in_use_is_one_line(tmp_path):
+  with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taken:
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    port = taken.getsockname()[1]
+    workdir = tmp_path / "run"
+    result = run(
+      "launch.local_cluster", f"--port={port}", "--", "--config=experiments/base.py:smoke",
+      f"--workdir={workdir}",
+    )  # fmt: skip
+  assert result.returncode != 0
+  assert _error_line(result).startswith(f"error: --port: cannot listen on 127.0.0.1:{port}")
+  _no_process_left(workdir)
+
+
+@pytest.mark.slow  # Two processes import jax and start the coordination service (~10 s).
+def test_a_config_both_processes_refuse_is_one_line_and_no_process_is_left(tmp_path):
+  workdir = tmp_path / "run"
+  start = time.time()
+  result = run(
+    "launch.local_cluster", "--", "--config=experiments/base.py:smoke", f"--workdir={workdir}",
+    "--config.model.num_heads=0",
+  )  # fmt: skip
+  assert result.returncode != 0 and time.time() - start < 120
+  assert _error_line(result) == "error: config.model.num_heads: must be positive, got 0"
+  _no_process_left(workdir)
