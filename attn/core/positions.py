@@ -52,6 +52,11 @@ def _positions_array(name: str, positions) -> jax.Array:
   return positions
 
 
+def _broadcasts(shape: tuple[int, ...], to: tuple[int, ...]) -> bool:
+  """Whether an array of `shape` broadcasts to `to` (numpy's rules, right-aligned)."""
+  return all(a in (1, b) for a, b in zip(reversed(shape), reversed(to)))
+
+
 def rope(
   x_BTHK: jax.typing.ArrayLike,
   positions: jax.typing.ArrayLike,
@@ -83,6 +88,17 @@ def rope(
   if R == 0:
     raise ValueError(f"rope: fraction {fraction} of head dim {K} rotates no pair of channels")
   pos = _positions_array("rope", positions).astype(jnp.float32)
+  lead = x.shape[:-2]  # [batch..., T]
+  if (
+    pos.ndim == 0
+    or pos.ndim > len(lead)
+    or pos.shape[-1] != lead[-1]
+    or not _broadcasts(pos.shape, lead)
+  ):
+    raise ValueError(
+      f"rope: positions of shape {tuple(pos.shape)} do not fit x of shape {tuple(x.shape)} "
+      f"([batch..., T, H, K]): expected [T] or [batch..., T] with T = {lead[-1] if lead else '?'}"
+    )
   inv_freq = base ** (-jnp.arange(0, R, 2, dtype=jnp.float32) / R)  # [R/2]
   angles = pos[..., :, None, None] * inv_freq  # [..., T, 1, R/2]
   cos, sin = jnp.cos(angles), jnp.sin(angles)

@@ -197,3 +197,13 @@ def test_t5_buckets_refuse_too_few_buckets_or_too_short_a_distance(
     relative.t5_buckets(
       jnp.arange(-4, 5), bidirectional=bidirectional, num_buckets=num_buckets, max_distance=max_distance
     )
+
+
+@pytest.mark.parametrize("shape", [(5,), (3, 8), (), (2, 2, 8)])
+def test_rope_positions_that_do_not_fit_name_both_shapes(shape):
+  # It was numpy's "Incompatible shapes for broadcasting" from inside the rotation, or no error at all.
+  x = jnp.ones((2, 8, 4, 16))
+  with pytest.raises(
+    ValueError, match=r"^rope: positions of shape .* do not fit x of shape \(2, 8, 4, 16\)"
+  ):
+    relative.rope(x, jnp.zeros(shape, jnp.int32))
