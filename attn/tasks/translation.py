@@ -24,6 +24,7 @@ from __future__ import annotations
 import io
 import os
 import re
+import textwrap
 from collections.abc import Sequence
 
 import numpy as np
@@ -92,7 +93,7 @@ def train_subwords(sentences: Sequence[str], vocab_size: int) -> bytes:
   """
   model = io.BytesIO()
   try:
-    _train_sentencepiece(sentences, vocab_size, model)
+    _train_sentencepiece(_within_limit(sentences), vocab_size, model)
   except RuntimeError as e:  # SentencePiece's checks, e.g. fewer pieces than the characters need.
     need = re.search(r"smaller than required_chars\. \d+ vs (\d+)", str(e))
     if need:
@@ -104,6 +105,26 @@ def train_subwords(sentences: Sequence[str], vocab_size: int) -> bytes:
       f"config.task.vocab_size: SentencePiece refused {vocab_size}: {' '.join(str(e).split())}"
     ) from None
   return model.getvalue()
+
+
+# SentencePiece's trainer skips (in silence) sentences longer than this many bytes, its default
+# `max_sentence_length`; a text of one enormous line then left it nothing, and its error blamed
+# vocab_size. Longer lines are cut at whitespace into pieces this many characters long at most (4
+# UTF-8 bytes per character at worst) for the training only; encoding reads whole lines.
+_SENTENCEPIECE_MAX_BYTES = 4192
+_PIECE_CHARS = _SENTENCEPIECE_MAX_BYTES // 4
+
+
+def _within_limit(sentences: Sequence[str]):
+  """`sentences`, each longer than SentencePiece's trainer takes cut into pieces it takes."""
+  for sentence in sentences:
+    if len(sentence.encode("utf-8")) <= _SENTENCEPIECE_MAX_BYTES:
+      yield sentence
+    else:
+      yield from textwrap.wrap(
+        sentence, _PIECE_CHARS, expand_tabs=False, replace_whitespace=False, drop_whitespace=False,
+        break_on_hyphens=False,
+      )  # fmt: skip
 
 
 def _train_sentencepiece(sentences: Sequence[str], vocab_size: int, model: io.BytesIO) -> None:
