@@ -54,7 +54,7 @@ def _positions_array(name: str, positions) -> jax.Array:
 
 def _broadcasts(shape: tuple[int, ...], to: tuple[int, ...]) -> bool:
   """Whether an array of `shape` broadcasts to `to` (numpy's rules, right-aligned)."""
-  return all(a in (1, b) for a, b in zip(reversed(shape), reversed(to)))
+  return all(a in (1, b) for a, b in zip(reversed(shape), reversed(to), strict=False))
 
 
 def rope(

@@ -306,6 +306,11 @@ class Translation(Task):
 
   # Batches.
 
+  @property
+  def num_train_examples(self) -> int:
+    """The training pairs that fit the lengths: the stream shuffles them anew each epoch."""
+    return len(self.train_src)
+
   def _chunk(self, chunk: int, batch_size: int) -> np.ndarray:
     """Training example indices [CHUNK_BATCHES, batch_size] of one chunk of batches."""
     key = (chunk, batch_size)

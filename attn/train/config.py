@@ -183,7 +183,7 @@ class TrainConfig:
   def seeds(self) -> list[int]:
     return [self.seed + i for i in range(self.num_seeds)]
 
-  def train_steps(self, num_train_examples: int | None, task_name: str = "") -> int:
+  def train_steps(self, num_train_examples: int | None, task_name: str = "this") -> int:
     """The run's optimizer steps: `num_train_steps`, or with `num_train_epochs` > 0 that many passes
     over `num_train_examples` (rounded up to whole batches), so a larger data set is not cut short by
     a step count tuned to a smaller one.
@@ -195,10 +195,17 @@ class TrainConfig:
       return self.num_train_steps
     if not _is_int(num_train_examples):
       raise ConfigError(
-        f"config.num_train_epochs: the {task_name} task draws fresh examples (no fixed training set); "
-        "give num_train_steps instead"
+        f"config.num_train_epochs: {self._drawing(task_name)} draws fresh examples (no fixed "
+        "training set); give num_train_steps instead"
       )
     return max(1, math.ceil(self.num_train_epochs * num_train_examples / self.batch_size))
+
+  def _drawing(self, task_name: str) -> str:
+    """What draws the training examples, for the epochs message: the task, or the denoising
+    objective over it (which reads the task's unlabelled text, `attn.tasks.denoise`)."""
+    if self.objective == "denoise":
+      return f"the denoising objective over the {task_name} task's unlabelled text"
+    return f"the {task_name} task"
 
 
 def _plain(config) -> dict[str, Any]:

@@ -209,6 +209,7 @@ def test_task_batches_and_splits(tmp_path):
       counts[index[tuple(row[row != tasks.Vocabulary.pad_id])]] += 1
   assert counts.max() - counts.min() <= 1
   assert task.num_dropped == {"train": 0, "dev": 0}
+  assert task.num_train_examples == len(fixture_pairs())  # What config.num_train_epochs counts.
   eval_batches = task.eval_batches(4)
   assert sum(b["weights"].any(1).sum() for b in eval_batches) == len(fixture_pairs()[::5])
   assert eval_batches[0]["src"].shape == (4, task.source_length)

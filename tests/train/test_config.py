@@ -60,6 +60,12 @@ def test_steps_from_epochs_round_up_to_whole_batches():
   assert TrainConfig(num_train_steps=7).train_steps(13) == 7  # Epochs 0: the step count.
   with pytest.raises(train.ConfigError, match=r"^config\.num_train_epochs: the copy task draws"):
     config.train_steps(None, "copy")
+  denoising = TrainConfig(batch_size=8, num_train_epochs=2.0, objective="denoise")
+  with pytest.raises(
+    train.ConfigError,
+    match=r"^config\.num_train_epochs: the denoising objective over the copy task's unlabelled",
+  ):
+    denoising.train_steps(None, "copy")
 
 
 def test_a_config_json_written_before_a_field_existed_still_resumes(tmp_path):

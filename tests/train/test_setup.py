@@ -3,6 +3,8 @@ built) and the learning-rate schedules."""
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -11,6 +13,7 @@ import pytest
 from attn import train
 from attn.tasks import Vocabulary
 from attn.train import setup
+from experiments import translate
 from tests.train.common import smoke_config as _config
 from tests.train.common import write_untrained_run
 
@@ -244,6 +247,21 @@ def test_num_train_epochs_needs_a_fixed_training_set():
   config.num_train_epochs = 1.0
   with pytest.raises(setup.ConfigError, match=r"config\.num_train_epochs: the .* task draws fresh"):
     setup.build_run(config)
+  config.objective = "denoise"  # The objective draws its own text: the message says so.
+  with pytest.raises(setup.ConfigError, match=r"the denoising objective over the \w+ task's unlabelled"):
+    setup.build_run(config)
+
+
+def test_epochs_count_passes_over_the_translation_pairs_for_either_objective(tmp_path):
+  from tests.tasks.test_translation import fixture_pairs, write_folder
+
+  config = translate.get_config("smoke")
+  config.data.path = str(write_folder(tmp_path / "data"))
+  config.batch_size = 8
+  config.num_train_epochs = 2.0
+  assert setup.build_run(config).num_train_steps == math.ceil(2 * len(fixture_pairs()) / 8)
+  config.objective = "denoise"  # Was refused: "the translate task draws fresh examples".
+  assert setup.build_run(config).num_train_steps == math.ceil(2 * len(fixture_pairs()) / 8)
 
 
 def test_every_reader_of_an_early_stopped_run_takes_its_best_parameters(tmp_path):
