@@ -5,7 +5,10 @@ A multi-process run gives every process the same flags plus `--coordinator_addre
 --num_processes=N --process_id=I` (launch/distributed.py; `launch.local_cluster` does it on one
 machine); on SLURM or a Cloud TPU slice jax reads them from the environment instead."""
 
+import os
 import sys
+import traceback
+from typing import NoReturn
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -52,7 +55,24 @@ def main(argv):
   try:
     train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   except (train.ConfigError, train.NonFiniteLossError, files.RunInUseError) as e:
-    sys.exit(f"error: {e}")
+    _fail(f"error: {e}", many)
+  except Exception:
+    if not many:
+      raise
+    _fail(traceback.format_exc().rstrip(), many)
+
+
+def _fail(message: str, many: bool) -> NoReturn:
+  """Exits with `message` and status 1. A process of a multi-process run exits at once: jax's exit
+  handler would wait in `jax.distributed`'s shutdown barrier for the other processes, which may be
+  waiting in a barrier of the run for this one (seen: a process that failed alone, and both waiting
+  until the coordination service's timeouts). The others are stopped by whatever started them
+  (`launch.local_cluster`, the cluster's scheduler) when this one's exit status says it failed."""
+  if not many:
+    sys.exit(message)
+  print(message, file=sys.stderr, flush=True)
+  sys.stdout.flush()
+  os._exit(1)
 
 
 if __name__ == "__main__":

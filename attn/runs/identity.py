@@ -8,6 +8,7 @@ had the field's default.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from typing import Any
 
@@ -92,9 +93,8 @@ def finished(workdir: str, num_train_steps: int) -> dict | None:
 
 def clear_summary(workdir: str) -> None:
   """Removes a shorter run's summary.json: this one is not done until it ends."""
-  path = files.path(workdir, files.SUMMARY_FILE)
-  if os.path.exists(path):
-    os.remove(path)
+  with contextlib.suppress(FileNotFoundError):  # Gone already, or never written: the same.
+    os.remove(files.path(workdir, files.SUMMARY_FILE))
 
 
 def write_summary(workdir: str, **fields: Any) -> None:

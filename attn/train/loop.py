@@ -161,7 +161,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     if final is not None:
       logging.info("%s finished already: %d steps.", workdir, run.num_train_steps)
       return final
-    identity.clear_summary(workdir)
+    if is_writer():  # Only the writer: two processes removing one file raced (one crashed, then both
+      identity.clear_summary(workdir)  # waited for each other in barriers until the timeouts).
     return _Trainer(run, workdir).train(start_time)
 
 

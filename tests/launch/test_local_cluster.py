@@ -109,3 +109,20 @@ def test_a_config_both_processes_refuse_is_one_line_and_no_process_is_left(tmp_p
   assert result.returncode != 0 and time.time() - start < 120
   assert _error_line(result) == "error: config.model.num_heads: must be positive, got 0"
   _no_process_left(workdir)
+
+
+@pytest.mark.slow  # Two processes import jax and start the coordination service (~10 s).
+def test_a_failure_on_one_process_stops_the_run_in_seconds(tmp_path):
+  # Only process 0 takes the run's lock: it fails while process 1 goes on and waits in the run's
+  # first barrier for it. Process 0 used to exit through jax's shutdown barrier, waiting for process
+  # 1, which waited for it: both hung until the coordination service's timeouts (minutes).
+  from attn.runs import files
+
+  workdir = tmp_path / "run"
+  workdir.mkdir()
+  with files.run_lock(workdir):  # This test's process holds it: the run is in use.
+    start = time.time()
+    result = run("launch.local_cluster", "--", *FLAGS, f"--workdir={workdir}")
+  assert result.returncode == 1 and time.time() - start < 100, result.stderr[-3000:]
+  assert _error_line(result).startswith(f"error: --workdir {workdir} is in use by process")
+  _no_process_left(workdir)
