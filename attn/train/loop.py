@@ -38,7 +38,7 @@ from attn.train.evaluate import (
   is_writer,
   per_seed,
 )
-from attn.train.setup import Run, build_run, init_from
+from attn.train.setup import Run, build_run, check_init_from, init_from
 
 __all__ = ["NonFiniteLossError", "TrainingInterrupted", "train_and_evaluate"]
 
@@ -148,6 +148,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   run = build_run(config)
   if run.num_train_steps != run.train.num_train_steps:
     logging.info("%s epochs: %d steps.", run.train.num_train_epochs, run.num_train_steps)
+  if run.train.init_from and not checkpoints.has_checkpoints(workdir):
+    # Before config.json is written: a refused init_from must not pin the workdir to its config.
+    check_init_from(run.train, run.abstract_state().params, vocab=getattr(run.task, "vocab", None))
   _make_workdir(workdir)
   # One process writes the run's files; the others check them (a different run is refused on all).
   with files.run_lock(workdir) if is_writer() else contextlib.nullcontext():

@@ -273,6 +273,71 @@ def _check_same_vocabulary(source: str, theirs, ours) -> None:
   )
 
 
+def _init_from_skip(train: TrainConfig) -> set[str]:
+  return {name.strip() for name in train.init_from_skip.split(",") if name.strip()}
+
+
+def _taken(train: TrainConfig, ours: dict, theirs: dict) -> list[str]:
+  """The names of `ours` (keystr -> shape without the seed axis) that `init_from` takes from
+  `theirs` (the same of the source run).
+
+  Raises:
+    ConfigError: naming the parameter and both shapes when the two runs disagree on one, or when no
+      parameter matches at all.
+  """
+  skip, taken = _init_from_skip(train), []
+  for name, shape in ours.items():
+    if name.split("']")[0].removeprefix("['") in skip or name not in theirs:
+      continue
+    if theirs[name] != shape:
+      raise ConfigError(
+        f"config.init_from: parameter {name} has shape {theirs[name]} in {train.init_from!r} but "
+        f"{shape} here"
+      )
+    taken.append(name)
+  if not taken:
+    raise ConfigError(
+      f"config.init_from: no parameter of {train.init_from!r} matches this model's by name"
+    )
+  return taken
+
+
+def _shapes(params) -> dict[str, tuple[int, ...]]:
+  """keystr -> shape without the leading seed axis, of a parameter tree (arrays or abstract)."""
+  return {
+    jax.tree_util.keystr(p): tuple(x.shape[1:]) for p, x in jax.tree_util.tree_leaves_with_path(params)
+  }
+
+
+def _source_run(train: TrainConfig, vocab) -> Run:
+  """`train.init_from`'s run, checked: it has a checkpoint, and (unless the embedder is skipped) the
+  same vocabulary as `vocab`, this run's task's."""
+  source = train.init_from
+  try:
+    source_run = build_run(run_config(source), workdir=source)
+  except ConfigError as e:
+    raise ConfigError(f"config.init_from: {str(e).removeprefix('--workdir: ')}") from None
+  if not checkpoints.has_checkpoints(source):
+    raise ConfigError(f"config.init_from: {source!r} holds no checkpoint yet")
+  source_vocab = getattr(source_run.task, "vocab", None)
+  if vocab is not None and source_vocab is not None and EMBEDDER not in _init_from_skip(train):
+    _check_same_vocabulary(source, source_vocab.tokens, vocab.tokens)
+  return source_run
+
+
+def check_init_from(train: TrainConfig, abstract_params, *, vocab=None) -> None:
+  """Everything `init_from` checks, from shapes alone (nothing is restored): a run refused here
+  has written nothing yet, so the corrected command starts afresh in the same workdir.
+
+  Raises:
+    ConfigError: as `init_from`.
+  """
+  if not train.init_from:
+    return
+  source_run = _source_run(train, vocab)
+  _taken(train, _shapes(abstract_params), _shapes(source_run.abstract_state().params))
+
+
 def init_from(train: TrainConfig, params, *, vocab=None):
   """`params` (with their leading seed axis) with every parameter that `train.init_from`'s run also
   has, by name, taken from that run's parameters (`result_params`): seed i from its seed i mod its
@@ -283,41 +348,25 @@ def init_from(train: TrainConfig, params, *, vocab=None):
 
   Raises:
     ConfigError: naming the parameter and both shapes when the two runs disagree on one, or when no
-      parameter matches at all.
+      parameter matches at all (`check_init_from` finds the same without restoring anything).
   """
-  source = train.init_from
-  if not source:
+  if not train.init_from:
     return params
-  skip = {name.strip() for name in train.init_from_skip.split(",") if name.strip()}
-  try:
-    source_run, state = restore_state(source)
-  except ConfigError as e:
-    raise ConfigError(f"config.init_from: {str(e).removeprefix('--workdir: ')}") from None
-  source_vocab = getattr(source_run.task, "vocab", None)
-  if vocab is not None and source_vocab is not None and EMBEDDER not in skip:
-    _check_same_vocabulary(source, source_vocab.tokens, vocab.tokens)
+  source_run = _source_run(train, vocab)
+  state = checkpoints.restore_latest(train.init_from, source_run.abstract_state())
+  if state is None:
+    raise ConfigError(f"config.init_from: {train.init_from!r} holds no checkpoint yet")
+  source_params = result_params(state)
+  taken = set(_taken(train, _shapes(params), _shapes(source_params)))
   num_source = source_run.train.num_seeds
   num_seeds = jax.tree.leaves(params)[0].shape[0]
   which = jnp.arange(num_seeds) % num_source  # Seed i takes the source's seed i mod its count.
   source_leaves = {
-    jax.tree_util.keystr(path): leaf[which]
-    for path, leaf in jax.tree_util.tree_leaves_with_path(result_params(state))
+    jax.tree_util.keystr(p): x for p, x in jax.tree_util.tree_leaves_with_path(source_params)
   }
-  taken = []
 
   def take(path, leaf):
     name = jax.tree_util.keystr(path)
-    if path[0].key in skip or name not in source_leaves:
-      return leaf
-    if source_leaves[name].shape[1:] != leaf.shape[1:]:
-      raise ConfigError(
-        f"config.init_from: parameter {name} has shape {tuple(source_leaves[name].shape[1:])} in "
-        f"{source!r} but {tuple(leaf.shape[1:])} here"
-      )
-    taken.append(name)
-    return jnp.asarray(source_leaves[name], leaf.dtype)
+    return jnp.asarray(source_leaves[name][which], leaf.dtype) if name in taken else leaf
 
-  out = jax.tree_util.tree_map_with_path(take, params)
-  if not taken:
-    raise ConfigError(f"config.init_from: no parameter of {source!r} matches this model's by name")
-  return out
+  return jax.tree_util.tree_map_with_path(take, params)

@@ -12,7 +12,7 @@ import pytest
 
 from attn import train
 from attn.tasks import Vocabulary
-from attn.train import setup
+from attn.train import loop, setup
 from experiments import translate
 from tests.train.common import smoke_config as _config
 from tests.train.common import write_untrained_run
@@ -237,9 +237,41 @@ def test_init_from_takes_matching_parameters_by_name_and_refuses_other_shapes(tm
     match=r"^config.init_from: parameter \S+ has shape \(\d+, \d+\) in .* but \(\d+, \d+\) here$",
   ):
     setup.init_from(train.TrainConfig.from_config(config), wider)
+  # check_init_from finds the same from shapes alone, before a run writes anything.
+  with pytest.raises(setup.ConfigError, match=r"^config.init_from: parameter \S+ has shape"):
+    setup.check_init_from(train.TrainConfig.from_config(config), jax.eval_shape(lambda: wider))
   config.init_from = str(tmp_path)
   with pytest.raises(setup.ConfigError, match=r"^config\.init_from: .* holds no run"):
     setup.init_from(train.TrainConfig.from_config(config), wider)
+
+
+def test_a_refused_init_from_leaves_the_workdir_free_for_the_corrected_command(tmp_path, monkeypatch):
+  # config.json was written before the refusal: the corrected command was "a different config".
+  from experiments import cue
+
+  source = cue.get_config("smoke")
+  source.objective = "denoise"
+  source.num_seeds = 1
+  source_dir = str(tmp_path / "pretrained")
+  write_untrained_run(source, source_dir)
+  config = cue.get_config("smoke")
+  config.init_from = source_dir
+  config.model.d_model = 2 * config.model.d_model  # Its shapes differ: refused.
+  workdir = tmp_path / "run"
+  with pytest.raises(setup.ConfigError, match=r"^config.init_from: parameter \S+ has shape"):
+    train.train_and_evaluate(config, str(workdir))
+  assert not (workdir / "config.json").exists()
+  config.model.d_model = source.model.d_model  # Corrected: gets past the identity check.
+
+  class PastTheChecksError(Exception):
+    pass
+
+  def trainer(*args):
+    raise PastTheChecksError  # Training itself is not this test's business.
+
+  monkeypatch.setattr(loop, "_Trainer", trainer)
+  with pytest.raises(PastTheChecksError):
+    train.train_and_evaluate(config, str(workdir))
 
 
 def test_num_train_epochs_needs_a_fixed_training_set():
