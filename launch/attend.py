@@ -18,7 +18,7 @@ from attn import train
 from attn.nn import decoding
 from attn.nn.models import attention_weights
 from attn.runs import plots
-from attn.train import objectives
+from attn.train import analysis, objectives
 from launch import run, start_quietly
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A run directory (of launch.train).")
@@ -45,6 +45,7 @@ def main(argv):
   start_quietly()
   try:
     restored, params = train.restore_run(_WORKDIR.value, _SEED_INDEX.value)
+    analysis.check_has_attention(_WORKDIR.value, params)
   except train.ConfigError as e:
     sys.exit(f"error: {e}")
   task, model = restored.task, restored.model

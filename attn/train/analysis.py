@@ -229,6 +229,15 @@ def _embedding_dim(params) -> int:
   return int(params["embedder"]["tokens"]["embedding"].shape[-1])
 
 
+def check_has_attention(workdir: str, params) -> None:
+  """ConfigError when a run's model (`params`, one seed's) has no attention layer to look at."""
+  if not heads.attention_paths(params):
+    raise setup.ConfigError(
+      f"--workdir: the model of {workdir!r} has no attention layer (its config.model's layer counts "
+      "are 0): it has no heads to analyse or show"
+    )
+
+
 def analyze_run(
   workdir: str,
   *,
@@ -243,10 +252,12 @@ def analyze_run(
   in `workdir`.
 
   Raises:
-    ConfigError: when `workdir` holds no run or no checkpoint, or `split` is unknown.
+    ConfigError: when `workdir` holds no run or no checkpoint, its model no attention layer, or
+      `split` is unknown.
   """
   start = time.time()
   run, params = setup.restore_run(workdir, seed_index)
+  check_has_attention(workdir, params)
   task, model, objective = run.task, run.model, run.objective
   batches = _batches(run.train.eval_batch_size, task, split, max_examples)
   echo(f"analyze: {workdir}, split {split}, {sum(b['weights'].shape[0] for b in batches)} examples")

@@ -14,8 +14,6 @@ from tests.train.common import write_untrained_run
 
 pytestmark = pytest.mark.slow  # Starts launch.attend: child processes.
 
-pytestmark = pytest.mark.slow  # Trains a run and starts launch.attend: child processes.
-
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
@@ -51,3 +49,14 @@ def test_attend_bad_query_and_missing_run_exit_with_one_line(run_dir, tmp_path):
   assert result.returncode != 0
   assert "error: --workdir" in result.stderr and "holds no run" in result.stderr
   assert "Traceback" not in result.stderr
+
+
+def test_a_model_without_attention_is_one_line(tmp_path):
+  config = base.get_config("smoke")
+  config.num_seeds = 1
+  config.model.num_encoder_layers = config.model.num_decoder_layers = 0
+  workdir = str(tmp_path / "run")
+  write_untrained_run(config, workdir)
+  result = _attend(f"--workdir={workdir}", "--text=3 1")
+  assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
+  assert result.stderr.strip().splitlines()[-1].startswith("error: --workdir: the model of")

@@ -122,3 +122,15 @@ def test_on_a_crf_tagger_the_analysis_loss_is_the_training_steps_loss():
   emissions = run.model.apply({"params": params}, batch["tokens"])
   cross_entropy = plain.example_losses(emissions, batch["tags"], batch["weights"])
   assert abs(float(cross_entropy[0]) - float(metrics["loss"])) > 1e-3
+
+
+def test_a_model_without_attention_is_refused_naming_the_workdir(tmp_path):
+  # It was a KeyError ('encoder') from deep inside the analysis.
+  from experiments import cue
+
+  config = cue.get_config("smoke")
+  config.num_seeds = 1
+  config.model.num_encoder_layers = 0
+  write_untrained_run(config, str(tmp_path))
+  with pytest.raises(train.ConfigError, match=r"^--workdir: the model of .* has no attention layer"):
+    analysis.analyze_run(str(tmp_path), max_examples=4, echo=lambda _: None)
