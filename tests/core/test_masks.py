@@ -283,7 +283,7 @@ def test_local_window_mask_negative_length_raises():
     ),
     (
       lambda: attn.padding_mask(lengths=[2.5], max_length=4),
-      r"padding_mask: lengths must be integers \[batch\.\.\.\], got dtype float32",
+      r"padding_mask: lengths must be integers \[batch\.\.\.\], got dtype float(32|64)",
     ),
   ],
 )
