@@ -4,6 +4,7 @@ built) and the learning-rate schedules."""
 from __future__ import annotations
 
 import math
+import re
 
 import jax
 import jax.numpy as jnp
@@ -321,3 +322,118 @@ def test_every_reader_of_an_early_stopped_run_takes_its_best_parameters(tmp_path
     np.testing.assert_allclose(
       got, np.asarray(last) + np.asarray([1.0, 0.0]).reshape((2,) + (1,) * (last.ndim - 1)), rtol=1e-6
     )
+
+
+# --------------------------------------------------------------------------------------------------
+# Every accepted training config runs: properties over the training fields (hypothesis).
+# --------------------------------------------------------------------------------------------------
+
+hypothesis = pytest.importorskip("hypothesis")
+st = hypothesis.strategies
+
+TRAINING = st.fixed_dictionaries(
+  {
+    # Repeated choices weight the draws towards valid configs; the rest probe the refusals.
+    "experiment": st.sampled_from(["base", "cue", "text"]),  # seq2seq, tagger, language model.
+    "objective": st.sampled_from(["supervised", "supervised", "denoise"]),
+    "batch_size": st.sampled_from([1, 2, 3, 4, 0]),
+    "eval_batch_size": st.sampled_from([2, 5]),
+    "num_seeds": st.sampled_from([1, 1, 2]),
+    "num_train_epochs": st.sampled_from([0.0, 0.0, 0.5, -1.0]),
+    "early_stopping_patience": st.sampled_from([0, 0, 1]),
+    "every": st.sampled_from([(1, 1, 1), (1, 1, 1), (1, 2, 2), (2, 1, 3)]),  # log, eval, checkpoint.
+    "label_smoothing": st.sampled_from([0.0, 0.1, 1.0]),
+    "schedule": st.sampled_from(["rsqrt", "cosine", "constant", "linear"]),
+    "learning_rate": st.sampled_from([1e-3, 1e-3, 0.0]),
+    "warmup_steps": st.sampled_from([0, 1, 10]),
+    "end_learning_rate": st.sampled_from([0.0, 0.0, 1e-4, 1.0]),
+    "weight_decay": st.sampled_from([0.0, 0.1]),
+    "grad_clip_norm": st.sampled_from([0.0, 1.0]),
+    "mesh": st.sampled_from(
+      [{"data": -1, "fsdp": 1, "tensor": 1}] * 3 + [{"data": 1, "fsdp": 1, "tensor": 2}]
+    ),
+    "positions": st.sampled_from(["sinusoidal", "rope", "learned", "alibi"]),
+    "attention_kind": st.sampled_from(["softmax", "softmax", "ssmax", "sigmoid"]),
+  }
+)
+
+
+@pytest.fixture(scope="module")
+def text_path(tmp_path_factory) -> str:
+  path = tmp_path_factory.mktemp("text") / "input.txt"
+  path.write_text("To be, or not to be, that is the question.\n" * 40, encoding="utf-8")
+  return str(path)
+
+
+def _drawn_config(fields: dict, text_path: str):
+  from experiments import base, cue, shakespeare_char
+
+  fields = dict(fields)
+  experiment = fields.pop("experiment")
+  module = {"base": base, "cue": cue, "text": shakespeare_char}[experiment]
+  config = module.get_config("smoke")
+  if experiment == "text":
+    config.data.path = text_path
+    config.task.block_size, config.task.eval_windows, config.task.sample_tokens = 8, 4, 4
+  config.log_every_steps, config.eval_every_steps, config.checkpoint_every_steps = fields.pop("every")
+  config.model.positions = fields.pop("positions")
+  config.model.attention_kind = fields.pop("attention_kind")
+  for name in ("schedule", "learning_rate", "warmup_steps", "end_learning_rate", "weight_decay"):
+    config.optimizer[name] = fields.pop(name)
+  config.optimizer.grad_clip_norm = fields.pop("grad_clip_norm")
+  for name, value in fields.items():
+    config[name] = value
+  config.num_train_steps = 2
+  return config
+
+
+def _refused_in_one_line(error: Exception) -> None:
+  message = str(error)
+  assert re.match(r"^config(\.\w+)+: ", message) and "\n" not in message, message
+
+
+@hypothesis.given(fields=TRAINING)
+def test_every_training_config_builds_or_is_refused_in_one_line_naming_a_field(fields, text_path):
+  """Drawn training fields with each kind of task: `build_run` builds the run (task, model, objective,
+  optimizer: nothing compiled) or raises one ConfigError line that names a config field."""
+  try:
+    run = setup.build_run(_drawn_config(fields, text_path))
+  except (setup.ConfigError, ValueError) as e:
+    _refused_in_one_line(e)
+    return
+  assert run.num_train_steps >= 1
+
+
+_SLOW_EXAMPLES = max(2, hypothesis.settings().max_examples // 2)
+
+
+@pytest.mark.slow  # Trains, evaluates, checkpoints and analyses each drawn run (seconds each).
+@hypothesis.settings(max_examples=_SLOW_EXAMPLES, deadline=None)
+@hypothesis.given(fields=TRAINING)
+def test_every_training_config_trains_evaluates_and_analyses_or_is_refused(fields, text_path):
+  """Past `build_run`, a drawn run trains (two steps), evaluates, checkpoints and finishes with
+  finite metrics, and `launch.analyze`'s analysis runs on it; or it is refused in one line."""
+  import tempfile
+
+  from attn.train import analysis
+
+  try:
+    config = _drawn_config(fields, text_path)
+    setup.build_run(config)
+  except (setup.ConfigError, ValueError) as e:
+    _refused_in_one_line(e)
+    return
+  with tempfile.TemporaryDirectory() as workdir:
+    final = train.train_and_evaluate(config, workdir)
+    assert all(math.isfinite(x) for x in final["loss"])
+    result = analysis.analyze_run(workdir, max_examples=3, num_rollouts=1, echo=lambda _: None)
+  assert all(np.isfinite(v).all() for v in _numbers(result["importance"]))
+
+
+def _numbers(tree):
+  """Every number list of a nested dict, as arrays."""
+  if isinstance(tree, dict):
+    for value in tree.values():
+      yield from _numbers(value)
+  else:
+    yield np.asarray(tree, np.float64)
