@@ -15,7 +15,13 @@ from attn.core.attention import (
   self_attention,
 )
 from attn.core.corruption import corrupt_tokens
-from attn.core.masks import causal_mask, combine_masks, local_window_mask, padding_mask
+from attn.core.masks import (
+  attendable_keys,
+  causal_mask,
+  combine_masks,
+  local_window_mask,
+  padding_mask,
+)
 from attn.core.positions import (
   RelativeBias,
   alibi_bias,
@@ -32,6 +38,7 @@ __all__ = [
   "RelativeBias",
   "alibi_bias",
   "alibi_slopes",
+  "attendable_keys",
   "attention_logits",
   "attention_weights",
   "causal_mask",

@@ -37,6 +37,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from attn.core import masks
 from attn.core import positions as relative_positions
 
 # Tile sizes: a tile is [chunk, block_q, block_k] float32 logits. block_q x block_k sets how much of
@@ -632,19 +633,9 @@ def flash_attention(
 
 def _log_counts(mask, T: int, S: int, is_causal: bool):
   """log n per query row, n the keys it may attend (at least 1): [B or 1, H or 1, T] float32, from
-  the 4-D mask (or None) and the causal rule, without building a [T, S] array where none is given."""
-  q_pos = jnp.arange(T)
-  if mask is None:
-    n = jnp.minimum(q_pos + 1, S) if is_causal else jnp.full((T,), S)
-    return jnp.log(jnp.maximum(n, 1).astype(jnp.float32))[None, None]
-  if mask.shape[-2] == 1 and is_causal:  # Key padding: a running count of the attendable keys.
-    running = jnp.cumsum(mask[..., 0, :].astype(jnp.int32), axis=-1)  # [B, H, S]
-    n = jnp.take(running, jnp.minimum(q_pos, S - 1), axis=-1)
-  elif is_causal:
-    causal = jnp.arange(S)[None, :] <= q_pos[:, None]
-    n = jnp.sum(mask & causal, axis=-1)
-  else:
-    n = jnp.broadcast_to(jnp.sum(mask, axis=-1), (*mask.shape[:2], T))
+  the 4-D mask (or None) and the causal rule (`masks.attendable_keys`)."""
+  n = masks.attendable_keys(mask, jnp.arange(T), num_keys=S, is_causal=is_causal)
+  n = n.reshape((1,) * (3 - n.ndim) + n.shape)
   return jnp.log(jnp.maximum(n, 1).astype(jnp.float32))
 
 

@@ -114,3 +114,33 @@ def combine_masks(*masks: jax.Array | None) -> jax.Array | None:
     shapes = ", ".join(str(jnp.shape(m)) for m in present)
     raise ValueError(f"combine_masks: masks do not broadcast together: {shapes}") from None
   return functools.reduce(jnp.logical_and, present)
+
+
+def attendable_keys(
+  mask: jax.Array | None, query_positions: jax.Array, *, num_keys: int, is_causal: bool = False
+) -> jax.Array:
+  """How many keys each query may attend: [..., H or 1, T] int32.
+
+  The count SSMax's log n and sigmoid attention's -log n bias are made of (a query's count does not
+  depend on how far its batch is padded). From `mask` (boolean, broadcastable to [..., H, T, S]; None:
+  every key) and, with `is_causal`, the rule key j <= the query's position. Key padding under the
+  causal rule ([..., 1, 1, S]) is a running count, never a [T, S] array.
+
+  Args:
+    mask: None, or [..., H or 1, T or 1, S] boolean, True = may attend.
+    query_positions: [T] int, each query's position among the S keys (an offset when decoding).
+    num_keys: S.
+    is_causal: whether key j > the query's position is masked too.
+  """
+  q_pos_T = jnp.asarray(query_positions)
+  S = num_keys
+  if mask is None:
+    n_T = jnp.minimum(q_pos_T + 1, S) if is_causal else jnp.full(q_pos_T.shape, S)
+    return n_T[None].astype(jnp.int32)
+  if is_causal and mask.shape[-2] == 1:
+    running = jnp.cumsum(mask[..., 0, :].astype(jnp.int32), axis=-1)  # [..., H or 1, S]
+    return jnp.take(running, jnp.clip(q_pos_T, 0, S - 1), axis=-1)
+  if is_causal:
+    mask = mask & (jnp.arange(S) <= q_pos_T[:, None])
+  n = jnp.sum(mask, axis=-1, dtype=jnp.int32)  # [..., H or 1, T or 1]
+  return jnp.broadcast_to(n, (*n.shape[:-1], q_pos_T.shape[0]))

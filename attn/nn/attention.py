@@ -232,7 +232,7 @@ class MultiHeadAttention(nn.Module):
     H = q_BTHK.shape[-2]
     init = nn.initializers.constant(1.0 / math.log(max(self.ssmax_length, 2)))
     s_H = self.param("ssmax_scale", init, (H,), self.param_dtype)
-    n_hT = _attendable_keys(mask, q_pos_T, S=S, causal=causal)  # [..., H or 1, T]
+    n_hT = masks.attendable_keys(mask, q_pos_T, num_keys=S, is_causal=causal)  # [..., H or 1, T]
     log_n_Th = jnp.swapaxes(jnp.log(jnp.maximum(n_hT, 1).astype(jnp.float32)), -1, -2)
     factor_TH = log_n_Th * s_H
     return q_BTHK * factor_TH[..., None].astype(q_BTHK.dtype)
@@ -436,19 +436,3 @@ class MultiHeadAttention(nn.Module):
       ),
       fits,
     )
-
-
-def _attendable_keys(mask: Array | None, q_pos_T: Array, *, S: int, causal: bool) -> Array:
-  """The number of keys each query may attend: [..., H or 1, T] int32 from the mask (broadcastable
-  to [..., H, T, S]) and, when `causal`, the rule key j <= the query's position. Key padding under
-  the causal rule ([..., 1, 1, S]) is a running count, never a [T, S] array."""
-  if mask is None:
-    n_T = jnp.minimum(q_pos_T + 1, S) if causal else jnp.full(q_pos_T.shape, S)
-    return n_T[None].astype(jnp.int32)
-  if causal and mask.shape[-2] == 1:
-    running = jnp.cumsum(mask[..., 0, :].astype(jnp.int32), axis=-1)  # [..., H or 1, S]
-    return jnp.take(running, jnp.clip(q_pos_T, 0, S - 1), axis=-1)
-  if causal:
-    mask = mask & (jnp.arange(S) <= q_pos_T[:, None])
-  n = jnp.sum(mask, axis=-1, dtype=jnp.int32)  # [..., H or 1, T or 1]
-  return jnp.broadcast_to(n, (*n.shape[:-1], q_pos_T.shape[0]))

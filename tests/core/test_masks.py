@@ -296,3 +296,22 @@ def test_zero_lengths_give_empty_masks():
   assert attn.causal_mask(0).shape == (0, 0)
   assert attn.causal_mask(2, 0).shape == (2, 0)
   assert attn.padding_mask(lengths=[0], max_length=0).shape == (1, 1, 1, 0)
+
+
+@pytest.mark.parametrize("is_causal", [False, True])
+@pytest.mark.parametrize("mask_shape", [None, (2, 1, 1, 6), (2, 3, 5, 6), (1, 3, 1, 6)])
+def test_attendable_keys_counts_what_the_mask_and_the_causal_rule_allow(mask_shape, is_causal):
+  T, S, offset = 5, 6, 1
+  q_pos = jnp.arange(T) + offset
+  mask = None
+  if mask_shape is not None:
+    mask = jax.random.bernoulli(jax.random.key(sum(mask_shape)), 0.6, mask_shape)
+  n = attn.attendable_keys(mask, q_pos, num_keys=S, is_causal=is_causal)
+  full = (
+    jnp.ones((1, 1, T, S), bool) if mask is None else jnp.broadcast_to(mask, (*mask.shape[:2], T, S))
+  )
+  if is_causal:
+    full = full & (jnp.arange(S) <= q_pos[:, None])
+  expected = full.sum(-1)  # The brute-force count over a [T, S] array.
+  np.testing.assert_array_equal(jnp.broadcast_to(n, expected.shape), expected)
+  assert n.dtype == jnp.int32
