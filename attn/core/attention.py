@@ -262,6 +262,15 @@ def attention_weights(
 
 
 IMPLEMENTATIONS = ("naive", "flash", "jax")
+# What each implementation cannot serve of attention's options (it serves the rest): the one table
+# behind `choose_implementation`'s refusals and `attn.nn.ModelConfig`'s. "dropout" and "weights" need
+# the [T, S] weights, which only "naive" forms; jax.nn.dot_product_attention has no soft-cap, sink or
+# sigmoid and needs the value head dim to equal the key's.
+CANNOT_SERVE = {
+  "naive": frozenset(),
+  "flash": frozenset({"dropout", "weights"}),
+  "jax": frozenset({"dropout", "weights", "soft_cap", "sink", "sigmoid", "value_head_dim"}),
+}
 
 # Below this many logits per (batch, head) the naive path is as fast or faster (on the 2-core CPU,
 # forward+backward: equal at 64 x 64, naive 1.4x faster at 11 x 11, flash faster from 128 x 128 on).
@@ -330,15 +339,16 @@ def choose_implementation(
     raise ValueError(
       f"implementation: unknown choice {implementation!r}; expected one of {choices} or None"
     )
-  if implementation != "naive" and (dropout or return_weights):
+  cannot = CANNOT_SERVE[implementation]
+  if (dropout and "dropout" in cannot) or (return_weights and "weights" in cannot):
     what = "dropout_rate > 0" if dropout else "return_weights=True"
     raise ValueError(f"implementation={implementation!r} does not support {what}; use 'naive' or None")
-  if implementation == "jax" and not same_head_dims:
+  if not same_head_dims and "value_head_dim" in cannot:
     raise ValueError(
       "implementation='jax' needs the value head dim to equal the key head dim (jax.nn's kernel); "
       "use 'flash', 'naive' or None"
     )
-  if implementation == "jax" and lacks:
+  if lacks and {"soft_cap", "sink", "sigmoid"} <= cannot:
     raise ValueError(
       f"implementation='jax' does not support {' and '.join(lacks)} (jax.nn has none); use "
       "'flash', 'naive' or None"

@@ -8,7 +8,7 @@ import numbers
 import flax.linen as nn
 import jax.numpy as jnp
 
-from attn.core.attention import IMPLEMENTATIONS
+from attn.core.attention import CANNOT_SERVE, IMPLEMENTATIONS
 from attn.core.scaling import SCALE_CHOICES
 
 # Scale choices of the Flax modules: the pure functions' choices, plus two that need parameters.
@@ -200,25 +200,25 @@ class ModelConfig:
         )
 
   def _check_implementation(self) -> None:
-    """What the chosen attention implementation cannot run, refused here rather than at trace time."""
+    """What the chosen attention implementation cannot run (`attn.core.attention.CANNOT_SERVE`),
+    refused here naming the field rather than at trace time."""
     impl = self.attention_implementation
-    if impl in ("flash", "jax") and self.attention_dropout_rate > 0:
+    cannot = CANNOT_SERVE.get(impl, frozenset())
+    if self.attention_dropout_rate > 0 and "dropout" in cannot:
       raise ValueError(
         f"attention_dropout_rate: {self.attention_dropout_rate} needs the weights, which "
         f"attention_implementation={impl!r} never forms; use 'naive' or None (chooses per call)"
       )
-    if impl != "jax":
-      return
-    unsupported = {
-      "logit_soft_cap": self.logit_soft_cap is not None,
-      "attention_sink": self.attention_sink,
-      "attention_kind": self.attention_kind == "sigmoid",
+    asked = {  # The option of CANNOT_SERVE, and the field that asks for it.
+      "soft_cap": ("logit_soft_cap", self.logit_soft_cap is not None),
+      "sink": ("attention_sink", self.attention_sink),
+      "sigmoid": ("attention_kind", self.attention_kind == "sigmoid"),
     }
-    for field, refused in unsupported.items():
-      if refused:
+    for option, (field, on) in asked.items():
+      if on and option in cannot:
         raise ValueError(
-          f"{field}: {getattr(self, field)!r} is not in jax.nn.dot_product_attention "
-          "(attention_implementation='jax'); use 'flash', 'naive' or None"
+          f"{field}: {getattr(self, field)!r} is not served by attention_implementation={impl!r}; "
+          "use 'flash', 'naive' or None"
         )
 
   @property

@@ -343,11 +343,17 @@ def test_variant_fields_are_checked_in_one_line(changes, message):
       dict(attention_implementation="jax", attention_dropout_rate=0.1),
       r"^attention_dropout_rate: 0\.1 needs the weights, which attention_implementation='jax'",
     ),
-    (dict(attention_implementation="jax", logit_soft_cap=5.0), r"^logit_soft_cap: 5\.0 is not in"),
-    (dict(attention_implementation="jax", attention_sink=True), r"^attention_sink: True is not in"),
+    (
+      dict(attention_implementation="jax", logit_soft_cap=5.0),
+      r"^logit_soft_cap: 5\.0 is not served by attention_implementation='jax'",
+    ),
+    (
+      dict(attention_implementation="jax", attention_sink=True),
+      r"^attention_sink: True is not served by attention_implementation='jax'",
+    ),
     (
       dict(attention_implementation="jax", attention_kind="sigmoid"),
-      r"^attention_kind: 'sigmoid' is not in",
+      r"^attention_kind: 'sigmoid' is not served by attention_implementation='jax'",
     ),
   ],
 )
