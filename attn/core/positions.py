@@ -142,6 +142,20 @@ def alibi_bias(
   return -jnp.asarray(slopes_H, jnp.float32)[:, None, None] * distance[..., None, :, :]
 
 
+def t5_bucket_problem(num_buckets: int, max_distance: int, *, bidirectional: bool) -> str | None:
+  """Why `t5_buckets` cannot bucket with these settings, or None: each direction needs 2 exact
+  buckets (num_buckets >= 4 bidirectional, >= 2 causal) and max_distance beyond the exact ones (the
+  logarithmic buckets divide by log(max_distance / exact))."""
+  per_direction = num_buckets // 2 if bidirectional else num_buckets
+  if per_direction >= 2 and max_distance > per_direction // 2:
+    return None
+  return (
+    f"{num_buckets} buckets ({'bidirectional' if bidirectional else 'causal'}) need at least "
+    f"{4 if bidirectional else 2} and a max_distance above {max(per_direction // 2, 1)}, got "
+    f"max_distance={max_distance}"
+  )
+
+
 def t5_buckets(
   relative_position: jax.typing.ArrayLike,
   *,
@@ -158,13 +172,9 @@ def t5_buckets(
     ValueError: fewer than 2 exact buckets per direction (num_buckets >= 4; >= 2 causal) or a
       max_distance not beyond them (the logarithmic buckets would divide by zero).
   """
-  per_direction = num_buckets // 2 if bidirectional else num_buckets
-  if per_direction < 2 or max_distance <= per_direction // 2:
-    raise ValueError(
-      f"t5_buckets: num_buckets={num_buckets} ({'bidirectional' if bidirectional else 'causal'}) "
-      f"needs >= {4 if bidirectional else 2} and max_distance > {max(per_direction // 2, 1)}, "
-      f"got max_distance={max_distance}"
-    )
+  problem = t5_bucket_problem(num_buckets, max_distance, bidirectional=bidirectional)
+  if problem:
+    raise ValueError(f"t5_buckets: {problem}")
   relative = _positions_array("t5_buckets", relative_position).astype(jnp.int32)
   n = -relative  # Query position minus key position.
   bucket = jnp.zeros_like(n)

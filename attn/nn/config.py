@@ -9,6 +9,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from attn.core.attention import CANNOT_SERVE, IMPLEMENTATIONS
+from attn.core.positions import t5_bucket_problem
 from attn.core.scaling import SCALE_CHOICES
 
 # Scale choices of the Flax modules: the pure functions' choices, plus two that need parameters.
@@ -172,11 +173,10 @@ class ModelConfig:
       raise ValueError(
         f"rope_fraction: {self.rope_fraction} of head dim {self.resolved_head_dim} rotates no pair"
       )
-    if self.t5_num_buckets < 4 or self.t5_max_distance <= self.t5_num_buckets // 2:
-      raise ValueError(
-        f"t5_num_buckets: {self.t5_num_buckets} buckets need at least 4 (2 exact ones per direction "
-        f"in an encoder) and t5_max_distance > half of them, got t5_max_distance={self.t5_max_distance}"
-      )
+    for bidirectional in (True, False):  # An encoder's layers, then a decoder's.
+      problem = t5_bucket_problem(self.t5_num_buckets, self.t5_max_distance, bidirectional=bidirectional)
+      if problem:
+        raise ValueError(f"t5_num_buckets: {problem.replace('max_distance', 't5_max_distance')}")
     cap = self.logit_soft_cap
     if cap is not None and (isinstance(cap, bool) or not 0.0 < cap < float("inf")):
       raise ValueError(f"logit_soft_cap: must be None or a positive float, got {cap!r}")

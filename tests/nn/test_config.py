@@ -318,7 +318,7 @@ def test_feature_buckets_one_or_negative_is_an_error(buckets):
     ({"rope_fraction": 0.0}, "rope_fraction: must be in (0, 1]"),
     ({"rope_fraction": 1.5}, "rope_fraction: must be in (0, 1]"),
     ({"positions": "rope", "rope_fraction": 0.01}, "rope_fraction: 0.01 of head dim 64 rotates no pair"),
-    ({"t5_num_buckets": 1}, "t5_num_buckets: 1 buckets need at least 4"),
+    ({"t5_num_buckets": 1}, "t5_num_buckets: 1 buckets (bidirectional) need at least 4"),
     ({"logit_soft_cap": 0.0}, "logit_soft_cap: must be None or a positive float"),
     ({"logit_soft_cap": -3.0}, "logit_soft_cap: must be None or a positive float"),
     ({"attention_sink": True, "attention_kind": "sigmoid"}, "attention_sink: a sink adds to a softmax"),
