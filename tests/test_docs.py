@@ -65,10 +65,13 @@ def _pins() -> dict[str, str]:
 
 def test_constraints_pin_every_requirement_within_setup_cfg_bounds():
   """constraints.txt pins each requirement of setup.cfg (extras included) to a version its lower bound
-  admits, and never attn itself or torch (a benchmark peer, never a dependency). setup.cfg keeps its
-  lower bounds and names no constraints file, so `pip install .` alone still works."""
+  admits, and never attn itself; torch (a benchmark peer, and needed by the test extra's
+  transformer-lens) only as the CPU wheel, with none of the CUDA packages. setup.cfg keeps its lower
+  bounds and names no constraints file, so `pip install .` alone still works."""
   pins = _pins()
-  assert "attn" not in pins and "torch" not in pins
+  assert "attn" not in pins
+  assert pins.get("torch", "+cpu").endswith("+cpu")
+  assert not [p for p in pins if p.startswith(("nvidia-", "cuda-")) or p == "triton"]
   for requirement in _setup_requirements():
     name = canonicalize_name(requirement.name)
     assert name in pins, f"constraints.txt: no pin for {requirement.name} (setup.cfg)"

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 
 from attn.core import attention, masks
 from attn.core import positions as relative
-from attn.nn import sharding
+from attn.nn import hooks, sharding
 from attn.nn.config import check_module_scale, head_dim_for
 from attn.nn.tokenwise import tokenwise
 
@@ -46,6 +46,15 @@ class SelfAttention(nn.Module):
 
 # The variable collection of per-head gates (see `attn.nn.heads`): not parameters, passed at apply.
 HEAD_GATES = "head_gates"
+
+
+def _weighted_values(weights_BHTS: Array, v_BSGK: Array) -> Array:
+  """The attention output [batch..., T, H, K] of weights [batch..., H, T, S] over values [batch...,
+  S, G, K] (each group of H / G query heads shares a value head)."""
+  H, G = weights_BHTS.shape[-3], v_BSGK.shape[-2]
+  w = weights_BHTS.reshape(*weights_BHTS.shape[:-3], G, H // G, *weights_BHTS.shape[-2:])
+  out = jnp.einsum("...grts,...sgk->...tgrk", w, v_BSGK.astype(jnp.float32))
+  return out.reshape(*out.shape[:-3], H, out.shape[-1]).astype(v_BSGK.dtype)
 
 
 def _folded_init(init, multiplier: float):
@@ -141,6 +150,9 @@ class MultiHeadAttention(nn.Module):
     check_module_scale("scale", self.scale)
     causal = is_causal or self.decode
     q_BTHK, k_BSGK, v_BSGK = self._project(inputs_q, inputs_kv)
+    q_BTHK, k_BSGK, v_BSGK = (
+      hooks.hook(n, x) for n, x in zip("qkv", (q_BTHK, k_BSGK, v_BSGK), strict=True)
+    )
     q_BTHK, k_BSGK = self._normalize_qk(q_BTHK, k_BSGK)
     offset = self._cache_offset()
     q_pos_T = offset + jnp.arange(q_BTHK.shape[-3])
@@ -156,9 +168,15 @@ class MultiHeadAttention(nn.Module):
     variant = self._variant()
     is_causal = is_causal and not self.decode  # Decode mode's mask is causal over the cache already.
     record = self.is_mutable_collection(INTERMEDIATES)
-    out_BTHK, weights = self._attend(
-      q_BTHK, k_BSGK, v_BSGK, mask, bias, runtime_scale, is_causal, deterministic, record, variant,
-    )  # fmt: skip
+    if hooks.tracing():  # From the pattern, so a hook on it changes what follows (attn.nn.hooks).
+      weights, _ = self._naive_weights(q_BTHK, k_BSGK, mask, bias, runtime_scale, is_causal, variant)
+      weights = hooks.hook("pattern", weights)
+      out_BTHK = _weighted_values(weights, v_BSGK)
+    else:
+      out_BTHK, weights = self._attend(
+        q_BTHK, k_BSGK, v_BSGK, mask, bias, runtime_scale, is_causal, deterministic, record, variant,
+      )  # fmt: skip
+    out_BTHK = hooks.hook("z", out_BTHK)
     if record:
       if weights is None:  # A fused path has no weights: a naive pass of their own, for the record.
         weights, _ = self._naive_weights(q_BTHK, k_BSGK, mask, bias, runtime_scale, is_causal, variant)

@@ -8,7 +8,7 @@ from collections.abc import Callable
 import flax.linen as nn
 import jax
 
-from attn.nn import sharding
+from attn.nn import hooks, sharding
 from attn.nn.attention import MultiHeadAttention
 from attn.nn.config import RELATIVE_POSITIONS, ModelConfig
 from attn.nn.tokenwise import tokenwise
@@ -92,12 +92,20 @@ class FeedForward(nn.Module):
     return tokenwise(wo, h_BTF)
 
 
+# The hook point (attn.nn.hooks) of each sublayer's output.
+_OUT_HOOKS = {
+  "self_attention": "attn_out",
+  "cross_attention": "cross_attn_out",
+  "feed_forward": "mlp_out",
+}
+
+
 def _residual(config: ModelConfig, name: str, x: Array, sublayer: Callable, deterministic: bool):
   """x + Dropout(sublayer(x)) with layer norm after the sum (post-LN, the paper) or on the sublayer's
   input (pre-LN). Called inside a compact method, so the norm "{name}_norm" belongs to the caller.
   """
   norm = layer_norm(config, f"{name}_norm")
-  y = sublayer(norm(x) if config.norm == "pre" else x)
+  y = hooks.hook(_OUT_HOOKS[name], sublayer(norm(x) if config.norm == "pre" else x))
   x = x + nn.Dropout(config.dropout_rate)(y, deterministic=deterministic)
   # A block boundary: the batch over the mesh's data axes (tensor parallelism's all-reduce lands here).
   return sharding.constrain_residual(x if config.norm == "pre" else norm(x))
@@ -113,6 +121,7 @@ class EncoderBlock(nn.Module):
   def __call__(self, x_BTD, *, mask=None, deterministic=True):
     """x [B, T, D], mask broadcastable to [B, H, T, T] -> [B, T, D]."""
     layers = self.config.num_encoder_layers
+    x_BTD = hooks.hook("resid_pre", x_BTD)
     self_attn = attention_layer(self.config, "self_attention", stack_layers=layers)
     x_BTD = _residual(
       self.config,
@@ -121,14 +130,16 @@ class EncoderBlock(nn.Module):
       lambda h: self_attn(h, mask=mask, deterministic=deterministic),
       deterministic,
     )
+    x_BTD = hooks.hook("resid_mid", x_BTD)
     ff = FeedForward(self.config, stack_layers=layers, name="feed_forward")
-    return _residual(
+    x_BTD = _residual(
       self.config,
       "feed_forward",
       x_BTD,
       lambda h: ff(h, deterministic=deterministic),
       deterministic,
     )
+    return hooks.hook("resid_post", x_BTD)
 
 
 class DecoderBlock(nn.Module):
@@ -155,6 +166,7 @@ class DecoderBlock(nn.Module):
     """x [B, T, D], encoded [B, S, D] -> [B, T, D]."""
     cfg = self.config
     layers = cfg.num_decoder_layers
+    x_BTD = hooks.hook("resid_pre", x_BTD)
     self_attn = attention_layer(cfg, "self_attention", decode=self.decode, stack_layers=layers)
     x_BTD = _residual(
       cfg,
@@ -169,6 +181,7 @@ class DecoderBlock(nn.Module):
       ),
       deterministic,
     )
+    x_BTD = hooks.hook("resid_mid", x_BTD)
     if self.cross_attention:
       if encoded_BSD is None:
         raise ValueError("DecoderBlock: encoded_BSD is required when cross_attention is on")
@@ -180,10 +193,12 @@ class DecoderBlock(nn.Module):
         lambda h: cross_attn(h, encoded_BSD, mask=cross_mask, deterministic=deterministic),
         deterministic,
       )
+      x_BTD = hooks.hook("resid_mid_cross", x_BTD)
     ff = FeedForward(cfg, stack_layers=layers, name="feed_forward")
-    return _residual(
+    x_BTD = _residual(
       cfg, "feed_forward", x_BTD, lambda h: ff(h, deterministic=deterministic), deterministic
     )
+    return hooks.hook("resid_post", x_BTD)
 
 
 class Encoder(nn.Module):
@@ -197,7 +212,7 @@ class Encoder(nn.Module):
     for i in range(self.config.num_encoder_layers):
       x_BTD = EncoderBlock(self.config, name=f"layer_{i}")(x_BTD, mask=mask, deterministic=deterministic)
     if self.config.norm == "pre":
-      x_BTD = layer_norm(self.config, "final_norm")(x_BTD)
+      x_BTD = hooks.hook("ln_final", layer_norm(self.config, "final_norm")(x_BTD))
     return x_BTD
 
 
@@ -233,5 +248,5 @@ class Decoder(nn.Module):
         deterministic=deterministic,
       )
     if self.config.norm == "pre":
-      x_BTD = layer_norm(self.config, "final_norm")(x_BTD)
+      x_BTD = hooks.hook("ln_final", layer_norm(self.config, "final_norm")(x_BTD))
     return x_BTD

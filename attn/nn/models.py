@@ -18,7 +18,7 @@ from flax import struct
 from attn.core import crf as crf_lib
 from attn.core import masks
 from attn.core.positions import sinusoidal_positions
-from attn.nn import sharding
+from attn.nn import hooks, sharding
 from attn.nn.attention import INTERMEDIATES, WEIGHTS, MultiHeadAttention, SelfAttention
 from attn.nn.blocks import Decoder, DecoderBlock, Encoder, EncoderBlock
 from attn.nn.config import GPT2_INIT_STD, ModelConfig
@@ -71,6 +71,11 @@ class Embedder(nn.Module):
         name="features",
       )
     self.dropout = nn.Dropout(cfg.dropout_rate)
+    if hooks.tracing():  # Hook points only while run_with_cache / run_with_hooks trace.
+      self.hook_embed, self.hook_pos_embed = hooks.HookPoint(), hooks.HookPoint()
+
+  def _hook(self, name: str, x: Array) -> Array:
+    return getattr(self, f"hook_{name}")(x) if hooks.tracing() else x
 
   def __call__(
     self,
@@ -86,14 +91,15 @@ class Embedder(nn.Module):
     x_BTD = _lookup(self.table, tokens_BT, sharding.VOCAB)
     if cfg.init != "gpt2":
       x_BTD = x_BTD * jnp.sqrt(cfg.d_model).astype(jnp.float32)
+    x_BTD = self._hook("embed", x_BTD)
     if features_BTF is not None and cfg.feature_buckets:
       x_BTD = x_BTD + self.embed_features(features_BTF)
     if positions_BT is None:
       positions_BT = jnp.arange(tokens_BT.shape[-1])
     if cfg.positions == "sinusoidal":
-      x_BTD = x_BTD + sinusoidal_positions(positions_BT, cfg.d_model)
+      x_BTD = x_BTD + self._hook("pos_embed", sinusoidal_positions(positions_BT, cfg.d_model))
     elif cfg.positions == "learned":
-      x_BTD = x_BTD + _lookup(self.position_table, positions_BT)
+      x_BTD = x_BTD + self._hook("pos_embed", _lookup(self.position_table, positions_BT))
     return self.dropout(x_BTD, deterministic=deterministic).astype(cfg.compute_dtype)
 
   def attend(self, x_BTD: Array) -> Array:
@@ -154,6 +160,9 @@ class _OutputHead(nn.Module):
 
   @nn.compact
   def __call__(self, x_BTD: Array, embedder: Embedder) -> Array:
+    return hooks.hook("logits", self._logits(x_BTD, embedder))
+
+  def _logits(self, x_BTD: Array, embedder: Embedder) -> Array:
     if self.config.tie_output:
       return tokenwise(embedder.attend, x_BTD)
     kernel_init = sharding.named(self.config.kernel_init(), (sharding.EMBED, sharding.VOCAB))
@@ -304,7 +313,7 @@ class EncoderTagger(nn.Module):
     classifier = nn.Dense(
       cfg.num_classes, dtype=jnp.float32, kernel_init=classifier_init, name="classifier"
     )
-    logits_BTC = tokenwise(classifier, x_BTD)
+    logits_BTC = hooks.hook("logits", tokenwise(classifier, x_BTD))
     scores = CRFScores(cfg, name="crf")() if cfg.crf != "none" else None
     return TaggerOutput(logits=logits_BTC, crf=scores)
 
