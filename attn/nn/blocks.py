@@ -131,14 +131,15 @@ class EncoderBlock(nn.Module):
       deterministic,
     )
     x_BTD = hooks.hook("resid_mid", x_BTD)
-    ff = FeedForward(self.config, stack_layers=layers, name="feed_forward")
-    x_BTD = _residual(
-      self.config,
-      "feed_forward",
-      x_BTD,
-      lambda h: ff(h, deterministic=deterministic),
-      deterministic,
-    )
+    if self.config.d_ff:  # 0: an attention-only block.
+      ff = FeedForward(self.config, stack_layers=layers, name="feed_forward")
+      x_BTD = _residual(
+        self.config,
+        "feed_forward",
+        x_BTD,
+        lambda h: ff(h, deterministic=deterministic),
+        deterministic,
+      )
     return hooks.hook("resid_post", x_BTD)
 
 
@@ -194,10 +195,11 @@ class DecoderBlock(nn.Module):
         deterministic,
       )
       x_BTD = hooks.hook("resid_mid_cross", x_BTD)
-    ff = FeedForward(cfg, stack_layers=layers, name="feed_forward")
-    x_BTD = _residual(
-      cfg, "feed_forward", x_BTD, lambda h: ff(h, deterministic=deterministic), deterministic
-    )
+    if cfg.d_ff:  # 0: an attention-only block.
+      ff = FeedForward(cfg, stack_layers=layers, name="feed_forward")
+      x_BTD = _residual(
+        cfg, "feed_forward", x_BTD, lambda h: ff(h, deterministic=deterministic), deterministic
+      )
     return hooks.hook("resid_post", x_BTD)
 
 

@@ -99,7 +99,7 @@ class ModelConfig:
   head_dim_policy: str = "fixed_model_dim"  # "fixed_model_dim" (K = D/H) or "fixed_head_dim".
   head_dim: int | None = None  # K under "fixed_head_dim"; must be None or equal D/H otherwise.
   num_kv_heads: int | None = None  # G key/value heads (G divides H); None means G = H.
-  d_ff: int = 1024  # Hidden width of the feed-forward sublayer.
+  d_ff: int = 1024  # Hidden width of the feed-forward sublayer; 0: none (an attention-only model).
   num_encoder_layers: int = 2  # Encoder blocks (Transformer, EncoderTagger).
   num_decoder_layers: int = 2  # Decoder blocks (Transformer, LanguageModel).
   dropout_rate: float = 0.1  # Dropout on embeddings and sublayer outputs (training only).
@@ -128,11 +128,11 @@ class ModelConfig:
   eos_id: int = 2  # End token; decoding stops a sequence there.
 
   def __post_init__(self):
-    positive = ("vocab_size", "d_model", "d_ff", "max_length")
+    positive = ("vocab_size", "d_model", "max_length")
     for field in positive:
       if getattr(self, field) <= 0:
         raise ValueError(f"{field}: must be positive, got {getattr(self, field)}")
-    for field in ("num_classes", "num_encoder_layers", "num_decoder_layers"):
+    for field in ("d_ff", "num_classes", "num_encoder_layers", "num_decoder_layers"):
       if getattr(self, field) < 0:
         raise ValueError(f"{field}: must be non-negative, got {getattr(self, field)}")
     if self.feature_buckets == 1 or self.feature_buckets < 0:

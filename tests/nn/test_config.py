@@ -132,7 +132,6 @@ def test_num_kv_heads_dividing_num_heads(num_kv_heads):
   [
     ("d_model", 0),
     ("d_model", -16),
-    ("d_ff", 0),
     ("d_ff", -1),
     ("vocab_size", 0),
     ("vocab_size", -5),
@@ -147,7 +146,7 @@ def test_negative_sizes(field, value):
   assert str(value) in message
 
 
-@pytest.mark.parametrize("field", ["num_encoder_layers", "num_decoder_layers", "num_classes"])
+@pytest.mark.parametrize("field", ["num_encoder_layers", "num_decoder_layers", "num_classes", "d_ff"])
 def test_zero_counts_are_allowed(field):
   assert getattr(ModelConfig(**{field: 0}), field) == 0
 
@@ -380,7 +379,7 @@ CONFIGS = st.fixed_dictionaries(
       + [("fixed_head_dim", 4), ("fixed_head_dim", 6), ("fixed_model_dim", 4), ("fixed_head_dim", None)]
     ),
     "num_kv_heads": st.sampled_from([None, None, 1, 2]),
-    "d_ff": st.sampled_from([8, 16]),
+    "d_ff": st.sampled_from([8, 16, 16, 0]),  # 0: attention-only.
     "num_encoder_layers": st.integers(0, 2),
     "num_decoder_layers": st.integers(0, 2),
     "dropout_rate": st.sampled_from([0.0, 0.1]),

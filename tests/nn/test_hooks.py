@@ -159,3 +159,13 @@ def test_the_encoder_decoder_and_the_tagger_name_their_stacks():
   params = tagger.init(jax.random.key(0), TOKENS)["params"]
   names = hooks.names(tagger, params, TOKENS)
   assert "blocks.0.attn.pattern" in names and names[-1] == "logits"
+
+
+def test_an_attention_only_model_has_no_feed_forward():
+  model = models.LanguageModel(_config(d_ff=0))
+  params = model.init(jax.random.key(0), TOKENS)["params"]
+  assert not [k for k in params["decoder"]["layer_0"] if k.startswith("feed_forward")]
+  logits, cache = hooks.run_with_cache(model, params, TOKENS)
+  assert "blocks.0.mlp_out" not in cache
+  np.testing.assert_array_equal(cache["blocks.0.resid_post"], cache["blocks.0.resid_mid"])
+  np.testing.assert_allclose(logits, model.apply({"params": params}, TOKENS), atol=1e-5)
