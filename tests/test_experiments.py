@@ -26,7 +26,7 @@ from attn.train import evaluate
 REPO = pathlib.Path(__file__).resolve().parents[1]
 CONFIGS = (
   "base", "sqrt_d", "heads", "depth", "ner", "translate", "shakespeare_char", "prune", "ner_heads",
-  "rollout", "denoise", "ner_ablation",
+  "rollout", "denoise", "ner_ablation", "induction",
 )  # fmt: skip
 TEXT_SWEEPS = ("positions", "stability")  # Sweeps of the text task: validated on a small text file.
 # Configs whose task reads config.data.path: validated on fixtures in their own tests (never on the
@@ -41,6 +41,7 @@ TRAIN_CONFIGS = (
   "prune",
   "ner_heads",
   "rollout",
+  "induction",
 )  # Run by launch.train; the others by launch.sweep.
 SWEEPS = ("sqrt_d", "heads", "depth")
 SEED_TASK_SWEEPS = ("cue", "word_sense")  # Tagging sweeps on attn.seed_tasks (main metric: accuracy).

@@ -69,6 +69,10 @@ class Predictor(Protocol):
     """A CRF tagger's (transitions [C, C], start [C], end [C]); None for a per-token tagger."""
     ...
 
+  def self_attention_patterns(self, batch: Batch) -> np.ndarray:
+    """Every self-attention layer's attention pattern on the batch's inputs, [L, B, H, T, T]."""
+    ...
+
   def translate(
     self, src_BS: np.ndarray, *, max_new_tokens: int, beam_size: int = 1, alpha: float = 0.6
   ) -> np.ndarray:

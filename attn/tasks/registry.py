@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from attn.tasks import ner, seed, synthetic, text, translation
+from attn.tasks import induction, ner, seed, synthetic, text, translation
 from attn.tasks.base import Task
 
 BUILDERS: dict[str, Callable[..., Task]] = {
@@ -18,6 +18,7 @@ BUILDERS: dict[str, Callable[..., Task]] = {
   "ner": ner.make_task,
   "translate": translation.make_task,
   "text": text.make_task,
+  "induction": induction.make_task,
 }
 TASK_NAMES = tuple(BUILDERS)
 

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from attn.nn import decoding
+from attn.nn import decoding, hooks
 from attn.train.objectives import CRFTagging, Objective
 
 
@@ -39,7 +39,12 @@ def _compiled(model, objective: Objective):
     )
     return tokens
 
-  return logits, crf_scores, translate
+  @jax.jit
+  def patterns(params, inputs):
+    _, cache = hooks.run_with_cache(model, params, *inputs)  # What is not returned is compiled away.
+    return jnp.stack([x for n, x in cache.items() if n.endswith(".attn.pattern")])
+
+  return logits, crf_scores, translate, patterns
 
 
 class Predictor:
@@ -47,13 +52,19 @@ class Predictor:
 
   def __init__(self, model, objective: Objective, params):
     self.model, self.objective, self.params = model, objective, params
-    self._logits, self._crf_scores, self._translate = _compiled(model, objective)
+    self._logits, self._crf_scores, self._translate, self._patterns = _compiled(model, objective)
 
   def logits(self, batch: dict) -> np.ndarray:
     """The model's per-token scores on a batch's inputs ([B, T, C] tags, a CRF's emissions, or
     [B, T, V] next tokens), float32 on the host."""
     inputs = tuple(jnp.asarray(x) if x is not None else None for x in self.objective.inputs(batch))
     return np.asarray(self._logits(self.params, inputs), np.float32)
+
+  def self_attention_patterns(self, batch: dict) -> np.ndarray:
+    """A language model's or a tagger's self-attention patterns on a batch's inputs, [L, B, H, T, T]
+    float32 (`attn.nn.hooks`' `blocks.L.attn.pattern`, in layer order)."""
+    inputs = tuple(jnp.asarray(x) if x is not None else None for x in self.objective.inputs(batch))
+    return np.asarray(self._patterns(self.params, inputs), np.float32)
 
   def crf_scores(self) -> tuple[np.ndarray, ...] | None:
     """A CRF tagger's (transitions [C, C], start [C], end [C]) with its constraints applied, or None
