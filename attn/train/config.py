@@ -133,6 +133,12 @@ class TrainConfig:
         f"config.checkpoint_every_steps: {self.checkpoint_every_steps} must be a multiple of "
         f"log_every_steps={self.log_every_steps} (checkpoints are taken where the loss is checked)"
       )
+    if self.eval_every_steps % self.log_every_steps:
+      raise ConfigError(
+        f"config.eval_every_steps: {self.eval_every_steps} must be a multiple of "
+        f"log_every_steps={self.log_every_steps} (evaluations are made where the loss is logged; "
+        "others were skipped in silence)"
+      )
     if not _is_number(self.label_smoothing) or not 0.0 <= self.label_smoothing < 1.0:
       raise ConfigError(f"config.label_smoothing: must be in [0, 1), got {self.label_smoothing}")
     patience = self.early_stopping_patience

@@ -46,6 +46,7 @@ from tests.train.common import write_untrained_run
       {"checkpoint_every_steps": 7},
       "config.checkpoint_every_steps: 7 must be a multiple of log_every_steps=5",
     ),
+    ({"eval_every_steps": 12}, "config.eval_every_steps: 12 must be a multiple of log_every_steps=5"),
     ({"label_smoothing": 1.0}, "config.label_smoothing: must be in [0, 1), got 1.0"),
     ({"optimizer.learning_rate": 0.0}, "config.optimizer.learning_rate: must be positive"),
   ],
