@@ -139,11 +139,11 @@ def run_with_hooks(model, params, *inputs, hooks: dict[str, Callable], **kwargs)
 
 def names(model, params, *inputs, **kwargs) -> list[str]:
   """Every hook point's name for these inputs, in the order the model computes them."""
-  order = []
+  order, two = [], _two_stacks(model)
 
   def intercept(next_fun, args, kw, context):
     if isinstance(context.module, HookPoint):
-      order.append(public_name(context.module.path, _two_stacks(model)))
+      order.append(public_name(context.module.path, two))
     return next_fun(*args, **kw)
 
   with _tracing(), nn.intercept_methods(intercept):
