@@ -13,6 +13,7 @@ On a CPU the processes talk through gloo (`jax_cpu_collectives_implementation`),
 from __future__ import annotations
 
 import os
+import socket
 
 import jax
 from absl import flags
@@ -90,21 +91,40 @@ def initialize() -> bool:
   if values and values["coordinator_address"].rpartition(":")[0] in ("127.0.0.1", "localhost"):
     # A run on this machine: the coordinator listens on the loopback only, not on every interface.
     values["coordinator_bind_address"] = values["coordinator_address"]
+  if values and values["process_id"] == 0:
+    # jaxlib 0.10 crashes (SIGSEGV) rather than raising when the coordinator cannot listen: ask first.
+    _check_can_listen(values["coordinator_address"], values.get("coordinator_bind_address"))
   try:
     jax.distributed.initialize(**values)
   except jax.errors.JaxRuntimeError as e:
     if "Failed to start RPC server" not in str(e):
       raise
-    address = values.get("coordinator_address", "the coordinator's address")
-    raise DistributedError(
-      f"--coordinator_address: cannot listen on {address} (is its port in use?)"
-    ) from None
+    raise _cannot_listen(values.get("coordinator_address", "the coordinator's address")) from None
   # orbax's barriers (the checkpoint manager's first act is one) over the coordination service, which
   # waits as long as they need, rather than as gloo collectives, whose context gives up when one
   # process reaches it 30 s after another (seen on a loaded 2-core machine).
   if "experimental_orbax_use_distributed_barrier" in flags.FLAGS:
     flags.FLAGS.experimental_orbax_use_distributed_barrier = True
   return True
+
+
+def _cannot_listen(address: str) -> DistributedError:
+  return DistributedError(f"--coordinator_address: cannot listen on {address} (is its port in use?)")
+
+
+def _check_can_listen(address: str, bind_address: str | None) -> None:
+  """Raises DistributedError when process 0's coordinator could not listen on `address`'s port: as
+  gRPC binds it (SO_REUSEADDR, so a port in TIME_WAIT is free), on the bind address or every
+  interface. A port taken between this check and jax's own bind still meets jaxlib's crash."""
+  host, _, port = (bind_address or address).rpartition(":")
+  host = host.strip("[]") if bind_address else ""
+  family = socket.AF_INET6 if ":" in host else socket.AF_INET
+  with socket.socket(family, socket.SOCK_STREAM) as probe:
+    probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+      probe.bind((host, int(port)))
+    except OSError:
+      raise _cannot_listen(address) from None
 
 
 def forwarded() -> list[str]:
