@@ -9,6 +9,9 @@ attn/runs/compare.py for the formats it reads.
 row per point) into DIR/series.md and plots them into DIR/series.png, one line per point, against the
 number each name ends with; `--split` and `--step` choose which lines (e.g. `--split=diagnostics
 --step=0` for the gradient norms at initialisation).
+
+`--phase_change=loss` also finds, per point and seed, the interval between evaluations where the
+metric improved fastest (an induction-head run's phase change) and writes it to DIR/phase_change.md.
 """
 
 from __future__ import annotations
@@ -32,6 +35,9 @@ _SPLIT = flags.DEFINE_string(
   "split", "eval", "The split whose lines --series reads (eval, diagnostics)."
 )
 _STEP = flags.DEFINE_integer("step", None, "The step --series reads; default each metric's last.")
+_PHASE = flags.DEFINE_string(
+  "phase_change", None, "A metric whose fastest improvement between evaluations to find per seed."
+)
 
 
 def main(argv: list[str]) -> None:
@@ -49,6 +55,12 @@ def main(argv: list[str]) -> None:
     except (OSError, ValueError) as e:
       sys.exit(f"error: {' '.join(str(e).split())}")
     markdown, written = f"{markdown}\n{series}", [*written, *more]
+  if _PHASE.value:
+    try:
+      phase, more = compare.write_phase_changes(directory, _PHASE.value, split=_SPLIT.value)
+    except (OSError, ValueError) as e:
+      sys.exit(f"error: {' '.join(str(e).split())}")
+    markdown, written = f"{markdown}\n{phase}", [*written, *more]
   print(markdown)
   for path in written:
     print(f"wrote {path}")

@@ -34,7 +34,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from attn.runs import files
-from attn.runs.metrics import higher_is_better
+from attn.runs.metrics import higher_is_better, score_sign
 
 PathLike = files.PathLike
 
@@ -746,6 +746,84 @@ def write_series(
   if plot is not None:
     written.append(plot)
   return markdown, written
+
+
+# Phase changes
+
+PHASE_MARKDOWN_FILE = "phase_change.md"
+
+
+class PhaseChange(NamedTuple):
+  """The interval between two consecutive evaluations over which a seed's metric improved fastest."""
+
+  seed: int
+  start: int  # The step before the interval.
+  end: int  # The step after it.
+  before: float  # The metric at `start`.
+  after: float  # The metric at `end`.
+
+
+def phase_changes(steps: np.ndarray, values: np.ndarray, metric: str) -> list[PhaseChange]:
+  """Per seed, where `metric` improved fastest per step between consecutive evaluations (a fall for
+  a metric better when lower, a rise for one better when higher): the step of an abrupt transition
+  such as the induction-head phase change (Olsson et al. 2022: the steepest fall of the loss), found
+  without reading the curve by eye. The answer is only as fine as the evaluation interval.
+
+  Args:
+    steps: [E] eval steps, increasing (`eval_curve`'s).
+    values: [E, seeds] the metric at them; NaNs (a missing value) are skipped.
+    metric: its name, for the direction (`attn.runs.metrics.score_sign`).
+
+  Returns:
+    One PhaseChange per seed with at least two finite values.
+  """
+  sign = score_sign(metric)
+  out = []
+  for seed in range(values.shape[1] if values.ndim == 2 else 0):
+    finite = np.isfinite(values[:, seed])
+    s, v = steps[finite], values[finite, seed]
+    if s.size < 2:
+      continue
+    rates = sign * np.diff(v) / np.diff(s)
+    i = int(np.argmax(rates))
+    out.append(PhaseChange(seed, int(s[i]), int(s[i + 1]), float(v[i]), float(v[i + 1])))
+  return out
+
+
+def phase_markdown(runs: Sequence[Run], metric: str, split: str = "eval") -> str:
+  """A markdown table: per run and seed, the interval of the fastest improvement of `metric`."""
+  lines = [
+    f"Phase change: where {split} {metric} improved fastest per step between evaluations", "",
+    f"| point | seed | from step | to step | {metric} before | {metric} after |",
+    "|---|---|---|---|---|---|",
+  ]  # fmt: skip
+  for run in runs:
+    steps, values = eval_curve(run, metric, split)
+    for change in phase_changes(steps, values, metric):
+      lines.append(
+        f"| {_cell(run.name)} | {change.seed} | {change.start} | {change.end} | "
+        f"{change.before:.4g} | {change.after:.4g} |"
+      )
+  return "\n".join(lines) + "\n"
+
+
+def write_phase_changes(
+  directory: PathLike, metric: str, split: str = "eval"
+) -> tuple[str, list[pathlib.Path]]:
+  """Writes phase_change.md (see `phase_markdown`) into `directory`.
+
+  Raises:
+    FileNotFoundError, ValueError: as `write_report`; also when no `split` line has `metric`.
+  """
+  root = pathlib.Path(directory)
+  runs = load_runs(root)
+  if not runs:
+    raise ValueError(f"{directory}: no runs")
+  if not any(eval_curve(run, metric, split)[0].size for run in runs):
+    raise ValueError(f"{directory}: no {split} line has metric {metric!r}")
+  markdown = phase_markdown(runs, metric, split)
+  (root / PHASE_MARKDOWN_FILE).write_text(markdown, encoding="utf-8")
+  return markdown, [root / PHASE_MARKDOWN_FILE]
 
 
 # The whole comparison

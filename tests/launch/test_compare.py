@@ -93,3 +93,17 @@ def test_a_metrics_line_that_does_not_parse_is_one_warning_naming_file_and_line(
     f"{run / 'metrics.jsonl'}:2: skipped a line that is not a JSON object (cut short by a kill?)"
   )
   assert "final accuracy" in result.stdout  # The table, from the line that parsed.
+
+
+def test_phase_change_flag_writes_each_seeds_steepest_interval(sweep, capsys):
+  flags.FLAGS(["compare"])
+  with flagsaver.flagsaver(phase_change="loss"):
+    compare_app.main(["compare", str(sweep)])
+  out = capsys.readouterr().out
+  assert (
+    "| num_heads=1 | 0 | 10 | 20 | 2 | 1 |" in out and "| num_heads=1 | 1 | 10 | 20 | 1 | 0.5 |" in out
+  )
+  assert f"wrote {sweep / 'phase_change.md'}" in out
+  with flagsaver.flagsaver(phase_change="bleu"), pytest.raises(SystemExit) as error:
+    compare_app.main(["compare", str(sweep)])
+  assert error.value.code == f"error: {sweep}: no eval line has metric 'bleu'"

@@ -456,3 +456,18 @@ def test_series_tabulates_metrics_side_by_side_and_plots_them(tmp_path):
 )
 def test_series_x_is_the_number_a_metric_name_ends_with(name, number):
   assert compare._trailing_number(name) == number
+
+
+def test_phase_changes_find_the_fastest_improvement_per_step_in_either_direction():
+  import numpy as np
+
+  steps = np.array([0, 100, 200, 400, 500])
+  # Seed 0 falls most between 100 and 200; seed 1 falls most in all (2.0) between 200 and 400, but
+  # fastest per step between 400 and 500 (1.5 / 100 > 2.0 / 200).
+  loss = np.array([[4.0, 4.0], [3.9, 3.5], [1.0, 3.0], [0.9, 1.0], [0.8, -0.5]])
+  changes = compare.phase_changes(steps, loss, "loss")
+  assert [(c.seed, c.start, c.end) for c in changes] == [(0, 100, 200), (1, 400, 500)]
+  assert changes[0].before == 3.9 and changes[0].after == 1.0
+  accuracy = np.array([[0.1], [0.2], [np.nan], [0.9], [0.95]])  # A rise; the NaN is skipped.
+  assert [(c.start, c.end) for c in compare.phase_changes(steps, accuracy, "accuracy")] == [(100, 400)]
+  assert compare.phase_changes(steps[:1], loss[:1], "loss") == []
