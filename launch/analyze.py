@@ -9,6 +9,16 @@ tagging task class_attention.png (heads x entity types: the attention a token of
 tokens of type E, trained and at random initialisation), rollout_<i>.png (attention rollout of the
 first examples), and analysis.json with every number; `--seed_index=i` analyses seed i of the run
 (default DIR: RUN/analysis_seed<i>). See attn/train/analysis.py.
+
+For a language model it adds the circuits report: detectors.png (each head's previous-token,
+duplicate-token and induction detector scores and induction score on repeated random tokens),
+logit_lens.png (each residual's lens loss and top-1 agreement with the logits), dla.png (direct
+logit attribution of the top next token of `--prompt`, default the data's first example),
+patching_heads.png and patching_resid.png (a `--clean` prompt patched into a `--corrupt` one of the
+same token length, default a repeated segment and it with its second copy resampled: resid_pre by
+layer and position, each head by activation and attribution patching). Every run kind also gets
+report.html, one self-contained page (no network) with every head's attention on an example, the
+tables and the plots.
 """
 
 from __future__ import annotations
@@ -30,6 +40,18 @@ _SPLIT = flags.DEFINE_enum("split", "dev", analysis.SPLITS, "The data the heads 
 _OUT = flags.DEFINE_string("out", None, "Output folder; default RUN/analysis.")
 _MAX_EXAMPLES = flags.DEFINE_integer("max_examples", 256, "At most this many examples of the split.")
 _SEED_INDEX = flags.DEFINE_integer("seed_index", 0, "Which of the run's seeds to analyse.")
+_PROMPT = flags.DEFINE_string(
+  "prompt", None, "A language model only: text (encoded as launch.sample encodes a prompt) whose "
+  "last position's top next token direct logit attribution explains; default the data's first example.",
+)  # fmt: skip
+_CLEAN = flags.DEFINE_string(
+  "clean", None, "A language model only: the clean prompt of activation patching (with --corrupt, "
+  "of the same token length); default a random segment repeated.",
+)  # fmt: skip
+_CORRUPT = flags.DEFINE_string(
+  "corrupt", None, "A language model only: the corrupted prompt patched into (with --clean); "
+  "default the repeated segment with its second copy resampled.",
+)  # fmt: skip
 flags.mark_flags_as_required(["workdir"])
 
 
@@ -100,9 +122,67 @@ def write_outputs(result: dict, out_dir: str) -> list[str]:
       [np.asarray(example["rollout"])[None]], labels, labels, target(f"rollout_{i}.png"),
       f"attention rollout ({example['stack']}), example {i}",
     )  # fmt: skip
+  if result.get("circuits"):
+    _write_circuits(result["circuits"], target)
   with open(target("analysis.json"), "w", encoding="utf-8") as f:
     json.dump(result, f, indent=1)
   return written
+
+
+def _write_circuits(circuits: dict, target) -> None:
+  """The circuits report's PNGs (see the module docstring)."""
+  found = circuits["detectors"]
+  layers = [f"layer {i}" for i in range(len(found["induction_score"]))]
+  kinds = ("previous_token_head", "duplicate_token_head", "induction_head", "induction_score")
+  segment = circuits["repeated"]["segment_length"]
+  plots.heatmap_panels(
+    {kind: np.asarray(found[kind]) for kind in kinds},
+    target("detectors.png"),
+    f"head detectors on random tokens, a segment of {segment} repeated",
+    row_labels={kind: layers for kind in kinds},
+    cmap="viridis",
+  )
+  lensed = circuits["logit_lens"]
+  x = list(range(len(lensed["names"])))
+  plots.line_plot(
+    {
+      "lens loss (nats)": (x, lensed["loss"]),
+      "top-1 agreement with the logits": (x, lensed["top1_agreement"]),
+    },
+    target("logit_lens.png"),
+    xlabel="residual: " + ", ".join(f"{i} = {n}" for i, n in enumerate(lensed["names"])),
+    ylabel="",
+    title=f"logit lens (the model's own loss: {lensed['model_loss']:.3f})",
+  )
+  dla = circuits["dla"]
+  if "components" in dla:
+    plots.bar_chart(
+      dla["components"],
+      target("dla.png"),
+      xlabel=f"contribution to the logit of {dla['token']!r}",
+      title=f"direct logit attribution, last position: logit {dla['logit']:.3f} = sum {dla['sum']:.3f}",
+    )
+  patched = circuits["patching"]
+  heads = {"activation": patched["heads"], "attribution": patched["heads_attribution"]}
+  plots.heatmap_panels(
+    {k: np.asarray(v) for k, v in heads.items()},
+    target("patching_heads.png"),
+    f"{patched['metric']} ({patched['answer']!r}), a head's result patched in: clean "
+    f"{patched['clean_metric']:.2f}, corrupted {patched['corrupt_metric']:.2f}",
+    row_labels={k: layers for k in heads},
+    cmap="RdBu",
+  )
+  pairs = zip(patched["clean_tokens"], patched["corrupt_tokens"], strict=True)
+  positions = [t if t == c else f"{t}/{c}" for t, c in pairs]
+  plots.heatmap_panels(
+    {"resid_pre": np.asarray(patched["resid_pre"])},
+    target("patching_resid.png"),
+    f"{patched['metric']}, resid_pre at (layer, position) patched in (clean/corrupted tokens)",
+    row_labels={"resid_pre": layers},
+    col_labels=positions if len(positions) <= 64 else [str(t) for t in range(len(positions))],
+    cmap="RdBu",
+    annotate=False,
+  )
 
 
 def main(argv):
@@ -118,7 +198,8 @@ def main(argv):
   try:
     result = analysis.analyze_run(
       _WORKDIR.value, split=_SPLIT.value, max_examples=_MAX_EXAMPLES.value,
-      seed_index=_SEED_INDEX.value,
+      seed_index=_SEED_INDEX.value, prompt=_PROMPT.value, clean=_CLEAN.value,
+      corrupt=_CORRUPT.value,
     )  # fmt: skip
   except train.ConfigError as e:
     sys.exit(f"error: {e}")

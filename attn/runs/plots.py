@@ -1,6 +1,7 @@
 """Plots of attention: weight heatmaps (one panel per (layer, head), queries down, keys across),
-value heatmaps with a panel per attention kind (head importance, role scores) and line plots
-(pruning curves)."""
+value heatmaps with a panel per attention kind (head importance, role scores, detector scores,
+patching grids), line plots (pruning curves, the logit lens) and bar charts (direct logit
+attribution)."""
 
 from __future__ import annotations
 
@@ -50,6 +51,7 @@ def heatmap_panels(
   row_labels: dict[str, Sequence[str]] | None = None,
   col_labels: Sequence[str] | None = None,
   cmap: str = "magma",
+  annotate: bool = True,
 ) -> None:
   """Writes a PNG of one heatmap per panel (e.g. layer x head, one panel per attention kind), each
   cell annotated with its value.
@@ -59,9 +61,11 @@ def heatmap_panels(
     path: the PNG to write.
     title: the figure title.
     row_labels: per panel, its row labels (default 0, 1, ...); col_labels: shared (default heads).
+    cmap: matplotlib's colour map; annotate: write each cell's value (off for wide grids).
   """
   n = len(panels)
-  widths = [max(3.0, 0.6 * np.asarray(v).shape[1] + 2.0) for v in panels.values()]
+  per_col = 0.6 if annotate else 0.3
+  widths = [max(3.0, per_col * np.asarray(v).shape[1] + 2.0) for v in panels.values()]
   height = max(2.5, 0.5 * max(np.asarray(v).shape[0] for v in panels.values()) + 1.8)
   fig = Figure(figsize=(sum(widths), height), layout="constrained")
   axes = fig.subplots(1, n, squeeze=False, width_ratios=widths)[0]
@@ -73,7 +77,7 @@ def heatmap_panels(
     cols = col_labels or [f"head {j}" for j in range(values.shape[1])]
     ax.set_yticks(range(values.shape[0]), rows, fontsize=8)
     ax.set_xticks(range(values.shape[1]), cols, fontsize=8, rotation=45 if col_labels else 0)
-    for (i, j), v in np.ndenumerate(values):
+    for (i, j), v in np.ndenumerate(values if annotate else np.zeros((0, 0))):
       ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7, color="gray")
     ax.set_title(name, fontsize=9)
   fig.suptitle(title)
@@ -98,4 +102,21 @@ def line_plot(
   ax.set_title(title)
   ax.grid(True, alpha=0.3)
   ax.legend(fontsize="small")
+  fig.savefig(path, dpi=100)
+
+
+def bar_chart(values: dict[str, float], path: str, *, xlabel: str, title: str) -> None:
+  """Writes a PNG of one horizontal bar per name (top to bottom in the dict's order)."""
+  names = list(values)
+  fig = Figure(figsize=(7, max(2.5, 0.28 * len(names) + 1.5)), layout="constrained")
+  ax = fig.add_subplot()
+  y = np.arange(len(names))
+  v = np.asarray([values[n] for n in names], np.float64)
+  ax.barh(y, v, color=np.where(v >= 0, "tab:blue", "tab:red"))
+  ax.set_yticks(y, names, fontsize=7)
+  ax.invert_yaxis()
+  ax.axvline(0.0, color="black", linewidth=0.8)
+  ax.set_xlabel(xlabel)
+  ax.set_title(title, fontsize=10)
+  ax.grid(True, axis="x", alpha=0.3)
   fig.savefig(path, dpi=100)

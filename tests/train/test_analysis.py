@@ -134,3 +134,86 @@ def test_a_model_without_attention_is_refused_naming_the_workdir(tmp_path):
   write_untrained_run(config, str(tmp_path))
   with pytest.raises(train.ConfigError, match=r"^--workdir: the model of .* has no attention layer"):
     analysis.analyze_run(str(tmp_path), max_examples=4, echo=lambda _: None)
+
+
+@pytest.fixture(scope="module")
+def lm_run(tmp_path_factory):
+  """An untrained smoke run of the induction task: a 2-layer attention-only language model."""
+  from experiments import induction
+
+  workdir = tmp_path_factory.mktemp("lm")
+  write_untrained_run(induction.get_config("smoke"), str(workdir))
+  return str(workdir)
+
+
+@pytest.mark.slow  # Compiles the circuits' programs (~10 s on 2 cores).
+def test_a_language_model_gets_a_consistent_circuits_report(lm_run):
+  result = analysis.analyze_run(lm_run, max_examples=16, echo=lambda _: None)
+  circuits = result["circuits"]
+  L, H = 2, 2  # The smoke model's layers and heads.
+  repeated = circuits["repeated"]
+  assert repeated["tokens"][0] == "<bos>" and repeated["start"] == 1
+  n = repeated["segment_length"]
+  assert repeated["tokens"][1 : 1 + n] == repeated["tokens"][1 + n : 1 + 2 * n]
+  for kind in (*analysis.detectors.HEAD_KINDS, "induction_score"):
+    scores = np.asarray(circuits["detectors"][kind])
+    assert scores.shape == (L, H) and np.all((scores >= -1e-6) & (scores <= 1 + 1e-6)), kind
+
+  # The lens of the last residual is the model itself: its loss, and agreeing everywhere.
+  lensed = circuits["logit_lens"]
+  assert lensed["names"] == ["blocks.0.resid_pre", "blocks.1.resid_pre", "blocks.1.resid_post"]
+  assert lensed["loss"][-1] == pytest.approx(lensed["model_loss"], abs=1e-5)
+  assert lensed["top1_agreement"][-1] == 1.0
+
+  # Direct logit attribution: the components sum to the logit, in the residual's order.
+  dla = circuits["dla"]
+  assert abs(dla["sum"] - dla["logit"]) < 1e-4
+  names = list(dla["components"])
+  assert names[0] == "embed" and names[-1] == "constant" and "blocks.1.attn.head_1" in names
+  assert dla["tokens"][0] == "<bos>" and dla["position"] == len(dla["tokens"]) - 1
+
+  # Patching the default pair: clean = the repeat without its last token, corrupted = the second
+  # copy resampled; where the two runs agree (BOS and the first copy) patching resid_pre changes
+  # nothing.
+  patched = circuits["patching"]
+  assert patched["default_pair"] and len(patched["clean_tokens"]) == 2 * n
+  resid = np.asarray(patched["resid_pre"])
+  assert resid.shape == (L, 2 * n)
+  np.testing.assert_allclose(resid[0, : 1 + n], patched["corrupt_metric"], atol=1e-5)
+  assert np.asarray(patched["heads"]).shape == np.asarray(patched["heads_attribution"]).shape == (L, H)
+  assert patched["spearman"] is None or -1.0 <= patched["spearman"] <= 1.0
+  assert patched["clean_metric"] <= 0.0 and patched["corrupt_metric"] <= 0.0  # Log-probabilities.
+
+  titles = [view["title"] for view in result["attention_views"]]
+  assert titles == [
+    "first example: decoder self-attention",
+    "repeated random tokens: decoder self-attention",
+  ]
+  for view in result["attention_views"]:
+    patterns = np.asarray(view["patterns"])
+    assert patterns.shape == (L, H, len(view["query_tokens"]), len(view["key_tokens"]))
+    np.testing.assert_allclose(patterns.sum(-1), 1.0, atol=1e-3)
+
+
+@pytest.mark.slow  # Restores a run.
+def test_prompts_are_encoded_and_refused_in_one_line_naming_the_flag(lm_run):
+  from attn.train import setup
+
+  run, _ = setup.restore_run(lm_run)
+  prompt, pair = analysis.encode_prompts(run.task, run.model, "1 2 3", "1 2", "1 3")
+  assert prompt.tolist() == run.task.vocab.encode(["1", "2", "3"]).tolist()
+  assert [p.tolist() for p in pair] == [[5, 6], [5, 7]]
+  assert analysis.encode_prompts(run.task, run.model, "", None, None)[0].tolist() == [1]  # BOS.
+  for args, message in (
+    (("1", "1 2", "1"), r"^--clean, --corrupt: the pair must have one token length, got 2 and 1"),
+    ((None, "1 2", None), r"^--clean, --corrupt: give both"),
+    (("1 " * 40, None, None), r"^--prompt: 40 tokens, more than the model's max_length 32"),
+  ):
+    with pytest.raises(train.ConfigError, match=message):
+      analysis.encode_prompts(run.task, run.model, *args)
+  with pytest.raises(train.ConfigError, match=r"^--prompt: .* holds a seq2seq run"):
+    workdir = pytest.importorskip("pathlib").Path(lm_run).parent / "seq2seq"
+    config = smoke_config()
+    config.num_seeds = 1
+    write_untrained_run(config, str(workdir))
+    analysis.analyze_run(str(workdir), prompt="1", echo=lambda _: None)
