@@ -31,7 +31,7 @@ import numpy as np
 from absl import app, flags
 
 from attn import train
-from attn.runs import plots
+from attn.runs import plots, report
 from attn.train import analysis
 from launch import run, start_quietly
 
@@ -126,6 +126,7 @@ def write_outputs(result: dict, out_dir: str) -> list[str]:
     _write_circuits(result["circuits"], target)
   with open(target("analysis.json"), "w", encoding="utf-8") as f:
     json.dump(result, f, indent=1)
+  report.write_report(result, target("report.html"), images=[p for p in written if p.endswith(".png")])
   return written
 
 
