@@ -44,6 +44,7 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
   config.model.attention_sink = False  # A learned per-head sink logit in the denominator.
   config.model.attention_kind = "softmax"  # softmax | sigmoid | ssmax.
   config.model.norm_kind = "layer"  # layer | rms: the block norms.
+  config.model.norm_epsilon = 1e-6  # Added to the variance in every norm (GPT-2: 1e-5).
   config.model.max_length = 64  # Longest sequence for learned positions.
   config.model.tie_output = True  # Output projection shares the embedding table.
   config.model.activation = "relu"  # relu | gelu.

@@ -64,8 +64,10 @@ def layer_norm(config: ModelConfig, name: str) -> nn.Module:
   """The block norm of `config.norm_kind`: LayerNorm with a learned scale (and a learned bias when
   `config.use_bias`), or RMSNorm (scale only)."""
   if config.norm_kind == "rms":
-    return nn.RMSNorm(dtype=config.compute_dtype, name=name)
-  return nn.LayerNorm(use_bias=config.use_bias, dtype=config.compute_dtype, name=name)
+    return nn.RMSNorm(epsilon=config.norm_epsilon, dtype=config.compute_dtype, name=name)
+  return nn.LayerNorm(
+    epsilon=config.norm_epsilon, use_bias=config.use_bias, dtype=config.compute_dtype, name=name
+  )
 
 
 class FeedForward(nn.Module):

@@ -115,6 +115,7 @@ class ModelConfig:
   attention_sink: bool = False  # A learned per-head sink logit in the softmax's denominator.
   attention_kind: str = "softmax"  # "softmax", "sigmoid" (bias -log S) or "ssmax" (s_h log n).
   norm_kind: str = "layer"  # Block norms: "layer" (LayerNorm) or "rms" (RMSNorm).
+  norm_epsilon: float = 1e-6  # Added to the variance in every norm (flax's default; GPT-2: 1e-5).
   max_length: int = 512  # Longest sequence for learned positions.
   tie_output: bool = True  # Output projection shares the embedding table (as in the paper).
   activation: str = "relu"  # Feed-forward nonlinearity: "relu" (paper) or "gelu" (tanh form).
@@ -167,6 +168,9 @@ class ModelConfig:
     check_choice("qk_norm", self.qk_norm, QK_NORMS)
     check_choice("attention_kind", self.attention_kind, ATTENTION_KINDS)
     check_choice("norm_kind", self.norm_kind, NORM_KINDS)
+    eps = self.norm_epsilon
+    if isinstance(eps, bool) or not isinstance(eps, int | float) or not 0.0 < eps < 1.0:
+      raise ValueError(f"norm_epsilon: must be a float in (0, 1), got {eps!r}")
     if isinstance(self.rope_fraction, bool) or not 0.0 < self.rope_fraction <= 1.0:
       raise ValueError(f"rope_fraction: must be in (0, 1], got {self.rope_fraction!r}")
     if self.positions == "rope" and int(self.resolved_head_dim * self.rope_fraction) < 2:

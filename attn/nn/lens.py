@@ -35,7 +35,8 @@ def _final_norm(model, params, x_BTD: jax.Array) -> jax.Array:
   cfg = model.config
   if cfg.norm != "pre":
     return x_BTD
-  norm = nn.RMSNorm() if cfg.norm_kind == "rms" else nn.LayerNorm(use_bias=cfg.use_bias)
+  eps = cfg.norm_epsilon
+  norm = nn.RMSNorm(epsilon=eps) if cfg.norm_kind == "rms" else nn.LayerNorm(eps, use_bias=cfg.use_bias)
   return norm.apply({"params": params["decoder"]["final_norm"]}, x_BTD.astype(jnp.float32))
 
 
@@ -70,7 +71,7 @@ def direct_logit_attribution(model, params, cache: dict) -> dict[str, jax.Array]
     raise ValueError("direct_logit_attribution: needs norm='pre' (a final norm to freeze)")
   final = cache[f"blocks.{cfg.num_decoder_layers - 1}.resid_post"].astype(jnp.float32)
   norm_params = params["decoder"]["final_norm"]
-  eps = 1e-6  # flax's LayerNorm and RMSNorm default epsilon.
+  eps = cfg.norm_epsilon
   if cfg.norm_kind == "rms":
     scale = jax.lax.rsqrt(jnp.mean(final**2, -1, keepdims=True) + eps)
     center = lambda x: x

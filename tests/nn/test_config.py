@@ -320,6 +320,8 @@ def test_feature_buckets_one_or_negative_is_an_error(buckets):
     ({"t5_num_buckets": 1}, "t5_num_buckets: 1 buckets (bidirectional) need at least 4"),
     ({"logit_soft_cap": 0.0}, "logit_soft_cap: must be None or a positive float"),
     ({"logit_soft_cap": -3.0}, "logit_soft_cap: must be None or a positive float"),
+    ({"norm_epsilon": 0.0}, "norm_epsilon: must be a float in (0, 1)"),
+    ({"norm_epsilon": True}, "norm_epsilon: must be a float in (0, 1)"),
     ({"attention_sink": True, "attention_kind": "sigmoid"}, "attention_sink: a sink adds to a softmax"),
   ],
 )

@@ -31,7 +31,15 @@ def _model(**changes):
 
 
 @pytest.mark.parametrize(
-  "changes", [{}, {"tie_output": False}, {"norm_kind": "rms", "use_bias": False}, {"d_ff": 0}]
+  "changes",
+  [
+    {},
+    {"tie_output": False},
+    {"norm_kind": "rms", "use_bias": False},
+    {"d_ff": 0},
+    {"norm_epsilon": 0.5},
+    {"norm_kind": "rms", "norm_epsilon": 0.5},  # Large: used everywhere.
+  ],
 )
 def test_the_lens_of_the_last_layer_is_the_logits_and_the_attribution_sums_to_them(changes):
   model, params = _model(**changes)
