@@ -260,7 +260,7 @@ def attention_views(model, params, objective: Objective, batch: dict, task, titl
   HTML report: [{"title", "query_tokens", "key_tokens", "layers", "patterns": [L][H][T][S]}], at
   most VIEW_TOKENS tokens a side (the first), padding left out, rounded to 4 decimals."""
   inputs, _ = objective.inputs_and_targets(batch)
-  inputs = tuple(None if x is None else x[:1] for x in inputs)
+  # The whole batch, not its first row: the rollout's compiled program (same shapes) is reused.
   stacks = _stacks(_weights_fn(model)(params, *inputs), objective)
   ids = [np.asarray(x[0]) for x in inputs if x is not None and np.ndim(x) == 2]
   pad = task.vocab.pad_id

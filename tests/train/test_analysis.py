@@ -46,6 +46,13 @@ def test_analysis_has_every_number(analyzed):
   for example in result["rollouts"]:
     np.testing.assert_allclose(np.asarray(example["rollout"]).sum(-1), 1.0, atol=1e-5)
   assert result["entity_types"] == [] and result["class_attention"] == {}  # Not a tagging task.
+  assert result["circuits"] is None  # Not a language model.
+  titles = [view["title"].split(": ")[1] for view in result["attention_views"]]
+  assert titles == ["encoder self-attention", "decoder self-attention", "cross-attention"]
+  for view in result["attention_views"]:
+    patterns = np.asarray(view["patterns"])
+    assert patterns.shape[2:] == (len(view["query_tokens"]), len(view["key_tokens"]))
+    np.testing.assert_allclose(patterns.sum(-1), 1.0, atol=1e-3)
 
 
 def test_iob2_tags_give_entity_types_and_others_none():
