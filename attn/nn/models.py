@@ -74,8 +74,12 @@ class Embedder(nn.Module):
     if hooks.tracing():  # Hook points only while run_with_cache / run_with_hooks trace.
       self.hook_embed, self.hook_pos_embed = hooks.HookPoint(), hooks.HookPoint()
 
-  def _hook(self, name: str, x: Array) -> Array:
-    return getattr(self, f"hook_{name}")(x) if hooks.tracing() else x
+  def _hook(self, name: str, x: Array, like: Array | None = None) -> Array:
+    """`x` through hook point `name` while hooks trace (broadcast to `like`'s shape, so that a
+    position embedding is cached per example, [B, T, D], as TransformerLens caches it), else `x`."""
+    if not hooks.tracing():
+      return x
+    return getattr(self, f"hook_{name}")(x if like is None else jnp.broadcast_to(x, like.shape))
 
   def __call__(
     self,
@@ -97,9 +101,9 @@ class Embedder(nn.Module):
     if positions_BT is None:
       positions_BT = jnp.arange(tokens_BT.shape[-1])
     if cfg.positions == "sinusoidal":
-      x_BTD = x_BTD + self._hook("pos_embed", sinusoidal_positions(positions_BT, cfg.d_model))
+      x_BTD = x_BTD + self._hook("pos_embed", sinusoidal_positions(positions_BT, cfg.d_model), x_BTD)
     elif cfg.positions == "learned":
-      x_BTD = x_BTD + self._hook("pos_embed", _lookup(self.position_table, positions_BT))
+      x_BTD = x_BTD + self._hook("pos_embed", _lookup(self.position_table, positions_BT), x_BTD)
     return self.dropout(x_BTD, deterministic=deterministic).astype(cfg.compute_dtype)
 
   def attend(self, x_BTD: Array) -> Array:
