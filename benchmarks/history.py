@@ -34,6 +34,7 @@ RATIOS = {
   "speedup_without_compile": "higher",
   "speedup": "higher",  # decode: recomputation's time over the cache's.
   "ratio_vs_flash": "lower",  # variants: a variant's time over plain flash.
+  "cache_over_forward": "lower",  # circuits: run_with_cache's time over the plain forward's.
 }
 # The fields that name a row within its suite, in the order they are written into its key.
 LABELS = ("config", "case", "variant", "impl", "mode")

@@ -30,7 +30,7 @@ from attn.nn import decoding
 from attn.nn.config import ModelConfig
 from attn.nn.models import LanguageModel, Transformer
 from attn.train import objectives
-from benchmarks import nanogpt, variants
+from benchmarks import circuits, nanogpt, variants
 from benchmarks.cases import (
   ATTENTION_IMPLS,
   BACKWARD_FLOP_FACTOR,
@@ -50,7 +50,7 @@ from benchmarks.memory import CHILD_TIMEOUT_S, KIB, MIB, measure_memory
 from benchmarks.tables import suite_result
 from benchmarks.timing import import_torch, no_block, time_call, usable_cpus
 
-SUITES = ("attention", "memory", "train", "seeds", "decode", "nanogpt", "variants")
+SUITES = ("attention", "memory", "train", "seeds", "decode", "nanogpt", "variants", "circuits")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,6 +115,9 @@ def run_suite(name: str, settings: Settings, machine: dict[str, Any]) -> dict[st
       train_seeds=settings.nanogpt_train_seeds,
     ),
     "variants": lambda: variants.variants_suite(
+      smoke=settings.smoke, repeats=settings.repeats, budget_s=settings.budget_s
+    ),
+    "circuits": lambda: circuits.circuits_suite(
       smoke=settings.smoke, repeats=settings.repeats, budget_s=settings.budget_s
     ),
   }

@@ -2,8 +2,9 @@
 `python -m launch.bench [--suite=NAMES] [--out=FILE.json] [--repeats=N] [--no-memory] [--nanogpt=DIR]
 [--nanogpt_train_seeds=N] [--baseline=FILE] [--record_baseline=FILE] [--tolerance=0.1]`.
 
---suite: a comma-separated list of attention, memory, train, seeds, decode, nanogpt, variants; or all
-(the default); or smoke (every suite at tiny shapes, in well under a minute: the tests run it).
+--suite: a comma-separated list of attention, memory, train, seeds, decode, nanogpt, variants,
+circuits; or all (the default); or smoke (every suite at tiny shapes, in well under a minute: the
+tests run it).
 Prints the machine's matmul rate and versions, then one table per suite; --out also writes everything
 as JSON (rewritten after each suite). What each suite measures: the docstrings of
 benchmarks/suites.py (and of benchmarks/nanogpt.py and benchmarks/variants.py for those two suites).
@@ -29,7 +30,8 @@ from launch import run, start_quietly
 _SUITE = flags.DEFINE_string(
   "suite",
   "all",
-  "Comma-separated suites (attention, memory, train, seeds, decode, nanogpt, variants), all, or smoke.",
+  "Comma-separated suites (attention, memory, train, seeds, decode, nanogpt, variants, circuits), all, "
+  "or smoke.",
 )
 _NANOGPT = flags.DEFINE_string(
   "nanogpt", None, "A nanoGPT checkout: its model.py is the nanogpt suite's peer (torch needed)."

@@ -103,6 +103,12 @@ def test_smoke_suite_writes_every_suite_and_prints_the_tables(tmp_path):
   # a near-tie flipped by rounding may change the tokens after it).
   assert cached["agreement"] >= 0.5
 
+  forward, cache_all, cache_patterns, activation, attribution = results["suites"]["circuits"]["rows"]
+  assert forward["impl"] == "forward (jit)" and _positive(forward["median_ms"])
+  assert _positive(cache_all["cache_over_forward"]) and _positive(cache_patterns["cache_over_forward"])
+  assert activation["slices"] == attribution["slices"] == 2 * 2 * 8 + 2 * 8 * 2  # Smoke: L=2, T=8, H=2.
+  assert _positive(activation["first_call_s"]) and _positive(attribution["median_ms"])
+
   ours, bare, peer = results["suites"]["nanogpt"]["rows"]
   for row in (ours, bare):  # The loop's compiled step and the bare jax.jit step of the same model.
     assert _positive(row["steps_per_s"]) and _positive(row["compile_s"]) and _positive(row["params"])
@@ -207,5 +213,5 @@ def test_a_bad_suite_ends_in_one_line():
   assert result.returncode != 0
   assert result.stderr.strip().splitlines() == [
     "error: --suite: unknown suite 'atention'; expected all, smoke or some of "
-    "attention, memory, train, seeds, decode, nanogpt, variants"
+    "attention, memory, train, seeds, decode, nanogpt, variants, circuits"
   ]
