@@ -82,6 +82,7 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
   config.task.vocab_size = 0  # Subword pieces; unused with characters.
   config.task.block_size = 64  # Tokens per window: the model's context.
   config.task.eval_windows = 0  # Validation windows; 0 = every non-overlapping window of the split.
+  config.task.icl_windows = 256  # Windows of the in-context learning score (icl_score); 0 = off.
   config.task.num_samples = 2  # Texts sampled at every evaluation (samples/<step>.txt).
   config.task.sample_tokens = 300  # Tokens per sample.
   config.task.sample_prompt = "\n"  # What samples start from (nanoGPT's sample.py starts so too).

@@ -21,6 +21,11 @@ Tiny Shakespeare: the first 90 % of its characters train, the last 10 % validate
   the loss per token over non-overlapping windows of each length tiling the validation split
   (`loss_at_<length>`, every position of every window counted, as Press et al. 2022 evaluate length
   extrapolation); a model trained on `block_size` tokens then reads contexts it never saw.
+- In-context learning: with `icl_windows` > 0, every evaluation also logs `icl_score`, Olsson et al.
+  (2022)'s in-context learning score scaled to the block: on the first `icl_windows` validation
+  windows, the mean loss at the last sixteenth of the positions ([T - T/16, T)) minus the mean loss
+  at the second sixteenth ([T/16, T/8)): about token 500 against token 50 of their 512-token
+  context, here T = `block_size`. Negative: later tokens are predicted better, thanks to the context.
 - Samples: `num_samples` texts of `sample_tokens` tokens (temperature 1, all tokens) from
   `sample_prompt`, written by the loop to `samples/<step>.txt` at every evaluation, with the model's
   context limited to `block_size`.
@@ -137,12 +142,14 @@ class TextTask(Task):
     sample_tokens: int = 0,
     sample_prompt: str = "\n",
     eval_lengths: Sequence[int] = (),
+    icl_windows: int = 0,
   ):
     self.train_ids, self.val_ids, self.val_chars = train_ids, val_ids, val_chars
     self.vocab, self.tokenizer, self.subwords = vocab, tokenizer, subwords
     self.block_size, self.seed, self.files = block_size, seed, tuple(files)
     self.num_samples, self.sample_tokens, self.sample_prompt = num_samples, sample_tokens, sample_prompt
     self.eval_windows, self.eval_lengths = eval_windows, tuple(eval_lengths)
+    self.icl_windows = icl_windows
     starts = np.arange(0, len(val_ids) - block_size, block_size)  # Each window needs one more target.
     if eval_windows and eval_windows < len(starts):
       starts = starts[np.linspace(0, len(starts) - 1, eval_windows).round().astype(int)]
@@ -171,11 +178,30 @@ class TextTask(Task):
     return split_batches(examples, batch_size)
 
   def score(self, predictor: Predictor, batch_size: int, *, final: bool) -> dict[str, float]:
-    """At the final evaluation, `loss_at_<L>` for each L of `eval_lengths` (see the module
-    docstring); {} otherwise."""
-    if not final or not self.eval_lengths:
-      return {}
-    return {f"loss_at_{n}": self.loss_at(predictor, n, batch_size) for n in self.eval_lengths}
+    """`icl_score` at every evaluation when `icl_windows` > 0; at the final evaluation also
+    `loss_at_<L>` for each L of `eval_lengths` (see the module docstring)."""
+    scores = {}
+    if self.icl_windows:
+      scores["icl_score"] = self.icl_score(predictor, batch_size)
+    if final:
+      scores.update({f"loss_at_{n}": self.loss_at(predictor, n, batch_size) for n in self.eval_lengths})
+    return scores
+
+  def icl_score(self, predictor: Predictor, batch_size: int) -> float:
+    """Mean loss at positions [T - T/16, T) minus at [T/16, T/8) of the first `icl_windows`
+    validation windows (T = block_size; see the module docstring)."""
+    T, sixteenth = self.block_size, max(1, self.block_size // 16)
+    starts = self.eval_starts[: self.icl_windows]
+    late, early = [], []
+    for i in range(0, len(starts), batch_size):
+      batch = self._windows(self.val_ids, starts[i : i + batch_size])
+      losses_BT = optax.softmax_cross_entropy_with_integer_labels(
+        jnp.asarray(predictor.logits({"tokens": batch["tokens"]}), jnp.float32),
+        jnp.asarray(batch["targets"]),
+      )
+      late.append(np.asarray(losses_BT[:, T - sixteenth :]))
+      early.append(np.asarray(losses_BT[:, sixteenth : 2 * sixteenth]))
+    return float(np.concatenate(late).mean() - np.concatenate(early).mean())
 
   def loss_at(self, predictor: Predictor, length: int, batch_size: int) -> float:
     """Mean loss per token over the validation split cut into non-overlapping windows of `length`
@@ -308,7 +334,7 @@ def _int_field(task_config, name: str, minimum: int) -> int:
 
 def make_task(task_config, data_config=None, *, seed: int = 0, workdir: str | None = None) -> TextTask:
   """The text task of `config.task` (fields `tokenizer`, `block_size`, `eval_windows`, `vocab_size`
-  for subwords, `num_samples`, `sample_tokens`, `sample_prompt`, `eval_lengths`) on
+  for subwords, `num_samples`, `sample_tokens`, `sample_prompt`, `eval_lengths`, `icl_windows`) on
   `config.data.path`. With a `workdir` holding a saved vocabulary (vocab.json) or subword model,
   that is loaded instead of built again from the text: a run's vocabulary is part of its identity,
   never rebuilt (a character the saved vocabulary lacks is <unk>, as in validation text).
@@ -324,6 +350,11 @@ def make_task(task_config, data_config=None, *, seed: int = 0, workdir: str | No
     )
   block_size = _int_field(task_config, "block_size", 1)
   eval_windows = _int_field(task_config, "eval_windows", 0)
+  icl_windows = task_config.get("icl_windows", 0)
+  if isinstance(icl_windows, bool) or not isinstance(icl_windows, int) or icl_windows < 0:
+    raise ValueError(f"config.task.icl_windows: must be an int >= 0, got {icl_windows!r}")
+  if icl_windows and block_size < 16:
+    raise ValueError(f"config.task.icl_windows: needs block_size >= 16 (sixteenths), got {block_size}")
   num_samples = _int_field(task_config, "num_samples", 0)
   sample_tokens = _int_field(task_config, "sample_tokens", 0)
   eval_lengths = task_config.get("eval_lengths", ())
@@ -384,4 +415,5 @@ def make_task(task_config, data_config=None, *, seed: int = 0, workdir: str | No
     sample_tokens=sample_tokens,
     sample_prompt=str(task_config.get("sample_prompt", "\n")),
     eval_lengths=tuple(eval_lengths),
+    icl_windows=icl_windows,
   )

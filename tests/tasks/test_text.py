@@ -292,3 +292,29 @@ def test_an_eval_length_past_the_validation_split_is_refused_when_the_task_is_bu
   task = build(text_file)
   with pytest.raises(ValueError, match=r"^config\.task\.eval_lengths: 4096 needs a validation split"):
     task.loss_at(None, 4096, batch_size=2)  # The method called on its own says the same.
+
+
+def test_icl_score_is_late_loss_minus_early_loss_at_every_evaluation(text_file):
+  """Logits that spike on token 0 (never a target) before position T/2 and are uniform after: the
+  late positions' loss is ln V, the early ones' ln(e^s + V - 1), so the score is their difference."""
+  task = build(text_file, block_size=16, icl_windows=3)
+  V, spike = len(task.vocab), 5.0
+  seen = []
+
+  class EarlyWrong:
+    def logits(self, batch):
+      seen.append(np.asarray(batch["tokens"]).shape)
+      logits = np.zeros((*batch["tokens"].shape, V), np.float32)
+      logits[:, :8, 0] = spike
+      return logits
+
+  scores = task.score(EarlyWrong(), 2, final=False)
+  assert set(scores) == {"icl_score"}
+  assert scores["icl_score"] == pytest.approx(math.log(V) - math.log(math.exp(spike) + V - 1), rel=1e-5)
+  # The first icl_windows validation windows (or all, when fewer), in batches of 2.
+  assert sum(b for b, _ in seen) == min(3, len(task.eval_starts)) and all(b <= 2 for b, _ in seen)
+  for value, message in ((-1, "must be an int >= 0"), (True, "must be an int >= 0")):
+    with pytest.raises(ValueError, match=rf"^config\.task\.icl_windows: {message}"):
+      build(text_file, icl_windows=value)
+  with pytest.raises(ValueError, match=r"^config\.task\.icl_windows: needs block_size >= 16"):
+    build(text_file, block_size=8, icl_windows=2)
