@@ -5,12 +5,13 @@ an identity module that exists only while `run_with_cache` or `run_with_hooks` t
 (`tracing()`); a plain `apply` builds none and computes exactly what it did.
 
 Names (TransformerLens' where they exist; L a block, in a model of one stack: a language model's
-decoder, a tagger's encoder; an encoder-decoder's carry "encoder." or "decoder." in front):
+decoder, a tagger's encoder; an encoder-decoder's carry "encoder." or "decoder." in front, its
+`embed` and `pos_embed` too: one embedder serves both stacks, and each call has its own names):
 
 | name | shape | what |
 |---|---|---|
 | `embed` | [B, T, D] | token embeddings (scaled as the model scales them) |
-| `pos_embed` | [B or 1, T, D] | the position embeddings added to them (sinusoidal, learned) |
+| `pos_embed` | [B, T, D] | the position embeddings added to them (sinusoidal, learned) |
 | `blocks.L.resid_pre` | [B, T, D] | the residual stream into block L |
 | `blocks.L.attn.q`, `.k`, `.v` | [B, T, H or G, K] | per-head projections (before RoPE) |
 | `blocks.L.attn.pattern` | [B, H, T, S] | the attention weights (float32) |
@@ -99,15 +100,44 @@ def _two_stacks(model) -> bool:
   return isinstance(model, Transformer)
 
 
+# An encoder-decoder's methods that embed for one stack (the embedder is shared by both).
+_STACK_METHODS = {"encode": "encoder", "decode_logits": "decoder"}
+
+
+class _Names:
+  """Public names of hook points during one apply: `public_name`, and for an encoder-decoder the
+  stack whose method (`encode`, `decode_logits`) called the shared embedder."""
+
+  def __init__(self, model):
+    self.two, self.stack = _two_stacks(model), None
+
+  def enter(self, context) -> str | None:
+    """The stack a top-level method call starts (the previous one, to restore), else no change."""
+    previous = self.stack
+    if self.two and not context.module.path and context.method_name in _STACK_METHODS:
+      self.stack = _STACK_METHODS[context.method_name]
+    return previous
+
+  def name(self, path: tuple[str, ...]) -> str:
+    name = public_name(path, self.two)
+    if self.two and path and path[0] == "embedder" and self.stack:
+      name = f"{self.stack}.{name}"
+    return name
+
+
 def _apply(model, params, inputs: tuple, hooks: dict[str, Callable], names, kwargs):
   """(outputs, cache) of one traced apply with `hooks` replacing and `names` read."""
-  two = _two_stacks(model)
+  naming = _Names(model)
   cache, seen = {}, set()
 
   def intercept(next_fun, args, kw, context):
     if not isinstance(context.module, HookPoint):
-      return next_fun(*args, **kw)
-    name = public_name(context.module.path, two)
+      previous = naming.enter(context)
+      try:
+        return next_fun(*args, **kw)
+      finally:
+        naming.stack = previous
+    name = naming.name(context.module.path)
     seen.add(name)
     x = next_fun(*args, **kw)
     if name in hooks:
@@ -139,12 +169,17 @@ def run_with_hooks(model, params, *inputs, hooks: dict[str, Callable], **kwargs)
 
 def names(model, params, *inputs, **kwargs) -> list[str]:
   """Every hook point's name for these inputs, in the order the model computes them."""
-  order, two = [], _two_stacks(model)
+  order, naming = [], _Names(model)
 
   def intercept(next_fun, args, kw, context):
     if isinstance(context.module, HookPoint):
-      order.append(public_name(context.module.path, two))
-    return next_fun(*args, **kw)
+      order.append(naming.name(context.module.path))
+      return next_fun(*args, **kw)
+    previous = naming.enter(context)
+    try:
+      return next_fun(*args, **kw)
+    finally:
+      naming.stack = previous
 
   with _tracing(), nn.intercept_methods(intercept):
     jax.eval_shape(lambda p: model.apply({"params": p}, *inputs, **kwargs), params)

@@ -155,6 +155,17 @@ def test_the_encoder_decoder_and_the_tagger_name_their_stacks():
     seq2seq, params, TOKENS, TOKENS[:, :4], names=["decoder.blocks.0.cross_attn.pattern"]
   )
   assert cache["decoder.blocks.0.cross_attn.pattern"].shape == (2, 2, 4, 6)
+  # One embedder serves both stacks; each call has its own names, and each feeds its stack.
+  assert {"encoder.embed", "encoder.pos_embed", "decoder.embed", "decoder.pos_embed"} <= names
+  assert not {"embed", "pos_embed"} & names
+  _, cache = hooks.run_with_cache(seq2seq, params, TOKENS, TOKENS[:, :4])
+  for stack, T in (("encoder", 6), ("decoder", 4)):
+    assert cache[f"{stack}.embed"].shape == cache[f"{stack}.pos_embed"].shape == (2, T, 16)
+    np.testing.assert_allclose(
+      cache[f"{stack}.blocks.0.resid_pre"],
+      cache[f"{stack}.embed"] + cache[f"{stack}.pos_embed"],
+      rtol=1e-6,
+    )
   tagger = models.EncoderTagger(config)
   params = tagger.init(jax.random.key(0), TOKENS)["params"]
   names = hooks.names(tagger, params, TOKENS)
