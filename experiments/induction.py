@@ -9,27 +9,63 @@ Command: python -m launch.train --config=experiments/induction.py --workdir=runs
 Baselines of the second-copy loss (the eval "loss"): ln 64 = 4.16 nats (a random symbol), about
 ln n = 1.4-2.7 (some earlier symbol of the segment), 0 (induction).
 
-Preliminary result (one run of an earlier version of this config: learning rate 1e-3 constant,
-evaluations every 250 steps, 3000 steps, 5 seeds vmapped,
-on the shared 2-core machine beside CI; read from its metrics.jsonl at step 2500, before it ended):
-second-copy loss (nats) and the largest induction score of any head, per seed:
+Then: python -m launch.compare runs/induction --phase_change=loss (the phase change per seed, and
+learning_curves.png), python -m launch.analyze --workdir=runs/induction (the circuits report and
+report.html), and notebooks/induction_heads.ipynb with ATTN_INDUCTION_RUN=runs/induction (the
+detectors, patching and ablations quoted below, per seed with ATTN_SEED_INDEX).
+Time: 53.6 min wall for the 5 vmapped seeds (3.4 steps/s median, 30 evaluations), measured while
+the 2-core machine also ran the one-layer control, the Tiny Shakespeare run and CI; not measured
+alone (an earlier run of the same model alone reached 7.8 steps/s: about 7 min of steps for 3000).
 
-| step | second-copy loss, 5 seeds | induction_max, 5 seeds |
-|---|---|---|
-| 0 | 4.68 4.71 4.68 4.71 4.74 | 0.06 (all) |
-| 500 | 3.62 3.59 3.60 3.63 3.64 | 0.09 (all) |
-| 750 | 1.33 1.32 1.30 1.36 1.41 | 0.50 0.50 0.52 0.48 0.46 |
-| 1000 | 0.87 0.90 0.89 0.88 0.93 | 0.67 0.65 0.66 0.64 0.61 |
-| 2000 | 0.65 0.65 0.59 0.59 0.63 | 0.77 0.77 0.76 0.76 0.75 |
-| 2500 | 0.43 0.46 0.41 0.39 0.44 | 0.89 0.83 0.84 0.85 0.83 |
+Found (one run of this config, 5 seeds; second-copy loss in nats; the largest induction score of
+any head in each layer, per seed):
 
-In every seed the phase change falls between steps 500 and 750 (evaluations every 250), and it is
-the second layer's heads whose scores rise (all 4 above 0.4 in every seed by step 2000; the first
-layer's stay at 0.06-0.07). Against the issue's targets so far: induction score < 0.05 -> > 0.4,
-held in 5 of 5 seeds (it starts at 0.06, the uniform share, not below 0.05); second-copy loss
-< 0.3 nats: not yet at step 2500 (0.39-0.46). Not yet measured: the 8000-step run, the 1-layer
-control, whether the first layer holds a previous-token head, the patching ranking, and the
-automatic phase-change step at a finer evaluation interval.
+| step | second-copy loss, per seed | largest induction score, layer 0 | largest, layer 1 |
+|---|---|---|---|
+| 0 | 4.68 4.71 4.68 4.71 4.74 | 0.05 0.06 0.05 0.05 0.06 | 0.06 0.05 0.06 0.06 0.06 |
+| 300 | 3.70 3.70 3.73 3.72 3.75 | 0.07 0.08 0.07 0.07 0.08 | 0.09 0.08 0.09 0.08 0.09 |
+| 400 | 3.34 3.40 3.08 3.31 3.39 | 0.08 0.08 0.08 0.08 0.08 | 0.12 0.10 0.18 0.12 0.11 |
+| 500 | 1.29 1.44 1.19 1.29 1.42 | 0.07 0.07 0.07 0.06 0.07 | 0.58 0.52 0.59 0.56 0.51 |
+| 600 | 1.01 0.97 0.89 0.96 0.96 | 0.06 0.06 0.05 0.05 0.06 | 0.67 0.69 0.68 0.68 0.66 |
+| 1000 | 0.69 0.72 0.62 0.70 0.68 | 0.04 0.04 0.04 0.03 0.04 | 0.74 0.78 0.77 0.77 0.76 |
+| 2000 | 0.35 0.34 0.31 0.31 0.35 | 0.05 0.02 0.03 0.05 0.03 | 0.89 0.90 0.90 0.91 0.87 |
+| 3000 | 0.29 0.30 0.29 0.29 0.30 | 0.05 0.02 0.03 0.04 0.03 | 0.89 0.90 0.90 0.91 0.88 |
+
+- The phase change (`--phase_change=loss`): in all 5 seeds the second-copy loss fell fastest between
+  steps 400 and 500 (3.08-3.40 -> 1.19-1.44 nats), and in the same 100 steps the second layer's
+  largest induction score rose from 0.10-0.18 to 0.51-0.59: abrupt, and together.
+- Against the baselines: ln 64 = 4.16 (a random symbol), about ln n = 1.4-2.7 (some earlier symbol of
+  the segment), 0 (induction): the final 0.287 / 0.300 / 0.287 / 0.288 / 0.298 is below 0.3 in 4 of
+  5 seeds (seed 1: 0.3002).
+- Induction score < 0.05 -> > 0.4: at initialisation every head's score is 0.05-0.06 (the uniform
+  share of a causal row, not below 0.05); > 0.4 after the phase change in 5 of 5 seeds.
+- The mechanism (the notebook on the final checkpoint; 64 random segments of 10, repeated once):
+  every first-layer head is partly a previous-token head (TransformerLens "mul" score 0.34-0.43 in
+  all 20 first-layer heads; their induction scores <= 0.01); in each seed three second-layer heads
+  are induction heads (induction score 0.79-0.94) and the fourth a weaker one (0.39-0.46, with the
+  largest duplicate-token score, 0.08-0.14).
+- Patching (clean: the repeated segment; corrupted: its second copy resampled; metric: log p of the
+  clean second copy, -0.18 to -0.21 clean, -4.10 to -4.12 corrupted): each head's output patched in
+  recovers 3-34 % (second layer) and at most 1.7 % (first layer); the three strongest induction heads
+  are the top three in every seed. The previous-token heads do not show here, as expected of this
+  corruption: the first copy is the same in both runs, so their output at the keys the induction
+  heads read does not change. Attribution patching orders the 8 heads as activation patching does:
+  Spearman 1.00, 1.00, 1.00, 0.98, 0.98.
+- Composition (hooks zeroing a layer's heads on the clean run): without the first layer the second
+  copy's log p falls to -3.69 to -3.79 (from -0.18 to -0.21), nearly as low as without the second
+  layer (-4.30 to -4.45), though the first layer predicts nothing of the copy on its own: the
+  induction heads read the previous-token heads. No single first-layer head is necessary (each costs
+  0.04-0.27 nats): the previous-token role is spread over all four.
+- Negative control ("one_layer", the same settings): one layer cannot compose; its second-copy loss
+  ends at 2.96-2.99 (between ln V = 4.16 and the ln n = 1.4-2.7 of guessing among the segment's
+  symbols: it has no way to know where the segment is) and its largest induction score
+  stays at 0.08 in every seed (wall 42.8 min beside the other runs).
+- What failed or was not tried: learning rate 1e-3 constant (evaluations every 250) also formed the
+  circuit (phase change between steps 500 and 750 in all seeds) but ended at 0.33-0.37 at step 3000;
+  3e-3 constant (phase change between 250 and 500) ended at 0.31-0.35: the cosine decay is what takes
+  the loss under 0.3. RoPE and no positions were not run (the issue
+  asks for them; left for a later session). The target of under 10 minutes for the 5 seeds was not
+  measured on a quiet machine.
 """
 
 import ml_collections
