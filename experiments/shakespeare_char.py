@@ -64,6 +64,32 @@ seed 0 of the run, temperature 1), its start:
   ...
   WARWICK:
   Tis his pacy quee not magh thy to thy as you.
+
+Heads and in-context learning (issue 25; a rerun of this config after `icl_score` was added: the same
+validation losses to the last digit, 1.893 / 1.912 / 1.887; 54.8 min wall beside the induction runs
+and CI). Olsson et al.'s in-context learning score scaled to the block (`icl_score`: the loss at
+positions 60-63 minus at positions 4-7, on 256 validation windows), per seed:
+
+| step | icl_score, 3 seeds | validation loss, 3 seeds |
+|---|---|---|
+| 0 | 0.38 0.44 0.27 | 6.02 5.88 5.66 |
+| 250 | 0.06 0.09 0.07 | 2.44 2.44 2.43 |
+| 500 | 0.12 0.10 0.09 | 2.37 2.38 2.35 |
+| 750 | 0.10 0.04 -0.01 | 2.26 2.23 2.22 |
+| 1000 | -0.06 -0.04 -0.09 | 2.10 2.10 2.09 |
+| 1500 | -0.12 -0.10 -0.11 | 1.96 1.97 1.95 |
+| 1750 | -0.13 -0.12 -0.15 | 1.91 1.93 1.90 |
+| 2000 | -0.11 -0.10 -0.12 | 1.89 1.91 1.89 |
+
+Late tokens come to be predicted about 0.1 nats better than early ones, from step 750-1000 on,
+gradually (no step where it changes abruptly), and far less than the ~0.4 nats Olsson et al. report
+for models with induction heads. The heads (TransformerLens' detectors and the induction score on 32
+random character sequences of 32 repeated once; a script over `attn.nn.hooks` and
+`attn.core.detectors`, as in notebooks/induction_heads.ipynb): no induction head in any seed
+(induction score at most 0.02 in all 48 heads) and no previous-token head (the "mul" score is at most
+0.15; 0.05-0.06 in the first layer). At 2000 steps with a 64-character context this model has not
+formed the induction circuit: found so, in all 3 seeds. (Random characters repeated are far from its
+data; heads that copy only familiar words would not show here, and were not looked for.)
 """
 
 import ml_collections
