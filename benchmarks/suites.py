@@ -1,6 +1,7 @@
 """The benchmark suites behind `python -m launch.bench`: attention paths against their peers, peak
 memory, one training step, vmapped seeds, cached decoding, the language model against nanoGPT
-(`benchmarks/nanogpt.py`) and the attention variants against plain flash (`benchmarks/variants.py`);
+(`benchmarks/nanogpt.py`), the attention variants against plain flash (`benchmarks/variants.py`) and
+a Hugging Face checkpoint's conversion and forward against transformers' (`benchmarks/pretrained.py`);
 every figure measured in the run that prints it, nothing hard-coded. `cases`, `timing`, `memory`
 and `tables` hold what they share.
 
@@ -30,7 +31,7 @@ from attn.nn import decoding
 from attn.nn.config import ModelConfig
 from attn.nn.models import LanguageModel, Transformer
 from attn.train import objectives
-from benchmarks import circuits, nanogpt, variants
+from benchmarks import circuits, nanogpt, pretrained, variants
 from benchmarks.cases import (
   ATTENTION_IMPLS,
   BACKWARD_FLOP_FACTOR,
@@ -48,9 +49,18 @@ from benchmarks.cases import (
 )
 from benchmarks.memory import CHILD_TIMEOUT_S, KIB, MIB, measure_memory
 from benchmarks.tables import suite_result
-from benchmarks.timing import import_torch, no_block, time_call, usable_cpus
+from benchmarks.timing import (
+  import_torch,
+  interleave_calls,
+  no_block,
+  round_ratio,
+  time_call,
+  usable_cpus,
+)
 
-SUITES = ("attention", "memory", "train", "seeds", "decode", "nanogpt", "variants", "circuits")
+SUITES = (
+  "attention", "memory", "train", "seeds", "decode", "nanogpt", "variants", "circuits", "pretrained",
+)  # fmt: skip
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,6 +130,9 @@ def run_suite(name: str, settings: Settings, machine: dict[str, Any]) -> dict[st
     "circuits": lambda: circuits.circuits_suite(
       smoke=settings.smoke, repeats=settings.repeats, budget_s=settings.budget_s
     ),
+    "pretrained": lambda: pretrained.pretrained_suite(
+      smoke=settings.smoke, repeats=settings.repeats, budget_s=settings.budget_s
+    ),
   }
   if name not in suites:
     raise ValueError(f"unknown suite {name!r}; expected one of {', '.join(SUITES)}")
@@ -138,8 +151,7 @@ def attention_suite(settings: Settings, machine: dict[str, Any]) -> dict[str, An
   for case in attention_cases(settings.smoke):
     inputs = jax.block_until_ready(attention_inputs(case))
     for mode in MODES:
-      reference = None
-      case_rows = []
+      case_rows, calls, fns = [], {}, {}
       for impl in ATTENTION_IMPLS:
         label = f"{impl} ({auto_choice(case)})" if impl == OURS_IMPL else impl
         row: dict[str, Any] = {"case": case.name, "mode": mode, "impl": label, "flops": case.flops(mode)}
@@ -152,19 +164,23 @@ def attention_suite(settings: Settings, machine: dict[str, Any]) -> dict[str, An
           if torch is None:
             row["skipped"] = "torch does not import"
             continue
-          call = torch_attention_call(case, mode, [np.asarray(x) for x in inputs])
-          timing = time_call(call, repeats=settings.repeats, budget_s=settings.budget_s, block=no_block)
-          out = call() if mode == "forward" else None
+          fns[impl] = torch_attention_call(case, mode, [np.asarray(x) for x in inputs])
+          calls[impl] = fns[impl]  # Eager: done (host data) when it returns.
         else:
           fn = jax.jit(jax_attention_fn(impl, case, mode))
-          timing = time_call(
-            lambda fn=fn, inputs=inputs: fn(*inputs),
-            repeats=settings.repeats,
-            budget_s=settings.budget_s,
-          )
-          out = np.asarray(fn(*inputs)) if mode == "forward" else None
-        if impl == REFERENCE_IMPL and out is not None:
-          reference = out
+          fns[impl] = lambda fn=fn, inputs=inputs: fn(*inputs)
+          calls[impl] = lambda fn=fns[impl]: jax.block_until_ready(fn())
+      # Every contender of this case and mode in the same interleaved rounds: the ratios compare
+      # times taken at the same moments, so load that comes and goes moves both sides alike.
+      timings = interleave_calls(
+        calls, repeats=settings.repeats, budget_s=settings.budget_s, block=no_block
+      )
+      outs = {impl: np.asarray(fn()) for impl, fn in fns.items()} if mode == "forward" else {}
+      reference = outs.get(REFERENCE_IMPL)
+      for impl, row in zip(ATTENTION_IMPLS, case_rows, strict=True):
+        if impl not in timings:
+          continue
+        timing, out = timings[impl], outs.get(impl)
         gflops = row["flops"] / timing.median_s / 1e9
         row.update(
           timing.as_dict(),
@@ -174,14 +190,12 @@ def attention_suite(settings: Settings, machine: dict[str, Any]) -> dict[str, An
           pct_peak=100.0 * gflops / peak,
           max_err=None if out is None or reference is None else float(np.max(np.abs(out - reference))),
         )
+        if OURS_IMPL in timings:
+          row["ratio_vs_ours"] = round_ratio(timing, timings[OURS_IMPL])
         if settings.memory:
           row["memory"] = measure_memory(impl, case, mode, timeout_s=settings.child_timeout_s)
           row["peak_mib"] = row["memory"].get("peak_mib")
           row["delta_mib"] = row["memory"].get("delta_mib")
-      ours = next(r for r in case_rows if r["impl"].startswith(OURS_IMPL))
-      for row in case_rows:
-        if "median_ms" in row and "median_ms" in ours:
-          row["ratio_vs_ours"] = row["median_ms"] / ours["median_ms"]
       rows += case_rows
   columns = [
     ("case", "case", ""),
@@ -200,9 +214,10 @@ def attention_suite(settings: Settings, machine: dict[str, Any]) -> dict[str, An
     "FLOPs: forward 4*B*H*T*S*K (halved when causal); forward+backward (grad of sum(out) w.r.t. q, k, v)"
     f" = {BACKWARD_FLOP_FACTOR} x forward, whatever work an implementation actually does.",
     f"% peak: GFLOP/s / the float32 matmul rate above ({peak:.1f} GFLOP/s). median of n calls after a "
-    "warm-up call (compile excluded).",
-    f"ratio vs ours = impl time / {OURS_IMPL} time (> 1: ours is faster); {OURS_IMPL} shows the path "
-    "it picked.",
+    "warm-up call (compile excluded); a case's implementations run in n interleaved rounds, one call "
+    "of each per round, the order rotated.",
+    f"ratio vs ours = median over the rounds of impl time / {OURS_IMPL} time in the same round (> 1: "
+    f"ours is faster), so load moves both alike; {OURS_IMPL} shows the path it picked.",
     "max err: max |out - ours/naive out| (forward). float32 throughout; torch on the CPU with "
     f"{usable_cpus()} threads, tensors [B, H, T, K].",
   ]

@@ -3,7 +3,8 @@ figure reads against, versions, and PyTorch (a peer, never a dependency) importe
 
 Times are wall clock after one warm-up call (so compilation is excluded; it is reported separately
 where it matters), with `jax.block_until_ready`, the median of up to `repeats` calls (fewer when the
-calls are slow: see `time_call`).
+calls are slow: see `time_call`). Contenders compared by a ratio are timed in interleaved rounds
+(`interleave_calls`, `round_ratio`), so load that comes and goes moves them alike.
 """
 
 from __future__ import annotations
@@ -74,6 +75,52 @@ def time_call(
     if sum(times) >= budget_s and len(times) >= min(repeats, 3):
       break
   return Timing(first, times)
+
+
+def interleave_calls(
+  calls: dict[str, Callable[[], Any]],
+  *,
+  repeats: int,
+  budget_s: float = 10.0,
+  block: Callable[[Any], Any] = jax.block_until_ready,
+) -> dict[str, Timing]:
+  """Times several contenders in interleaved rounds: each warmed up once, then one call of each per
+  round (the order rotated every round), up to `repeats` rounds, blocking on each result with `block`
+  (a contender that returns host data, like eager torch, is already done: `block` does nothing to it).
+
+  Stops early once the rounds have taken `budget_s` per contender and at least min(repeats, 3) rounds
+  were made, as `time_call` does. Every Timing's times_s holds one entry per round, in round order,
+  so `round_ratio` can divide two contenders' times measured at the same moments: on a loaded machine
+  a burst of load then slows both alike, where timing one contender after the other would not.
+  """
+  names = list(calls)
+  first = {}
+  for name in names:
+    start = time.perf_counter()
+    block(calls[name]())
+    first[name] = time.perf_counter() - start
+  times: dict[str, list[float]] = {name: [] for name in names}
+  total, rounds = 0.0, 0
+  while rounds < repeats:
+    shift = rounds % len(names)
+    for name in names[shift:] + names[:shift]:
+      start = time.perf_counter()
+      block(calls[name]())
+      elapsed = time.perf_counter() - start
+      times[name].append(elapsed)
+      total += elapsed
+    rounds += 1
+    if total >= budget_s * len(names) and rounds >= min(repeats, 3):
+      break
+  return {name: Timing(first[name], times[name]) for name in names}
+
+
+def round_ratio(numerator: Timing, denominator: Timing) -> float:
+  """The median over rounds of numerator's time / denominator's time in the same round (Timings from
+  one `interleave_calls`)."""
+  if len(numerator.times_s) != len(denominator.times_s):
+    raise ValueError("round_ratio needs Timings from the same interleaved rounds")
+  return statistics.median(a / b for a, b in zip(numerator.times_s, denominator.times_s, strict=True))
 
 
 def no_block(x):

@@ -37,6 +37,7 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
   config.model.norm = "post"  # post (the paper) | pre.
   config.model.positions = "sinusoidal"  # sinusoidal | learned | rope | alibi | t5_bias | none.
   config.model.rope_fraction = 1.0  # Share of the head dim RoPE rotates.
+  config.model.rope_theta = 10000.0  # RoPE's base (Llama 3: 500000).
   config.model.t5_num_buckets = 32  # T5 bias buckets.
   config.model.t5_max_distance = 128  # T5 bias: distances beyond share the last bucket.
   config.model.qk_norm = "none"  # none | rms (q and k RMS-normalised, learned per-head scale).
@@ -47,12 +48,17 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
   config.model.norm_epsilon = 1e-6  # Added to the variance in every norm (GPT-2: 1e-5).
   config.model.max_length = 64  # Longest sequence for learned positions.
   config.model.tie_output = True  # Output projection shares the embedding table.
-  config.model.activation = "relu"  # relu | gelu.
+  config.model.activation = "relu"  # relu | gelu (tanh form) | gelu_exact (erf) | silu.
+  config.model.ff_glu = False  # Gated feed-forward wo(act(wi(x)) * wi_up(x)): SwiGLU under silu.
   config.model.init = "default"  # default (LeCun, sqrt(D)-scaled embeddings) | gpt2 (normal 0.02).
   config.model.use_bias = True  # Biases in attention, feed-forward and layer norms.
+  config.model.qkv_bias = config_dict.placeholder(bool)  # q/k/v projection biases; None = use_bias.
+  config.model.out_bias = config_dict.placeholder(bool)  # Attention output bias; None = use_bias.
+  config.model.embed_norm = False  # A norm over the embeddings' sum (BERT).
   config.model.dtype = "float32"  # Computation dtype: float32 | bfloat16 | float16.
   config.model.attention_implementation = config_dict.placeholder(str)  # naive | flash | jax | None.
-  config.model.attention_window = config_dict.placeholder(int)  # Encoder sees |i-j| <= w; None = all.
+  # Encoder self-attention sees |i-j| <= w, a LanguageModel's causal one 0 <= i-j <= w; None = all.
+  config.model.attention_window = config_dict.placeholder(int)
 
   config.optimizer = ml_collections.ConfigDict()
   config.optimizer.learning_rate = 3e-3  # Peak learning rate, reached at the end of warmup.

@@ -3,8 +3,8 @@
 [--nanogpt_train_seeds=N] [--baseline=FILE] [--record_baseline=FILE] [--tolerance=0.1]`.
 
 --suite: a comma-separated list of attention, memory, train, seeds, decode, nanogpt, variants,
-circuits; or all (the default); or smoke (every suite at tiny shapes, in well under a minute: the
-tests run it).
+circuits, pretrained; or all (the default); or smoke (every suite at tiny shapes, in well under a
+minute: the tests run it).
 Prints the machine's matmul rate and versions, then one table per suite; --out also writes everything
 as JSON (rewritten after each suite). What each suite measures: the docstrings of
 benchmarks/suites.py (and of benchmarks/nanogpt.py and benchmarks/variants.py for those two suites).
@@ -30,7 +30,8 @@ from launch import run, start_quietly
 _SUITE = flags.DEFINE_string(
   "suite",
   "all",
-  "Comma-separated suites (attention, memory, train, seeds, decode, nanogpt, variants, circuits), all, "
+  "Comma-separated suites (attention, memory, train, seeds, decode, nanogpt, variants, circuits, "
+  "pretrained), all, "
   "or smoke.",
 )
 _NANOGPT = flags.DEFINE_string(

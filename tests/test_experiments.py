@@ -26,13 +26,21 @@ from attn.train import evaluate
 REPO = pathlib.Path(__file__).resolve().parents[1]
 CONFIGS = (
   "base", "sqrt_d", "heads", "depth", "ner", "translate", "shakespeare_char", "prune", "ner_heads",
-  "rollout", "denoise", "ner_ablation", "induction",
+  "rollout", "denoise", "ner_ablation", "induction", "ner_pretrained",
 )  # fmt: skip
 TEXT_SWEEPS = ("positions", "stability")  # Sweeps of the text task: validated on a small text file.
 # Configs whose task reads config.data.path: validated on fixtures in their own tests (never on the
 # shared data), e.g. tests/tasks/test_ner.py.
 NER_SWEEPS = ("denoise", "ner_ablation")  # Sweeps of the NER task: validated on the NER fixture.
-FILE_DATA_CONFIGS = ("ner", "translate", "shakespeare_char", "ner_heads", *TEXT_SWEEPS, *NER_SWEEPS)
+FILE_DATA_CONFIGS = (
+  "ner",
+  "ner_pretrained",
+  "translate",
+  "shakespeare_char",
+  "ner_heads",
+  *TEXT_SWEEPS,
+  *NER_SWEEPS,
+)
 TRAIN_CONFIGS = (
   "base",
   "ner",
@@ -42,6 +50,7 @@ TRAIN_CONFIGS = (
   "ner_heads",
   "rollout",
   "induction",
+  "ner_pretrained",
 )  # Run by launch.train; the others by launch.sweep.
 SWEEPS = ("sqrt_d", "heads", "depth")
 SEED_TASK_SWEEPS = ("cue", "word_sense")  # Tagging sweeps on attn.seed_tasks (main metric: accuracy).

@@ -11,8 +11,8 @@ Where the time goes (measured on the 2-core CPU, XLA's CPU backend, (8, 8, 512, 
 - Memory traffic, not arithmetic. A [64, 512, 512] tile of logits is 64 MiB; writing it and reading it
   back for the exponential cost more than the matmuls (the q @ k^T einsum alone took 34 ms, of which
   the matmul's share at the machine's rate is 12 ms). The (batch x head) axis is therefore cut into
-  chunks whose tile fits the cache (`TILE_BYTES`), one chunk at a time (`lax.map`): the forward went
-  from about 97 ms to about 31 ms, torch's fused kernel's time.
+  chunks whose tile fits the cache (`backend_tile_bytes`), one chunk at a time (`lax.map`): the
+  forward went from about 97 ms to about 31 ms, torch's fused kernel's time.
 - Matmul layouts. XLA's CPU dot was about 3x slower for a product that contracts the leading axis of
   its left operand (p^T @ dO, dS^T @ Q in the backward) than for the plain forms. The backward therefore
   transposes p and dS explicitly (an optimization barrier stops XLA from folding the transpose back
@@ -42,12 +42,22 @@ from attn.core import positions as relative_positions
 
 # Tile sizes: a tile is [chunk, block_q, block_k] float32 logits. block_q x block_k sets how much of
 # each row one step sees; `chunk` (how many (batch, head) pairs share a step) is the largest divisor
-# of N whose tile stays within TILE_BYTES, so the tile and its exponential stay in cache.
-# On the 2-core CPU (2 MiB L2, 32 MiB L3), 512 x 512 tiles within 4 MiB were the fastest tried at
-# T = 512 and among the fastest at T = 4096 (noisy timings, 2026-11-25); a new machine may want others.
+# of N whose tile stays within the backend's tile budget (`backend_tile_bytes`), so the tile and its
+# exponential stay in cache. On the 2-core CPU (2 MiB L2, 32 MiB L3), 512 x 512 tiles were the fastest
+# tried at T = 512 and among the fastest at T = 4096 (noisy timings, 2026-11-25), and one (batch, head)
+# pair per step (a 1 MiB tile, within L2) beat 4 MiB against torch's SDPA in interleaved rounds at
+# (8, 8, 512, 64) forward+backward (2026-12-05: 1.12x and 1.17x causal, against 1.02x and 0.92x, on a
+# loaded machine); other backends keep 4 MiB. A new machine may want others.
 BLOCK_Q = 512
 BLOCK_K = 512
-TILE_BYTES = 4 * 2**20
+TILE_BYTES = 4 * 2**20  # Every backend but the CPU.
+CPU_TILE_BYTES = 2**20
+
+
+def backend_tile_bytes(backend: str | None = None) -> int:
+  """The tile budget of `backend` (default: JAX's default backend): CPU_TILE_BYTES on the CPU,
+  TILE_BYTES elsewhere."""
+  return CPU_TILE_BYTES if (backend or jax.default_backend()) == "cpu" else TILE_BYTES
 
 
 def _pad_axis(x, axis, multiple, value=0, *, broadcasts=False):
@@ -547,9 +557,11 @@ def _flash_bwd(config, residuals, d_out):
 _flash.defvjp(_flash_fwd, _flash_bwd)
 
 
-def chunk_for(N: int, block_q: int, block_k: int, tile_bytes: int = TILE_BYTES) -> int:
-  """The largest divisor of N whose [chunk, block_q, block_k] float32 tile fits `tile_bytes` (>= 1)."""
-  limit = max(1, tile_bytes // (4 * block_q * block_k))
+def chunk_for(N: int, block_q: int, block_k: int, tile_bytes: int | None = None) -> int:
+  """The largest divisor of N whose [chunk, block_q, block_k] float32 tile fits `tile_bytes` (default:
+  the default backend's, `backend_tile_bytes()`), at least 1."""
+  budget = tile_bytes if tile_bytes is not None else backend_tile_bytes()
+  limit = max(1, budget // (4 * block_q * block_k))
   return max(d for d in range(1, min(N, limit) + 1) if N % d == 0)
 
 
@@ -572,8 +584,8 @@ def flash_attention(
     sink_logits: [H] or [B, H] sink logits of the softmax, or None.
     relative_bias: ALiBi's or T5's bias, computed per tile from positions (no [T, S] array).
     block_q, block_k: tile sizes (default BLOCK_Q, BLOCK_K, shrunk to the lengths).
-    chunk: (batch, head) pairs per step, a divisor of B * H (default `chunk_for`: the tile fits
-      TILE_BYTES).
+    chunk: (batch, head) pairs per step, a divisor of B * H (default `chunk_for`: the tile fits the
+      backend's budget, `backend_tile_bytes()`).
 
   Returns:
     [B, T, H, Kv] in the query's dtype.

@@ -57,6 +57,18 @@ def _weighted_values(weights_BHTS: Array, v_BSGK: Array) -> Array:
   return out.reshape(*out.shape[:-3], H, out.shape[-1]).astype(v_BSGK.dtype)
 
 
+def _window_mask(window: int, q_pos_T: Array, S: int, decode: bool) -> Array:
+  """bool [T, S]: query t (at absolute position q_pos_T[t]) may see key j (at position j) only if
+  |q_pos_T[t] - j| <= window; with the causal mask, the sliding window i - j <= w. Outside decode mode
+  the queries sit at 0..T-1, as `masks.local_window_mask` has them; in decode mode at the cache
+  offset onwards, and the causal mask hides the later keys."""
+  if isinstance(window, bool) or not isinstance(window, int) or window < 0:
+    raise ValueError(f"window: must be None or an int >= 0, got {window!r}")
+  if not decode:
+    return masks.local_window_mask(q_pos_T.shape[0], S, window=window)
+  return jnp.arange(S)[None, :] >= q_pos_T[:, None] - window
+
+
 def _folded_init(init, multiplier: float):
   def folded(key, shape, dtype=jnp.float32):
     return init(key, shape, dtype) * jnp.asarray(multiplier, dtype)
@@ -82,6 +94,8 @@ class MultiHeadAttention(nn.Module):
       1/sqrt(K)) or "init_folded" (1/sqrt(K) folded into the query kernel's initialisation).
     dropout_rate: dropout on the attention weights when not deterministic (rng stream "dropout").
     use_bias: biases in the four projections.
+    qkv_bias: biases in the query/key/value projections; None follows use_bias (Qwen2: True).
+    out_bias: a bias in the output projection; None follows use_bias.
     decode: keep a key/value cache (collection "cache") for incremental decoding. Initialise with
       inputs of the full length to size the cache; each later call appends its T tokens (any T) and
       attends causally to everything cached so far.
@@ -103,6 +117,8 @@ class MultiHeadAttention(nn.Module):
   scale: str | float = "sqrt_d"
   dropout_rate: float = 0.0
   use_bias: bool = True
+  qkv_bias: bool | None = None
+  out_bias: bool | None = None
   dtype: Any = None
   param_dtype: Any = jnp.float32
   kernel_init: Any = nn.initializers.lecun_normal()
@@ -130,6 +146,7 @@ class MultiHeadAttention(nn.Module):
     mask: Array | None = None,
     key_valid: Array | None = None,
     is_causal: bool = False,
+    window: int | None = None,
     deterministic: bool = True,
   ) -> Array:
     """Attends from `inputs_q` [batch..., T, D] to `inputs_kv` [batch..., S, D] (itself if None).
@@ -139,6 +156,8 @@ class MultiHeadAttention(nn.Module):
         mask over the cache is built here, so pass only extra masks of S = the cache length.
       key_valid: bool [batch..., S], False for keys that are padding. In decode mode it covers only
         this call's tokens and is cached with their keys, so padding in a prompt stays masked.
+      window: causal sliding window w (with `is_causal` or in decode mode): query i also sees key j
+        only if i - j <= w, at absolute positions (the cache's in decode mode); None = no window.
       is_causal: query i sees key j iff j <= i, without a mask array (the fast path then skips the
         masked tiles). Decode mode is always causal over its cache.
       deterministic: disables attention dropout.
@@ -162,6 +181,8 @@ class MultiHeadAttention(nn.Module):
       k_BSGK = rotate(k_BSGK, offset + jnp.arange(k_BSGK.shape[-3]))
     q_BTHK, runtime_scale = self._scale_queries(q_BTHK)
     k_BSGK, v_BSGK, mask, fits_cache = self._keys_and_mask(k_BSGK, v_BSGK, mask, key_valid)
+    if window is not None:
+      mask = masks.combine_masks(mask, _window_mask(window, q_pos_T, k_BSGK.shape[-3], self.decode))
     q_BTHK = self._ssmax_queries(q_BTHK, q_pos_T, mask, k_BSGK.shape[-3], causal)
     # Keys sit at 0..S-1 (the whole cache in decode mode), queries from the cache offset on.
     bias = self._position_bias(offset, bidirectional=not causal)
@@ -202,7 +223,7 @@ class MultiHeadAttention(nn.Module):
     def dense(name, heads, init, heads_axis):
       return nn.DenseGeneral(
         (heads, K),
-        use_bias=self.use_bias,
+        use_bias=self.use_bias if self.qkv_bias is None else self.qkv_bias,
         dtype=self.dtype,
         param_dtype=self.param_dtype,
         kernel_init=sharding.named(init, (sharding.EMBED, heads_axis, sharding.HEAD_DIM)),
@@ -355,7 +376,7 @@ class MultiHeadAttention(nn.Module):
     dense = nn.DenseGeneral(
       features,
       axis=(-2, -1),
-      use_bias=self.use_bias,
+      use_bias=self.use_bias if self.out_bias is None else self.out_bias,
       dtype=self.dtype,
       param_dtype=self.param_dtype,
       kernel_init=sharding.named(

@@ -48,6 +48,8 @@ def attention_layer(
     scale=config.scale,
     dropout_rate=config.attention_dropout_rate,
     use_bias=config.use_bias,
+    qkv_bias=config.qkv_bias,
+    out_bias=config.out_bias,
     dtype=config.compute_dtype,
     decode=decode,
     implementation=config.attention_implementation,
@@ -55,6 +57,7 @@ def attention_layer(
     out_kernel_init=config.kernel_init(residual_layers=stack_layers or 1),
     positions=config.positions if relative else "none",
     ssmax_length=config.max_length,
+    rope_base=config.rope_theta,
     **{field: getattr(config, field) for field in _SAME_NAMED_FIELDS},
     name=name,
   )
@@ -70,9 +73,19 @@ def layer_norm(config: ModelConfig, name: str) -> nn.Module:
   )
 
 
+# The feed-forward nonlinearities of ModelConfig.activation.
+_ACTIVATION_FNS = {
+  "relu": nn.relu,
+  "gelu": nn.gelu,  # The tanh approximation.
+  "gelu_exact": functools.partial(nn.gelu, approximate=False),
+  "silu": nn.silu,
+}
+
+
 class FeedForward(nn.Module):
-  """Position-wise feed-forward: Dense(d_ff), nonlinearity, dropout, Dense(D). `stack_layers`: the
-  blocks of its stack (scales wo's initialisation under init="gpt2")."""
+  """Position-wise feed-forward: Dense(d_ff) "wi", nonlinearity, dropout, Dense(D) "wo"; under
+  `config.ff_glu` gated, wo(act(wi(x)) * wi_up(x)) (SwiGLU with "silu"). `stack_layers`: the blocks
+  of its stack (scales wo's initialisation under init="gpt2")."""
 
   config: ModelConfig
   stack_layers: int = 1
@@ -84,7 +97,10 @@ class FeedForward(nn.Module):
     wi_init = sharding.named(cfg.kernel_init(), (sharding.EMBED, sharding.MLP))
     wi_bias = sharding.named(nn.initializers.zeros_init(), (sharding.MLP,))
     h_BTF = tokenwise(dense(cfg.d_ff, kernel_init=wi_init, bias_init=wi_bias, name="wi"), x_BTD)
-    h_BTF = nn.relu(h_BTF) if cfg.activation == "relu" else nn.gelu(h_BTF)
+    h_BTF = _ACTIVATION_FNS[cfg.activation](h_BTF)
+    if cfg.ff_glu:
+      up = dense(cfg.d_ff, kernel_init=wi_init, bias_init=wi_bias, name="wi_up")
+      h_BTF = h_BTF * tokenwise(up, x_BTD)
     h_BTF = nn.Dropout(cfg.dropout_rate)(h_BTF, deterministic=deterministic)
     wo_init = sharding.named(
       cfg.kernel_init(residual_layers=self.stack_layers), (sharding.MLP, sharding.EMBED)
@@ -163,10 +179,12 @@ class DecoderBlock(nn.Module):
     *,
     self_mask=None,
     self_key_valid=None,
+    self_window=None,
     cross_mask=None,
     deterministic=True,
   ):
-    """x [B, T, D], encoded [B, S, D] -> [B, T, D]."""
+    """x [B, T, D], encoded [B, S, D] -> [B, T, D]. `self_window`: the self-attention's causal
+    sliding window w (query i sees keys j with i - j <= w), None = all."""
     cfg = self.config
     layers = cfg.num_decoder_layers
     x_BTD = hooks.hook("resid_pre", x_BTD)
@@ -180,6 +198,7 @@ class DecoderBlock(nn.Module):
         mask=self_mask,
         key_valid=self_key_valid,
         is_causal=True,
+        window=self_window,
         deterministic=deterministic,
       ),
       deterministic,
@@ -235,6 +254,7 @@ class Decoder(nn.Module):
     *,
     self_mask=None,
     self_key_valid=None,
+    self_window=None,
     cross_mask=None,
     deterministic=True,
   ):
@@ -248,6 +268,7 @@ class Decoder(nn.Module):
         encoded_BSD,
         self_mask=self_mask,
         self_key_valid=self_key_valid,
+        self_window=self_window,
         cross_mask=cross_mask,
         deterministic=deterministic,
       )

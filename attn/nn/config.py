@@ -35,7 +35,9 @@ NORM_KINDS = ("layer", "rms")
 # EncoderTagger's output: per-token softmax, or a linear-chain CRF with learned transitions ("free"),
 # or one whose IOB2-invalid moves (I-X not after B-X or I-X) are forbidden ("iob2").
 CRF_KINDS = ("none", "free", "iob2")
-ACTIVATIONS = ("relu", "gelu")
+# Feed-forward nonlinearities: "gelu" is the tanh approximation (GPT-2), "gelu_exact" the erf form
+# (BERT), "silu" (x * sigmoid(x); Llama's SwiGLU gate under ff_glu).
+ACTIVATIONS = ("relu", "gelu", "silu", "gelu_exact")
 # Initialisation of the weights.
 # "default": token embeddings normal(1/sqrt(D)) scaled by sqrt(D) at lookup (unit-variance entries,
 #   the paper's scaling), kernels LeCun-normal.
@@ -118,13 +120,21 @@ class ModelConfig:
   norm_epsilon: float = 1e-6  # Added to the variance in every norm (flax's default; GPT-2: 1e-5).
   max_length: int = 512  # Longest sequence for learned positions.
   tie_output: bool = True  # Output projection shares the embedding table (as in the paper).
-  activation: str = "relu"  # Feed-forward nonlinearity: "relu" (paper) or "gelu" (tanh form).
+  activation: str = "relu"  # Feed-forward nonlinearity: one of ACTIVATIONS ("relu", the paper's).
+  ff_glu: bool = False  # Gated feed-forward: wo(act(wi(x)) * wi_up(x)) (SwiGLU under "silu").
   init: str = "default"  # Weight initialisation: one of INIT_SCHEMES ("default" or "gpt2").
   use_bias: bool = True  # Biases in the attention projections, the feed-forward and the layer norms.
+  qkv_bias: bool | None = None  # Biases in the query/key/value projections; None follows use_bias.
+  out_bias: bool | None = None  # A bias in the attention output projection; None follows use_bias.
+  rope_theta: float = 10000.0  # RoPE's base: position / theta^(2i / R) (positions="rope" only).
+  embed_norm: bool = False  # A norm (norm_kind) over the embeddings' sum before dropout (BERT).
   dtype: str = "float32"  # Computation dtype; parameters stay float32.
   attention_implementation: str | None = None  # "naive", "flash", "jax"; None chooses per call.
-  attention_window: int | None = None  # Encoder self-attention sees |i - j| <= w only; None = all.
-  pad_id: int = 0  # Padding token: masked as a key, ignored by losses.
+  # Local attention, None = all: encoder self-attention sees keys with |i - j| <= w, and a
+  # LanguageModel's causal self-attention keys with 0 <= i - j <= w (Mistral's sliding_window W is
+  # w = W - 1). A Transformer's decoder is not windowed.
+  attention_window: int | None = None
+  pad_id: int | None = 0  # Padding token: masked as a key, ignored by losses; None: no padding token.
   bos_id: int = 1  # Start token the decoder is fed first.
   eos_id: int = 2  # End token; decoding stops a sequence there.
 
@@ -187,6 +197,17 @@ class ModelConfig:
     if self.attention_sink and self.attention_kind == "sigmoid":
       raise ValueError("attention_sink: a sink adds to a softmax's denominator; sigmoid has none")
     check_choice("activation", self.activation, ACTIVATIONS)
+    for field in ("ff_glu", "embed_norm"):
+      if not isinstance(getattr(self, field), bool):
+        raise ValueError(f"{field}: must be a bool, got {getattr(self, field)!r}")
+    for field in ("qkv_bias", "out_bias"):
+      if getattr(self, field) is not None and not isinstance(getattr(self, field), bool):
+        raise ValueError(
+          f"{field}: must be None (follow use_bias) or a bool, got {getattr(self, field)!r}"
+        )
+    theta = self.rope_theta
+    if isinstance(theta, bool) or not isinstance(theta, numbers.Real) or not 0 < theta < float("inf"):
+      raise ValueError(f"rope_theta: must be a positive float, got {theta!r}")
     check_choice("init", self.init, INIT_SCHEMES)
     check_choice("dtype", self.dtype, DTYPES)
     if self.attention_implementation is not None:
@@ -198,7 +219,12 @@ class ModelConfig:
     if self.positions == "sinusoidal" and self.d_model % 2:
       raise ValueError(f"d_model: sinusoidal positions need an even d_model, got {self.d_model}")
     for field in ("pad_id", "bos_id", "eos_id"):
-      if not 0 <= getattr(self, field) < self.vocab_size:
+      value = getattr(self, field)
+      if field == "pad_id" and value is None:  # A checkpoint without one (GPT-2, Llama).
+        continue
+      if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ValueError(f"{field}: must be an int, got {value!r}")
+      if not 0 <= value < self.vocab_size:
         raise ValueError(
           f"{field}: {getattr(self, field)} is outside the vocabulary [0, {self.vocab_size})"
         )
@@ -237,6 +263,14 @@ class ModelConfig:
     if residual_layers is None:
       return nn.initializers.normal(GPT2_INIT_STD)
     return nn.initializers.normal(GPT2_INIT_STD / (2 * max(residual_layers, 1)) ** 0.5)
+
+  @property
+  def resolved_qkv_bias(self) -> bool:
+    return self.use_bias if self.qkv_bias is None else self.qkv_bias
+
+  @property
+  def resolved_out_bias(self) -> bool:
+    return self.use_bias if self.out_bias is None else self.out_bias
 
   @property
   def compute_dtype(self):

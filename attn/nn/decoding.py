@@ -212,6 +212,12 @@ def init_cache(
   return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
 
 
+def _filler(config) -> int:
+  """What a finished sequence carries on with: the padding token, or the end token when the model
+  has no padding token (GPT-2, Llama)."""
+  return config.eos_id if config.pad_id is None else config.pad_id
+
+
 def _model_step(model, params, inputs_BS, prompt_BP, max_new_tokens):
   """The step function and initial state for a model; also returns the prompt to feed."""
   if not isinstance(model, Transformer | LanguageModel):
@@ -296,7 +302,7 @@ def greedy_decode(
   step_fn, state, prompt = _model_step(model, params, inputs, prompt, max_new_tokens)
   eos_id = model.config.eos_id if eos_id is None else eos_id
   return greedy_search(
-    step_fn, state, prompt, max_new_tokens=max_new_tokens, eos_id=eos_id, pad_id=model.config.pad_id
+    step_fn, state, prompt, max_new_tokens=max_new_tokens, eos_id=eos_id, pad_id=_filler(model.config)
   )
 
 
@@ -325,7 +331,7 @@ def beam_decode(
     beam_size=beam_size,
     max_new_tokens=max_new_tokens,
     eos_id=eos_id,
-    pad_id=model.config.pad_id,
+    pad_id=_filler(model.config),
     alpha=alpha,
   )
 

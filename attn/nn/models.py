@@ -20,7 +20,7 @@ from attn.core import masks
 from attn.core.positions import sinusoidal_positions
 from attn.nn import hooks, sharding
 from attn.nn.attention import INTERMEDIATES, WEIGHTS, MultiHeadAttention, SelfAttention
-from attn.nn.blocks import Decoder, DecoderBlock, Encoder, EncoderBlock
+from attn.nn.blocks import Decoder, DecoderBlock, Encoder, EncoderBlock, layer_norm
 from attn.nn.config import GPT2_INIT_STD, ModelConfig
 from attn.nn.tokenwise import tokenwise
 
@@ -30,15 +30,21 @@ Array = jax.Array
 def encoder_self_mask(tokens_BS: Array, config: ModelConfig) -> Array:
   """The encoder self-attention mask: real keys only and, when `config.attention_window` is set, only
   keys within that many positions of the query (the local-window baseline). bool [B, 1, 1 or S, S]."""
-  mask = masks.padding_mask(tokens=tokens_BS, pad_id=config.pad_id)
+  mask = None if config.pad_id is None else masks.padding_mask(tokens=tokens_BS, pad_id=config.pad_id)
   if config.attention_window is None:
     return mask
   S = tokens_BS.shape[-1]
   return masks.combine_masks(mask, masks.local_window_mask(S, S, window=config.attention_window))
 
 
+def _key_valid(tokens_BT: Array, config: ModelConfig) -> Array | None:
+  """bool [B, T]: False where a token is padding; None when the config has no padding token."""
+  return None if config.pad_id is None else tokens_BT != config.pad_id
+
+
 class Embedder(nn.Module):
-  """Token embeddings scaled by sqrt(D), plus positions, then dropout; `attend` gives tied logits.
+  """Token embeddings scaled by sqrt(D), plus positions, (a norm under `config.embed_norm`, "norm"),
+  then dropout; `attend` gives tied logits.
 
   The table is initialised with std 1/sqrt(D), so that after the sqrt(D) scaling (the paper's) token
   vectors have unit-variance entries, and tied output logits start with unit variance. Under
@@ -70,6 +76,8 @@ class Embedder(nn.Module):
         embedding_init=sharding.named(nn.initializers.normal(cfg.d_model**-0.5), (None, sharding.EMBED)),
         name="features",
       )
+    if cfg.embed_norm:
+      self.norm = layer_norm(cfg, "norm")
     self.dropout = nn.Dropout(cfg.dropout_rate)
     if hooks.tracing():  # Hook points only while run_with_cache / run_with_hooks trace.
       self.hook_embed, self.hook_pos_embed = hooks.HookPoint(), hooks.HookPoint()
@@ -104,6 +112,8 @@ class Embedder(nn.Module):
       x_BTD = x_BTD + self._hook("pos_embed", sinusoidal_positions(positions_BT, cfg.d_model), x_BTD)
     elif cfg.positions == "learned":
       x_BTD = x_BTD + self._hook("pos_embed", _lookup(self.position_table, positions_BT), x_BTD)
+    if cfg.embed_norm:
+      x_BTD = self.norm(x_BTD)
     return self.dropout(x_BTD, deterministic=deterministic).astype(cfg.compute_dtype)
 
   def attend(self, x_BTD: Array) -> Array:
@@ -220,8 +230,8 @@ class Transformer(nn.Module):
     cfg = self.config
     if self.decode and positions_BT is None and not self.is_initializing():
       raise ValueError("positions_BT is required in decode mode (the cache offset onwards)")
-    key_valid_BT = tgt_in_BT != cfg.pad_id  # Cached with the keys in decode mode.
-    cross_mask = masks.padding_mask(tokens=src_BS, pad_id=cfg.pad_id)
+    key_valid_BT = _key_valid(tgt_in_BT, cfg)  # Cached with the keys in decode mode.
+    cross_mask = None if cfg.pad_id is None else masks.padding_mask(tokens=src_BS, pad_id=cfg.pad_id)
     y_BTD = self.embedder(tgt_in_BT, positions_BT, deterministic=deterministic)
     y_BTD = self.decoder(
       y_BTD,
@@ -325,7 +335,9 @@ class EncoderTagger(nn.Module):
 class LanguageModel(nn.Module):
   """A decoder-only language model: tokens [B, T] -> next-token logits [B, T, V].
 
-  Uses `config.num_decoder_layers` blocks of masked self-attention and feed-forward.
+  Uses `config.num_decoder_layers` blocks of masked self-attention and feed-forward; with
+  `config.attention_window` = w, each query sees only the keys at most w positions back (a causal
+  sliding window, in decode mode too).
   """
 
   config: ModelConfig
@@ -341,12 +353,13 @@ class LanguageModel(nn.Module):
       )
     if self.decode and positions_BT is None and not self.is_initializing():
       raise ValueError("positions_BT is required in decode mode (the cache offset onwards)")
-    key_valid_BT = tokens_BT != cfg.pad_id  # Cached with the keys in decode mode.
+    key_valid_BT = _key_valid(tokens_BT, cfg)  # Cached with the keys in decode mode.
     embedder = Embedder(cfg, name="embedder")
     x_BTD = embedder(tokens_BT, positions_BT, deterministic=deterministic)
     x_BTD = Decoder(cfg, decode=self.decode, cross_attention=False, name="decoder")(
       x_BTD,
       self_key_valid=key_valid_BT,
+      self_window=cfg.attention_window,
       deterministic=deterministic,
     )
     return _OutputHead(cfg, name="head")(x_BTD, embedder)

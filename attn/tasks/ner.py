@@ -20,6 +20,13 @@ With `max_chars` > 0 the batches also carry each word's characters, `chars [B, T
 max_chars; the Unicode code point + 1 of each of the word's first W characters, case kept, 0 = none),
 for the tagger's character encoder (`ModelConfig.char_buckets`).
 
+A pretrained encoder's own tokenizer (`config.task.tokenizer_file`, a Hugging Face tokenizer.json,
+`attn.tasks.hf_tokenizer`; BERT's WordPiece, RoBERTa's BPE) replaces the word vocabulary: each
+sentence becomes the tokenizer's pieces with its special tokens ([CLS] ... [SEP]), a word's tag sits
+on its first piece and only first pieces are weighted and scored (the rest weigh 0), as BERT is
+fine-tuned for NER (Devlin et al. 2019, section 5.3). The hashed features and characters are not
+used then (zeros). The file is copied into the run directory, which a resume must find unchanged.
+
 `config.data.unlabelled` (comma-separated files) adds untagged text for the denoising objective
 (`attn.tasks.denoise`, through `unlabelled_batch`): a `.tsv` file gives its first column (Tatoeba's
 English side), split into words and punctuation; any other file is read as CoNLL and its tags are
@@ -50,6 +57,7 @@ from attn.tasks.base import (
   split_batches,
 )
 from attn.tasks.conlleval import entity_scores, split_tag, to_iob2
+from attn.tasks.hf_tokenizer import TOKENIZER_FILE, HFVocabulary
 
 SPLITS = ("train", "dev", "test")
 # Accepted file names of a split in the data folder, first match wins: "train", "train.conll", ...
@@ -198,7 +206,7 @@ class NerTask(Task):
   sentences of similar length and cut none, so every tag is scored."""
 
   splits: dict[str, list[Sentence]]
-  vocab: Vocabulary
+  vocab: Vocabulary | HFVocabulary  # Words, or a pretrained encoder's pieces.
   class_names: tuple[str, ...]
   max_length: int
   max_features: int
@@ -216,7 +224,7 @@ class NerTask(Task):
     self._class_ids = {c: i for i, c in enumerate(self.class_names)}
     self._encoded = {split: self._encode(sents) for split, sents in self.splits.items()}
     # No longer than needed: WNUT's longest training sentence is 41 tokens, so 48, not max_length.
-    longest = max(len(s.tokens) for s in self.splits["train"])
+    longest = max(len(row[0]) for row in self._encoded["train"])
     self._train_length = min(self.max_length, -(-longest // 8) * 8)
 
   @property
@@ -233,8 +241,17 @@ class NerTask(Task):
     """The sentences `unlabelled_batch` draws from: the training split and the unlabelled ones."""
     return len(self._encoded["train"]) + len(self.unlabelled)
 
+  @property
+  def subwords(self) -> bool:
+    """Whether sentences are a pretrained tokenizer's pieces rather than words."""
+    return isinstance(self.vocab, HFVocabulary)
+
   def _encode(self, sentences: list[Sentence]) -> list[tuple[np.ndarray, ...]]:
-    """Per sentence: (tokens [n], features [n, F], tags [n], characters [n, W])."""
+    """Per sentence: (tokens [n], features [n, F], tags [n], characters [n, W], weights [n], starts
+    [words]): n tokens, one per word, or the tokenizer's pieces, each word's tag and weight on its
+    first piece, whose index is in `starts`."""
+    if self.subwords:
+      return [self._encode_pieces(s) for s in sentences]
     out = []
     for s in sentences:
       tokens = self.vocab.encode([normalize(t) for t in s.tokens])
@@ -246,14 +263,25 @@ class NerTask(Task):
         codes = [ord(c) + 1 for c in t[: self.max_chars]]
         chars[i, : len(codes)] = codes
       tags = np.array([self._class_ids[t] for t in s.tags], np.int32)
-      out.append((tokens, feats, tags, chars))
+      n = len(s.tokens)
+      out.append((tokens, feats, tags, chars, np.ones(n, np.float32), np.arange(n, dtype=np.int32)))
     return out
+
+  def _encode_pieces(self, s: Sentence) -> tuple[np.ndarray, ...]:
+    tokens, starts = self.vocab.encode_words(s.tokens)
+    n = len(tokens)
+    tags, weights = np.zeros(n, np.int32), np.zeros(n, np.float32)
+    tags[starts] = [self._class_ids[t] for t in s.tags]
+    weights[starts] = 1.0
+    feats = np.zeros((n, self.max_features), np.int32)
+    chars = np.zeros((n, self.max_chars), np.int32)
+    return tokens, feats, tags, chars, weights, starts
 
   def _batch(self, rows, length: int) -> dict[str, np.ndarray]:
     """Stacks encoded sentences, cut to `length`, into one batch."""
     features = np.zeros((len(rows), length, self.max_features), np.int32)
     chars = np.zeros((len(rows), length, self.max_chars), np.int32)
-    for i, (_, f, _, c) in enumerate(rows):
+    for i, (_, f, _, c, _, _) in enumerate(rows):
       features[i, : min(len(f), length)] = f[:length]
       chars[i, : min(len(c), length)] = c[:length]
     tokens = pad_rows([r[0][:length] for r in rows], length, self.vocab.pad_id)
@@ -261,7 +289,7 @@ class NerTask(Task):
       "tokens": tokens,
       "features": features,
       "tags": pad_rows([r[2][:length] for r in rows], length, 0),
-      "weights": (tokens != self.vocab.pad_id).astype(np.float32),
+      "weights": pad_rows([r[4][:length] for r in rows], length, 0).astype(np.float32),
     }
     if self.max_chars:
       batch["chars"] = chars
@@ -341,7 +369,7 @@ class NerTask(Task):
     for (indices, _), batch in zip(buckets, self.split_batches(split, batch_size), strict=True):
       logits = predictor.logits(batch)
       for row, i in enumerate(indices):
-        out[i] = logits[row, : len(sentences[i].tags)]
+        out[i] = logits[row, self._encoded[split][i][5]]  # Each word's (first piece's) logits.
     return out
 
   def decode_tags(
@@ -404,7 +432,15 @@ class NerTask(Task):
     Raises:
       ValueError: when the run directory holds a different vocabulary or tag set (the data changed).
     """
-    for name, items in zip(SAVED_FILES, (self.vocab.tokens, self.class_names), strict=True):
+    if self.subwords:
+      with open(self.vocab.path, "rb") as f:
+        save_once(os.path.join(workdir, TOKENIZER_FILE), f.read(), TOKENIZER_FILE)
+    saved = (
+      ((SAVED_FILES[1], self.class_names),)
+      if self.subwords
+      else zip(SAVED_FILES, (self.vocab.tokens, self.class_names), strict=True)
+    )
+    for name, items in saved:
       text = "".join(f"{item}\n" for item in items)
       save_once(os.path.join(workdir, name), text.encode("utf-8"), name)
 
@@ -412,9 +448,13 @@ class NerTask(Task):
     return list(self.files)
 
   def encode_text(self, text: str) -> np.ndarray:
+    if self.subwords:
+      return self.vocab.encode_words(text.split())[0]
     return self.vocab.encode([normalize(t) for t in text.split()])
 
   def decode_ids(self, ids) -> str:
+    if self.subwords:
+      return self.vocab.decode_text(ids)
     return " ".join(self.vocab.decode(ids))
 
 
@@ -430,8 +470,16 @@ def build_vocabulary(sentences: list[Sentence], min_count: int) -> Vocabulary:
   return Vocabulary((*SPECIALS, *words))
 
 
-def _saved_vocabulary(workdir: str | None) -> tuple[Vocabulary | None, tuple[str, ...] | None]:
-  """The word vocabulary and tag names a run saved (vocab.txt, tags.txt), or (None, None)."""
+def _saved_vocabulary(
+  workdir: str | None, subwords: bool = False
+) -> tuple[Vocabulary | HFVocabulary | None, tuple[str, ...] | None]:
+  """The vocabulary and tag names a run saved (vocab.txt or its tokenizer.json, and tags.txt), or
+  (None, None)."""
+  if subwords:
+    tokenizer, tags = (os.path.join(workdir or "", n) for n in (TOKENIZER_FILE, SAVED_FILES[1]))
+    if workdir and os.path.exists(tokenizer) and os.path.exists(tags):
+      return HFVocabulary(tokenizer), tuple(read_lines(tags))
+    return None, None
   if not workdir or not all(os.path.exists(os.path.join(workdir, n)) for n in SAVED_FILES):
     return None, None
   vocab_lines, tag_lines = (read_lines(os.path.join(workdir, name)) for name in SAVED_FILES)
@@ -472,8 +520,21 @@ def make_task(task_config, data_config, *, seed: int, workdir: str | None = None
   for split, sentences in splits.items():
     if not sentences:
       raise ValueError(f"config.data.path: the {split} file in {path!r} holds no sentences")
-  vocab, class_names = _saved_vocabulary(workdir)  # A run's own, never rebuilt on restore.
+  tokenizer_file = str(task_config.get("tokenizer_file", "") or "")
+  if tokenizer_file and not os.path.isfile(tokenizer_file):
+    raise ValueError(f"config.task.tokenizer_file: {tokenizer_file!r} is not a file")
+  vocab, class_names = _saved_vocabulary(workdir, bool(tokenizer_file))  # The run's own, if saved.
+  if vocab is None and tokenizer_file:
+    try:
+      vocab = HFVocabulary(tokenizer_file)
+    except ValueError as e:
+      raise ValueError(f"config.task.tokenizer_file: {e}") from None
   vocab = vocab or build_vocabulary(splits["train"], int(task_config.min_count))
+  if isinstance(vocab, HFVocabulary) and vocab.unk_id is None and float(task_config.word_dropout):
+    raise ValueError(
+      f"config.task.word_dropout: {task_config.word_dropout} needs an unknown token, which "
+      f"{tokenizer_file!r} lacks; set it to 0"
+    )
   class_names = class_names or _class_names(splits)
   unknown = sorted({t for sents in splits.values() for s in sents for t in s.tags} - set(class_names))
   if unknown:

@@ -1,5 +1,6 @@
-"""Plain text for language modelling: a character (or SentencePiece subword) vocabulary, random
-training windows, a fixed set of validation windows, and samples from the model.
+"""Plain text for language modelling: a character (or SentencePiece subword, or a pretrained model's
+Hugging Face tokenizer) vocabulary, random training windows, a fixed set of validation windows, and
+samples from the model.
 
 `config.data.path` is a UTF-8 text file, or a folder holding `train.txt` and `val.txt`, or a folder
 holding one `.txt` file. One file is split as nanoGPT's `data/shakespeare_char/prepare.py` splits
@@ -10,6 +11,18 @@ Tiny Shakespeare: the first 90 % of its characters train, the last 10 % validate
   directory, which a resume must find unchanged). `"subword"` trains the project's SentencePiece BPE
   model (`attn.tasks.translation.train_subwords`) of `config.task.vocab_size` pieces on the training
   split's lines; each line's pieces are followed by the eos id, which stands for the line break.
+  `"hf"` reads a Hugging Face fast tokenizer (`tokenizer.json`, through the `tokenizers` library) from
+  `config.task.tokenizer_file`, or the copy in the run directory (`tokenizer.json`, saved once and
+  loaded from there ever after): its ids are the model's, `config.task.vocab_size` rows (0 = the
+  tokenizer's size; a converted checkpoint's may be larger than its tokenizer's: the extra ids decode
+  to nothing), `config.task.bos_id`, `eos_id` and `pad_id` (None: no padding token) are the model's
+  specials, and no id stands for an unknown token. The data is encoded without the tokenizer's
+  special tokens, a prompt (`encode_text`) with them (as `tokenizer(text)` in transformers); a piece
+  of a prompt the tokenizer maps to its unknown token is an error. An empty `tokenizer_file` (a
+  checkpoint folder without tokenizer.json) makes text token ids separated by spaces. Without
+  `config.data.path`, an "hf" run directory (`launch.convert`'s) still opens for inspection
+  (`restore_run`: sampling, attention, analysis): its only window is `block_size` zeros, and
+  training it is refused in one line naming `config.data.path`.
 - Training batches: `batch_size` windows of `block_size` tokens at uniformly random offsets (a pure
   function of (seed, step), as in nanoGPT's `get_batch`); the targets are the windows shifted by one.
 - Validation: non-overlapping windows tiling the validation split (all of them, or `eval_windows`
@@ -52,12 +65,14 @@ from attn.tasks.base import (
   split_batches,
   stream_rng,
 )
+from attn.tasks.hf_tokenizer import TOKENIZER_FILE
 from attn.tasks.translation import Subwords, train_subwords
 
-TOKENIZERS = ("char", "subword")
+TOKENIZERS = ("char", "subword", "hf")
 TRAIN_FRACTION = 0.9  # nanoGPT's split of one file: the first 90 % train.
 CHAR_VOCAB_FILE = "vocab.json"  # The characters, as a JSON list (a line per token cannot hold "\n").
 SUBWORD_MODEL_FILE = "subwords.model"
+HF_TOKENIZER_FILE = TOKENIZER_FILE  # A Hugging Face fast tokenizer, as the run keeps its copy.
 
 
 def read_text(path: str) -> str:
@@ -118,6 +133,145 @@ def load_char_vocabulary(path: str) -> Vocabulary:
     raise ValueError(f"{path}: not a saved character vocabulary ({e})") from None
 
 
+class PretrainedVocabulary:
+  """A Hugging Face tokenizer's tokens by id, as many as the model's vocabulary (`size`, at least the
+  tokenizer's; ids past the tokenizer's are "<unused_ID>"), with the model's special ids. It has no
+  <unk> id: `unk_id` is -1, so that every id counts as an ordinary token where one is drawn above
+  `unk_id` (the analysis's random tokens)."""
+
+  unk_id = -1
+
+  def __init__(self, tokens: Sequence[str], *, pad_id: int | None, bos_id: int, eos_id: int):
+    self.tokens = tuple(tokens)
+    self.pad_id, self.bos_id, self.eos_id = pad_id, bos_id, eos_id
+
+  def __len__(self) -> int:
+    return len(self.tokens)
+
+  def decode(self, ids: Sequence[int], *, strip: bool = True) -> list[str]:
+    """Ids -> the tokenizer's token strings; with `strip`, stops at eos and drops pad and bos."""
+    words = []
+    for i in np.asarray(ids).reshape(-1).tolist():
+      if strip and i == self.eos_id:
+        break
+      if strip and i in (self.pad_id, self.bos_id):
+        continue
+      words.append(self.tokens[i] if 0 <= i < len(self.tokens) else "<unk>")
+    return words
+
+
+class HFTokenizer:
+  """A `tokenizers.Tokenizer` read from a tokenizer.json, with the file's bytes (what the run keeps)."""
+
+  def __init__(self, content: bytes, path: str):
+    import tokenizers
+
+    try:
+      self.tokenizer = tokenizers.Tokenizer.from_str(content.decode("utf-8"))
+    except Exception as e:  # The library raises its own exceptions (a Rust error) on a bad file.
+      raise ValueError(
+        f"{path}: not a Hugging Face tokenizer.json ({' '.join(str(e).split())})"
+      ) from None
+    self.content, self.path = content, path
+    self.size = self.tokenizer.get_vocab_size(with_added_tokens=True)
+    unk = getattr(self.tokenizer.model, "unk_token", None)
+    self.unk_id = self.tokenizer.token_to_id(unk) if unk else None
+
+  @classmethod
+  def load(cls, path: str) -> HFTokenizer:
+    try:
+      with open(path, "rb") as f:
+        return cls(f.read(), path)
+    except OSError as e:
+      raise ValueError(f"config.task.tokenizer_file: {path!r}: {e.strerror}") from None
+
+  def tokens(self, size: int) -> list[str]:
+    """The token of each id below `size` ("<unused_ID>" for an id the tokenizer does not use)."""
+    tokens = [self.tokenizer.id_to_token(i) for i in range(min(size, self.size))]
+    tokens = [t if t is not None else f"<unused_{i}>" for i, t in enumerate(tokens)]
+    return tokens + [f"<unused_{i}>" for i in range(len(tokens), size)]
+
+  def encode(self, text: str, *, prompt: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(ids, the characters each id spells: its end offset past the previous one's), int32. A
+    `prompt` gets the tokenizer's special tokens (the data does not), and may not hold text the
+    tokenizer maps to its unknown token.
+
+    Raises:
+      ValueError: quoting the pieces of a prompt the tokenizer maps to its unknown token.
+    """
+    encoding = self.tokenizer.encode(text, add_special_tokens=prompt)
+    ids = np.asarray(encoding.ids, np.int32)
+    ends = np.maximum.accumulate(np.asarray([end for _, end in encoding.offsets] or [0], np.int64))
+    chars = np.diff(ends[: len(ids)], prepend=0).astype(np.int32)
+    if prompt and self.unk_id is not None and self.unk_id in encoding.ids:
+      unknown = sorted(
+        {text[s:e] for i, (s, e) in zip(encoding.ids, encoding.offsets, strict=True) if i == self.unk_id}
+      )
+      raise ValueError(
+        f"text the tokenizer cannot spell (its unknown token): {', '.join(map(repr, unknown))}"
+      )
+    return ids, chars
+
+  def decode(self, ids: Sequence[int]) -> str:
+    """The text of the ids the tokenizer has (special tokens included; the model's extra ids
+    dropped)."""
+    return self.tokenizer.decode([i for i in ids if 0 <= i < self.size], skip_special_tokens=False)
+
+
+class IdTokenizer:
+  """A converted checkpoint's stand-in for a tokenizer when its folder had no tokenizer.json: text
+  is token ids separated by spaces, and ids decode to the same."""
+
+  content, path, size, unk_id = None, "", 0, None
+
+  def tokens(self, size: int) -> list[str]:
+    return [str(i) for i in range(size)]
+
+  def encode(self, text: str, *, prompt: bool) -> tuple[np.ndarray, np.ndarray]:
+    del prompt
+    words = text.split()
+    if not all(w.isdigit() for w in words):
+      raise ValueError(
+        "the run has no tokenizer (its model folder had no tokenizer.json): give token ids "
+        f"separated by spaces, got {text!r}"
+      )
+    return np.asarray([int(w) for w in words], np.int32), np.ones(len(words), np.int32)
+
+  def decode(self, ids: Sequence[int]) -> str:
+    return "".join(f" {i}" for i in ids)
+
+
+def _hf_tokenizer(task_config, workdir: str | None) -> HFTokenizer | IdTokenizer:
+  """The run directory's tokenizer.json when it holds one, else `config.task.tokenizer_file`; with
+  neither (an empty `tokenizer_file`), token ids as text (`IdTokenizer`)."""
+  saved = os.path.join(workdir, HF_TOKENIZER_FILE) if workdir else ""
+  if saved and os.path.exists(saved):
+    return HFTokenizer.load(saved)
+  path = task_config.get("tokenizer_file") or ""
+  return HFTokenizer.load(path) if path else IdTokenizer()
+
+
+def _hf_vocabulary(hf: HFTokenizer, task_config) -> PretrainedVocabulary:
+  """The model's vocabulary over the tokenizer's (`config.task.vocab_size`, `bos_id`, `eos_id`,
+  `pad_id`)."""
+  size = task_config.get("vocab_size") or hf.size
+  if isinstance(size, bool) or not isinstance(size, int) or size < max(hf.size, 1):
+    raise ValueError(
+      f"config.task.vocab_size: must be an int >= the tokenizer's {hf.size} tokens (or 0 for that), "
+      f"got {size!r}"
+    )
+  specials = {}
+  for name in ("bos_id", "eos_id", "pad_id"):
+    value = task_config.get(name)
+    if value is None and name == "pad_id":
+      specials[name] = None
+      continue
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < size:
+      raise ValueError(f"config.task.{name}: must be an id in [0, {size}), got {value!r}")
+    specials[name] = value
+  return PretrainedVocabulary(hf.tokens(size), **specials)
+
+
 class TextTask(Task):
   """A language-modelling task over one token stream per split (see the module docstring)."""
 
@@ -138,6 +292,7 @@ class TextTask(Task):
     seed: int,
     files: Sequence[str],
     subwords: Subwords | None = None,
+    hf: HFTokenizer | IdTokenizer | None = None,
     num_samples: int = 0,
     sample_tokens: int = 0,
     sample_prompt: str = "\n",
@@ -145,7 +300,7 @@ class TextTask(Task):
     icl_windows: int = 0,
   ):
     self.train_ids, self.val_ids, self.val_chars = train_ids, val_ids, val_chars
-    self.vocab, self.tokenizer, self.subwords = vocab, tokenizer, subwords
+    self.vocab, self.tokenizer, self.subwords, self.hf = vocab, tokenizer, subwords, hf
     self.block_size, self.seed, self.files = block_size, seed, tuple(files)
     self.num_samples, self.sample_tokens, self.sample_prompt = num_samples, sample_tokens, sample_prompt
     self.eval_windows, self.eval_lengths = eval_windows, tuple(eval_lengths)
@@ -234,8 +389,14 @@ class TextTask(Task):
     with subwords alike (SentencePiece would map it to <unk> in silence).
 
     Raises:
-      ValueError: naming the characters the training split never had.
+      ValueError: naming the characters the training split never had (with "hf", the text the
+        tokenizer maps to its unknown token).
     """
+    if self.tokenizer == "hf":
+      ids = self.hf.encode(text, prompt=True)[0]
+      if np.any(ids >= len(self.vocab)):
+        raise ValueError(f"ids past the model's vocabulary of {len(self.vocab)}: {ids.tolist()}")
+      return ids
     if self.tokenizer == "subword":
       ids = encode_lines(self.subwords, text)
       unk = self.vocab.unk_id
@@ -255,6 +416,8 @@ class TextTask(Task):
 
   def decode_ids(self, ids) -> str:
     ids = [int(i) for i in np.asarray(ids).reshape(-1)]
+    if self.tokenizer == "hf":
+      return self.hf.decode(ids)
     if self.tokenizer == "subword":
       lines, line = [], []
       for i in ids:
@@ -286,11 +449,25 @@ class TextTask(Task):
     return list(self.files)
 
   def save(self, workdir: str) -> None:
-    """Writes the vocabulary (vocab.json) or the subword model into the run directory.
+    """Writes the vocabulary (vocab.json), the subword model or the tokenizer.json into the run
+    directory.
 
     Raises:
       ValueError: when the run directory holds a different one (the data changed).
     """
+    if self.tokenizer == "hf":
+      if self.hf.content is None:  # No tokenizer: nothing to keep.
+        return
+      path = os.path.join(workdir, HF_TOKENIZER_FILE)
+      if os.path.exists(path):
+        with open(path, "rb") as f:
+          if f.read() != self.hf.content:
+            raise ValueError(
+              f"config.task.tokenizer_file: {self.hf.path!r} differs from the run's {path}; the "
+              "tokenizer changed since the run started"
+            )
+      save_once(path, self.hf.content, "tokenizer")
+      return
     if self.tokenizer == "subword":
       name, content = SUBWORD_MODEL_FILE, self.subwords.model_proto
     else:
@@ -334,10 +511,12 @@ def _int_field(task_config, name: str, minimum: int) -> int:
 
 def make_task(task_config, data_config=None, *, seed: int = 0, workdir: str | None = None) -> TextTask:
   """The text task of `config.task` (fields `tokenizer`, `block_size`, `eval_windows`, `vocab_size`
-  for subwords, `num_samples`, `sample_tokens`, `sample_prompt`, `eval_lengths`, `icl_windows`) on
-  `config.data.path`. With a `workdir` holding a saved vocabulary (vocab.json) or subword model,
-  that is loaded instead of built again from the text: a run's vocabulary is part of its identity,
-  never rebuilt (a character the saved vocabulary lacks is <unk>, as in validation text).
+  for subwords, `num_samples`, `sample_tokens`, `sample_prompt`, `eval_lengths`, `icl_windows`; for
+  "hf" `tokenizer_file`, `vocab_size`, `bos_id`, `eos_id`, `pad_id`) on `config.data.path`. With a
+  `workdir` holding a saved vocabulary (vocab.json), subword model or tokenizer.json, that is loaded
+  instead of built again from the text: a run's vocabulary is part of its identity, never rebuilt (a
+  character the saved vocabulary lacks is <unk>, as in validation text). With "hf", a `workdir` and
+  no `config.data.path`, the task opens the run for inspection (see the module docstring).
 
   Raises:
     ValueError: naming the config field, the path, or FILE:LINE of bytes that are not UTF-8.
@@ -363,15 +542,42 @@ def make_task(task_config, data_config=None, *, seed: int = 0, workdir: str | No
   ):
     raise ValueError(f"config.task.eval_lengths: must be a tuple of ints >= 1, got {eval_lengths!r}")
   path = (data_config or {}).get("path", "") if data_config is not None else ""
+  hf = subwords = None
+  if tokenizer == "hf":
+    hf = _hf_tokenizer(task_config, workdir)
+    vocab = _hf_vocabulary(hf, task_config)
+  if not path and hf is not None and workdir is not None:
+    # A run directory opened for inspection (launch.convert's, without data): one window of zeros.
+    train_ids = val_ids = np.zeros(block_size + 2, np.int32)
+    return TextTask(
+      train_ids=train_ids,
+      val_ids=val_ids,
+      val_chars=np.ones(len(val_ids), np.int32),
+      vocab=vocab,
+      tokenizer=tokenizer,
+      block_size=block_size,
+      eval_windows=eval_windows,
+      seed=seed,
+      files=[],
+      hf=hf,
+    )
   if not path:
     raise ValueError(
       "config.data.path: empty; the text task needs a text file, or a folder of train.txt and val.txt"
+      + (" (a converted run without data is for inspection only)" if hf is not None else "")
+    )
+  if isinstance(hf, IdTokenizer):
+    raise ValueError(
+      "config.task.tokenizer_file: empty; text data needs a Hugging Face tokenizer.json (a run "
+      "without one takes token ids, for inspection only)"
     )
   paths, layout = text_files(path)
   texts = [read_text(p) for p in paths]
   train_text, val_text = split_train_val(texts[0]) if layout == "90/10" else texts
-  subwords = None
-  if tokenizer == "subword":
+  if hf is not None:
+    train_ids = hf.encode(train_text, prompt=False)[0]
+    val_ids, val_chars = hf.encode(val_text, prompt=False)
+  elif tokenizer == "subword":
     saved = os.path.join(workdir, SUBWORD_MODEL_FILE) if workdir else ""
     if saved and os.path.exists(saved):
       subwords = Subwords.load(saved)
@@ -411,6 +617,7 @@ def make_task(task_config, data_config=None, *, seed: int = 0, workdir: str | No
     seed=seed,
     files=paths,
     subwords=subwords,
+    hf=hf,
     num_samples=num_samples,
     sample_tokens=sample_tokens,
     sample_prompt=str(task_config.get("sample_prompt", "\n")),

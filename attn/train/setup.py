@@ -18,9 +18,11 @@ import numpy as np
 import optax
 
 from attn import tasks
+from attn.nn import pretrained
 from attn.nn.config import ModelConfig
 from attn.runs import files
 from attn.tasks import denoise
+from attn.tasks.hf_tokenizer import TOKENIZER_FILE, HFVocabulary
 from attn.train import checkpoints, sharding
 from attn.train.config import SCHEDULES, ConfigError, OptimizerConfig, TrainConfig
 from attn.train.objectives import Objective, objective_for
@@ -49,11 +51,42 @@ def make_task(config: ml_collections.ConfigDict, train: TrainConfig, *, workdir:
   return task
 
 
+# The config.model fields a run sets for itself when `config.init_from` is a Hugging Face model folder;
+# every other field is the checkpoint's (its shapes and its computation).
+FINE_TUNING_FIELDS = (
+  "dropout_rate",
+  "attention_dropout_rate",
+  "dtype",
+  "attention_implementation",
+  "crf",
+)
+
+
 def model_config_from(config: ml_collections.ConfigDict, task) -> ModelConfig:
-  """The ModelConfig of `config.model` completed by the task's vocabulary and classes."""
+  """The ModelConfig of `config.model` completed by the task's vocabulary and classes. When
+  `config.init_from` is a Hugging Face model folder, the architecture is the checkpoint's (its
+  config.json through `attn.nn.pretrained`), and `config.model` gives only FINE_TUNING_FIELDS."""
   fields = dict(config.model)
+  vocab_size = len(task.vocab)
+  init_from = config.get("init_from", "")
+  if init_from and os.path.isdir(init_from) and is_pretrained_folder(init_from):
+    hf_config = files.read_json(os.path.join(init_from, pretrained.CONFIG_FILE))
+    try:
+      checkpoint = pretrained.convert_config(hf_config)
+    except pretrained.CheckpointError as e:
+      raise ConfigError(f"config.init_from: {e}") from None
+    if vocab_size > checkpoint.vocab_size:
+      raise ConfigError(
+        f"config.init_from: the task's vocabulary has {vocab_size} tokens, the checkpoint's "
+        f"embedding {checkpoint.vocab_size} rows"
+      )
+    vocab_size = checkpoint.vocab_size  # Tokenizers may have fewer tokens than the table has rows.
+    fields = {
+      **dataclasses.asdict(checkpoint),
+      **{name: fields[name] for name in FINE_TUNING_FIELDS if name in fields},
+    }
   fields.update(
-    vocab_size=len(task.vocab),
+    vocab_size=vocab_size,
     num_classes=task.num_classes,
     class_names=tuple(task.class_names),
     pad_id=task.vocab.pad_id,
@@ -182,7 +215,9 @@ def build_run(config: ml_collections.ConfigDict, *, workdir: str | None = None, 
   """
   train = TrainConfig.from_config(config)
   if train.init_from and not os.path.isdir(train.init_from):
-    raise ConfigError(f"config.init_from: {train.init_from!r} is not a run directory")
+    raise ConfigError(
+      f"config.init_from: {train.init_from!r} is not a run directory or a Hugging Face model folder"
+    )
   if task is None:
     task = make_task(config, train, workdir=workdir)
   num_train_steps = train.train_steps(getattr(task, "num_train_examples", None), config.task.name)
@@ -325,6 +360,32 @@ def _source_run(train: TrainConfig, vocab) -> Run:
   return source_run
 
 
+def is_pretrained_folder(path: str) -> bool:
+  """Whether `path` is a Hugging Face model folder (its config.json has a `model_type`) rather than
+  a run directory."""
+  hf_config = files.read_json(os.path.join(path, pretrained.CONFIG_FILE))
+  return isinstance(hf_config, dict) and "model_type" in hf_config
+
+
+def _pretrained_params(train: TrainConfig, vocab) -> dict:
+  """The parameters (with a seed axis of 1) of `train.init_from`, a Hugging Face model folder,
+  converted by `attn.nn.pretrained`; its tokenizer.json, when it has one, must be this run's
+  vocabulary token for token (unless the embedder is skipped)."""
+  source = train.init_from
+  try:
+    _, params = pretrained.convert(*pretrained.read_folder(source))
+  except pretrained.CheckpointError as e:
+    raise ConfigError(f"config.init_from: {e}") from None
+  tokenizer = os.path.join(source, TOKENIZER_FILE)
+  if vocab is not None and EMBEDDER not in _init_from_skip(train) and os.path.exists(tokenizer):
+    try:
+      theirs = HFVocabulary(tokenizer).tokens
+    except ValueError as e:
+      raise ConfigError(f"config.init_from: {e}") from None
+    _check_same_vocabulary(source, theirs, vocab.tokens)
+  return jax.tree.map(lambda x: np.asarray(x)[None], params)
+
+
 def check_init_from(train: TrainConfig, abstract_params, *, vocab=None) -> None:
   """Everything `init_from` checks, from shapes alone (nothing is restored): a run refused here
   has written nothing yet, so the corrected command starts afresh in the same workdir.
@@ -333,6 +394,9 @@ def check_init_from(train: TrainConfig, abstract_params, *, vocab=None) -> None:
     ConfigError: as `init_from`.
   """
   if not train.init_from:
+    return
+  if is_pretrained_folder(train.init_from):
+    _taken(train, _shapes(abstract_params), _shapes(_pretrained_params(train, vocab)))
     return
   source_run = _source_run(train, vocab)
   _taken(train, _shapes(abstract_params), _shapes(source_run.abstract_state().params))
@@ -352,13 +416,15 @@ def init_from(train: TrainConfig, params, *, vocab=None):
   """
   if not train.init_from:
     return params
-  source_run = _source_run(train, vocab)
-  state = checkpoints.restore_latest(train.init_from, source_run.abstract_state())
-  if state is None:
-    raise ConfigError(f"config.init_from: {train.init_from!r} holds no checkpoint yet")
-  source_params = result_params(state)
+  if is_pretrained_folder(train.init_from):
+    source_params, num_source = _pretrained_params(train, vocab), 1
+  else:
+    source_run = _source_run(train, vocab)
+    state = checkpoints.restore_latest(train.init_from, source_run.abstract_state())
+    if state is None:
+      raise ConfigError(f"config.init_from: {train.init_from!r} holds no checkpoint yet")
+    source_params, num_source = result_params(state), source_run.train.num_seeds
   taken = set(_taken(train, _shapes(params), _shapes(source_params)))
-  num_source = source_run.train.num_seeds
   num_seeds = jax.tree.leaves(params)[0].shape[0]
   which = jnp.arange(num_seeds) % num_source  # Seed i takes the source's seed i mod its count.
   source_leaves = {

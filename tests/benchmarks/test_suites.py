@@ -160,6 +160,25 @@ def test_causal_speedups_pair_each_causal_case_with_its_twin():
   ]
 
 
+def test_interleave_calls_rotates_the_order_and_times_every_contender_once_per_round():
+  log = []
+  calls = {name: (lambda name=name: log.append(name)) for name in "abc"}
+  timings = timing.interleave_calls(calls, repeats=4, budget_s=1e9, block=timing.no_block)
+  assert log[:3] == ["a", "b", "c"]  # The warm-up calls, then the rounds, each rotated by one.
+  assert log[3:] == [*"abc", *"bca", *"cab", *"abc"]
+  assert all(len(t.times_s) == 4 and t.first_s >= 0 for t in timings.values())
+  # budget_s per contender: once spent, stops after min(repeats, 3) rounds.
+  short = timing.interleave_calls(calls, repeats=10, budget_s=0.0, block=timing.no_block)
+  assert all(len(t.times_s) == 3 for t in short.values())
+
+
+def test_round_ratio_divides_times_of_the_same_round():
+  slow, fast = timing.Timing(0.0, [2.0, 8.0, 3.0]), timing.Timing(0.0, [1.0, 4.0, 1.0])
+  assert timing.round_ratio(slow, fast) == 2.0  # Medians alone would give 3 / 1.
+  with pytest.raises(ValueError, match="same interleaved rounds"):
+    timing.round_ratio(slow, timing.Timing(0.0, [1.0]))
+
+
 def test_flop_conventions():
   # 4 * B * H * T * S * K forward, half of it causal, 3.5x forward for forward+backward.
   assert cases.attention_flops(2, 3, 5, 7, 11, causal=False, backward=False) == 4 * 2 * 3 * 5 * 7 * 11
@@ -213,5 +232,5 @@ def test_a_bad_suite_ends_in_one_line():
   assert result.returncode != 0
   assert result.stderr.strip().splitlines() == [
     "error: --suite: unknown suite 'atention'; expected all, smoke or some of "
-    "attention, memory, train, seeds, decode, nanogpt, variants, circuits"
+    f"{', '.join(suites.SUITES)}"
   ]

@@ -98,6 +98,21 @@ def test_flash_tile_sizes_do_not_change_results(block_q, block_k):
 
 
 @pytest.mark.slow  # Over ~3 s on 2 cores (compiling).
+def test_chunk_follows_the_backend_tile_budget():
+  # On the CPU one (batch, head) pair of 512 x 512 tiles per step (1 MiB, within L2: faster against
+  # torch's SDPA at (8, 8, 512, 64)); elsewhere 4 MiB, four pairs, as before.
+  assert flash.backend_tile_bytes("cpu") == flash.CPU_TILE_BYTES == 2**20
+  assert flash.backend_tile_bytes("gpu") == flash.backend_tile_bytes("tpu") == flash.TILE_BYTES
+  assert flash.TILE_BYTES == 4 * 2**20
+  assert flash.chunk_for(64, 512, 512, flash.backend_tile_bytes("cpu")) == 1
+  assert flash.chunk_for(64, 512, 512, flash.backend_tile_bytes("gpu")) == 4
+  assert flash.chunk_for(64, 64, 64, flash.backend_tile_bytes("cpu")) == 64  # Small tiles share.
+  assert flash.chunk_for(6, 512, 512, 5 * 2**20) == 3  # The largest divisor of N that fits.
+  assert flash.chunk_for(64, 512, 512) == flash.chunk_for(
+    64, 512, 512, flash.backend_tile_bytes(jax.default_backend())
+  )
+
+
 def test_flash_multi_query_and_batch_axes():
   r = jax.random.split(jax.random.PRNGKey(3), 3)
   q = jax.random.normal(r[0], (3, 2, T, H, K))

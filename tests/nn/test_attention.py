@@ -623,3 +623,72 @@ def test_diagnostics_keep_the_kernel_asked_for(implementation, monkeypatch):
     np.testing.assert_allclose(
       state["diagnostics"][name][0], ref_state["diagnostics"][name][0], rtol=1e-6, err_msg=name
     )
+
+
+# Projection biases and the causal sliding window.
+
+
+@pytest.mark.parametrize(
+  "use_bias,qkv_bias,out_bias,want",
+  [
+    (True, None, None, (True, True)),
+    (False, None, None, (False, False)),
+    (False, True, False, (True, False)),  # Qwen2.
+    (True, False, True, (False, True)),
+  ],
+)
+def test_qkv_and_out_biases_follow_use_bias_unless_set(use_bias, qkv_bias, out_bias, want):
+  x = _normal(70, (B, T, D))
+  module = MultiHeadAttention(num_heads=4, use_bias=use_bias, qkv_bias=qkv_bias, out_bias=out_bias)
+  params = jax.eval_shape(lambda: _init(module, x))["params"]
+  assert tuple("bias" in params[n] for n in ("query", "key", "value")) == (want[0],) * 3
+  assert ("bias" in params["out"]) == want[1]
+
+
+def _band(T, w):
+  """The causal sliding window by hand: query i sees key j iff 0 <= i - j <= w."""
+  i, j = np.arange(T)[:, None], np.arange(T)[None, :]
+  return jnp.asarray((j <= i) & (i - j <= w))
+
+
+@pytest.mark.parametrize("implementation", ["naive", "flash"])
+@pytest.mark.parametrize("w", [0, 2])
+def test_causal_window_is_the_band_mask(implementation, w):
+  x = _normal(71, (B, 7, D))
+  module = MultiHeadAttention(num_heads=4, implementation=implementation)
+  variables = _init(module, x)
+  out = module.apply(variables, x, is_causal=True, window=w)
+  want = MultiHeadAttention(num_heads=4, implementation="naive").apply(variables, x, mask=_band(7, w))
+  np.testing.assert_allclose(out, want, atol=ATOL)
+  full = module.apply(variables, x, is_causal=True)
+  assert not np.allclose(out, full, atol=1e-3)
+
+
+@pytest.mark.parametrize("G", [None, 1])
+def test_decode_with_a_window_masks_the_cache_by_absolute_position(G):
+  x = _normal(72, (B, 9, D))
+  decoder = MultiHeadAttention(num_heads=4, num_kv_heads=G, decode=True, positions="rope")
+  variables = _init(decoder, x)
+  full = MultiHeadAttention(num_heads=4, num_kv_heads=G, positions="rope")
+  want = full.apply({"params": variables["params"]}, x, mask=_band(9, 2))
+
+  @jax.jit
+  def step(cache, x_t):
+    return decoder.apply(
+      {"params": variables["params"], "cache": cache}, x_t, window=2, mutable=["cache"]
+    )
+
+  cache, outs = variables["cache"], []
+  for start, stop in [(0, 3)] + [(t, t + 1) for t in range(3, 9)]:
+    out, state = step(cache, x[:, start:stop])
+    cache = state["cache"]
+    outs.append(out)
+  np.testing.assert_allclose(jnp.concatenate(outs, axis=1), want, atol=ATOL)
+
+
+def test_window_must_be_a_non_negative_int():
+  x = _normal(73, (B, T, D))
+  module = MultiHeadAttention(num_heads=4)
+  variables = _init(module, x)
+  with pytest.raises(ValueError, match=r"^window: must be None or an int >= 0, got -1"):
+    module.apply(variables, x, is_causal=True, window=-1)

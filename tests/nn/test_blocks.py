@@ -59,6 +59,42 @@ def test_feed_forward_shapes_and_activation():
   assert not np.allclose(out, gelu, atol=1e-4)
 
 
+def _dense(p, x):
+  return x @ p["kernel"] + p.get("bias", 0.0)
+
+
+@pytest.mark.parametrize(
+  "activation,fn",
+  [
+    ("relu", jax.nn.relu),
+    ("gelu", lambda h: jax.nn.gelu(h, approximate=True)),
+    ("gelu_exact", lambda h: jax.nn.gelu(h, approximate=False)),
+    ("silu", jax.nn.silu),
+  ],
+)
+@pytest.mark.parametrize("glu", [False, True])
+def test_feed_forward_gated_and_activations_by_hand(activation, fn, glu):
+  """ff_glu: wo(act(wi(x)) * wi_up(x)), "wi" the activated (gate) branch; else wo(act(wi(x)))."""
+  module = FeedForward(CFG.replace(activation=activation, ff_glu=glu, use_bias=glu))
+  params = _init(module, X)["params"]
+  assert set(params) == ({"wi", "wi_up", "wo"} if glu else {"wi", "wo"})
+  if glu:
+    assert params["wi_up"]["kernel"].shape == (D, 32) and "bias" in params["wi_up"]
+  params = jax.tree.map(lambda p: p + 0.1, params)  # Non-zero biases.
+  h = fn(_dense(params["wi"], X))
+  if glu:
+    h = h * _dense(params["wi_up"], X)
+  want = _dense(params["wo"], h)
+  np.testing.assert_allclose(module.apply({"params": params}, X), want, atol=ATOL, rtol=1e-5)
+
+
+def test_gelu_exact_differs_from_the_tanh_form():
+  variables = _init(FeedForward(CFG.replace(activation="gelu")), X)
+  tanh = FeedForward(CFG.replace(activation="gelu")).apply(variables, X * 3)
+  erf = FeedForward(CFG.replace(activation="gelu_exact")).apply(variables, X * 3)
+  assert not np.allclose(tanh, erf, atol=1e-6)
+
+
 def test_encoder_block_shapes():
   block = EncoderBlock(CFG)
   variables = _init(block, X)

@@ -190,7 +190,7 @@ def test_choice_lists():
   assert set(MODULE_SCALE_CHOICES) == {"sqrt_d", "none", "d", "learned", "init_folded"}
   assert set(NORM_POSITIONS) == {"post", "pre"}
   assert set(POSITION_KINDS) == {"sinusoidal", "learned", "rope", "alibi", "t5_bias", "none"}
-  assert set(ACTIVATIONS) == {"relu", "gelu"}
+  assert set(ACTIVATIONS) == {"relu", "gelu", "silu", "gelu_exact"}
   assert set(INIT_SCHEMES) == {"default", "gpt2"}
   assert set(DTYPES) == {"float32", "bfloat16", "float16"}
 
@@ -225,6 +225,12 @@ def test_token_ids_outside_vocabulary(field, value):
 def test_token_ids_at_vocabulary_edges():
   cfg = ModelConfig(vocab_size=11, pad_id=10, bos_id=0, eos_id=10)
   assert (cfg.pad_id, cfg.bos_id, cfg.eos_id) == (10, 0, 10)
+
+
+def test_pad_id_may_be_none_but_not_a_float():
+  assert ModelConfig(pad_id=None).pad_id is None  # No padding token (GPT-2, Llama checkpoints).
+  assert "must be an int" in _raises_on("pad_id", pad_id=1.5)
+  assert "must be an int" in _raises_on("bos_id", bos_id=None)
 
 
 # Positions.
@@ -281,6 +287,25 @@ def test_replace_can_switch_policy_with_head_dim():
 # Local attention window.
 
 
+def test_projection_biases_follow_use_bias_unless_set():
+  assert (ModelConfig().resolved_qkv_bias, ModelConfig().resolved_out_bias) == (True, True)
+  off = ModelConfig(use_bias=False)
+  assert (off.resolved_qkv_bias, off.resolved_out_bias) == (False, False)
+  qwen2 = ModelConfig(use_bias=False, qkv_bias=True, out_bias=False)
+  assert (qwen2.resolved_qkv_bias, qwen2.resolved_out_bias) == (True, False)
+
+
+def test_new_fields_default_to_the_old_model():
+  config = ModelConfig()
+  assert (config.ff_glu, config.embed_norm, config.qkv_bias, config.out_bias) == (
+    False,
+    False,
+    None,
+    None,
+  )
+  assert config.rope_theta == 10000.0 and ModelConfig(rope_theta=1e6).rope_theta == 1e6
+
+
 def test_attention_window_defaults_to_full_attention():
   assert ModelConfig().attention_window is None
   assert ModelConfig(attention_window=0).attention_window == 0
@@ -323,6 +348,14 @@ def test_feature_buckets_one_or_negative_is_an_error(buckets):
     ({"norm_epsilon": 0.0}, "norm_epsilon: must be a float in (0, 1)"),
     ({"norm_epsilon": True}, "norm_epsilon: must be a float in (0, 1)"),
     ({"attention_sink": True, "attention_kind": "sigmoid"}, "attention_sink: a sink adds to a softmax"),
+    ({"ff_glu": 1}, "ff_glu: must be a bool"),
+    ({"embed_norm": None}, "embed_norm: must be a bool"),
+    ({"qkv_bias": 0}, "qkv_bias: must be None (follow use_bias) or a bool"),
+    ({"out_bias": "no"}, "out_bias: must be None (follow use_bias) or a bool"),
+    ({"rope_theta": 0.0}, "rope_theta: must be a positive float"),
+    ({"rope_theta": -1e4}, "rope_theta: must be a positive float"),
+    ({"rope_theta": float("inf")}, "rope_theta: must be a positive float"),
+    ({"rope_theta": True}, "rope_theta: must be a positive float"),
   ],
 )
 def test_variant_fields_are_checked_in_one_line(changes, message):
@@ -404,6 +437,11 @@ CONFIGS = st.fixed_dictionaries(
     "dtype": st.sampled_from(["float32", "bfloat16"]),
     "attention_implementation": st.sampled_from([None, None, "naive", "flash", "jax"]),
     "attention_window": st.sampled_from([None, 0, 2]),
+    "ff_glu": st.booleans(),
+    "qkv_bias": st.sampled_from([None, True, False]),
+    "out_bias": st.sampled_from([None, True, False]),
+    "rope_theta": st.sampled_from([10000.0, 500.0]),
+    "embed_norm": st.booleans(),
   }
 )
 

@@ -643,6 +643,19 @@ VARIANTS = [  # Combined, so that each compiles once; together they cover every 
   dict(positions="t5_bias", t5_num_buckets=8, t5_max_distance=16, attention_kind="ssmax"),
   dict(positions="rope", rope_fraction=0.5, attention_kind="sigmoid", norm_kind="rms"),
   dict(positions="none"),
+  dict(  # Llama's, Qwen2's and Mistral's options (a sliding window shorter than the sequence).
+    positions="rope",
+    attention_window=2,
+    ff_glu=True,
+    activation="silu",
+    norm_kind="rms",
+    use_bias=False,
+    qkv_bias=True,
+    out_bias=False,
+    num_kv_heads=1,
+    rope_theta=500.0,
+    embed_norm=True,
+  ),
 ]
 
 
@@ -674,6 +687,18 @@ def test_every_variant_caches_like_the_full_forward(variant):
   for t in range(prompt, seq.shape[1]):
     logits, variables = step(variables["cache"], seq[:, t : t + 1], jnp.array([t]))
     np.testing.assert_allclose(logits[:, 0], full[:, t], rtol=0, atol=1e-4, err_msg=f"step {t}")
+
+
+def test_sliding_window_greedy_decode_matches_uncached_greedy():
+  """A causal window of 1 over a prompt and generation of 7 tokens: the cache's window mask, by
+  absolute position, gives what recomputation over the whole sequence gives."""
+  config = make_config(norm="pre", positions="rope", attention_window=1)
+  setup = _setup(LanguageModel(config), seed=1, sharpen=3.0, inputs=PROMPT)
+  tokens, _ = reference_greedy(setup, PROMPT, N)
+  decoded = greedy_decode(setup.model, setup.params, PROMPT, max_new_tokens=N, eos_id=None)
+  np.testing.assert_array_equal(decoded, tokens)
+  unwindowed = _setup(LanguageModel(config.replace(attention_window=None)), 1, 3.0, PROMPT)
+  assert not np.array_equal(reference_greedy(unwindowed, PROMPT, N)[0], tokens)
 
 
 def test_cached_decoding_works_in_64_bit_mode():

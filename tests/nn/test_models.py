@@ -779,3 +779,39 @@ def test_a_language_model_without_decoder_layers_is_refused_naming_the_field():
   model = LanguageModel(ModelConfig(vocab_size=V, d_model=D, num_heads=H, num_decoder_layers=0))
   with pytest.raises(ValueError, match=r"^num_decoder_layers: a LanguageModel needs at least one"):
     model.init(jax.random.key(0), jnp.ones((1, 3), jnp.int32))
+
+
+@pytest.mark.parametrize("norm_kind", ["layer", "rms"])
+def test_embed_norm_normalises_the_embeddings_with_parameters_under_the_embedder(norm_kind):
+  config = make_config(norm_kind=norm_kind)
+  plain = Embedder(config)
+  normed = Embedder(config.replace(embed_norm=True))
+  variables = normed.init(jax.random.key(0), LM_TOKENS)
+  want = {"tokens/embedding", "norm/scale"} | ({"norm/bias"} if norm_kind == "layer" else set())
+  assert param_paths(variables["params"]) == want
+  plain_variables = {"params": {"tokens": variables["params"]["tokens"]}}
+  x = np.asarray(plain.apply(plain_variables, LM_TOKENS))
+  y = np.asarray(normed.apply(variables, LM_TOKENS))
+  assert not np.allclose(x, y, atol=1e-3)
+  np.testing.assert_allclose(np.mean(y * y, -1), 1.0, rtol=1e-3)  # Unit RMS (scale 1, bias 0).
+  lm = LanguageModel(config.replace(embed_norm=True))
+  lm_params = jax.eval_shape(lm.init, jax.random.key(0), LM_TOKENS)["params"]
+  assert "norm" in lm_params["embedder"]
+
+
+@pytest.mark.parametrize("implementation", ["naive", pytest.param("flash", marks=pytest.mark.slow)])
+def test_language_model_attention_window_is_a_causal_sliding_window(implementation):
+  """One layer, window w = 2: a token changes the logits at its own position and the next two only
+  (and a Transformer's decoder is not windowed by the field)."""
+  model = LanguageModel(
+    make_config(attention_window=2, positions="rope", attention_implementation=implementation)
+  )
+  params = jax.jit(model.init)(jax.random.key(0), LM_TOKENS)["params"]
+  forward = jax.jit(lambda x: model.apply({"params": params}, x))
+  logits = np.asarray(forward(LM_TOKENS))
+  changed = np.asarray(forward(LM_TOKENS.at[:, 1].set(25)))
+  np.testing.assert_allclose(changed[:, 0], logits[:, 0], atol=1e-6)
+  assert np.all(np.max(np.abs(changed[:, 1:4] - logits[:, 1:4]), axis=-1) > 1e-4)
+  np.testing.assert_allclose(changed[:, 4:], logits[:, 4:], atol=1e-6)
+  full = LanguageModel(model.config.replace(attention_window=None)).apply({"params": params}, LM_TOKENS)
+  assert not np.allclose(full[:, 4:], logits[:, 4:], atol=1e-4)

@@ -448,3 +448,63 @@ def test_a_runs_saved_vocabulary_and_tags_are_loaded_not_rebuilt(data_dir, tmp_p
   (data_dir / "dev").write_text("Bob\tB-animal\n", encoding="utf-8")
   with pytest.raises(ValueError, match=r"^config\.data\.path: tags \['B-animal'\] of .* saved tags"):
     restore()
+
+
+# A pretrained encoder's tokenizer.
+
+PIECES = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "alice", "smith", "visit", "##ed", "paris", "bob", "ac",
+          "##me", ".")  # fmt: skip
+
+
+def _wordpiece_file(folder: pathlib.Path) -> str:
+  from tokenizers import Tokenizer, decoders, normalizers, pre_tokenizers, processors
+  from tokenizers.models import WordPiece
+
+  tokenizer = Tokenizer(WordPiece({t: i for i, t in enumerate(PIECES)}, unk_token="[UNK]"))
+  tokenizer.decoder = decoders.WordPiece()
+  tokenizer.add_special_tokens(list(PIECES[:4]))
+  tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
+  tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+  tokenizer.post_processor = processors.TemplateProcessing(
+    single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)]
+  )
+  folder.mkdir(parents=True, exist_ok=True)
+  tokenizer.save(str(folder / "tokenizer.json"))
+  return str(folder / "tokenizer.json")
+
+
+def test_a_tokenizer_file_gives_pieces_tagged_on_each_words_first(data_dir, tmp_path):
+  task = make(data_dir, tokenizer_file=_wordpiece_file(tmp_path / "tok"))
+  assert task.subwords and len(task.vocab) == len(PIECES) and task.vocab.pad_id == 0
+  batch = task.train_batch(0, 3)
+  tokens, tags, weights = batch["tokens"], batch["tags"], batch["weights"]
+  sentence = [PIECES[i] for i in tokens[0] if i]  # The first training sentence, shuffled or not.
+  assert sentence[0] == "[CLS]" and sentence[-1] == "[SEP]"
+  # Every weighted position is a word's first piece; "##" pieces and the specials weigh 0.
+  for row in range(3):
+    for i, w in zip(tokens[row], weights[row], strict=True):
+      assert (w == 1.0) == (
+        PIECES[i] not in ("[PAD]", "[CLS]", "[SEP]") and not PIECES[i].startswith("##")
+      )
+  assert task.class_names[tags[weights == 1.0][0]] in task.class_names
+  # A perfect table on first pieces scores 100 on the words, through `starts`.
+  table = np.zeros((len(PIECES), task.num_classes), np.float32)
+  for s in task.splits["train"]:
+    ids, starts = task.vocab.encode_words(s.tokens)
+    for start, tag in zip(starts, s.tags, strict=True):
+      table[ids[start], task.class_names.index(tag)] = 1.0
+  assert task.score(_TablePredictor(table), 2, final=True)["test_f1"] == 100.0
+  (tmp_path / "run").mkdir()
+  task.save(str(tmp_path / "run"))
+  assert (tmp_path / "run" / "tokenizer.json").is_file() and not (
+    tmp_path / "run" / "vocab.txt"
+  ).exists()
+  assert task.decode_ids(task.encode_text("Alice visited Paris")) == "alice visited paris"
+
+
+def test_a_bad_tokenizer_file_names_the_field(data_dir, tmp_path):
+  with pytest.raises(ValueError, match=r"^config.task.tokenizer_file: '.*nope' is not a file"):
+    make(data_dir, tokenizer_file=str(tmp_path / "nope"))
+  (tmp_path / "bad.json").write_text("{}")
+  with pytest.raises(ValueError, match=r"^config.task.tokenizer_file: .*not a Hugging Face tokenizer"):
+    make(data_dir, tokenizer_file=str(tmp_path / "bad.json"))

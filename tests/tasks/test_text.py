@@ -318,3 +318,120 @@ def test_icl_score_is_late_loss_minus_early_loss_at_every_evaluation(text_file):
       build(text_file, icl_windows=value)
   with pytest.raises(ValueError, match=r"^config\.task\.icl_windows: needs block_size >= 16"):
     build(text_file, block_size=8, icl_windows=2)
+
+
+# --------------------------------------------------------------------------------------------------
+# tokenizer "hf": a Hugging Face tokenizer.json (a converted checkpoint's, attn/train/convert.py).
+# --------------------------------------------------------------------------------------------------
+
+
+def hf_config(tokenizer_file, **changes) -> ml_collections.ConfigDict:
+  fields = dict(tokenizer="hf", tokenizer_file=str(tokenizer_file), vocab_size=0, bos_id=0, eos_id=0)
+  fields.update(pad_id=None)
+  fields.update(changes)
+  return task_config(**fields)
+
+
+def hf_build(tokenizer_file, path, *, workdir=None, **changes):
+  data = ml_collections.ConfigDict({"path": str(path)})
+  return make_task(hf_config(tokenizer_file, **changes), data, seed=0, workdir=workdir)
+
+
+@pytest.fixture
+def byte_level(tmp_path):
+  """A byte-level BPE tokenizer.json (GPT-2's kind) of at most 300 tokens, trained on LINES."""
+  from tests.launch.test_convert import write_tokenizer
+
+  path = tmp_path / "tokenizer.json"
+  return path, write_tokenizer(str(path), 300)
+
+
+def test_hf_tokenizer_gives_its_ids_and_the_models_vocabulary_size(byte_level, text_file):
+  path, tokenizer = byte_level
+  size = tokenizer.get_vocab_size()
+  task = hf_build(path, text_file, vocab_size=size + 7, bos_id=1, eos_id=2)
+  train_text, val_text = text.split_train_val(TEXT)
+  assert len(task.vocab) == size + 7 and task.vocab.pad_id is None
+  assert (task.vocab.bos_id, task.vocab.eos_id) == (1, 2)
+  assert task.vocab.tokens[size:] == tuple(f"<unused_{i}>" for i in range(size, size + 7))
+  assert task.vocab.tokens[5] == tokenizer.id_to_token(5)
+  assert task.train_ids.tolist() == tokenizer.encode(train_text).ids
+  assert task.val_ids.tolist() == tokenizer.encode(val_text).ids
+  assert task.val_chars.sum() == len(val_text)  # Bits per character count each character once.
+  assert task.decode_ids(task.encode_text("hear me speak")) == "hear me speak"
+  assert task.decode_ids([*task.encode_text("hear"), size + 3]) == "hear"  # Extra ids: nothing.
+  assert task.vocab.decode(task.encode_text("hear me")) == [
+    tokenizer.id_to_token(i) for i in tokenizer.encode("hear me").ids
+  ]
+  assert hf_build(path, text_file).vocab.tokens == tuple(tokenizer.id_to_token(i) for i in range(size))
+
+
+def test_hf_save_keeps_the_tokenizer_and_a_run_loads_its_copy(byte_level, text_file, tmp_path):
+  path, _ = byte_level
+  workdir = tmp_path / "run"
+  workdir.mkdir()
+  task = hf_build(path, text_file)
+  task.save(str(workdir))
+  assert (workdir / "tokenizer.json").read_bytes() == path.read_bytes()
+  task.save(str(workdir))  # Again: the same bytes.
+  path.rename(tmp_path / "moved.json")  # The run's copy is read, not config.task.tokenizer_file.
+  restored = hf_build(path, text_file, workdir=str(workdir))
+  assert restored.vocab.tokens == task.vocab.tokens
+  other = tmp_path / "other.json"
+  from tests.launch.test_convert import write_tokenizer
+
+  write_tokenizer(str(other), 280)
+  with pytest.raises(ValueError, match=r"config.task.tokenizer_file: .* differs from the run's"):
+    hf_build(other, text_file).save(str(workdir))
+
+
+def test_hf_without_data_opens_a_run_for_inspection_only(byte_level, tmp_path):
+  path, _ = byte_level
+  task = hf_build(path, "", workdir=str(tmp_path))
+  batch = task.train_batch(3, 2)
+  assert batch["tokens"].shape == (2, 8) and not batch["tokens"].any()
+  assert [b["tokens"].shape for b in task.eval_batches(4)] == [(4, 8)]
+  assert task.data_files() == []
+  with pytest.raises(ValueError, match=r"^config.data.path: empty; .* for inspection only"):
+    hf_build(path, "")  # Training (no run directory): refused.
+
+
+def test_hf_unknown_pieces_and_bad_fields_are_named(tmp_path, text_file):
+  from tokenizers import Tokenizer, models, pre_tokenizers
+
+  words = {"[UNK]": 0, "<eos>": 1, "hear": 2, "me": 3, "speak": 4}
+  word_level = Tokenizer(models.WordLevel(words, unk_token="[UNK]"))
+  word_level.pre_tokenizer = pre_tokenizers.Whitespace()
+  path = tmp_path / "words.json"
+  word_level.save(str(path))
+  task = hf_build(path, text_file, block_size=2, eos_id=1)
+  assert task.encode_text("hear me").tolist() == [2, 3]
+  with pytest.raises(ValueError, match=r"cannot spell .*'you'"):
+    task.encode_text("hear you")
+  with pytest.raises(ValueError, match=r"config.task.vocab_size: must be an int >= the tokenizer's 5"):
+    hf_build(path, text_file, block_size=2, vocab_size=4)
+  with pytest.raises(ValueError, match=r"config.task.bos_id: must be an id in \[0, 5\), got 5"):
+    hf_build(path, text_file, block_size=2, bos_id=5)
+  with pytest.raises(ValueError, match=r"config.task.pad_id"):
+    hf_build(path, text_file, block_size=2, pad_id=-1)
+  bad = tmp_path / "bad.json"
+  bad.write_text("{}", encoding="utf-8")
+  with pytest.raises(ValueError, match=r"bad.json: not a Hugging Face tokenizer.json"):
+    hf_build(bad, text_file)
+  with pytest.raises(ValueError, match=r"config.task.tokenizer_file: .*missing.json"):
+    hf_build(tmp_path / "missing.json", text_file)
+
+
+def test_without_a_tokenizer_text_is_token_ids(text_file, tmp_path):
+  task = hf_build("", "", workdir=str(tmp_path), vocab_size=50)
+  assert task.encode_text("3 4 49").tolist() == [3, 4, 49]
+  assert task.decode_ids([3, 4]) == " 3 4"
+  assert task.vocab.tokens[7] == "7"
+  with pytest.raises(ValueError, match=r"^the run has no tokenizer .*'hear'"):
+    task.encode_text("hear")
+  with pytest.raises(ValueError, match=r"past the model's vocabulary of 50"):
+    task.encode_text("50")
+  task.save(str(tmp_path))  # Nothing to keep.
+  assert not (tmp_path / "tokenizer.json").exists()
+  with pytest.raises(ValueError, match=r"^config.task.tokenizer_file: empty; text data needs"):
+    hf_build("", text_file, vocab_size=50)

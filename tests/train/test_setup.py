@@ -438,3 +438,107 @@ def _numbers(tree):
       yield from _numbers(value)
   else:
     yield np.asarray(tree, np.float64)
+
+
+# ----------------------------------------------------------------------------------------------------
+# init_from a Hugging Face model folder.
+
+
+def _bert_folder(folder, num_labels: int = 3):
+  """A tiny random transformers BERT for token classification, saved as save_pretrained saves it,
+  with tokenizer.json (the NER tests' WordPiece vocabulary); returns the torch model."""
+  torch = pytest.importorskip("torch")
+  transformers = pytest.importorskip("transformers")
+  from tests.tasks.test_ner import PIECES, _wordpiece_file
+
+  torch.manual_seed(0)
+  hf_config = transformers.BertConfig(
+    vocab_size=len(PIECES), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+    intermediate_size=64, max_position_embeddings=64, num_labels=num_labels,
+  )  # fmt: skip
+  model = transformers.BertForTokenClassification(hf_config).eval()
+  model.save_pretrained(folder)
+  _wordpiece_file(folder)
+  return model
+
+
+@pytest.mark.slow  # Imports torch and transformers, and starts launch.train.
+def test_a_bert_folder_fine_tunes_the_ner_tagger_end_to_end(tmp_path):
+  import json
+  import os
+  import subprocess
+  import sys
+
+  from tests.tasks.test_ner import DEV, REPO, TEST, TRAIN, write
+
+  folder = tmp_path / "bert"
+  _bert_folder(folder)
+  data = write(tmp_path / "data", {"train": TRAIN, "dev": DEV, "test": TEST})
+  workdir = tmp_path / "run"
+  result = subprocess.run(
+    [
+      sys.executable, "-m", "launch.train", "--config=experiments/ner_pretrained.py:smoke",
+      f"--config.data.path={data}", f"--workdir={workdir}", f"--config.init_from={folder}",
+      f"--config.task.tokenizer_file={folder / 'tokenizer.json'}",
+    ],
+    cwd=REPO,
+    env={**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_backend_optimization_level=0"},
+    capture_output=True, text=True, check=False,
+  )  # fmt: skip
+  assert result.returncode == 0, result.stderr[-3000:]
+  summary = json.loads((workdir / "summary.json").read_text())
+  assert summary["num_train_steps"] == 2 and {"f1", "test_f1"} <= set(summary["final"])
+  resolved = json.loads((workdir / "config.json").read_text())["resolved_model"]
+  assert (resolved["d_model"], resolved["embed_norm"], resolved["activation"]) == (
+    32,
+    True,
+    "gelu_exact",
+  )
+  assert (workdir / "tokenizer.json").is_file()
+
+
+@pytest.mark.slow  # Imports torch and transformers.
+def test_init_from_a_bert_folder_takes_the_encoder_and_keeps_a_fresh_head(tmp_path):
+  import torch
+
+  from experiments import ner_pretrained
+  from tests.tasks.test_ner import DEV, TEST, TRAIN, write
+
+  folder = tmp_path / "bert"
+  hf = _bert_folder(folder, num_labels=2)
+  data = write(tmp_path / "data", {"train": TRAIN, "dev": DEV, "test": TEST})
+  config = ner_pretrained.get_config("smoke")
+  config.data.path, config.init_from = str(data), str(folder)
+  config.task.tokenizer_file = str(folder / "tokenizer.json")
+  config.model.d_model = 999  # Ignored: the architecture is the checkpoint's.
+  config.model.dropout_rate = 0.0  # Taken: a fine-tuning field.
+  run = train.build_run(config)
+  assert (run.model_config.d_model, run.model_config.dropout_rate) == (32, 0.0)
+  params = jax.vmap(run.state_initializer())(run.seed_rngs()).params
+  started = setup.init_from(run.train, params, vocab=run.task.vocab)
+  with torch.no_grad():
+    words = hf.bert.embeddings.word_embeddings.weight.numpy()
+  np.testing.assert_array_equal(started["embedder"]["tokens"]["embedding"][0], words)
+  np.testing.assert_array_equal(started["classifier"]["kernel"], params["classifier"]["kernel"])
+  # The converted encoder, with its fresh head, gives transformers' hidden states to its head.
+  batch = run.task.train_batch(0, 2)
+  one = jax.tree.map(lambda x: x[0], started)
+  from attn.nn import hooks
+
+  _, cache = hooks.run_with_cache(run.model, one, batch["tokens"])
+  mask = batch["tokens"] != 0
+  with torch.no_grad():
+    theirs = hf.bert(
+      torch.as_tensor(batch["tokens"]), attention_mask=torch.as_tensor(mask.astype(np.int64))
+    ).last_hidden_state.numpy()
+  last = cache[f"blocks.{hf.config.num_hidden_layers - 1}.resid_post"]
+  np.testing.assert_allclose(np.asarray(last)[mask], theirs[mask], atol=2e-5)
+
+
+def test_init_from_refuses_a_folder_of_an_unsupported_model_type(tmp_path):
+  (tmp_path / "config.json").write_text('{"model_type": "bloom"}')
+  config = _config(init_from=str(tmp_path))
+  with pytest.raises(
+    train.ConfigError, match=r"^config.init_from: model_type: 'bloom' is not supported"
+  ):
+    train.build_run(config)
