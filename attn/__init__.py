@@ -29,6 +29,7 @@ from attn.core import (
   self_attention,
   sinusoidal_positions,
   t5_buckets,
+  xpos,
 )
 
 __all__ = [
@@ -50,4 +51,5 @@ __all__ = [
   "self_attention",
   "sinusoidal_positions",
   "t5_buckets",
+  "xpos",
 ]

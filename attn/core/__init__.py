@@ -29,6 +29,7 @@ from attn.core.positions import (
   rope,
   sinusoidal_positions,
   t5_buckets,
+  xpos,
 )
 from attn.core.ring import ring_attention
 from attn.core.scaling import SCALE_CHOICES, resolve_scale
@@ -54,4 +55,5 @@ __all__ = [
   "self_attention",
   "sinusoidal_positions",
   "t5_buckets",
+  "xpos",
 ]

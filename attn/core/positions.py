@@ -1,4 +1,12 @@
-"""Positional encodings. Attention alone ignores order; these give it back."""
+"""Positional encodings. Attention alone ignores order; these give it back.
+
+- `sinusoidal_positions`: the original Transformer's fixed table, added to the embeddings.
+- `rope`: rotary embeddings of queries and keys (logits depend on i - j only), in either pair layout:
+  rotate-half (GPT-NeoX, Llama; the default) or interleaved (GPT-J, RoFormer; `interleaved=True`).
+- `xpos`: RoPE with a per-pair exponential decay in i - j (Sun et al. 2022), for length extrapolation.
+- `alibi_slopes`, `alibi_bias`: ALiBi's linear logit bias; `t5_buckets`: T5's bucketed relative
+  positions; `RelativeBias`: either, described by its parameters so flash can compute it per tile.
+"""
 
 from __future__ import annotations
 
@@ -57,37 +65,26 @@ def _broadcasts(shape: tuple[int, ...], to: tuple[int, ...]) -> bool:
   return all(a in (1, b) for a, b in zip(reversed(shape), reversed(to), strict=False))
 
 
-def rope(
+def _rotate(
+  name: str,
   x_BTHK: jax.typing.ArrayLike,
   positions: jax.typing.ArrayLike,
   *,
-  base: float = 10_000.0,
-  fraction: float = 1.0,
+  base: float,
+  fraction: float,
+  interleaved: bool,
+  scale_of=None,
 ) -> jax.Array:
-  """Rotary position embedding (Su et al. 2021): rotates each pair of channels (i, i + R/2) of the
-  first R = fraction * K channels by the angle position / base^(2i / R); the rest pass unchanged.
-
-  Applied to queries and keys, it makes the logit q_i . k_j depend on their positions only through
-  i - j. The pairs are the "rotate half" halves (GPT-NeoX, Llama, x-transformers), not adjacent
-  channels.
-
-  Args:
-    x_BTHK: [batch..., T, H, K] queries or keys.
-    positions: [T] or [batch..., T] integer positions (the cache offset onwards when decoding).
-    base: the 10000 of the formula.
-    fraction: the share of the head dim rotated; R = fraction * K rounded down to an even number.
-
-  Returns:
-    [batch..., T, H, K] in x's dtype (the rotation is computed in float32).
-  """
+  """RoPE's rotation of the first R channels, the rest unchanged; `scale_of(pos [..., T, 1, 1], R)`,
+  when given, returns a per-pair multiplier [..., T, 1, R/2] of the rotated channels (xPos)."""
   x = jnp.asarray(x_BTHK)
   K = x.shape[-1]
   if not 0.0 < fraction <= 1.0:
-    raise ValueError(f"rope: fraction must be in (0, 1], got {fraction}")
+    raise ValueError(f"{name}: fraction must be in (0, 1], got {fraction}")
   R = int(K * fraction) // 2 * 2
   if R == 0:
-    raise ValueError(f"rope: fraction {fraction} of head dim {K} rotates no pair of channels")
-  pos = _positions_array("rope", positions).astype(jnp.float32)
+    raise ValueError(f"{name}: fraction {fraction} of head dim {K} rotates no pair of channels")
+  pos = _positions_array(name, positions).astype(jnp.float32)
   lead = x.shape[:-2]  # [batch..., T]
   if (
     pos.ndim == 0
@@ -96,16 +93,112 @@ def rope(
     or not _broadcasts(pos.shape, lead)
   ):
     raise ValueError(
-      f"rope: positions of shape {tuple(pos.shape)} do not fit x of shape {tuple(x.shape)} "
+      f"{name}: positions of shape {tuple(pos.shape)} do not fit x of shape {tuple(x.shape)} "
       f"([batch..., T, H, K]): expected [T] or [batch..., T] with T = {lead[-1] if lead else '?'}"
     )
   inv_freq = base ** (-jnp.arange(0, R, 2, dtype=jnp.float32) / R)  # [R/2]
   angles = pos[..., :, None, None] * inv_freq  # [..., T, 1, R/2]
   cos, sin = jnp.cos(angles), jnp.sin(angles)
+  if scale_of is not None:
+    scale = scale_of(pos[..., :, None, None], R)  # [..., T, 1, R/2]
+    cos, sin = cos * scale, sin * scale
   rotated, rest = x[..., :R].astype(jnp.float32), x[..., R:]
-  a, b = rotated[..., : R // 2], rotated[..., R // 2 :]
-  out = jnp.concatenate([a * cos - b * sin, b * cos + a * sin], axis=-1).astype(x.dtype)
+  if interleaved:  # Pairs (2i, 2i + 1), GPT-J's rotate_every_two.
+    a, b = rotated[..., 0::2], rotated[..., 1::2]
+    out = jnp.stack([a * cos - b * sin, b * cos + a * sin], axis=-1).reshape(rotated.shape)
+  else:  # Pairs (i, i + R/2), GPT-NeoX's rotate_half.
+    a, b = rotated[..., : R // 2], rotated[..., R // 2 :]
+    out = jnp.concatenate([a * cos - b * sin, b * cos + a * sin], axis=-1)
+  out = out.astype(x.dtype)
   return jnp.concatenate([out, rest], axis=-1) if R < K else out
+
+
+def rope(
+  x_BTHK: jax.typing.ArrayLike,
+  positions: jax.typing.ArrayLike,
+  *,
+  base: float = 10_000.0,
+  fraction: float = 1.0,
+  interleaved: bool = False,
+) -> jax.Array:
+  """Rotary position embedding (Su et al. 2021): rotates each pair of channels (i, i + R/2) of the
+  first R = fraction * K channels by the angle position / base^(2i / R); the rest pass unchanged.
+
+  Applied to queries and keys, it makes the logit q_i . k_j depend on their positions only through
+  i - j. By default the pairs are the "rotate half" halves (GPT-NeoX, Llama, x-transformers), not
+  adjacent channels; `interleaved=True` rotates the adjacent pairs (2i, 2i + 1) instead (GPT-J,
+  RoFormer, Mesh Transformer JAX's `rotate_every_two`). The two layouts are the same rotation up to a
+  fixed permutation of the R rotated channels, so a checkpoint must be read in the layout it was
+  trained in (or its projections permuted).
+
+  Args:
+    x_BTHK: [batch..., T, H, K] queries or keys.
+    positions: [T] or [batch..., T] integer positions (the cache offset onwards when decoding).
+    base: the 10000 of the formula.
+    fraction: the share of the head dim rotated; R = fraction * K rounded down to an even number.
+    interleaved: pair adjacent channels (2i, 2i + 1) rather than (i, i + R/2).
+
+  Returns:
+    [batch..., T, H, K] in x's dtype (the rotation is computed in float32).
+  """
+  return _rotate("rope", x_BTHK, positions, base=base, fraction=fraction, interleaved=bool(interleaved))
+
+
+def xpos(
+  x_BTHK: jax.typing.ArrayLike,
+  positions: jax.typing.ArrayLike,
+  *,
+  is_key: bool,
+  scale_base: float = 512.0,
+  gamma: float = 0.4,
+  base: float = 10_000.0,
+  fraction: float = 1.0,
+  interleaved: bool = False,
+) -> jax.Array:
+  """xPos (Sun et al. 2022, "A Length-Extrapolatable Transformer"): RoPE whose rotated pair i is also
+  scaled by zeta_i^(n / scale_base) for a query at position n and zeta_i^(-n / scale_base) for a key,
+  with zeta_i = (2i / R + gamma) / (1 + gamma) in (0, 1).
+
+  So q_n . k_m still depends on the positions only through n - m, and each pair's contribution is
+  multiplied by zeta_i^((n - m) / scale_base), which decays as a key lies farther before the query
+  (xPos is meant for causal attention: for a key after the query the factor grows instead).
+  microsoft/torchscale's XPOS (the paper's code) uses the interleaved pairs (`interleaved=True`);
+  lucidrains' rotary-embedding-torch (`use_xpos`) the rotate-half ones (the default here, as `rope`).
+  Positions may be shifted by any constant common to queries and keys without changing the logits:
+  torchscale centres them on the middle of the sequence, keeping the scales near 1 (with gamma 0.4 the
+  lowest pair's scale moves 3.5x per scale_base positions, so float32 overflows some 36 000 positions
+  from zero).
+
+  Args:
+    x_BTHK: [batch..., T, H, K] queries or keys.
+    positions: [T] or [batch..., T] positions, the same frame for queries and keys.
+    is_key: keys take zeta^(-n / scale_base), queries zeta^(n / scale_base).
+    scale_base: the 512 of the paper: positions per power of zeta.
+    gamma: the 0.4 of the paper; larger decays more slowly. Positive.
+    base, fraction, interleaved: as `rope`'s; the scale applies to the R rotated channels only.
+
+  Returns:
+    [batch..., T, H, K] in x's dtype (computed in float32).
+  """
+  if not gamma > 0.0:
+    raise ValueError(f"xpos: gamma must be positive, got {gamma}")
+  if not scale_base > 0.0:
+    raise ValueError(f"xpos: scale_base must be positive, got {scale_base}")
+  sign = -1.0 if is_key else 1.0
+
+  def scale_of(pos, R):
+    zeta = (jnp.arange(0, R, 2, dtype=jnp.float32) / R + gamma) / (1.0 + gamma)  # [R/2]
+    return jnp.exp(sign * pos / scale_base * jnp.log(zeta))
+
+  return _rotate(
+    "xpos",
+    x_BTHK,
+    positions,
+    base=base,
+    fraction=fraction,
+    interleaved=bool(interleaved),
+    scale_of=scale_of,
+  )
 
 
 def alibi_slopes(num_heads: int) -> jax.Array:
