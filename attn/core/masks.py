@@ -1,6 +1,9 @@
 """Attention masks: boolean arrays, True = may attend, broadcastable to [batch..., H, T, S].
 
-These decide which keys a query may look at. They have nothing to do with corrupting input tokens for
+These decide which keys a query may look at: `causal_mask` (no key after the query), `local_window_mask`
+(a band around the query, symmetric or flash-attention's (left, right) window, e.g. Mistral's causal
+sliding window), `padding_mask` (real keys only), `combine_masks` (their AND) and `attendable_keys`
+(how many keys each query may attend). They have nothing to do with corrupting input tokens for
 denoising training, which lives in `attn.core.corruption` under the name `corrupt_tokens`.
 """
 
@@ -40,27 +43,64 @@ def causal_mask(T: int, S: int | None = None, *, offset: jax.typing.ArrayLike = 
   return k_pos_1S <= q_pos_T1
 
 
-def local_window_mask(T: int, S: int | None = None, *, window: int) -> jax.Array:
-  """Band mask in which query i may attend key j iff |i - j| <= window (a local-window baseline).
+def _window(value) -> tuple[int | None, int | None]:
+  """`local_window_mask`'s window as (left, right), each a non-negative int or None (unbounded)."""
+  side = lambda v: v is None or (not isinstance(v, bool) and isinstance(v, int | np.integer) and v >= 0)
+  if not isinstance(value, bool) and isinstance(value, int | np.integer) and value >= 0:
+    return int(value), int(value)
+  if isinstance(value, tuple | list) and len(value) == 2 and all(side(v) for v in value):
+    return tuple(None if v is None else int(v) for v in value)
+  raise ValueError(
+    "local_window_mask: window must be a non-negative int or a pair (left, right) of non-negative "
+    f"ints or None (unbounded), got {value!r}"
+  )
 
-  Top-left aligned, as `causal_mask` is. Stacked over L layers, position i can see no further than
-  L * window tokens away, so a word decided by a cue farther off than that cannot be tagged.
+
+def local_window_mask(
+  T: int,
+  S: int | None = None,
+  *,
+  window: int | tuple[int | None, int | None],
+  offset: jax.typing.ArrayLike = 0,
+) -> jax.Array:
+  """Band mask in which query i may attend key j iff i + offset - left <= j <= i + offset + right.
+
+  `window=w` is the symmetric band |i + offset - j| <= w (a local-window baseline); a pair
+  `(left, right)` is flash-attention's `window_size=(left, right)`: up to `left` keys before the
+  query's position and `right` after, None for no limit on that side (flash-attention's -1). So
+  `(w, 0)` is a causal sliding window (Mistral's) and `(None, 0)` the causal mask itself.
+
+  Query 0 sits at key position `offset`, as in `causal_mask`: 0 (the default) aligns the top-left
+  corners; `offset = S - T` aligns the last query with the last key, the bottom-right alignment
+  flash-attention uses when S != T (its rule: query i attends keys in
+  [i + S - T - left, i + S - T + right]); during cached decoding it is the cache index. Stacked over
+  L layers with window w, position i can see no further than L * w tokens away, so a word decided by a
+  cue farther off than that cannot be tagged.
 
   Args:
     T: number of queries.
     S: number of keys; defaults to T.
-    window: the half-width w >= 0; 0 lets each query see only its own position.
+    window: the half-width w >= 0 (0 lets each query see only its own position), or (left, right),
+      each a non-negative int or None.
+    offset: position of query 0 among the keys; may be a traced integer.
 
   Returns:
     bool [T, S].
+
+  Raises:
+    ValueError: a length that is not a non-negative int, or a window that is not one of the above.
   """
   T = _length("local_window_mask", "T", T)
   S = T if S is None else _length("local_window_mask", "S", S)
-  if isinstance(window, bool) or not isinstance(window, int | np.integer) or window < 0:
-    raise ValueError(f"local_window_mask: window must be a non-negative int, got {window!r}")
-  q_pos_T1 = jnp.arange(T)[:, None]
+  left, right = _window(window)
+  q_pos_T1 = jnp.arange(T)[:, None] + offset
   k_pos_1S = jnp.arange(S)[None, :]
-  return jnp.abs(k_pos_1S - q_pos_T1) <= window
+  mask = jnp.ones((T, S), bool)
+  if left is not None:
+    mask = mask & (k_pos_1S >= q_pos_T1 - left)
+  if right is not None:
+    mask = mask & (k_pos_1S <= q_pos_T1 + right)
+  return mask
 
 
 def padding_mask(

@@ -1,5 +1,5 @@
-"""Tests for the attention masks: causal_mask, local_window_mask, padding_mask, combine_masks (True = may
-attend)."""
+"""Tests for the attention masks: causal_mask, local_window_mask (symmetric and (left, right)),
+padding_mask, combine_masks (True = may attend)."""
 
 import jax
 import jax.numpy as jnp
@@ -315,3 +315,108 @@ def test_attendable_keys_counts_what_the_mask_and_the_causal_rule_allow(mask_sha
   expected = full.sum(-1)  # The brute-force count over a [T, S] array.
   np.testing.assert_array_equal(jnp.broadcast_to(n, expected.shape), expected)
   assert n.dtype == jnp.int32
+
+
+# local_window_mask with a pair (left, right): flash-attention's window_size.
+
+
+def _flash_window_rule(T, S, window_size):
+  """flash-attention's documented rule (flash_attn_func's docstring): with window_size != (-1, -1),
+  query i attends only the keys in [i + seqlen_k - seqlen_q - window_size[0],
+  i + seqlen_k - seqlen_q + window_size[1]] inclusive, -1 meaning no limit on that side."""
+  left, right = window_size
+  allowed = np.zeros((T, S), bool)
+  for i in range(T):
+    for j in range(S):
+      low_ok = left == -1 or j >= i + S - T - left
+      high_ok = right == -1 or j <= i + S - T + right
+      allowed[i, j] = low_ok and high_ok
+  return allowed
+
+
+@pytest.mark.parametrize(
+  "T, S, window_size",
+  [
+    (5, 5, (2, 0)),
+    (5, 5, (0, 2)),
+    (4, 7, (1, 2)),
+    (6, 3, (2, 1)),
+    (3, 8, (-1, 0)),
+    (4, 6, (1, -1)),
+    (4, 4, (-1, -1)),
+    (1, 5, (3, 0)),
+  ],
+)
+def test_local_window_mask_pair_is_flash_attentions_window_with_bottom_right_offset(T, S, window_size):
+  window = tuple(None if side == -1 else side for side in window_size)
+  mask = attn.local_window_mask(T, S, window=window, offset=S - T)
+  assert mask.dtype == jnp.bool_ and mask.shape == (T, S)
+  npt.assert_array_equal(mask, _flash_window_rule(T, S, window_size))
+
+
+@pytest.mark.parametrize("T, S, offset", [(4, 4, 0), (3, 6, 0), (3, 6, 2), (5, 3, -1)])
+def test_local_window_mask_pair_follows_the_rule_at_any_offset(T, S, offset):
+  for left, right in [(0, 0), (1, 2), (3, 0), (None, 1), (2, None), (None, None)]:
+    rule = np.array(
+      [
+        [
+          (left is None or j >= i + offset - left) and (right is None or j <= i + offset + right)
+          for j in range(S)
+        ]
+        for i in range(T)
+      ],
+      dtype=bool,
+    )
+    mask = attn.local_window_mask(T, S, window=(left, right), offset=offset)
+    npt.assert_array_equal(mask, rule, err_msg=f"window ({left}, {right})")
+
+
+def test_local_window_mask_int_is_the_symmetric_pair_and_the_default_is_unchanged():
+  for w in (0, 1, 3):
+    npt.assert_array_equal(
+      attn.local_window_mask(4, 6, window=(w, w)), attn.local_window_mask(4, 6, window=w)
+    )
+    npt.assert_array_equal(
+      attn.local_window_mask(4, 6, window=w, offset=0), attn.local_window_mask(4, 6, window=w)
+    )
+  npt.assert_array_equal(
+    attn.local_window_mask(3, 4, window=[1, None]), attn.local_window_mask(3, 4, window=(1, None))
+  )
+
+
+@pytest.mark.parametrize("T, S, offset", [(4, 4, 0), (3, 6, 3), (2, 5, 1)])
+def test_local_window_mask_left_only_is_the_causal_mask_and_a_sliding_window_of_it(T, S, offset):
+  causal = attn.causal_mask(T, S, offset=offset)
+  npt.assert_array_equal(attn.local_window_mask(T, S, window=(None, 0), offset=offset), causal)
+  npt.assert_array_equal(
+    attn.local_window_mask(T, S, window=(1, 0), offset=offset),
+    causal & attn.local_window_mask(T, S, window=1, offset=offset),
+  )
+  npt.assert_array_equal(
+    attn.local_window_mask(T, S, window=(None, None), offset=offset), np.ones((T, S), bool)
+  )
+
+
+def test_local_window_mask_traced_offset_under_jit_and_vmap():
+  mask_fn = jax.jit(lambda offset: attn.local_window_mask(2, 5, window=(1, 0), offset=offset))
+  for offset in (0, 2, 3):
+    npt.assert_array_equal(
+      mask_fn(jnp.asarray(offset)), attn.local_window_mask(2, 5, window=(1, 0), offset=offset)
+    )
+  masks = jax.vmap(lambda offset: attn.local_window_mask(2, 5, window=2, offset=offset))(
+    jnp.array([0, 3])
+  )
+  assert masks.shape == (2, 2, 5)
+  npt.assert_array_equal(masks[1], attn.local_window_mask(2, 5, window=2, offset=3))
+
+
+@pytest.mark.parametrize(
+  "window",
+  [(-1, 2), (2, -1), (1,), (1, 2, 3), (1.5, 0), (True, 1), (0, False), "3", (None, "1"), {1, 2}],
+)
+def test_local_window_mask_rejects_bad_pairs_in_one_line(window):
+  with pytest.raises(
+    ValueError, match=r"^local_window_mask: window must be a non-negative int or a pair"
+  ) as info:
+    attn.local_window_mask(3, window=window)
+  assert "\n" not in str(info.value)
