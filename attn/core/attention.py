@@ -4,6 +4,18 @@ Layout: query [batch..., T, H, K], key [batch..., S, G, K], value [batch..., S, 
 key/value heads) divides H: G == H is multi-head attention, 1 < G < H grouped-query, G == 1 multi-query.
 Query head h reads key/value head h // (H // G), as `jnp.repeat(key, H // G, axis=-2)` would.
 Masks are boolean, True = may attend, broadcastable to [batch..., H, T, S]; bias is added to the logits.
+
+Normalisations (`kind`): "softmax"; "sigmoid" (sigmoid(x - log n), Ramapuram et al. 2024); "softpick"
+(Zuhri et al. 2025: relu(e^x - 1) / (sum_j |e^x - 1| + eps) over the keys the row may attend, computed
+as relu(e^(x-m) - e^-m) / (sum_j |e^(x-m) - e^-m| + eps e^-m) with m = max(row max, 0), which is the
+same value for any m and keeps every exponential <= 1; NOT shift-invariant: adding a constant to a
+row's logits changes its weights, and a row may sum to less than 1); "stick_breaking" (Tan et al.
+2025: w_ij = sigmoid(x_ij) prod_k (1 - sigmoid(x_ik)) over the attendable keys k "between" j and the
+query, i.e. the keys after j in the S order (under a causal mask, j < k <= i), computed in log space;
+naive path only). Forgetting attention (FoX, Lin et al. 2025): `forget_cumsum=(query_c, key_c)`, the
+cumulative log forget gates at the query and key positions, adds query_c[i, h] - key_c[j, h] to the
+logits (the flash path per tile, never as [T, S]). `return_lse=True` also returns each row's float32
+log-sum-exp (the softmax kind only), for merging partial results over key blocks.
 """
 
 from __future__ import annotations
@@ -115,7 +127,61 @@ def _softmax(logits: jax.Array, mask: jax.Array | None, sink: jax.Array | None =
   return unnormalized / jnp.where(denom == 0.0, 1.0, denom)
 
 
-KINDS = ("softmax", "sigmoid")
+def _log_sum_exp(logits: jax.Array, mask: jax.Array | None, sink: jax.Array | None = None):
+  """The log-sum-exp of each row's attendable logits [..., T, S] -> [..., T] (with the sink logit
+  [..., T, 1] as one more term); -inf for a row with no key (and no sink), with zero gradients."""
+  if mask is not None:
+    logits = jnp.where(mask, logits, -jnp.inf)
+  row_max = jnp.max(logits, axis=-1, keepdims=True)
+  if sink is not None:
+    row_max = jnp.maximum(row_max, sink)
+  row_max = jax.lax.stop_gradient(jnp.where(jnp.isneginf(row_max), 0.0, row_max))
+  total = jnp.sum(jnp.exp(logits - row_max), axis=-1, keepdims=True)
+  if sink is not None:
+    total = total + jnp.exp(sink - row_max)
+  empty = total == 0.0
+  return jnp.where(empty, -jnp.inf, row_max + jnp.log(jnp.where(empty, 1.0, total)))[..., 0]
+
+
+# Softpick's eps (Zuhri et al. 2025): the denominator is sum_j |e^x_j - 1| + SOFTPICK_EPS.
+SOFTPICK_EPS = 1e-6
+
+
+def _softpick(logits: jax.Array, mask: jax.Array | None) -> jax.Array:
+  """Softpick over the last axis: relu(e^x - 1) / (sum_j |e^x - 1| + eps), masked keys contributing 0
+  to both, in the stable form with m = max(row max, 0) (see the module docstring). A fully masked
+  row is 0 / (eps e^-m) = 0, with zero gradients."""
+  if mask is not None:
+    mask = jnp.broadcast_to(mask, logits.shape)
+    row_max = jnp.max(jnp.where(mask, logits, -jnp.inf), axis=-1, keepdims=True)
+  else:
+    row_max = jnp.max(logits, axis=-1, keepdims=True)
+  m = jax.lax.stop_gradient(jnp.maximum(row_max, 0.0))  # >= 0: e^-m <= 1 and e^(x - m) <= 1.
+  x = logits if mask is None else jnp.where(mask, logits, m)  # A finite stand-in where masked.
+  floor = jnp.exp(-m)
+  shifted = jnp.exp(x - m) - floor  # e^-m (e^x - 1)
+  numerator, magnitude = jax.nn.relu(shifted), jnp.abs(shifted)
+  if mask is not None:
+    numerator, magnitude = jnp.where(mask, numerator, 0.0), jnp.where(mask, magnitude, 0.0)
+  return numerator / (jnp.sum(magnitude, axis=-1, keepdims=True) + SOFTPICK_EPS * floor)
+
+
+def _stick_breaking(logits: jax.Array, mask: jax.Array | None) -> jax.Array:
+  """Stick-breaking weights over the last axis: log w_j = log_sigmoid(x_j) + sum over attendable keys
+  k > j of log_sigmoid(-x_k) (an exclusive reverse cumulative sum); masked entries exactly 0."""
+  if mask is not None:
+    mask = jnp.broadcast_to(mask, logits.shape)
+    logits = jnp.where(mask, logits, 0.0)
+  log_keep = jax.nn.log_sigmoid(-logits)
+  if mask is not None:
+    log_keep = jnp.where(mask, log_keep, 0.0)
+  after = jnp.flip(jnp.cumsum(jnp.flip(log_keep, -1), axis=-1), -1)  # sum over k >= j
+  after = jnp.concatenate([after[..., 1:], jnp.zeros_like(after[..., :1])], axis=-1)  # k > j
+  weights = jnp.exp(jax.nn.log_sigmoid(logits) + after)
+  return weights if mask is None else jnp.where(mask, weights, 0.0)
+
+
+KINDS = ("softmax", "sigmoid", "softpick", "stick_breaking")
 
 
 def _check_variant(kind: str, logit_soft_cap, sink_logits) -> None:
@@ -124,17 +190,65 @@ def _check_variant(kind: str, logit_soft_cap, sink_logits) -> None:
   if logit_soft_cap is not None and not 0.0 < float(logit_soft_cap) < float("inf"):
     raise ValueError(f"logit_soft_cap: must be None or a positive float, got {logit_soft_cap}")
   if sink_logits is not None and kind != "softmax":
-    raise ValueError("sink_logits: a sink adds to the softmax's denominator; kind='sigmoid' has none")
+    raise ValueError(f"sink_logits: a sink adds to the softmax's denominator; kind={kind!r} has none")
 
 
-def _normalize(logits, mask, *, kind: str = "softmax", logit_soft_cap=None, sink_logits=None):
+def _check_return_lse(kind: str, return_lse: bool) -> None:
+  if return_lse and kind != "softmax":
+    raise ValueError(f"return_lse: the log-sum-exp is the softmax's normaliser; kind={kind!r} has none")
+
+
+def _check_forget(forget_cumsum, logits_shape) -> tuple[jax.Array, jax.Array] | None:
+  """(query_c, key_c) as float arrays, checked against [batch..., H, T, S], or None."""
+  if forget_cumsum is None:
+    return None
+  if not isinstance(forget_cumsum, tuple | list) or len(forget_cumsum) != 2:
+    raise ValueError("forget_cumsum: expected a pair (query_c [batch..., T, H], key_c [batch..., S, H])")
+  query_c = _real_array("forget_cumsum", forget_cumsum[0])
+  key_c = _real_array("forget_cumsum", forget_cumsum[1])
+  *batch, H, T, S = logits_shape
+  for x, L, name in ((query_c, T, "query_c [batch..., T, H]"), (key_c, S, "key_c [batch..., S, H]")):
+    try:
+      ok = x.ndim >= 2 and x.shape[-2:] == (L, H)
+      ok = ok and np.broadcast_shapes(x.shape[:-2], tuple(batch)) == tuple(batch)
+    except ValueError:
+      ok = False
+    if not ok:
+      raise ValueError(
+        f"forget_cumsum: {name} must be {(*batch, L, H)} (batch broadcastable), got {x.shape}"
+      )
+  return query_c, key_c
+
+
+def _forget_bias(forget):
+  """query_c[..., i, h] - key_c[..., j, h] as [batch..., H, T, S] (the naive and jax paths' form)."""
+  query_c, key_c = forget
+  return jnp.swapaxes(query_c, -1, -2)[..., :, None] - jnp.swapaxes(key_c, -1, -2)[..., None, :]
+
+
+def _with_forget(bias, forget):
+  if forget is None:
+    return bias
+  dense = _forget_bias(forget)
+  return dense if bias is None else bias + dense
+
+
+def _normalize(
+  logits, mask, *, kind: str = "softmax", logit_soft_cap=None, sink_logits=None, return_lse=False
+):
   """Logits [batch..., H, T, S] -> weights: the softmax (`_softmax`), optionally with the logits
   soft-capped (cap * tanh(logits / cap), Gemma 2) and a per-head sink logit in the denominator only
   (the "+1" softmax; gpt-oss, Xiao et al. 2023), or the elementwise sigmoid(logits - log n)
-  (Ramapuram et al. 2024), n the number of keys the row may attend (S without a mask). Masked
-  entries are exactly 0 in every kind, and so is a fully masked row (whose gradients are 0 too)."""
+  (Ramapuram et al. 2024), n the number of keys the row may attend (S without a mask), or softpick
+  (`_softpick`) or stick-breaking (`_stick_breaking`). Masked entries are exactly 0 in every kind,
+  and so is a fully masked row (whose gradients are 0 too). With `return_lse` (softmax only):
+  (weights, the rows' log-sum-exp [batch..., H, T], the sink included)."""
   if logit_soft_cap is not None:
     logits = logit_soft_cap * jnp.tanh(logits / logit_soft_cap)
+  if kind == "softpick":
+    return _softpick(logits, mask)
+  if kind == "stick_breaking":
+    return _stick_breaking(logits, mask)
   if kind == "sigmoid":  # The bias -log n, n = the keys the row may attend (cache-independent).
     if mask is None:
       return jax.nn.sigmoid(logits - jnp.log(float(logits.shape[-1])))
@@ -145,6 +259,8 @@ def _normalize(logits, mask, *, kind: str = "softmax", logit_soft_cap=None, sink
   if sink_logits is not None:
     sink = jnp.asarray(sink_logits, logits.dtype)[..., :, None, None]  # [..., H, 1, 1]
     sink = jnp.broadcast_to(sink, (*logits.shape[:-1], 1))
+  if return_lse:
+    return _softmax(logits, mask, sink), _log_sum_exp(logits, mask, sink)
   return _softmax(logits, mask, sink)
 
 
@@ -178,7 +294,7 @@ def _logits(query, key, bias, multiplier, logits_shape):
 
 def _weights(query, key, value, mask, bias, scale, **variant):
   """Shared core: returns (weights f32 [batch..., H, T, S], key, value with unattended keys zeroed).
-  `variant`: the keyword options of `_normalize`."""
+  `variant`: the keyword options of `_normalize` (with `return_lse`, weights is (weights, lse))."""
   logits_shape = _check_inputs(query, key, value, mask, bias)
   multiplier = resolve_scale(scale, query.shape[-1])
   if mask is not None:
@@ -226,6 +342,7 @@ def attention_weights(
   logit_soft_cap: float | None = None,
   sink_logits: jax.Array | None = None,
   relative_bias: RelativeBias | None = None,
+  forget_cumsum: tuple[jax.Array, jax.Array] | None = None,
 ) -> jax.Array:
   """Normalised attention weights.
 
@@ -235,12 +352,17 @@ def attention_weights(
     mask: bool, broadcastable to [batch..., H, T, S]; True = may attend.
     bias: broadcastable to [batch..., H, T, S], added to the scaled logits.
     scale: "sqrt_d", "none", "d" or a positive float multiplier (see `attn.resolve_scale`).
-    kind: "softmax", or "sigmoid" (each weight sigmoid(logit - log n), n the keys the row may
-      attend; no normalisation over keys).
+    kind: "softmax", "sigmoid" (each weight sigmoid(logit - log n), n the keys the row may
+      attend; no normalisation over keys), "softpick" (relu(e^x - 1) / (sum_j |e^x - 1| + eps),
+      eps = SOFTPICK_EPS, over the attendable keys; not shift-invariant, rows sum to at most 1) or
+      "stick_breaking" (sigmoid(x_ij) times prod (1 - sigmoid(x_ik)) over the attendable keys k
+      after j in the S order; with a causal mask, those between j and the query).
     logit_soft_cap: logits become cap * tanh(logits / cap) before normalising (None: off).
     sink_logits: [H] (or broadcastable to [batch..., H]) sink logits of a softmax: each adds
       exp(sink) to its head's denominator only, so a head may attend to (almost) nothing.
     relative_bias: ALiBi's or T5's bias (`attn.RelativeBias`), added with `bias`.
+    forget_cumsum: (query_c [batch..., T, H], key_c [batch..., S, H]), the cumulative sums of log
+      forget gates (FoX); adds query_c[..., i, h] - key_c[..., j, h] to the logits, with `bias`.
 
   Returns:
     float32 (or wider) [batch..., H, T, S]; each softmax row sums to 1 (less with a sink), or is all
@@ -249,11 +371,12 @@ def attention_weights(
   _check_variant(kind, logit_soft_cap, sink_logits)
   query, key, _, mask, bias = _as_inputs(query, key, None, mask, bias)
   logits_shape = _check_inputs(query, key, None, mask, bias)
+  forget = _check_forget(forget_cumsum, logits_shape)
   if 0 in logits_shape[-2:]:  # No queries, or no keys: every row is empty (all zeros).
     return jnp.zeros(logits_shape, jnp.promote_types(query.dtype, jnp.float32))
   if relative_bias is not None:
     relative_bias.check(query.shape[-2])
-  bias = _with_relative(bias, relative_bias, logits_shape)
+  bias = _with_forget(_with_relative(bias, relative_bias, logits_shape), forget)
   weights, _, _ = _weights(
     query, key, None, mask, bias, scale, kind=kind, logit_soft_cap=logit_soft_cap,
     sink_logits=sink_logits,
@@ -264,12 +387,14 @@ def attention_weights(
 IMPLEMENTATIONS = ("naive", "flash", "jax")
 # What each implementation cannot serve of attention's options (it serves the rest): the one table
 # behind `choose_implementation`'s refusals and `attn.nn.ModelConfig`'s. "dropout" and "weights" need
-# the [T, S] weights, which only "naive" forms; jax.nn.dot_product_attention has no soft-cap, sink or
-# sigmoid and needs the value head dim to equal the key's.
+# the [T, S] weights, which only "naive" forms; stick-breaking's reverse cumulative sum over keys is
+# naive only; jax.nn.dot_product_attention has no soft-cap, sink, sigmoid, softpick or log-sum-exp
+# and needs the value head dim to equal the key's.
+_VARIANTS_JAX_LACKS = frozenset({"soft_cap", "sink", "sigmoid", "softpick", "stick_breaking", "lse"})
 CANNOT_SERVE = {
   "naive": frozenset(),
-  "flash": frozenset({"dropout", "weights"}),
-  "jax": frozenset({"dropout", "weights", "soft_cap", "sink", "sigmoid", "value_head_dim"}),
+  "flash": frozenset({"dropout", "weights", "stick_breaking"}),
+  "jax": frozenset({"dropout", "weights", "value_head_dim"}) | _VARIANTS_JAX_LACKS,
 }
 
 # Below this many logits per (batch, head) the naive path is as fast or faster (on the 2-core CPU,
@@ -303,6 +428,8 @@ def choose_implementation(
   same_head_dims: bool = True,
   variant: str | None = None,
   soft_cap: bool = False,
+  kind: str = "softmax",
+  return_lse: bool = False,
 ) -> str:
   """Resolves `implementation=None` and checks an explicit choice.
 
@@ -310,9 +437,21 @@ def choose_implementation(
   "jax" on a GPU (cuDNN's fused kernel) when query, key and value share one head dim and no option
   jax.nn lacks is asked (`soft_cap`, or a `variant` of the normalisation such as a sink or the
   sigmoid: named there); elsewhere "flash" for long sequences (T * S >= FLASH_MIN_LOGITS, where
-  memory and the skipped causal tiles pay off) and "naive" for short ones.
+  memory and the skipped causal tiles pay off) and "naive" for short ones. `kind="stick_breaking"`
+  is served by "naive" only (None picks it; another choice is one ValueError); `return_lse` by
+  "naive" and "flash".
   """
-  lacks = [*(["logit_soft_cap"] if soft_cap else []), *([variant] if variant else [])]
+  lacks = [
+    *(["logit_soft_cap"] if soft_cap else []), *([variant] if variant else []),
+    *(["return_lse=True"] if return_lse else []),
+  ]  # fmt: skip
+  if kind == "stick_breaking":
+    if implementation not in (None, "naive"):
+      raise ValueError(
+        f"implementation={implementation!r} does not support kind='stick_breaking' (naive only); "
+        "use 'naive' or None"
+      )
+    return "naive"
   jax_cannot = None
   if not same_head_dims:
     jax_cannot = "a value head dim that differs from the key's"
@@ -358,10 +497,11 @@ def choose_implementation(
 
 def _fused(
   query, key, value, mask, bias, scale, is_causal, implementation, logits_shape, logit_soft_cap=None,
-  kind="softmax", sink_logits=None, relative_bias=None,
+  kind="softmax", sink_logits=None, relative_bias=None, forget=None, return_lse=False,
 ):  # fmt: skip
   """The "flash" and "jax" paths: batch axes flattened to one, masks and bias made 4-D. The "jax"
-  path gets a relative bias as an array (jax.nn takes no positions); "flash" computes it per tile."""
+  path gets a relative bias and the forget gates' bias as arrays (jax.nn takes no positions);
+  "flash" computes them per tile. With `return_lse` (flash): (out, lse [batch..., H, T])."""
   multiplier = resolve_scale(scale, query.shape[-1])
   if mask is not None:
     key, value = _zero_unattended_keys(key, value, mask, logits_shape)
@@ -383,6 +523,8 @@ def _fused(
   if implementation == "jax" and relative_bias is not None:
     dense = relative_bias.dense(logits_shape[-2], logits_shape[-1])
     bias, relative_bias = dense if bias is None else bias + dense, None
+  if implementation == "jax" and forget is not None:
+    bias, forget = _with_forget(bias, forget), None
   mask4, bias4 = four_d(mask), four_d(bias)
   if implementation == "flash":
     sink = None
@@ -390,10 +532,18 @@ def _fused(
       sink = jnp.asarray(sink_logits, jnp.float32)
       if sink.ndim > 1:  # [batch..., H] -> [B, H]
         sink = jnp.broadcast_to(sink, (*batch, sink.shape[-1])).reshape(B, sink.shape[-1])
+    if forget is not None:  # [batch..., L, H] -> [B, L, H]
+      forget = tuple(
+        jnp.broadcast_to(c, (*batch, *c.shape[-2:])).reshape(B, *c.shape[-2:]) for c in forget
+      )
     out = flash.flash_attention(
       q, k, v, mask=mask4, bias=bias4, multiplier=multiplier, is_causal=is_causal,
       logit_soft_cap=logit_soft_cap, kind=kind, sink_logits=sink, relative_bias=relative_bias,
+      forget_cumsum=forget, return_lse=return_lse,
     )  # fmt: skip
+    if return_lse:
+      out, lse = out
+      return out.reshape(*batch, *out.shape[1:]), lse.reshape(*batch, *lse.shape[1:])
   else:
     out = _jax_nn(q, k, v, mask4, bias4, multiplier, is_causal)
   return out.reshape(*batch, *out.shape[1:])
@@ -431,7 +581,9 @@ def dot_product_attention(
   logit_soft_cap: float | None = None,
   sink_logits: jax.Array | None = None,
   relative_bias: RelativeBias | None = None,
-) -> jax.Array | tuple[jax.Array, jax.Array]:
+  forget_cumsum: tuple[jax.Array, jax.Array] | None = None,
+  return_lse: bool = False,
+) -> jax.Array | tuple[jax.Array, ...]:
   """Scaled dot-product attention: softmax(scale * q.k + bias, masked) @ v, per head.
 
   Args:
@@ -452,47 +604,70 @@ def dot_product_attention(
       O(T + S) memory, custom backward), "jax" (`jax.nn.dot_product_attention`: cuDNN on a GPU) or
       None to choose: see `choose_implementation`. All give the same results, fully masked rows
       included; dropout and return_weights need "naive"; "jax" has no `logit_soft_cap`,
-      `sink_logits` or `kind="sigmoid"` (and takes a `relative_bias` as an [H, T, S] array).
+      `sink_logits`, `kind="sigmoid"` or `"softpick"`, or `return_lse` (and takes a `relative_bias`
+      and `forget_cumsum` as [batch..., H, T, S] arrays); `kind="stick_breaking"` is "naive" only.
     kind, logit_soft_cap, sink_logits: the normalisation's variants (see `attention_weights`).
     relative_bias: ALiBi's or T5's bias described by its parameters (`attn.RelativeBias`), added to
       the logits (with `bias`, before a soft-cap); "flash" computes it per tile, never as [T, S].
+    forget_cumsum: (query_c [batch..., T, H], key_c [batch..., S, H]) float, the cumulative sums of
+      log forget gates at the query and key positions (Forgetting Transformer, Lin et al. 2025):
+      query_c[..., i, h] - key_c[..., j, h] is added to the logits like `bias` (before a soft-cap);
+      "flash" computes it per tile from the two vectors and returns both their gradients.
+    return_lse: also return the float32 log-sum-exp of each query row's masked, scaled, biased (and
+      soft-capped) logits, [batch..., H, T]: -inf for a row with no key to attend; with
+      `sink_logits` the sink is one more term (so such a row gets the sink logit). The softmax kind
+      only; "naive" and "flash". Two results over disjoint key sets merge exactly by it:
+      out = (e^lse1 out1 + e^lse2 out2) / (e^lse1 + e^lse2) (split-KV, ring attention).
 
   Returns:
     [batch..., T, H, Kv] in the query's dtype (float32 for integer or boolean inputs, which are
-    computed in float32), and the float32 weights [batch..., H, T, S] when `return_weights`. T = 0
-    gives an empty result; S = 0 gives zeros (no key to attend).
+    computed in float32), then the float32 weights [batch..., H, T, S] when `return_weights`, then
+    the float32 lse [batch..., H, T] when `return_lse`: out, (out, weights), (out, lse) or
+    (out, weights, lse). T = 0 gives an empty result; S = 0 gives zeros (no key to attend).
   """
   if not 0.0 <= dropout_rate < 1.0:
     raise ValueError(f"dropout_rate must be in [0, 1), got {dropout_rate}")
   if dropout_rate > 0.0 and dropout_rng is None:
     raise ValueError("dropout_rng is required when dropout_rate > 0")
   _check_variant(kind, logit_soft_cap, sink_logits)
+  _check_return_lse(kind, return_lse)
   query, key, value, mask, bias = _as_inputs(query, key, value, mask, bias)
   logits_shape = _check_inputs(query, key, value, mask, bias)
+  forget = _check_forget(forget_cumsum, logits_shape)
   if relative_bias is not None:
     relative_bias.check(query.shape[-2])
   variant = _variant_name(kind, sink_logits)
   implementation = choose_implementation(
     implementation, T=query.shape[-3], S=key.shape[-3], dropout=dropout_rate > 0.0,
     return_weights=return_weights, same_head_dims=value.shape[-1] == query.shape[-1],
-    variant=variant, soft_cap=logit_soft_cap is not None,
+    variant=variant, soft_cap=logit_soft_cap is not None, kind=kind, return_lse=return_lse,
   )  # fmt: skip
+
+  def results(out, weights, lse):
+    return (out, *((weights,) if return_weights else ()), *((lse,) if return_lse else ()))
+
   if 0 in logits_shape[-2:]:  # T = 0: no queries; S = 0: no keys, so every query gets zeros.
     out = jnp.zeros((*logits_shape[:-3], query.shape[-3], query.shape[-2], value.shape[-1]), query.dtype)
     weights = jnp.zeros(logits_shape, jnp.promote_types(query.dtype, jnp.float32))
-    return (out, weights) if return_weights else out
+    lse = jnp.full(logits_shape[:-1], -jnp.inf, jnp.float32)
+    if sink_logits is not None:  # The sink is the row's only term.
+      lse = jnp.broadcast_to(jnp.asarray(sink_logits, jnp.float32)[..., None], logits_shape[:-1])
+    return results(out, weights, lse) if return_weights or return_lse else out
   if implementation != "naive":
     return _fused(
       query, key, value, mask, bias, scale, is_causal, implementation, logits_shape, logit_soft_cap,
-      kind, sink_logits, relative_bias,
+      kind, sink_logits, relative_bias, forget, return_lse,
     )  # fmt: skip
-  bias = _with_relative(bias, relative_bias, logits_shape)
+  bias = _with_forget(_with_relative(bias, relative_bias, logits_shape), forget)
   if is_causal:
     mask = masks.combine_masks(mask, masks.causal_mask(query.shape[-3], key.shape[-3]))
   weights, key, value = _weights(
     query, key, value, mask, bias, scale, kind=kind, logit_soft_cap=logit_soft_cap,
-    sink_logits=sink_logits,
+    sink_logits=sink_logits, return_lse=return_lse,
   )  # fmt: skip
+  lse = None
+  if return_lse:
+    weights, lse = weights
   probs = weights
   if dropout_rate > 0.0:
     keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, probs.shape)
@@ -507,7 +682,7 @@ def dot_product_attention(
     preferred_element_type=jnp.promote_types(value.dtype, jnp.float32),
   )
   out = out.reshape(*out.shape[:-3], H, value.shape[-1]).astype(query.dtype)
-  return (out, weights) if return_weights else out
+  return results(out, weights, lse) if return_weights or return_lse else out
 
 
 def _with_relative(bias, relative_bias, logits_shape):
@@ -521,7 +696,7 @@ def _with_relative(bias, relative_bias, logits_shape):
 def _variant_name(kind: str, sink_logits) -> str | None:
   """The normalisation options jax.nn lacks, named for an error, or None."""
   names = [
-    *(["kind='sigmoid'"] if kind == "sigmoid" else []),
+    *([f"kind={kind!r}"] if kind in ("sigmoid", "softpick", "stick_breaking") else []),
     *(["sink_logits"] if sink_logits is not None else []),
   ]
   return " and ".join(names) or None

@@ -23,7 +23,13 @@ Variants, each computed inside the tiles with the same semantics as the naive pa
 the elementwise sigmoid with bias -log n (no normalisation, so no running maximum; n is counted from
 the mask beforehand), and ALiBi's or T5's relative-position bias computed per tile from the tile's
 positions (`attn.RelativeBias`): no [T, S] bias is ever built, and their gradients (the slopes, T5's
-bucket table) are summed per tile along its diagonals, where the distance is constant.
+bucket table) are summed per tile along its diagonals, where the distance is constant. Softpick
+(Zuhri et al. 2025) accumulates both of its sums online, each rescaled by exp(m_old - m_new) as the
+running maximum m (started at 0, so m >= 0) grows; its backward recomputes e^(x - m) / D from the
+saved m + log D as the softmax does its probabilities. Forgetting attention's bias
+query_c[i] - key_c[j] (FoX) is added per tile from the two [N, L] vectors; their gradients are the
+row sums and minus the column sums of each tile's logit gradient. The forward returns each row's
+log-sum-exp too (`return_lse`), whose cotangent enters the backward as delta - d_lse.
 
 Works on any backend (it is plain jax.lax); on a GPU, `jax.nn.dot_product_attention` (cuDNN) is
 usually the faster choice, and `attn.dot_product_attention(implementation=None)` picks it there.
@@ -145,7 +151,8 @@ def _tile_logits(
   unmasked 512 x 512 forward about 2.5x slower).
   """
   del kind
-  bias, mask, _, _, rel, q_offset = aux
+  bias, mask, _, _, rel, q_offset = aux[:6]
+  forget_q, forget_k = _forget_of(aux)
   swap = (lambda x: jnp.swapaxes(x, -1, -2)) if transposed else (lambda x: x)
   if transposed:
     s = jnp.einsum("nsk,nqk->nsq", k_j, q_i, preferred_element_type=jnp.float32)
@@ -157,6 +164,10 @@ def _tile_logits(
     s = s + _relative_tile(
       rel, q_offset, i, j, block_q=block_q, block_k=block_k, relative=relative, transposed=transposed
     )
+  if forget_q is not None:  # query_c[i] - key_c[j], from the two vectors.
+    fq = _rows_of(forget_q, i, block_q)
+    fk = jax.lax.dynamic_slice_in_dim(forget_k, j * block_k, block_k, axis=1)
+    s = s + (fq[:, None, :] - fk[:, :, None] if transposed else fq[:, :, None] - fk[:, None, :])
   if soft_cap is not None:
     s = soft_cap * jnp.tanh(s / soft_cap)
   allowed = None
@@ -214,7 +225,34 @@ def _sigmoid_step(carry, s, v_j, log_n_i):
   return m, row_sum, acc + jnp.einsum("nqs,nsk->nqk", w, v_j, preferred_element_type=jnp.float32)
 
 
+# Softpick's eps, as the naive path's (attn.core.attention.SOFTPICK_EPS).
+SOFTPICK_EPS = 1e-6
+
+
+def _softpick_step(carry, s, v_j):
+  """One key tile of softpick: carry (running max m >= 0, running sum of |e^(x - m) - e^-m|,
+  accumulator of relu(e^(x - m) - e^-m) v), both sums rescaled by e^(m_old - m_new)."""
+  m, row_sum, acc = carry
+  m_new = jnp.maximum(m, s.max(-1))
+  shifted = jnp.exp(s - m_new[..., None]) - jnp.exp(-m_new)[..., None]
+  magnitude = jnp.where(s > -jnp.inf, jnp.abs(shifted), 0.0)  # Masked keys count 0.
+  correction = jnp.exp(m - m_new)
+  row_sum = row_sum * correction + magnitude.sum(-1)
+  acc = acc * correction[..., None] + jnp.einsum(
+    "nqs,nsk->nqk", jax.nn.relu(shifted), v_j, preferred_element_type=jnp.float32
+  )
+  return m_new, row_sum, acc
+
+
+def _forget_of(aux):
+  """The forget gates' cumulative sums (query [N, Tp], key [N, Sp]) of `aux`, or (None, None);
+  `aux` of six entries (as ring attention builds it) has none."""
+  return (aux[6], aux[7]) if len(aux) > 6 else (None, None)
+
+
 def _step(carry, s, v_j, aux, i, config):
+  if config["kind"] == "softpick":
+    return _softpick_step(carry, s, v_j)
   if config["kind"] == "sigmoid":
     return _sigmoid_step(carry, s, v_j, _rows_of(aux[3], i, config["block_q"]))
   return _online_step(carry, s, v_j)
@@ -225,9 +263,13 @@ def _rows_of(x, i, block_q):
   return jax.lax.dynamic_slice_in_dim(x, i * block_q, block_q, axis=1)
 
 
-def _finish(m, row_sum, acc):
+def _finish(m, row_sum, acc, kind="softmax"):
   """Output and log-sum-exp of a query block; a row that saw no key gets output 0 and lse +inf (so
-  exp(s - lse) is exactly 0 for it in the backward pass)."""
+  exp(s - lse) is exactly 0 for it in the backward pass). Softpick's "lse" is m + log D, D its
+  denominator sum |e^(x - m) - e^-m| + eps e^-m (> 0, so a row with no key gets 0 / D = 0)."""
+  if kind == "softpick":
+    denom = row_sum + SOFTPICK_EPS * jnp.exp(-m)
+    return acc / denom[..., None], m + jnp.log(denom)
   empty = row_sum == 0.0
   out = acc / jnp.where(empty, 1.0, row_sum)[..., None]
   lse = jnp.where(empty, jnp.inf, m + jnp.log(jnp.where(empty, 1.0, row_sum)))
@@ -242,25 +284,39 @@ def _init_carry(n, block_q, kv, sink=None, kind="softmax"):
     m, row_sum = jnp.broadcast_to(sink[:, None], (n, block_q)), jnp.ones((n, block_q), jnp.float32)
   elif kind == "sigmoid":
     m, row_sum = jnp.zeros((n, block_q), jnp.float32), jnp.ones((n, block_q), jnp.float32)
+  elif kind == "softpick":  # The running max starts at 0: m = max(row max, 0).
+    m, row_sum = jnp.zeros((n, block_q), jnp.float32), jnp.zeros((n, block_q), jnp.float32)
   else:
     m, row_sum = jnp.full((n, block_q), _MAX_FLOOR, jnp.float32), jnp.zeros((n, block_q), jnp.float32)
   return m, row_sum, jnp.zeros((n, block_q, kv), jnp.float32)
 
 
-def _backward_tile(s_T, lse_i, delta_i, q_i, k_j, v_j, do_i, soft_cap=None, log_n_i=None):
+def _backward_tile(
+  s_T, lse_i, delta_i, q_i, k_j, v_j, do_i, soft_cap=None, log_n_i=None, kind="softmax"
+):
   """Gradient contributions of one tile, (dq_i, dk_j, dv_j, d_logits), from the recomputed logits
   `s_T` [N, block_k, block_q] (keys first: three of the four products then take their operands in
   the fast layout, and one transpose serves the fourth and d_logits). Under `soft_cap`, `s_T` holds
   the capped logits c tanh(x / c), whose derivative in x is 1 - (s / c)^2. With `log_n_i` (the
-  sigmoid kind) the weights are sigmoid(s - log n), whose derivative is w (1 - w)."""
-  if log_n_i is None:
+  sigmoid kind) the weights are sigmoid(s - log n), whose derivative is w (1 - w). Softpick's
+  weights are w = relu(g - e^-L), g = e^(s - L), L = m + log D (`lse_i`), and its logit gradient
+  g ([s > 0] dp - sign(s) delta), delta = rowsum(dO * O) = sum_j w_j dp_j as the softmax's."""
+  if kind == "softpick":
+    g_T = jnp.exp(s_T - lse_i[:, None, :])  # e^(x - m) / D; 0 where masked.
+    p_T = jax.nn.relu(g_T - jnp.exp(-lse_i)[:, None, :])
+  elif log_n_i is None:
     p_T = jnp.exp(s_T - lse_i[:, None, :])  # The forward's probabilities, recomputed.
   else:
     p_T = _sigmoid_weights(s_T, log_n_i, transposed=True)
   dv_j = jnp.einsum("nsq,nqk->nsk", p_T, do_i, preferred_element_type=jnp.float32)
   dp_T = jnp.einsum("nsk,nqk->nsq", v_j, do_i, preferred_element_type=jnp.float32)
   sigmoid = log_n_i is not None
-  ds_T = dp_T * p_T * (1.0 - p_T) if sigmoid else p_T * (dp_T - delta_i[:, None, :])
+  if kind == "softpick":
+    ds_T = g_T * (jnp.where(s_T > 0.0, dp_T, 0.0) - jnp.sign(s_T) * delta_i[:, None, :])
+  elif sigmoid:
+    ds_T = dp_T * p_T * (1.0 - p_T)
+  else:
+    ds_T = p_T * (dp_T - delta_i[:, None, :])
   if soft_cap is not None:  # Masked entries (-inf, where p and ds are 0) get the factor 1.
     ds_T = ds_T * (1.0 - jnp.square(jnp.where(jnp.isfinite(s_T), s_T, 0.0) / soft_cap))
   dk_j = jnp.einsum("nsq,nqk->nsk", ds_T, q_i, preferred_element_type=jnp.float32)
@@ -274,7 +330,9 @@ def _tile_grads(q_i, k_j, v_j, do_i, lse_i, delta_i, aux, i, j, config, masks=No
   tile_args = {name: config[name] for name in _TILE_ARGS}
   s = _tile_logits(q_i, k_j, aux, i, j, **tile_args, **(masks or {}), transposed=True)
   log_n_i = _rows_of(aux[3], i, config["block_q"]) if config["kind"] == "sigmoid" else None
-  dq_i, dk, dv, ds = _backward_tile(s, lse_i, delta_i, q_i, k_j, v_j, do_i, config["soft_cap"], log_n_i)
+  dq_i, dk, dv, ds = _backward_tile(
+    s, lse_i, delta_i, q_i, k_j, v_j, do_i, config["soft_cap"], log_n_i, config["kind"]
+  )
   d_rel = None
   if config["relative"] is not None:
     d_rel = _relative_grad(
@@ -323,10 +381,23 @@ def _forward_looped(q, k, v, aux, config):
       i, block_q=block_q, block_k=block_k, num_key_blocks=n_k, is_causal=config["is_causal"]
     )
     init = _init_carry(N, block_q, v.shape[-1], aux[2], config["kind"])
-    return _finish(*jax.lax.fori_loop(0, end, step, init))
+    return _finish(*jax.lax.fori_loop(0, end, step, init), kind=config["kind"])
 
   out, lse = jax.lax.map(query_block, jnp.arange(n_q))  # [n_q, N, block_q, ...]
   return jnp.moveaxis(out, 0, 1).reshape(N, Tp, -1), jnp.moveaxis(lse, 0, 1).reshape(N, Tp)
+
+
+def _delta(out, d_out, d_lse):
+  """rowsum(dO * O) [N, Tp], less the log-sum-exp's cotangent (d lse / d s = p, so it enters each
+  tile's p (dp - delta) as one more term of delta)."""
+  delta = jnp.sum(d_out * out, axis=-1)
+  return delta if d_lse is None else delta - d_lse
+
+
+def _with_forget_grads(aux, grads, d_forget_q, d_forget_k):
+  """The backward's results: (dq, dk, dv, d_bias, d_rel), and the forget gates' gradients (or None)
+  after them when `aux` has their slots (ring attention's six-entry aux has none)."""
+  return grads if len(aux) <= 6 else (*grads, d_forget_q, d_forget_k)
 
 
 def _zero_grads(aux):
@@ -337,21 +408,24 @@ def _zero_grads(aux):
   return d_bias, d_rel
 
 
-def _backward_looped(q, k, v, aux, out, lse, d_out, config):
-  """Gradients of q, k, v, the bias and the relative bias's parameters, tile by tile."""
+def _backward_looped(q, k, v, aux, out, lse, d_out, config, d_lse=None):
+  """Gradients of q, k, v, the bias and the relative bias's parameters (and the forget gates'
+  cumulative sums, see `_with_forget_grads`), tile by tile."""
   block_q, block_k = config["block_q"], config["block_k"]
   Tp = q.shape[1]
   n_q, n_k = Tp // block_q, k.shape[1] // block_k
-  delta = jnp.sum(d_out * out, axis=-1)  # [N, Tp]: rowsum(dO * O).
+  delta = _delta(out, d_out, d_lse)  # [N, Tp]: rowsum(dO * O) (- d_lse).
   d_bias, d_rel = _zero_grads(aux)
+  forget = _forget_of(aux)[0] is not None
+  d_fq = jnp.zeros((q.shape[0], Tp), jnp.float32) if forget else None
 
   def key_block(carry, j):
-    dq, d_bias, d_rel = carry
+    dq, d_bias, d_rel, d_fq = carry
     k_j = jax.lax.dynamic_slice_in_dim(k, j * block_k, block_k, axis=1)
     v_j = jax.lax.dynamic_slice_in_dim(v, j * block_k, block_k, axis=1)
 
     def step(i, inner):
-      dq, d_bias, d_rel, dk_j, dv_j = inner
+      dq, d_bias, d_rel, d_fq, dk_j, dv_j, d_fk_j = inner
       rows = lambda x: jax.lax.dynamic_slice_in_dim(x, i * block_q, block_q, axis=1)
       dq_i, dk, dv, ds, d_rel_tile = _tile_grads(
         rows(q), k_j, v_j, rows(d_out), rows(lse), rows(delta), aux, i, j, config
@@ -361,23 +435,30 @@ def _backward_looped(q, k, v, aux, out, lse, d_out, config):
         d_bias = _add_tile(d_bias, ds, i, block_q, j, block_k)
       if d_rel is not None:
         d_rel = d_rel + d_rel_tile
-      return dq, d_bias, d_rel, dk_j + dk, dv_j + dv
+      if d_fq is not None:
+        d_fq = jax.lax.dynamic_update_slice_in_dim(d_fq, rows(d_fq) + ds.sum(-1), i * block_q, 1)
+        d_fk_j = d_fk_j - ds.sum(-2)
+      return dq, d_bias, d_rel, d_fq, dk_j + dk, dv_j + dv, d_fk_j
 
+    d_fk_j = jnp.zeros(k_j.shape[:2], jnp.float32) if forget else None
     init = (
-      dq, d_bias, d_rel, jnp.zeros(k_j.shape, jnp.float32), jnp.zeros(v_j.shape, jnp.float32)
+      dq, d_bias, d_rel, d_fq, jnp.zeros(k_j.shape, jnp.float32), jnp.zeros(v_j.shape, jnp.float32),
+      d_fk_j,
     )  # fmt: skip
     start = _first_query_block_for(
       j, block_q=block_q, block_k=block_k, num_query_blocks=n_q, is_causal=config["is_causal"]
     )
-    dq, d_bias, d_rel, dk_j, dv_j = jax.lax.fori_loop(start, n_q, step, init)
-    return (dq, d_bias, d_rel), (dk_j, dv_j)
+    dq, d_bias, d_rel, d_fq, dk_j, dv_j, d_fk_j = jax.lax.fori_loop(start, n_q, step, init)
+    return (dq, d_bias, d_rel, d_fq), (dk_j, dv_j, d_fk_j)
 
-  (dq, d_bias, d_rel), (dk, dv) = jax.lax.scan(
-    key_block, (jnp.zeros(q.shape, jnp.float32), d_bias, d_rel), jnp.arange(n_k)
+  (dq, d_bias, d_rel, d_fq), (dk, dv, d_fk) = jax.lax.scan(
+    key_block, (jnp.zeros(q.shape, jnp.float32), d_bias, d_rel, d_fq), jnp.arange(n_k)
   )
   dk = jnp.moveaxis(dk, 0, 1).reshape(k.shape)
   dv = jnp.moveaxis(dv, 0, 1).reshape(v.shape)
-  return dq, dk, dv, d_bias, d_rel
+  if d_fk is not None:
+    d_fk = jnp.moveaxis(d_fk, 0, 1).reshape(k.shape[:2])
+  return _with_forget_grads(aux, (dq, dk, dv, d_bias, d_rel), d_fq, d_fk)
 
 
 def _add_tile(d_bias, ds, i, block_q, j, block_k):
@@ -428,24 +509,27 @@ def _forward_unrolled(q, k, v, aux, config):
       keys = slice(j * block_k, (j + 1) * block_k)
       s = _tile_logits(q_i, k[:, keys], aux, i, j, **tile_args, **_tile_masks(i, j, config, n_k))
       carry = _step(carry, s, v[:, keys], aux, i, config)
-    out, lse = _finish(*carry)
+    out, lse = _finish(*carry, kind=config["kind"])
     outs.append(out)
     lses.append(lse)
   return jnp.concatenate(outs, axis=1), jnp.concatenate(lses, axis=1)
 
 
-def _backward_unrolled(q, k, v, aux, out, lse, d_out, config):
+def _backward_unrolled(q, k, v, aux, out, lse, d_out, config, d_lse=None):
   block_q, block_k = config["block_q"], config["block_k"]
   n_q, n_k = q.shape[1] // block_q, k.shape[1] // block_k
-  delta = jnp.sum(d_out * out, axis=-1)
+  delta = _delta(out, d_out, d_lse)
   d_bias, d_rel = _zero_grads(aux)
+  forget = _forget_of(aux)[0] is not None
   dq = [jnp.zeros(q[:, :block_q].shape, jnp.float32) for _ in range(n_q)]
-  dks, dvs = [], []
+  d_fq = [jnp.zeros((q.shape[0], block_q), jnp.float32) for _ in range(n_q)]
+  dks, dvs, d_fks = [], [], []
   for j in range(n_k):
     keys = slice(j * block_k, (j + 1) * block_k)
     k_j, v_j = k[:, keys], v[:, keys]
     dk_j = jnp.zeros(k_j.shape, jnp.float32)
     dv_j = jnp.zeros(v_j.shape, jnp.float32)
+    d_fk_j = jnp.zeros(k_j.shape[:2], jnp.float32)
     for i in range(n_q):
       if not _visible(i, j, config):
         continue
@@ -460,10 +544,17 @@ def _backward_unrolled(q, k, v, aux, out, lse, d_out, config):
         d_bias = _add_tile(d_bias, ds, i, block_q, j, block_k)
       if d_rel is not None:
         d_rel = d_rel + d_rel_tile
+      if forget:
+        d_fq[i] = d_fq[i] + ds.sum(-1)
+        d_fk_j = d_fk_j - ds.sum(-2)
     dks.append(dk_j)
     dvs.append(dv_j)
+    d_fks.append(d_fk_j)
   dq = jnp.concatenate(dq, axis=1)
-  return dq, jnp.concatenate(dks, axis=1), jnp.concatenate(dvs, axis=1), d_bias, d_rel
+  grads = (dq, jnp.concatenate(dks, axis=1), jnp.concatenate(dvs, axis=1), d_bias, d_rel)
+  if not forget:
+    return _with_forget_grads(aux, grads, None, None)
+  return _with_forget_grads(aux, grads, jnp.concatenate(d_fq, 1), jnp.concatenate(d_fks, 1))
 
 
 def _unrolled(q, k, config) -> bool:
@@ -507,50 +598,60 @@ def _over_chunks(fn, mapped, shared, chunk, summed=()):
 
 # `aux`, the per-row extras of the kernel, always in this order (each may be None):
 #   bias [N or 1, Tp or 1, Sp or 1], mask (bool, the same), sink logits [N], log n [N or 1, Tp] (the
-#   sigmoid kind's bias), relative-bias parameters [N, P] (ALiBi's slope, T5's bucket table), and
-#   the query offset (int32 scalar: query t sits at position offset + t, key s at s).
+#   sigmoid kind's bias), relative-bias parameters [N, P] (ALiBi's slope, T5's bucket table), the
+#   query offset (int32 scalar: query t sits at position offset + t, key s at s), and the forget
+#   gates' cumulative sums at the queries [N, Tp] and at the keys [N, Sp] (ring attention passes
+#   only the first six).
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(9,))
-def _flash(q, k, v, bias, mask, sink, log_n, rel, q_offset, config):
-  return _flash_fwd(q, k, v, bias, mask, sink, log_n, rel, q_offset, config)[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(11,))
+def _flash(q, k, v, bias, mask, sink, log_n, rel, q_offset, forget_q, forget_k, config):
+  """(out [N, Tp, Kv], lse [N, Tp]); lse is +inf for a row that saw no key (softpick: m + log D)."""
+  return _flash_fwd(q, k, v, bias, mask, sink, log_n, rel, q_offset, forget_q, forget_k, config)[0]
 
 
-def _flash_fwd(q, k, v, bias, mask, sink, log_n, rel, q_offset, config):
+def _flash_fwd(q, k, v, bias, mask, sink, log_n, rel, q_offset, forget_q, forget_k, config):
   config = dict(config)
   forward = _forward_unrolled if _unrolled(q, k, config) else _forward_looped
 
-  def per_chunk(q, k, v, sink, rel, bias, mask, log_n, q_offset):
-    return forward(q, k, v, (bias, mask, sink, log_n, rel, q_offset), config)
+  def per_chunk(q, k, v, sink, rel, forget_q, forget_k, bias, mask, log_n, q_offset):
+    return forward(q, k, v, (bias, mask, sink, log_n, rel, q_offset, forget_q, forget_k), config)
 
   out, lse = _over_chunks(
-    per_chunk, (q, k, v, sink, rel), (bias, mask, log_n, q_offset), config["chunk"]
-  )
-  return out, (q, k, v, bias, mask, sink, log_n, rel, q_offset, out, lse)
+    per_chunk, (q, k, v, sink, rel, forget_q, forget_k), (bias, mask, log_n, q_offset),
+    config["chunk"],
+  )  # fmt: skip
+  residuals = (q, k, v, bias, mask, sink, log_n, rel, q_offset, forget_q, forget_k, out, lse)
+  return (out, lse), residuals
 
 
-def _flash_bwd(config, residuals, d_out):
-  q, k, v, bias, mask, sink, log_n, rel, q_offset, out, lse = residuals
+def _flash_bwd(config, residuals, cotangents):
+  q, k, v, bias, mask, sink, log_n, rel, q_offset, forget_q, forget_k, out, lse = residuals
+  d_out, d_lse = cotangents
   config = dict(config)
   backward = _backward_unrolled if _unrolled(q, k, config) else _backward_looped
+  # A row with no key has lse +inf (-inf outside) and no gradient through it.
+  d_lse = jnp.where(lse == jnp.inf, 0.0, d_lse.astype(jnp.float32))
 
-  def per_chunk(q, k, v, out, lse, d_out, sink, rel, bias, mask, log_n, q_offset):
-    return backward(q, k, v, (bias, mask, sink, log_n, rel, q_offset), out, lse, d_out, config)
+  def per_chunk(q, k, v, out, lse, d_out, d_lse, sink, rel, forget_q, forget_k, bias, mask, log_n,
+                q_offset):  # fmt: skip
+    aux = (bias, mask, sink, log_n, rel, q_offset, forget_q, forget_k)
+    return backward(q, k, v, aux, out, lse, d_out, config, d_lse)
 
   d_out = d_out.astype(jnp.float32)
   summed = (3,) if bias is not None and bias.shape[0] == 1 else ()
-  dq, dk, dv, d_bias, d_rel = _over_chunks(
-    per_chunk, (q, k, v, out, lse, d_out, sink, rel), (bias, mask, log_n, q_offset),
-    config["chunk"], summed,
+  dq, dk, dv, d_bias, d_rel, d_fq, d_fk = _over_chunks(
+    per_chunk, (q, k, v, out, lse, d_out, d_lse, sink, rel, forget_q, forget_k),
+    (bias, mask, log_n, q_offset), config["chunk"], summed,
   )  # fmt: skip
   d_sink = None
   if sink is not None:  # The sink's weight exp(sink - lse) times its "value" 0, less delta.
-    delta = jnp.sum(d_out * out, axis=-1)  # [N, Tp]
+    delta = _delta(out, d_out, d_lse)  # [N, Tp]
     d_sink = -jnp.sum(jnp.exp(sink[:, None] - lse) * delta, axis=1).astype(sink.dtype)
+  cast = lambda g, x: None if x is None else g.astype(x.dtype)
   return (
-    dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype),
-    None if bias is None else d_bias.astype(bias.dtype), None, d_sink, None,
-    None if rel is None else d_rel.astype(rel.dtype), None,
+    dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype), cast(d_bias, bias), None, d_sink,
+    None, cast(d_rel, rel), None, cast(d_fq, forget_q), cast(d_fk, forget_k),
   )  # fmt: skip
 
 
@@ -569,7 +670,7 @@ def flash_attention(
   query, key, value, *, mask=None, bias=None, multiplier: float, is_causal: bool = False,
   logit_soft_cap: float | None = None, kind: str = "softmax", sink_logits=None,
   relative_bias: relative_positions.RelativeBias | None = None, block_q: int | None = None,
-  block_k: int | None = None, chunk: int | None = None,
+  block_k: int | None = None, chunk: int | None = None, forget_cumsum=None, return_lse: bool = False,
 ):  # fmt: skip
   """Blocked attention on validated inputs (see `attn.dot_product_attention`).
 
@@ -580,15 +681,20 @@ def flash_attention(
     multiplier: the logit scale.
     is_causal: query i sees key j iff j <= i (top-left aligned); tiles above the diagonal are skipped.
     logit_soft_cap: logits (with the biases) become cap * tanh(logits / cap) in each tile; None: off.
-    kind: "softmax" or "sigmoid" (weights sigmoid(logit - log n), n the keys the row may attend).
+    kind: "softmax", "sigmoid" (weights sigmoid(logit - log n), n the keys the row may attend) or
+      "softpick" (see `attn.core.attention`).
     sink_logits: [H] or [B, H] sink logits of the softmax, or None.
     relative_bias: ALiBi's or T5's bias, computed per tile from positions (no [T, S] array).
     block_q, block_k: tile sizes (default BLOCK_Q, BLOCK_K, shrunk to the lengths).
     chunk: (batch, head) pairs per step, a divisor of B * H (default `chunk_for`: the tile fits the
       backend's budget, `backend_tile_bytes()`).
+    forget_cumsum: (query_c [B, T, H], key_c [B, S, H]): query_c[i] - key_c[j] added to the logits
+      per tile (FoX), or None.
+    return_lse: also return the float32 log-sum-exp of each row's logits [B, H, T] (-inf for a row
+      with no key; the sink included); the softmax kind.
 
   Returns:
-    [B, T, H, Kv] in the query's dtype.
+    [B, T, H, Kv] in the query's dtype (and the lse when `return_lse`).
   """
   B, T, H, _ = query.shape
   S, G = key.shape[1], key.shape[2]
@@ -639,8 +745,18 @@ def flash_attention(
     ("chunk", chunk), ("soft_cap", None if logit_soft_cap is None else float(logit_soft_cap)),
     ("kind", kind), ("relative", relative),
   )  # fmt: skip
-  out = _flash(q, k, v, bias, mask, sink, log_n, rel, q_offset, config)[:, :T]
-  return jnp.swapaxes(out.reshape(B, H, T, -1), 1, 2).astype(query.dtype)
+  forget_q, forget_k = None, None
+  if forget_cumsum is not None:  # [B, L, H] -> [N, Lp]
+    forget_q, forget_k = (
+      _pad_axis(jnp.swapaxes(c.astype(jnp.float32), 1, 2).reshape(N, -1), 1, block)
+      for c, block in zip(forget_cumsum, (block_q, block_k), strict=True)
+    )
+  out, lse = _flash(q, k, v, bias, mask, sink, log_n, rel, q_offset, forget_q, forget_k, config)
+  out = jnp.swapaxes(out[:, :T].reshape(B, H, T, -1), 1, 2).astype(query.dtype)
+  if not return_lse:
+    return out
+  lse = lse[:, :T].reshape(B, H, T)
+  return out, jnp.where(lse == jnp.inf, -jnp.inf, lse)
 
 
 def _log_counts(mask, T: int, S: int, is_causal: bool):

@@ -748,8 +748,24 @@ def test_sigmoid_weights_are_elementwise_with_bias_minus_log_n():
   npt.assert_allclose(got, expected, atol=1e-6)
 
 
+def _forget_inputs(B=2, T=4, S=5, H=2, seed=3):
+  """Cumulative sums of log forget gates (FoX): query_c [B, T, H], key_c [B, S, H], non-increasing."""
+  gates = jax.random.normal(jax.random.PRNGKey(seed), (B, max(T, S), H)) + 1.0
+  c = jnp.cumsum(jax.nn.log_sigmoid(gates), axis=1)
+  return c[:, :T], c[:, :S]
+
+
 @pytest.mark.parametrize(
-  "variant", [dict(logit_soft_cap=2.0), dict(sink_logits=jnp.array([1.0, -1.0])), dict(kind="sigmoid")]
+  "variant",
+  [
+    dict(logit_soft_cap=2.0),
+    dict(sink_logits=jnp.array([1.0, -1.0])),
+    dict(kind="sigmoid"),
+    dict(kind="softpick"),
+    dict(kind="softpick", logit_soft_cap=2.0),
+    dict(kind="stick_breaking"),
+    dict(forget_cumsum=_forget_inputs()),
+  ],
 )
 def test_variants_give_fully_masked_rows_exact_zeros_and_finite_gradients(variant):
   q, k, v, mask = _variant_inputs()
@@ -778,6 +794,180 @@ def test_variants_jax_nn_lacks_are_refused_by_jax_by_name():
     attn.dot_product_attention(q, k, v, logit_soft_cap=0.0)
   with pytest.raises(ValueError, match=r"^sink_logits: a sink adds to the softmax's denominator"):
     attn.dot_product_attention(q, k, v, kind="sigmoid", sink_logits=jnp.zeros(2))
+
+
+def _np_logits(q, k, mask=None, bias=None):
+  """float64 logits [B, H, T, S] (H query heads reading G = H key heads) and the mask broadcast."""
+  q, k = np.asarray(q, np.float64), np.asarray(k, np.float64)
+  logits = np.einsum("bthk,bshk->bhts", q, k) / np.sqrt(q.shape[-1])
+  if bias is not None:
+    logits = logits + np.asarray(bias, np.float64)
+  allowed = np.ones(logits.shape, bool) if mask is None else np.broadcast_to(mask, logits.shape)
+  return logits, allowed
+
+
+def test_softpick_weights_equal_the_papers_formula():
+  """relu(e^x - 1) / (sum_j |e^x - 1| + eps) over the attendable keys, straight from the definition
+  (float64, logits small enough that e^x is exact), against the stable shifted form."""
+  q, k, _, mask = _variant_inputs()
+  got = attn.attention_weights(q, k, mask=mask, kind="softpick")
+  logits, allowed = _np_logits(q, k, mask)
+  e = np.where(allowed, np.exp(logits) - 1.0, 0.0)
+  expected = np.maximum(e, 0.0) / (np.abs(e).sum(-1, keepdims=True) + 1e-6)
+  npt.assert_allclose(got, expected, atol=1e-6, rtol=1e-5)
+  assert float(got.sum(-1).max()) <= 1.0 + 1e-6
+  npt.assert_array_equal(got[0, :, 1], 0.0)  # The fully masked row.
+  # Very large and very negative logits stay finite (the shift m = max(row max, 0)).
+  for sign in (1.0, -1.0):
+    w = attn.attention_weights(sign * q, k, kind="softpick", scale=100.0)
+    assert bool(jnp.isfinite(w).all())
+
+
+def test_softpick_is_not_shift_invariant():
+  q, k, _, mask = _variant_inputs()
+  shift = jnp.full((1, 1, 1, 1), 2.0)
+  for kind, invariant in (("softmax", True), ("softpick", False)):
+    a = attn.attention_weights(q, k, mask=mask, kind=kind)
+    b = attn.attention_weights(q, k, mask=mask, kind=kind, bias=shift)
+    assert bool(jnp.allclose(a, b, atol=1e-5)) == invariant, kind
+
+
+def test_stick_breaking_weights_equal_the_product_formula():
+  """w_ij = sigmoid(x_ij) prod over attendable k > j of (1 - sigmoid(x_ik)), by loops in float64."""
+  q, k, _, mask = _variant_inputs()
+  mask = mask & attn.causal_mask(4, 5)
+  got = attn.attention_weights(q, k, mask=mask, kind="stick_breaking")
+  logits, allowed = _np_logits(q, k, mask)
+  beta = 1.0 / (1.0 + np.exp(-logits))
+  expected = np.zeros_like(logits)
+  for idx in np.ndindex(*logits.shape[:-1]):
+    for j in range(logits.shape[-1]):
+      if allowed[(*idx, j)]:
+        later = [kk for kk in range(j + 1, logits.shape[-1]) if allowed[(*idx, kk)]]
+        expected[(*idx, j)] = beta[(*idx, j)] * np.prod([1.0 - beta[(*idx, kk)] for kk in later])
+  npt.assert_allclose(got, expected, atol=1e-6, rtol=1e-5)
+  npt.assert_array_equal(got[0, :, 1], 0.0)  # The fully masked row.
+  assert float(got.sum(-1).max()) <= 1.0 + 1e-6  # The sticks' pieces never exceed the stick.
+  # is_causal means the same as the causal mask; a large logit keeps the weights finite.
+  _, _, v, _ = _variant_inputs()
+  by_flag = attn.dot_product_attention(q, k, v, mask=mask, is_causal=True, kind="stick_breaking")
+  by_mask = attn.dot_product_attention(q, k, v, mask=mask, kind="stick_breaking")
+  npt.assert_allclose(by_flag, by_mask, atol=1e-6)
+  assert bool(jnp.isfinite(attn.attention_weights(q, k, kind="stick_breaking", scale=100.0)).all())
+
+
+def test_forget_cumsum_adds_the_difference_of_the_cumulative_sums():
+  q, k, v, mask = _variant_inputs()
+  query_c, key_c = _forget_inputs()
+  got = attn.attention_weights(q, k, mask=mask, forget_cumsum=(query_c, key_c))
+  bias = (
+    np.asarray(query_c).transpose(0, 2, 1)[..., :, None]
+    - np.asarray(key_c).transpose(0, 2, 1)[..., None, :]
+  )
+  logits, allowed = _np_logits(q, k, mask, bias)
+  npt.assert_allclose(got, _np_softmax(np.where(allowed, logits, -np.inf)), atol=1e-6)
+  out = attn.dot_product_attention(q, k, v, mask=mask, forget_cumsum=(query_c, key_c))
+  ref = attn.dot_product_attention(q, k, v, mask=mask, bias=jnp.asarray(bias, jnp.float32))
+  npt.assert_allclose(out, ref, atol=1e-6)
+  # Batch axes of query_c and key_c may broadcast ([T, H] for every batch row).
+  shared = attn.dot_product_attention(q, k, v, mask=mask, forget_cumsum=(query_c[0], key_c[0]))
+  ref = attn.dot_product_attention(
+    q, k, v, mask=mask, forget_cumsum=(jnp.broadcast_to(query_c[0], (2, 4, 2)), key_c[:1])
+  )
+  npt.assert_allclose(shared, ref, atol=1e-6)
+
+
+@pytest.mark.slow  # Over ~3 s on 2 cores (compiling).
+def test_return_lse_is_the_rows_logsumexp_and_merges_split_keys():
+  """lse [B, H, T] is logsumexp of the masked logits (-inf for a fully masked row; the sink one more
+  term), on naive and flash; two halves of the keys merged by their lse equal attention over all."""
+  q, k, v, mask = _variant_inputs()
+  logits, allowed = _np_logits(q, k, mask)
+  with np.errstate(divide="ignore"):
+    expected = np.log(np.where(allowed, np.exp(logits), 0.0).sum(-1))
+  sink = jnp.array([0.5, -1.0])
+  dpa = jax.jit(attn.dot_product_attention, static_argnames=("return_lse", "implementation"))
+  for implementation in ("naive", "flash"):
+    out, lse = dpa(q, k, v, mask=mask, return_lse=True, implementation=implementation)
+    assert lse.shape == (2, 2, 4) and lse.dtype == jnp.float32
+    npt.assert_allclose(lse, expected, atol=1e-5)
+    assert bool(jnp.isneginf(lse[0, :, 1]).all())
+    _, lse_sink = dpa(
+      q, k, v, mask=mask, sink_logits=sink, return_lse=True, implementation=implementation
+    )
+    npt.assert_allclose(lse_sink, np.logaddexp(expected, np.asarray(sink)[None, :, None]), atol=1e-5)
+    halves = [
+      dpa(
+        q, k[:, keys], v[:, keys], mask=mask[..., keys], return_lse=True, implementation=implementation
+      )
+      for keys in (slice(0, 2), slice(2, 5))
+    ]
+    (o1, l1), (o2, l2) = halves
+    top = jnp.maximum(jnp.maximum(l1, l2), -1e30)  # The split-KV merge; an empty row stays 0.
+    w1, w2 = jnp.exp(l1 - top), jnp.exp(l2 - top)
+    total = jnp.where(w1 + w2 == 0.0, 1.0, w1 + w2)
+    to_out = lambda w: jnp.swapaxes(w, -1, -2)[..., None]  # [B, H, T] -> [B, T, H, 1]
+    merged = (to_out(w1) * o1 + to_out(w2) * o2) / to_out(total)
+    npt.assert_allclose(merged, out, atol=1e-5)
+    npt.assert_allclose(top + jnp.log(total), jnp.where(jnp.isneginf(lse), top, lse), atol=1e-5)
+  # With the weights too: (out, weights, lse).
+  out, weights, lse = attn.dot_product_attention(
+    q, k, v, mask=mask, return_weights=True, return_lse=True
+  )
+  assert weights.shape == (2, 2, 4, 5) and lse.shape == (2, 2, 4)
+
+
+def test_return_lse_gradient_matches_between_naive_and_flash():
+  q, k, v, mask = _variant_inputs()
+  sink = jnp.array([0.5, -1.0])
+
+  def loss(implementation, q, k, v, sink):
+    out, lse = attn.dot_product_attention(
+      q, k, v, mask=mask, is_causal=True, sink_logits=sink, return_lse=True,
+      implementation=implementation,
+    )  # fmt: skip
+    return jnp.sum(out * out) + jnp.sum(jnp.where(jnp.isfinite(lse), jnp.sin(lse), 0.0))
+
+  grads = [
+    jax.jit(jax.grad(functools.partial(loss, impl), argnums=(0, 1, 2, 3)))(q, k, v, sink)
+    for impl in ("naive", "flash")
+  ]
+  for a, b in zip(*grads, strict=True):
+    assert bool(jnp.isfinite(a).all())
+    npt.assert_allclose(a, b, atol=5e-5, rtol=1e-5)
+
+
+def test_new_variants_are_refused_in_one_line_by_name():
+  q, k, v, _ = _variant_inputs()
+  choose = attn.core.attention.choose_implementation
+  assert choose(None, T=512, S=512, kind="stick_breaking") == "naive"
+  assert choose(None, T=512, S=512, variant="kind='softpick'") in ("flash", "naive")
+  assert choose(None, T=512, S=512, return_lse=True) in ("flash", "naive")
+  for implementation in ("flash", "jax"):
+    with pytest.raises(
+      ValueError, match=rf"^implementation='{implementation}' does not support kind='stick_breaking'"
+    ):
+      attn.dot_product_attention(q, k, v, kind="stick_breaking", implementation=implementation)
+  with pytest.raises(ValueError, match=r"^implementation='jax' does not support kind='softpick'"):
+    attn.dot_product_attention(q, k, v, kind="softpick", implementation="jax")
+  with pytest.raises(ValueError, match=r"^implementation='jax' does not support return_lse=True"):
+    attn.dot_product_attention(q, k, v, return_lse=True, implementation="jax")
+  for kind in ("sigmoid", "softpick", "stick_breaking"):
+    with pytest.raises(ValueError, match=rf"^return_lse: .* kind='{kind}' has none"):
+      attn.dot_product_attention(q, k, v, kind=kind, return_lse=True)
+    if kind != "sigmoid":
+      with pytest.raises(ValueError, match=rf"^sink_logits: .* kind='{kind}' has none"):
+        attn.dot_product_attention(q, k, v, kind=kind, sink_logits=jnp.zeros(2))
+  query_c, key_c = _forget_inputs()
+  for bad in [query_c, (query_c,), (query_c, query_c), (key_c, key_c), (query_c[..., :1], key_c)]:
+    with pytest.raises(ValueError, match=r"^forget_cumsum: "):
+      attn.dot_product_attention(q, k, v, forget_cumsum=bad)
+  with pytest.raises(ValueError, match=r"^forget_cumsum: "):
+    attn.attention_weights(q, k, forget_cumsum=(jnp.zeros((3, 4, 2)), key_c))
+  # The jax path takes the forget gates as a dense bias.
+  out = attn.dot_product_attention(q, k, v, forget_cumsum=(query_c, key_c), implementation="jax")
+  ref = attn.dot_product_attention(q, k, v, forget_cumsum=(query_c, key_c), implementation="naive")
+  npt.assert_allclose(out, ref, atol=1e-5)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -815,11 +1005,18 @@ def _attention_inputs(draw):
         {"kind": "sigmoid"},
         {"sink_logits": True},
         {"kind": "sigmoid", "logit_soft_cap": 5.0},
+        {"kind": "softpick"},
+        {"kind": "softpick", "logit_soft_cap": 5.0, "forget_cumsum": True},
+        {"forget_cumsum": True},
       ]
     )
   )
   if variant.get("sink_logits"):
     variant = {"sink_logits": jnp.asarray(rng.standard_normal(H), jnp.float32)}
+  if variant.get("forget_cumsum"):  # Cumulative log forget gates at the queries and the keys.
+    gates = np.cumsum(-np.log1p(np.exp(-rng.standard_normal((B, max(T, S), H)) - 1.0)), axis=1)
+    forget = (jnp.asarray(gates[:, :T], jnp.float32), jnp.asarray(gates[:, :S], jnp.float32))
+    variant = {**variant, "forget_cumsum": forget}
   arrays = [rng.standard_normal(shape) * 2 for shape in ((B, T, H, K), (B, S, G, K), (B, S, G, K))]
   q, k, v = (jnp.asarray(a, dtype) for a in arrays)
   return q, k, v, mask, draw(st.booleans()), variant

@@ -248,7 +248,14 @@ def test_soft_cap_is_refused_by_jax_and_served_by_flash_by_default():
 # ALiBi slopes and T5's table included), with a mask that leaves a row empty, grouped-query heads,
 # the causal skip, several tiles and both loop forms (unrolled and looped).
 _T5_TABLE = jax.random.normal(jax.random.PRNGKey(9), (8, H))
+# FoX's cumulative log forget gates at the queries [B, T, H] and the keys [B, S, H].
+_FORGET = jnp.cumsum(jax.nn.log_sigmoid(jax.random.normal(jax.random.PRNGKey(10), (B, S, H)) + 1), 1)
 VARIANTS = {
+  "softpick": lambda: dict(kind="softpick"),
+  "softpick_soft_cap_forget": lambda: dict(
+    kind="softpick", logit_soft_cap=2.0, forget_cumsum=(_FORGET[:, :T], _FORGET)
+  ),
+  "forget": lambda: dict(forget_cumsum=(_FORGET[:, :T] + 0.5, _FORGET)),
   "sink": lambda: dict(sink_logits=jnp.array([0.5, -1.0, 2.0, 0.0])),
   "sigmoid": lambda: dict(kind="sigmoid"),
   "sigmoid_soft_cap": lambda: dict(kind="sigmoid", logit_soft_cap=2.0),
@@ -308,6 +315,30 @@ def test_flash_variants_equal_naive_in_value_and_gradient(name, is_causal, tiles
     np.testing.assert_allclose(g, ref, atol=5e-5, rtol=1e-5)
   if "relative_bias" in arrays:  # The parameters' gradient is there, not silently zero.
     assert float(jnp.abs(grads[3]["relative_bias"].params).max()) > 1e-3
+  if "forget_cumsum" in arrays:  # Both vectors' gradients (the queries' is 0 under a softmax).
+    assert float(jnp.abs(grads[3]["forget_cumsum"][1]).max()) > 1e-3
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+@pytest.mark.parametrize("name", ["softpick", "softpick_soft_cap_forget", "forget"])
+def test_flash_new_variants_give_fully_masked_rows_zeros_and_finite_gradients(name, dtype):
+  arrays, static = _split_variant(VARIANTS[name]())
+  q, k, v = _inputs(G=2, dtype=dtype)
+
+  def loss(q, k, v, arrays):
+    out = attn.dot_product_attention(
+      q, k, v, mask=MASK, is_causal=True, implementation="flash", **arrays, **static
+    )
+    return jnp.sum(out.astype(jnp.float32) ** 2), out
+
+  (_, out), grads = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2, 3), has_aux=True))(
+    q, k, v, arrays
+  )
+  assert out.dtype == dtype
+  np.testing.assert_array_equal(np.asarray(out[:, 3], np.float32), 0.0)  # MASK's row 3: no key.
+  for g in jax.tree.leaves(grads):
+    assert np.all(np.isfinite(np.asarray(g, np.float32)))
+  np.testing.assert_array_equal(np.asarray(grads[0][:, 3], np.float32), 0.0)
 
 
 def test_dot_product_attention_serves_every_variant_by_flash():
