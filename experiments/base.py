@@ -44,6 +44,8 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
   config.model.logit_soft_cap = config_dict.placeholder(float)  # cap * tanh(logits / cap); None = off.
   config.model.attention_sink = False  # A learned per-head sink logit in the denominator.
   config.model.attention_kind = "softmax"  # softmax | sigmoid | ssmax.
+  config.model.attention_gate = "none"  # none | headwise | elementwise: sigmoid(x W_g) on each head.
+  config.model.value_residual = "none"  # none | learned (ResFormer) | shared (SVFormer): V_1 reused.
   config.model.norm_kind = "layer"  # layer | rms: the block norms.
   config.model.norm_epsilon = 1e-6  # Added to the variance in every norm (GPT-2: 1e-5).
   config.model.max_length = 64  # Longest sequence for learned positions.

@@ -44,6 +44,9 @@ class SelfAttention(nn.Module):
     return attention.self_attention(x, mask=mask, scale=self.scale)
 
 
+# The diagnostics' sparsity: the share of attention weights below this (of those a row may give).
+SPARSITY_THRESHOLD = 1e-3
+
 # The variable collection of per-head gates (see `attn.nn.heads`): not parameters, passed at apply.
 HEAD_GATES = "head_gates"
 
@@ -136,6 +139,14 @@ class MultiHeadAttention(nn.Module):
   attention_sink: bool = False  # A learned per-head sink logit in the softmax's denominator.
   attention_kind: str = "softmax"  # "softmax", "sigmoid" or "ssmax" (logits times s_h log n).
   ssmax_length: int = 512  # SSMax's s_h starts at 1 / log(this): multiplier 1 at that many keys.
+  # Gated attention (Qiu et al. 2025): "headwise" or "elementwise" multiplies each head's output by
+  # sigmoid(inputs_q W_g + b) (parameter "output_gate", kernel [D, H] or [D, H, K]) before "z" and the
+  # output projection; "none" computes nothing.
+  attention_gate: str = "none"
+  # Value residual learning (Zhou et al. 2025), given `first_values` (the first layer's values of the
+  # stack): "learned" attends to l1 * V + l2 * V_1 (parameter "value_mix" = [l1, l2], from 0.5 each),
+  # "shared" to V_1 itself (no value projection). Without `first_values` the layer is a first layer.
+  value_residual: str = "none"
 
   @nn.compact
   def __call__(
@@ -148,7 +159,9 @@ class MultiHeadAttention(nn.Module):
     is_causal: bool = False,
     window: int | None = None,
     deterministic: bool = True,
-  ) -> Array:
+    first_values: Array | None = None,
+    return_values: bool = False,
+  ) -> Array | tuple[Array, Array]:
     """Attends from `inputs_q` [batch..., T, D] to `inputs_kv` [batch..., S, D] (itself if None).
 
     Args:
@@ -161,17 +174,23 @@ class MultiHeadAttention(nn.Module):
       is_causal: query i sees key j iff j <= i, without a mask array (the fast path then skips the
         masked tiles). Decode mode is always causal over its cache.
       deterministic: disables attention dropout.
+      first_values: under `value_residual`, the values [batch..., S, G, K] of the stack's first layer
+        for this call's tokens (in decode mode the new tokens only: each layer caches its own mixed
+        values); None in the first layer.
+      return_values: also return the values this call attends for its tokens ([batch..., S, G, K],
+        after the mix; the first layer's are what the later layers take as `first_values`).
 
     Returns:
-      [batch..., T, out_features].
+      [batch..., T, out_features], and the values when `return_values`.
     """
     inputs_kv = inputs_q if inputs_kv is None else inputs_kv
     check_module_scale("scale", self.scale)
     causal = is_causal or self.decode
-    q_BTHK, k_BSGK, v_BSGK = self._project(inputs_q, inputs_kv)
+    q_BTHK, k_BSGK, v_BSGK = self._project(inputs_q, inputs_kv, first_values)
     q_BTHK, k_BSGK, v_BSGK = (
       hooks.hook(n, x) for n, x in zip("qkv", (q_BTHK, k_BSGK, v_BSGK), strict=True)
     )
+    new_values_BSGK = v_BSGK  # This call's tokens' (the cache holds them too in decode mode).
     q_BTHK, k_BSGK = self._normalize_qk(q_BTHK, k_BSGK)
     offset = self._cache_offset()
     q_pos_T = offset + jnp.arange(q_BTHK.shape[-3])
@@ -197,7 +216,7 @@ class MultiHeadAttention(nn.Module):
       out_BTHK, weights = self._attend(
         q_BTHK, k_BSGK, v_BSGK, mask, bias, runtime_scale, is_causal, deterministic, record, variant,
       )  # fmt: skip
-    out_BTHK = hooks.hook("z", out_BTHK)
+    out_BTHK = hooks.hook("z", self._output_gate(inputs_q, out_BTHK))
     if record:
       if weights is None:  # A fused path has no weights: a naive pass of their own, for the record.
         weights, _ = self._naive_weights(q_BTHK, k_BSGK, mask, bias, runtime_scale, is_causal, variant)
@@ -209,10 +228,13 @@ class MultiHeadAttention(nn.Module):
     if fits_cache is not True:
       # Under jit an overfull cache cannot raise; NaN says so instead of silently overwriting the cache.
       out = jnp.where(fits_cache, out, jnp.nan)
-    return out
+    return (out, new_values_BSGK) if return_values else out
 
-  def _project(self, inputs_q: Array, inputs_kv: Array) -> tuple[Array, Array, Array]:
-    """The query [batch..., T, H, K], key and value [batch..., S, G, K] projections."""
+  def _project(
+    self, inputs_q: Array, inputs_kv: Array, first_values: Array | None = None
+  ) -> tuple[Array, Array, Array]:
+    """The query [batch..., T, H, K], key and value [batch..., S, G, K] projections (the values
+    mixed with `first_values` under `value_residual`)."""
     D = self.qkv_features or inputs_q.shape[-1]
     H = self.num_heads
     K = head_dim_for("", self.head_dim_policy, H, D, self.head_dim)
@@ -234,11 +256,67 @@ class MultiHeadAttention(nn.Module):
     q_init = self.kernel_init
     if self.scale == "init_folded":
       q_init = _folded_init(self.kernel_init, K**-0.5)
+    value = lambda: tokenwise(dense("value", G, self.kernel_init, sharding.KV_HEADS), inputs_kv)
     return (
       tokenwise(dense("query", H, q_init, sharding.HEADS), inputs_q),
       tokenwise(dense("key", G, self.kernel_init, sharding.KV_HEADS), inputs_kv),
-      tokenwise(dense("value", G, self.kernel_init, sharding.KV_HEADS), inputs_kv),
+      self._residual_values(value, first_values, (*inputs_kv.shape[:-1], G, K)),
     )
+
+  def _residual_values(self, value: Any, first_values: Array | None, shape: tuple) -> Array:
+    """The values to attend: this layer's projection `value()`, mixed with (or, under "shared",
+    replaced by) the stack's first layer's `first_values` under value residual learning."""
+    if self.value_residual not in ("none", "learned", "shared"):
+      raise ValueError(f"value_residual: unknown choice {self.value_residual!r}")
+    if first_values is None:
+      if (
+        self.value_residual == "shared"
+        and not self.is_initializing()
+        and not self.has_variable("params", "value")
+      ):
+        # A later layer of the shared form applied alone (as the training loop's scale probe
+        # applies each layer, reading only its queries and keys): it has no values of its own.
+        return jnp.zeros(shape, self.dtype or jnp.float32)
+      return value()
+    if self.value_residual == "none":
+      raise ValueError("value_residual: first_values given to a layer with value_residual='none'")
+    if first_values.shape != shape:
+      raise ValueError(
+        f"value_residual: first_values must be [batch..., S, G, K] = {shape}, got {first_values.shape}"
+      )
+    if self.value_residual == "shared":
+      return first_values
+    v_BSGK = value()
+    mix = self.param("value_mix", nn.initializers.constant(0.5), (2,), self.param_dtype)
+    mix = mix.astype(v_BSGK.dtype)
+    return mix[0] * v_BSGK + mix[1] * first_values.astype(v_BSGK.dtype)
+
+  def _output_gate(self, inputs_q: Array, out_BTHK: Array) -> Array:
+    """Gated attention (Qiu et al. 2025; their code's `headwise_attn_output_gate` and
+    `elementwise_attn_output_gate`): `out` [batch..., T, H, K] times sigmoid(inputs_q W_g + b), W_g
+    [D, H] ("headwise", broadcast over K) or [D, H, K] ("elementwise"). As in their code the gate
+    projection is initialised as the query projection is (and has its bias), so gates start
+    spread around 0.5. Per token: decoding needs no cache for it."""
+    if self.attention_gate == "none":
+      return out_BTHK
+    if self.attention_gate not in ("headwise", "elementwise"):
+      raise ValueError(f"attention_gate: unknown choice {self.attention_gate!r}")
+    H, K = out_BTHK.shape[-2:]
+    headwise = self.attention_gate == "headwise"
+    axes = (sharding.HEADS,) if headwise else (sharding.HEADS, sharding.HEAD_DIM)
+    dense = nn.DenseGeneral(
+      (H,) if headwise else (H, K),
+      use_bias=self.use_bias if self.qkv_bias is None else self.qkv_bias,
+      dtype=self.dtype,
+      param_dtype=self.param_dtype,
+      kernel_init=sharding.named(self.kernel_init, (sharding.EMBED, *axes)),
+      bias_init=sharding.named(self.bias_init, axes),
+      name="output_gate",
+    )
+    gate = jax.nn.sigmoid(tokenwise(dense, inputs_q).astype(jnp.float32))
+    if headwise:
+      gate = gate[..., None]
+    return out_BTHK * gate.astype(out_BTHK.dtype)
 
   def _cache_offset(self):
     """Where this call's tokens start: the cache index in decode mode (0 when it is being sized)."""
@@ -402,7 +480,9 @@ class MultiHeadAttention(nn.Module):
     """Records the statistics the scale and heads ablations read, only when the caller makes the
     "diagnostics" collection mutable: the std of the scaled logits over the allowed entries, and the
     mean entropy (nats) and mean maximum of the attention rows that have a key to attend, and the
-    largest allowed logit (before a soft-cap).
+    largest allowed logit (before a soft-cap); over the same rows, the sink rate (the mean weight on
+    key position 0, the gated-attention paper's first-token share) and the sparsity (the share of
+    the weights a row may give, i.e. allowed by its mask, below SPARSITY_THRESHOLD = 1e-3).
 
     They come from a separate naive pass over the same queries and keys (`attention_weights`, [T, S]
     in memory), which does not feed the output: the output, and so every gradient, comes from the
@@ -427,6 +507,10 @@ class MultiHeadAttention(nn.Module):
     self.sow(
       "diagnostics", "max_weight", jnp.sum(jnp.where(live_rows, weights_BHTS.max(-1), 0.0)) / rows
     )
+    self.sow("diagnostics", "sink_rate", jnp.sum(jnp.where(live_rows, weights_BHTS[..., 0], 0.0)) / rows)
+    given = allowed & live_rows[..., None]
+    small = jnp.sum(given & (weights_BHTS < SPARSITY_THRESHOLD))
+    self.sow("diagnostics", "sparsity", small / jnp.maximum(given.sum(), 1))
 
   def _update_cache(self, k_BTGK: Array, v_BTGK: Array, mask: Array | None, valid_BT: Array | None):
     """Writes this call's keys and values at the cache index.

@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 
 from attn.nn import hooks, sharding
 from attn.nn.attention import MultiHeadAttention
@@ -25,6 +26,7 @@ _SAME_NAMED_FIELDS = (
   "logit_soft_cap",
   "attention_sink",
   "attention_kind",
+  "attention_gate",
 )
 
 
@@ -38,7 +40,8 @@ def attention_layer(
 ) -> MultiHeadAttention:
   """A MultiHeadAttention set up from the model config; `stack_layers`, the blocks of the stack it
   belongs to, scales its output projection's initialisation under init="gpt2". Relative positions
-  (RoPE, ALiBi, T5 bias) belong to self-attention only: a `cross` layer gets none."""
+  (RoPE, ALiBi, T5 bias) and value residual learning belong to self-attention only: a `cross` layer
+  gets neither."""
   relative = config.positions in RELATIVE_POSITIONS and not cross
   return MultiHeadAttention(
     num_heads=config.num_heads,
@@ -58,6 +61,7 @@ def attention_layer(
     positions=config.positions if relative else "none",
     ssmax_length=config.max_length,
     rope_base=config.rope_theta,
+    value_residual="none" if cross else config.value_residual,
     **{field: getattr(config, field) for field in _SAME_NAMED_FIELDS},
     name=name,
   )
@@ -129,6 +133,46 @@ def _residual(config: ModelConfig, name: str, x: Array, sublayer: Callable, dete
   return sharding.constrain_residual(x if config.norm == "pre" else norm(x))
 
 
+def _sow_activation_diagnostics(module: nn.Module, x_BTD: Array, valid_BT: Array | None) -> None:
+  """Only when the "diagnostics" collection is mutable (as the attention layers' statistics): the
+  block output's largest absolute entry ("max_activation", the massive-activations measure of Sun
+  et al. 2024) and its kurtosis ("activation_kurtosis": the fourth standardised moment over the D
+  entries of each token's residual, 3 for a Gaussian, averaged over the tokens), over the real
+  tokens (`valid_BT` False at padding; None: every token)."""
+  if not module.is_mutable_collection("diagnostics"):
+    return
+  x = x_BTD.astype(jnp.float32)
+  valid = jnp.ones(x.shape[:-1], bool) if valid_BT is None else jnp.broadcast_to(valid_BT, x.shape[:-1])
+  module.sow("diagnostics", "max_activation", jnp.max(jnp.where(valid[..., None], jnp.abs(x), 0.0)))
+  centred = x - jnp.mean(x, axis=-1, keepdims=True)
+  variance = jnp.mean(centred**2, axis=-1)
+  kurtosis = jnp.mean(centred**4, axis=-1) / jnp.maximum(variance**2, 1e-12)
+  count = jnp.maximum(valid.sum(), 1)
+  module.sow("diagnostics", "activation_kurtosis", jnp.sum(jnp.where(valid, kurtosis, 0.0)) / count)
+
+
+def _valid_keys(mask: Array | None) -> Array | None:
+  """bool [B, T]: the tokens some query may attend, from an encoder mask [B, 1, 1 or T, T] (False
+  at padding; a local window keeps each token visible to itself); None without a mask."""
+  if mask is None:
+    return None
+  return jnp.any(mask, axis=tuple(range(max(mask.ndim - 3, 0), mask.ndim - 1)))
+
+
+def _attend_self(self_attn: nn.Module, first_values: Array | None, carry: dict, **kwargs) -> Callable:
+  """The self-attention sublayer for `_residual`: under value residual learning it takes the stack's
+  first layer's values (`first_values`; None in the first layer) and leaves this call's values in
+  `carry["values"]`."""
+  if self_attn.value_residual == "none":
+    return lambda h: self_attn(h, **kwargs)
+
+  def attend(h):
+    out, carry["values"] = self_attn(h, first_values=first_values, return_values=True, **kwargs)
+    return out
+
+  return attend
+
+
 class EncoderBlock(nn.Module):
   """Self-attention then feed-forward, each in a residual. Its attention layer, "self_attention",
   records its weights [B, H, T, T] when "intermediates" is mutable (see `MultiHeadAttention`)."""
@@ -136,16 +180,19 @@ class EncoderBlock(nn.Module):
   config: ModelConfig
 
   @nn.compact
-  def __call__(self, x_BTD, *, mask=None, deterministic=True):
-    """x [B, T, D], mask broadcastable to [B, H, T, T] -> [B, T, D]."""
+  def __call__(self, x_BTD, *, mask=None, deterministic=True, first_values=None, return_values=False):
+    """x [B, T, D], mask broadcastable to [B, H, T, T] -> [B, T, D]. Under `config.value_residual`:
+    `first_values`, the first block's self-attention values [B, T, G, K] (None in the first block),
+    and with `return_values` the block returns (x, its self-attention's values)."""
     layers = self.config.num_encoder_layers
     x_BTD = hooks.hook("resid_pre", x_BTD)
     self_attn = attention_layer(self.config, "self_attention", stack_layers=layers)
+    carry = {}
     x_BTD = _residual(
       self.config,
       "self_attention",
       x_BTD,
-      lambda h: self_attn(h, mask=mask, deterministic=deterministic),
+      _attend_self(self_attn, first_values, carry, mask=mask, deterministic=deterministic),
       deterministic,
     )
     x_BTD = hooks.hook("resid_mid", x_BTD)
@@ -158,7 +205,9 @@ class EncoderBlock(nn.Module):
         lambda h: ff(h, deterministic=deterministic),
         deterministic,
       )
-    return hooks.hook("resid_post", x_BTD)
+    x_BTD = hooks.hook("resid_post", x_BTD)
+    _sow_activation_diagnostics(self, x_BTD, _valid_keys(mask))
+    return (x_BTD, carry.get("values")) if return_values else x_BTD
 
 
 class DecoderBlock(nn.Module):
@@ -182,27 +231,28 @@ class DecoderBlock(nn.Module):
     self_window=None,
     cross_mask=None,
     deterministic=True,
+    first_values=None,
+    return_values=False,
   ):
     """x [B, T, D], encoded [B, S, D] -> [B, T, D]. `self_window`: the self-attention's causal
-    sliding window w (query i sees keys j with i - j <= w), None = all."""
+    sliding window w (query i sees keys j with i - j <= w), None = all. `first_values` and
+    `return_values` as in `EncoderBlock` (in decode mode, the values of this call's tokens)."""
     cfg = self.config
     layers = cfg.num_decoder_layers
     x_BTD = hooks.hook("resid_pre", x_BTD)
     self_attn = attention_layer(cfg, "self_attention", decode=self.decode, stack_layers=layers)
-    x_BTD = _residual(
-      cfg,
-      "self_attention",
-      x_BTD,
-      lambda h: self_attn(
-        h,
-        mask=self_mask,
-        key_valid=self_key_valid,
-        is_causal=True,
-        window=self_window,
-        deterministic=deterministic,
-      ),
-      deterministic,
+    carry = {}
+    attend = _attend_self(
+      self_attn,
+      first_values,
+      carry,
+      mask=self_mask,
+      key_valid=self_key_valid,
+      is_causal=True,
+      window=self_window,
+      deterministic=deterministic,
     )
+    x_BTD = _residual(cfg, "self_attention", x_BTD, attend, deterministic)
     x_BTD = hooks.hook("resid_mid", x_BTD)
     if self.cross_attention:
       if encoded_BSD is None:
@@ -221,7 +271,9 @@ class DecoderBlock(nn.Module):
       x_BTD = _residual(
         cfg, "feed_forward", x_BTD, lambda h: ff(h, deterministic=deterministic), deterministic
       )
-    return hooks.hook("resid_post", x_BTD)
+    x_BTD = hooks.hook("resid_post", x_BTD)
+    _sow_activation_diagnostics(self, x_BTD, self_key_valid)
+    return (x_BTD, carry.get("values")) if return_values else x_BTD
 
 
 class Encoder(nn.Module):
@@ -232,8 +284,13 @@ class Encoder(nn.Module):
   @nn.compact
   def __call__(self, x_BTD, *, mask=None, deterministic=True):
     """Returns [B, T, D]. The blocks are "layer_0", "layer_1", ..."""
+    first_values = None  # Under config.value_residual: the first block's self-attention values.
     for i in range(self.config.num_encoder_layers):
-      x_BTD = EncoderBlock(self.config, name=f"layer_{i}")(x_BTD, mask=mask, deterministic=deterministic)
+      block = EncoderBlock(self.config, name=f"layer_{i}")
+      if self.config.value_residual != "none" and i == 0:
+        x_BTD, first_values = block(x_BTD, mask=mask, deterministic=deterministic, return_values=True)
+      else:
+        x_BTD = block(x_BTD, mask=mask, deterministic=deterministic, first_values=first_values)
     if self.config.norm == "pre":
       x_BTD = hooks.hook("ln_final", layer_norm(self.config, "final_norm")(x_BTD))
     return x_BTD
@@ -259,11 +316,13 @@ class Decoder(nn.Module):
     deterministic=True,
   ):
     """Returns [B, T, D]. The blocks are "layer_0", "layer_1", ..."""
+    first_values = None  # Under config.value_residual: the first block's self-attention values.
     for i in range(self.config.num_decoder_layers):
       block = DecoderBlock(
         self.config, decode=self.decode, cross_attention=self.cross_attention, name=f"layer_{i}"
       )
-      x_BTD = block(
+      first = self.config.value_residual != "none" and i == 0
+      out = block(
         x_BTD,
         encoded_BSD,
         self_mask=self_mask,
@@ -271,7 +330,10 @@ class Decoder(nn.Module):
         self_window=self_window,
         cross_mask=cross_mask,
         deterministic=deterministic,
+        first_values=first_values,
+        return_values=first,
       )
+      x_BTD, first_values = out if first else (out, first_values)
     if self.config.norm == "pre":
       x_BTD = hooks.hook("ln_final", layer_norm(self.config, "final_norm")(x_BTD))
     return x_BTD

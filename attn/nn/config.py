@@ -31,6 +31,15 @@ POSITION_KINDS = ("sinusoidal", "learned", "rope", "alibi", "t5_bias", "none")
 RELATIVE_POSITIONS = ("rope", "alibi", "t5_bias")
 QK_NORMS = ("none", "rms")
 ATTENTION_KINDS = ("softmax", "sigmoid", "ssmax")
+# Gated attention (Qiu et al. 2025): each head's output times sigmoid(x W_g) before the output
+# projection, x the layer's query input. "headwise": one gate per head (W_g [D, H]); "elementwise":
+# one per head and head-dim entry (W_g [D, H, K]).
+ATTENTION_GATES = ("none", "headwise", "elementwise")
+# Value residual learning (Zhou et al. 2025) in every self-attention stack: "learned" (ResFormer)
+# mixes each later layer's values with the stack's first layer's, l1 * V_n + l2 * V_1, two learned
+# scalars per layer starting at 0.5; "shared" (SVFormer) gives every later layer V_1 itself (no value
+# projection of its own).
+VALUE_RESIDUALS = ("none", "learned", "shared")
 NORM_KINDS = ("layer", "rms")
 # EncoderTagger's output: per-token softmax, or a linear-chain CRF with learned transitions ("free"),
 # or one whose IOB2-invalid moves (I-X not after B-X or I-X) are forbidden ("iob2").
@@ -116,6 +125,8 @@ class ModelConfig:
   logit_soft_cap: float | None = None  # cap * tanh(logits / cap) before the softmax; None = off.
   attention_sink: bool = False  # A learned per-head sink logit in the softmax's denominator.
   attention_kind: str = "softmax"  # "softmax", "sigmoid" (bias -log S) or "ssmax" (s_h log n).
+  attention_gate: str = "none"  # Gated attention: "none", "headwise" or "elementwise" (ATTENTION_GATES).
+  value_residual: str = "none"  # Values mixed with the first layer's: "none", "learned", "shared".
   norm_kind: str = "layer"  # Block norms: "layer" (LayerNorm) or "rms" (RMSNorm).
   norm_epsilon: float = 1e-6  # Added to the variance in every norm (flax's default; GPT-2: 1e-5).
   max_length: int = 512  # Longest sequence for learned positions.
@@ -177,6 +188,8 @@ class ModelConfig:
     check_choice("positions", self.positions, POSITION_KINDS)
     check_choice("qk_norm", self.qk_norm, QK_NORMS)
     check_choice("attention_kind", self.attention_kind, ATTENTION_KINDS)
+    check_choice("attention_gate", self.attention_gate, ATTENTION_GATES)
+    check_choice("value_residual", self.value_residual, VALUE_RESIDUALS)
     check_choice("norm_kind", self.norm_kind, NORM_KINDS)
     eps = self.norm_epsilon
     if isinstance(eps, bool) or not isinstance(eps, int | float) or not 0.0 < eps < 1.0:

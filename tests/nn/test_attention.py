@@ -692,3 +692,116 @@ def test_window_must_be_a_non_negative_int():
   variables = _init(module, x)
   with pytest.raises(ValueError, match=r"^window: must be None or an int >= 0, got -1"):
     module.apply(variables, x, is_causal=True, window=-1)
+
+
+# Gated attention, value residual learning and the sink / sparsity diagnostics (issue 27).
+
+
+def _manual_attention(params, x, v_BSGK, gate=None, **kwargs):
+  """The layer's output from its parameters by the formulas: softmax(q k / sqrt(K)) v, each head's
+  output times `gate` ([B, T, H] or [B, T, H, K]), then the output projection."""
+  q, k = _project(params, "query", x), _project(params, "key", x)
+  out = attn.dot_product_attention(q, k, v_BSGK, implementation="naive", **kwargs)
+  if gate is not None:
+    out = out * (gate[..., None] if gate.ndim == 3 else gate)
+  return _out_project(params, out)
+
+
+@pytest.mark.parametrize("kind", ["headwise", "elementwise"])
+def test_attention_gate_is_sigmoid_of_the_query_input_times_each_heads_output(kind):
+  """Qiu et al.'s G1 gate: out_h * sigmoid(x W_g + b) before the output projection, one scalar per
+  head (broadcast over K) or one per head-dim entry; parameter "output_gate" [D, H] or [D, H, K]."""
+  x = _normal(0, (B, T, D))
+  module = MultiHeadAttention(num_heads=4, attention_gate=kind, implementation="naive")
+  params = _init(module, x)["params"]
+  shape = (D, 4) if kind == "headwise" else (D, 4, 4)
+  assert params["output_gate"]["kernel"].shape == shape
+  assert params["output_gate"]["bias"].shape == shape[1:]
+  gate_logits = jnp.einsum("btd,d...->bt...", x, params["output_gate"]["kernel"])
+  gate = jax.nn.sigmoid(gate_logits + params["output_gate"]["bias"])
+  want = _manual_attention(params, x, _project(params, "value", x), gate, is_causal=True)
+  got = module.apply({"params": params}, x, is_causal=True)
+  np.testing.assert_allclose(got, want, atol=ATOL)
+  plain = MultiHeadAttention(num_heads=4, implementation="naive")
+  ungated = {k: v for k, v in params.items() if k != "output_gate"}
+  assert not np.allclose(plain.apply({"params": ungated}, x, is_causal=True), got, atol=1e-3)
+
+
+def test_attention_gate_in_cross_attention_and_decode_mode_is_per_token():
+  """Cross-attention gates from the query input (not the keys'); in decode mode each new token's
+  gate needs no cache: token by token equals the whole sequence at once."""
+  x, kv = _normal(0, (B, T, D)), _normal(1, (B, S, D))
+  module = MultiHeadAttention(num_heads=2, attention_gate="headwise", implementation="naive")
+  params = _init(module, x, kv)["params"]
+  gate = jax.nn.sigmoid(
+    jnp.einsum("btd,dh->bth", x, params["output_gate"]["kernel"]) + params["output_gate"]["bias"]
+  )
+  q, k, v = _project(params, "query", x), _project(params, "key", kv), _project(params, "value", kv)
+  out = attn.dot_product_attention(q, k, v, implementation="naive")
+  want = _out_project(params, out * gate[..., None])
+  np.testing.assert_allclose(module.apply({"params": params}, x, kv), want, atol=ATOL)
+  decoder = module.clone(decode=True)
+  cache = decoder.init(jax.random.key(0), x)["cache"]
+  full = module.apply({"params": params}, x, is_causal=True)
+  step = jax.jit(lambda c, x_t: decoder.apply({"params": params, "cache": c}, x_t, mutable=["cache"]))
+  for t in range(T):
+    out, mutated = step(cache, x[:, t : t + 1])
+    cache = mutated["cache"]
+    np.testing.assert_allclose(out[:, 0], full[:, t], atol=ATOL, err_msg=f"token {t}")
+
+
+def test_value_residual_mixes_the_first_layers_values_by_its_formula():
+  """ "learned" (ResFormer): the layer attends to l1 * V_n + l2 * V_1 with "value_mix" = [l1, l2]
+  (0.5 each at init) and returns those values; "shared" (SVFormer): to V_1 itself, with no value
+  projection of its own."""
+  x, v1 = _normal(0, (B, T, D)), _normal(1, (B, T, 4, 4))
+  learned = MultiHeadAttention(num_heads=4, value_residual="learned", implementation="naive")
+  params = _init(learned, x, first_values=v1)["params"]
+  np.testing.assert_array_equal(params["value_mix"], [0.5, 0.5])
+  params = {**params, "value_mix": jnp.array([0.3, 1.7])}
+  mixed = 0.3 * _project(params, "value", x) + 1.7 * v1
+  out, values = learned.apply({"params": params}, x, first_values=v1, return_values=True)
+  np.testing.assert_allclose(values, mixed, atol=ATOL)
+  np.testing.assert_allclose(out, _manual_attention(params, x, mixed), atol=ATOL)
+  # Without first values the layer is a first layer: its own values, returned for the next ones.
+  out, values = learned.apply({"params": params}, x, return_values=True)
+  np.testing.assert_allclose(values, _project(params, "value", x), atol=ATOL)
+
+  shared = MultiHeadAttention(num_heads=4, value_residual="shared", implementation="naive")
+  shared_params = _init(shared, x, first_values=v1)["params"]
+  assert set(shared_params) == {"query", "key", "out"}
+  got = shared.apply({"params": shared_params}, x, first_values=v1)
+  np.testing.assert_allclose(got, _manual_attention(shared_params, x, v1), atol=ATOL)
+
+
+def test_value_residual_refuses_first_values_it_cannot_use():
+  x = _normal(0, (B, T, D))
+  with pytest.raises(ValueError, match=r"^value_residual: first_values given to a layer with"):
+    _param_shapes(MultiHeadAttention(num_heads=4), x, first_values=jnp.zeros((B, T, 4, 4)))
+  with pytest.raises(ValueError, match=r"^value_residual: first_values must be \[batch..., S, G, K\]"):
+    _param_shapes(
+      MultiHeadAttention(num_heads=4, value_residual="learned"), x, first_values=jnp.zeros((B, T, 4))
+    )
+
+
+def test_sink_rate_and_sparsity_of_a_hand_made_pattern():
+  """One head, causal, T = 4. Example 0 has all-zero inputs: every row is uniform over the keys it
+  sees, so the weight on key 0 is 1, 1/2, 1/3, 1/4 and no weight is below 1e-3. Example 1's key 0 is
+  huge along the query bias: every row puts all its weight there, and the 6 other allowed weights
+  of the 10 are below 1e-3. Sink rate: the mean over the 8 rows; sparsity: 6 / 20."""
+  module = MultiHeadAttention(num_heads=1, implementation="naive")
+  x = jnp.zeros((2, 4, 2)).at[1, 0, 0].set(100.0)
+  params = jax.tree.map(jnp.zeros_like, _init(module, x)["params"])
+  params["query"]["bias"] = jnp.array([[1.0, 0.0]])
+  params["key"]["kernel"] = jnp.eye(2)[:, None, :]
+  _, state = module.apply({"params": params}, x, is_causal=True, mutable=["diagnostics"])
+  stats = {name: float(value[0]) for name, value in state["diagnostics"].items()}
+  want_sink = ((1 + 1 / 2 + 1 / 3 + 1 / 4) + 4) / 8
+  np.testing.assert_allclose(stats["sink_rate"], want_sink, rtol=1e-5)
+  np.testing.assert_allclose(stats["sparsity"], 6 / 20, rtol=1e-6)
+  # A fully masked row (a padding query of example 1 that sees no key) counts in neither.
+  valid = jnp.array([[True] * 4, [False] * 4])
+  _, state = module.apply({"params": params}, x, key_valid=valid, mutable=["diagnostics"])
+  stats = {name: float(value[0]) for name, value in state["diagnostics"].items()}
+  np.testing.assert_allclose(stats["sink_rate"], 1 / 4, rtol=1e-5)  # Example 0: uniform over 4.
+  np.testing.assert_allclose(stats["sparsity"], 0.0)

@@ -354,3 +354,26 @@ def test_decoder_is_causal_without_a_mask_while_the_encoder_sees_the_future():
   assert np.all(jac[~future] > 0)
   encoder = Encoder(CFG)
   assert np.all(_position_jacobian(encoder, _init(encoder, X))[future] > 0)
+
+
+def test_blocks_record_the_largest_activation_and_the_kurtosis_of_their_output():
+  """With "diagnostics" mutable, each block records its output's largest |entry| and the fourth
+  standardised moment over D of each token's residual, averaged over the real tokens (padding, here
+  the last token of example 1, counts in neither); an encoder's blocks take the real tokens from
+  their mask."""
+  config = CFG.replace(dropout_rate=0.0)
+  block = DecoderBlock(config, cross_attention=False)
+  valid = jnp.array([[True] * T, [True] * (T - 1) + [False]])
+  # init makes every collection mutable, "diagnostics" too: one pass gives outputs and statistics.
+  out, variables = block.init_with_output(jax.random.key(0), X, self_key_valid=valid)
+  stats = variables["diagnostics"]
+  real = np.asarray(out)[np.asarray(valid)]  # [tokens, D]
+  centred = real - real.mean(-1, keepdims=True)
+  kurtosis = (centred**4).mean(-1) / (centred**2).mean(-1) ** 2
+  np.testing.assert_allclose(stats["max_activation"][0], np.abs(real).max(), rtol=1e-6)
+  np.testing.assert_allclose(stats["activation_kurtosis"][0], kurtosis.mean(), rtol=1e-5)
+  assert {"entropy", "sink_rate", "sparsity"} <= set(stats["self_attention"])
+  encoder = Encoder(config)
+  mask = attn.padding_mask(jnp.array([T, T - 2]), max_length=T)
+  names = {"max_activation", "activation_kurtosis", "self_attention"}
+  assert set(_init(encoder, X, mask=mask)["diagnostics"]["layer_1"]) == names

@@ -10,12 +10,14 @@ import pytest
 
 from attn.nn.config import (
   ACTIVATIONS,
+  ATTENTION_GATES,
   DTYPES,
   HEAD_DIM_POLICIES,
   INIT_SCHEMES,
   MODULE_SCALE_CHOICES,
   NORM_POSITIONS,
   POSITION_KINDS,
+  VALUE_RESIDUALS,
   ModelConfig,
 )
 
@@ -177,6 +179,8 @@ def test_dropout_in_range(field, value):
     ("init", "xavier", INIT_SCHEMES),
     ("dtype", "float64", DTYPES),
     ("dtype", "int32", DTYPES),
+    ("attention_gate", "sigmoid", ATTENTION_GATES),
+    ("value_residual", "resformer", VALUE_RESIDUALS),
   ],
 )
 def test_unknown_choice_lists_the_choices(field, value, choices):
@@ -193,6 +197,8 @@ def test_choice_lists():
   assert set(ACTIVATIONS) == {"relu", "gelu", "silu", "gelu_exact"}
   assert set(INIT_SCHEMES) == {"default", "gpt2"}
   assert set(DTYPES) == {"float32", "bfloat16", "float16"}
+  assert set(ATTENTION_GATES) == {"none", "headwise", "elementwise"}
+  assert set(VALUE_RESIDUALS) == {"none", "learned", "shared"}
 
 
 @pytest.mark.parametrize("scale", [*MODULE_SCALE_CHOICES, 0.5, 1, 2.0])
@@ -304,6 +310,7 @@ def test_new_fields_default_to_the_old_model():
     None,
   )
   assert config.rope_theta == 10000.0 and ModelConfig(rope_theta=1e6).rope_theta == 1e6
+  assert (config.attention_gate, config.value_residual) == ("none", "none")
 
 
 def test_attention_window_defaults_to_full_attention():
@@ -339,6 +346,10 @@ def test_feature_buckets_one_or_negative_is_an_error(buckets):
     ({"qk_norm": "l2"}, "qk_norm: unknown choice 'l2'"),
     ({"attention_kind": "relu"}, "attention_kind: unknown choice 'relu'"),
     ({"norm_kind": "batch"}, "norm_kind: unknown choice 'batch'"),
+    ({"attention_gate": "headwise_sigmoid"}, "attention_gate: unknown choice 'headwise_sigmoid'"),
+    ({"attention_gate": None}, "attention_gate: unknown choice None"),
+    ({"value_residual": "svformer"}, "value_residual: unknown choice 'svformer'"),
+    ({"value_residual": True}, "value_residual: unknown choice True"),
     ({"rope_fraction": 0.0}, "rope_fraction: must be in (0, 1]"),
     ({"rope_fraction": 1.5}, "rope_fraction: must be in (0, 1]"),
     ({"positions": "rope", "rope_fraction": 0.01}, "rope_fraction: 0.01 of head dim 64 rotates no pair"),
@@ -442,6 +453,8 @@ CONFIGS = st.fixed_dictionaries(
     "out_bias": st.sampled_from([None, True, False]),
     "rope_theta": st.sampled_from([10000.0, 500.0]),
     "embed_norm": st.booleans(),
+    "attention_gate": st.sampled_from(ATTENTION_GATES),
+    "value_residual": st.sampled_from(VALUE_RESIDUALS),
   }
 )
 

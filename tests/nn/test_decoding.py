@@ -710,3 +710,49 @@ def test_cached_decoding_works_in_64_bit_mode():
     tokens, _ = reference_greedy(setup, PROMPT, N)
     decode = jax.jit(functools.partial(greedy_decode, setup.model, max_new_tokens=N, eos_id=None))
     np.testing.assert_array_equal(decode(setup.params, PROMPT), tokens)
+
+
+@pytest.mark.parametrize(
+  "variant",
+  [
+    dict(value_residual="learned", attention_gate="elementwise", positions="rope"),
+    dict(value_residual="shared", attention_gate="headwise", positions="alibi", num_kv_heads=1),
+  ],
+  ids=lambda v: ",".join(f"{k}={x}" for k, x in v.items()),
+)
+@pytest.mark.slow  # Over ~3 s on 2 cores (compiling).
+def test_value_residual_and_gate_cache_like_the_full_forward(variant):
+  """Three layers: each caches its own mixed values, and the first layer's values of the new tokens
+  pass to the later ones, so a padded prompt through the cache and then single tokens give the full
+  forward pass's logits at every real token (the gates are per token and need no cache)."""
+  model = LanguageModel(make_config(norm="pre", num_decoder_layers=3, **variant))
+  setup = _setup(model, seed=2, sharpen=2.0, inputs=PROMPT)
+  params = jax.tree_util.tree_map_with_path(  # Away from the 0.5 / 0.5 start.
+    lambda p, x: x * jnp.array([0.3, 1.4]) if "value_mix" in str(p[-1]) else x, setup.params
+  )
+  seq = jnp.array(
+    [[0, 1, 5, 6, 20, 21, 22], [1, 7, 8, 9, 3, 4, 25], [0, 0, 1, 10, 26, 3, 27]], jnp.int32
+  )
+  full = np.asarray(setup.logits_fn(params, seq))
+  step = cached_step(model, params)
+  prompt = 4
+  logits, variables = step(init_cache(model, B, seq.shape[1]), seq[:, :prompt], jnp.arange(prompt))
+  real = np.asarray(seq[:, :prompt]) != PAD
+  np.testing.assert_allclose(np.asarray(logits)[real], full[:, :prompt][real], rtol=0, atol=1e-4)
+  for t in range(prompt, seq.shape[1]):
+    logits, variables = step(variables["cache"], seq[:, t : t + 1], jnp.array([t]))
+    np.testing.assert_allclose(logits[:, 0], full[:, t], rtol=0, atol=1e-4, err_msg=f"step {t}")
+  # The mix matters: the same parameters without it give other logits.
+  plain = LanguageModel(model.config.replace(value_residual="none"))
+  if variant["value_residual"] == "learned":
+    assert not np.allclose(plain.apply({"params": params}, seq), full, atol=1e-3)
+
+
+def test_greedy_decode_with_value_residual_and_gate_matches_uncached_greedy():
+  """The fast tier's check of the same: greedy decoding with the cache (two layers, the learned
+  mix, the elementwise gate) gives the tokens of recomputing the whole sequence each step."""
+  config = make_config(norm="pre", value_residual="learned", attention_gate="elementwise")
+  setup = _setup(LanguageModel(config), seed=1, sharpen=3.0, inputs=PROMPT)
+  tokens, _ = reference_greedy(setup, PROMPT, N)
+  decoded = greedy_decode(setup.model, setup.params, PROMPT, max_new_tokens=N, eos_id=None)
+  np.testing.assert_array_equal(decoded, tokens)

@@ -745,6 +745,8 @@ PADDING_VARIANTS = [  # Every position kind and attention variant (combined: eac
   dict(positions="sinusoidal", attention_kind="ssmax"),
   dict(positions="rope", qk_norm="rms", logit_soft_cap=2.0, attention_kind="ssmax"),
   dict(positions="alibi", attention_sink=True),
+  dict(positions="rope", attention_gate="elementwise", value_residual="learned"),
+  dict(positions="none", attention_gate="headwise", value_residual="shared"),
   dict(positions="t5_bias", t5_num_buckets=8, t5_max_distance=16, attention_kind="sigmoid"),
   dict(positions="learned", attention_window=2),
 ]
@@ -815,3 +817,68 @@ def test_language_model_attention_window_is_a_causal_sliding_window(implementati
   np.testing.assert_allclose(changed[:, 4:], logits[:, 4:], atol=1e-6)
   full = LanguageModel(model.config.replace(attention_window=None)).apply({"params": params}, LM_TOKENS)
   assert not np.allclose(full[:, 4:], logits[:, 4:], atol=1e-4)
+
+
+GATED_VALUE_RESIDUAL = dict(
+  attention_gate="elementwise", value_residual="learned", num_encoder_layers=2, num_decoder_layers=2
+)
+
+
+def test_gate_and_value_residual_parameters_are_where_they_belong():
+  """Value residual in the encoder's and the decoder's self-attention from their second layer on
+  (a mix of two scalars; "shared": no value projection there); the gate in every attention layer,
+  cross-attention too. Without the fields the parameter tree is the old one (no new names)."""
+  params = param_shapes(Transformer(make_config(**GATED_VALUE_RESIDUAL)), SRC, TGT)
+  for stack in ("encoder", "decoder"):
+    assert "value_mix" not in params[stack]["layer_0"]["self_attention"]
+    assert params[stack]["layer_1"]["self_attention"]["value_mix"].shape == (2,)
+    assert params[stack]["layer_0"]["self_attention"]["output_gate"]["kernel"].shape == (D, H, D // H)
+  cross = params["decoder"]["layer_1"]["cross_attention"]
+  assert "output_gate" in cross and "value_mix" not in cross
+  shared = make_config(attention_gate="headwise", value_residual="shared", num_decoder_layers=2)
+  lm_params = param_shapes(LanguageModel(shared), LM_TOKENS)["decoder"]
+  assert "value" in lm_params["layer_0"]["self_attention"]
+  assert set(lm_params["layer_1"]["self_attention"]) == {"query", "key", "out", "output_gate"}
+  assert lm_params["layer_1"]["self_attention"]["output_gate"]["kernel"].shape == (D, H)
+  plain = param_paths(param_shapes(Transformer(make_config(num_decoder_layers=2)), SRC, TGT))
+  assert not {p for p in plain if "output_gate" in p or "value_mix" in p}
+
+
+@pytest.mark.slow  # Over ~3 s on 2 cores (compiling two models' gradients per dtype).
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_gated_value_residual_models_train_with_finite_gradients(dtype):
+  """An encoder-decoder with both fields and a language model with the shared form: finite
+  gradients with dropout on padded batches, in float32 and bfloat16; the mix and the gate learn."""
+  config = make_config(**GATED_VALUE_RESIDUAL, dtype=dtype, dropout_rate=0.1)
+  seq2seq = Transformer(config)
+  params = jax.jit(seq2seq.init)(jax.random.key(0), SRC, TGT)["params"]
+  lm = LanguageModel(config.replace(attention_gate="headwise", value_residual="shared"))
+  lm_tokens = LM_TOKENS.at[1, 4:].set(0)  # Padding.
+  lm_params = jax.jit(lm.init)(jax.random.key(0), lm_tokens)["params"]
+
+  def loss(params, model, *inputs):
+    out = model.apply(
+      {"params": params}, *inputs, deterministic=False, rngs={"dropout": jax.random.key(1)}
+    )
+    return jnp.mean(jnp.square(out.astype(jnp.float32)))
+
+  grad = jax.jit(jax.grad(loss), static_argnums=1)
+  grads = grad(params, seq2seq, SRC, TGT)
+  for g in (grads, grad(lm_params, lm, lm_tokens)):
+    assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(g))
+  mixed = grads["encoder"]["layer_1"]["self_attention"]
+  assert float(jnp.abs(mixed["value_mix"]).sum()) > 0
+  assert float(jnp.abs(mixed["output_gate"]["kernel"]).sum()) > 0
+
+
+def test_shared_values_are_the_first_layers_in_every_layer():
+  """Under "shared" every self-attention layer attends the first layer's values (its hook point
+  `v`, the values a layer attends)."""
+  from attn.nn import hooks
+
+  model = LanguageModel(make_config(value_residual="shared", num_decoder_layers=3))
+  params = jax.jit(model.init)(jax.random.key(0), LM_TOKENS)["params"]
+  names = [f"blocks.{i}.attn.v" for i in range(3)]
+  _, cache = jax.jit(lambda p: hooks.run_with_cache(model, p, LM_TOKENS, names=names))(params)
+  for i in (1, 2):
+    np.testing.assert_array_equal(cache[f"blocks.{i}.attn.v"], cache["blocks.0.attn.v"])
