@@ -365,8 +365,8 @@ def attention_weights(
       forget gates (FoX); adds query_c[..., i, h] - key_c[..., j, h] to the logits, with `bias`.
 
   Returns:
-    float32 (or wider) [batch..., H, T, S]; each softmax row sums to 1 (less with a sink), or is all
-    zeros when the mask leaves the query no key.
+    float32 (or wider) [batch..., H, T, S]; each softmax row sums to 1 (less with a sink; softpick
+    and stick-breaking rows sum to at most 1), or is all zeros when the mask leaves the query no key.
   """
   _check_variant(kind, logit_soft_cap, sink_logits)
   query, key, _, mask, bias = _as_inputs(query, key, None, mask, bias)
@@ -614,7 +614,8 @@ def dot_product_attention(
       query_c[..., i, h] - key_c[..., j, h] is added to the logits like `bias` (before a soft-cap);
       "flash" computes it per tile from the two vectors and returns both their gradients.
     return_lse: also return the float32 log-sum-exp of each query row's masked, scaled, biased (and
-      soft-capped) logits, [batch..., H, T]: -inf for a row with no key to attend; with
+      soft-capped) logits, [batch..., H, T] (on "naive" as wide as the logits: float64 for float64
+      inputs under 64-bit mode): -inf for a row with no key to attend; with
       `sink_logits` the sink is one more term (so such a row gets the sink logit). The softmax kind
       only; "naive" and "flash". Two results over disjoint key sets merge exactly by it:
       out = (e^lse1 out1 + e^lse2 out2) / (e^lse1 + e^lse2) (split-KV, ring attention).
@@ -622,7 +623,7 @@ def dot_product_attention(
   Returns:
     [batch..., T, H, Kv] in the query's dtype (float32 for integer or boolean inputs, which are
     computed in float32), then the float32 weights [batch..., H, T, S] when `return_weights`, then
-    the float32 lse [batch..., H, T] when `return_lse`: out, (out, weights), (out, lse) or
+    the lse [batch..., H, T] when `return_lse`: out, (out, weights), (out, lse) or
     (out, weights, lse). T = 0 gives an empty result; S = 0 gives zeros (no key to attend).
   """
   if not 0.0 <= dropout_rate < 1.0:

@@ -889,7 +889,8 @@ def test_return_lse_is_the_rows_logsumexp_and_merges_split_keys():
   dpa = jax.jit(attn.dot_product_attention, static_argnames=("return_lse", "implementation"))
   for implementation in ("naive", "flash"):
     out, lse = dpa(q, k, v, mask=mask, return_lse=True, implementation=implementation)
-    assert lse.shape == (2, 2, 4) and lse.dtype == jnp.float32
+    wide = jnp.promote_types(q.dtype, jnp.float32) if implementation == "naive" else jnp.float32
+    assert lse.shape == (2, 2, 4) and lse.dtype == wide  # float32 (naive: as wide as the logits)
     npt.assert_allclose(lse, expected, atol=1e-5)
     assert bool(jnp.isneginf(lse[0, :, 1]).all())
     _, lse_sink = dpa(
@@ -1008,6 +1009,7 @@ def _attention_inputs(draw):
         {"kind": "softpick"},
         {"kind": "softpick", "logit_soft_cap": 5.0, "forget_cumsum": True},
         {"forget_cumsum": True},
+        {"kind": "stick_breaking"},  # Naive only: finiteness and empty rows, no flash to compare.
       ]
     )
   )
@@ -1026,7 +1028,8 @@ def _attention_inputs(draw):
 def test_every_shape_dtype_mask_and_variant_is_finite_and_flash_equals_naive(inputs):
   """Drawn shapes (T != S, grouped heads, head dim 1), float32 and bfloat16, masks with fully masked
   rows, causal or not, each normalisation variant: the output and its gradients are finite, fully
-  masked query rows are exactly zero, and the flash path equals the naive one in value and gradient."""
+  masked query rows are exactly zero, and the flash path equals the naive one in value and gradient
+  (stick-breaking, naive only, is held to the first two)."""
   q, k, v, mask, is_causal, variant = inputs
   tol = 1e-4 if q.dtype == jnp.float32 else 5e-2
 
@@ -1041,7 +1044,7 @@ def test_every_shape_dtype_mask_and_variant_is_finite_and_flash_equals_naive(inp
     return out, grads
 
   naive, naive_grads = run("naive")
-  flash, flash_grads = run("flash")
+  flash, flash_grads = run("flash" if variant.get("kind") != "stick_breaking" else "naive")
   for x in (naive, flash, *naive_grads, *flash_grads):
     assert bool(jnp.all(jnp.isfinite(x.astype(jnp.float32))))
   allowed = jnp.ones((q.shape[0], q.shape[2], q.shape[1], k.shape[1]), bool)
