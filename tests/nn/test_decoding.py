@@ -756,3 +756,14 @@ def test_greedy_decode_with_value_residual_and_gate_matches_uncached_greedy():
   tokens, _ = reference_greedy(setup, PROMPT, N)
   decoded = greedy_decode(setup.model, setup.params, PROMPT, max_new_tokens=N, eos_id=None)
   np.testing.assert_array_equal(decoded, tokens)
+
+
+@pytest.mark.slow  # Over ~3 s on 2 cores (compiling).
+def test_transformer_greedy_decode_with_value_residual_and_gate_matches_uncached_greedy():
+  """The encoder-decoder: value residual in the encoder and in the decoder's cached self-attention,
+  the gate in cross-attention too; greedy decoding with the cache equals recomputation."""
+  config = make_config(value_residual="learned", attention_gate="elementwise", num_decoder_layers=3)
+  setup = _setup(Transformer(config), seed=3, sharpen=2.0, inputs=SRC)
+  tokens, _ = reference_greedy(setup, BOS_PROMPT, N)
+  decoded = greedy_decode(setup.model, setup.params, SRC, max_new_tokens=N, eos_id=-1)  # No end.
+  np.testing.assert_array_equal(decoded, tokens)
