@@ -341,6 +341,39 @@ def test_flash_new_variants_give_fully_masked_rows_zeros_and_finite_gradients(na
   np.testing.assert_array_equal(np.asarray(grads[0][:, 3], np.float32), 0.0)
 
 
+@pytest.mark.parametrize("looped", [False, True])
+def test_flash_lse_equals_naive_in_value_and_gradient(looped, monkeypatch):
+  """return_lse on tiles of 8 (unrolled and looped), a sink and a fully masked row: the lse and the
+  gradients of a loss of out and lse (its cotangent enters the backward as delta - d_lse)."""
+  if looped:
+    monkeypatch.setattr(flash, "UNROLL_MAX_TILES", 1)
+  q, k, v = _inputs(G=2)
+  sink = jnp.array([0.5, -1.0, 2.0, 0.0])
+
+  def run(q, k, v, sink, fast):
+    if fast:
+      out, lse = flash.flash_attention(
+        q, k, v, mask=MASK, multiplier=K**-0.5, is_causal=True, sink_logits=sink, block_q=8,
+        block_k=8, return_lse=True,
+      )  # fmt: skip
+    else:
+      out, lse = attn.dot_product_attention(
+        q, k, v, mask=MASK, is_causal=True, sink_logits=sink, return_lse=True, implementation="naive"
+      )
+    return jnp.sum(jnp.sin(out) * out) + jnp.sum(jnp.cos(lse)), lse
+
+  value_and_grad = jax.value_and_grad(run, argnums=(0, 1, 2, 3), has_aux=True)
+  grad = lambda fast: jax.jit(value_and_grad, static_argnums=4)(q, k, v, sink, fast)
+  (_, ref_lse), ref_grads = grad(False)
+  (_, lse), grads = grad(True)
+  np.testing.assert_allclose(lse, ref_lse, atol=1e-5)
+  np.testing.assert_allclose(lse[:, :, 3], jnp.broadcast_to(sink, (B, H)), atol=1e-6)  # No key.
+  for g, ref in zip(grads, ref_grads, strict=True):
+    assert np.all(np.isfinite(g))
+    np.testing.assert_allclose(g, ref, atol=5e-5, rtol=1e-5)
+  assert flash.SOFTPICK_EPS == attention.SOFTPICK_EPS  # The two paths' softpick agree.
+
+
 def test_dot_product_attention_serves_every_variant_by_flash():
   """The public function's flash path, batch axes and a [B, H] sink included."""
   q, k, v = _inputs(G=2)
