@@ -32,6 +32,7 @@ config up to those fields.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from collections.abc import Mapping
@@ -61,6 +62,35 @@ _GPT2_FIXED = (
 )
 
 
+# The ModelConfig fields an exporter reads (turns into the other layout's config or tensors) or that
+# cannot change a language model's function once the fixed fields above hold (a tagger's or an
+# encoder's fields, dropout, ids, dtype). Every other field must keep its default: so a field added
+# to ModelConfig later (a new attention variant) is refused by name until an exporter learns it,
+# never dropped in silence.
+_READ_OR_INERT = frozenset({
+  "vocab_size", "num_classes", "feature_buckets", "char_buckets", "char_dim", "crf", "class_names",
+  "d_model", "num_heads", "head_dim_policy", "head_dim", "num_kv_heads", "d_ff",
+  "num_encoder_layers", "num_decoder_layers", "dropout_rate", "attention_dropout_rate", "scale",
+  "rope_fraction", "t5_num_buckets", "t5_max_distance", "norm_epsilon", "max_length", "use_bias",
+  "qkv_bias", "out_bias", "rope_theta", "dtype", "attention_implementation", "pad_id", "bos_id",
+  "eos_id", "init", "tie_output", "activation",
+})  # fmt: skip
+
+
+def _check_unknown_fields(config: ModelConfig, fixed, target: str) -> None:
+  """Raises ValueError naming the first field that is neither fixed, read nor inert and differs
+  from its default."""
+  known = _READ_OR_INERT | {field for field, _, _ in fixed}
+  for field in dataclasses.fields(ModelConfig):
+    if field.name in known:
+      continue
+    if getattr(config, field.name) != field.default:
+      raise ValueError(
+        f"{field.name}: {getattr(config, field.name)!r} cannot be exported to {target} (it has no "
+        f"such option; needs {field.default!r})"
+      )
+
+
 def _refuse(config: ModelConfig, field: str, why: str) -> None:
   raise ValueError(f"{field}: {getattr(config, field)!r} cannot be exported to GPT-2 ({why})")
 
@@ -70,6 +100,7 @@ def check_gpt2(config: ModelConfig) -> None:
   for field, needed, why in _GPT2_FIXED:
     if getattr(config, field, needed) != needed:  # (A field this ModelConfig lacks cannot differ.)
       _refuse(config, field, f"{why}; needs {needed!r}")
+  _check_unknown_fields(config, _GPT2_FIXED, "GPT-2")
   H = config.num_heads
   if config.num_kv_heads not in (None, H):
     _refuse(config, "num_kv_heads", "GPT-2 has as many key/value heads as query heads")
@@ -254,6 +285,7 @@ def check_llama(config: ModelConfig) -> None:
         f"{field}: {getattr(config, field, None)!r} cannot be exported to Llama ({why}; needs "
         f"{needed!r})"
       )
+  _check_unknown_fields(config, _LLAMA_FIXED, "Llama")
   if config.activation not in _LLAMA_ACTIVATIONS:
     raise ValueError(
       f"activation: {config.activation!r} cannot be exported to Llama (its hidden_act has no "

@@ -132,6 +132,9 @@ def test_folded_edits_give_the_same_function_after_the_round_trip(tmp_path):
     ({"attention_window": 8}, "attention_window"),
     ({"ff_glu": True}, "ff_glu"),
     ({"embed_norm": True}, "embed_norm"),
+    # Fields no exporter reads are refused by name (export._READ_OR_INERT), new variants included.
+    ({"attention_gate": "headwise"}, "attention_gate"),
+    ({"value_residual": "learned"}, "value_residual"),
   ],
 )
 def test_what_gpt2_cannot_express_is_refused_naming_the_field(changes, field):
@@ -234,6 +237,8 @@ def test_a_written_llama_folder_converts_back_to_the_same_model(tmp_path):
     ({"attention_window": 8}, "attention_window"),
     ({"qk_norm": "rms"}, "qk_norm"),
     ({"init": "default", "tie_output": True}, "init"),
+    ({"attention_gate": "elementwise"}, "attention_gate"),
+    ({"value_residual": "shared"}, "value_residual"),
   ],
 )
 def test_what_llama_cannot_express_is_refused_naming_the_field(changes, field):

@@ -79,7 +79,7 @@ def test_probe_without_scale_has_large_logits():
   assert sorted(probe) == sorted(
     f"{layer}/{name}"
     for layer in ATTENTION_LAYERS
-    for name in ("entropy", "logit_std", "max_logit", "max_weight")
+    for name in ("entropy", "logit_std", "max_logit", "max_weight", "sink_rate", "sparsity")
   )
   for layer in ATTENTION_LAYERS:
     assert float(probe[f"{layer}/logit_std"]) > 4, layer
