@@ -8,7 +8,8 @@ attn/runs/compare.py for the formats it reads.
 `--series=loss_at_64,loss_at_128,...` also tabulates several metrics side by side (a column each, a
 row per point) into DIR/series.md and plots them into DIR/series.png, one line per point, against the
 number each name ends with; `--split` and `--step` choose which lines (e.g. `--split=diagnostics
---step=0` for the gradient norms at initialisation).
+--step=0` for the gradient norms at initialisation); `--baseline=POINT` adds to each cell Welch's
+t-test p against that point's seeds.
 
 `--phase_change=loss` also finds, per point and seed, the interval between evaluations where the
 metric improved fastest (an induction-head run's phase change) and writes it to DIR/phase_change.md.
@@ -35,6 +36,9 @@ _SPLIT = flags.DEFINE_string(
   "split", "eval", "The split whose lines --series reads (eval, diagnostics)."
 )
 _STEP = flags.DEFINE_integer("step", None, "The step --series reads; default each metric's last.")
+_BASELINE = flags.DEFINE_string(
+  "baseline", None, "A point's name: --series cells also give Welch's p against its seeds."
+)
 _PHASE = flags.DEFINE_string(
   "phase_change", None, "A metric whose fastest improvement between evaluations to find per seed."
 )
@@ -51,7 +55,9 @@ def main(argv: list[str]) -> None:
     sys.exit(f"error: {' '.join(str(e).split())}")
   if _SERIES.value:
     try:
-      series, more = compare.write_series(directory, _SERIES.value, split=_SPLIT.value, step=_STEP.value)
+      series, more = compare.write_series(
+        directory, _SERIES.value, split=_SPLIT.value, step=_STEP.value, baseline=_BASELINE.value
+      )
     except (OSError, ValueError) as e:
       sys.exit(f"error: {' '.join(str(e).split())}")
     markdown, written = f"{markdown}\n{series}", [*written, *more]

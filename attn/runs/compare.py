@@ -31,6 +31,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
+import scipy.stats
 from matplotlib.figure import Figure
 
 from attn.runs import files
@@ -637,6 +638,14 @@ def _trailing_number(name: str) -> float | None:
   return float(match.group(1)) if match else None
 
 
+def _series_seeds(run: Run, metric: str, split: str, step: int | None) -> np.ndarray | None:
+  """The per-seed values of `metric` at `step` (None: its last logged step), or None."""
+  steps, values = eval_curve(run, metric, split)
+  if steps.size == 0 or (step is not None and step not in steps):
+    return None
+  return values[-1] if step is None else values[list(steps).index(step)]
+
+
 def series_values(
   run: Run, metrics: Sequence[str], *, split: str = "eval", step: int | None = None
 ) -> list[tuple[float | None, float | None]]:
@@ -644,30 +653,63 @@ def series_values(
   `split` lines; (None, None) where the run has no value."""
   out = []
   for metric in metrics:
-    steps, values = eval_curve(run, metric, split)
-    if steps.size == 0 or (step is not None and step not in steps):
-      out.append((None, None))
-      continue
-    row = values[-1] if step is None else values[list(steps).index(step)]
-    out.append(_mean_std(row))
+    row = _series_seeds(run, metric, split, step)
+    out.append((None, None) if row is None else _mean_std(row))
   return out
 
 
+def welch_p(values: np.ndarray, baseline: np.ndarray) -> float | None:
+  """The two-sided p-value of Welch's t-test (unequal variances) that `values` and `baseline` (one
+  number per seed each) have the same mean; None with fewer than two finite seeds on either side or
+  when both have zero variance (the test is undefined)."""
+  a = np.asarray(values, float)[np.isfinite(values)]
+  b = np.asarray(baseline, float)[np.isfinite(baseline)]
+  if a.size < 2 or b.size < 2 or (np.var(a) == 0 and np.var(b) == 0):
+    return None
+  return float(scipy.stats.ttest_ind(a, b, equal_var=False).pvalue)
+
+
 def series_markdown(
-  runs: Sequence[Run], metrics: Sequence[str], *, split: str = "eval", step: int | None = None
+  runs: Sequence[Run],
+  metrics: Sequence[str],
+  *,
+  split: str = "eval",
+  step: int | None = None,
+  baseline: str | None = None,
 ) -> str:
   """A markdown table: a row per run that did not fail, a column per metric (mean ± std over
-  seeds at `step`, or at each metric's last step)."""
+  seeds at `step`, or at each metric's last step). With `baseline` (a point's name), each other
+  point's cell also gives Welch's p against that point's seeds (`welch_p`).
+
+  Raises:
+    ValueError: when no run is named `baseline`.
+  """
+  reference = None
+  if baseline is not None:
+    reference = next((run for run in runs if run.name == baseline), None)
+    if reference is None:
+      names = ", ".join(run.name for run in runs)
+      raise ValueError(f"--baseline: no point named {baseline!r}; the points are {names}")
   where = f"step {step}" if step is not None else "the last step"
+  against = f"; p: Welch's t-test against {baseline}" if baseline is not None else ""
   lines = [
-    f"Series: {split} metrics at {where}, mean ± std over seeds", "",
+    f"Series: {split} metrics at {where}, mean ± std over seeds{against}", "",
     "| point | " + " | ".join(_cell(m) for m in metrics) + " |",
     "|" + "---|" * (len(metrics) + 1),
   ]  # fmt: skip
   for run in runs:
     if run.status == "failed":
       continue
-    cells = [_mean_std_cell(*v) for v in series_values(run, metrics, split=split, step=step)]
+    cells = []
+    for metric in metrics:
+      row = _series_seeds(run, metric, split, step)
+      cell = _mean_std_cell(*((None, None) if row is None else _mean_std(row)))
+      if reference is not None and run is not reference and row is not None:
+        base = _series_seeds(reference, metric, split, step)
+        p = None if base is None else welch_p(row, base)
+        if p is not None:
+          cell += f" (p={p:.2g})"
+      cells.append(cell)
     lines.append(f"| {_cell(run.name)} | " + " | ".join(cells) + " |")
   return "\n".join(lines) + "\n"
 
@@ -719,9 +761,15 @@ def _common_affix(metrics: Sequence[str]) -> str:
 
 
 def write_series(
-  directory: PathLike, metrics: Sequence[str], *, split: str = "eval", step: int | None = None
+  directory: PathLike,
+  metrics: Sequence[str],
+  *,
+  split: str = "eval",
+  step: int | None = None,
+  baseline: str | None = None,
 ) -> tuple[str, list[pathlib.Path]]:
-  """Writes series.md and series.png (see `series_markdown`, `plot_series`) into `directory`.
+  """Writes series.md and series.png (see `series_markdown`, `plot_series`) into `directory`;
+  `baseline` adds Welch's p against that point.
 
   Raises:
     FileNotFoundError, ValueError: as `write_report`; also when no `split` line of any run has one
@@ -739,7 +787,7 @@ def write_series(
   missing = [m for m in metrics if m not in available]
   if missing:
     raise ValueError(f"{directory}: no {split} line has metric {missing[0]!r}")
-  markdown = series_markdown(runs, metrics, split=split, step=step)
+  markdown = series_markdown(runs, metrics, split=split, step=step, baseline=baseline)
   (root / SERIES_MARKDOWN_FILE).write_text(markdown, encoding="utf-8")
   written = [root / SERIES_MARKDOWN_FILE]
   plot = plot_series(runs, metrics, root / SERIES_PLOT_FILE, split=split, step=step)

@@ -8,7 +8,9 @@ import json
 import math
 import pathlib
 
+import numpy as np
 import pytest
+import scipy.stats
 
 from attn.runs import compare
 from attn.runs import metrics as metric_rule
@@ -448,6 +450,27 @@ def test_series_tabulates_metrics_side_by_side_and_plots_them(tmp_path):
   assert "| positions=rope | 1.0000 ± 0.0000 |" in diagnostics
   with pytest.raises(ValueError, match=r"no eval line has metric 'loss_at_99'"):
     compare.write_series(root, ["loss_at_8", "loss_at_99"])
+
+
+def test_welch_p_is_scipys_unequal_variance_t_test_and_series_cells_give_it(tmp_path):
+  a, b = np.array([1.0, 1.2, 0.9]), np.array([2.0, 2.5, 1.8])
+  # Welch's t and Welch-Satterthwaite degrees of freedom, by hand.
+  va, vb = a.var(ddof=1) / a.size, b.var(ddof=1) / b.size
+  t = (a.mean() - b.mean()) / np.sqrt(va + vb)
+  dof = (va + vb) ** 2 / (va**2 / (a.size - 1) + vb**2 / (b.size - 1))
+
+  assert compare.welch_p(a, b) == pytest.approx(2 * scipy.stats.t.sf(abs(t), dof))
+  assert compare.welch_p(a[:1], b) is None and compare.welch_p(np.ones(3), np.ones(3)) is None
+  root = tmp_path / "variants"
+  _write_sweep(root, [("base", {}), ("gated", {"model.attention_gate": "headwise"})])
+  _write_run(root / "base", {10: {"loss": list(b)}}, summary={})
+  _write_run(root / "gated", {10: {"loss": list(a)}}, summary={})
+  markdown, _ = compare.write_series(root, ["loss"], baseline="base")
+  p = compare.welch_p(a, b)
+  assert f"| gated | 1.0333 ± 0.1247 (p={p:.2g}) |" in markdown
+  assert "| base | 2.1000 ± 0.2944 |" in markdown  # No p against itself.
+  with pytest.raises(ValueError, match=r"^--baseline: no point named 'nope'; the points are "):
+    compare.write_series(root, ["loss"], baseline="nope")
 
 
 @pytest.mark.parametrize(
