@@ -43,7 +43,7 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
   config.model.qk_norm = "none"  # none | rms (q and k RMS-normalised, learned per-head scale).
   config.model.logit_soft_cap = config_dict.placeholder(float)  # cap * tanh(logits / cap); None = off.
   config.model.attention_sink = False  # A learned per-head sink logit in the denominator.
-  config.model.attention_kind = "softmax"  # softmax | sigmoid | ssmax.
+  config.model.attention_kind = "softmax"  # softmax | sigmoid | ssmax | softpick | stick_breaking.
   config.model.attention_gate = "none"  # none | headwise | elementwise: sigmoid(x W_g) on each head.
   config.model.value_residual = "none"  # none | learned (ResFormer) | shared (SVFormer): V_1 reused.
   config.model.norm_kind = "layer"  # layer | rms: the block norms.

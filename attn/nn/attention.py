@@ -137,7 +137,8 @@ class MultiHeadAttention(nn.Module):
   qk_norm: str = "none"  # "rms": q and k RMS-normalised over K with a learned scale, before RoPE.
   logit_soft_cap: float | None = None  # cap * tanh(logits / cap) (Gemma 2).
   attention_sink: bool = False  # A learned per-head sink logit in the softmax's denominator.
-  attention_kind: str = "softmax"  # "softmax", "sigmoid" or "ssmax" (logits times s_h log n).
+  # "softmax", "sigmoid", "ssmax" (logits times s_h log n), "softpick" or "stick_breaking" (naive only).
+  attention_kind: str = "softmax"
   ssmax_length: int = 512  # SSMax's s_h starts at 1 / log(this): multiplier 1 at that many keys.
   # Gated attention (Qiu et al. 2025): "headwise" or "elementwise" multiplies each head's output by
   # sigmoid(inputs_q W_g + b) (parameter "output_gate", kernel [D, H] or [D, H, K]) before "z" and the
@@ -378,7 +379,7 @@ class MultiHeadAttention(nn.Module):
     if self.attention_sink:
       sink = self.param("sink_logit", nn.initializers.zeros_init(), (self.num_heads,), jnp.float32)
     return dict(
-      kind="sigmoid" if self.attention_kind == "sigmoid" else "softmax",
+      kind="softmax" if self.attention_kind == "ssmax" else self.attention_kind,
       logit_soft_cap=self.logit_soft_cap,
       sink_logits=sink,
     )

@@ -30,7 +30,9 @@ NORM_POSITIONS = ("post", "pre")  # post-LN as in the paper; pre-LN trains more 
 POSITION_KINDS = ("sinusoidal", "learned", "rope", "alibi", "t5_bias", "none")
 RELATIVE_POSITIONS = ("rope", "alibi", "t5_bias")
 QK_NORMS = ("none", "rms")
-ATTENTION_KINDS = ("softmax", "sigmoid", "ssmax")
+# "softpick" (Zuhri et al. 2025) and "stick_breaking" (Tan et al. 2025; naive only) are the pure
+# function's kinds of the same names; "ssmax" is the softmax with the logits times s_h log n.
+ATTENTION_KINDS = ("softmax", "sigmoid", "ssmax", "softpick", "stick_breaking")
 # Gated attention (Qiu et al. 2025): each head's output times sigmoid(x W_g) before the output
 # projection, x the layer's query input. "headwise": one gate per head (W_g [D, H]); "elementwise":
 # one per head and head-dim entry (W_g [D, H, K]).
@@ -124,7 +126,7 @@ class ModelConfig:
   qk_norm: str = "none"  # "rms": q and k RMS-normalised with a learned per-head scale.
   logit_soft_cap: float | None = None  # cap * tanh(logits / cap) before the softmax; None = off.
   attention_sink: bool = False  # A learned per-head sink logit in the softmax's denominator.
-  attention_kind: str = "softmax"  # "softmax", "sigmoid" (bias -log S) or "ssmax" (s_h log n).
+  attention_kind: str = "softmax"  # "softmax", "sigmoid" (bias -log S), "ssmax" (s_h log n), ...
   attention_gate: str = "none"  # Gated attention: "none", "headwise" or "elementwise" (ATTENTION_GATES).
   value_residual: str = "none"  # Values mixed with the first layer's: "none", "learned", "shared".
   norm_kind: str = "layer"  # Block norms: "layer" (LayerNorm) or "rms" (RMSNorm).
@@ -207,8 +209,10 @@ class ModelConfig:
     cap = self.logit_soft_cap
     if cap is not None and (isinstance(cap, bool) or not 0.0 < cap < float("inf")):
       raise ValueError(f"logit_soft_cap: must be None or a positive float, got {cap!r}")
-    if self.attention_sink and self.attention_kind == "sigmoid":
-      raise ValueError("attention_sink: a sink adds to a softmax's denominator; sigmoid has none")
+    if self.attention_sink and self.attention_kind not in ("softmax", "ssmax"):
+      raise ValueError(
+        f"attention_sink: a sink adds to a softmax's denominator; {self.attention_kind} has none"
+      )
     check_choice("activation", self.activation, ACTIVATIONS)
     for field in ("ff_glu", "embed_norm"):
       if not isinstance(getattr(self, field), bool):
@@ -256,12 +260,15 @@ class ModelConfig:
       "soft_cap": ("logit_soft_cap", self.logit_soft_cap is not None),
       "sink": ("attention_sink", self.attention_sink),
       "sigmoid": ("attention_kind", self.attention_kind == "sigmoid"),
+      "softpick": ("attention_kind", self.attention_kind == "softpick"),
+      "stick_breaking": ("attention_kind", self.attention_kind == "stick_breaking"),
     }
     for option, (field, on) in asked.items():
       if on and option in cannot:
+        serve = [repr(i) for i in IMPLEMENTATIONS if option not in CANNOT_SERVE[i]]
         raise ValueError(
           f"{field}: {getattr(self, field)!r} is not served by attention_implementation={impl!r}; "
-          "use 'flash', 'naive' or None"
+          f"use {', '.join(serve)} or None"
         )
 
   @property

@@ -805,3 +805,55 @@ def test_sink_rate_and_sparsity_of_a_hand_made_pattern():
   stats = {name: float(value[0]) for name, value in state["diagnostics"].items()}
   np.testing.assert_allclose(stats["sink_rate"], 1 / 4, rtol=1e-5)  # Example 0: uniform over 4.
   np.testing.assert_allclose(stats["sparsity"], 0.0)
+
+
+def _numpy_logits(params, x):
+  """[B, H, T, T] scaled logits q.k / sqrt(K) of a MultiHeadAttention's parameters, in NumPy."""
+  q, k = np.asarray(_project(params, "query", x)), np.asarray(_project(params, "key", x))
+  return np.einsum("bthk,bshk->bhts", q, k) / np.sqrt(q.shape[-1])
+
+
+@pytest.mark.parametrize("kind", ["softpick", "stick_breaking"])
+def test_attention_kind_softpick_and_stick_breaking_follow_their_formulas(kind):
+  """Causal, by the papers' formulas in NumPy: softpick relu(e^x - 1) / (sum_j<=i |e^x_j - 1| +
+  1e-6); stick-breaking sigmoid(x_ij) prod_{j<k<=i} (1 - sigmoid(x_ik))."""
+  x = _normal(0, (B, T, D))
+  module = MultiHeadAttention(num_heads=4, attention_kind=kind, implementation="naive")
+  params = _init(module, x)["params"]
+  logits = _numpy_logits(params, x).astype(np.float64)
+  weights = np.zeros_like(logits)
+  sig = 1 / (1 + np.exp(-logits))
+  for i in range(T):
+    row = logits[..., i, : i + 1]
+    if kind == "softpick":
+      e = np.exp(row) - 1
+      weights[..., i, : i + 1] = np.maximum(e, 0) / (np.abs(e).sum(-1, keepdims=True) + 1e-6)
+    else:
+      for j in range(i + 1):
+        keep = np.prod(1 - sig[..., i, j + 1 : i + 1], axis=-1)
+        weights[..., i, j] = sig[..., i, j] * keep
+  v = np.asarray(_project(params, "value", x))
+  want = _out_project(params, jnp.asarray(np.einsum("bhts,bshk->bthk", weights, v), jnp.float32))
+  got = module.apply({"params": params}, x, is_causal=True)
+  np.testing.assert_allclose(got, want, atol=ATOL)
+  if kind == "stick_breaking":  # Naive only: flash is refused in one line naming the option.
+    flash = MultiHeadAttention(num_heads=4, attention_kind=kind, implementation="flash")
+    with pytest.raises(ValueError, match=r"implementation='flash' does not support kind="):
+      flash.apply({"params": params}, x, is_causal=True)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+@pytest.mark.parametrize("kind", ["softpick", "stick_breaking"])
+def test_attention_kinds_have_finite_gradients_with_padding(kind, dtype):
+  x = _normal(0, (B, T, D)).astype(dtype)
+  valid = jnp.arange(T)[None, :] < jnp.array([[T], [2]])
+  module = MultiHeadAttention(num_heads=4, attention_kind=kind, dtype=dtype)
+  params = _init(module, x, is_causal=True)["params"]
+
+  def loss(params):
+    out = module.apply({"params": params}, x, key_valid=valid, is_causal=True)
+    return jnp.sum(jnp.square(out.astype(jnp.float32)))
+
+  grads = jax.grad(loss)(params)
+  assert all(bool(jnp.all(jnp.isfinite(g))) for g in jax.tree.leaves(grads))
+  assert float(jnp.abs(grads["query"]["kernel"]).sum()) > 0

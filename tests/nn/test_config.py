@@ -11,6 +11,7 @@ import pytest
 from attn.nn.config import (
   ACTIVATIONS,
   ATTENTION_GATES,
+  ATTENTION_KINDS,
   DTYPES,
   HEAD_DIM_POLICIES,
   INIT_SCHEMES,
@@ -199,6 +200,7 @@ def test_choice_lists():
   assert set(DTYPES) == {"float32", "bfloat16", "float16"}
   assert set(ATTENTION_GATES) == {"none", "headwise", "elementwise"}
   assert set(VALUE_RESIDUALS) == {"none", "learned", "shared"}
+  assert set(ATTENTION_KINDS) == {"softmax", "sigmoid", "ssmax", "softpick", "stick_breaking"}
 
 
 @pytest.mark.parametrize("scale", [*MODULE_SCALE_CHOICES, 0.5, 1, 2.0])
@@ -359,6 +361,11 @@ def test_feature_buckets_one_or_negative_is_an_error(buckets):
     ({"norm_epsilon": 0.0}, "norm_epsilon: must be a float in (0, 1)"),
     ({"norm_epsilon": True}, "norm_epsilon: must be a float in (0, 1)"),
     ({"attention_sink": True, "attention_kind": "sigmoid"}, "attention_sink: a sink adds to a softmax"),
+    ({"attention_sink": True, "attention_kind": "softpick"}, "attention_sink: a sink adds to a softmax"),
+    (
+      {"attention_sink": True, "attention_kind": "stick_breaking"},
+      "attention_sink: a sink adds to a softmax",
+    ),
     ({"ff_glu": 1}, "ff_glu: must be a bool"),
     ({"embed_norm": None}, "embed_norm: must be a bool"),
     ({"qkv_bias": 0}, "qkv_bias: must be None (follow use_bias) or a bool"),
@@ -400,6 +407,20 @@ def test_variant_fields_are_checked_in_one_line(changes, message):
       dict(attention_implementation="jax", attention_kind="sigmoid"),
       r"^attention_kind: 'sigmoid' is not served by attention_implementation='jax'",
     ),
+    (
+      dict(attention_implementation="jax", attention_kind="softpick"),
+      r"^attention_kind: 'softpick' is not served by attention_implementation='jax'; use 'naive', "
+      r"'flash' or None$",
+    ),
+    (
+      dict(attention_implementation="flash", attention_kind="stick_breaking"),
+      r"^attention_kind: 'stick_breaking' is not served by attention_implementation='flash'; use "
+      r"'naive' or None$",
+    ),
+    (
+      dict(attention_implementation="jax", attention_kind="stick_breaking"),
+      r"^attention_kind: 'stick_breaking' is not served by attention_implementation='jax'",
+    ),
   ],
 )
 def test_configs_the_model_cannot_run_are_refused_naming_the_field(fields, message):
@@ -438,7 +459,7 @@ CONFIGS = st.fixed_dictionaries(
     "qk_norm": st.sampled_from(["none", "rms"]),
     "logit_soft_cap": st.sampled_from([None, None, 2.0]),
     "attention_sink": st.sampled_from([False, False, True]),
-    "attention_kind": st.sampled_from(["softmax", "sigmoid", "ssmax"]),
+    "attention_kind": st.sampled_from(ATTENTION_KINDS),
     "norm_kind": st.sampled_from(["layer", "rms"]),
     "max_length": st.sampled_from([8, 16]),
     "tie_output": st.booleans(),

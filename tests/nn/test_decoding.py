@@ -643,6 +643,8 @@ VARIANTS = [  # Combined, so that each compiles once; together they cover every 
   dict(positions="t5_bias", t5_num_buckets=8, t5_max_distance=16, attention_kind="ssmax"),
   dict(positions="rope", rope_fraction=0.5, attention_kind="sigmoid", norm_kind="rms"),
   dict(positions="none"),
+  dict(positions="rope", attention_kind="softpick", num_kv_heads=1),
+  dict(positions="alibi", attention_kind="stick_breaking"),
   dict(  # Llama's, Qwen2's and Mistral's options (a sliding window shorter than the sequence).
     positions="rope",
     attention_window=2,

@@ -749,6 +749,8 @@ PADDING_VARIANTS = [  # Every position kind and attention variant (combined: eac
   dict(positions="none", attention_gate="headwise", value_residual="shared"),
   dict(positions="t5_bias", t5_num_buckets=8, t5_max_distance=16, attention_kind="sigmoid"),
   dict(positions="learned", attention_window=2),
+  dict(positions="rope", attention_kind="softpick", logit_soft_cap=3.0),
+  dict(positions="alibi", attention_kind="stick_breaking"),
 ]
 
 
