@@ -16,7 +16,7 @@ import sys
 import numpy as np
 import pytest
 
-from benchmarks import cases, history, memory, suites, timing
+from benchmarks import cases, history, memory, suites, timing, variants
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 HAS_TORCH = importlib.util.find_spec("torch") is not None
@@ -116,17 +116,62 @@ def test_smoke_suite_writes_every_suite_and_prints_the_tables(tmp_path):
   assert ours["params"] == bare["params"] and _positive(ours["loop_over_bare_ms"])
   assert peer["skipped"] == ("torch does not import" if not HAS_TORCH else "no --nanogpt checkout given")
 
-  # Every variant timed against plain flash, and the memory rows (measured in child processes).
+  # Every variant timed against its reference (plain flash, naive softmax or the plain layer), issue
+  # 27's with their targets, and the memory rows (measured in child processes).
   rows = results["suites"]["variants"]["rows"]
   assert rows[0]["variant"] == "flash (plain)" and rows[0]["ratio_vs_flash"] == 1.0
-  timed, memory_rows = rows[:9], rows[9:]
-  assert all(_positive(row["ratio_vs_flash"]) for row in timed)
+  timed = [row for row in rows if not row["variant"].endswith(", memory")]
+  memory_rows = [row for row in rows if row["variant"].endswith(", memory")]
+  check_variants_rows(timed)
   assert [row["variant"] for row in memory_rows] == [
     "flash (plain), memory",
     "alibi, memory",
     "t5_bias, memory",
+    "softpick, memory",
+    "forget (FoX), memory",
+    "differential (2 flash maps), memory",
   ]
-  assert all(_positive(row["peak_mib"]) for row in memory_rows)
+  assert all(_positive(row["peak_mib"]) and row["target"] == "< 2048 MiB" for row in memory_rows)
+
+
+def check_variants_rows(timed):
+  """The variants suite's timed rows at the smoke sizes: each has a positive ratio to its reference,
+  and issue 27's variants are there with their targets and references."""
+  assert all(_positive(row["ratio_vs_flash"]) for row in timed), timed
+  by_name = {row["variant"]: row for row in timed}
+  assert {name: by_name[name]["target"] for name in variants.TARGETS} == variants.TARGETS
+  for name, target in {
+    "softpick": "as measured",
+    "forget (FoX)": "<= 1.25",
+    "differential (2 flash maps)": "<= 2.2",
+    "stick_breaking (naive)": "as measured",
+    "gate headwise (layer)": "<= 1.25",
+    "gate elementwise (layer)": "<= 1.25",
+    "value_residual learned (layer, given V1)": "<= 1.25",
+  }.items():
+    assert by_name[name]["target"] == target, name
+  # Stick-breaking (naive only) against both plain flash and the naive path's softmax.
+  sb = by_name["stick_breaking (naive)"]
+  assert sb["reference"] == "flash (plain)" and _positive(sb["ratio_vs_naive"])
+  assert by_name["softmax (naive), reference"]["ratio_vs_naive"] == 1.0
+  # The module-level options against the layer without them; value residual against no V1.
+  for name in ("gate headwise (layer)", "gate elementwise (layer)"):
+    assert by_name[name]["reference"] == "layer (plain, flash)"
+  assert by_name["layer (plain, flash)"]["ratio_vs_flash"] == 1.0
+  assert by_name["value_residual learned (layer, given V1)"]["reference"] == "the same layer without V1"
+
+
+@pytest.mark.slow  # Compiles every variant's forward + backward at the smoke sizes (~30 s on 2 cores).
+def test_variants_suite_rows_include_issue_27s_variants_with_their_targets(monkeypatch):
+  # The memory rows (child processes) are checked by the smoke-suite test above.
+  monkeypatch.setattr(variants, "_memory_rows", lambda smoke: [])
+  rows = variants.variants_suite(smoke=True, repeats=1, budget_s=0.0)["rows"]
+  assert rows[0]["variant"] == "flash (plain)" and rows[0]["ratio_vs_flash"] == 1.0
+  check_variants_rows(rows)
+  assert {row["case"] for row in rows} == {
+    "B=1 H=2 T=S=64 K=16 causal",
+    "B=1 H=2 T=S=64 K=16 causal layer D=32",
+  }
 
 
 @pytest.mark.slow  # Starts launch.bench.
