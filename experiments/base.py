@@ -46,6 +46,9 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
   config.model.attention_kind = "softmax"  # softmax | sigmoid | ssmax | softpick | stick_breaking.
   config.model.attention_gate = "none"  # none | headwise | elementwise: sigmoid(x W_g) on each head.
   config.model.value_residual = "none"  # none | learned (ResFormer) | shared (SVFormer): V_1 reused.
+  config.model.mla_kv_rank = config_dict.placeholder(int)  # MLA's key/value latent width; None = off.
+  config.model.mla_q_rank = config_dict.placeholder(int)  # MLA's query latent width; None = plain.
+  config.model.mla_rope_dim = 0  # MLA's decoupled RoPE dims (even; > 0 exactly with positions=rope).
   config.model.norm_kind = "layer"  # layer | rms: the block norms.
   config.model.norm_epsilon = 1e-6  # Added to the variance in every norm (GPT-2: 1e-5).
   config.model.max_length = 64  # Longest sequence for learned positions.

@@ -12,6 +12,7 @@ import jax.numpy as jnp
 from attn.nn import hooks, sharding
 from attn.nn.attention import MultiHeadAttention
 from attn.nn.config import RELATIVE_POSITIONS, ModelConfig
+from attn.nn.latent import MultiHeadLatentAttention
 from attn.nn.tokenwise import tokenwise
 
 Array = jax.Array
@@ -41,9 +42,13 @@ def attention_layer(
   """A MultiHeadAttention set up from the model config; `stack_layers`, the blocks of the stack it
   belongs to, scales its output projection's initialisation under init="gpt2". Relative positions
   (RoPE, ALiBi, T5 bias) and value residual learning belong to self-attention only: a `cross` layer
-  gets neither."""
+  gets neither. With `config.mla_kv_rank` a self-attention layer is a MultiHeadLatentAttention."""
   relative = config.positions in RELATIVE_POSITIONS and not cross
-  return MultiHeadAttention(
+  layer, latent = MultiHeadAttention, {}
+  if config.mla_kv_rank is not None and not cross:
+    layer = MultiHeadLatentAttention
+    latent = dict(kv_rank=config.mla_kv_rank, q_rank=config.mla_q_rank, rope_dim=config.mla_rope_dim)
+  return layer(
     num_heads=config.num_heads,
     head_dim_policy=config.head_dim_policy,
     head_dim=config.head_dim,
@@ -63,6 +68,7 @@ def attention_layer(
     rope_base=config.rope_theta,
     value_residual="none" if cross else config.value_residual,
     **{field: getattr(config, field) for field in _SAME_NAMED_FIELDS},
+    **latent,
     name=name,
   )
 

@@ -129,6 +129,10 @@ class ModelConfig:
   attention_kind: str = "softmax"  # "softmax", "sigmoid" (bias -log S), "ssmax" (s_h log n), ...
   attention_gate: str = "none"  # Gated attention: "none", "headwise" or "elementwise" (ATTENTION_GATES).
   value_residual: str = "none"  # Values mixed with the first layer's: "none", "learned", "shared".
+  # Multi-head latent attention (DeepSeek-V2; attn/nn/latent.py) in every self-attention layer:
+  mla_kv_rank: int | None = None  # C, the key/value latent's width (the cache holds it); None = off.
+  mla_q_rank: int | None = None  # The query latent's width under MLA; None = a plain query projection.
+  mla_rope_dim: int = 0  # R, MLA's decoupled RoPE dims (even; > 0 exactly when positions='rope').
   norm_kind: str = "layer"  # Block norms: "layer" (LayerNorm) or "rms" (RMSNorm).
   norm_epsilon: float = 1e-6  # Added to the variance in every norm (flax's default; GPT-2: 1e-5).
   max_length: int = 512  # Longest sequence for learned positions.
@@ -230,6 +234,7 @@ class ModelConfig:
     if self.attention_implementation is not None:
       check_choice("attention_implementation", self.attention_implementation, IMPLEMENTATIONS)
     self._check_implementation()
+    self._check_latent()
     w = self.attention_window
     if w is not None and (isinstance(w, bool) or not isinstance(w, numbers.Integral) or w < 0):
       raise ValueError(f"attention_window: must be None (full attention) or an int >= 0, got {w!r}")
@@ -244,6 +249,45 @@ class ModelConfig:
       if not 0 <= value < self.vocab_size:
         raise ValueError(
           f"{field}: {getattr(self, field)} is outside the vocabulary [0, {self.vocab_size})"
+        )
+
+  def _check_latent(self) -> None:
+    """Multi-head latent attention's fields, and what it does not combine with, in one line each."""
+    C, Cq, R = self.mla_kv_rank, self.mla_q_rank, self.mla_rope_dim
+    for field, value in (("mla_kv_rank", C), ("mla_q_rank", Cq)):
+      if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
+        raise ValueError(f"{field}: must be None or a positive int, got {value!r}")
+    if isinstance(R, bool) or not isinstance(R, int) or R < 0 or R % 2:
+      raise ValueError(f"mla_rope_dim: must be an even int >= 0, got {R!r}")
+    if C is None:
+      for field, value in (("mla_q_rank", Cq), ("mla_rope_dim", R)):
+        if value:
+          raise ValueError(f"{field}: {value!r} needs multi-head latent attention (mla_kv_rank)")
+      return
+    if (self.positions == "rope") != (R > 0):
+      raise ValueError(
+        f"mla_rope_dim: {R} with positions={self.positions!r}; MLA's decoupled RoPE key needs "
+        "mla_rope_dim > 0 exactly when positions='rope'"
+      )
+    unsupported = {  # Fields MLA does not combine with: set, each is refused by name.
+      "positions": self.positions in ("alibi", "t5_bias"),
+      "num_kv_heads": self.num_kv_heads is not None,
+      "value_residual": self.value_residual != "none",
+      "attention_gate": self.attention_gate != "none",
+      "qk_norm": self.qk_norm != "none",
+      "logit_soft_cap": self.logit_soft_cap is not None,
+      "attention_sink": self.attention_sink,
+      "attention_kind": self.attention_kind != "softmax",
+      "scale": self.scale == "init_folded",
+      "rope_fraction": self.rope_fraction != 1.0,
+      # jax.nn's kernel needs the value head dim K to equal the key's, K + R.
+      "attention_implementation": self.attention_implementation == "jax" and R > 0,
+    }
+    for field, on in unsupported.items():
+      if on:
+        raise ValueError(
+          f"{field}: {getattr(self, field)!r} is not supported with multi-head latent attention "
+          "(mla_kv_rank)"
         )
 
   def _check_implementation(self) -> None:
