@@ -148,6 +148,10 @@ class MultiHeadAttention(nn.Module):
   # stack): "learned" attends to l1 * V + l2 * V_1 (parameter "value_mix" = [l1, l2], from 0.5 each),
   # "shared" to V_1 itself (no value projection). Without `first_values` the layer is a first layer.
   value_residual: str = "none"
+  # Forgetting attention (FoX, Lin et al. 2025): a per-head forget gate f_t = sigmoid(x_t W_f + b_f)
+  # (parameter "forget_gate", kernel [D, H], bias [H]) adds sum_{j < k <= i} log f_k to logit (i, j).
+  # Causal self-attention only; decode mode caches the cumulative sums ("cached_forget" [..., S, H]).
+  forget_gate: bool = False
 
   @nn.compact
   def __call__(
@@ -194,6 +198,7 @@ class MultiHeadAttention(nn.Module):
     new_values_BSGK = v_BSGK  # This call's tokens' (the cache holds them too in decode mode).
     q_BTHK, k_BSGK = self._normalize_qk(q_BTHK, k_BSGK)
     offset = self._cache_offset()
+    forget = self._forget_cumsum(inputs_q, inputs_kv, key_valid, offset, causal)
     q_pos_T = offset + jnp.arange(q_BTHK.shape[-3])
     if self.positions == "rope":  # Keys are cached rotated, at their own positions.
       rotate = functools.partial(relative.rope, base=self.rope_base, fraction=self.rope_fraction)
@@ -207,6 +212,8 @@ class MultiHeadAttention(nn.Module):
     # Keys sit at 0..S-1 (the whole cache in decode mode), queries from the cache offset on.
     bias = self._position_bias(offset, bidirectional=not causal)
     variant = self._variant()
+    if forget is not None:
+      variant["forget_cumsum"] = forget
     is_causal = is_causal and not self.decode  # Decode mode's mask is causal over the cache already.
     record = self.is_mutable_collection(INTERMEDIATES)
     if hooks.tracing():  # From the pattern, so a hook on it changes what follows (attn.nn.hooks).
@@ -318,6 +325,54 @@ class MultiHeadAttention(nn.Module):
     if headwise:
       gate = gate[..., None]
     return out_BTHK * gate.astype(out_BTHK.dtype)
+
+  def _forget_cumsum(self, inputs_q, inputs_kv, key_valid, offset, causal: bool):
+    """FoX's (query_c, key_c) for the pure function's `forget_cumsum`, or None without the gate.
+
+    log f = log_sigmoid(inputs W_f + b_f) per token and head (float32), 0 at padding (`key_valid`
+    False: a padding token forgets nothing, so padding anywhere leaves the real tokens' logits as
+    they are), and c = its cumulative sum over the sequence; logit (i, j) gets c_i - c_j. As in the
+    reference code (zhixuan-lin/forgetting-transformer, fgate_type "full") W_f is initialised as
+    the other projections and b_f at zero (`bias_init`), so gates start around 0.5. In decode mode
+    c continues from the cache's last written position, and the cache keeps c at every key position
+    beside the keys ("cached_forget" [batch..., S, H])."""
+    if not self.forget_gate:
+      return None
+    if not causal or inputs_kv is not inputs_q:
+      raise ValueError(
+        "forget_gate: FoX is causal self-attention; call with is_causal=True or in decode mode "
+        "(an encoder's bidirectional or a cross-attention layer has no forget gate)"
+      )
+    H = self.num_heads
+    dense = nn.DenseGeneral(
+      H,
+      use_bias=True,
+      dtype=self.dtype,
+      param_dtype=self.param_dtype,
+      kernel_init=sharding.named(self.kernel_init, (sharding.EMBED, sharding.HEADS)),
+      bias_init=sharding.named(self.bias_init, (sharding.HEADS,)),
+      name="forget_gate",
+    )
+    log_f_BTH = jax.nn.log_sigmoid(tokenwise(dense, inputs_q).astype(jnp.float32))
+    if key_valid is not None:
+      log_f_BTH = jnp.where(key_valid[..., None], log_f_BTH, 0.0)
+    c_BTH = jnp.cumsum(log_f_BTH, axis=-2)
+    if not self.decode:
+      return c_BTH, c_BTH
+    initialized = self.has_variable("cache", "cached_forget")
+    cached = self.variable("cache", "cached_forget", jnp.zeros, c_BTH.shape, jnp.float32)
+    if not initialized:  # Initialisation only sizes the cache.
+      return c_BTH, c_BTH
+    *batch, S, _ = cached.value.shape
+    T = c_BTH.shape[-2]
+    if T > S or c_BTH.shape[:-2] != tuple(batch):  # The key cache refuses these in one line.
+      return c_BTH, c_BTH
+    last = jax.lax.dynamic_slice_in_dim(cached.value, jnp.maximum(offset - 1, 0), 1, axis=-2)
+    c_BTH = c_BTH + jnp.where(offset > 0, last, 0.0)
+    zero = jnp.zeros((), offset.dtype)
+    start = (zero,) * len(batch) + (offset, zero)
+    cached.value = jax.lax.dynamic_update_slice(cached.value, c_BTH, start)
+    return c_BTH, cached.value
 
   def _cache_offset(self):
     """Where this call's tokens start: the cache index in decode mode (0 when it is being sized)."""

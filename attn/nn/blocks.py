@@ -67,6 +67,7 @@ def attention_layer(
     ssmax_length=config.max_length,
     rope_base=config.rope_theta,
     value_residual="none" if cross else config.value_residual,
+    forget_gate=config.forget_gate and not cross,  # Causal self-attention only (the module checks).
     **{field: getattr(config, field) for field in _SAME_NAMED_FIELDS},
     **latent,
     name=name,

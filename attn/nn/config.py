@@ -129,6 +129,7 @@ class ModelConfig:
   attention_kind: str = "softmax"  # "softmax", "sigmoid" (bias -log S), "ssmax" (s_h log n), ...
   attention_gate: str = "none"  # Gated attention: "none", "headwise" or "elementwise" (ATTENTION_GATES).
   value_residual: str = "none"  # Values mixed with the first layer's: "none", "learned", "shared".
+  forget_gate: bool = False  # FoX (Lin et al. 2025): per-head forget gates in causal self-attention.
   # Multi-head latent attention (DeepSeek-V2; attn/nn/latent.py) in every self-attention layer:
   mla_kv_rank: int | None = None  # C, the key/value latent's width (the cache holds it); None = off.
   mla_q_rank: int | None = None  # The query latent's width under MLA; None = a plain query projection.
@@ -196,6 +197,9 @@ class ModelConfig:
     check_choice("attention_kind", self.attention_kind, ATTENTION_KINDS)
     check_choice("attention_gate", self.attention_gate, ATTENTION_GATES)
     check_choice("value_residual", self.value_residual, VALUE_RESIDUALS)
+    for field in ("forget_gate",):
+      if not isinstance(getattr(self, field), bool):
+        raise ValueError(f"{field}: must be a bool, got {getattr(self, field)!r}")
     check_choice("norm_kind", self.norm_kind, NORM_KINDS)
     eps = self.norm_epsilon
     if isinstance(eps, bool) or not isinstance(eps, int | float) or not 0.0 < eps < 1.0:

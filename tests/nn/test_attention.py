@@ -857,3 +857,67 @@ def test_attention_kinds_have_finite_gradients_with_padding(kind, dtype):
   grads = jax.grad(loss)(params)
   assert all(bool(jnp.all(jnp.isfinite(g))) for g in jax.tree.leaves(grads))
   assert float(jnp.abs(grads["query"]["kernel"]).sum()) > 0
+
+
+def test_forget_gate_adds_the_cumulative_log_forget_gates_between_key_and_query():
+  """FoX: f = sigmoid(x W_f + b_f) per token and head (parameter "forget_gate", kernel [D, H], bias
+  [H] at 0), logit (i, j) plus sum_{j < k <= i} log f_k, causal softmax; a padding token (key_valid
+  False) forgets nothing, so the real tokens' outputs are those of the sequence without it."""
+  x = _normal(0, (B, T, D))
+  module = MultiHeadAttention(num_heads=4, forget_gate=True, implementation="naive")
+  params = _init(module, x, is_causal=True)["params"]
+  assert _shapes(params["forget_gate"]) == {"kernel": (D, 4), "bias": (4,)}
+  np.testing.assert_array_equal(params["forget_gate"]["bias"], np.zeros(4))
+  params["forget_gate"]["bias"] = jnp.array([0.5, -1.0, 2.0, 0.0])
+  gate = {k: np.asarray(v) for k, v in params["forget_gate"].items()}
+  f = np.asarray(x) @ gate["kernel"] + gate["bias"]
+  log_f = np.log(1 / (1 + np.exp(-f)))  # [B, T, H]
+  logits = _numpy_logits(params, x)
+  for i in range(T):
+    for j in range(i + 1):
+      logits[:, :, i, j] += log_f[:, j + 1 : i + 1].sum(1)
+  logits = np.where(np.tril(np.ones((T, T), bool)), logits, -np.inf)
+  weights = np.exp(logits - logits.max(-1, keepdims=True))
+  weights /= weights.sum(-1, keepdims=True)
+  v = np.asarray(_project(params, "value", x))
+  want = _out_project(params, jnp.asarray(np.einsum("bhts,bshk->bthk", weights, v), jnp.float32))
+  np.testing.assert_allclose(module.apply({"params": params}, x, is_causal=True), want, atol=ATOL)
+  # A padding token inserted at position 2: the other tokens' outputs do not move.
+  padded = jnp.concatenate([x[:, :2], _normal(1, (B, 1, D)), x[:, 2:]], axis=1)
+  valid = jnp.ones((B, T + 1), bool).at[:, 2].set(False)
+  got = module.apply({"params": params}, padded, key_valid=valid, is_causal=True)
+  np.testing.assert_allclose(np.delete(np.asarray(got), 2, axis=1), want, atol=ATOL)
+
+
+def test_forget_gate_is_refused_where_attention_is_not_causal_self_attention():
+  x = _normal(0, (B, T, D))
+  module = MultiHeadAttention(num_heads=4, forget_gate=True)
+  with pytest.raises(ValueError, match=r"^forget_gate: FoX is causal self-attention; call with"):
+    _param_shapes(module, x)
+  with pytest.raises(ValueError, match=r"^forget_gate: FoX is causal self-attention"):
+    _param_shapes(module, x, _normal(1, (B, S, D)), is_causal=True)
+
+
+@pytest.mark.parametrize("implementation", ["naive", "flash"])
+def test_forget_gate_decode_mode_continues_the_cumulative_sum_from_the_cache(implementation):
+  """A prompt of 3 (one example left-padded) then single tokens through the cache ("cached_forget"
+  [B, S, H] beside the keys): the outputs of the full causal pass at every real token."""
+  x = _normal(0, (B, T, D))
+  valid = jnp.ones((B, T), bool).at[1, 0].set(False)
+  kwargs = dict(num_heads=4, forget_gate=True, implementation=implementation)
+  params = _init(MultiHeadAttention(**kwargs), x, is_causal=True)["params"]
+  params["forget_gate"]["bias"] = jnp.array([0.5, -1.0, 2.0, 0.0])
+  full = MultiHeadAttention(**kwargs).apply({"params": params}, x, key_valid=valid, is_causal=True)
+  decoder = MultiHeadAttention(**kwargs, decode=True)
+  cache = _init(decoder, x)["cache"]
+  assert cache["cached_forget"].shape == (B, T, 4)
+  out, mutated = decoder.apply(
+    {"params": params, "cache": cache}, x[:, :3], key_valid=valid[:, :3], mutable=["cache"]
+  )
+  np.testing.assert_allclose(out[0], full[0, :3], atol=ATOL)
+  np.testing.assert_allclose(out[1, 1:], full[1, 1:3], atol=ATOL)
+  for t in range(3, T):
+    out, mutated = decoder.apply(
+      {"params": params, "cache": mutated["cache"]}, x[:, t : t + 1], mutable=["cache"]
+    )
+    np.testing.assert_allclose(out[:, 0], full[:, t], atol=ATOL, err_msg=f"token {t}")

@@ -313,6 +313,7 @@ def test_new_fields_default_to_the_old_model():
   )
   assert config.rope_theta == 10000.0 and ModelConfig(rope_theta=1e6).rope_theta == 1e6
   assert (config.attention_gate, config.value_residual) == ("none", "none")
+  assert config.forget_gate is False
 
 
 def test_attention_window_defaults_to_full_attention():
@@ -352,6 +353,8 @@ def test_feature_buckets_one_or_negative_is_an_error(buckets):
     ({"attention_gate": None}, "attention_gate: unknown choice None"),
     ({"value_residual": "svformer"}, "value_residual: unknown choice 'svformer'"),
     ({"value_residual": True}, "value_residual: unknown choice True"),
+    ({"forget_gate": 1}, "forget_gate: must be a bool, got 1"),
+    ({"forget_gate": None}, "forget_gate: must be a bool, got None"),
     ({"rope_fraction": 0.0}, "rope_fraction: must be in (0, 1]"),
     ({"rope_fraction": 1.5}, "rope_fraction: must be in (0, 1]"),
     ({"positions": "rope", "rope_fraction": 0.01}, "rope_fraction: 0.01 of head dim 64 rotates no pair"),
@@ -476,6 +479,7 @@ CONFIGS = st.fixed_dictionaries(
     "embed_norm": st.booleans(),
     "attention_gate": st.sampled_from(ATTENTION_GATES),
     "value_residual": st.sampled_from(VALUE_RESIDUALS),
+    "forget_gate": st.booleans(),
   }
 )
 

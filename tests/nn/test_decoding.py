@@ -645,6 +645,8 @@ VARIANTS = [  # Combined, so that each compiles once; together they cover every 
   dict(positions="none"),
   dict(positions="rope", attention_kind="softpick", num_kv_heads=1),
   dict(positions="alibi", attention_kind="stick_breaking"),
+  dict(positions="none", forget_gate=True),
+  dict(positions="rope", forget_gate=True, attention_kind="sigmoid", num_kv_heads=1),
   dict(  # Llama's, Qwen2's and Mistral's options (a sliding window shorter than the sequence).
     positions="rope",
     attention_window=2,

@@ -884,3 +884,67 @@ def test_shared_values_are_the_first_layers_in_every_layer():
   _, cache = jax.jit(lambda p: hooks.run_with_cache(model, p, LM_TOKENS, names=names))(params)
   for i in (1, 2):
     np.testing.assert_array_equal(cache[f"blocks.{i}.attn.v"], cache["blocks.0.attn.v"])
+
+
+# Language-model variants (causal only, so the tagger's padding test above cannot take them).
+LM_PADDING_VARIANTS = [
+  dict(positions="none", forget_gate=True),
+  dict(positions="rope", forget_gate=True, attention_kind="softpick", num_kv_heads=1),
+]
+
+
+@pytest.mark.parametrize(
+  "implementation",
+  ["naive", pytest.param("flash", marks=pytest.mark.slow)],  # Flash compiles slowly.
+)
+@pytest.mark.parametrize(
+  "variant", LM_PADDING_VARIANTS, ids=lambda v: ",".join(f"{k}={x}" for k, x in v.items())
+)
+def test_a_language_models_outputs_do_not_depend_on_its_batchs_padding(variant, implementation):
+  """The same 4-token sentence, right-padded to 5 and to 9 in its batch (and left-padded by one):
+  the language model's logits at its real tokens are the same."""
+  model = LanguageModel(
+    make_config(num_decoder_layers=2, attention_implementation=implementation, **variant)
+  )
+  sentence = [1, 12, 13, 14]
+  short = jnp.array([[*sentence, 0], [15, 16, 17, 18, 19]], jnp.int32)
+  long = jnp.array([[*sentence, 0, 0, 0, 0, 0], [15, 16, 17, 18, 19, 20, 21, 22, 23]], jnp.int32)
+  left = jnp.array([[0, *sentence], [15, 16, 17, 18, 19]], jnp.int32)
+  params = jax.jit(model.init)(jax.random.key(0), long)
+  apply = jax.jit(lambda tokens: model.apply(params, tokens))
+  want = apply(short)[0, :4]
+  np.testing.assert_allclose(apply(long)[0, :4], want, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(apply(left)[0, 1:], want, rtol=1e-5, atol=1e-5)
+
+
+def test_forget_gate_parameters_are_in_causal_self_attention_only():
+  """Each decoder self-attention layer has "forget_gate" (kernel [D, H], bias [H]); cross-attention
+  has none, an encoder refuses the field in one line, and without it the parameters are the old."""
+  lm = param_shapes(LanguageModel(make_config(forget_gate=True, num_decoder_layers=2)), LM_TOKENS)
+  for i in range(2):
+    gate = lm["decoder"][f"layer_{i}"]["self_attention"]["forget_gate"]
+    assert (gate["kernel"].shape, gate["bias"].shape) == ((D, H), (H,))
+  with pytest.raises(ValueError, match=r"^forget_gate: FoX is causal self-attention"):
+    param_shapes(Transformer(make_config(forget_gate=True)), SRC, TGT)
+  with pytest.raises(ValueError, match=r"^forget_gate: FoX is causal self-attention"):
+    param_shapes(EncoderTagger(make_config(forget_gate=True)), SRC)
+  plain = param_paths(param_shapes(LanguageModel(make_config(num_decoder_layers=2)), LM_TOKENS))
+  assert not {p for p in plain if "forget_gate" in p}
+
+
+@pytest.mark.slow  # Over ~3 s on 2 cores (compiling a model's gradients per dtype).
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_forget_gate_language_model_trains_with_finite_gradients(dtype):
+  """Finite gradients with dropout on a padded batch, in float32 and bfloat16; the gate learns."""
+  lm = LanguageModel(make_config(forget_gate=True, positions="none", dtype=dtype, dropout_rate=0.1))
+  tokens = LM_TOKENS.at[1, 4:].set(0)  # Padding.
+  params = jax.jit(lm.init)(jax.random.key(0), tokens)["params"]
+
+  def loss(params):
+    out = lm.apply({"params": params}, tokens, deterministic=False, rngs={"dropout": jax.random.key(1)})
+    return jnp.mean(jnp.square(out.astype(jnp.float32)))
+
+  grads = jax.jit(jax.grad(loss))(params)
+  assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(grads))
+  gate = grads["decoder"]["layer_0"]["self_attention"]["forget_gate"]
+  assert float(jnp.abs(gate["kernel"]).sum()) > 0
