@@ -284,6 +284,8 @@ class ModelConfig:
       "attention_kind": self.attention_kind != "softmax",
       "scale": self.scale == "init_folded",
       "rope_fraction": self.rope_fraction != 1.0,
+      "forget_gate": getattr(self, "forget_gate", False),  # Where these fields exist.
+      "differential": getattr(self, "differential", False),
       # jax.nn's kernel needs the value head dim K to equal the key's, K + R.
       "attention_implementation": self.attention_implementation == "jax" and R > 0,
     }

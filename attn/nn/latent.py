@@ -19,6 +19,7 @@ cache from the latent (the non-absorbed form: correctness first).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import flax.linen as nn
@@ -33,6 +34,15 @@ from attn.nn.config import ModelConfig, check_module_scale, head_dim_for
 from attn.nn.tokenwise import tokenwise
 
 Array = jax.Array
+
+# MultiHeadAttention's fields this layer reads, or that only the variants it refuses read (the
+# builder sets them whatever the variant): any other set away from its default is refused by name.
+_READ_OR_INERT = frozenset({
+  "num_heads", "head_dim_policy", "head_dim", "qkv_features", "out_features", "scale",
+  "dropout_rate", "use_bias", "qkv_bias", "out_bias", "dtype", "param_dtype", "kernel_init",
+  "out_kernel_init", "bias_init", "decode", "implementation", "positions", "rope_fraction",
+  "rope_base", "t5_num_buckets", "t5_max_distance", "ssmax_length", "layer_index", "parent", "name",
+})  # fmt: skip
 
 LATENT_NORM_EPSILON = 1e-6  # The RMSNorms of the latents (kv_a_layernorm, q_a_layernorm).
 
@@ -53,9 +63,10 @@ class MultiHeadLatentAttention(MultiHeadAttention):
   key_valid, is_causal, window, deterministic; the decode cache, the "intermediates" record
   "attention_weights" [batch..., H, T, S], the diagnostics, "head_gates", the hook points q [.., T,
   H, K + R], k [.., S, H, K + R] (expanded, rotated; the whole cache in decode mode), v [.., S, H, K],
-  pattern and z), with MultiHeadAttention's fields plus three. Refused in one line: cross-attention,
-  value_residual, attention_gate, positions other than "none" / "rope", qk_norm, logit_soft_cap,
-  attention_sink, attention_kind other than "softmax", scale "init_folded", num_kv_heads.
+  pattern and z), with MultiHeadAttention's fields plus three. Refused in one line naming the field:
+  cross-attention, positions other than "none" / "rope", scale "init_folded", rope_fraction < 1,
+  and every other MultiHeadAttention option set away from its default (num_kv_heads,
+  value_residual, attention_gate, qk_norm, logit_soft_cap, attention_sink, attention_kind, ...).
 
   Parameters: "query" [D, H, K + R] (or "query_down" [D, Cq], "query_norm", "query_up" [Cq, H, K + R]
   under `q_rank`), "kv_down" [D, C], "kv_norm", "key_up" [C, H, K], "value_up" [C, H, K], "key_rope"
@@ -158,20 +169,18 @@ class MultiHeadLatentAttention(MultiHeadAttention):
         f"positions: {self.positions!r} with mla_rope_dim={R}; MLA takes 'rope' exactly when "
         "mla_rope_dim > 0 (its decoupled key), else positions added to the embeddings or none"
       )
-    unsupported = {
-      "num_kv_heads": self.num_kv_heads is not None,
-      "value_residual": self.value_residual != "none",
-      "attention_gate": self.attention_gate != "none",
-      "qk_norm": self.qk_norm != "none",
-      "logit_soft_cap": self.logit_soft_cap is not None,
-      "attention_sink": self.attention_sink,
-      "attention_kind": self.attention_kind != "softmax",
-      "scale": self.scale == "init_folded",
-      "rope_fraction": self.rope_fraction != 1.0,
-    }
-    for field, on in unsupported.items():
-      if on:
-        raise ValueError(f"{field}: not supported with multi-head latent attention (mla_kv_rank)")
+    if self.scale == "init_folded" or self.rope_fraction != 1.0:
+      field = "scale" if self.scale == "init_folded" else "rope_fraction"
+      raise ValueError(f"{field}: not supported with multi-head latent attention (mla_kv_rank)")
+    # Any other MultiHeadAttention option (those to come included) refused unless at its default.
+    for field in dataclasses.fields(MultiHeadAttention):
+      if field.name in _READ_OR_INERT or field.default is dataclasses.MISSING:
+        continue
+      if getattr(self, field.name) != field.default:
+        raise ValueError(
+          f"{field.name}: {getattr(self, field.name)!r} is not supported with multi-head latent "
+          "attention (mla_kv_rank)"
+        )
 
   def _dense(self, features, name: str, axes: tuple, axis: int = -1) -> nn.DenseGeneral:
     return nn.DenseGeneral(

@@ -479,6 +479,8 @@ CONFIGS = st.fixed_dictionaries(
     "embed_norm": st.booleans(),
     "attention_gate": st.sampled_from(ATTENTION_GATES),
     "value_residual": st.sampled_from(VALUE_RESIDUALS),
+    # (mla_kv_rank, mla_q_rank, mla_rope_dim): mostly off.
+    "mla": st.sampled_from([(None, None, 0)] * 4 + [(6, None, 4), (4, 4, 0), (4, None, 2)]),
     "forget_gate": st.booleans(),
   }
 )
@@ -494,6 +496,7 @@ def test_every_config_either_runs_or_is_refused_in_one_line_naming_a_field(field
   fields = dict(fields)
   fields["head_dim_policy"], fields["head_dim"] = fields.pop("head")
   fields["t5_num_buckets"], fields["t5_max_distance"] = fields.pop("t5")
+  fields["mla_kv_rank"], fields["mla_q_rank"], fields["mla_rope_dim"] = fields.pop("mla")
   try:
     config = ModelConfig(vocab_size=11, num_classes=3, **fields)
     model = {"lm": models.LanguageModel, "tagger": models.EncoderTagger, "seq2seq": models.Transformer}

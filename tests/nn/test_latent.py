@@ -11,7 +11,7 @@ import pytest
 from attn.nn.config import ModelConfig
 from attn.nn.decoding import greedy_decode, init_cache
 from attn.nn.latent import LATENT_NORM_EPSILON, MultiHeadLatentAttention, cache_bytes_per_token
-from attn.nn.models import LanguageModel, attention_weights
+from attn.nn.models import LanguageModel, Transformer, attention_weights
 
 D, H, K, C = 16, 2, 8, 6  # Model dim, heads, head dim (D / H), latent width.
 V, PAD, BOS = 30, 0, 1
@@ -157,7 +157,7 @@ def test_output_never_depends_on_later_inputs():
   module = layer(5, 4)
   x = inputs(B=1, T=5)
   params = init(module, x)
-  jac = jax.jacobian(lambda x: module.apply({"params": params}, x, is_causal=True))(x)
+  jac = jax.jit(jax.jacobian(lambda x: module.apply({"params": params}, x, is_causal=True)))(x)
   jac = np.asarray(jac)[0, :, :, 0]  # [T, D, T', D]
   for t in range(5):
     assert np.all(jac[t, :, t + 1 :] == 0.0), t
@@ -173,9 +173,10 @@ def test_outputs_do_not_depend_on_padding():
   junk = 100.0 * inputs(B=1, T=3, seed=5)
   padded = jnp.concatenate([x, junk], axis=1)
   valid = jnp.array([[True] * 4 + [False] * 3])
+  apply = jax.jit(module.apply, static_argnames="is_causal")
   for causal in (True, False):
-    alone = module.apply({"params": params}, x, is_causal=causal)
-    got = module.apply({"params": params}, padded, key_valid=valid, is_causal=causal)
+    alone = apply({"params": params}, x, is_causal=causal)
+    got = apply({"params": params}, padded, key_valid=valid, is_causal=causal)
     np.testing.assert_allclose(got[:, :4], alone, rtol=1e-5, atol=1e-5)
 
 
@@ -191,7 +192,7 @@ def test_fully_masked_rows_are_finite_with_finite_gradients(implementation):
 
   y = module.apply({"params": params}, x, mask=mask)
   assert bool(jnp.all(jnp.isfinite(y)))
-  grads = jax.grad(loss, argnums=(0, 1))(params, x)
+  grads = jax.jit(jax.grad(loss, argnums=(0, 1)))(params, x)
   assert all(bool(jnp.all(jnp.isfinite(g))) for g in jax.tree.leaves(grads))
 
 
@@ -218,7 +219,7 @@ TOKENS = jnp.array([[1, 5, 6, 7, 0, 0], [1, 8, 9, 3, 4, 5]], jnp.int32)  # Row 0
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_language_model_gradients_are_finite(dtype):
-  model = LanguageModel(lm_config(dtype=dtype, mla_q_rank=5))
+  model = LanguageModel(lm_config(dtype=dtype, mla_q_rank=5, num_decoder_layers=1))
   params = model.init(jax.random.key(0), TOKENS)["params"]
   names = params["decoder"]["layer_0"]["self_attention"]
   assert {"query_down", "kv_down", "key_up", "value_up", "key_rope"} <= set(names)
@@ -226,15 +227,15 @@ def test_language_model_gradients_are_finite(dtype):
   def loss(params):
     return jnp.mean(jnp.square(model.apply({"params": params}, TOKENS).astype(jnp.float32)))
 
-  value, grads = jax.value_and_grad(loss)(params)
+  value, grads = jax.jit(jax.value_and_grad(loss))(params)
   assert np.isfinite(float(value))
   assert all(bool(jnp.all(jnp.isfinite(g))) for g in jax.tree.leaves(grads))
 
 
 def test_flash_and_naive_agree_in_a_language_model():
   """The config's attention_implementation reaches the pure function: same logits and gradients."""
-  naive = LanguageModel(lm_config(attention_implementation="naive"))
-  flash = LanguageModel(lm_config(attention_implementation="flash"))
+  naive = LanguageModel(lm_config(attention_implementation="naive", num_decoder_layers=1))
+  flash = LanguageModel(lm_config(attention_implementation="flash", num_decoder_layers=1))
   params = naive.init(jax.random.key(0), TOKENS)["params"]
 
   def loss(model, params):
@@ -243,8 +244,8 @@ def test_flash_and_naive_agree_in_a_language_model():
   np.testing.assert_allclose(
     flash.apply({"params": params}, TOKENS), naive.apply({"params": params}, TOKENS), atol=1e-5
   )
-  g_flash = jax.grad(functools.partial(loss, flash))(params)
-  g_naive = jax.grad(functools.partial(loss, naive))(params)
+  g_flash = jax.jit(jax.grad(functools.partial(loss, flash)))(params)
+  g_naive = jax.jit(jax.grad(functools.partial(loss, naive)))(params)
   for a, b in zip(jax.tree.leaves(g_flash), jax.tree.leaves(g_naive), strict=True):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
 
@@ -268,13 +269,16 @@ def _cached_step(model, params):
 
 @pytest.mark.parametrize(
   "changes",
-  [dict(), dict(mla_q_rank=5, attention_window=2), dict(positions="sinusoidal", mla_rope_dim=0)],
-  ids=["rope", "q_rank,window", "sinusoidal"],
+  [
+    pytest.param(dict(), id="rope"),
+    pytest.param(dict(mla_q_rank=5, attention_window=2), id="q_rank,window", marks=pytest.mark.slow),
+    pytest.param(dict(positions="sinusoidal", mla_rope_dim=0), id="sinusoidal", marks=pytest.mark.slow),
+  ],
 )
 def test_cached_decoding_equals_recomputation_with_a_right_padded_prompt(changes):
   """A right-padded prompt through the latent cache, then single tokens at the cache offset: the
   logits at every real token equal the full forward pass's (padding is masked as a key there)."""
-  model = LanguageModel(lm_config(**changes))
+  model = LanguageModel(lm_config(num_decoder_layers=1, **changes))  # One layer: compiles fast.
   params = _sharpened(model, seed=2, factor=2.0)
   seq = jnp.array([[1, 5, 6, 0, 20, 21, 22], [1, 7, 8, 9, 3, 4, 25], [1, 10, 0, 0, 26, 3, 27]])
   full = np.asarray(jax.jit(model.apply)({"params": params}, seq))
@@ -289,6 +293,7 @@ def test_cached_decoding_equals_recomputation_with_a_right_padded_prompt(changes
     np.testing.assert_allclose(logits[:, 0], full[:, t], rtol=0, atol=1e-4, err_msg=f"step {t}")
 
 
+@pytest.mark.slow  # Over ~3 s on 2 cores (compiling).
 def test_greedy_decode_equals_uncached_greedy():
   """attn.nn.decoding's greedy decoding through the latent cache gives the tokens of recomputing
   the whole (right-padded) sequence at each step."""
@@ -303,6 +308,25 @@ def test_greedy_decode_equals_uncached_greedy():
   decoded = greedy_decode(model, params, prompt, max_new_tokens=n, eos_id=None)
   np.testing.assert_array_equal(decoded, seq[:, 3:])
   assert len(np.unique(seq[:, 3:])) > 1  # A model that repeats one token would test little.
+
+
+@pytest.mark.slow  # Over ~3 s on 2 cores (compiling).
+def test_transformer_greedy_decode_equals_uncached_greedy():
+  """The encoder-decoder: MLA in the encoder's and the decoder's self-attention (cross-attention
+  stays MultiHeadAttention); greedy decoding through the latent cache equals recomputation."""
+  model = Transformer(lm_config(num_encoder_layers=1, mla_q_rank=5))
+  src = jnp.array([[11, 12, 13, 14, 15], [16, 17, 18, 0, 0]], jnp.int32)
+  bos = jnp.full((2, 1), BOS, jnp.int32)
+  params = jax.tree.map(lambda a: 2.0 * a, jax.jit(model.init)(jax.random.key(3), src, bos)["params"])
+  assert "kv_down" in params["decoder"]["layer_0"]["self_attention"]
+  assert "key" in params["decoder"]["layer_0"]["cross_attention"]
+  logits_fn = jax.jit(lambda p, tgt: model.apply({"params": p}, src, tgt))
+  n = 4
+  seq = np.concatenate([np.asarray(bos), np.full((2, n), PAD, np.int32)], axis=1)
+  for i in range(n):
+    seq[:, 1 + i] = np.asarray(jnp.argmax(logits_fn(params, jnp.asarray(seq))[:, i], -1))
+  decoded = greedy_decode(model, params, src, max_new_tokens=n, eos_id=-1)  # No end token.
+  np.testing.assert_array_equal(decoded, seq[:, 1:])
 
 
 def test_records_weights_in_a_language_model():
@@ -397,6 +421,10 @@ def test_the_layer_refuses_what_it_does_not_do():
     init(layer(attention_sink=True), x)
   with pytest.raises(ValueError, match=r"^positions:"):
     init(layer(rope_dim=0, positions="rope"), x)
+  with pytest.raises(ValueError, match=r"^value_residual:"):
+    init(layer(value_residual="learned"), x)
+  with pytest.raises(ValueError, match=r"^num_kv_heads:"):
+    init(layer(num_kv_heads=1), x)
   with pytest.raises(ValueError, match="self-attention only"):
     layer().init(jax.random.key(0), x, inputs(seed=3))
 
