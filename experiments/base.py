@@ -47,6 +47,7 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
   config.model.attention_gate = "none"  # none | headwise | elementwise: sigmoid(x W_g) on each head.
   config.model.value_residual = "none"  # none | learned (ResFormer) | shared (SVFormer): V_1 reused.
   config.model.forget_gate = False  # FoX: per-head forget gates (causal self-attention only).
+  config.model.differential = False  # Differential attention: num_heads // 2 heads of two maps each.
   config.model.mla_kv_rank = config_dict.placeholder(int)  # MLA's key/value latent width; None = off.
   config.model.mla_q_rank = config_dict.placeholder(int)  # MLA's query latent width; None = plain.
   config.model.mla_rope_dim = 0  # MLA's decoupled RoPE dims (even; > 0 exactly with positions=rope).

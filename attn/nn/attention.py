@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from typing import Any
@@ -58,6 +59,12 @@ def _weighted_values(weights_BHTS: Array, v_BSGK: Array) -> Array:
   w = weights_BHTS.reshape(*weights_BHTS.shape[:-3], G, H // G, *weights_BHTS.shape[-2:])
   out = jnp.einsum("...grts,...sgk->...tgrk", w, v_BSGK.astype(jnp.float32))
   return out.reshape(*out.shape[:-3], H, out.shape[-1]).astype(v_BSGK.dtype)
+
+
+def _interleave_heads(a_BHTS: Array, b_BHTS: Array) -> Array:
+  """[batch..., H, T, S] twice -> [batch..., 2H, T, S] with head 2h from a, 2h + 1 from b."""
+  both = jnp.stack([a_BHTS, b_BHTS], axis=-3)
+  return both.reshape(*both.shape[:-4], 2 * both.shape[-4], *both.shape[-2:])
 
 
 def _window_mask(window: int, q_pos_T: Array, S: int, decode: bool) -> Array:
@@ -152,6 +159,16 @@ class MultiHeadAttention(nn.Module):
   # (parameter "forget_gate", kernel [D, H], bias [H]) adds sum_{j < k <= i} log f_k to logit (i, j).
   # Causal self-attention only; decode mode caches the cumulative sums ("cached_forget" [..., S, H]).
   forget_gate: bool = False
+  # Differential attention (Ye et al. 2024; microsoft/unilm Diff-Transformer): num_heads counts the
+  # query/key heads, paired (2h, 2h + 1) into num_heads // 2 differential heads (the reference's
+  # num_heads, "half of Transformer's #heads"); values are num_kv_heads // 2 heads of 2K, so the
+  # projections keep their size. Head h outputs RMSNorm(A1 V - lambda A2 V) * (1 - lambda_init),
+  # A1, A2 the two maps' attention weights, lambda = exp(lambda_q1 . lambda_k1) - exp(lambda_q2 .
+  # lambda_k2) + lambda_init (parameters [K] each, normal(0.1), shared by the heads), lambda_init =
+  # 0.8 - 0.6 exp(-0.3 layer_index), the RMSNorm "subln" (scale [2K], eps 1e-5). Two calls of the
+  # pure attention sharing V, so every implementation with values of another head dim serves it.
+  differential: bool = False
+  layer_index: int = 0  # The block's index in its stack, from 0 (differential's lambda_init).
 
   @nn.compact
   def __call__(
@@ -219,7 +236,11 @@ class MultiHeadAttention(nn.Module):
     if hooks.tracing():  # From the pattern, so a hook on it changes what follows (attn.nn.hooks).
       weights, _ = self._naive_weights(q_BTHK, k_BSGK, mask, bias, runtime_scale, is_causal, variant)
       weights = hooks.hook("pattern", weights)
-      out_BTHK = _weighted_values(weights, v_BSGK)
+      if self.differential:  # Heads 2h and 2h + 1 are differential head h's two maps.
+        maps = [_weighted_values(weights[..., i::2, :, :], v_BSGK) for i in (0, 1)]
+        out_BTHK = self._differential_combine(*maps)
+      else:
+        out_BTHK = _weighted_values(weights, v_BSGK)
     else:
       out_BTHK, weights = self._attend(
         q_BTHK, k_BSGK, v_BSGK, mask, bias, runtime_scale, is_causal, deterministic, record, variant,
@@ -250,9 +271,17 @@ class MultiHeadAttention(nn.Module):
     if G <= 0 or H % G:
       raise ValueError(f"num_kv_heads: {G} must be positive and divide num_heads={H}")
 
-    def dense(name, heads, init, heads_axis):
+    if self.differential and (H % 2 or G % 2):
+      raise ValueError(
+        f"differential: needs an even num_heads and num_kv_heads (two query/key heads per "
+        f"differential head), got {H} and {G}"
+      )
+    # Differential attention's values: G / 2 heads of 2K (the reference's v_proj, same size).
+    G_v, K_v = (G // 2, 2 * K) if self.differential else (G, K)
+
+    def dense(name, heads, init, heads_axis, dim=K):
       return nn.DenseGeneral(
-        (heads, K),
+        (heads, dim),
         use_bias=self.use_bias if self.qkv_bias is None else self.qkv_bias,
         dtype=self.dtype,
         param_dtype=self.param_dtype,
@@ -264,11 +293,11 @@ class MultiHeadAttention(nn.Module):
     q_init = self.kernel_init
     if self.scale == "init_folded":
       q_init = _folded_init(self.kernel_init, K**-0.5)
-    value = lambda: tokenwise(dense("value", G, self.kernel_init, sharding.KV_HEADS), inputs_kv)
+    value = lambda: tokenwise(dense("value", G_v, self.kernel_init, sharding.KV_HEADS, K_v), inputs_kv)
     return (
       tokenwise(dense("query", H, q_init, sharding.HEADS), inputs_q),
       tokenwise(dense("key", G, self.kernel_init, sharding.KV_HEADS), inputs_kv),
-      self._residual_values(value, first_values, (*inputs_kv.shape[:-1], G, K)),
+      self._residual_values(value, first_values, (*inputs_kv.shape[:-1], G_v, K_v)),
     )
 
   def _residual_values(self, value: Any, first_values: Array | None, shape: tuple) -> Array:
@@ -467,6 +496,52 @@ class MultiHeadAttention(nn.Module):
     self, q_BTHK, k_BSGK, v_BSGK, mask, bias, scale, is_causal: bool, deterministic: bool,
     record: bool, variant: dict,
   ):  # fmt: skip
+    """`_attend_plain`, or under `differential` its two maps (no weights: a pass of their own)."""
+    if not self.differential:
+      return self._attend_plain(
+        q_BTHK, k_BSGK, v_BSGK, mask, bias, scale, is_causal, deterministic, record, variant
+      )
+    maps = []
+    for i in (0, 1):
+      q, k, mask_i, bias_i, variant_i = self._map(i, q_BTHK, k_BSGK, mask, bias, variant)
+      out, _ = self._attend_plain(
+        q, k, v_BSGK, mask_i, bias_i, scale, is_causal, deterministic, False, variant_i
+      )
+      maps.append(out)
+    return self._differential_combine(*maps), None
+
+  def _map(self, i: int, q_BTHK, k_BSGK, mask, bias, variant: dict):
+    """Differential attention's map i (0 or 1): the query and key heads i, i + 2, ... and the
+    per-head options cut the same way (a mask's head axis, ALiBi's slopes, T5's table, the sinks,
+    the forget gates' sums), so map i of differential head h is query head 2h + i."""
+    if mask is not None and mask.ndim >= 3 and mask.shape[-3] > 1:
+      mask = mask[..., i::2, :, :]
+    if bias is not None:
+      bias = dataclasses.replace(bias, params=bias.params[..., i::2])
+    variant = dict(variant)
+    if variant.get("sink_logits") is not None:
+      variant["sink_logits"] = variant["sink_logits"][..., i::2]
+    if variant.get("forget_cumsum") is not None:
+      variant["forget_cumsum"] = tuple(c[..., i::2] for c in variant["forget_cumsum"])
+    return q_BTHK[..., i::2, :], k_BSGK[..., i::2, :], mask, bias, variant
+
+  def _differential_combine(self, out1_BTHK: Array, out2_BTHK: Array) -> Array:
+    """Differential attention's heads from their two maps' outputs [batch..., T, H / 2, 2K]:
+    RMSNorm(out1 - lambda out2) * (1 - lambda_init), as the reference's forward does."""
+    K = out1_BTHK.shape[-1] // 2
+    lambda_init = 0.8 - 0.6 * math.exp(-0.3 * self.layer_index)
+    init = nn.initializers.normal(0.1)
+    names = ("lambda_q1", "lambda_k1", "lambda_q2", "lambda_k2")
+    q1, k1, q2, k2 = (self.param(n, init, (K,), self.param_dtype).astype(jnp.float32) for n in names)
+    lam = jnp.exp(jnp.sum(q1 * k1)) - jnp.exp(jnp.sum(q2 * k2)) + lambda_init
+    out = out1_BTHK.astype(jnp.float32) - lam * out2_BTHK.astype(jnp.float32)
+    norm = nn.RMSNorm(epsilon=1e-5, dtype=jnp.float32, param_dtype=self.param_dtype, name="subln")
+    return (norm(out) * (1.0 - lambda_init)).astype(out1_BTHK.dtype)
+
+  def _attend_plain(
+    self, q_BTHK, k_BSGK, v_BSGK, mask, bias, scale, is_causal: bool, deterministic: bool,
+    record: bool, variant: dict,
+  ):  # fmt: skip
     """The pure function with the implementation asked for; (output [batch..., T, H, K], weights or
     None). With `record`, the weights come back where the path is naive whether or not they are
     asked for (implementation "naive", or dropout, which only the naive path has); elsewhere asking
@@ -527,6 +602,14 @@ class MultiHeadAttention(nn.Module):
     folded in when `is_causal`): what the naive path computes, from the same queries and keys."""
     if is_causal:
       mask = masks.combine_masks(mask, masks.causal_mask(q_BTHK.shape[-3], k_BSGK.shape[-3]))
+    if self.differential:  # Each map's, interleaved: head 2h + i is differential head h's map i.
+      maps = []
+      for i in (0, 1):
+        q, k, mask_i, bias_i, variant_i = self._map(i, q_BTHK, k_BSGK, mask, bias, variant)
+        maps.append(
+          attention.attention_weights(q, k, mask=mask_i, relative_bias=bias_i, scale=scale, **variant_i)
+        )
+      return _interleave_heads(*maps), mask
     weights_BHTS = attention.attention_weights(
       q_BTHK, k_BSGK, mask=mask, relative_bias=bias, scale=scale, **variant
     )
@@ -546,7 +629,13 @@ class MultiHeadAttention(nn.Module):
     the training loop's diagnostics step, once per evaluation), never in a training step.
     """
     weights_BHTS, mask = self._naive_weights(q_BTHK, k_BSGK, mask, bias, scale, is_causal, variant)
-    logits = attention.attention_logits(q_BTHK, k_BSGK, relative_bias=bias, scale=scale)
+    if self.differential:
+      maps = [self._map(i, q_BTHK, k_BSGK, None, bias, {}) for i in (0, 1)]
+      logits = _interleave_heads(
+        *(attention.attention_logits(q, k, relative_bias=b, scale=scale) for q, k, _, b, _ in maps)
+      )
+    else:
+      logits = attention.attention_logits(q_BTHK, k_BSGK, relative_bias=bias, scale=scale)
     allowed = jnp.ones(logits.shape, bool) if mask is None else jnp.broadcast_to(mask, logits.shape)
     count = jnp.maximum(allowed.sum(), 1)
     mean = jnp.sum(jnp.where(allowed, logits, 0.0)) / count

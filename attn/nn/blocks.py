@@ -38,6 +38,7 @@ def attention_layer(
   *,
   stack_layers: int | None = None,
   cross: bool = False,
+  layer_index: int = 0,
 ) -> MultiHeadAttention:
   """A MultiHeadAttention set up from the model config; `stack_layers`, the blocks of the stack it
   belongs to, scales its output projection's initialisation under init="gpt2". Relative positions
@@ -68,6 +69,8 @@ def attention_layer(
     rope_base=config.rope_theta,
     value_residual="none" if cross else config.value_residual,
     forget_gate=config.forget_gate and not cross,  # Causal self-attention only (the module checks).
+    differential=config.differential,
+    layer_index=layer_index,  # The block's, from 0 (differential attention's lambda_init).
     **{field: getattr(config, field) for field in _SAME_NAMED_FIELDS},
     **latent,
     name=name,
@@ -185,6 +188,7 @@ class EncoderBlock(nn.Module):
   records its weights [B, H, T, T] when "intermediates" is mutable (see `MultiHeadAttention`)."""
 
   config: ModelConfig
+  layer_index: int = 0  # The block's index in its stack, from 0.
 
   @nn.compact
   def __call__(self, x_BTD, *, mask=None, deterministic=True, first_values=None, return_values=False):
@@ -193,7 +197,9 @@ class EncoderBlock(nn.Module):
     and with `return_values` the block returns (x, its self-attention's values)."""
     layers = self.config.num_encoder_layers
     x_BTD = hooks.hook("resid_pre", x_BTD)
-    self_attn = attention_layer(self.config, "self_attention", stack_layers=layers)
+    self_attn = attention_layer(
+      self.config, "self_attention", stack_layers=layers, layer_index=self.layer_index
+    )
     carry = {}
     x_BTD = _residual(
       self.config,
@@ -226,6 +232,7 @@ class DecoderBlock(nn.Module):
   config: ModelConfig
   decode: bool = False
   cross_attention: bool = True
+  layer_index: int = 0  # The block's index in its stack, from 0.
 
   @nn.compact
   def __call__(
@@ -247,7 +254,9 @@ class DecoderBlock(nn.Module):
     cfg = self.config
     layers = cfg.num_decoder_layers
     x_BTD = hooks.hook("resid_pre", x_BTD)
-    self_attn = attention_layer(cfg, "self_attention", decode=self.decode, stack_layers=layers)
+    self_attn = attention_layer(
+      cfg, "self_attention", decode=self.decode, stack_layers=layers, layer_index=self.layer_index
+    )
     carry = {}
     attend = _attend_self(
       self_attn,
@@ -264,7 +273,9 @@ class DecoderBlock(nn.Module):
     if self.cross_attention:
       if encoded_BSD is None:
         raise ValueError("DecoderBlock: encoded_BSD is required when cross_attention is on")
-      cross_attn = attention_layer(cfg, "cross_attention", stack_layers=layers, cross=True)
+      cross_attn = attention_layer(
+        cfg, "cross_attention", stack_layers=layers, cross=True, layer_index=self.layer_index
+      )
       x_BTD = _residual(
         cfg,
         "cross_attention",
@@ -293,7 +304,7 @@ class Encoder(nn.Module):
     """Returns [B, T, D]. The blocks are "layer_0", "layer_1", ..."""
     first_values = None  # Under config.value_residual: the first block's self-attention values.
     for i in range(self.config.num_encoder_layers):
-      block = EncoderBlock(self.config, name=f"layer_{i}")
+      block = EncoderBlock(self.config, layer_index=i, name=f"layer_{i}")
       if self.config.value_residual != "none" and i == 0:
         x_BTD, first_values = block(x_BTD, mask=mask, deterministic=deterministic, return_values=True)
       else:
@@ -326,7 +337,11 @@ class Decoder(nn.Module):
     first_values = None  # Under config.value_residual: the first block's self-attention values.
     for i in range(self.config.num_decoder_layers):
       block = DecoderBlock(
-        self.config, decode=self.decode, cross_attention=self.cross_attention, name=f"layer_{i}"
+        self.config,
+        decode=self.decode,
+        cross_attention=self.cross_attention,
+        layer_index=i,
+        name=f"layer_{i}",
       )
       first = self.config.value_residual != "none" and i == 0
       out = block(

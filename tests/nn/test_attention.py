@@ -921,3 +921,78 @@ def test_forget_gate_decode_mode_continues_the_cumulative_sum_from_the_cache(imp
       {"params": params, "cache": mutated["cache"]}, x[:, t : t + 1], mutable=["cache"]
     )
     np.testing.assert_allclose(out[:, 0], full[:, t], atol=ATOL, err_msg=f"token {t}")
+
+
+def _causal_softmax(logits):
+  T_, S_ = logits.shape[-2:]
+  logits = np.where(np.tril(np.ones((T_, S_), bool)), logits, -np.inf)
+  weights = np.exp(logits - logits.max(-1, keepdims=True))
+  return weights / weights.sum(-1, keepdims=True)
+
+
+@pytest.mark.parametrize("num_kv_heads", [None, 2])
+def test_differential_attention_follows_the_reference_forward(num_kv_heads):
+  """microsoft/unilm Diff-Transformer's multihead_flashdiff_2 forward, in NumPy: q, k as 2H' heads of
+  K paired (2h, 2h + 1), v as G' heads of 2K (H' = num_heads / 2, G' = num_kv_heads / 2), causal
+  softmax maps A1, A2 with scale 1/sqrt(K), kv head h // (H' / G'), lambda = exp(lq1 . lk1) -
+  exp(lq2 . lk2) + lambda_init, lambda_init = 0.8 - 0.6 exp(-0.3 * 3) for layer 3, then RMSNorm over
+  2K (eps 1e-5, scale "subln") times (1 - lambda_init) and the output projection [H', 2K, D]."""
+  x = _normal(0, (B, T, D))
+  kwargs = dict(num_heads=4, num_kv_heads=num_kv_heads, differential=True, layer_index=3)
+  module = MultiHeadAttention(**kwargs, implementation="naive")
+  params = _init(module, x, is_causal=True)["params"]
+  G = num_kv_heads or 4
+  K = D // 4
+  assert params["query"]["kernel"].shape == (D, 4, K) and params["key"]["kernel"].shape == (D, G, K)
+  assert params["value"]["kernel"].shape == (D, G // 2, 2 * K)
+  assert params["out"]["kernel"].shape == (2, 2 * K, D) and params["subln"]["scale"].shape == (2 * K,)
+  rng = np.random.default_rng(3)
+  for name in ("lambda_q1", "lambda_k1", "lambda_q2", "lambda_k2"):
+    assert params[name].shape == (K,)
+    params[name] = jnp.asarray(rng.normal(0, 0.5, K), jnp.float32)
+  params["subln"]["scale"] = jnp.asarray(rng.uniform(0.5, 1.5, 2 * K), jnp.float32)
+  p = jax.tree.map(np.asarray, params)
+  q = np.asarray(_project(params, "query", x)).reshape(B, T, 2, 2, K)  # [B, T, H', 2, K]
+  k = np.asarray(_project(params, "key", x)).reshape(B, T, G // 2, 2, K)
+  v = np.asarray(_project(params, "value", x))  # [B, T, G', 2K]
+  rep = 2 // (G // 2)
+  k, v = np.repeat(k, rep, axis=2), np.repeat(v, rep, axis=2)
+  maps = [
+    _causal_softmax(np.einsum("thk,shk->hts", q[b, :, :, i], k[b, :, :, i]) / np.sqrt(K))
+    for b in range(B)
+    for i in (0, 1)
+  ]
+  a = np.stack(maps).reshape(B, 2, 2, T, T)  # [B, map, H', T, S]
+  attn1 = np.einsum("bhts,bshk->bthk", a[:, 0], v)
+  attn2 = np.einsum("bhts,bshk->bthk", a[:, 1], v)
+  lambda_init = 0.8 - 0.6 * np.exp(-0.3 * 3)
+  lam = np.exp(np.sum(p["lambda_q1"] * p["lambda_k1"])) - np.exp(np.sum(p["lambda_q2"] * p["lambda_k2"]))
+  out = attn1 - (lam + lambda_init) * attn2
+  out = out / np.sqrt(np.mean(out**2, -1, keepdims=True) + 1e-5) * p["subln"]["scale"]
+  want = _out_project(params, jnp.asarray(out * (1 - lambda_init), jnp.float32))
+  np.testing.assert_allclose(module.apply({"params": params}, x, is_causal=True), want, atol=ATOL)
+  flash = MultiHeadAttention(**kwargs, implementation="flash")
+  np.testing.assert_allclose(flash.apply({"params": params}, x, is_causal=True), want, atol=ATOL)
+  # The recorded weights are the maps, head 2h + i = differential head h's map i.
+  _, state = module.apply({"params": params}, x, is_causal=True, mutable=["intermediates"])
+  (weights,) = state["intermediates"]["attention_weights"]
+  np.testing.assert_allclose(weights, a.transpose(0, 2, 1, 3, 4).reshape(B, 4, T, T), atol=ATOL)
+
+
+def test_differential_attention_refuses_odd_heads_and_works_in_decode_mode():
+  x = _normal(0, (B, T, D))
+  with pytest.raises(ValueError, match=r"^differential: needs an even num_heads and num_kv_heads"):
+    _param_shapes(MultiHeadAttention(num_heads=2, num_kv_heads=1, differential=True), x)
+  kwargs = dict(num_heads=4, num_kv_heads=2, differential=True, implementation="naive")
+  params = _init(MultiHeadAttention(**kwargs), x, is_causal=True)["params"]
+  full = MultiHeadAttention(**kwargs).apply({"params": params}, x, is_causal=True)
+  decoder = MultiHeadAttention(**kwargs, decode=True)
+  cache = _init(decoder, x)["cache"]
+  assert cache["cached_key"].shape == (B, T, 2, 4) and cache["cached_value"].shape == (B, T, 1, 8)
+  out, mutated = decoder.apply({"params": params, "cache": cache}, x[:, :3], mutable=["cache"])
+  np.testing.assert_allclose(out, full[:, :3], atol=ATOL)
+  for t in range(3, T):
+    out, mutated = decoder.apply(
+      {"params": params, "cache": mutated["cache"]}, x[:, t : t + 1], mutable=["cache"]
+    )
+    np.testing.assert_allclose(out[:, 0], full[:, t], atol=ATOL, err_msg=f"token {t}")

@@ -647,6 +647,17 @@ VARIANTS = [  # Combined, so that each compiles once; together they cover every 
   dict(positions="alibi", attention_kind="stick_breaking"),
   dict(positions="none", forget_gate=True),
   dict(positions="rope", forget_gate=True, attention_kind="sigmoid", num_kv_heads=1),
+  dict(positions="rope", differential=True),
+  dict(
+    positions="t5_bias",
+    differential=True,
+    num_heads=4,
+    num_kv_heads=2,
+    attention_sink=True,
+    forget_gate=True,
+    t5_num_buckets=8,
+    t5_max_distance=16,
+  ),
   dict(  # Llama's, Qwen2's and Mistral's options (a sliding window shorter than the sequence).
     positions="rope",
     attention_window=2,

@@ -751,6 +751,7 @@ PADDING_VARIANTS = [  # Every position kind and attention variant (combined: eac
   dict(positions="learned", attention_window=2),
   dict(positions="rope", attention_kind="softpick", logit_soft_cap=3.0),
   dict(positions="alibi", attention_kind="stick_breaking"),
+  dict(positions="t5_bias", t5_num_buckets=8, t5_max_distance=16, differential=True),
 ]
 
 
@@ -890,6 +891,7 @@ def test_shared_values_are_the_first_layers_in_every_layer():
 LM_PADDING_VARIANTS = [
   dict(positions="none", forget_gate=True),
   dict(positions="rope", forget_gate=True, attention_kind="softpick", num_kv_heads=1),
+  dict(positions="alibi", differential=True, num_heads=4, num_kv_heads=2, attention_sink=True),
 ]
 
 
@@ -948,3 +950,61 @@ def test_forget_gate_language_model_trains_with_finite_gradients(dtype):
   assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(grads))
   gate = grads["decoder"]["layer_0"]["self_attention"]["forget_gate"]
   assert float(jnp.abs(gate["kernel"]).sum()) > 0
+
+
+def test_differential_parameters_and_each_layers_index():
+  """Every attention layer (cross-attention too) has the four lambda vectors [K] and "subln" [2K],
+  values of num_kv_heads / 2 heads of 2K and an output kernel [H / 2, 2K, D]; each block passes its
+  index in its stack to its layers (lambda_init's depth); without the field the tree is the old."""
+  from attn.nn.attention import MultiHeadAttention
+
+  config = make_config(differential=True, num_heads=4, num_encoder_layers=2, num_decoder_layers=3)
+  K = D // 4
+  model = Transformer(config)
+  params = param_shapes(model, SRC, TGT)
+  for layer in ("encoder/layer_1/self_attention", "decoder/layer_2/cross_attention"):
+    attn = params
+    for name in layer.split("/"):
+      attn = attn[name]
+    assert attn["lambda_q1"].shape == (K,) and attn["subln"]["scale"].shape == (2 * K,)
+    assert attn["value"]["kernel"].shape == (D, 2, 2 * K) and attn["out"]["kernel"].shape == (
+      2,
+      2 * K,
+      D,
+    )
+  seen = {}
+
+  def record(module, _):
+    if isinstance(module, MultiHeadAttention):
+      seen["/".join(module.path[-3:])] = module.layer_index
+    return False
+
+  jax.eval_shape(lambda: model.init(jax.random.key(0), SRC, TGT, capture_intermediates=record))
+  assert seen["encoder/layer_1/self_attention"] == 1 and seen["decoder/layer_2/cross_attention"] == 2
+  assert seen["decoder/layer_0/self_attention"] == 0
+  plain = param_paths(param_shapes(Transformer(make_config(num_heads=4)), SRC, TGT))
+  assert not {p for p in plain if "lambda" in p or "subln" in p}
+
+
+@pytest.mark.slow  # Over ~3 s on 2 cores (compiling two models' gradients per dtype).
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_differential_models_train_with_finite_gradients(dtype):
+  """An encoder-decoder and a language model (with FoX too) under differential attention: finite
+  gradients with dropout on padded batches, in float32 and bfloat16; the lambdas learn."""
+  config = make_config(differential=True, num_heads=4, num_kv_heads=2, dtype=dtype, dropout_rate=0.1)
+  lm = LanguageModel(config.replace(forget_gate=True, positions="rope"))
+  tokens = LM_TOKENS.at[1, 4:].set(0)
+
+  def loss(params, model, *inputs):
+    out = model.apply(
+      {"params": params}, *inputs, deterministic=False, rngs={"dropout": jax.random.key(1)}
+    )
+    return jnp.mean(jnp.square(out.astype(jnp.float32)))
+
+  grad = jax.jit(jax.grad(loss), static_argnums=1)
+  for model, inputs in ((Transformer(config), (SRC, TGT)), (lm, (tokens,))):
+    params = jax.jit(model.init)(jax.random.key(0), *inputs)["params"]
+    grads = grad(params, model, *inputs)
+    assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(grads))
+    attn = grads["decoder"]["layer_0"]["self_attention"]
+    assert float(jnp.abs(attn["lambda_q1"]).sum()) > 0
