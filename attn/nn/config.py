@@ -130,6 +130,7 @@ class ModelConfig:
   attention_gate: str = "none"  # Gated attention: "none", "headwise" or "elementwise" (ATTENTION_GATES).
   value_residual: str = "none"  # Values mixed with the first layer's: "none", "learned", "shared".
   forget_gate: bool = False  # FoX (Lin et al. 2025): per-head forget gates in causal self-attention.
+  differential: bool = False  # Differential attention (Ye et al. 2024): num_heads // 2 heads of 2 maps.
   # Multi-head latent attention (DeepSeek-V2; attn/nn/latent.py) in every self-attention layer:
   mla_kv_rank: int | None = None  # C, the key/value latent's width (the cache holds it); None = off.
   mla_q_rank: int | None = None  # The query latent's width under MLA; None = a plain query projection.
@@ -197,9 +198,14 @@ class ModelConfig:
     check_choice("attention_kind", self.attention_kind, ATTENTION_KINDS)
     check_choice("attention_gate", self.attention_gate, ATTENTION_GATES)
     check_choice("value_residual", self.value_residual, VALUE_RESIDUALS)
-    for field in ("forget_gate",):
+    for field in ("forget_gate", "differential"):
       if not isinstance(getattr(self, field), bool):
         raise ValueError(f"{field}: must be a bool, got {getattr(self, field)!r}")
+    if self.differential and (self.num_heads % 2 or (self.num_kv_heads or 0) % 2):
+      raise ValueError(
+        "differential: needs an even num_heads and num_kv_heads (two query/key heads per "
+        f"differential head), got {self.num_heads} and {self.num_kv_heads}"
+      )
     check_choice("norm_kind", self.norm_kind, NORM_KINDS)
     eps = self.norm_epsilon
     if isinstance(eps, bool) or not isinstance(eps, int | float) or not 0.0 < eps < 1.0:
@@ -312,6 +318,7 @@ class ModelConfig:
       "sigmoid": ("attention_kind", self.attention_kind == "sigmoid"),
       "softpick": ("attention_kind", self.attention_kind == "softpick"),
       "stick_breaking": ("attention_kind", self.attention_kind == "stick_breaking"),
+      "value_head_dim": ("differential", self.differential),  # Values of 2K against keys of K.
     }
     for option, (field, on) in asked.items():
       if on and option in cannot:

@@ -313,7 +313,7 @@ def test_new_fields_default_to_the_old_model():
   )
   assert config.rope_theta == 10000.0 and ModelConfig(rope_theta=1e6).rope_theta == 1e6
   assert (config.attention_gate, config.value_residual) == ("none", "none")
-  assert config.forget_gate is False
+  assert config.forget_gate is False and config.differential is False
 
 
 def test_attention_window_defaults_to_full_attention():
@@ -355,6 +355,16 @@ def test_feature_buckets_one_or_negative_is_an_error(buckets):
     ({"value_residual": True}, "value_residual: unknown choice True"),
     ({"forget_gate": 1}, "forget_gate: must be a bool, got 1"),
     ({"forget_gate": None}, "forget_gate: must be a bool, got None"),
+    ({"differential": "yes"}, "differential: must be a bool, got 'yes'"),
+    ({"differential": True, "num_heads": 1}, "differential: needs an even num_heads and num_kv_heads"),
+    (
+      {"differential": True, "num_heads": 4, "num_kv_heads": 1},
+      "differential: needs an even num_heads and num_kv_heads",
+    ),
+    (
+      {"differential": True, "attention_implementation": "jax"},
+      "differential: True is not served by attention_implementation='jax'; use 'naive', 'flash'",
+    ),
     ({"rope_fraction": 0.0}, "rope_fraction: must be in (0, 1]"),
     ({"rope_fraction": 1.5}, "rope_fraction: must be in (0, 1]"),
     ({"positions": "rope", "rope_fraction": 0.01}, "rope_fraction: 0.01 of head dim 64 rotates no pair"),
@@ -482,6 +492,7 @@ CONFIGS = st.fixed_dictionaries(
     # (mla_kv_rank, mla_q_rank, mla_rope_dim): mostly off.
     "mla": st.sampled_from([(None, None, 0)] * 4 + [(6, None, 4), (4, 4, 0), (4, None, 2)]),
     "forget_gate": st.booleans(),
+    "differential": st.sampled_from([False, False, True]),
   }
 )
 
