@@ -61,6 +61,24 @@ def _weighted_values(weights_BHTS: Array, v_BSGK: Array) -> Array:
   return out.reshape(*out.shape[:-3], H, out.shape[-1]).astype(v_BSGK.dtype)
 
 
+def _key_value_inputs(inputs_q, inputs_kv, inputs_k, inputs_v) -> tuple[Array, Array]:
+  """(the keys' inputs, the values' inputs): `inputs_kv` for both (None: `inputs_q`), or flax's
+  separate `inputs_k` (None: `inputs_q`) and `inputs_v` (None: `inputs_k`)."""
+  if inputs_k is None and inputs_v is None:
+    inputs_kv = inputs_q if inputs_kv is None else inputs_kv
+    return inputs_kv, inputs_kv
+  if inputs_kv is not None:
+    raise ValueError("inputs_k: give inputs_kv or inputs_k and inputs_v, not both")
+  inputs_k = inputs_q if inputs_k is None else inputs_k
+  inputs_v = inputs_k if inputs_v is None else inputs_v
+  if jnp.shape(inputs_k)[:-1] != jnp.shape(inputs_v)[:-1]:
+    raise ValueError(
+      f"inputs_v: must be [batch..., S, D_v] over the keys' [batch..., S] = "
+      f"{jnp.shape(inputs_k)[:-1]}, got {jnp.shape(inputs_v)}"
+    )
+  return inputs_k, inputs_v
+
+
 def _interleave_heads(a_BHTS: Array, b_BHTS: Array) -> Array:
   """[batch..., H, T, S] twice -> [batch..., 2H, T, S] with head 2h from a, 2h + 1 from b."""
   both = jnp.stack([a_BHTS, b_BHTS], axis=-3)
@@ -183,10 +201,15 @@ class MultiHeadAttention(nn.Module):
     deterministic: bool = True,
     first_values: Array | None = None,
     return_values: bool = False,
+    inputs_k: Array | None = None,
+    inputs_v: Array | None = None,
   ) -> Array | tuple[Array, Array]:
     """Attends from `inputs_q` [batch..., T, D] to `inputs_kv` [batch..., S, D] (itself if None).
 
     Args:
+      inputs_k, inputs_v: keys and values from separate inputs instead of `inputs_kv`, as flax's
+        MultiHeadDotProductAttention takes them: keys from `inputs_k` [batch..., S, D_k] (None:
+        `inputs_q`), values from `inputs_v` [batch..., S, D_v] (None: `inputs_k`).
       mask: bool, broadcastable to [batch..., H, T, S]; True = may attend. In decode mode the causal
         mask over the cache is built here, so pass only extra masks of S = the cache length.
       key_valid: bool [batch..., S], False for keys that are padding. In decode mode it covers only
@@ -205,17 +228,18 @@ class MultiHeadAttention(nn.Module):
     Returns:
       [batch..., T, out_features], and the values when `return_values`.
     """
-    inputs_kv = inputs_q if inputs_kv is None else inputs_kv
+    inputs_kv, inputs_v = _key_value_inputs(inputs_q, inputs_kv, inputs_k, inputs_v)
     check_module_scale("scale", self.scale)
     causal = is_causal or self.decode
-    q_BTHK, k_BSGK, v_BSGK = self._project(inputs_q, inputs_kv, first_values)
+    q_BTHK, k_BSGK, v_BSGK = self._project(inputs_q, inputs_kv, first_values, inputs_v)
     q_BTHK, k_BSGK, v_BSGK = (
       hooks.hook(n, x) for n, x in zip("qkv", (q_BTHK, k_BSGK, v_BSGK), strict=True)
     )
     new_values_BSGK = v_BSGK  # This call's tokens' (the cache holds them too in decode mode).
     q_BTHK, k_BSGK = self._normalize_qk(q_BTHK, k_BSGK)
     offset = self._cache_offset()
-    forget = self._forget_cumsum(inputs_q, inputs_kv, key_valid, offset, causal)
+    self_attention = inputs_kv is inputs_q and inputs_v is inputs_q
+    forget = self._forget_cumsum(inputs_q, self_attention, key_valid, offset, causal)
     q_pos_T = offset + jnp.arange(q_BTHK.shape[-3])
     if self.positions == "rope":  # Keys are cached rotated, at their own positions.
       rotate = functools.partial(relative.rope, base=self.rope_base, fraction=self.rope_fraction)
@@ -260,7 +284,11 @@ class MultiHeadAttention(nn.Module):
     return (out, new_values_BSGK) if return_values else out
 
   def _project(
-    self, inputs_q: Array, inputs_kv: Array, first_values: Array | None = None
+    self,
+    inputs_q: Array,
+    inputs_kv: Array,
+    first_values: Array | None = None,
+    inputs_v: Array | None = None,
   ) -> tuple[Array, Array, Array]:
     """The query [batch..., T, H, K], key and value [batch..., S, G, K] projections (the values
     mixed with `first_values` under `value_residual`)."""
@@ -293,11 +321,12 @@ class MultiHeadAttention(nn.Module):
     q_init = self.kernel_init
     if self.scale == "init_folded":
       q_init = _folded_init(self.kernel_init, K**-0.5)
-    value = lambda: tokenwise(dense("value", G_v, self.kernel_init, sharding.KV_HEADS, K_v), inputs_kv)
+    inputs_v = inputs_kv if inputs_v is None else inputs_v  # Values from their own inputs.
+    value = lambda: tokenwise(dense("value", G_v, self.kernel_init, sharding.KV_HEADS, K_v), inputs_v)
     return (
       tokenwise(dense("query", H, q_init, sharding.HEADS), inputs_q),
       tokenwise(dense("key", G, self.kernel_init, sharding.KV_HEADS), inputs_kv),
-      self._residual_values(value, first_values, (*inputs_kv.shape[:-1], G_v, K_v)),
+      self._residual_values(value, first_values, (*inputs_v.shape[:-1], G_v, K_v)),
     )
 
   def _residual_values(self, value: Any, first_values: Array | None, shape: tuple) -> Array:
@@ -355,7 +384,7 @@ class MultiHeadAttention(nn.Module):
       gate = gate[..., None]
     return out_BTHK * gate.astype(out_BTHK.dtype)
 
-  def _forget_cumsum(self, inputs_q, inputs_kv, key_valid, offset, causal: bool):
+  def _forget_cumsum(self, inputs_q, self_attention: bool, key_valid, offset, causal: bool):
     """FoX's (query_c, key_c) for the pure function's `forget_cumsum`, or None without the gate.
 
     log f = log_sigmoid(inputs W_f + b_f) per token and head (float32), 0 at padding (`key_valid`
@@ -367,7 +396,7 @@ class MultiHeadAttention(nn.Module):
     beside the keys ("cached_forget" [batch..., S, H])."""
     if not self.forget_gate:
       return None
-    if not causal or inputs_kv is not inputs_q:
+    if not causal or not self_attention:
       raise ValueError(
         "forget_gate: FoX is causal self-attention; call with is_causal=True or in decode mode "
         "(an encoder's bidirectional or a cross-attention layer has no forget gate)"

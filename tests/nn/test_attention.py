@@ -131,6 +131,30 @@ def test_multi_head_attention_equals_flax_with_copied_params(use_bias, cross, ma
     assert not np.allclose(out, ours.apply({"params": params}, x, kv), atol=1e-4)
 
 
+@pytest.mark.parametrize("values", ["own", "default"])
+def test_separate_key_and_value_inputs_equal_flax_with_copied_params(values):
+  """`inputs_k` and `inputs_v` as flax's MultiHeadDotProductAttention takes them (inputs of other
+  widths than the query's; `inputs_v` defaults to `inputs_k`), against flax with our parameters."""
+  H = 4
+  x, k_in = _normal(10, (B, T, D)), _normal(11, (B, S, 12))
+  v_in = _normal(12, (B, S, 8)) if values == "own" else None
+  mask = jnp.asarray(np.random.default_rng(13).random((B, 1, T, S)) < 0.6).at[..., 0].set(True)
+  ours = MultiHeadAttention(num_heads=H)
+  theirs = nn.MultiHeadDotProductAttention(num_heads=H)
+  params = _init(ours, x, inputs_k=k_in, inputs_v=v_in)["params"]
+  assert _shapes(params) == _param_shapes(theirs, x, k_in, v_in)
+  assert params["value"]["kernel"].shape == (8 if values == "own" else 12, H, D // H)
+  out = ours.apply({"params": params}, x, inputs_k=k_in, inputs_v=v_in, mask=mask)
+  want = theirs.apply({"params": params}, x, k_in, v_in, mask=mask, deterministic=True)
+  np.testing.assert_allclose(out, want, atol=ATOL)
+  if values == "default":  # The same as inputs_kv.
+    np.testing.assert_allclose(out, ours.apply({"params": params}, x, k_in, mask=mask), atol=ATOL)
+  with pytest.raises(ValueError, match=r"^inputs_k: give inputs_kv or inputs_k and inputs_v"):
+    ours.apply({"params": params}, x, k_in, inputs_k=k_in)
+  with pytest.raises(ValueError, match=r"^inputs_v: must be \[batch..., S, D_v\]"):
+    ours.apply({"params": params}, x, inputs_k=k_in, inputs_v=_normal(1, (B, S + 1, 12)))
+
+
 # Head-dim policy.
 
 
