@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from attn.nn import hooks
 from attn.nn.config import ModelConfig
 from attn.nn.decoding import greedy_decode, init_cache
 from attn.nn.latent import LATENT_NORM_EPSILON, MultiHeadLatentAttention, cache_bytes_per_token
@@ -334,6 +335,33 @@ def test_records_weights_in_a_language_model():
   params = model.init(jax.random.key(0), TOKENS)["params"]
   _, weights = attention_weights(model, {"params": params}, TOKENS)
   assert weights[0]["self"].shape == (2, H, 6, 6)
+
+
+@pytest.mark.slow  # Over ~3 s on 2 cores (several forward passes).
+def test_hook_points_head_gates_and_diagnostics():
+  """The hook points q, k, v, pattern and z (a hook on the pattern changes the output), a head gate
+  of zero removes that head as zero rows of the output projection would, and the diagnostics."""
+  model = LanguageModel(lm_config(num_decoder_layers=1))
+  params = model.init(jax.random.key(0), TOKENS)["params"]
+  out, cache = hooks.run_with_cache(model, params, TOKENS)
+  shapes = {n.rsplit(".", 1)[-1]: a.shape for n, a in cache.items() if n.startswith("blocks.0.attn.")}
+  E = K + 4
+  assert shapes == {
+    "q": (2, 6, H, E), "k": (2, 6, H, E), "v": (2, 6, H, K), "pattern": (2, H, 6, 6), "z": (2, 6, H, K)
+  }  # fmt: skip
+  flat = hooks.run_with_hooks(model, params, TOKENS, hooks={"blocks.0.attn.pattern": jnp.zeros_like})
+  assert not np.allclose(flat, out)
+  layer = ("decoder", "layer_0", "self_attention")
+  gates = {"decoder": {"layer_0": {"self_attention": {"gate": jnp.array([1.0, 0.0])}}}}
+  gated = model.apply({"params": params, "head_gates": gates}, TOKENS)
+  pruned = jax.tree.map(lambda a: a, params)
+  kernel = pruned[layer[0]][layer[1]][layer[2]]["out"]["kernel"]
+  pruned[layer[0]][layer[1]][layer[2]]["out"]["kernel"] = kernel.at[1].set(0.0)
+  np.testing.assert_allclose(gated, model.apply({"params": pruned}, TOKENS), atol=1e-5)
+  _, state = model.apply({"params": params}, TOKENS, mutable=["diagnostics"])
+  diagnostics = state["diagnostics"][layer[0]][layer[1]][layer[2]]
+  assert {"entropy", "logit_std", "max_weight", "sink_rate"} <= set(diagnostics)
+  assert all(np.isfinite(float(v[0])) for v in diagnostics.values())
 
 
 # --------------------------------------------------------------------------------------------------
