@@ -96,10 +96,14 @@ class MultiHeadLatentAttention(MultiHeadAttention):
     deterministic: bool = True,
     first_values: Array | None = None,
     return_values: bool = False,
+    inputs_k: Array | None = None,
+    inputs_v: Array | None = None,
   ) -> Array:
     """x [batch..., T, D] -> [batch..., T, out_features]; arguments as MultiHeadAttention's."""
-    if inputs_kv is not None and inputs_kv is not inputs_q:
-      raise ValueError("MultiHeadLatentAttention: self-attention only (no inputs_kv)")
+    if any(a is not None and a is not inputs_q for a in (inputs_kv, inputs_k, inputs_v)):
+      raise ValueError(
+        "MultiHeadLatentAttention: self-attention only (no inputs_kv, inputs_k, inputs_v)"
+      )
     if first_values is not None or return_values:
       raise ValueError("value_residual: not supported with multi-head latent attention")
     self._check()

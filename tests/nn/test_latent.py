@@ -455,6 +455,8 @@ def test_the_layer_refuses_what_it_does_not_do():
     init(layer(num_kv_heads=1), x)
   with pytest.raises(ValueError, match="self-attention only"):
     layer().init(jax.random.key(0), x, inputs(seed=3))
+  with pytest.raises(ValueError, match="self-attention only"):
+    layer().init(jax.random.key(0), x, inputs_v=inputs(seed=3))
 
 
 def test_jax_implementation_serves_mla_without_the_rope_key():
