@@ -35,7 +35,7 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
   config.model.attention_dropout_rate = 0.0  # Dropout on attention weights.
   config.model.scale = "sqrt_d"  # sqrt_d | none | d | learned | init_folded.
   config.model.norm = "post"  # post (the paper) | pre.
-  config.model.positions = "sinusoidal"  # sinusoidal | learned | rope | alibi | t5_bias | none.
+  config.model.positions = "sinusoidal"  # sinusoidal | learned | rope | alibi | t5_bias | none | xpos.
   config.model.rope_fraction = 1.0  # Share of the head dim RoPE rotates.
   config.model.rope_theta = 10000.0  # RoPE's base (Llama 3: 500000).
   config.model.t5_num_buckets = 32  # T5 bias buckets.
@@ -48,6 +48,7 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
   config.model.value_residual = "none"  # none | learned (ResFormer) | shared (SVFormer): V_1 reused.
   config.model.forget_gate = False  # FoX: per-head forget gates (causal self-attention only).
   config.model.differential = False  # Differential attention: num_heads // 2 heads of two maps each.
+  config.model.rope_interleaved = False  # RoPE / xPos pairs (2i, 2i + 1) (GPT-J) over rotate-half.
   config.model.mla_kv_rank = config_dict.placeholder(int)  # MLA's key/value latent width; None = off.
   config.model.mla_q_rank = config_dict.placeholder(int)  # MLA's query latent width; None = plain.
   config.model.mla_rope_dim = 0  # MLA's decoupled RoPE dims (even; > 0 exactly with positions=rope).

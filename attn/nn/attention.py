@@ -154,7 +154,10 @@ class MultiHeadAttention(nn.Module):
   bias_init: Any = nn.initializers.zeros_init()
   decode: bool = False
   implementation: str | None = None
-  positions: str = "none"  # Relative positions inside the layer: "none", "rope", "alibi", "t5_bias".
+  # Relative positions inside the layer: "none", "rope", "xpos" (RoPE with xPos's per-pair decay,
+  # Sun et al. 2022: scale_base 512, gamma 0.4), "alibi", "t5_bias".
+  positions: str = "none"
+  rope_interleaved: bool = False  # RoPE's (and xPos's) pairs adjacent (2i, 2i + 1): GPT-J's layout.
   rope_fraction: float = 1.0  # Share of the head dim RoPE rotates.
   rope_base: float = 10_000.0
   t5_num_buckets: int = 32
@@ -241,10 +244,19 @@ class MultiHeadAttention(nn.Module):
     self_attention = inputs_kv is inputs_q and inputs_v is inputs_q
     forget = self._forget_cumsum(inputs_q, self_attention, key_valid, offset, causal)
     q_pos_T = offset + jnp.arange(q_BTHK.shape[-3])
-    if self.positions == "rope":  # Keys are cached rotated, at their own positions.
-      rotate = functools.partial(relative.rope, base=self.rope_base, fraction=self.rope_fraction)
-      q_BTHK = rotate(q_BTHK, q_pos_T)
-      k_BSGK = rotate(k_BSGK, offset + jnp.arange(k_BSGK.shape[-3]))
+    if self.positions in ("rope", "xpos"):  # Keys are cached rotated, at their own positions.
+      rotate = functools.partial(
+        relative.rope if self.positions == "rope" else relative.xpos,
+        base=self.rope_base,
+        fraction=self.rope_fraction,
+        interleaved=self.rope_interleaved,
+      )
+      if self.positions == "xpos":  # Queries scaled by zeta^(n / 512), keys by zeta^(-m / 512).
+        q_BTHK = rotate(q_BTHK, q_pos_T, is_key=False)
+        k_BSGK = rotate(k_BSGK, offset + jnp.arange(k_BSGK.shape[-3]), is_key=True)
+      else:
+        q_BTHK = rotate(q_BTHK, q_pos_T)
+        k_BSGK = rotate(k_BSGK, offset + jnp.arange(k_BSGK.shape[-3]))
     q_BTHK, runtime_scale = self._scale_queries(q_BTHK)
     k_BSGK, v_BSGK, mask, fits_cache = self._keys_and_mask(k_BSGK, v_BSGK, mask, key_valid)
     if window is not None:

@@ -28,6 +28,7 @@ _SAME_NAMED_FIELDS = (
   "attention_sink",
   "attention_kind",
   "attention_gate",
+  "rope_interleaved",
 )
 
 

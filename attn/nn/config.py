@@ -27,8 +27,9 @@ NORM_POSITIONS = ("post", "pre")  # post-LN as in the paper; pre-LN trains more 
 # Where order comes from. Added to the embeddings: "sinusoidal" (the paper), "learned". Inside every
 # self-attention layer: "rope" (rotary q and k), "alibi" (linear distance penalties), "t5_bias"
 # (learned bucketed bias). "none" (NoPE): no positions at all.
-POSITION_KINDS = ("sinusoidal", "learned", "rope", "alibi", "t5_bias", "none")
-RELATIVE_POSITIONS = ("rope", "alibi", "t5_bias")
+# "xpos": RoPE whose pairs also decay with the distance (Sun et al. 2022; scale_base 512, gamma 0.4).
+POSITION_KINDS = ("sinusoidal", "learned", "rope", "alibi", "t5_bias", "none", "xpos")
+RELATIVE_POSITIONS = ("rope", "alibi", "t5_bias", "xpos")
 QK_NORMS = ("none", "rms")
 # "softpick" (Zuhri et al. 2025) and "stick_breaking" (Tan et al. 2025; naive only) are the pure
 # function's kinds of the same names; "ssmax" is the softmax with the logits times s_h log n.
@@ -131,6 +132,7 @@ class ModelConfig:
   value_residual: str = "none"  # Values mixed with the first layer's: "none", "learned", "shared".
   forget_gate: bool = False  # FoX (Lin et al. 2025): per-head forget gates in causal self-attention.
   differential: bool = False  # Differential attention (Ye et al. 2024): num_heads // 2 heads of 2 maps.
+  rope_interleaved: bool = False  # RoPE's / xPos's pairs adjacent (2i, 2i + 1), GPT-J's layout.
   # Multi-head latent attention (DeepSeek-V2; attn/nn/latent.py) in every self-attention layer:
   mla_kv_rank: int | None = None  # C, the key/value latent's width (the cache holds it); None = off.
   mla_q_rank: int | None = None  # The query latent's width under MLA; None = a plain query projection.
@@ -198,7 +200,7 @@ class ModelConfig:
     check_choice("attention_kind", self.attention_kind, ATTENTION_KINDS)
     check_choice("attention_gate", self.attention_gate, ATTENTION_GATES)
     check_choice("value_residual", self.value_residual, VALUE_RESIDUALS)
-    for field in ("forget_gate", "differential"):
+    for field in ("forget_gate", "differential", "rope_interleaved"):
       if not isinstance(getattr(self, field), bool):
         raise ValueError(f"{field}: must be a bool, got {getattr(self, field)!r}")
     if self.differential and (self.num_heads % 2 or (self.num_kv_heads or 0) % 2):
@@ -212,7 +214,7 @@ class ModelConfig:
       raise ValueError(f"norm_epsilon: must be a float in (0, 1), got {eps!r}")
     if isinstance(self.rope_fraction, bool) or not 0.0 < self.rope_fraction <= 1.0:
       raise ValueError(f"rope_fraction: must be in (0, 1], got {self.rope_fraction!r}")
-    if self.positions == "rope" and int(self.resolved_head_dim * self.rope_fraction) < 2:
+    if self.positions in ("rope", "xpos") and int(self.resolved_head_dim * self.rope_fraction) < 2:
       raise ValueError(
         f"rope_fraction: {self.rope_fraction} of head dim {self.resolved_head_dim} rotates no pair"
       )

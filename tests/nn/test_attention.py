@@ -1020,3 +1020,57 @@ def test_differential_attention_refuses_odd_heads_and_works_in_decode_mode():
       {"params": params, "cache": mutated["cache"]}, x[:, t : t + 1], mutable=["cache"]
     )
     np.testing.assert_allclose(out[:, 0], full[:, t], atol=ATOL, err_msg=f"token {t}")
+
+
+def _gptj_rotate(x, positions, scale=None):
+  """GPT-J's RoPE in NumPy: pair i = channels (2i, 2i + 1) rotated by pos * 10000^(-2i / K), each
+  pair also multiplied by scale[pos, i] when given (xPos)."""
+  K = x.shape[-1]
+  theta = positions[:, None] * 10000.0 ** (-np.arange(0, K, 2) / K)  # [T, K / 2]
+  cos, sin = np.cos(theta)[:, None], np.sin(theta)[:, None]  # [T, 1, K / 2]
+  even, odd = x[..., 0::2], x[..., 1::2]
+  out = np.empty_like(x)
+  out[..., 0::2], out[..., 1::2] = even * cos - odd * sin, odd * cos + even * sin
+  if scale is not None:
+    out = out * np.repeat(scale, 2, axis=-1)[:, None]
+  return out
+
+
+@pytest.mark.parametrize("positions", ["rope", "xpos"])
+def test_interleaved_rope_and_xpos_follow_their_formulas(positions):
+  """rope_interleaved: GPT-J's adjacent pairs; xpos: the same rotation with pair i of a query at n
+  times zeta_i^(n / 512) and of a key at m times zeta_i^(-m / 512), zeta_i = (2i / K + 0.4) / 1.4."""
+  x = _normal(0, (B, T, D))
+  kwargs = dict(num_heads=2, positions=positions, rope_interleaved=True, implementation="naive")
+  module = MultiHeadAttention(**kwargs)
+  params = _init(module, x, is_causal=True)["params"]
+  K = D // 2
+  n = np.arange(T, dtype=np.float64)
+  zeta = (np.arange(0, K, 2) / K + 0.4) / 1.4
+  q_scale = zeta ** (n[:, None] / 512) if positions == "xpos" else None
+  k_scale = zeta ** (-n[:, None] / 512) if positions == "xpos" else None
+  q = _gptj_rotate(np.asarray(_project(params, "query", x), np.float64), n, q_scale)
+  k = _gptj_rotate(np.asarray(_project(params, "key", x), np.float64), n, k_scale)
+  v = _project(params, "value", x)
+  out = attn.dot_product_attention(
+    jnp.asarray(q, jnp.float32), jnp.asarray(k, jnp.float32), v, is_causal=True, implementation="naive"
+  )
+  want = _out_project(params, out)
+  np.testing.assert_allclose(module.apply({"params": params}, x, is_causal=True), want, atol=ATOL)
+  half = MultiHeadAttention(**{**kwargs, "rope_interleaved": False})  # The layouts differ.
+  assert not np.allclose(half.apply({"params": params}, x, is_causal=True), want, atol=1e-4)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_xpos_and_interleaved_rope_have_finite_gradients(dtype):
+  x = _normal(0, (B, T, D)).astype(dtype)
+  module = MultiHeadAttention(num_heads=2, positions="xpos", rope_interleaved=True, dtype=dtype)
+  params = _init(module, x, is_causal=True)["params"]
+  valid = jnp.arange(T)[None, :] < jnp.array([[T], [2]])
+
+  def loss(params):
+    out = module.apply({"params": params}, x, key_valid=valid, is_causal=True)
+    return jnp.sum(jnp.square(out.astype(jnp.float32)))
+
+  grads = jax.grad(loss)(params)
+  assert all(bool(jnp.all(jnp.isfinite(g))) for g in jax.tree.leaves(grads))

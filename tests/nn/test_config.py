@@ -194,7 +194,7 @@ def test_unknown_choice_lists_the_choices(field, value, choices):
 def test_choice_lists():
   assert set(MODULE_SCALE_CHOICES) == {"sqrt_d", "none", "d", "learned", "init_folded"}
   assert set(NORM_POSITIONS) == {"post", "pre"}
-  assert set(POSITION_KINDS) == {"sinusoidal", "learned", "rope", "alibi", "t5_bias", "none"}
+  assert set(POSITION_KINDS) == {"sinusoidal", "learned", "rope", "alibi", "t5_bias", "none", "xpos"}
   assert set(ACTIVATIONS) == {"relu", "gelu", "silu", "gelu_exact"}
   assert set(INIT_SCHEMES) == {"default", "gpt2"}
   assert set(DTYPES) == {"float32", "bfloat16", "float16"}
@@ -314,6 +314,7 @@ def test_new_fields_default_to_the_old_model():
   assert config.rope_theta == 10000.0 and ModelConfig(rope_theta=1e6).rope_theta == 1e6
   assert (config.attention_gate, config.value_residual) == ("none", "none")
   assert config.forget_gate is False and config.differential is False
+  assert config.rope_interleaved is False
 
 
 def test_attention_window_defaults_to_full_attention():
@@ -356,6 +357,8 @@ def test_feature_buckets_one_or_negative_is_an_error(buckets):
     ({"forget_gate": 1}, "forget_gate: must be a bool, got 1"),
     ({"forget_gate": None}, "forget_gate: must be a bool, got None"),
     ({"differential": "yes"}, "differential: must be a bool, got 'yes'"),
+    ({"rope_interleaved": 0}, "rope_interleaved: must be a bool, got 0"),
+    ({"positions": "xpos", "rope_fraction": 0.01}, "rope_fraction: 0.01 of head dim 64 rotates no pair"),
     ({"differential": True, "num_heads": 1}, "differential: needs an even num_heads and num_kv_heads"),
     (
       {"differential": True, "num_heads": 4, "num_kv_heads": 1},
@@ -493,6 +496,7 @@ CONFIGS = st.fixed_dictionaries(
     "mla": st.sampled_from([(None, None, 0)] * 4 + [(6, None, 4), (4, 4, 0), (4, None, 2)]),
     "forget_gate": st.booleans(),
     "differential": st.sampled_from([False, False, True]),
+    "rope_interleaved": st.booleans(),
   }
 )
 

@@ -647,7 +647,9 @@ VARIANTS = [  # Combined, so that each compiles once; together they cover every 
   dict(positions="alibi", attention_kind="stick_breaking"),
   dict(positions="none", forget_gate=True),
   dict(positions="rope", forget_gate=True, attention_kind="sigmoid", num_kv_heads=1),
-  dict(positions="rope", differential=True),
+  dict(positions="rope", differential=True, rope_interleaved=True),
+  dict(positions="xpos", rope_fraction=0.5, qk_norm="rms"),
+  dict(positions="xpos", rope_interleaved=True, num_kv_heads=1),
   dict(
     positions="t5_bias",
     differential=True,

@@ -752,6 +752,7 @@ PADDING_VARIANTS = [  # Every position kind and attention variant (combined: eac
   dict(positions="rope", attention_kind="softpick", logit_soft_cap=3.0),
   dict(positions="alibi", attention_kind="stick_breaking"),
   dict(positions="t5_bias", t5_num_buckets=8, t5_max_distance=16, differential=True),
+  dict(positions="xpos", rope_interleaved=True),
 ]
 
 
@@ -892,6 +893,7 @@ LM_PADDING_VARIANTS = [
   dict(positions="none", forget_gate=True),
   dict(positions="rope", forget_gate=True, attention_kind="softpick", num_kv_heads=1),
   dict(positions="alibi", differential=True, num_heads=4, num_kv_heads=2, attention_sink=True),
+  dict(positions="xpos", rope_interleaved=True, rope_fraction=0.5),
 ]
 
 
