@@ -766,6 +766,8 @@ PADDING_VARIANTS = [  # Every position kind and attention variant (combined: eac
 def test_a_sentences_outputs_do_not_depend_on_its_batchs_padding(variant, implementation):
   """The same 4-token sentence, padded to 5 and to 9 in its batch: the tagger's logits at its real
   tokens are the same. (SSMax's log n counted padded keys, so tags changed with the padding.)"""
+  if implementation == "flash" and variant.get("attention_kind") == "stick_breaking":
+    pytest.skip("stick-breaking is naive only: ModelConfig refuses it with 'flash'")
   config = ModelConfig(
     vocab_size=V, d_model=D, num_heads=H, d_ff=32, num_encoder_layers=2, num_decoder_layers=0,
     num_classes=C, dropout_rate=0.0, max_length=16, attention_implementation=implementation,
