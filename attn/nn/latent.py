@@ -41,7 +41,8 @@ _READ_OR_INERT = frozenset({
   "num_heads", "head_dim_policy", "head_dim", "qkv_features", "out_features", "scale",
   "dropout_rate", "use_bias", "qkv_bias", "out_bias", "dtype", "param_dtype", "kernel_init",
   "out_kernel_init", "bias_init", "decode", "implementation", "positions", "rope_fraction",
-  "rope_base", "t5_num_buckets", "t5_max_distance", "ssmax_length", "layer_index", "parent", "name",
+  "rope_base", "rope_interleaved", "t5_num_buckets", "t5_max_distance", "ssmax_length",
+  "layer_index", "parent", "name",
 })  # fmt: skip
 
 LATENT_NORM_EPSILON = 1e-6  # The RMSNorms of the latents (kv_a_layernorm, q_a_layernorm).
@@ -117,7 +118,8 @@ class MultiHeadLatentAttention(MultiHeadAttention):
     offset = self._cache_offset()
     q_pos_T = offset + jnp.arange(x.shape[-2])
     if R:  # The shared key is cached rotated, at its own positions.
-      rotate = functools.partial(relative.rope, base=self.rope_base)
+      interleaved = getattr(self, "rope_interleaved", False)  # GPT-J's adjacent pairs.
+      rotate = functools.partial(relative.rope, base=self.rope_base, interleaved=interleaved)
       q_BTHE = jnp.concatenate([q_BTHE[..., :K], rotate(q_BTHE[..., K:], q_pos_T)], axis=-1)
       kr_BSR = rotate(kr_BSR[..., None, :], offset + jnp.arange(kr_BSR.shape[-2]))[..., 0, :]
     if key_valid is not None and key_valid.shape != c_BSC.shape[:-1]:

@@ -274,6 +274,7 @@ def _cached_step(model, params):
     pytest.param(dict(), id="rope"),
     pytest.param(dict(mla_q_rank=5, attention_window=2), id="q_rank,window", marks=pytest.mark.slow),
     pytest.param(dict(positions="sinusoidal", mla_rope_dim=0), id="sinusoidal", marks=pytest.mark.slow),
+    pytest.param(dict(rope_interleaved=True), id="interleaved", marks=pytest.mark.slow),
   ],
 )
 def test_cached_decoding_equals_recomputation_with_a_right_padded_prompt(changes):
