@@ -148,6 +148,7 @@ def check_variants_rows(timed):
     "gate headwise (layer)": "<= 1.25",
     "gate elementwise (layer)": "<= 1.25",
     "value_residual learned (layer, given V1)": "<= 1.25",
+    "differential (layer)": "<= 2.2",
   }.items():
     assert by_name[name]["target"] == target, name
   # Stick-breaking (naive only) against both plain flash and the naive path's softmax.
@@ -155,7 +156,7 @@ def check_variants_rows(timed):
   assert sb["reference"] == "flash (plain)" and _positive(sb["ratio_vs_naive"])
   assert by_name["softmax (naive), reference"]["ratio_vs_naive"] == 1.0
   # The module-level options against the layer without them; value residual against no V1.
-  for name in ("gate headwise (layer)", "gate elementwise (layer)"):
+  for name in ("gate headwise (layer)", "gate elementwise (layer)", "differential (layer)"):
     assert by_name[name]["reference"] == "layer (plain, flash)"
   assert by_name["layer (plain, flash)"]["ratio_vs_flash"] == 1.0
   assert by_name["value_residual learned (layer, given V1)"]["reference"] == "the same layer without V1"
