@@ -28,7 +28,11 @@ CONFIGS = (
   "base", "sqrt_d", "heads", "depth", "ner", "translate", "shakespeare_char", "prune", "ner_heads",
   "rollout", "denoise", "ner_ablation", "induction", "ner_pretrained",
 )  # fmt: skip
-TEXT_SWEEPS = ("positions", "stability")  # Sweeps of the text task: validated on a small text file.
+TEXT_SWEEPS = (
+  "positions",
+  "stability",
+  "variants_lm",
+)  # Sweeps of the text task: validated on a small text file.
 # Configs whose task reads config.data.path: validated on fixtures in their own tests (never on the
 # shared data), e.g. tests/tasks/test_ner.py.
 NER_SWEEPS = ("denoise", "ner_ablation")  # Sweeps of the NER task: validated on the NER fixture.
@@ -204,7 +208,7 @@ def test_text_sweep_points_are_valid_configs_on_a_small_text(name, tmp_path):
   path = tmp_path / "input.txt"
   path.write_text("To be, or not to be: that is the question.\n" * 200, encoding="utf-8")
   module = load(name)
-  full = {"positions": 6, "stability": 15}[name]
+  full = {"positions": 6, "stability": 15, "variants_lm": 9}[name]
   for preset in PRESETS:
     points = module.get_sweep(preset)
     assert len(points) == (2 if preset == "smoke" else full)
@@ -220,6 +224,9 @@ def test_text_sweep_points_are_valid_configs_on_a_small_text(name, tmp_path):
   if name == "positions":
     assert [p["model.positions"] for p in module.get_sweep("")] == list(module.KINDS)
     assert module.get_config("").task.eval_lengths == (64, 128, 256, 512)
+  elif name == "variants_lm":  # Each point differs from the baseline in its own fields only.
+    assert module.get_sweep("")[0] == module.BASELINE
+    assert module.get_config("").task.eval_lengths == (64, 128, 256)
   else:
     rates = sorted({p["optimizer.learning_rate"] for p in module.get_sweep("")})
     assert len(rates) >= 5 and rates[-1] / rates[0] >= 30

@@ -167,7 +167,9 @@ def probe_step(params, rng, *, model_config: ModelConfig, length: int = 64, batc
     if isinstance(tree, dict) and "query" in tree and "key" in tree:
       cross = bool(path) and path[-1] == "cross_attention"  # No relative positions there.
       layer = blocks.attention_layer(model_config, "probe", cross=cross)
-      _, state = layer.apply({"params": tree}, x_BTD, mutable=["diagnostics"])
+      # Forgetting attention is causal self-attention only: the probe attends causally there.
+      causal = bool(getattr(layer, "forget_gate", False))
+      _, state = layer.apply({"params": tree}, x_BTD, is_causal=causal, mutable=["diagnostics"])
       for name, value in state["diagnostics"].items():
         out["/".join((*path, name))] = value[0]
       return

@@ -129,3 +129,27 @@ def test_crf_tagger_step_loss_is_the_sentences_negative_log_likelihood_per_token
   np.testing.assert_allclose(sums["loss_sum"], expected * weights.sum(), rtol=1e-5)
   correct = ((tags == batch["tags"]) * weights).sum()
   np.testing.assert_allclose(sums["correct_sum"], correct, rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+  "changes",
+  [{"forget_gate": True, "positions": "none"}, {"differential": True}, {"value_residual": "shared"}],
+  ids=["forget_gate", "differential", "value_residual_shared"],
+)
+def test_probe_runs_on_every_language_model_variant(changes):
+  """The probe (run at every evaluation) applies each attention layer on its own: forgetting
+  attention only exists causally, a differential layer pairs its heads, a shared-value layer has no
+  value projection; each gives finite logit statistics."""
+  from attn.nn import LanguageModel, ModelConfig
+
+  config = ModelConfig(
+    vocab_size=11, d_model=16, num_heads=2, d_ff=0, num_encoder_layers=0, num_decoder_layers=2,
+    norm="pre", dropout_rate=0.0, **changes,
+  )  # fmt: skip
+  tokens = jnp.ones((1, 8), jnp.int32)
+  params = LanguageModel(config).init(jax.random.PRNGKey(0), tokens)["params"]
+  probe = train.probe_step(params, jax.random.PRNGKey(1), model_config=config, length=8, batch=2)
+  layers = {key.rsplit("/", 1)[0] for key in probe}
+  assert len(layers) == 2, sorted(probe)
+  for key, value in probe.items():
+    assert np.isfinite(np.asarray(value)).all(), key
