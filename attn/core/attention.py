@@ -105,6 +105,23 @@ def _group(query: jax.Array, G: int) -> jax.Array:
   return query.reshape(*lead, T, G, H // G, K)
 
 
+def _shifted_exp(logits: jax.Array, mask: jax.Array | None, sink: jax.Array | None):
+  """exp(logits - row max) with masked logits at exactly 0, the row max (0 on a row with no key and
+  no sink; held constant under autodiff) and the row sum (with exp(sink - row max) added): the
+  shared start of `_softmax` and `_log_sum_exp`."""
+  if mask is not None:
+    logits = jnp.where(mask, logits, -jnp.inf)
+  row_max = jnp.max(logits, axis=-1, keepdims=True)
+  if sink is not None:
+    row_max = jnp.maximum(row_max, sink)
+  row_max = jax.lax.stop_gradient(jnp.where(jnp.isneginf(row_max), 0.0, row_max))
+  unnormalized = jnp.exp(logits - row_max)
+  total = jnp.sum(unnormalized, axis=-1, keepdims=True)
+  if sink is not None:
+    total = total + jnp.exp(sink - row_max)
+  return unnormalized, row_max, total
+
+
 def _softmax(logits: jax.Array, mask: jax.Array | None, sink: jax.Array | None = None) -> jax.Array:
   """Softmax over the last axis that gives exact zeros on rows with no key to attend.
 
@@ -114,31 +131,14 @@ def _softmax(logits: jax.Array, mask: jax.Array | None, sink: jax.Array | None =
   spread the row uniformly over keys the caller said it may not see. A `sink` logit [..., 1] adds
   exp(sink) to the denominator only (an always-attendable key whose value is zero).
   """
-  if mask is not None:
-    logits = jnp.where(mask, logits, -jnp.inf)
-  row_max = jnp.max(logits, axis=-1, keepdims=True)
-  if sink is not None:
-    row_max = jnp.maximum(row_max, sink)
-  row_max = jax.lax.stop_gradient(jnp.where(jnp.isneginf(row_max), 0.0, row_max))
-  unnormalized = jnp.exp(logits - row_max)
-  denom = jnp.sum(unnormalized, axis=-1, keepdims=True)
-  if sink is not None:
-    denom = denom + jnp.exp(sink - row_max)
+  unnormalized, _, denom = _shifted_exp(logits, mask, sink)
   return unnormalized / jnp.where(denom == 0.0, 1.0, denom)
 
 
 def _log_sum_exp(logits: jax.Array, mask: jax.Array | None, sink: jax.Array | None = None):
   """The log-sum-exp of each row's attendable logits [..., T, S] -> [..., T] (with the sink logit
   [..., T, 1] as one more term); -inf for a row with no key (and no sink), with zero gradients."""
-  if mask is not None:
-    logits = jnp.where(mask, logits, -jnp.inf)
-  row_max = jnp.max(logits, axis=-1, keepdims=True)
-  if sink is not None:
-    row_max = jnp.maximum(row_max, sink)
-  row_max = jax.lax.stop_gradient(jnp.where(jnp.isneginf(row_max), 0.0, row_max))
-  total = jnp.sum(jnp.exp(logits - row_max), axis=-1, keepdims=True)
-  if sink is not None:
-    total = total + jnp.exp(sink - row_max)
+  _, row_max, total = _shifted_exp(logits, mask, sink)
   empty = total == 0.0
   return jnp.where(empty, -jnp.inf, row_max + jnp.log(jnp.where(empty, 1.0, total)))[..., 0]
 

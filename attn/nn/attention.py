@@ -704,21 +704,43 @@ class MultiHeadAttention(nn.Module):
     Returns the whole cache (keys, values), its mask, and whether the new tokens fitted: True, or a
     traced bool under jit, where an overfull cache cannot raise.
     """
-    initialized = self.has_variable("cache", "cached_key")
-    cached_key = self.variable("cache", "cached_key", jnp.zeros, k_BTGK.shape, k_BTGK.dtype)
-    cached_value = self.variable("cache", "cached_value", jnp.zeros, v_BTGK.shape, v_BTGK.dtype)
-    cached_valid = self.variable("cache", "cached_key_valid", jnp.zeros, k_BTGK.shape[:-2], bool)
+    (keys, values), mask, fits = self._write_cache(
+      {"cached_key": k_BTGK, "cached_value": v_BTGK}, 2, "[batch..., S, G, K]", mask, valid_BT
+    )
+    return keys, values, mask, fits
+
+  def _write_cache(
+    self,
+    new: dict[str, Array],
+    features: int,
+    layout: str,
+    mask: Array | None,
+    valid_BT: Array | None,
+  ) -> tuple[list[Array], Array | None, Any]:
+    """Writes this call's per-token arrays (`new`: cache variable name -> [batch..., T, ...] with
+    `features` axes after T; `layout` names the first one's in errors) at the cache index, with the
+    tokens' validity: the one cache mechanism of every layer that caches per token (keys and values
+    here, an MLA latent and its RoPE key).
+
+    Returns the whole cache's arrays (in `new`'s order), its mask, and whether the new tokens fitted:
+    True, or a traced bool under jit, where an overfull cache cannot raise.
+    """
+    first_name, first = next(iter(new.items()))
+    initialized = self.has_variable("cache", first_name)
+    cached = {n: self.variable("cache", n, jnp.zeros, x.shape, x.dtype) for n, x in new.items()}
+    lead = first.shape[: first.ndim - features]  # [batch..., T]
+    cached_valid = self.variable("cache", "cached_key_valid", jnp.zeros, lead, bool)
     index = self.variable("cache", "cache_index", lambda: jnp.array(0, jnp.int32))
-    T = k_BTGK.shape[-3]
-    valid_BT = jnp.ones(k_BTGK.shape[:-2], bool) if valid_BT is None else valid_BT
+    T = lead[-1]
+    valid_BT = jnp.ones(lead, bool) if valid_BT is None else valid_BT
     if not initialized:  # Initialisation only sizes the cache: attend as in training.
       mask = masks.combine_masks(mask, masks.causal_mask(T), valid_BT[..., None, None, :])
-      return k_BTGK, v_BTGK, mask, True
-    *batch, S, _, _ = cached_key.value.shape
-    if k_BTGK.shape[:-3] != tuple(batch) or T > S:
+      return list(new.values()), mask, True
+    full = cached[first_name].value.shape
+    batch, S = full[: len(lead) - 1], full[len(lead) - 1]
+    if lead[:-1] != tuple(batch) or T > S:
       raise ValueError(
-        f"decode: {T} new tokens of batch {k_BTGK.shape[:-3]} do not fit the cache "
-        f"{cached_key.value.shape} ([batch..., S, G, K])"
+        f"decode: {T} new tokens of batch {lead[:-1]} do not fit the cache {full} ({layout})"
       )
     i = index.value
     try:
@@ -730,16 +752,18 @@ class MultiHeadAttention(nn.Module):
     except jax.errors.ConcretizationTypeError:
       fits = i + T <= S
     zero = jnp.zeros((), i.dtype)  # Every index of one dtype (Python 0 is int64 under x64).
-    start = (zero,) * len(batch) + (i, zero, zero)
-    cached_key.value = jax.lax.dynamic_update_slice(cached_key.value, k_BTGK, start)
-    cached_value.value = jax.lax.dynamic_update_slice(cached_value.value, v_BTGK, start)
-    cached_valid.value = jax.lax.dynamic_update_slice(cached_valid.value, valid_BT, start[:-2])
+    start = (zero,) * len(batch) + (i,)
+    for name, x in new.items():
+      variable = cached[name]
+      variable.value = jax.lax.dynamic_update_slice(
+        variable.value, x, start + (zero,) * (x.ndim - len(start))
+      )
+    cached_valid.value = jax.lax.dynamic_update_slice(cached_valid.value, valid_BT, start)
     index.value = i + T
     # New query t sits at cache position i + t: it sees every earlier position and none after it,
     # which also hides the unwritten (zero) tail of the cache.
     return (
-      cached_key.value,
-      cached_value.value,
+      [cached[name].value for name in new],
       masks.combine_masks(
         mask, masks.causal_mask(T, S, offset=i), cached_valid.value[..., None, None, :]
       ),

@@ -239,45 +239,8 @@ class MultiHeadLatentAttention(MultiHeadAttention):
   ):
     """Writes this call's latents (and rotated shared keys) at the cache index; returns the whole
     cache's, its mask, and whether the new tokens fitted (True, or a traced bool under jit)."""
-    initialized = self.has_variable("cache", "cached_latent")
-    cached_c = self.variable("cache", "cached_latent", jnp.zeros, c_BTC.shape, c_BTC.dtype)
-    cached_r = None
+    new = {"cached_latent": c_BTC}
     if kr_BTR is not None:
-      cached_r = self.variable("cache", "cached_rope_key", jnp.zeros, kr_BTR.shape, kr_BTR.dtype)
-    cached_valid = self.variable("cache", "cached_key_valid", jnp.zeros, c_BTC.shape[:-1], bool)
-    index = self.variable("cache", "cache_index", lambda: jnp.array(0, jnp.int32))
-    T = c_BTC.shape[-2]
-    valid_BT = jnp.ones(c_BTC.shape[:-1], bool) if valid_BT is None else valid_BT
-    if not initialized:  # Initialisation only sizes the cache: attend as in training.
-      mask = masks.combine_masks(mask, masks.causal_mask(T), valid_BT[..., None, None, :])
-      return c_BTC, kr_BTR, mask, True
-    *batch, S, _ = cached_c.value.shape
-    if c_BTC.shape[:-2] != tuple(batch) or T > S:
-      raise ValueError(
-        f"decode: {T} new tokens of batch {c_BTC.shape[:-2]} do not fit the cache "
-        f"{cached_c.value.shape} ([batch..., S, C])"
-      )
-    i = index.value
-    try:
-      if int(i) + T > S:
-        raise ValueError(
-          f"decode: the cache holds {S} positions, {int(i)} are written; {T} more do not fit"
-        )
-      fits = True
-    except jax.errors.ConcretizationTypeError:
-      fits = i + T <= S
-    zero = jnp.zeros((), i.dtype)
-    start = (zero,) * len(batch) + (i, zero)
-    cached_c.value = jax.lax.dynamic_update_slice(cached_c.value, c_BTC, start)
-    if cached_r is not None:
-      cached_r.value = jax.lax.dynamic_update_slice(cached_r.value, kr_BTR, start)
-    cached_valid.value = jax.lax.dynamic_update_slice(cached_valid.value, valid_BT, start[:-1])
-    index.value = i + T
-    return (
-      cached_c.value,
-      None if cached_r is None else cached_r.value,
-      masks.combine_masks(
-        mask, masks.causal_mask(T, S, offset=i), cached_valid.value[..., None, None, :]
-      ),
-      fits,
-    )
+      new["cached_rope_key"] = kr_BTR
+    cached, mask, fits = self._write_cache(new, 1, "[batch..., S, C]", mask, valid_BT)
+    return cached[0], cached[1] if kr_BTR is not None else None, mask, fits
